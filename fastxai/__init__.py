@@ -1,0 +1,26 @@
+"""fastxai: fast, verified explainability and robustness for PyTorch.
+
+>>> import fastxai as fx
+>>> a = fx.integrated_gradients(model, x, target=y, n_steps=32)
+>>> fx.backends()
+"""
+
+from fastxai import ops
+from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from fastxai.backends import BackendInfo, backends, get_backend, set_backend, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendInfo",
+    "__version__",
+    "backends",
+    "get_backend",
+    "input_x_gradient",
+    "integrated_gradients",
+    "ops",
+    "saliency",
+    "set_backend",
+    "smoothgrad",
+    "use_backend",
+]

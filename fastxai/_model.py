@@ -1,0 +1,149 @@
+"""Running a user's model without changing it: state guard, targets, target gradients."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_model(model: object) -> Model:
+    if not callable(model):
+        raise TypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
+    return model  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
+    """Run a block with the model in eval mode and frozen parameters, then put back exactly
+    what was there: every submodule's ``training`` flag, every parameter's ``requires_grad``,
+    and the hook dictionaries (hooks a method adds are removed even if it raises).
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modules = list(model.modules())
+    training = [module.training for module in modules]
+    parameters = list(model.parameters())
+    requires_grad = [parameter.requires_grad for parameter in parameters]
+    hook_attributes = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    hooks = [{attr: dict(getattr(module, attr, {})) for attr in hook_attributes} for module in modules]
+    try:
+        if eval_mode:
+            model.eval()
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for module, flag, saved in zip(modules, training, hooks):
+            module.training = flag
+            for attr, entries in saved.items():
+                current = getattr(module, attr, None)
+                if current is not None and len(current) != len(entries):
+                    current.clear()
+                    current.update(entries)
+        for parameter, flag in zip(parameters, requires_grad):
+            parameter.requires_grad_(flag)
+
+
+def logits(model: Model, inputs: torch.Tensor) -> torch.Tensor:
+    """Model output as [N, C]; a 1-d output [N] is one score per input and becomes [N, 1]."""
+    output = model(inputs)
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"model must return a tensor, got {type(output).__name__}")
+    if output.dim() == 1:
+        output = output.unsqueeze(1)
+    if output.dim() != 2 or output.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"model must return [batch, classes] (or [batch]) for {inputs.shape[0]} inputs, "
+            f"got shape {tuple(output.shape)}"
+        )
+    return output
+
+
+def check_target(target: object, batch: int, device: torch.device) -> torch.Tensor | None:
+    """Normalise ``target`` (int, sequence or tensor of per-sample indices, None) to a LongTensor [B].
+
+    None stays None (the predicted class is used); the range is checked once the number of
+    classes is known (``check_target_range``).
+    """
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise TypeError("target must be an int, a tensor of class indices or None, got bool")
+    if isinstance(target, int):
+        return torch.full((batch,), target, dtype=torch.long, device=device)
+    tensor = torch.as_tensor(target, device=device) if not isinstance(target, torch.Tensor) else target
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices, got {tensor.dtype}")
+    if tensor.dim() == 0:
+        tensor = tensor.expand(batch)
+    if tensor.shape != (batch,):
+        raise ValueError(f"target must be an int or have shape ({batch},), got {tuple(tensor.shape)}")
+    return tensor.to(device=device, dtype=torch.long)
+
+
+def check_target_range(target: torch.Tensor, classes: int) -> None:
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
+        raise ValueError(
+            f"target must be in [0, {classes}) for a model with {classes} outputs, "
+            f"got values in [{int(target.min())}, {int(target.max())}]"
+        )
+
+
+def resolve_target(model: Model, inputs: torch.Tensor, target: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
+    """Per-sample target indices; None means the predicted class. Checks the range."""
+    classes = None
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], chunk_size):
+            output = logits(model, inputs[start : start + chunk_size])
+            classes = output.shape[1]
+            if target is not None:
+                break
+            predictions.append(output.argmax(dim=1))
+    assert classes is not None
+    if target is None:
+        return torch.cat(predictions)
+    check_target_range(target, classes)
+    return target
+
+
+def target_gradients(model: Model, inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``f_target`` w.r.t. each input, and the target scores: ([N, *F], [N])."""
+    leaf = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = logits(model, leaf).gather(1, target.view(-1, 1)).squeeze(1)
+        (grads,) = torch.autograd.grad(scores.sum(), leaf)
+    return grads, scores.detach()
+
+
+def target_scores(model: Model, inputs: torch.Tensor, target: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """``f_target(inputs)`` without gradients, in chunks: [N]."""
+    with torch.no_grad():
+        return torch.cat(
+            [
+                logits(model, inputs[start : start + chunk_size])
+                .gather(1, target[start : start + chunk_size].view(-1, 1))
+                .squeeze(1)
+                for start in range(0, inputs.shape[0], chunk_size)
+            ]
+        )
+
+
+def check_inputs(inputs: Any) -> torch.Tensor:
+    """Inputs must be a floating tensor [B, ...] with B >= 1 and no NaN or infinity."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
+    if inputs.dim() < 1 or inputs.shape[0] < 1:
+        raise ValueError(f"inputs must be [batch, ...] with batch >= 1, got shape {tuple(inputs.shape)}")
+    if not bool(torch.isfinite(inputs).all()):
+        raise ValueError("inputs contain NaN or infinity")
+    return inputs

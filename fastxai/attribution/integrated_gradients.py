@@ -1,0 +1,237 @@
+"""Integrated Gradients (Sundararajan et al. 2017) on fused path kernels, fixed or adaptive."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from fastxai import _model, _scheduling, ops
+from fastxai._model import Model
+from fastxai.attribution import quadrature
+
+METHODS = (*quadrature.FIXED_METHODS, "adaptive")
+_ROMBERG_ORDER = 2
+"""Richardson steps on top of the trapezoid rule (2: Simpson, then Boole)."""
+_SMOOTH_RATIO = 3.0
+"""Extrapolation pays only where the integrand is smooth: there the trapezoid error falls by
+4x per halving, while the kinks of ReLU networks make it fall by about 2x, and Richardson
+steps then make the estimate worse (measured: 6% error instead of 0.9% on a ReLU CNN). A
+sample uses the extrapolated value when its successive trapezoid changes shrink by more
+than this ratio, else the plain trapezoid."""
+_ADAPTIVE_MIN_LEVEL = 2
+
+
+def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
+    """A baseline per sample, [B, *F], from a scalar, a tensor broadcastable to one input
+    ([*F]-like, fewer dims than inputs) or one per sample ([B, *F] or [1, *F])."""
+    if isinstance(baselines, bool):
+        raise TypeError("baselines must be a number or a tensor, got bool")
+    if isinstance(baselines, (int, float)):
+        return torch.full_like(inputs, float(baselines))
+    if not isinstance(baselines, torch.Tensor):
+        raise TypeError(f"baselines must be a number or a tensor, got {type(baselines).__name__}")
+    if not baselines.is_floating_point():
+        raise TypeError(f"baselines must be a floating-point tensor, got {baselines.dtype}")
+    target_shape = inputs.shape if baselines.dim() == inputs.dim() else inputs.shape[1:]
+    if baselines.dim() > inputs.dim() or torch.broadcast_shapes(baselines.shape, target_shape) != target_shape:
+        raise ValueError(
+            f"baselines of shape {tuple(baselines.shape)} fit neither one input {tuple(inputs.shape[1:])} "
+            f"nor the batch {tuple(inputs.shape)}"
+        )
+    if not bool(torch.isfinite(baselines).all()):
+        raise ValueError("baselines contain NaN or infinity")
+    return baselines.to(device=inputs.device, dtype=inputs.dtype).expand(inputs.shape).contiguous()
+
+
+def integrated_gradients(
+    model: Model,
+    inputs: torch.Tensor,
+    baselines: float | torch.Tensor = 0.0,
+    target: object = None,
+    *,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    return_convergence_delta: bool = False,
+    tolerance: float = 1e-3,
+    max_steps: int = 1025,
+    return_evaluations: bool = False,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+):  # type: ignore[no-untyped-def]
+    """Integrated Gradients: ``(x - x') * integral_0^1 grad f_target(x' + a (x - x')) da``.
+
+    Fixed rules (``riemann_left/right/middle``, ``riemann_trapezoid``, ``gausslegendre``)
+    use ``n_steps`` points placed as in Captum. ``method="adaptive"`` refines trapezoid
+    levels (1, 2, 4, ... intervals, reusing every earlier evaluation) with Romberg
+    extrapolation until the completeness error ``|sum(attr) - (f(x) - f(x'))|`` is at most
+    ``tolerance * |f(x) - f(x')|`` for each sample; converged samples stop costing model
+    evaluations. ``max_steps`` caps the points per sample (a warning says if it was hit).
+
+    inputs: [B, *F]; baselines: scalar, one input, or [B, *F]; returns [B, *F], and the
+    signed delta ``sum(attr) - (f(x) - f(x'))`` [B] with ``return_convergence_delta``
+    (always for ``adaptive``), and the model evaluations per sample [B] with
+    ``return_evaluations``.
+
+    >>> a, delta = fastxai.integrated_gradients(model, x, target=y, return_convergence_delta=True)
+    """
+    model = _model.check_model(model)
+    inputs = _model.check_inputs(inputs)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method != "adaptive":
+        for name, value, low in (("n_steps", n_steps, quadrature.minimum_steps(method)),):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low} for method {method!r}, got {value!r}")
+    else:
+        if not isinstance(tolerance, (int, float)) or not tolerance > 0:
+            raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 5:
+            raise ValueError(f"max_steps must be an int >= 5, got {max_steps!r}")
+    x = inputs.detach().contiguous()
+    baseline = check_baselines(baselines, x)
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
+    target_t = _model.check_target(target, x.shape[0], x.device)
+
+    with _model.preserved_state(model):
+        target_t = _model.resolve_target(model, x, target_t, chunk)
+        run = _PathRun(model, x, baseline, target_t, chunk, backend)
+        if method == "adaptive":
+            attributions, delta, evaluations = run.adaptive(float(tolerance), max_steps)
+        else:
+            alphas, weights = quadrature.points_and_weights(method, n_steps)
+            run.accumulate(torch.arange(x.shape[0], device=x.device), alphas.tolist(), weights.tolist())
+            attributions = run.attributions(run.acc)
+            evaluations = torch.full((x.shape[0],), n_steps, dtype=torch.long)
+            delta = None
+            if return_convergence_delta:
+                ends = _model.target_scores(model, torch.cat([x, baseline]), torch.cat([target_t, target_t]), chunk)
+                delta = run.delta(attributions, ends[: x.shape[0]] - ends[x.shape[0] :])
+                evaluations += 2
+
+    result: list[torch.Tensor] = [attributions.to(inputs.dtype)]
+    if return_convergence_delta or method == "adaptive":
+        assert delta is not None
+        result.append(delta)
+    if return_evaluations:
+        result.append(evaluations)
+    return result[0] if len(result) == 1 else tuple(result)
+
+
+class _PathRun:
+    """The state of one IG computation: inputs, baselines, targets and the gradient sums."""
+
+    def __init__(
+        self,
+        model: Model,
+        x: torch.Tensor,
+        baseline: torch.Tensor,
+        target: torch.Tensor,
+        chunk: int,
+        backend: str | None,
+    ) -> None:
+        self.model, self.x, self.baseline, self.target = model, x, baseline, target
+        self.chunk, self.backend = chunk, backend
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        self.acc = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+
+    def accumulate(
+        self, rows: torch.Tensor, alphas: list[float], weights: list[float], acc: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``acc[rows] += sum_k weights[k] * grad f(path(alphas[k]))``; returns f at each point [K, len(rows)]."""
+        acc = self.acc if acc is None else acc
+        subset = rows.numel() != self.x.shape[0]
+        x = self.x[rows] if subset else self.x
+        baseline = self.baseline[rows] if subset else self.baseline
+        target = self.target[rows] if subset else self.target
+        sub_acc = acc[rows] if subset else acc
+        alpha_t = torch.tensor(alphas, dtype=torch.float32, device=x.device)
+        weight_t = torch.tensor(weights, dtype=torch.float32, device=x.device)
+        scores = torch.empty(len(alphas), x.shape[0], dtype=sub_acc.dtype, device=x.device)
+
+        def body(step: int, step_stop: int, row: int, row_stop: int) -> None:
+            points = ops.path_points(
+                x[row:row_stop], baseline[row:row_stop], alpha_t[step:step_stop], backend=self.backend
+            )
+            count = step_stop - step
+            grads, values = _model.target_gradients(
+                self.model, points.view(-1, *x.shape[1:]), target[row:row_stop].repeat(count)
+            )
+            ops.weighted_path_accumulate(
+                grads.reshape(points.shape),
+                weight_t[step:step_stop],
+                sub_acc[row:row_stop],
+                backend=self.backend,
+            )
+            scores[step:step_stop, row:row_stop] = values.view(count, -1)
+
+        _scheduling.for_each_block(len(alphas), x.shape[0], self.chunk, body, halve_on_oom=x.is_cuda)
+        if subset:
+            acc[rows] = sub_acc
+        return scores
+
+    def attributions(self, path_integral: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.x if rows is None else self.x[rows]
+        baseline = self.baseline if rows is None else self.baseline[rows]
+        return (x.to(path_integral.dtype) - baseline.to(path_integral.dtype)) * path_integral
+
+    @staticmethod
+    def delta(attributions: torch.Tensor, score_difference: torch.Tensor) -> torch.Tensor:
+        return attributions.flatten(1).sum(1) - score_difference.to(attributions.dtype)
+
+    def adaptive(self, tolerance: float, max_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Trapezoid doubling with Romberg extrapolation, refining only unconverged samples."""
+        batch = self.x.shape[0]
+        device = self.x.device
+        everyone = torch.arange(batch, device=device)
+        ends = self.acc  # (g(0) + g(1)) / 2, accumulated into self.acc
+        scores = self.accumulate(everyone, [0.0, 1.0], [0.5, 0.5])
+        difference = scores[1] - scores[0]
+        interior = torch.zeros_like(ends)
+        evaluations = torch.full((batch,), 2, dtype=torch.long)
+        romberg = [ends.clone()]  # row of the Romberg table per sample, level 0
+        best = ends.clone()
+        last_change = torch.full((batch,), float("inf"), device=device)
+        delta = self.delta(self.attributions(best), difference)
+        level = 0
+        active = everyone
+        while True:
+            threshold = tolerance * difference.abs() + 1e-6 * (scores[0].abs() + scores[1].abs())
+            converged = delta.abs() <= threshold
+            if level < _ADAPTIVE_MIN_LEVEL:
+                converged[:] = False
+            active = everyone[~converged]
+            if active.numel() == 0 or 2 ** (level + 1) + 1 > max_steps:
+                break
+            level += 1
+            intervals = 2**level
+            new_alphas = [(2 * i + 1) / intervals for i in range(intervals // 2)]
+            self.accumulate(active, new_alphas, [1.0] * len(new_alphas), acc=interior)
+            evaluations[active.cpu()] += len(new_alphas)
+            trapezoid = (ends[active] + interior[active]) / intervals
+            previous = [row[active] for row in romberg]
+            current = [trapezoid]
+            for order in range(1, min(level, _ROMBERG_ORDER) + 1):
+                factor = 4.0**order - 1.0
+                current.append(current[-1] + (current[-1] - previous[order - 1]) / factor)
+            for order, value in enumerate(current):
+                if order < len(romberg):
+                    romberg[order][active] = value
+                else:
+                    extended = torch.zeros_like(ends)
+                    extended[active] = value
+                    romberg.append(extended)
+            change = (trapezoid - previous[0]).flatten(1).norm(dim=1)
+            smooth = (last_change[active] > _SMOOTH_RATIO * change).view(-1, *([1] * (ends.dim() - 1)))
+            last_change[active] = change
+            estimate = torch.where(smooth, current[-1], trapezoid)
+            best[active] = estimate
+            delta[active] = self.delta(self.attributions(estimate, active), difference[active])
+        if active.numel():
+            warnings.warn(
+                f"adaptive integrated gradients: {active.numel()} of {batch} samples did not reach "
+                f"tolerance {tolerance} within max_steps={max_steps}; see the returned delta",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return self.attributions(best), delta, evaluations
