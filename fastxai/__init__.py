@@ -7,7 +7,7 @@
 
 from fastxai import ops
 from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
-from fastxai.backends import BackendInfo, backends, get_backend, set_backend, use_backend
+from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"
 

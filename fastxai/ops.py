@@ -1,7 +1,7 @@
 """The fused ops: one public function each, validated here, run by the selected backend.
 
 Every op has the signature of its reference in ``fastxai.reference.ops`` plus a keyword
-``backend`` (``None`` = the choice in force, see ``fastxai.backends``). Inputs are checked
+``backend`` (``None`` = the choice in force, see ``fastxai.backends()``). Inputs are checked
 and made contiguous here, so backends receive exactly the layout they document.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from fastxai import backends as _backends
+from fastxai import _backends
 
 _SEED_LIMIT = 2**63
 
@@ -143,7 +143,10 @@ def moment_accumulate(
 def path_points(
     x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor, *, backend: str | None = None
 ) -> torch.Tensor:
-    """Points on the straight path: ``baseline[b] + alphas[k] * (x[b] - baseline[b])`` -> [K, B, *F]."""
+    """Points on the straight path: ``baseline[b] + alphas[k] * (x[b] - baseline[b])`` -> [K, B, *F].
+
+    Positions are float32 (float64 for float64 inputs), as is the arithmetic.
+    """
     x = _floating("x", x)
     baseline = _floating("baseline", baseline)
     if baseline.shape != x.shape or baseline.dtype != x.dtype:
@@ -153,7 +156,7 @@ def path_points(
     alphas = _floating("alphas", alphas)
     if alphas.dim() != 1 or alphas.numel() < 1:
         raise ValueError(f"alphas must be a non-empty 1-d tensor, got shape {tuple(alphas.shape)}")
-    alphas = alphas.to(device=x.device, dtype=torch.float32).contiguous()
+    alphas = alphas.to(device=x.device, dtype=_accumulator_dtype(x.dtype)).contiguous()
     return _dispatch("path_points", backend, x, x.contiguous(), baseline.contiguous(), alphas)
 
 
@@ -169,7 +172,7 @@ def weighted_path_accumulate(
         raise ValueError(f"grads must be [K, B, ...], got shape {tuple(grads.shape)}")
     steps, batch = grads.shape[0], grads.shape[1]
     _check_accumulator("acc", acc, grads.shape[1:], grads)
-    weights = _floating("weights", weights).to(device=grads.device, dtype=torch.float32)
+    weights = _floating("weights", weights).to(device=grads.device, dtype=_accumulator_dtype(grads.dtype))
     if weights.dim() == 1 and weights.shape[0] == steps:
         weights = weights.view(steps, 1).expand(steps, batch)
     if weights.shape != (steps, batch):

@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from fastxai import _model, _scheduling, ops
+from fastxai import _backends
 from fastxai._model import Model
 from fastxai.attribution import quadrature
 
@@ -28,13 +29,19 @@ def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
     if isinstance(baselines, bool):
         raise TypeError("baselines must be a number or a tensor, got bool")
     if isinstance(baselines, (int, float)):
+        if not torch.isfinite(torch.tensor(float(baselines))):
+            raise ValueError(f"baselines contain NaN or infinity: {baselines}")
         return torch.full_like(inputs, float(baselines))
     if not isinstance(baselines, torch.Tensor):
         raise TypeError(f"baselines must be a number or a tensor, got {type(baselines).__name__}")
     if not baselines.is_floating_point():
         raise TypeError(f"baselines must be a floating-point tensor, got {baselines.dtype}")
     target_shape = inputs.shape if baselines.dim() == inputs.dim() else inputs.shape[1:]
-    if baselines.dim() > inputs.dim() or torch.broadcast_shapes(baselines.shape, target_shape) != target_shape:
+    try:
+        fits = baselines.dim() <= inputs.dim() and torch.broadcast_shapes(baselines.shape, target_shape) == target_shape
+    except RuntimeError:
+        fits = False
+    if not fits:
         raise ValueError(
             f"baselines of shape {tuple(baselines.shape)} fit neither one input {tuple(inputs.shape[1:])} "
             f"nor the batch {tuple(inputs.shape)}"
@@ -80,14 +87,16 @@ def integrated_gradients(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "adaptive":
-        for name, value, low in (("n_steps", n_steps, quadrature.minimum_steps(method)),):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low} for method {method!r}, got {value!r}")
+        low = quadrature.minimum_steps(method)
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < low:
+            raise ValueError(f"n_steps must be an int >= {low} for method {method!r}, got {n_steps!r}")
     else:
         if not isinstance(tolerance, (int, float)) or not tolerance > 0:
             raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 5:
             raise ValueError(f"max_steps must be an int >= 5, got {max_steps!r}")
+    if backend is not None:
+        _backends.check_choice(backend)
     x = inputs.detach().contiguous()
     baseline = check_baselines(baselines, x)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
@@ -145,8 +154,8 @@ class _PathRun:
         baseline = self.baseline[rows] if subset else self.baseline
         target = self.target[rows] if subset else self.target
         sub_acc = acc[rows] if subset else acc
-        alpha_t = torch.tensor(alphas, dtype=torch.float32, device=x.device)
-        weight_t = torch.tensor(weights, dtype=torch.float32, device=x.device)
+        alpha_t = torch.tensor(alphas, dtype=sub_acc.dtype, device=x.device)
+        weight_t = torch.tensor(weights, dtype=sub_acc.dtype, device=x.device)
         scores = torch.empty(len(alphas), x.shape[0], dtype=sub_acc.dtype, device=x.device)
 
         def body(step: int, step_stop: int, row: int, row_stop: int) -> None:
@@ -191,12 +200,14 @@ class _PathRun:
         evaluations = torch.full((batch,), 2, dtype=torch.long)
         romberg = [ends.clone()]  # row of the Romberg table per sample, level 0
         best = ends.clone()
-        last_change = torch.full((batch,), float("inf"), device=device)
+        last_change = torch.full((batch,), float("inf"), dtype=ends.dtype, device=device)
         delta = self.delta(self.attributions(best), difference)
         level = 0
         active = everyone
+        # The floor: the completeness error cannot be resolved below the rounding error of the scores.
+        rounding = 8 * torch.finfo(ends.dtype).eps * (scores[0].abs() + scores[1].abs())
         while True:
-            threshold = tolerance * difference.abs() + 1e-6 * (scores[0].abs() + scores[1].abs())
+            threshold = tolerance * difference.abs() + rounding
             converged = delta.abs() <= threshold
             if level < _ADAPTIVE_MIN_LEVEL:
                 converged[:] = False

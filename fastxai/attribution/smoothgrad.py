@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from fastxai import _model, _scheduling, ops
+from fastxai import _backends
 from fastxai._model import Model
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -69,6 +70,8 @@ def smoothgrad(
         raise ValueError(f"nt_type must be one of {NT_TYPES}, got {nt_type!r}")
     sigma = _check_stdevs(stdevs, inputs)
     seed = _check_seed(seed)
+    if backend is not None:
+        _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     x = inputs.detach().contiguous()

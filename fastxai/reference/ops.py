@@ -66,8 +66,8 @@ def moment_accumulate(
 def path_points(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """``out[k, b] = baseline[b] + alphas[k] * (x[b] - baseline[b])``.
 
-    x, baseline: [B, *F]; alphas: [K] float32; returns [K, B, *F] in x's dtype, computed
-    in float32 (float64 for float64 inputs).
+    x, baseline: [B, *F]; alphas: [K] float32 (float64 for float64 inputs); returns
+    [K, B, *F] in x's dtype, computed in float32 (float64 for float64 inputs).
     """
     compute_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     start = baseline.to(compute_dtype).unsqueeze(0)
@@ -79,7 +79,8 @@ def path_points(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -
 def weighted_path_accumulate(grads: torch.Tensor, weights: torch.Tensor, acc: torch.Tensor) -> None:
     """In place: ``acc[b] += sum_k weights[k, b] * grads[k, b]``, steps added in order.
 
-    grads: [K, B, *F]; weights: [K, B] float32; acc: [B, *F] accumulator.
+    grads: [K, B, *F]; weights: [K, B] float32 (float64 for float64 grads); acc: [B, *F]
+    accumulator.
     """
     shape = (-1,) + (1,) * (acc.dim() - 1)
     for index in range(grads.shape[0]):

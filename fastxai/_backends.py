@@ -43,7 +43,8 @@ class BackendInfo:
         return f"{self.name}: unavailable ({self.reason})"
 
 
-def _check_choice(name: object) -> str:
+def check_choice(name: object) -> str:
+    """``name`` if it is a backend choice (``"auto"`` or a backend's name), else a ValueError."""
     if not isinstance(name, str) or name not in _CHOICES:
         raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
     return name
@@ -94,7 +95,7 @@ def backends() -> dict[str, BackendInfo]:
 def set_backend(name: str) -> None:
     """Set the process-wide default backend (``"auto"`` restores automatic choice)."""
     global _global_choice
-    _global_choice = _check_choice(name)
+    _global_choice = check_choice(name)
 
 
 def get_backend() -> str:
@@ -106,7 +107,7 @@ def get_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Use ``name`` for every fused op inside the ``with`` block."""
-    token = _block_choice.set(_check_choice(name))
+    token = _block_choice.set(check_choice(name))
     try:
         yield
     finally:
@@ -115,7 +116,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 def resolve(choice: str | None, device: torch.device, dtype: torch.dtype) -> str:
     """The concrete backend for a tensor on ``device`` of ``dtype``; raises if the choice cannot run it."""
-    name = get_backend() if choice is None else _check_choice(choice)
+    name = get_backend() if choice is None else check_choice(choice)
     if name == "auto":
         return _auto(device, dtype)
     if name == "reference":

@@ -1,0 +1,133 @@
+"""Bad input: a clear error naming the argument, raised before any work, model untouched;
+and the model comes back as it was after success and after an exception."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import assert_same_state, model_state, small_cnn
+from torch import nn
+
+import fastxai as fx
+
+METHODS = {
+    "saliency": lambda model, x, **kw: fx.saliency(model, x, **kw),
+    "input_x_gradient": lambda model, x, **kw: fx.input_x_gradient(model, x, **kw),
+    "smoothgrad": lambda model, x, **kw: fx.smoothgrad(model, x, n_samples=3, seed=0, **kw),
+    "integrated_gradients": lambda model, x, **kw: fx.integrated_gradients(model, x, n_steps=3, **kw),
+    "adaptive_ig": lambda model, x, **kw: fx.integrated_gradients(model, x, method="adaptive", max_steps=9, **kw),
+}
+
+
+class CountingModel(nn.Module):
+    """Counts forward calls, so a test can prove that nothing ran before the error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_cnn(seed=0)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def _training_model_with_a_hook() -> CountingModel:
+    model = CountingModel().train()
+    model.inner[0].weight.requires_grad_(False)  # a mixed set of flags to restore
+    model.inner[1].register_forward_hook(lambda module, inputs, output: None)
+    return model
+
+
+BAD_COMMON = [
+    ("inputs", lambda x: {"x": x.long()}, TypeError, "inputs must be a floating-point"),
+    ("inputs", lambda x: {"x": x.clone().index_fill_(0, torch.tensor([0]), float("nan"))}, ValueError, "NaN"),
+    ("inputs", lambda x: {"x": x[:0]}, ValueError, "batch >= 1"),
+    ("inputs", lambda x: {"x": x.numpy()}, TypeError, "inputs must be a torch.Tensor"),
+    ("target", lambda x: {"target": 10}, ValueError, r"target must be in \[0, 10\)"),
+    ("target", lambda x: {"target": -1}, ValueError, "target must be in"),
+    ("target", lambda x: {"target": torch.tensor([1, 2])}, ValueError, "target must be an int or have shape"),
+    ("target", lambda x: {"target": torch.tensor([0.5, 1.0, 2.0])}, TypeError, "integer class indices"),
+    ("chunk_size", lambda x: {"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize(("argument", "change", "error", "message"), BAD_COMMON, ids=[c[0] + str(i) for i, c in enumerate(BAD_COMMON)])
+def test_common_bad_input(method: str, argument: str, change, error: type, message: str) -> None:
+    model = _training_model_with_a_hook()
+    x = torch.randn(3, 1, 8, 8)
+    kwargs = {"target": 1} | change(x)
+    inputs = kwargs.pop("x", x)
+    before = model_state(model)
+    with pytest.raises(error, match=message):
+        METHODS[method](model, inputs, **kwargs)
+    assert_same_state(before, model_state(model))
+    # A target range needs the number of classes: one forward without gradients, nothing more.
+    assert model.calls <= (1 if argument == "target" else 0)
+
+
+SPECIFIC = [
+    (lambda m, x: fx.smoothgrad(m, x, n_samples=0), ValueError, "n_samples must be an int >= 1"),
+    (lambda m, x: fx.smoothgrad(m, x, n_samples=2.5), ValueError, "n_samples"),
+    (lambda m, x: fx.smoothgrad(m, x, stdevs=-0.1), ValueError, "stdevs must be finite and >= 0"),
+    (lambda m, x: fx.smoothgrad(m, x, stdevs=[0.1, 0.2]), ValueError, "stdevs must be a float or have one value"),
+    (lambda m, x: fx.smoothgrad(m, x, nt_type="smooth"), ValueError, "nt_type must be one of"),
+    (lambda m, x: fx.smoothgrad(m, x, seed=-1), ValueError, "seed must be None or an int"),
+    (lambda m, x: fx.smoothgrad(m, x, backend="cuda"), ValueError, "backend must be one of"),
+    (lambda m, x: fx.integrated_gradients(m, x, torch.zeros(2, 1, 8, 8)), ValueError, "baselines of shape"),
+    (lambda m, x: fx.integrated_gradients(m, x, torch.zeros(8, 9)), ValueError, "baselines of shape"),
+    (lambda m, x: fx.integrated_gradients(m, x, torch.zeros(3, 1, 8, 8, dtype=torch.long)), TypeError, "baselines"),
+    (lambda m, x: fx.integrated_gradients(m, x, float("nan")), ValueError, "baselines contain NaN"),
+    (lambda m, x: fx.integrated_gradients(m, x, method="simpson"), ValueError, "method must be one of"),
+    (lambda m, x: fx.integrated_gradients(m, x, n_steps=0), ValueError, "n_steps"),
+    (lambda m, x: fx.integrated_gradients(m, x, n_steps=1, method="riemann_trapezoid"), ValueError, "n_steps"),
+    (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", tolerance=0), ValueError, "tolerance"),
+    (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", max_steps=2), ValueError, "max_steps"),
+    (lambda m, x: fx.saliency("model", x), TypeError, "model must be an nn.Module or a callable"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), SPECIFIC)
+def test_method_specific_bad_input(call, error: type, message: str) -> None:
+    model = _training_model_with_a_hook()
+    x = torch.randn(3, 1, 8, 8)
+    before = model_state(model)
+    with pytest.raises(error, match=message):
+        call(model, x)
+    assert model.calls == 0
+    assert_same_state(before, model_state(model))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_model_restored_after_success(method: str) -> None:
+    model = _training_model_with_a_hook()
+    before = model_state(model)
+    METHODS[method](model, torch.randn(2, 1, 8, 8), target=3)
+    assert model.calls > 0
+    assert_same_state(before, model_state(model))
+
+
+class FailingModel(CountingModel):
+    """Raises on its second call (the first with gradients), after adding a hook of its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calls == 1:
+            self.inner[4].register_forward_hook(lambda module, inputs, output: None)
+            raise RuntimeError("model failed")
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_model_restored_after_an_exception(method: str) -> None:
+    model = FailingModel().train()
+    model.inner[1].register_forward_hook(lambda module, inputs, output: None)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="model failed"):
+        METHODS[method](model, torch.randn(4, 1, 8, 8), target=3, chunk_size=4)
+    assert_same_state(before, model_state(model))
+
+
+def test_model_output_must_be_logits() -> None:
+    with pytest.raises(ValueError, match=r"model must return \[batch, classes\]"):
+        fx.saliency(lambda x: x.sum(), torch.randn(2, 3), target=0)
