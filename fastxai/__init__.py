@@ -6,8 +6,8 @@
 """
 
 from fastxai import ops
-from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
+from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 
 __version__ = "0.1.0"
 

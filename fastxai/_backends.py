@@ -131,8 +131,13 @@ def resolve(choice: str | None, device: torch.device, dtype: torch.dtype) -> str
         raise RuntimeError(f"backend {name!r} is not available: {info.reason}")
     if device.type not in info.devices:
         raise RuntimeError(
-            f"backend {name!r} cannot run tensors on {device.type} here (it runs on {', '.join(info.devices)})"
-            + ("; set TRITON_INTERPRET=1 before starting Python to run Triton on the CPU" if name == "triton" else "")
+            f"backend {name!r} cannot run tensors on {device.type} here "
+            f"(it runs on {', '.join(info.devices)})"
+            + (
+                "; set TRITON_INTERPRET=1 before starting Python to run Triton on the CPU"
+                if name == "triton"
+                else ""
+            )
         )
     return name
 

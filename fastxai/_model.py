@@ -14,8 +14,10 @@ Model = Callable[[torch.Tensor], torch.Tensor]
 
 def check_model(model: object) -> Model:
     if not callable(model):
-        raise TypeError(f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}")
-    return model  # type: ignore[return-value]
+        raise TypeError(
+            f"model must be an nn.Module or a callable returning logits, got {type(model).__name__}"
+        )
+    return model
 
 
 @contextlib.contextmanager
@@ -40,14 +42,14 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
             parameter.requires_grad_(False)
         yield
     finally:
-        for module, flag, saved in zip(modules, training, hooks):
+        for module, flag, saved in zip(modules, training, hooks, strict=True):
             module.training = flag
             for attr, entries in saved.items():
                 current = getattr(module, attr, None)
                 if current is not None and len(current) != len(entries):
                     current.clear()
                     current.update(entries)
-        for parameter, flag in zip(parameters, requires_grad):
+        for parameter, flag in zip(parameters, requires_grad, strict=True):
             parameter.requires_grad_(flag)
 
 
@@ -96,7 +98,9 @@ def check_target_range(target: torch.Tensor, classes: int) -> None:
         )
 
 
-def resolve_target(model: Model, inputs: torch.Tensor, target: torch.Tensor | None, chunk_size: int) -> torch.Tensor:
+def resolve_target(
+    model: Model, inputs: torch.Tensor, target: torch.Tensor | None, chunk_size: int
+) -> torch.Tensor:
     """Per-sample target indices; None means the predicted class. Checks the range."""
     classes = None
     predictions = []
@@ -114,7 +118,9 @@ def resolve_target(model: Model, inputs: torch.Tensor, target: torch.Tensor | No
     return target
 
 
-def target_gradients(model: Model, inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def target_gradients(
+    model: Model, inputs: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``f_target`` w.r.t. each input, and the target scores: ([N, *F], [N])."""
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():

@@ -7,6 +7,7 @@ and made contiguous here, so backends receive exactly the layout they document.
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 
@@ -27,9 +28,7 @@ def _implementation(backend: str) -> ModuleType:
 
         return _native
     if backend == "triton":
-        from fastxai import kernels
-
-        return kernels
+        return importlib.import_module("fastxai.kernels")
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -151,7 +150,8 @@ def path_points(
     baseline = _floating("baseline", baseline)
     if baseline.shape != x.shape or baseline.dtype != x.dtype:
         raise ValueError(
-            f"baseline must match x ({tuple(x.shape)}, {x.dtype}), got {tuple(baseline.shape)}, {baseline.dtype}"
+            f"baseline must match x ({tuple(x.shape)}, {x.dtype}), "
+            f"got {tuple(baseline.shape)}, {baseline.dtype}"
         )
     alphas = _floating("alphas", alphas)
     if alphas.dim() != 1 or alphas.numel() < 1:
@@ -176,7 +176,9 @@ def weighted_path_accumulate(
     if weights.dim() == 1 and weights.shape[0] == steps:
         weights = weights.view(steps, 1).expand(steps, batch)
     if weights.shape != (steps, batch):
-        raise ValueError(f"weights must have shape ({steps},) or ({steps}, {batch}), got {tuple(weights.shape)}")
+        raise ValueError(
+            f"weights must have shape ({steps},) or ({steps}, {batch}), got {tuple(weights.shape)}"
+        )
     _dispatch("weighted_path_accumulate", backend, grads, grads.contiguous(), weights.contiguous(), acc)
 
 

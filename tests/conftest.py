@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # the shared test models in tests/models.py
 
-import fastxai  # noqa: E402
+import fastxai
 
 
 def _devices() -> list[str]:

@@ -45,13 +45,21 @@ def small_cnn(
 
 def mlp(seed: int = 0, features: int = 20, hidden: int = 16, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+    return nn.Sequential(
+        nn.Linear(features, hidden),
+        nn.Tanh(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, classes),
+    )
 
 
 class LinearModel(nn.Module):
     """``f(x) = W flatten(x) + b``: every gradient is a row of W."""
 
-    def __init__(self, features: int, classes: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self, features: int, classes: int, seed: int = 0, dtype: torch.dtype = torch.float64
+    ) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.weight = nn.Parameter(torch.randn(classes, features, generator=generator, dtype=dtype))
@@ -64,7 +72,9 @@ class LinearModel(nn.Module):
 class QuadraticModel(nn.Module):
     """``f_c(x) = x^T A_c x / 2 + b_c^T x`` with symmetric ``A_c``: ``grad f_c = A_c x + b_c``."""
 
-    def __init__(self, features: int, classes: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> None:
+    def __init__(
+        self, features: int, classes: int, seed: int = 0, dtype: torch.dtype = torch.float64
+    ) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         half = torch.randn(classes, features, features, generator=generator, dtype=dtype) / features**0.5
@@ -86,7 +96,12 @@ def model_state(model: nn.Module) -> tuple:
         [module.training for module in model.modules()],
         [parameter.requires_grad for parameter in model.parameters()],
         [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks), len(m._backward_pre_hooks))
+            (
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(m._backward_pre_hooks),
+            )
             for m in model.modules()
         ],
         [parameter.grad is None for parameter in model.parameters()],
@@ -96,5 +111,5 @@ def model_state(model: nn.Module) -> tuple:
 
 def assert_same_state(before: tuple, after: tuple) -> None:
     assert before[:4] == after[:4]
-    for old, new in zip(before[4], after[4]):
+    for old, new in zip(before[4], after[4], strict=True):
         assert torch.equal(old, new)

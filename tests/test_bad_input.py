@@ -15,7 +15,9 @@ METHODS = {
     "input_x_gradient": lambda model, x, **kw: fx.input_x_gradient(model, x, **kw),
     "smoothgrad": lambda model, x, **kw: fx.smoothgrad(model, x, n_samples=3, seed=0, **kw),
     "integrated_gradients": lambda model, x, **kw: fx.integrated_gradients(model, x, n_steps=3, **kw),
-    "adaptive_ig": lambda model, x, **kw: fx.integrated_gradients(model, x, method="adaptive", max_steps=9, **kw),
+    "adaptive_ig": lambda model, x, **kw: fx.integrated_gradients(
+        model, x, method="adaptive", max_steps=9, **kw
+    ),
 }
 
 
@@ -53,7 +55,11 @@ BAD_COMMON = [
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize(("argument", "change", "error", "message"), BAD_COMMON, ids=[c[0] + str(i) for i, c in enumerate(BAD_COMMON)])
+@pytest.mark.parametrize(
+    ("argument", "change", "error", "message"),
+    BAD_COMMON,
+    ids=[c[0] + str(i) for i, c in enumerate(BAD_COMMON)],
+)
 def test_common_bad_input(method: str, argument: str, change, error: type, message: str) -> None:
     model = _training_model_with_a_hook()
     x = torch.randn(3, 1, 8, 8)
@@ -71,17 +77,29 @@ SPECIFIC = [
     (lambda m, x: fx.smoothgrad(m, x, n_samples=0), ValueError, "n_samples must be an int >= 1"),
     (lambda m, x: fx.smoothgrad(m, x, n_samples=2.5), ValueError, "n_samples"),
     (lambda m, x: fx.smoothgrad(m, x, stdevs=-0.1), ValueError, "stdevs must be finite and >= 0"),
-    (lambda m, x: fx.smoothgrad(m, x, stdevs=[0.1, 0.2]), ValueError, "stdevs must be a float or have one value"),
+    (
+        lambda m, x: fx.smoothgrad(m, x, stdevs=[0.1, 0.2]),
+        ValueError,
+        "stdevs must be a float or have one value",
+    ),
     (lambda m, x: fx.smoothgrad(m, x, nt_type="smooth"), ValueError, "nt_type must be one of"),
     (lambda m, x: fx.smoothgrad(m, x, seed=-1), ValueError, "seed must be None or an int"),
     (lambda m, x: fx.smoothgrad(m, x, backend="cuda"), ValueError, "backend must be one of"),
     (lambda m, x: fx.integrated_gradients(m, x, torch.zeros(2, 1, 8, 8)), ValueError, "baselines of shape"),
     (lambda m, x: fx.integrated_gradients(m, x, torch.zeros(8, 9)), ValueError, "baselines of shape"),
-    (lambda m, x: fx.integrated_gradients(m, x, torch.zeros(3, 1, 8, 8, dtype=torch.long)), TypeError, "baselines"),
+    (
+        lambda m, x: fx.integrated_gradients(m, x, torch.zeros(3, 1, 8, 8, dtype=torch.long)),
+        TypeError,
+        "baselines",
+    ),
     (lambda m, x: fx.integrated_gradients(m, x, float("nan")), ValueError, "baselines contain NaN"),
     (lambda m, x: fx.integrated_gradients(m, x, method="simpson"), ValueError, "method must be one of"),
     (lambda m, x: fx.integrated_gradients(m, x, n_steps=0), ValueError, "n_steps"),
-    (lambda m, x: fx.integrated_gradients(m, x, n_steps=1, method="riemann_trapezoid"), ValueError, "n_steps"),
+    (
+        lambda m, x: fx.integrated_gradients(m, x, n_steps=1, method="riemann_trapezoid"),
+        ValueError,
+        "n_steps",
+    ),
     (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", tolerance=0), ValueError, "tolerance"),
     (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", max_steps=2), ValueError, "max_steps"),
     (lambda m, x: fx.saliency("model", x), TypeError, "model must be an nn.Module or a callable"),

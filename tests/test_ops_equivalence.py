@@ -48,7 +48,9 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, noise: bool = False) -> None:
+def _assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, noise: bool = False
+) -> None:
     tolerance = NOISE_TOLERANCE.get(dtype, DTYPES[dtype]) if noise else DTYPES[dtype]
     torch.testing.assert_close(actual, expected, **tolerance)
 
@@ -70,7 +72,9 @@ def test_gaussian_perturb(backend: str, device: str, dtype: torch.dtype, shape_i
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("shape_id", list(SHAPES))
 @pytest.mark.parametrize("variant", ["sum", "sum_sq", "multiplied"])
-def test_moment_accumulate(backend: str, device: str, dtype: torch.dtype, shape_id: str, variant: str) -> None:
+def test_moment_accumulate(
+    backend: str, device: str, dtype: torch.dtype, shape_id: str, variant: str
+) -> None:
     values = torch.stack([_inputs(shape_id, dtype, device, seed) for seed in range(3)])
     multiplier = torch.stack([_inputs(shape_id, dtype, device, seed) for seed in range(10, 13)])
     multiplier = multiplier if variant == "multiplied" else None
@@ -78,7 +82,7 @@ def test_moment_accumulate(backend: str, device: str, dtype: torch.dtype, shape_
     totals = {name: (start.clone(), start.clone() if variant != "sum" else None) for name in ("got", "want")}
     ops.moment_accumulate(values, *totals["got"], multiplier, backend=backend)
     reference.moment_accumulate(values, *totals["want"], multiplier)
-    for got, want in zip(totals["got"], totals["want"]):
+    for got, want in zip(totals["got"], totals["want"], strict=True):
         if want is not None:
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
@@ -161,7 +165,10 @@ def test_hypothesis_all_ops(
     sigmas = torch.full((batch,), sigma, device=device)
     noisy = ops.gaussian_perturb(x, sigmas, seed, sample_offset, n_samples, batch_offset, backend=backend)
     _assert_close(
-        noisy, reference.gaussian_perturb(x, sigmas, seed, sample_offset, n_samples, batch_offset), torch.float32, True
+        noisy,
+        reference.gaussian_perturb(x, sigmas, seed, sample_offset, n_samples, batch_offset),
+        torch.float32,
+        True,
     )
     got_total, got_sq = torch.ones_like(x), torch.zeros_like(x)
     want_total, want_sq = torch.ones_like(x), torch.zeros_like(x)

@@ -21,7 +21,9 @@ def target_gradient(
         target_t = _model.resolve_target(model, inputs, target_t, chunk)
 
         def body(_s0: int, _s1: int, row: int, row_stop: int) -> None:
-            grads[row:row_stop] = _model.target_gradients(model, inputs[row:row_stop], target_t[row:row_stop])[0]
+            grads[row:row_stop] = _model.target_gradients(
+                model, inputs[row:row_stop], target_t[row:row_stop]
+            )[0]
 
         _scheduling.for_each_block(1, inputs.shape[0], chunk, body, halve_on_oom=inputs.is_cuda)
     return grads

@@ -6,8 +6,7 @@ import warnings
 
 import torch
 
-from fastxai import _model, _scheduling, ops
-from fastxai import _backends
+from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import quadrature
 
@@ -38,7 +37,10 @@ def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"baselines must be a floating-point tensor, got {baselines.dtype}")
     target_shape = inputs.shape if baselines.dim() == inputs.dim() else inputs.shape[1:]
     try:
-        fits = baselines.dim() <= inputs.dim() and torch.broadcast_shapes(baselines.shape, target_shape) == target_shape
+        fits = (
+            baselines.dim() <= inputs.dim()
+            and torch.broadcast_shapes(baselines.shape, target_shape) == target_shape
+        )
     except RuntimeError:
         fits = False
     if not fits:
@@ -65,7 +67,7 @@ def integrated_gradients(
     return_evaluations: bool = False,
     chunk_size: int | None = None,
     backend: str | None = None,
-):  # type: ignore[no-untyped-def]
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Integrated Gradients: ``(x - x') * integral_0^1 grad f_target(x' + a (x - x')) da``.
 
     Fixed rules (``riemann_left/right/middle``, ``riemann_trapezoid``, ``gausslegendre``)
@@ -114,7 +116,9 @@ def integrated_gradients(
             evaluations = torch.full((x.shape[0],), n_steps, dtype=torch.long)
             delta = None
             if return_convergence_delta:
-                ends = _model.target_scores(model, torch.cat([x, baseline]), torch.cat([target_t, target_t]), chunk)
+                ends = _model.target_scores(
+                    model, torch.cat([x, baseline]), torch.cat([target_t, target_t]), chunk
+                )
                 delta = run.delta(attributions, ends[: x.shape[0]] - ends[x.shape[0] :])
                 evaluations += 2
 
@@ -147,7 +151,10 @@ class _PathRun:
     def accumulate(
         self, rows: torch.Tensor, alphas: list[float], weights: list[float], acc: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``acc[rows] += sum_k weights[k] * grad f(path(alphas[k]))``; returns f at each point [K, len(rows)]."""
+        """``acc[rows] += sum_k weights[k] * grad f(path(alphas[k]))``.
+
+        Returns the target score at each point, [K, len(rows)].
+        """
         acc = self.acc if acc is None else acc
         subset = rows.numel() != self.x.shape[0]
         x = self.x[rows] if subset else self.x

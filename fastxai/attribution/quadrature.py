@@ -16,7 +16,9 @@ def minimum_steps(method: str) -> int:
     return 2 if method == "riemann_trapezoid" else 1
 
 
-def points_and_weights(method: str, n_steps: int, *, captum_trapezoid: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def points_and_weights(
+    method: str, n_steps: int, *, captum_trapezoid: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(alphas, weights) as float64 arrays of length ``n_steps``.
 
     ``riemann_trapezoid`` is the true trapezoid rule on ``n_steps`` evenly spaced points

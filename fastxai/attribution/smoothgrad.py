@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastxai import _model, _scheduling, ops
-from fastxai import _backends
+from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
@@ -18,11 +17,15 @@ def _check_stdevs(stdevs: object, inputs: torch.Tensor) -> torch.Tensor:
     try:
         sigma = torch.as_tensor(stdevs, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"stdevs must be a float or one float per sample, got {type(stdevs).__name__}") from error
+        raise TypeError(
+            f"stdevs must be a float or one float per sample, got {type(stdevs).__name__}"
+        ) from error
     if sigma.dim() == 0:
         sigma = sigma.expand(batch)
     if sigma.shape != (batch,):
-        raise ValueError(f"stdevs must be a float or have one value per sample ({batch}), got shape {tuple(sigma.shape)}")
+        raise ValueError(
+            f"stdevs must be a float or have one value per sample ({batch}), got shape {tuple(sigma.shape)}"
+        )
     if not bool(torch.isfinite(sigma).all()) or bool((sigma < 0).any()):
         raise ValueError(f"stdevs must be finite and >= 0, got {sigma.tolist()}")
     return sigma.to(device=inputs.device, dtype=torch.float32)

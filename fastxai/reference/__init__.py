@@ -7,7 +7,7 @@ __all__ = [
     "gaussian_perturb",
     "moment_accumulate",
     "path_points",
-    "weighted_path_accumulate",
     "philox4x32_10",
     "philox_normal",
+    "weighted_path_accumulate",
 ]

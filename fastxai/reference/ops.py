@@ -48,7 +48,7 @@ def moment_accumulate(
     total_sq: torch.Tensor | None = None,
     multiplier: torch.Tensor | None = None,
 ) -> None:
-    """In place: ``total += sum_s a_s`` and ``total_sq += sum_s a_s**2`` with ``a_s = values[s] * multiplier[s]``.
+    """In place: ``total += sum_s a_s``, ``total_sq += sum_s a_s**2``, ``a_s = values[s] * multiplier[s]``.
 
     values, multiplier: [n, B, *F]; total, total_sq: [B, *F] accumulators (float32, float64
     for float64 values). Samples are added one after another in order, so splitting a run

@@ -104,4 +104,3 @@ def philox_normal(
     angle = _uniform_closed_open(angle_word) * torch.tensor(TWO_PI_F32, dtype=torch.float32)
     trig = torch.where((lane & 1) == 1, torch.sin(angle), torch.cos(angle))
     return radius * trig
-

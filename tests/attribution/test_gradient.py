@@ -28,7 +28,10 @@ def test_against_captum(chunk_size: int | None) -> None:
     before = model_state(model)
     for ours, theirs in [
         (fx.saliency(model, x, target=target, chunk_size=chunk_size), captum_attr.Saliency(model)),
-        (fx.input_x_gradient(model, x, target=target, chunk_size=chunk_size), captum_attr.InputXGradient(model)),
+        (
+            fx.input_x_gradient(model, x, target=target, chunk_size=chunk_size),
+            captum_attr.InputXGradient(model),
+        ),
     ]:
         model.eval()
         expected = theirs.attribute(x, target=target)

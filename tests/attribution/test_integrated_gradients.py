@@ -23,8 +23,14 @@ def test_against_captum(method: str, chunk_size: int | None) -> None:
     target = torch.tensor([3, 1, 0, 5])
     n_steps = 9
     ours, delta = fx.integrated_gradients(
-        model, x, baselines, target=target, n_steps=n_steps, method=method,
-        return_convergence_delta=True, chunk_size=chunk_size,
+        model,
+        x,
+        baselines,
+        target=target,
+        n_steps=n_steps,
+        method=method,
+        return_convergence_delta=True,
+        chunk_size=chunk_size,
     )
     theirs, their_delta = captum_attr.IntegratedGradients(model).attribute(
         x, baselines, target=target, n_steps=n_steps, method=method, return_convergence_delta=True
@@ -42,8 +48,9 @@ def test_linear_model_oracle(method: str) -> None:
     model = LinearModel(8, 3)
     x = torch.randn(5, 8, dtype=torch.float64)
     baseline = torch.randn(8, dtype=torch.float64)
-    got, delta = fx.integrated_gradients(model, x, baseline, target=2, n_steps=4, method=method,
-                                         return_convergence_delta=True)
+    got, delta = fx.integrated_gradients(
+        model, x, baseline, target=2, n_steps=4, method=method, return_convergence_delta=True
+    )
     torch.testing.assert_close(got, model.weight[2].detach() * (x - baseline))
     assert delta.abs().max() < 1e-12
 
@@ -56,8 +63,9 @@ def test_quadratic_model_oracle(method: str) -> None:
     x = torch.randn(3, 6, dtype=torch.float64)
     baseline = torch.randn(3, 6, dtype=torch.float64)
     target = torch.tensor([1, 0, 1])
-    got, delta = fx.integrated_gradients(model, x, baseline, target=target, n_steps=3, method=method,
-                                         return_convergence_delta=True)
+    got, delta = fx.integrated_gradients(
+        model, x, baseline, target=target, n_steps=3, method=method, return_convergence_delta=True
+    )
     mean_gradient = (model.gradient(x, target) + model.gradient(baseline, target)).detach() / 2
     torch.testing.assert_close(got, (x - baseline) * mean_gradient)
     assert delta.abs().max() < 1e-10
@@ -71,7 +79,9 @@ def test_baselines_scalar_per_input_and_per_sample_agree() -> None:
     per_sample = torch.full((3, 1, 8, 8), value)
     expected = fx.integrated_gradients(model, x, value, target=1, n_steps=5)
     for baselines in (per_input, per_sample, per_input[0, 0], torch.tensor(value)):
-        torch.testing.assert_close(fx.integrated_gradients(model, x, baselines, target=1, n_steps=5), expected)
+        torch.testing.assert_close(
+            fx.integrated_gradients(model, x, baselines, target=1, n_steps=5), expected
+        )
 
 
 def test_completeness_improves_with_steps() -> None:

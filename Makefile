@@ -1,0 +1,39 @@
+# Quick start:   make demo   (set up .venv, build, run the digits example with timings)
+#                make test   (set up .venv, build, lint, type-check, compile CUDA, run the tests)
+# Also:          make bench  (benchmark suite and its ratio report)
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet -c requirements/constraints.txt
+SOURCES := pyproject.toml setup.py CMakeLists.txt requirements/constraints.txt $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0 setuptools wheel pybind11 ninja numpy
+	FASTXAI_REQUIRE_NATIVE=1 $(PIP) --no-build-isolation -e '.[triton,peers,test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/fastxai demo
+
+lint: setup
+	$(BIN)/ruff check fastxai kernels tests benchmarks setup.py
+	$(BIN)/mypy
+
+test: lint
+	bash scripts/compile_cuda.sh
+	TRITON_INTERPRET=1 FASTXAI_REQUIRE_NATIVE=1 $(BIN)/python -m pytest tests
+
+bench: setup
+	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+		--benchmark-json=benchmarks/latest.json -p no:cacheprovider
+	$(BIN)/python benchmarks/report.py benchmarks/latest.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info fastxai/_C*.so

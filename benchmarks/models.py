@@ -1,0 +1,72 @@
+"""The benchmark models: an MLP 784-512-512-10 (where the work around the model shows) and a
+small ResNet-style CNN on 3x32x32 inputs (where the model dominates)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels_out)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or channels_in != channels_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def small_resnet(classes: int = 10, width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        BasicBlock(width, width, 1),
+        BasicBlock(width, 2 * width, 2),
+        BasicBlock(2 * width, 4 * width, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, classes),
+    ).eval()
+
+
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+    ).eval()
+
+
+CASES = {
+    # name: (model factory, input shape of one sample, batch)
+    "mlp": (mlp, (784,), 32),
+    "resnet": (small_resnet, (3, 32, 32), 8),
+}
+
+
+def case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    factory, shape, batch = CASES[name]
+    model = factory()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, *shape, generator=generator)
+    target = torch.randint(0, 10, (batch,), generator=generator)
+    return model, x, target
+
+
+def floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, points: int) -> torch.Tensor:
+    """The least any method pays: one forward+backward over ``points`` copies of the batch, in
+    one pass, gradients for the inputs only."""
+    inputs = x.repeat(points, *([1] * (x.dim() - 1))).requires_grad_(True)
+    scores = model(inputs).gather(1, target.repeat(points).view(-1, 1))
+    (gradient,) = torch.autograd.grad(scores.sum(), inputs)
+    return gradient

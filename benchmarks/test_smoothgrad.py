@@ -1,0 +1,43 @@
+"""SmoothGrad: floor vs fastxai per backend vs Captum's NoiseTunnel over Saliency, 32 samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import implementations
+from models import CASES, case, floor
+
+import fastxai as fx
+
+SAMPLES = 32
+STDEV = 0.15
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("model_name", list(CASES))
+def test_smoothgrad(benchmark, model_name: str, implementation: str, dtype: torch.dtype) -> None:
+    model, x, target = case(model_name)
+    model, x, target = model.to(DEVICE, dtype), x.to(DEVICE, dtype), target.to(DEVICE)
+    benchmark.group = f"smoothgrad-{model_name}-{str(dtype).removeprefix('torch.')}"
+    benchmark.extra_info.update(points=SAMPLES * x.shape[0], batch=x.shape[0])
+    if implementation == "floor":
+        function = lambda: floor(model, x, target, SAMPLES)  # noqa: E731
+    elif implementation == "captum":
+        from captum.attr import NoiseTunnel, Saliency
+
+        tunnel = NoiseTunnel(Saliency(model))
+        function = lambda: tunnel.attribute(  # noqa: E731
+            x, nt_type="smoothgrad", nt_samples=SAMPLES, stdevs=STDEV, target=target, abs=False
+        )
+    else:
+        backend = implementation.removeprefix("fastxai-")
+        function = lambda: fx.smoothgrad(  # noqa: E731
+            model, x, target=target, n_samples=SAMPLES, stdevs=STDEV, seed=0, backend=backend
+        )
+    if DEVICE == "cuda":
+        inner = function
+        function = lambda: (inner(), torch.cuda.synchronize())  # noqa: E731
+    benchmark.pedantic(function, rounds=7, warmup_rounds=1)
