@@ -1,0 +1,192 @@
+// Argument validation shared by the CPU (csrc/ops.cpp) and CUDA (csrc/cuda/ops_cuda.cpp) host
+// code. Every message names the argument; dtype problems raise TypeError, shape and range
+// problems ValueError, device and layout problems RuntimeError (as in fastxai/ops.py).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/util/Exception.h>
+#include <c10/util/accumulate.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "dtype.h"
+
+namespace fastxai {
+namespace checks {
+
+constexpr int64_t kCounterLimit = int64_t{1} << 32;    // sample / batch indices are uint32 counters
+constexpr int64_t kFeatureLimit = int64_t{1} << 34;    // element index >> 2 must fit in uint32
+
+// float32 / float16 / bfloat16 -> Dtype; anything else is a TypeError naming `name`.
+inline Dtype element_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::ScalarType::Float:
+      return Dtype::kFloat32;
+    case at::ScalarType::Half:
+      return Dtype::kFloat16;
+    case at::ScalarType::BFloat16:
+      return Dtype::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "fastxai: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type(),
+                       " (other dtypes run on the reference backend)");
+  }
+  return Dtype::kFloat32;  // unreachable
+}
+
+inline void check_float32(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::ScalarType::Float, "fastxai: ", name, " must be float32, got ",
+                   t.scalar_type());
+}
+
+inline void check_contiguous(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), "fastxai: ", name, " must be contiguous");
+}
+
+// `t` must live on `device` (the device of the op's first tensor argument).
+inline void check_device(const at::Tensor& t, const char* name, const c10::Device& device,
+                         c10::DeviceType expected_type) {
+  TORCH_CHECK(t.device().type() == expected_type, "fastxai: ", name, " must be on ",
+              c10::DeviceTypeName(expected_type, /*lower_case=*/true), ", got ", t.device());
+  TORCH_CHECK(t.device() == device, "fastxai: ", name, " is on ", t.device(), " but the other arguments are on ",
+              device);
+}
+
+inline void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef expected) {
+  TORCH_CHECK_VALUE(t.sizes() == expected, "fastxai: ", name, " must have shape ", expected, ", got ",
+                    t.sizes());
+}
+
+// Shape of a leading dimension followed by `shape`.
+inline std::vector<int64_t> prepend(int64_t leading, at::IntArrayRef shape) {
+  std::vector<int64_t> sizes;
+  sizes.reserve(shape.size() + 1);
+  sizes.push_back(leading);
+  sizes.insert(sizes.end(), shape.begin(), shape.end());
+  return sizes;
+}
+
+// ---- per-op validation: returns the sizes the kernels need -----------------------------------
+
+struct GaussianArgs {
+  Dtype dtype;
+  int64_t batch;
+  int64_t features;
+};
+
+inline GaussianArgs check_gaussian_perturb(const at::Tensor& x, const at::Tensor& sigma, int64_t seed,
+                                           int64_t sample_offset, int64_t n_samples, int64_t batch_offset,
+                                           c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(x, "x");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "fastxai: x must have a batch dimension, got a 0-d tensor");
+  check_device(x, "x", x.device(), device_type);
+  check_contiguous(x, "x");
+  const int64_t batch = x.size(0);
+  check_float32(sigma, "sigma");
+  check_device(sigma, "sigma", x.device(), device_type);
+  check_shape(sigma, "sigma", {batch});
+  check_contiguous(sigma, "sigma");
+  TORCH_CHECK_VALUE(seed >= 0, "fastxai: seed must be in [0, 2**63), got ", seed);
+  TORCH_CHECK_VALUE(n_samples >= 0, "fastxai: n_samples must be >= 0, got ", n_samples);
+  TORCH_CHECK_VALUE(sample_offset >= 0 && sample_offset <= kCounterLimit - n_samples,
+                    "fastxai: sample_offset + n_samples must stay within [0, 2**32), got sample_offset=",
+                    sample_offset, ", n_samples=", n_samples);
+  TORCH_CHECK_VALUE(batch_offset >= 0 && batch_offset <= kCounterLimit - batch,
+                    "fastxai: batch_offset + batch must stay within [0, 2**32), got batch_offset=", batch_offset,
+                    ", batch=", batch);
+  const int64_t features = c10::multiply_integers(x.sizes().slice(1));
+  TORCH_CHECK_VALUE(features <= kFeatureLimit, "fastxai: one input of x may hold at most 2**34 elements, got ",
+                    features);
+  return {dtype, batch, features};
+}
+
+struct MomentArgs {
+  Dtype dtype;
+  int64_t n;
+  int64_t elements;
+};
+
+inline MomentArgs check_moment_accumulate(const at::Tensor& values, const at::Tensor& total,
+                                          const std::optional<at::Tensor>& total_sq,
+                                          const std::optional<at::Tensor>& multiplier,
+                                          c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(values, "values");
+  TORCH_CHECK_VALUE(values.dim() >= 2, "fastxai: values must be [n, B, ...], got shape ", values.sizes());
+  check_device(values, "values", values.device(), device_type);
+  check_contiguous(values, "values");
+  const at::IntArrayRef acc_shape = values.sizes().slice(1);
+  check_float32(total, "total");
+  check_device(total, "total", values.device(), device_type);
+  check_shape(total, "total", acc_shape);
+  check_contiguous(total, "total");
+  if (total_sq.has_value()) {
+    check_float32(*total_sq, "total_sq");
+    check_device(*total_sq, "total_sq", values.device(), device_type);
+    check_shape(*total_sq, "total_sq", acc_shape);
+    check_contiguous(*total_sq, "total_sq");
+    TORCH_CHECK_VALUE(total.numel() == 0 || total_sq->const_data_ptr() != total.const_data_ptr(),
+                      "fastxai: total and total_sq must be different tensors");
+  }
+  if (multiplier.has_value()) {
+    TORCH_CHECK_TYPE(multiplier->scalar_type() == values.scalar_type(), "fastxai: multiplier must have the dtype of values (",
+                     values.scalar_type(), "), got ", multiplier->scalar_type());
+    check_device(*multiplier, "multiplier", values.device(), device_type);
+    check_shape(*multiplier, "multiplier", values.sizes());
+    check_contiguous(*multiplier, "multiplier");
+  }
+  return {dtype, values.size(0), c10::multiply_integers(acc_shape)};
+}
+
+struct PathArgs {
+  Dtype dtype;
+  int64_t steps;
+  int64_t elements;
+};
+
+inline PathArgs check_path_points(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas,
+                                  c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(x, "x");
+  check_device(x, "x", x.device(), device_type);
+  check_contiguous(x, "x");
+  TORCH_CHECK_TYPE(baseline.scalar_type() == x.scalar_type(), "fastxai: baseline must have the dtype of x (",
+                   x.scalar_type(), "), got ", baseline.scalar_type());
+  check_device(baseline, "baseline", x.device(), device_type);
+  check_shape(baseline, "baseline", x.sizes());
+  check_contiguous(baseline, "baseline");
+  check_float32(alphas, "alphas");
+  check_device(alphas, "alphas", x.device(), device_type);
+  TORCH_CHECK_VALUE(alphas.dim() == 1, "fastxai: alphas must be 1-d, got shape ", alphas.sizes());
+  check_contiguous(alphas, "alphas");
+  return {dtype, alphas.size(0), x.numel()};
+}
+
+struct WeightedArgs {
+  Dtype dtype;
+  int64_t steps;
+  int64_t batch;
+  int64_t features;
+};
+
+inline WeightedArgs check_weighted_path_accumulate(const at::Tensor& grads, const at::Tensor& weights,
+                                                   const at::Tensor& acc, c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(grads, "grads");
+  TORCH_CHECK_VALUE(grads.dim() >= 2, "fastxai: grads must be [K, B, ...], got shape ", grads.sizes());
+  check_device(grads, "grads", grads.device(), device_type);
+  check_contiguous(grads, "grads");
+  const int64_t steps = grads.size(0);
+  const int64_t batch = grads.size(1);
+  check_float32(weights, "weights");
+  check_device(weights, "weights", grads.device(), device_type);
+  check_shape(weights, "weights", {steps, batch});
+  check_contiguous(weights, "weights");
+  check_float32(acc, "acc");
+  check_device(acc, "acc", grads.device(), device_type);
+  check_shape(acc, "acc", grads.sizes().slice(1));
+  check_contiguous(acc, "acc");
+  return {dtype, steps, batch, c10::multiply_integers(grads.sizes().slice(2))};
+}
+
+}  // namespace checks
+}  // namespace fastxai

@@ -1,0 +1,509 @@
+// CPU kernels of the fused ops. See kernels.h for the contract.
+//
+// Layout of the work: every op is cut into blocks of at most kBlock contiguous output
+// elements; at::parallel_for hands contiguous ranges of blocks to threads, so each thread owns
+// disjoint outputs and no synchronisation is needed. Inside a block the inner loops run over
+// contiguous float32 arrays with no aliasing (__restrict__) and no branches, so the compiler
+// vectorises them; on x86-64 with glibc (GCC >= 12) each block kernel is compiled for baseline
+// x86-64, x86-64-v3 (AVX2) and x86-64-v4 (AVX-512) and the best one is picked at load time.
+//
+// Every output element sees exactly the float32 operations of the reference, in the same
+// order (this file is compiled with -ffp-contract=off: no FMA contraction).
+
+#include "cpu/kernels.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "philox.h"
+
+// Function multiversioning (x86-64 + glibc ifunc, GCC >= 12): every block kernel exists for
+// baseline x86-64 (SSE2), x86-64-v3 (AVX2, F16C) and x86-64-v4 (AVX-512); the loader picks
+// one for the CPU. Define FASTXAI_NO_MULTIVERSION to build only the baseline.
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    !defined(FASTXAI_NO_MULTIVERSION)
+#define FASTXAI_MULTIVERSION 1
+#define FASTXAI_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define FASTXAI_MULTIVERSION 0
+#define FASTXAI_CLONES
+#endif
+
+// float16 with hardware conversions (F16C) in the x86-64-v3/v4 versions; the baseline uses the
+// branch-free bit arithmetic of Float16 below.
+#if FASTXAI_MULTIVERSION
+#define FASTXAI_F16C_VERSIONS 1
+#include <immintrin.h>
+#else
+#define FASTXAI_F16C_VERSIONS 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define FASTXAI_INLINE inline __attribute__((always_inline))
+#define FASTXAI_RESTRICT __restrict__
+#else
+#define FASTXAI_INLINE inline
+#define FASTXAI_RESTRICT
+#endif
+
+namespace fastxai {
+namespace cpu {
+namespace {
+
+using philox::bits_float;
+using philox::float_bits;
+
+// Elements per block: the working set of one block (a few float32 arrays of this size) stays
+// in L1/L2 while it is reused across samples or steps.
+constexpr int64_t kBlock = 1024;
+// Rough number of element operations below which a call stays on one thread.
+constexpr int64_t kMinWorkPerThread = 1 << 15;
+
+int64_t grain_for(int64_t work_per_task) {
+  return std::max<int64_t>(1, kMinWorkPerThread / std::max<int64_t>(1, work_per_task));
+}
+
+// ---- element types ----------------------------------------------------------------------------
+// Each converts rows of its storage to float32 (to_float) and back with rounding to nearest even
+// (from_float); the kernels below compute in float32 arrays. Float32 is used in place.
+
+struct Float32 {
+  using Storage = float;
+  static constexpr bool kFloat = true;
+};
+
+// IEEE binary16 <-> binary32 (branch-free bit arithmetic after Maratyszcza/FP16, as in c10).
+struct Float16 {
+  using Storage = uint16_t;
+  static constexpr bool kFloat = false;
+  static FASTXAI_INLINE float load(uint16_t h) {
+    const uint32_t w = static_cast<uint32_t>(h) << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const float normalized = bits_float((two_w >> 4) + (0xE0u << 23)) * bits_float(15u << 23);
+    const float denormalized = bits_float((two_w >> 17) | (126u << 23)) - 0.5f;
+    const uint32_t denormal_mask = 0u - static_cast<uint32_t>(two_w < (1u << 27));  // select without a branch
+    const uint32_t magnitude =
+        (float_bits(denormalized) & denormal_mask) | (float_bits(normalized) & ~denormal_mask);
+    return bits_float(sign | magnitude);
+  }
+  static FASTXAI_INLINE uint16_t store(float f) {
+    const float scale_to_inf = bits_float(239u << 23);   // 2^112
+    const float scale_to_zero = bits_float(17u << 23);   // 2^-110
+    const uint32_t w = float_bits(f);
+    float base = (bits_float(w & 0x7fffffffu) * scale_to_inf) * scale_to_zero;
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    bias = std::max(bias, 0x71000000u);
+    base = bits_float((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = float_bits(base);
+    const uint32_t exp_bits = (bits >> 13) & 0x00007C00u;
+    const uint32_t mantissa_bits = bits & 0x00000FFFu;
+    const uint32_t nonsign = exp_bits + mantissa_bits;
+    const uint32_t nan_mask = 0u - static_cast<uint32_t>(shl1_w > 0xFF000000u);
+    return static_cast<uint16_t>((sign >> 16) | (0x7E00u & nan_mask) | (nonsign & ~nan_mask));
+  }
+  static FASTXAI_INLINE void to_float(const uint16_t* FASTXAI_RESTRICT src, float* FASTXAI_RESTRICT dst,
+                                      int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = load(src[i]);
+  }
+  static FASTXAI_INLINE void from_float(const float* FASTXAI_RESTRICT src, uint16_t* FASTXAI_RESTRICT dst,
+                                        int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = store(src[i]);
+  }
+};
+
+// bfloat16: the upper half of a float32; rounding to nearest even, NaN kept quiet.
+struct BFloat16 {
+  using Storage = uint16_t;
+  static constexpr bool kFloat = false;
+  static FASTXAI_INLINE float load(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
+  static FASTXAI_INLINE uint16_t store(float f) {
+    const uint32_t u = float_bits(f);
+    const uint32_t rounded = (u + (((u >> 16) & 1u) + 0x7FFFu)) >> 16;
+    const uint32_t nan_mask = 0u - static_cast<uint32_t>((u & 0x7fffffffu) > 0x7f800000u);
+    return static_cast<uint16_t>((0x7FC0u & nan_mask) | (rounded & ~nan_mask));
+  }
+  static FASTXAI_INLINE void to_float(const uint16_t* FASTXAI_RESTRICT src, float* FASTXAI_RESTRICT dst,
+                                      int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = load(src[i]);
+  }
+  static FASTXAI_INLINE void from_float(const float* FASTXAI_RESTRICT src, uint16_t* FASTXAI_RESTRICT dst,
+                                        int64_t n) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = store(src[i]);
+  }
+};
+
+#if FASTXAI_F16C_VERSIONS
+// float16 with the F16C conversion instructions (8 per instruction, round to nearest even), the
+// same results as Float16. One struct per target, used only by the block kernels compiled for
+// that target, which are flattened (everything inlined into them) so these get inlined too.
+#define FASTXAI_DEFINE_F16C_TYPE(Name, TARGET)                                                           \
+  struct Name {                                                                                          \
+    using Storage = uint16_t;                                                                            \
+    static constexpr bool kFloat = false;                                                                \
+    __attribute__((target(TARGET))) static inline void to_float(const uint16_t* src, float* dst, \
+                                                                        int64_t n) {                     \
+      int64_t i = 0;                                                                                     \
+      for (; i + 8 <= n; i += 8) {                                                                       \
+        const __m128i half8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));                \
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(half8));                                               \
+      }                                                                                                  \
+      for (; i < n; ++i) dst[i] = _cvtsh_ss(src[i]);                                                     \
+    }                                                                                                    \
+    __attribute__((target(TARGET))) static inline void from_float(const float* src,             \
+                                                                          uint16_t* dst, int64_t n) {   \
+      int64_t i = 0;                                                                                     \
+      for (; i + 8 <= n; i += 8) {                                                                       \
+        const __m128i half8 =                                                                            \
+            _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);    \
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), half8);                                    \
+      }                                                                                                  \
+      for (; i < n; ++i) dst[i] = _cvtss_sh(src[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);      \
+    }                                                                                                    \
+  };
+FASTXAI_DEFINE_F16C_TYPE(Float16X86V3, "arch=x86-64-v3")
+FASTXAI_DEFINE_F16C_TYPE(Float16X86V4, "arch=x86-64-v4")
+#undef FASTXAI_DEFINE_F16C_TYPE
+#endif
+
+// A row of n elements as float32: the row itself for Float32, else converted into `buffer`.
+template <typename D>
+FASTXAI_INLINE const float* as_float(const typename D::Storage* src, float* buffer, int64_t n) {
+  if constexpr (D::kFloat) {
+    (void)buffer;
+    (void)n;
+    return src;
+  } else {
+    D::to_float(src, buffer, n);
+    return buffer;
+  }
+}
+
+// Where to compute an output row in float32: the row itself for Float32, else `buffer`
+// (then written back by flush).
+template <typename D>
+FASTXAI_INLINE float* output_row(typename D::Storage* dst, float* buffer) {
+  if constexpr (D::kFloat) {
+    (void)buffer;
+    return dst;
+  } else {
+    (void)dst;
+    return buffer;
+  }
+}
+
+template <typename D>
+FASTXAI_INLINE void flush(const float* buffer, typename D::Storage* dst, int64_t n) {
+  if constexpr (!D::kFloat) D::from_float(buffer, dst, n);
+}
+
+// ---- block kernels (templates, inlined into the multiversioned entry points below) -----------
+
+// Noise for elements [begin, end) of one (sample, row): out[j] = x[j] + sigma * z[j].
+// begin is a multiple of 4; Philox is called once per group of four elements.
+template <typename D>
+FASTXAI_INLINE void gaussian_span(const typename D::Storage* x, typename D::Storage* out, float sigma,
+                                  int64_t begin, int64_t end, uint32_t sample, uint32_t row, uint32_t k0,
+                                  uint32_t k1) {
+  constexpr int kGroups = 64;  // Philox calls per chunk -> 256 normals
+  alignas(64) uint32_t radius_word[2 * kGroups];
+  alignas(64) uint32_t angle_word[2 * kGroups];
+  alignas(64) float z[4 * kGroups];
+  alignas(64) float x_buffer[4 * kGroups];
+  alignas(64) float out_buffer[4 * kGroups];
+  for (int64_t start = begin; start < end; start += 4 * kGroups) {
+    const uint32_t first_group = static_cast<uint32_t>(start >> 2);
+    const int64_t count = std::min<int64_t>(4 * kGroups, end - start);
+    const int groups = static_cast<int>((count + 3) / 4);  // a partial last group is drawn whole
+    for (int i = 0; i < groups; ++i) {
+      uint32_t c0 = first_group + static_cast<uint32_t>(i), c1 = sample, c2 = row, c3 = 0u;
+      philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
+      radius_word[2 * i] = c0;
+      angle_word[2 * i] = c1;
+      radius_word[2 * i + 1] = c2;
+      angle_word[2 * i + 1] = c3;
+    }
+    for (int p = 0; p < 2 * groups; ++p) {
+      float zc, zs;
+      philox::box_muller(radius_word[p], angle_word[p], zc, zs);
+      z[2 * p] = zc;
+      z[2 * p + 1] = zs;
+    }
+    const float* FASTXAI_RESTRICT xs = as_float<D>(x + start, x_buffer, count);
+    float* FASTXAI_RESTRICT os = output_row<D>(out + start, out_buffer);
+    for (int64_t i = 0; i < count; ++i) {
+      os[i] = xs[i] + sigma * z[i];
+    }
+    flush<D>(out_buffer, out + start, count);
+  }
+}
+
+// total[i] += a, total_sq[i] += a * a for a = values[s * stride + i] (* multiplier[...]), s in order.
+template <typename D, bool kSquares, bool kMultiplier>
+FASTXAI_INLINE void moment_span(const typename D::Storage* values, const typename D::Storage* multiplier,
+                                float* FASTXAI_RESTRICT total, float* FASTXAI_RESTRICT total_sq, int64_t n,
+                                int64_t stride, int64_t count) {
+  alignas(64) float sum[kBlock];
+  alignas(64) float sum_sq[kBlock];
+  alignas(64) float value_buffer[kBlock];
+  alignas(64) float multiplier_buffer[kBlock];
+  for (int64_t i = 0; i < count; ++i) {
+    sum[i] = total[i];
+    if (kSquares) sum_sq[i] = total_sq[i];
+  }
+  for (int64_t s = 0; s < n; ++s) {
+    const float* FASTXAI_RESTRICT v = as_float<D>(values + s * stride, value_buffer, count);
+    const float* FASTXAI_RESTRICT m =
+        kMultiplier ? as_float<D>(multiplier + s * stride, multiplier_buffer, count) : nullptr;
+    for (int64_t i = 0; i < count; ++i) {
+      float a = v[i];
+      if (kMultiplier) a = a * m[i];
+      sum[i] = sum[i] + a;
+      if (kSquares) sum_sq[i] = sum_sq[i] + a * a;
+    }
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    total[i] = sum[i];
+    if (kSquares) total_sq[i] = sum_sq[i];
+  }
+}
+
+template <typename D>
+FASTXAI_INLINE void moment_span_any(const typename D::Storage* values, const typename D::Storage* multiplier,
+                                    float* total, float* total_sq, int64_t n, int64_t stride, int64_t count) {
+  if (total_sq != nullptr) {
+    if (multiplier != nullptr) {
+      moment_span<D, true, true>(values, multiplier, total, total_sq, n, stride, count);
+    } else {
+      moment_span<D, true, false>(values, multiplier, total, total_sq, n, stride, count);
+    }
+  } else if (multiplier != nullptr) {
+    moment_span<D, false, true>(values, multiplier, total, total_sq, n, stride, count);
+  } else {
+    moment_span<D, false, false>(values, multiplier, total, total_sq, n, stride, count);
+  }
+}
+
+// out[k * stride + i] = baseline[i] + alphas[k] * (x[i] - baseline[i]) for i < count.
+template <typename D>
+FASTXAI_INLINE void path_span(const typename D::Storage* x, const typename D::Storage* baseline,
+                              const float* FASTXAI_RESTRICT alphas, typename D::Storage* out, int64_t steps,
+                              int64_t stride, int64_t count) {
+  alignas(64) float start[kBlock];
+  alignas(64) float step[kBlock];
+  alignas(64) float x_buffer[kBlock];
+  alignas(64) float baseline_buffer[kBlock];
+  alignas(64) float out_buffer[kBlock];
+  const float* FASTXAI_RESTRICT xf = as_float<D>(x, x_buffer, count);
+  const float* FASTXAI_RESTRICT bf = as_float<D>(baseline, baseline_buffer, count);
+  for (int64_t i = 0; i < count; ++i) {
+    start[i] = bf[i];
+    step[i] = xf[i] - bf[i];
+  }
+  for (int64_t k = 0; k < steps; ++k) {
+    const float alpha = alphas[k];
+    float* FASTXAI_RESTRICT o = output_row<D>(out + k * stride, out_buffer);
+    for (int64_t i = 0; i < count; ++i) {
+      o[i] = start[i] + alpha * step[i];
+    }
+    flush<D>(out_buffer, out + k * stride, count);
+  }
+}
+
+// acc[i] += weights[k * weight_stride] * grads[k * stride + i], k in order, for i < count.
+template <typename D>
+FASTXAI_INLINE void weighted_span(const typename D::Storage* grads, const float* FASTXAI_RESTRICT weights,
+                                  float* FASTXAI_RESTRICT acc, int64_t steps, int64_t stride,
+                                  int64_t weight_stride, int64_t count) {
+  alignas(64) float sum[kBlock];
+  alignas(64) float grad_buffer[kBlock];
+  for (int64_t i = 0; i < count; ++i) sum[i] = acc[i];
+  for (int64_t k = 0; k < steps; ++k) {
+    const float w = weights[k * weight_stride];
+    const float* FASTXAI_RESTRICT g = as_float<D>(grads + k * stride, grad_buffer, count);
+    for (int64_t i = 0; i < count; ++i) {
+      sum[i] = sum[i] + w * g[i];
+    }
+  }
+  for (int64_t i = 0; i < count; ++i) acc[i] = sum[i];
+}
+
+// ---- multiversioned entry points, one per element type ---------------------------------------
+
+#define FASTXAI_DEFINE_BLOCK_KERNELS(D, suffix, ATTR)                                                    \
+  ATTR void gaussian_span_##suffix(const D::Storage* x, D::Storage* out, float sigma, int64_t begin,        \
+                                   int64_t end, uint32_t sample, uint32_t row, uint32_t k0, uint32_t k1) {  \
+    gaussian_span<D>(x, out, sigma, begin, end, sample, row, k0, k1);                                      \
+  }                                                                                                        \
+  ATTR void moment_span_##suffix(const D::Storage* values, const D::Storage* multiplier, float* total,      \
+                                 float* total_sq, int64_t n, int64_t stride, int64_t count) {              \
+    moment_span_any<D>(values, multiplier, total, total_sq, n, stride, count);                             \
+  }                                                                                                        \
+  ATTR void path_span_##suffix(const D::Storage* x, const D::Storage* baseline, const float* alphas,        \
+                               D::Storage* out, int64_t steps, int64_t stride, int64_t count) {             \
+    path_span<D>(x, baseline, alphas, out, steps, stride, count);                                          \
+  }                                                                                                        \
+  ATTR void weighted_span_##suffix(const D::Storage* grads, const float* weights, float* acc, int64_t steps, \
+                                   int64_t stride, int64_t weight_stride, int64_t count) {                  \
+    weighted_span<D>(grads, weights, acc, steps, stride, weight_stride, count);                            \
+  }
+
+FASTXAI_DEFINE_BLOCK_KERNELS(Float32, f32, FASTXAI_CLONES)
+FASTXAI_DEFINE_BLOCK_KERNELS(BFloat16, bf16, FASTXAI_CLONES)
+#if FASTXAI_F16C_VERSIONS
+// Same names, one definition per target: GCC builds the dispatcher (C++ function multiversioning).
+FASTXAI_DEFINE_BLOCK_KERNELS(Float16, f16, __attribute__((target("default"))))
+FASTXAI_DEFINE_BLOCK_KERNELS(Float16X86V3, f16, __attribute__((target("arch=x86-64-v3"), flatten)))
+FASTXAI_DEFINE_BLOCK_KERNELS(Float16X86V4, f16, __attribute__((target("arch=x86-64-v4"), flatten)))
+#else
+FASTXAI_DEFINE_BLOCK_KERNELS(Float16, f16, FASTXAI_CLONES)
+#endif
+
+#undef FASTXAI_DEFINE_BLOCK_KERNELS
+
+// Function-pointer table of the block kernels of one element type.
+template <typename S>
+struct BlockKernels {
+  void (*gaussian)(const S*, S*, float, int64_t, int64_t, uint32_t, uint32_t, uint32_t, uint32_t);
+  void (*moment)(const S*, const S*, float*, float*, int64_t, int64_t, int64_t);
+  void (*path)(const S*, const S*, const float*, S*, int64_t, int64_t, int64_t);
+  void (*weighted)(const S*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+};
+
+// ---- drivers: split into blocks and run them in parallel -------------------------------------
+
+template <typename S>
+void gaussian_driver(const BlockKernels<S>& kernels, const S* x, const float* sigma, S* out, int64_t batch,
+                     int64_t features, uint64_t seed, uint32_t sample_offset, int64_t n_samples,
+                     uint32_t batch_offset) {
+  const int64_t rows = n_samples * batch;
+  if (rows == 0 || features == 0) return;
+  const int64_t chunks = (features + kBlock - 1) / kBlock;  // kBlock is a multiple of 4
+  const uint32_t k0 = static_cast<uint32_t>(seed & 0xffffffffu);
+  const uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+  // Noise costs ~10x a plain elementwise op per element.
+  const int64_t grain = grain_for(10 * std::min(features, kBlock));
+  at::parallel_for(0, rows * chunks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t r = task / chunks;
+      const int64_t begin = (task % chunks) * kBlock;
+      const int64_t end = std::min(begin + kBlock, features);
+      const int64_t s = r / batch;
+      const int64_t b = r % batch;
+      kernels.gaussian(x + b * features, out + r * features, sigma[b], begin, end,
+                       sample_offset + static_cast<uint32_t>(s), batch_offset + static_cast<uint32_t>(b), k0,
+                       k1);
+    }
+  });
+}
+
+template <typename S>
+void moment_driver(const BlockKernels<S>& kernels, const S* values, const S* multiplier, float* total,
+                   float* total_sq, int64_t n, int64_t elements) {
+  if (n == 0 || elements == 0) return;
+  const int64_t blocks = (elements + kBlock - 1) / kBlock;
+  const int64_t grain = grain_for(n * std::min(elements, kBlock));
+  at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlock;
+      const int64_t count = std::min(kBlock, elements - begin);
+      kernels.moment(values + begin, multiplier != nullptr ? multiplier + begin : nullptr, total + begin,
+                     total_sq != nullptr ? total_sq + begin : nullptr, n, elements, count);
+    }
+  });
+}
+
+template <typename S>
+void path_driver(const BlockKernels<S>& kernels, const S* x, const S* baseline, const float* alphas, S* out,
+                 int64_t steps, int64_t elements) {
+  if (steps == 0 || elements == 0) return;
+  const int64_t blocks = (elements + kBlock - 1) / kBlock;
+  const int64_t grain = grain_for(steps * std::min(elements, kBlock));
+  at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlock;
+      const int64_t count = std::min(kBlock, elements - begin);
+      kernels.path(x + begin, baseline + begin, alphas, out + begin, steps, elements, count);
+    }
+  });
+}
+
+template <typename S>
+void weighted_driver(const BlockKernels<S>& kernels, const S* grads, const float* weights, float* acc,
+                     int64_t steps, int64_t batch, int64_t features) {
+  if (steps == 0 || batch == 0 || features == 0) return;
+  const int64_t chunks = (features + kBlock - 1) / kBlock;
+  const int64_t elements = batch * features;
+  const int64_t grain = grain_for(steps * std::min(features, kBlock));
+  at::parallel_for(0, batch * chunks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t b = task / chunks;
+      const int64_t begin = b * features + (task % chunks) * kBlock;
+      const int64_t count = std::min(kBlock, (b + 1) * features - begin);
+      kernels.weighted(grads + begin, weights + b, acc + begin, steps, elements, batch, count);
+    }
+  });
+}
+
+const BlockKernels<float> kFloat32Kernels{gaussian_span_f32, moment_span_f32, path_span_f32, weighted_span_f32};
+const BlockKernels<uint16_t> kFloat16Kernels{gaussian_span_f16, moment_span_f16, path_span_f16,
+                                             weighted_span_f16};
+const BlockKernels<uint16_t> kBFloat16Kernels{gaussian_span_bf16, moment_span_bf16, path_span_bf16,
+                                              weighted_span_bf16};
+
+const BlockKernels<uint16_t>& half_kernels(Dtype dtype) {
+  return dtype == Dtype::kFloat16 ? kFloat16Kernels : kBFloat16Kernels;
+}
+
+}  // namespace
+
+void gaussian_perturb(Dtype dtype, const void* x, const float* sigma, void* out, int64_t batch,
+                      int64_t features, uint64_t seed, uint32_t sample_offset, int64_t n_samples,
+                      uint32_t batch_offset) {
+  if (dtype == Dtype::kFloat32) {
+    gaussian_driver(kFloat32Kernels, static_cast<const float*>(x), sigma, static_cast<float*>(out), batch,
+                    features, seed, sample_offset, n_samples, batch_offset);
+  } else {
+    gaussian_driver(half_kernels(dtype), static_cast<const uint16_t*>(x), sigma, static_cast<uint16_t*>(out),
+                    batch, features, seed, sample_offset, n_samples, batch_offset);
+  }
+}
+
+void moment_accumulate(Dtype dtype, const void* values, const void* multiplier, float* total,
+                       float* total_sq, int64_t n, int64_t elements) {
+  if (dtype == Dtype::kFloat32) {
+    moment_driver(kFloat32Kernels, static_cast<const float*>(values), static_cast<const float*>(multiplier),
+                  total, total_sq, n, elements);
+  } else {
+    moment_driver(half_kernels(dtype), static_cast<const uint16_t*>(values),
+                  static_cast<const uint16_t*>(multiplier), total, total_sq, n, elements);
+  }
+}
+
+void path_points(Dtype dtype, const void* x, const void* baseline, const float* alphas, void* out,
+                 int64_t steps, int64_t elements) {
+  if (dtype == Dtype::kFloat32) {
+    path_driver(kFloat32Kernels, static_cast<const float*>(x), static_cast<const float*>(baseline), alphas,
+                static_cast<float*>(out), steps, elements);
+  } else {
+    path_driver(half_kernels(dtype), static_cast<const uint16_t*>(x), static_cast<const uint16_t*>(baseline),
+                alphas, static_cast<uint16_t*>(out), steps, elements);
+  }
+}
+
+void weighted_path_accumulate(Dtype dtype, const void* grads, const float* weights, float* acc,
+                              int64_t steps, int64_t batch, int64_t features) {
+  if (dtype == Dtype::kFloat32) {
+    weighted_driver(kFloat32Kernels, static_cast<const float*>(grads), weights, acc, steps, batch, features);
+  } else {
+    weighted_driver(half_kernels(dtype), static_cast<const uint16_t*>(grads), weights, acc, steps, batch,
+                    features);
+  }
+}
+
+}  // namespace cpu
+}  // namespace fastxai

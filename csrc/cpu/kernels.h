@@ -1,0 +1,39 @@
+// CPU kernels of the fused ops on raw, contiguous buffers (see fastxai/reference/ops.py).
+//
+// The caller (csrc/ops.cpp) validates shapes, dtypes, devices and contiguity; these functions
+// assume all of it. Element buffers of dtype kFloat16 / kBFloat16 hold the 16-bit storage;
+// accumulators, sigma, alphas and weights are float32. Work is split with at::parallel_for
+// into blocks that own disjoint output elements.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype.h"
+
+namespace fastxai {
+namespace cpu {
+
+// out[s, b, j] = x[b, j] + sigma[b] * N(seed; sample_offset + s, batch_offset + b, j).
+// x: [batch, features]; out: [n_samples, batch, features].
+void gaussian_perturb(Dtype dtype, const void* x, const float* sigma, void* out, int64_t batch,
+                      int64_t features, uint64_t seed, uint32_t sample_offset, int64_t n_samples,
+                      uint32_t batch_offset);
+
+// total[e] += sum_s a, total_sq[e] += sum_s a * a (samples in order), a = values[s, e] (*
+// multiplier[s, e]). values, multiplier: [n, elements]; total, total_sq: [elements].
+// total_sq and multiplier may be null.
+void moment_accumulate(Dtype dtype, const void* values, const void* multiplier, float* total,
+                       float* total_sq, int64_t n, int64_t elements);
+
+// out[k, e] = baseline[e] + alphas[k] * (x[e] - baseline[e]). x, baseline: [elements];
+// out: [steps, elements].
+void path_points(Dtype dtype, const void* x, const void* baseline, const float* alphas, void* out,
+                 int64_t steps, int64_t elements);
+
+// acc[b, f] += sum_k weights[k, b] * grads[k, b, f] (steps in order).
+// grads: [steps, batch, features]; weights: [steps, batch]; acc: [batch, features].
+void weighted_path_accumulate(Dtype dtype, const void* grads, const float* weights, float* acc,
+                              int64_t steps, int64_t batch, int64_t features);
+
+}  // namespace cpu
+}  // namespace fastxai

@@ -1,0 +1,91 @@
+// CUDA implementations of the fastxai operators (host side, compiled by the C++ compiler).
+//
+// Validates with the checks shared with the CPU path, makes the tensors' device current,
+// launches the torch-free kernels of kernels.cu on torch's current stream
+// (c10::cuda::getCurrentCUDAStream, the stream at::cuda::getCurrentCUDAStream returns; the c10
+// header avoids ATen/cuda/CUDAContext.h's dependency on the cuBLAS/cuSPARSE headers) and turns a CUDA
+// error into a RuntimeError. Built only with FASTXAI_WITH_CUDA.
+
+#ifdef FASTXAI_WITH_CUDA
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "checks.h"
+#include "cuda/kernels.h"
+
+namespace fastxai {
+namespace {
+
+constexpr c10::DeviceType kCUDA = c10::DeviceType::CUDA;
+
+void check_launch(cudaError_t err, const char* op) {
+  TORCH_CHECK(err == cudaSuccess, "fastxai: CUDA kernel of ", op, " failed: ", cudaGetErrorName(err), ": ",
+              cudaGetErrorString(err));
+}
+
+at::Tensor gaussian_perturb_cuda(const at::Tensor& x, const at::Tensor& sigma, int64_t seed, int64_t sample_offset,
+                                 int64_t n_samples, int64_t batch_offset) {
+  const auto args = checks::check_gaussian_perturb(x, sigma, seed, sample_offset, n_samples, batch_offset, kCUDA);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(checks::prepend(n_samples, x.sizes()), x.options());
+  check_launch(cuda::launch_gaussian_perturb(args.dtype, x.const_data_ptr(), sigma.const_data_ptr<float>(),
+                                             out.mutable_data_ptr(), args.batch, args.features,
+                                             static_cast<uint64_t>(seed), static_cast<uint32_t>(sample_offset),
+                                             n_samples, static_cast<uint32_t>(batch_offset),
+                                             c10::cuda::getCurrentCUDAStream().stream()),
+               "gaussian_perturb");
+  return out;
+}
+
+void moment_accumulate_cuda(const at::Tensor& values, const at::Tensor& total,
+                            const std::optional<at::Tensor>& total_sq, const std::optional<at::Tensor>& multiplier) {
+  const auto args = checks::check_moment_accumulate(values, total, total_sq, multiplier, kCUDA);
+  const c10::cuda::CUDAGuard guard(values.device());
+  check_launch(cuda::launch_moment_accumulate(
+                   args.dtype, values.const_data_ptr(),
+                   multiplier.has_value() ? multiplier->const_data_ptr() : nullptr, total.mutable_data_ptr<float>(),
+                   total_sq.has_value() ? total_sq->mutable_data_ptr<float>() : nullptr, args.n, args.elements,
+                   c10::cuda::getCurrentCUDAStream().stream()),
+               "moment_accumulate");
+}
+
+at::Tensor path_points_cuda(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas) {
+  const auto args = checks::check_path_points(x, baseline, alphas, kCUDA);
+  const c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(checks::prepend(args.steps, x.sizes()), x.options());
+  check_launch(cuda::launch_path_points(args.dtype, x.const_data_ptr(), baseline.const_data_ptr(),
+                                        alphas.const_data_ptr<float>(), out.mutable_data_ptr(), args.steps,
+                                        args.elements, c10::cuda::getCurrentCUDAStream().stream()),
+               "path_points");
+  return out;
+}
+
+void weighted_path_accumulate_cuda(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& acc) {
+  const auto args = checks::check_weighted_path_accumulate(grads, weights, acc, kCUDA);
+  const c10::cuda::CUDAGuard guard(grads.device());
+  check_launch(cuda::launch_weighted_path_accumulate(args.dtype, grads.const_data_ptr(),
+                                                     weights.const_data_ptr<float>(), acc.mutable_data_ptr<float>(),
+                                                     args.steps, args.batch, args.features,
+                                                     c10::cuda::getCurrentCUDAStream().stream()),
+               "weighted_path_accumulate");
+}
+
+}  // namespace
+}  // namespace fastxai
+
+TORCH_LIBRARY_IMPL(fastxai, CUDA, m) {
+  m.impl("gaussian_perturb", &fastxai::gaussian_perturb_cuda);
+  m.impl("moment_accumulate", &fastxai::moment_accumulate_cuda);
+  m.impl("path_points", &fastxai::path_points_cuda);
+  m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cuda);
+}
+
+#endif  // FASTXAI_WITH_CUDA

@@ -1,0 +1,93 @@
+// The fused ops as torch operators (namespace `fastxai`), their CPU implementations, and the
+// Python module `fastxai._C` whose import registers them (torch.ops.fastxai.*).
+//
+// The schemas mirror fastxai/reference/ops.py. Host code here validates (csrc/checks.h),
+// allocates outputs and calls the raw-pointer CPU kernels (csrc/cpu/kernels.cpp). The CUDA
+// implementations live in csrc/cuda/ops_cuda.cpp, compiled only with FASTXAI_WITH_CUDA.
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <pybind11/pybind11.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <optional>
+
+#include "checks.h"
+#include "cpu/kernels.h"
+
+namespace fastxai {
+namespace {
+
+constexpr c10::DeviceType kCPU = c10::DeviceType::CPU;
+
+at::Tensor gaussian_perturb_cpu(const at::Tensor& x, const at::Tensor& sigma, int64_t seed, int64_t sample_offset,
+                                int64_t n_samples, int64_t batch_offset) {
+  const auto args = checks::check_gaussian_perturb(x, sigma, seed, sample_offset, n_samples, batch_offset, kCPU);
+  at::Tensor out = at::empty(checks::prepend(n_samples, x.sizes()), x.options());
+  cpu::gaussian_perturb(args.dtype, x.const_data_ptr(), sigma.const_data_ptr<float>(), out.mutable_data_ptr(),
+                        args.batch, args.features, static_cast<uint64_t>(seed),
+                        static_cast<uint32_t>(sample_offset), n_samples, static_cast<uint32_t>(batch_offset));
+  return out;
+}
+
+void moment_accumulate_cpu(const at::Tensor& values, const at::Tensor& total,
+                           const std::optional<at::Tensor>& total_sq, const std::optional<at::Tensor>& multiplier) {
+  const auto args = checks::check_moment_accumulate(values, total, total_sq, multiplier, kCPU);
+  cpu::moment_accumulate(args.dtype, values.const_data_ptr(),
+                         multiplier.has_value() ? multiplier->const_data_ptr() : nullptr,
+                         total.mutable_data_ptr<float>(),
+                         total_sq.has_value() ? total_sq->mutable_data_ptr<float>() : nullptr, args.n,
+                         args.elements);
+}
+
+at::Tensor path_points_cpu(const at::Tensor& x, const at::Tensor& baseline, const at::Tensor& alphas) {
+  const auto args = checks::check_path_points(x, baseline, alphas, kCPU);
+  at::Tensor out = at::empty(checks::prepend(args.steps, x.sizes()), x.options());
+  cpu::path_points(args.dtype, x.const_data_ptr(), baseline.const_data_ptr(), alphas.const_data_ptr<float>(),
+                   out.mutable_data_ptr(), args.steps, args.elements);
+  return out;
+}
+
+void weighted_path_accumulate_cpu(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& acc) {
+  const auto args = checks::check_weighted_path_accumulate(grads, weights, acc, kCPU);
+  cpu::weighted_path_accumulate(args.dtype, grads.const_data_ptr(), weights.const_data_ptr<float>(),
+                                acc.mutable_data_ptr<float>(), args.steps, args.batch, args.features);
+}
+
+}  // namespace
+}  // namespace fastxai
+
+TORCH_LIBRARY(fastxai, m) {
+  // Fake (meta) implementations for torch.compile are registered from Python.
+  m.set_python_module("fastxai._native");
+  m.def(
+      "gaussian_perturb(Tensor x, Tensor sigma, int seed, int sample_offset, int n_samples, int batch_offset) "
+      "-> Tensor");
+  m.def("moment_accumulate(Tensor values, Tensor(a!) total, Tensor(b!)? total_sq, Tensor? multiplier) -> ()");
+  m.def("path_points(Tensor x, Tensor baseline, Tensor alphas) -> Tensor");
+  m.def("weighted_path_accumulate(Tensor grads, Tensor weights, Tensor(a!) acc) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(fastxai, CPU, m) {
+  m.impl("gaussian_perturb", &fastxai::gaussian_perturb_cpu);
+  m.impl("moment_accumulate", &fastxai::moment_accumulate_cpu);
+  m.impl("path_points", &fastxai::path_points_cpu);
+  m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cpu);
+}
+
+PYBIND11_MODULE(_C, module) {
+  module.doc() =
+      "fastxai native backend: importing it registers the torch.ops.fastxai operators (CPU, and CUDA when built "
+      "with it). Use fastxai.ops or fastxai._native rather than this module.";
+  module.def(
+      "with_cuda",
+      []() {
+#ifdef FASTXAI_WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether the extension was compiled with its CUDA kernels.");
+}

@@ -1,0 +1,163 @@
+"""The native backend: C++ (CPU) and CUDA kernels in the compiled extension ``fastxai._C``.
+
+Importing ``fastxai._C`` registers the operators ``torch.ops.fastxai.*`` (sources in ``csrc/``).
+It is loaded lazily, once, on the first call of :func:`available` or of an op, so importing
+fastxai never requires it and never touches CUDA. The functions here have the signatures of
+``fastxai.reference.ops`` and expect what ``fastxai.ops`` passes them: validated, contiguous
+tensors of dtype float32, float16 or bfloat16.
+
+Build the extension from a source checkout with ``pip install --no-build-isolation -e .``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import warnings
+from types import ModuleType
+from typing import Any
+
+import torch
+
+BUILD_INSTRUCTIONS = (
+    "build it from the source checkout with `pip install --no-build-isolation -e .` "
+    "(needs cmake >= 3.18, a C++20 compiler and torch installed; nvcc for the CUDA kernels)"
+)
+
+_lock = threading.RLock()
+_attempted = False
+_module: ModuleType | None = None
+_error = ""
+_fakes_registered = False
+
+
+def _load() -> ModuleType | None:
+    """Import ``fastxai._C`` once; remember the module or why it failed."""
+    global _attempted, _module, _error
+    if _attempted:
+        return _module
+    with _lock:
+        if not _attempted:
+            try:
+                module = importlib.import_module("fastxai._C")
+            except Exception as exc:  # ImportError, or an OSError/RuntimeError from loading the library
+                _error = f"{type(exc).__name__}: {exc}"
+            else:
+                try:
+                    _register_fakes()
+                except Exception as exc:  # the ops still run eagerly; only tracing needs the fakes
+                    warnings.warn(
+                        f"fastxai: could not register fake implementations of the native ops "
+                        f"({type(exc).__name__}: {exc}); torch.compile cannot trace them",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                _module = module
+            _attempted = True
+    return _module
+
+
+def available() -> tuple[bool, str]:
+    """Whether the extension loads, and if not, why and how to build it."""
+    if _load() is not None:
+        return True, ""
+    return False, f"the compiled extension fastxai._C is missing or broken ({_error}); {BUILD_INSTRUCTIONS}"
+
+
+def cuda_available() -> bool:
+    """Whether the extension was built with its CUDA kernels (says nothing about a GPU being present)."""
+    module = _load()
+    return module is not None and bool(module.with_cuda())
+
+
+def _ops() -> Any:
+    if _load() is None:
+        raise RuntimeError(available()[1])
+    return torch.ops.fastxai
+
+
+def gaussian_perturb(
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    seed: int,
+    sample_offset: int,
+    n_samples: int,
+    batch_offset: int = 0,
+) -> torch.Tensor:
+    """Noisy copies ``out[s, b] = x[b] + sigma[b] * N(seed; sample_offset + s, batch_offset + b, j)``.
+
+    Returns [n_samples, B, *F] in x's dtype.
+    """
+    out: torch.Tensor = _ops().gaussian_perturb(x, sigma, seed, sample_offset, n_samples, batch_offset)
+    return out
+
+
+def moment_accumulate(
+    values: torch.Tensor,
+    total: torch.Tensor,
+    total_sq: torch.Tensor | None = None,
+    multiplier: torch.Tensor | None = None,
+) -> None:
+    """In place: ``total += sum_s a_s``, ``total_sq += sum_s a_s**2``; ``a_s = values[s] (* multiplier[s])``.
+
+    ``total_sq`` and ``multiplier`` are optional.
+    """
+    _ops().moment_accumulate(values, total, total_sq, multiplier)
+
+
+def path_points(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """``out[k, b] = baseline[b] + alphas[k] * (x[b] - baseline[b])``: [K, B, *F]."""
+    out: torch.Tensor = _ops().path_points(x, baseline, alphas)
+    return out
+
+
+def weighted_path_accumulate(grads: torch.Tensor, weights: torch.Tensor, acc: torch.Tensor) -> None:
+    """In place: ``acc[b] += sum_k weights[k, b] * grads[k, b]``, steps in order."""
+    _ops().weighted_path_accumulate(grads, weights, acc)
+
+
+def _register_fakes() -> None:
+    """Shape-only implementations, so the ops trace under torch.compile / FakeTensor.
+
+    ``fastxai._C`` names this module as the home of its fake implementations
+    (``set_python_module``), so torch imports it when it needs them.
+    """
+    global _fakes_registered
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+
+    @torch.library.register_fake("fastxai::gaussian_perturb")
+    def _gaussian_perturb_fake(
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        seed: int,
+        sample_offset: int,
+        n_samples: int,
+        batch_offset: int,
+    ) -> torch.Tensor:
+        return x.new_empty((n_samples, *x.shape))
+
+    @torch.library.register_fake("fastxai::path_points")
+    def _path_points_fake(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((alphas.shape[0], *x.shape))
+
+    @torch.library.register_fake("fastxai::moment_accumulate")
+    def _moment_accumulate_fake(
+        values: torch.Tensor,
+        total: torch.Tensor,
+        total_sq: torch.Tensor | None,
+        multiplier: torch.Tensor | None,
+    ) -> None:
+        return None
+
+    @torch.library.register_fake("fastxai::weighted_path_accumulate")
+    def _weighted_path_accumulate_fake(grads: torch.Tensor, weights: torch.Tensor, acc: torch.Tensor) -> None:
+        return None
+
+
+# torch imports this module when it needs the fake implementations of ops that fastxai._C
+# registered (it named this module): register them then. Nothing is probed otherwise.
+if "fastxai._C" in sys.modules:
+    _load()
