@@ -40,4 +40,4 @@ def test_smoothgrad(benchmark, model_name: str, implementation: str, dtype: torc
     if DEVICE == "cuda":
         inner = function
         function = lambda: (inner(), torch.cuda.synchronize())  # noqa: E731
-    benchmark.pedantic(function, rounds=7, warmup_rounds=1)
+    benchmark.pedantic(function, rounds=15, warmup_rounds=2)

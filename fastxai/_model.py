@@ -101,12 +101,14 @@ def check_target_range(target: torch.Tensor, classes: int) -> None:
 def resolve_target(
     model: Model, inputs: torch.Tensor, target: torch.Tensor | None, chunk_size: int
 ) -> torch.Tensor:
-    """Per-sample target indices; None means the predicted class. Checks the range."""
+    """Per-sample target indices; None means the predicted class. Checks the range (the number
+    of classes is read off one input's output when the target is given)."""
     classes = None
     predictions = []
     with torch.no_grad():
         for start in range(0, inputs.shape[0], chunk_size):
-            output = logits(model, inputs[start : start + chunk_size])
+            stop = start + 1 if target is not None else start + chunk_size
+            output = logits(model, inputs[start:stop])
             classes = output.shape[1]
             if target is not None:
                 break
@@ -142,6 +144,14 @@ def target_scores(model: Model, inputs: torch.Tensor, target: torch.Tensor, chun
         )
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether no element is NaN or infinite: a finite sum proves it in one cheap reduction;
+    only when the sum is not finite (a NaN, an infinity, or an overflow) are elements checked."""
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def check_inputs(inputs: Any) -> torch.Tensor:
     """Inputs must be a floating tensor [B, ...] with B >= 1 and no NaN or infinity."""
     if not isinstance(inputs, torch.Tensor):
@@ -150,6 +160,6 @@ def check_inputs(inputs: Any) -> torch.Tensor:
         raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
     if inputs.dim() < 1 or inputs.shape[0] < 1:
         raise ValueError(f"inputs must be [batch, ...] with batch >= 1, got shape {tuple(inputs.shape)}")
-    if not bool(torch.isfinite(inputs).all()):
+    if not all_finite(inputs):
         raise ValueError("inputs contain NaN or infinity")
     return inputs

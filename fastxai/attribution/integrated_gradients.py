@@ -48,7 +48,7 @@ def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
             f"baselines of shape {tuple(baselines.shape)} fit neither one input {tuple(inputs.shape[1:])} "
             f"nor the batch {tuple(inputs.shape)}"
         )
-    if not bool(torch.isfinite(baselines).all()):
+    if not _model.all_finite(baselines):
         raise ValueError("baselines contain NaN or infinity")
     return baselines.to(device=inputs.device, dtype=inputs.dtype).expand(inputs.shape).contiguous()
 

@@ -7,6 +7,8 @@ Gauss-Legendre rules place their points as Captum does, so results agree with Ca
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 FIXED_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
@@ -25,6 +27,12 @@ def points_and_weights(
     (weights sum to 1). Captum's version uses step 1/n with halved end weights, so its weights
     sum to (n-1)/n; ``captum_trapezoid=True`` reproduces that for the Captum drop-in.
     """
+    alphas, weights = _points_and_weights(method, n_steps, captum_trapezoid)
+    return alphas.copy(), weights.copy()
+
+
+@functools.lru_cache(maxsize=64)  # Gauss-Legendre nodes cost an eigenvalue problem per call
+def _points_and_weights(method: str, n_steps: int, captum_trapezoid: bool) -> tuple[np.ndarray, np.ndarray]:
     if method not in FIXED_METHODS:
         raise ValueError(f"method must be one of {(*FIXED_METHODS, 'adaptive')}, got {method!r}")
     if n_steps < minimum_steps(method):
