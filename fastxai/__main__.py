@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="attribute a digits CNN on every backend and print timings")
     demo.add_argument("--samples", type=int, default=256, help="test images to explain (default 256)")
     demo.add_argument("--points", type=int, default=32, help="SmoothGrad samples and IG steps (default 32)")
-    demo.add_argument("--repeats", type=int, default=3, help="timing repeats, best kept (default 3)")
+    demo.add_argument("--repeats", type=int, default=5, help="timing repeats, best kept (default 5)")
     commands.add_parser("backends", help="which backends this machine has, and why not the others")
     args = parser.parse_args(argv)
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     samples = getattr(args, "samples", 256)
     points = getattr(args, "points", 32)
-    repeats = getattr(args, "repeats", 3)
+    repeats = getattr(args, "repeats", 5)
     for name, value in (("--samples", samples), ("--points", points), ("--repeats", repeats)):
         if value < 1:
             parser.error(f"{name} must be >= 1, got {value}")

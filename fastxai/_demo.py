@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -19,14 +20,20 @@ from fastxai import _model
 from fastxai.digits import accuracy, load_digits, train_digits_cnn
 
 
-def _best_time(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    result = function()  # warm-up: first calls pay for allocations and lazy initialisation
-    best = float("inf")
+def _best_times(functions: list[Callable[[], Any]], repeats: int) -> tuple[list[float], list[Any]]:
+    """Best wall time of each function over ``repeats`` rounds, and its last result.
+
+    The functions take turns within each round, so a slow spell of the machine touches all of
+    them alike instead of one.
+    """
+    results = [function() for function in functions]  # warm-up: allocations, lazy initialisation
+    best = [float("inf")] * len(functions)
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            results[index] = function()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best, results
 
 
 def _floor(
@@ -44,7 +51,7 @@ def _floor(
     return run
 
 
-def run_demo(samples: int = 256, points: int = 32, repeats: int = 3, seed: int = 0) -> None:
+def run_demo(samples: int = 256, points: int = 32, repeats: int = 5, seed: int = 0) -> None:
     torch.manual_seed(seed)
     print(f"fastxai {fx.__version__}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     for info in fx.backends().values():
@@ -59,7 +66,7 @@ def run_demo(samples: int = 256, points: int = 32, repeats: int = 3, seed: int =
     x, target = x_test[:samples], y_test[:samples]
     chunk = 512
     methods: dict[str, tuple[int, Callable[[str], Any]]] = {
-        "saliency": (1, lambda b: fx.saliency(model, x, target=target, chunk_size=chunk)),
+        "saliency (no fused op)": (1, lambda b: fx.saliency(model, x, target=target, chunk_size=chunk)),
         f"smoothgrad n={points}": (
             points,
             lambda b: fx.smoothgrad(
@@ -81,12 +88,8 @@ def run_demo(samples: int = 256, points: int = 32, repeats: int = 3, seed: int =
     print(header)
     print("-" * len(header))
     for label, (count, method) in methods.items():
-        floor, _ = _best_time(_floor(model, x, target, count, chunk), repeats)
-        times, results = [], []
-        for name in names:
-            seconds, result = _best_time(functools.partial(method, name), repeats)
-            times.append(seconds)
-            results.append(result)
+        functions = [_floor(model, x, target, count, chunk)] + [functools.partial(method, n) for n in names]
+        (floor, *times), (_, *results) = _best_times(functions, repeats)
         ratios = " ".join(f"{name}={t / floor:.2f}x" for name, t in zip(names, times, strict=True))
         print(f"{label:34} {floor:8.3f} " + " ".join(f"{t:12.3f}" for t in times) + "   " + ratios)
         for name, result in zip(names[1:], results[1:], strict=True):
@@ -94,9 +97,11 @@ def run_demo(samples: int = 256, points: int = 32, repeats: int = 3, seed: int =
             print(f"{'':34} max |{name} - reference| / max|reference| = {difference:.1e}")
 
     _, delta = fx.integrated_gradients(model, x, target=target, n_steps=points, return_convergence_delta=True)
-    _, adaptive_delta, evaluations = fx.integrated_gradients(
-        model, x, target=target, method="adaptive", tolerance=1e-2, return_evaluations=True
-    )
+    with warnings.catch_warnings(record=True) as caught:  # reported below instead
+        warnings.simplefilter("always")
+        _, adaptive_delta, evaluations = fx.integrated_gradients(
+            model, x, target=target, method="adaptive", tolerance=1e-2, return_evaluations=True
+        )
     with torch.no_grad():
         scores = model(x).gather(1, target.view(-1, 1)).squeeze(1)
         difference = (scores - model(torch.zeros_like(x)).gather(1, target.view(-1, 1)).squeeze(1)).abs()
@@ -105,4 +110,5 @@ def run_demo(samples: int = 256, points: int = 32, repeats: int = 3, seed: int =
         f"  gausslegendre, {points} steps: {(delta.abs() / difference).median().item():.2e}\n"
         f"  adaptive, tolerance 1e-2: {(adaptive_delta.abs() / difference).median().item():.2e} with "
         f"{evaluations.float().mean().item():.1f} model evaluations per image on average"
+        + "".join(f"\n  ({warning.message})" for warning in caught)
     )
