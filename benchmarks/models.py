@@ -54,6 +54,10 @@ CASES = {
 }
 
 
+ROUNDS = {"mlp": 40, "resnet": 12}
+"""Timed rounds per case: about 1 s of model work each, enough for a steady median."""
+
+
 def case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     factory, shape, batch = CASES[name]
     model = factory()
@@ -70,3 +74,32 @@ def floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, points: int) 
     scores = model(inputs).gather(1, target.repeat(points).view(-1, 1))
     (gradient,) = torch.autograd.grad(scores.sum(), inputs)
     return gradient
+
+
+class PairedFloor:
+    """The floor, timed in alternation with the implementation under test.
+
+    Passed as pytest-benchmark's ``setup`` (run, untimed by pytest-benchmark, before every
+    round), it times one floor run per round itself, so implementation and floor share the
+    machine's slow and fast spells; ``median`` is what the report divides by.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, points: int) -> None:
+        self.model, self.x, self.target, self.points = model, x, target, points
+        self.times: list[float] = []
+
+    def __call__(self) -> None:
+        import time
+
+        if torch.cuda.is_available() and self.x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        floor(self.model, self.x, self.target, self.points)
+        if self.x.is_cuda:
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - start)
+
+    @property
+    def median(self) -> float:
+        ordered = sorted(self.times)
+        return ordered[len(ordered) // 2]

@@ -2,8 +2,9 @@
 
     python benchmarks/report.py results.json
 
-Time: for each group (method, model, dtype), every implementation's median and its ratio to
-the floor; the peer's ratio to fastxai's best backend. Memory: peak MiB at n=16 and n=256
+Time: for each group (method, model, dtype), every implementation's median, its ratio to the
+floor's own benchmark, its ratio to the floor timed in alternation with it (the steadier
+figure on a shared machine), and its ratio to fastxai's best backend. Memory: peak MiB at n=16 and n=256
 and their ratio.
 """
 
@@ -23,6 +24,7 @@ def report(path: str) -> str:
         + (f", {data['machine_info']['gpu']}" if "gpu" in data["machine_info"] else "")
     ]
     groups: dict[str, dict[str, float]] = defaultdict(dict)
+    paired: dict[str, dict[str, float]] = defaultdict(dict)
     memory: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
@@ -31,16 +33,21 @@ def report(path: str) -> str:
             continue
         implementation = bench["params"]["implementation"]
         groups[bench["group"]][implementation] = bench["stats"]["median"]
+        if "paired_floor_median" in info:
+            paired[bench["group"]][implementation] = bench["stats"]["median"] / info["paired_floor_median"]
     for group, times in sorted(groups.items()):
         floor = times.get("floor")
         ours = {k: v for k, v in times.items() if k.startswith("fastxai-")}
         best = min(ours.values()) if ours else None
         lines.append(f"\n{group}")
-        lines.append(f"  {'implementation':20} {'median s':>10} {'/ floor':>8} {'/ fastxai best':>15}")
+        columns = ("median s", "/ floor", "/ paired floor", "/ fastxai best")
+        lines.append(f"  {'implementation':20} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 8, 15, 15))))
         for implementation, seconds in sorted(times.items(), key=lambda item: item[1]):
             to_floor = f"{seconds / floor:8.2f}" if floor else f"{'-':>8}"
+            ratio = paired[group].get(implementation)
+            to_paired = f"{ratio:15.2f}" if ratio else f"{'-':>15}"
             to_best = f"{seconds / best:15.2f}" if best else f"{'-':>15}"
-            lines.append(f"  {implementation:20} {seconds:10.4f} {to_floor} {to_best}")
+            lines.append(f"  {implementation:20} {seconds:10.4f} {to_floor} {to_paired} {to_best}")
     if memory:
         lines.append("\npeak memory, MiB above the memory in use before the call (MLP, batch 32)")
         lines.append(f"  {'method':22} {'implementation':20} {'n=16':>9} {'n=256':>9} {'ratio':>7}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import implementations
-from models import CASES, case, floor
+from models import CASES, ROUNDS, PairedFloor, case, floor
 
 import fastxai as fx
 
@@ -40,4 +40,6 @@ def test_smoothgrad(benchmark, model_name: str, implementation: str, dtype: torc
     if DEVICE == "cuda":
         inner = function
         function = lambda: (inner(), torch.cuda.synchronize())  # noqa: E731
-    benchmark.pedantic(function, rounds=15, warmup_rounds=2)
+    paired = PairedFloor(model, x, target, SAMPLES)
+    benchmark.pedantic(function, setup=paired, rounds=ROUNDS[model_name], warmup_rounds=2)
+    benchmark.extra_info["paired_floor_median"] = paired.median
