@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -75,3 +78,32 @@ def test_unknown_or_unavailable_backends_are_clear_errors() -> None:
         if not info.available:
             with pytest.raises(RuntimeError, match=f"backend '{name}' is not available"):
                 fx.ops.path_points(torch.ones(1, 2), torch.zeros(1, 2), torch.ones(1), backend=name)
+
+
+def test_the_package_works_and_says_why_without_the_extension() -> None:
+    """With ``fastxai._C`` unimportable, ``native`` is reported missing with the build command,
+    ``auto`` falls back to the reference, and asking for ``native`` is a clear error."""
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["fastxai._C"] = None  # makes `import fastxai._C` raise ImportError
+        import torch, fastxai as fx
+        info = fx.backends()["native"]
+        assert not info.available and "pip install --no-build-isolation -e ." in info.reason, info
+        x = torch.randn(2, 5)
+        points = fx.ops.path_points(x, torch.zeros_like(x), torch.tensor([0.5]))
+        torch.testing.assert_close(points[0], 0.5 * x)
+        model = torch.nn.Linear(5, 3)
+        fx.smoothgrad(model, x, target=1, n_samples=2, seed=0)
+        try:
+            fx.ops.path_points(x, torch.zeros_like(x), torch.tensor([0.5]), backend="native")
+        except RuntimeError as error:
+            assert "not available" in str(error)
+        else:
+            raise AssertionError("native ran without the extension")
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
