@@ -182,4 +182,59 @@ def weighted_path_accumulate(
     _dispatch("weighted_path_accumulate", backend, grads, grads.contiguous(), weights.contiguous(), acc)
 
 
-__all__ = ["gaussian_perturb", "moment_accumulate", "path_points", "weighted_path_accumulate"]
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: torch.Tensor | float,
+    eps: torch.Tensor | float,
+    lower: float = float("-inf"),
+    upper: float = float("inf"),
+    norm: str = "linf",
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """One PGD step: ascend along sign(grad) (``linf``) or grad / ||grad|| (``l2``) by
+    ``step_size``, project onto the ``eps``-ball around ``x_orig``, clamp to [lower, upper].
+
+    x_adv, grad, x_orig: [B, *F]; step_size, eps: scalars or [B]; returns [B, *F].
+    """
+    x_adv = _floating("x_adv", x_adv)
+    if x_adv.dim() < 1 or x_adv.shape[0] < 1:
+        raise ValueError(f"x_adv must be [B, ...] with B >= 1, got shape {tuple(x_adv.shape)}")
+    for name, tensor in (("grad", grad), ("x_orig", x_orig)):
+        tensor = _floating(name, tensor)
+        if tensor.shape != x_adv.shape or tensor.dtype != x_adv.dtype or tensor.device != x_adv.device:
+            raise ValueError(
+                f"{name} must match x_adv ({tuple(x_adv.shape)}, {x_adv.dtype}, {x_adv.device}), "
+                f"got {tuple(tensor.shape)}, {tensor.dtype}, {tensor.device}"
+            )
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if not float(lower) <= float(upper):
+        raise ValueError(f"lower must be <= upper, got {lower} > {upper}")
+    batch = x_adv.shape[0]
+    per_sample = []
+    for name, value in (("step_size", step_size), ("eps", eps)):
+        tensor = torch.as_tensor(value, dtype=_accumulator_dtype(x_adv.dtype), device=x_adv.device)
+        if tensor.dim() == 0:
+            tensor = tensor.expand(batch)
+        if tensor.shape != (batch,):
+            raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(tensor.shape)}")
+        per_sample.append(tensor.contiguous())
+    return _dispatch(
+        "pgd_step",
+        backend,
+        x_adv,
+        x_adv.contiguous(),
+        grad.contiguous(),
+        x_orig.contiguous(),
+        per_sample[0],
+        per_sample[1],
+        float(lower),
+        float(upper),
+        norm,
+    )
+
+
+__all__ = ["gaussian_perturb", "moment_accumulate", "path_points", "pgd_step", "weighted_path_accumulate"]

@@ -85,3 +85,50 @@ def weighted_path_accumulate(grads: torch.Tensor, weights: torch.Tensor, acc: to
     shape = (-1,) + (1,) * (acc.dim() - 1)
     for index in range(grads.shape[0]):
         acc.add_(weights[index].to(acc.dtype).view(shape) * grads[index].to(acc.dtype))
+
+
+L2_DIVISION_EPS = 1e-10
+"""Added to gradient norms before dividing, as torchattacks' PGDL2 does."""
+
+
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: torch.Tensor,
+    eps: torch.Tensor,
+    lower: float,
+    upper: float,
+    norm: str,
+) -> torch.Tensor:
+    """One projected gradient step per sample, returned as a new tensor [B, *F] in x's dtype.
+
+    ``linf``: ``x' = x_adv + step_size[b] * sign(grad)``, then ``x_orig + clamp(x' - x_orig, -eps[b], eps[b])``.
+    ``l2``: ``x' = x_adv + step_size[b] * grad / (||grad[b]||_2 + 1e-10)``, then ``d = x' - x_orig`` is
+    scaled by ``min(1, eps[b] / ||d||_2)`` (1 when ``d = 0``). Both end with a clamp to [lower, upper].
+
+    x_adv, grad, x_orig: [B, *F] (same dtype); step_size, eps: [B] float32 (float64 for float64
+    inputs). Computed in float32
+    (float64 for float64 inputs) in the order written above, which is torchattacks' order.
+    """
+    compute_dtype = torch.float64 if x_adv.dtype == torch.float64 else torch.float32
+    batch = x_adv.shape[0]
+    shape = (batch,) + (1,) * (x_adv.dim() - 1)
+    adv = x_adv.to(compute_dtype)
+    origin = x_orig.to(compute_dtype)
+    gradient = grad.to(compute_dtype)
+    alpha = step_size.to(compute_dtype).view(shape)
+    radius = eps.to(compute_dtype).view(shape)
+    if norm == "linf":
+        stepped = adv + alpha * gradient.sign()
+        delta = torch.minimum(torch.maximum(stepped - origin, -radius), radius)
+    elif norm == "l2":
+        grad_norm = gradient.reshape(batch, -1).norm(dim=1).view(shape) + L2_DIVISION_EPS
+        stepped = adv + alpha * (gradient / grad_norm)
+        delta = stepped - origin
+        delta_norm = delta.reshape(batch, -1).norm(dim=1).view(shape)
+        # min(1, eps / ||d||), written so that ||d|| = 0 gives 1 rather than 0 / 0.
+        delta = delta * torch.where(delta_norm > radius, radius / delta_norm, torch.ones_like(delta_norm))
+    else:
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    return torch.clamp(origin + delta, lower, upper).to(x_adv.dtype)
