@@ -31,7 +31,8 @@ def report(path: str) -> str:
         if "peak_mib" in info:
             memory[info["method"]][info["implementation"]][info["n"]] = info["peak_mib"]
             continue
-        implementation = bench["params"]["implementation"]
+        params = bench["params"]
+        implementation = params.get("implementation") or params.get("variant", bench["name"])
         groups[bench["group"]][implementation] = bench["stats"]["median"]
         if "paired_floor_median" in info:
             paired[bench["group"]][implementation] = bench["stats"]["median"] / info["paired_floor_median"]
@@ -41,7 +42,9 @@ def report(path: str) -> str:
         best = min(ours.values()) if ours else None
         lines.append(f"\n{group}")
         columns = ("median s", "/ floor", "/ paired floor", "/ fastxai best")
-        lines.append(f"  {'implementation':20} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, (10, 8, 15, 15))))
+        widths = (10, 8, 15, 15)
+        header = " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True))
+        lines.append(f"  {'implementation':20} {header}")
         for implementation, seconds in sorted(times.items(), key=lambda item: item[1]):
             to_floor = f"{seconds / floor:8.2f}" if floor else f"{'-':>8}"
             ratio = paired[group].get(implementation)

@@ -7,6 +7,7 @@
 
 from fastxai import ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
+from fastxai.attacks import bim, fgsm, mifgsm, pgd, robust_accuracy
 from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 
 __version__ = "0.1.0"
@@ -15,10 +16,15 @@ __all__ = [
     "BackendInfo",
     "__version__",
     "backends",
+    "bim",
+    "fgsm",
     "get_backend",
     "input_x_gradient",
     "integrated_gradients",
+    "mifgsm",
     "ops",
+    "pgd",
+    "robust_accuracy",
     "saliency",
     "set_backend",
     "smoothgrad",

@@ -185,3 +185,26 @@ def test_hypothesis_all_ops(
     ops.weighted_path_accumulate(points, weights, got_acc, backend=backend)
     reference.weighted_path_accumulate(points, weights, want_acc)
     torch.testing.assert_close(got_acc, want_acc, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (float("-inf"), float("inf"))], ids=["unit", "unbounded"])
+def test_pgd_step(
+    backend: str, device: str, dtype: torch.dtype, shape_id: str, norm: str, bounds: tuple[float, float]
+) -> None:
+    origin = _inputs(shape_id, torch.float32, device, 1).sigmoid().to(dtype)
+    x_adv = (origin.float() + 0.05 * _inputs(shape_id, torch.float32, device, 2)).clamp(0, 1).to(dtype)
+    grad = _inputs(shape_id, dtype, device, 3)
+    grad[0] = 0  # a zero gradient: no step, and no 0/0 in the L2 normalisation
+    batch = origin.shape[0]
+    step_size = torch.linspace(0.01, 0.2, batch, device=device)
+    eps = torch.linspace(0.0, 0.3, batch, device=device)  # eps 0 for the first row
+    got = ops.pgd_step(x_adv, grad, origin, step_size, eps, *bounds, norm, backend=backend)
+    want = reference.pgd_step(x_adv, grad, origin, step_size, eps, *bounds, norm)
+    assert got.shape == origin.shape and got.dtype == dtype and torch.isfinite(got).all()
+    # L2 norms are float32 sums whose order differs between backends.
+    tolerance = DTYPES[dtype] if dtype != torch.float32 else dict(rtol=2e-6, atol=2e-6)
+    torch.testing.assert_close(got, want, **tolerance)

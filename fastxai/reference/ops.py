@@ -103,13 +103,14 @@ def pgd_step(
 ) -> torch.Tensor:
     """One projected gradient step per sample, returned as a new tensor [B, *F] in x's dtype.
 
-    ``linf``: ``x' = x_adv + step_size[b] * sign(grad)``, then ``x_orig + clamp(x' - x_orig, -eps[b], eps[b])``.
+    ``linf``: ``x' = x_adv + step_size[b] * sign(grad)``, then
+    ``x_orig + clamp(x' - x_orig, -eps[b], eps[b])``.
     ``l2``: ``x' = x_adv + step_size[b] * grad / (||grad[b]||_2 + 1e-10)``, then ``d = x' - x_orig`` is
     scaled by ``min(1, eps[b] / ||d||_2)`` (1 when ``d = 0``). Both end with a clamp to [lower, upper].
 
     x_adv, grad, x_orig: [B, *F] (same dtype); step_size, eps: [B] float32 (float64 for float64
-    inputs). Computed in float32
-    (float64 for float64 inputs) in the order written above, which is torchattacks' order.
+    inputs). Computed in float32 (float64 for float64 inputs) in the order written above, which
+    is torchattacks' order.
     """
     compute_dtype = torch.float64 if x_adv.dtype == torch.float64 else torch.float32
     batch = x_adv.shape[0]

@@ -1,0 +1,239 @@
+"""The iterative gradient attack that PGD, BIM, FGSM and MI-FGSM share, on the fused PGD step.
+
+One loop serves them all: restarts run as one larger batch, early stopping shrinks the batch
+to the samples that are not yet adversarial, and every update is one ``ops.pgd_step``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional
+
+from fastxai import _backends, _model, ops
+from fastxai._model import Model
+
+NORMS = ("linf", "l2")
+LOSSES = ("ce", "margin")
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the attacker may do: an ``eps``-ball in ``norm`` around the input, inside ``bounds``."""
+
+    eps: float
+    norm: str
+    bounds: tuple[float, float]
+
+
+def check_threat_model(eps: object, norm: object, bounds: object) -> ThreatModel:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if (
+        not isinstance(bounds, (tuple, list))
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        or not bounds[0] < bounds[1]
+    ):
+        raise ValueError(f"bounds must be (lower, upper) numbers with lower < upper, got {bounds!r}")
+    return ThreatModel(float(eps), str(norm), (float(bounds[0]), float(bounds[1])))
+
+
+def check_positive(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def check_attack_inputs(inputs: object, bounds: tuple[float, float]) -> torch.Tensor:
+    x = _model.check_inputs(inputs)
+    low, high = float(x.min()), float(x.max())
+    if low < bounds[0] or high > bounds[1]:
+        raise ValueError(
+            f"inputs must lie within bounds {bounds}, got values in [{low:.6g}, {high:.6g}]"
+            " (pass bounds=..., or normalize=(mean, std) if the model expects normalised inputs)"
+        )
+    return x
+
+
+def normalizer(normalize: object, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``(x - mean) / std`` per channel (dimension 1), or None."""
+    if normalize is None:
+        return None
+    if not isinstance(normalize, (tuple, list)) or len(normalize) != 2:
+        raise ValueError(f"normalize must be (mean, std), got {normalize!r}")
+    channels = x.shape[1] if x.dim() > 1 else 1
+    shape = (1, channels) + (1,) * max(0, x.dim() - 2)
+    tensors = []
+    for name, value in zip(("mean", "std"), normalize, strict=True):
+        tensor = torch.as_tensor(value, dtype=x.dtype, device=x.device).flatten()
+        if tensor.numel() == 1:
+            tensor = tensor.expand(channels)
+        if tensor.numel() != channels:
+            raise ValueError(
+                f"normalize {name} must have one value per channel ({channels}), got {tensor.numel()}"
+            )
+        tensors.append(tensor.reshape(shape))
+    mean, std = tensors
+    if bool((std <= 0).any()):
+        raise ValueError("normalize std must be > 0")
+    return lambda inputs: (inputs - mean) / std
+
+
+def check_labels(labels: object, batch: int, device: torch.device) -> torch.Tensor | None:
+    try:
+        return _model.check_target(labels, batch, device)
+    except (TypeError, ValueError) as error:
+        raise type(error)(str(error).replace("target", "labels")) from None
+
+
+def objective(logits: torch.Tensor, labels: torch.Tensor, loss: str, targeted: bool) -> torch.Tensor:
+    """Per-sample quantity the attacker maximises, [N] float32.
+
+    ``ce``: cross-entropy with the true label (untargeted) or minus that with the target label.
+    ``margin``: ``max_{j != y} z_j - z_y`` (untargeted) or ``z_t - max_{j != t} z_j`` (targeted),
+    the logit margin of Carlini and Wagner (2017).
+    """
+    z = logits.float()
+    if loss == "ce":
+        value = functional.cross_entropy(z, labels, reduction="none")
+        return -value if targeted else value
+    label_logit = z.gather(1, labels.view(-1, 1)).squeeze(1)
+    others = z.scatter(1, labels.view(-1, 1), float("-inf")).amax(dim=1)
+    return label_logit - others if targeted else others - label_logit
+
+
+def succeeded(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    predicted = logits.argmax(dim=1)
+    return predicted == labels if targeted else predicted != labels
+
+
+def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generator) -> torch.Tensor:
+    """A uniform point of the L-inf ball, or (L2) a random direction at a uniform radius, as
+    torchattacks draws them; clamped to the bounds."""
+    if threat.norm == "linf":
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        delta = (noise * 2 - 1) * threat.eps
+    else:
+        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+        norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)
+        radius = torch.rand(x.shape[0], generator=generator, device=x.device) * threat.eps
+        delta = direction * (radius / norms).view(-1, *([1] * (x.dim() - 1)))
+    return torch.clamp(x + delta.to(x.dtype), *threat.bounds)
+
+
+def iterative_attack(
+    model: Model,
+    inputs: object,
+    labels: object,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    random_start_: bool = False,
+    restarts: int = 1,
+    targeted: bool = False,
+    loss: str = "ce",
+    early_stop: bool = False,
+    bounds: Sequence[float] = (0.0, 1.0),
+    normalize: object = None,
+    momentum_decay: float | None = None,
+    seed: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Run the attack; see ``fastxai.attacks.pgd`` for the meaning of every argument."""
+    model = _model.check_model(model)
+    threat = check_threat_model(eps, norm, tuple(bounds) if isinstance(bounds, (list, tuple)) else bounds)
+    step_size = check_positive("alpha", alpha)
+    steps = check_count("steps", steps)
+    restarts = check_count("restarts", restarts)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if momentum_decay is not None and (not math.isfinite(momentum_decay) or momentum_decay < 0):
+        raise ValueError(f"decay must be a finite number >= 0, got {momentum_decay!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    if backend is not None:
+        _backends.check_choice(backend)
+    x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    batch = x.shape[0]
+    label_t = check_labels(labels, batch, x.device)
+    if targeted and label_t is None:
+        raise ValueError("labels are required for a targeted attack (they are the target classes)")
+    normalise = normalizer(normalize, x)
+
+    def forward(inputs_: torch.Tensor) -> torch.Tensor:
+        return _model.logits(model, inputs_ if normalise is None else normalise(inputs_))
+
+    with _model.preserved_state(model):
+        try:
+            label_t = _model.resolve_target(forward, x, label_t, batch)
+        except ValueError as error:
+            raise ValueError(str(error).replace("target", "labels")) from None
+        generator = torch.Generator(device=x.device)
+        generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+        origin = x.repeat(restarts, *([1] * (x.dim() - 1)))
+        row_labels = label_t.repeat(restarts)
+        adv = random_start(origin, threat, generator) if random_start_ else origin.clone()
+        momentum = torch.zeros_like(origin, dtype=torch.float32) if momentum_decay is not None else None
+        active = torch.arange(batch * restarts, device=x.device)
+        done = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        for _ in range(steps):
+            point = adv.index_select(0, active).requires_grad_(True)
+            with torch.enable_grad():
+                logits = forward(point)
+                (grad,) = torch.autograd.grad(
+                    objective(logits, row_labels[active], loss, targeted).sum(), point
+                )
+            if early_stop:
+                fooled = succeeded(logits.detach(), row_labels[active], targeted)
+                done[active[fooled] % batch] = True
+                keep = ~done[active % batch]
+                active, point, grad = active[keep], point[keep], grad[keep]
+                if active.numel() == 0:
+                    break
+            if momentum is not None and momentum_decay is not None:
+                scale = grad.float().abs().flatten(1).mean(dim=1).clamp_min(1e-30)
+                scale = scale.view(-1, *([1] * (x.dim() - 1)))
+                update = grad.float() / scale + momentum_decay * momentum[active]
+                momentum[active] = update
+                grad = update.to(x.dtype)
+            adv[active] = ops.pgd_step(
+                point.detach(),
+                grad,
+                origin[active],
+                step_size,
+                threat.eps,
+                *threat.bounds,
+                threat.norm,
+                backend=backend,
+            )
+        if restarts == 1:
+            return adv
+        with torch.no_grad():
+            logits = torch.cat(
+                [forward(adv[start : start + batch]) for start in range(0, adv.shape[0], batch)]
+            )
+        # Per sample, a restart that fools the model (the largest objective among them), else the
+        # restart with the largest objective: failures are pushed below every success.
+        score = objective(logits, row_labels, loss, targeted)
+        score[~succeeded(logits, row_labels, targeted)] -= float(score.max() - score.min()) + 1.0
+        best = score.view(restarts, batch).argmax(dim=0)
+        return adv.view(restarts, batch, *x.shape[1:])[best, torch.arange(batch, device=x.device)]

@@ -1,0 +1,88 @@
+"""Clean and robust accuracy of a model over a data set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from fastxai import _model
+from fastxai._model import Model
+from fastxai.attacks.gradient_attacks import pgd
+
+Attack = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _batches(data: object, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        inputs, labels = data
+        if inputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"data holds {inputs.shape[0]} inputs but {labels.shape[0]} labels")
+        for start in range(0, inputs.shape[0], batch_size):
+            yield inputs[start : start + batch_size], labels[start : start + batch_size]
+        return
+    if not isinstance(data, Iterable):
+        raise TypeError("data must be (inputs, labels) tensors or an iterable of (inputs, labels) batches")
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError("each batch of data must be (inputs, labels, ...)")
+        yield batch[0], batch[1]
+
+
+def robust_accuracy(
+    model: Model,
+    data: object,
+    attack: Attack | None = None,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    **attack_kwargs: Any,
+) -> dict[str, float]:
+    """Clean accuracy, and accuracy under ``attack`` (default: ``fastxai.pgd`` with
+    ``attack_kwargs`` and ``early_stop=True``).
+
+    ``data``: a pair of tensors (inputs [N, *F], labels [N]) or an iterable of batches (a
+    DataLoader). Only correctly classified samples are attacked — the others already count as
+    errors — and with early stopping a sample costs nothing once it is fooled, which is why a
+    robustness evaluation runs well below steps x (forward+backward) of the data.
+    ``attack``: any ``attack(model, inputs, labels) -> adversarial inputs``.
+
+    Returns ``{"clean_accuracy", "robust_accuracy", "samples"}``.
+
+    >>> fastxai.robust_accuracy(model, (x_test, y_test), eps=8/255, alpha=2/255, steps=10)
+    """
+    model = _model.check_model(model)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if attack is not None and attack_kwargs:
+        raise ValueError(
+            f"attack_kwargs {sorted(attack_kwargs)} are for the default PGD; pass them to your attack"
+        )
+    if attack is None:
+        options = {"early_stop": True, **attack_kwargs}
+
+        def attack(model_: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return pgd(model_, x, y, **options)
+
+    samples = clean_correct = robust_correct = 0
+    with _model.preserved_state(model):
+        for inputs, labels in _batches(data, batch_size):
+            if device is not None:
+                inputs, labels = inputs.to(device), labels.to(device)
+            with torch.no_grad():
+                correct = _model.logits(model, inputs).argmax(1) == labels
+            samples += labels.shape[0]
+            clean_correct += int(correct.sum())
+            if not bool(correct.any()):
+                continue
+            adversarial = attack(model, inputs[correct], labels[correct])
+            with torch.no_grad():
+                robust_correct += int((_model.logits(model, adversarial).argmax(1) == labels[correct]).sum())
+    if samples == 0:
+        raise ValueError("data is empty")
+    return {
+        "clean_accuracy": clean_correct / samples,
+        "robust_accuracy": robust_correct / samples,
+        "samples": float(samples),
+    }

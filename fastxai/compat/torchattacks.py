@@ -1,0 +1,234 @@
+"""torchattacks-shaped classes on fastxai's fused attacks: change the import, keep the code.
+
+    from fastxai.compat import torchattacks as ta
+    atk = ta.PGD(model, eps=8/255, alpha=2/255, steps=10, random_start=True)
+    x_adv = atk(x, y)
+
+The classes take torchattacks 3.5's constructor arguments and calls (``atk(images, labels)``,
+``set_normalization_used``, ``set_mode_targeted_by_label``, ``set_mode_default``), run the
+model in eval mode and put its mode back, and check that inputs lie in [0, 1]. With
+``random_start=False`` they return the same adversarial examples as torchattacks to float
+tolerance. Options of torchattacks that are not implemented here raise an error rather than
+being ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fastxai.attacks import gradient_attacks
+
+
+class Attack:
+    """Base class: the model, the attack mode (default or targeted by label) and normalisation."""
+
+    def __init__(self, name: str, model: torch.nn.Module) -> None:
+        self.attack = name
+        self.model = model
+        self.targeted = False
+        self.attack_mode = "default"
+        self.normalization_used: dict[str, torch.Tensor] | None = None
+        self.backend: str | None = None
+
+    def set_normalization_used(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """The model expects ``(x - mean) / std``; inputs and outputs of ``__call__`` are normalised."""
+        channels = len(mean)
+        self.normalization_used = {
+            "mean": torch.tensor(mean, dtype=torch.float32).reshape(1, channels, 1, 1),
+            "std": torch.tensor(std, dtype=torch.float32).reshape(1, channels, 1, 1),
+        }
+
+    def set_mode_default(self) -> None:
+        self.targeted = False
+        self.attack_mode = "default"
+
+    def set_mode_targeted_by_label(self, quiet: bool = False) -> None:
+        """Labels passed to ``__call__`` are the target classes."""
+        self.targeted = True
+        self.attack_mode = "targeted(label)"
+
+    def _unsupported(self, name: str) -> None:
+        raise NotImplementedError(
+            f"fastxai.compat.torchattacks: {name} is not implemented; use torchattacks itself for it"
+        )
+
+    def set_mode_targeted_random(self, quiet: bool = False) -> None:
+        self._unsupported("set_mode_targeted_random")
+
+    def set_mode_targeted_least_likely(self, kth_min: int = 1, quiet: bool = False) -> None:
+        self._unsupported("set_mode_targeted_least_likely")
+
+    def set_mode_targeted_by_function(self, target_map_function: Any, quiet: bool = False) -> None:
+        self._unsupported("set_mode_targeted_by_function")
+
+    def set_model_training_mode(
+        self, model_training: bool = False, batchnorm_training: bool = False, dropout_training: bool = False
+    ) -> None:
+        if model_training or batchnorm_training or dropout_training:
+            self._unsupported("attacking a model in training mode")
+
+    def set_backend(self, backend: str | None) -> None:
+        """fastxai only: the backend of the fused step (None = automatic)."""
+        self.backend = backend
+
+    def _normalize(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.normalization_used is None:
+            return None
+        return self.normalization_used["mean"], self.normalization_used["std"]
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        normalize = self._normalize()
+        if normalize is not None:
+            mean, std = (t.to(images.device, images.dtype) for t in normalize)
+            images = images * std + mean
+        adversarial = self.forward(images, labels)
+        if normalize is not None:
+            adversarial = (adversarial - mean) / std
+        return adversarial
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{self.attack}(model_name={type(self.model).__name__}, attack_mode={self.attack_mode})"
+
+
+class PGD(Attack):
+    """L-inf PGD (Madry et al. 2018), torchattacks' defaults."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 2 / 255,
+        steps: int = 10,
+        random_start: bool = True,
+    ) -> None:
+        super().__init__("PGD", model)
+        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gradient_attacks.pgd(
+            self.model,
+            images,
+            labels,
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            norm="linf",
+            random_start=self.random_start,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+            backend=self.backend,
+        )
+
+
+class PGDL2(Attack):
+    """L2 PGD, torchattacks' defaults."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 1.0,
+        alpha: float = 0.2,
+        steps: int = 10,
+        random_start: bool = True,
+        eps_for_division: float = 1e-10,
+    ) -> None:
+        super().__init__("PGDL2", model)
+        if eps_for_division != 1e-10:
+            self._unsupported("eps_for_division other than 1e-10")
+        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gradient_attacks.pgd(
+            self.model,
+            images,
+            labels,
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            norm="l2",
+            random_start=self.random_start,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+            backend=self.backend,
+        )
+
+
+class FGSM(Attack):
+    """Fast gradient sign method (Goodfellow et al. 2015)."""
+
+    def __init__(self, model: torch.nn.Module, eps: float = 8 / 255) -> None:
+        super().__init__("FGSM", model)
+        self.eps = eps
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gradient_attacks.fgsm(
+            self.model,
+            images,
+            labels,
+            eps=self.eps,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+            backend=self.backend,
+        )
+
+
+class BIM(Attack):
+    """Basic iterative method (Kurakin et al. 2017); ``steps=0`` picks min(eps*255 + 4, 1.25 eps*255)."""
+
+    def __init__(
+        self, model: torch.nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10
+    ) -> None:
+        super().__init__("BIM", model)
+        self.eps, self.alpha = eps, alpha
+        self.steps = int(min(eps * 255 + 4, 1.25 * eps * 255)) if steps == 0 else steps
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gradient_attacks.bim(
+            self.model,
+            images,
+            labels,
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+            backend=self.backend,
+        )
+
+
+class MIFGSM(Attack):
+    """Momentum iterative FGSM (Dong et al. 2018)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 8 / 255,
+        alpha: float = 2 / 255,
+        steps: int = 10,
+        decay: float = 1.0,
+    ) -> None:
+        super().__init__("MIFGSM", model)
+        self.eps, self.alpha, self.steps, self.decay = eps, alpha, steps, decay
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gradient_attacks.mifgsm(
+            self.model,
+            images,
+            labels,
+            eps=self.eps,
+            alpha=self.alpha,
+            steps=self.steps,
+            decay=self.decay,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+            backend=self.backend,
+        )
+
+
+__all__ = ["BIM", "FGSM", "MIFGSM", "PGD", "PGDL2", "Attack"]

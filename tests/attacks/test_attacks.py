@@ -1,0 +1,288 @@
+"""PGD and friends: agreement with torchattacks, the threat model, restarts, early stopping,
+robust accuracy, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import backend_params
+from models import assert_same_state, model_state, small_cnn
+
+import fastxai as fx
+from fastxai.compat import torchattacks as fta
+
+
+def _setup(seed: int = 0, batch: int = 6) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    model = small_cnn(seed=seed, channels=3).eval()
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, 3, 8, 8, generator=generator)
+    y = torch.randint(0, 10, (batch,), generator=generator)
+    return model, x, y
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A digits CNN trained for a few seconds (about 97% test accuracy) and 64 test images."""
+    pytest.importorskip("sklearn")
+    from fastxai.digits import load_digits, train_digits_cnn
+
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    return train_digits_cnn(x_train, y_train), x_test[:64], y_test[:64]
+
+
+PEER_CASES = [
+    ("PGD", dict(eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)),
+    ("PGDL2", dict(eps=0.5, alpha=0.1, steps=5, random_start=False)),
+    ("FGSM", dict(eps=8 / 255)),
+    ("BIM", dict(eps=8 / 255, alpha=2 / 255, steps=5)),
+    ("MIFGSM", dict(eps=8 / 255, alpha=2 / 255, steps=5, decay=1.0)),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), PEER_CASES, ids=[c[0] for c in PEER_CASES])
+@pytest.mark.parametrize("mode", ["default", "targeted", "normalized"])
+def test_compat_classes_match_torchattacks(name: str, kwargs: dict, mode: str) -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = _setup()
+    theirs, ours = getattr(torchattacks, name)(model, **kwargs), getattr(fta, name)(model, **kwargs)
+    inputs = x
+    if mode == "targeted":
+        for attack in (theirs, ours):
+            attack.set_mode_targeted_by_label(quiet=True)
+        y = (y + 1) % 10
+    if mode == "normalized":
+        mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+        for attack in (theirs, ours):
+            attack.set_normalization_used(mean, std)
+        inputs = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    model.train()
+    expected = theirs(inputs, y)
+    before = model_state(model)
+    got = ours(inputs, y)
+    assert_same_state(before, model_state(model))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_functional_pgd_matches_torchattacks(norm: str) -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = _setup(seed=3)
+    kwargs = (
+        dict(eps=8 / 255, alpha=2 / 255, steps=7) if norm == "linf" else dict(eps=0.3, alpha=0.05, steps=7)
+    )
+    cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
+    expected = cls(model, random_start=False, **kwargs)(x, y)
+    got = fx.pgd(model, x, y, norm=norm, random_start=False, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("loss", ["ce", "margin"])
+@pytest.mark.parametrize("targeted", [False, True])
+def test_threat_model_holds(norm: str, loss: str, targeted: bool) -> None:
+    model, x, y = _setup(seed=1)
+    eps = 0.1 if norm == "linf" else 0.5
+    x_adv = fx.pgd(
+        model,
+        x,
+        y,
+        eps=eps,
+        alpha=eps / 4,
+        steps=6,
+        norm=norm,
+        loss=loss,
+        targeted=targeted,
+        restarts=2,
+        seed=0,
+    )
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps * (1 + 1e-5)).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_attack_raises_the_loss_and_fools_an_undefended_model(digits) -> None:
+    model, x, y = digits
+    x_adv = fx.pgd(model, x, y, eps=0.3, alpha=0.05, steps=20, seed=0)
+    with torch.no_grad():
+        clean_loss = torch.nn.functional.cross_entropy(model(x), y)
+        adv_loss = torch.nn.functional.cross_entropy(model(x_adv), y)
+        fooled = (model(x_adv).argmax(1) != y).float().mean()
+    assert adv_loss > clean_loss
+    assert fooled > 0.8
+
+
+def test_targeted_attack_reaches_the_target(digits) -> None:
+    model, x, _ = digits
+    x = x[:8]
+    target = torch.full((8,), 3)
+    x_adv = fx.pgd(model, x, target, eps=0.5, alpha=0.05, steps=40, targeted=True, seed=0)
+    assert (model(x_adv).argmax(1) == 3).float().mean() > 0.7
+
+
+def test_same_seed_same_result_and_random_start_differs() -> None:
+    model, x, y = _setup()
+    first = fx.pgd(model, x, y, seed=4)
+    assert torch.equal(first, fx.pgd(model, x, y, seed=4))
+    assert not torch.equal(first, fx.pgd(model, x, y, seed=5))
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.rows = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        return self.inner(x)
+
+
+def test_early_stop_returns_adversarial_examples_and_costs_less(digits) -> None:
+    model, x, y = digits
+    counted = CountingModel(model)
+    full = fx.pgd(counted, x, y, eps=0.3, alpha=0.05, steps=20, seed=0)
+    full_rows = counted.rows
+    counted.rows = 0
+    early = fx.pgd(counted, x, y, eps=0.3, alpha=0.05, steps=20, seed=0, early_stop=True)
+    assert counted.rows < 0.6 * full_rows
+    with torch.no_grad():
+        fooled_full = model(full).argmax(1) != y
+        fooled_early = model(early).argmax(1) != y
+    assert fooled_early.sum() >= fooled_full.sum() - 1  # same attack strength, up to a borderline sample
+    assert ((early - x).abs().amax(dim=(1, 2, 3)) <= 0.3 + 1e-6).all()
+    assert (fooled_full | fooled_early).any()
+
+
+def test_restarts_keep_the_most_adversarial_run(digits) -> None:
+    model, x, y = digits
+    kwargs = dict(eps=0.1, alpha=0.03, steps=3)
+    single = [fx.pgd(model, x, y, seed=seed, **kwargs) for seed in range(4)]
+    combined = fx.pgd(model, x, y, seed=11, restarts=4, **kwargs)
+    with torch.no_grad():
+        loss = lambda adv: torch.nn.functional.cross_entropy(model(adv), y, reduction="none")  # noqa: E731
+        fooled = lambda adv: model(adv).argmax(1) != y  # noqa: E731
+        any_single = torch.stack([fooled(s) for s in single]).float().mean(0)
+        assert fooled(combined).float().mean() >= any_single.mean() - 1e-6
+        # Among non-fooled samples the kept restart has a loss at least that of a typical run.
+        assert loss(combined).mean() >= torch.stack([loss(s) for s in single]).mean(0).mean() - 1e-6
+
+
+def test_fgsm_is_one_full_step() -> None:
+    model, x, y = _setup()
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(model(leaf), y, reduction="sum"), leaf)
+    expected = torch.clamp(x + 0.1 * grad.sign(), 0, 1)
+    torch.testing.assert_close(fx.fgsm(model, x, y, eps=0.1), expected, rtol=0, atol=1e-7)
+
+
+def test_robust_accuracy(digits) -> None:
+    model, x, _ = digits
+    x = x[:20]
+    y = model(x).argmax(1)
+    y[:5] = (y[:5] + 1) % 10  # five misclassified samples
+    result = fx.robust_accuracy(model, (x, y), eps=0.3, alpha=0.05, steps=10, batch_size=8, seed=0)
+    assert result["samples"] == 20 and result["clean_accuracy"] == pytest.approx(0.75)
+    assert result["robust_accuracy"] <= result["clean_accuracy"]
+    loader = [(x[:8], y[:8]), (x[8:], y[8:])]
+    attack = lambda m, inputs, labels: fx.pgd(m, inputs, labels, eps=0.3, alpha=0.05, steps=10, seed=0)  # noqa: E731
+    assert fx.robust_accuracy(model, loader, attack)["clean_accuracy"] == pytest.approx(0.75)
+    no_attack = fx.robust_accuracy(model, (x, y), lambda m, inputs, labels: inputs)
+    assert no_attack["robust_accuracy"] == no_attack["clean_accuracy"]
+
+
+@pytest.mark.parametrize(("backend", "device"), backend_params())
+def test_same_attack_on_every_backend(backend: str, device: str) -> None:
+    model, x, y = _setup(seed=8)
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    for norm, eps in (("linf", 0.1), ("l2", 0.5)):
+        expected = fx.pgd(
+            model, x, y, eps=eps, alpha=eps / 4, steps=4, norm=norm, seed=0, backend="reference"
+        )
+        got = fx.pgd(model, x, y, eps=eps, alpha=eps / 4, steps=4, norm=norm, seed=0, backend=backend)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+BAD = [
+    (dict(eps=-0.1), ValueError, "eps must be a finite number >= 0"),
+    (dict(alpha=0.0), ValueError, "alpha must be a finite number > 0"),
+    (dict(steps=0), ValueError, "steps must be an int >= 1"),
+    (dict(norm="l1"), ValueError, "norm must be one of"),
+    (dict(loss="hinge"), ValueError, "loss must be one of"),
+    (dict(restarts=0), ValueError, "restarts must be an int >= 1"),
+    (dict(bounds=(1.0, 0.0)), ValueError, "bounds must be"),
+    (dict(labels=torch.tensor([1, 2])), ValueError, "labels must be an int or have shape"),
+    (dict(labels=torch.full((6,), 10)), ValueError, r"labels must be in \[0, 10\)"),
+    (dict(labels=torch.rand(6)), TypeError, "labels must hold integer class indices"),
+    (dict(inputs_scale=2.0), ValueError, r"inputs must lie within bounds"),
+    (dict(normalize=([0.5, 0.5], [0.2, 0.2])), ValueError, "one value per channel"),
+    (dict(targeted=True, labels=None), ValueError, "labels are required for a targeted attack"),
+    (dict(backend="gpu"), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "message"), BAD, ids=[m for _, _, m in BAD])
+def test_bad_input_is_refused_before_any_work(change: dict, error: type, message: str) -> None:
+    model, x, y = _setup()
+    counted = CountingModel(model).train()
+    before = model_state(counted)
+    change = dict(change)
+    x = x * change.pop("inputs_scale", 1.0)
+    labels = change.pop("labels", y)
+    with pytest.raises(error, match=message):
+        fx.pgd(counted, x, labels, **change)
+    assert counted.rows <= (1 if "labels must be in" in message else 0)
+    assert_same_state(before, model_state(counted))
+
+
+def test_model_and_parameter_gradients_untouched_after_attacks() -> None:
+    model, x, y = _setup()
+    model.train()
+    model[0].weight.requires_grad_(False)
+    before = model_state(model)
+    fx.pgd(model, x, y, steps=2, restarts=2, early_stop=True)
+    fx.mifgsm(model, x, y, steps=2)
+    fx.robust_accuracy(model, (x, y), steps=2)
+    assert_same_state(before, model_state(model))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_compat_refuses_options_it_does_not_implement() -> None:
+    model, _, _ = _setup()
+    with pytest.raises(NotImplementedError, match="set_mode_targeted_random"):
+        fta.PGD(model).set_mode_targeted_random()
+    with pytest.raises(NotImplementedError, match="training mode"):
+        fta.PGD(model).set_model_training_mode(model_training=True)
+
+
+class FailingModel(torch.nn.Module):
+    """Fails on its third call, after adding a hook of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = small_cnn(seed=0, channels=3)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 3:
+            self.inner[4].register_forward_hook(lambda module, inputs, output: None)
+            raise RuntimeError("model failed")
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "mifgsm", "robust_accuracy"])
+def test_model_restored_after_an_exception(attack: str) -> None:
+    _, x, y = _setup()
+    model = FailingModel().train()
+    model.inner[1].register_forward_hook(lambda module, inputs, output: None)
+    before = model_state(model)
+    with pytest.raises(RuntimeError, match="model failed"):
+        if attack == "robust_accuracy":
+            with torch.no_grad():
+                predicted = model.inner.eval()(x).argmax(1)  # every sample correct: all get attacked
+            model.train()
+            fx.robust_accuracy(model, (x, predicted), steps=3)
+        else:
+            getattr(fx, attack)(model, x, y, steps=3)
+    assert_same_state(before, model_state(model))
