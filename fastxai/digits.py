@@ -9,8 +9,12 @@ Nothing is downloaded: the digits (1797 images, 10 classes) ship inside scikit-l
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from fastxai.attacks.training import adversarial_training_step
 
 TEST_FRACTION = 0.25
 
@@ -52,9 +56,19 @@ def digits_cnn() -> nn.Sequential:
 
 
 def train_digits_cnn(
-    x_train: torch.Tensor, y_train: torch.Tensor, *, epochs: int = 15, batch_size: int = 64, seed: int = 0
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    *,
+    epochs: int = 15,
+    batch_size: int = 64,
+    seed: int = 0,
+    adversarial: dict[str, Any] | None = None,
 ) -> nn.Sequential:
-    """Adam on cross-entropy, deterministic for a seed; returns the model in eval mode."""
+    """Adam on cross-entropy, deterministic for a seed; returns the model in eval mode.
+
+    ``adversarial``: PGD options (``eps``, ``alpha``, ``steps``, ...) to train on PGD examples
+    instead (``fastxai.adversarial_training_step``).
+    """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = digits_cnn()
@@ -64,6 +78,9 @@ def train_digits_cnn(
         order = torch.randperm(len(y_train), generator=generator)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
+            if adversarial is not None:
+                adversarial_training_step(model, optimiser, x_train[batch], y_train[batch], **adversarial)
+                continue
             optimiser.zero_grad()
             nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
             optimiser.step()

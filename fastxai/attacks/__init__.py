@@ -2,5 +2,6 @@
 
 from fastxai.attacks.gradient_attacks import bim, fgsm, mifgsm, pgd
 from fastxai.attacks.robustness import robust_accuracy
+from fastxai.attacks.training import adversarial_training_step
 
-__all__ = ["bim", "fgsm", "mifgsm", "pgd", "robust_accuracy"]
+__all__ = ["adversarial_training_step", "bim", "fgsm", "mifgsm", "pgd", "robust_accuracy"]

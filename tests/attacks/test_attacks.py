@@ -286,3 +286,30 @@ def test_model_restored_after_an_exception(attack: str) -> None:
         else:
             getattr(fx, attack)(model, x, y, steps=3)
     assert_same_state(before, model_state(model))
+
+
+def test_adversarial_training_raises_robust_accuracy() -> None:
+    pytest.importorskip("sklearn")
+    from fastxai.digits import load_digits, train_digits_cnn
+
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    attack = dict(eps=0.15, alpha=0.04, steps=10, seed=0)
+    standard = train_digits_cnn(x_train, y_train, epochs=8)
+    robust = train_digits_cnn(x_train, y_train, epochs=8, adversarial=dict(eps=0.15, alpha=0.04, steps=3))
+    standard_result = fx.robust_accuracy(standard, (x_test, y_test), **attack)
+    robust_result = fx.robust_accuracy(robust, (x_test, y_test), **attack)
+    assert robust_result["clean_accuracy"] > 0.85
+    assert robust_result["robust_accuracy"] > standard_result["robust_accuracy"] + 0.2
+
+
+def test_adversarial_training_step_checks_and_trains() -> None:
+    model, x, y = _setup()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    result = fx.adversarial_training_step(model, optimizer, x, y, eps=0.1, alpha=0.05, steps=2, seed=0)
+    assert set(result) == {"loss", "adversarial_accuracy"} and result["loss"] > 0
+    assert model.training
+    assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ValueError, match="clean_weight"):
+        fx.adversarial_training_step(model, optimizer, x, y, clean_weight=2.0)
