@@ -313,3 +313,62 @@ def test_adversarial_training_step_checks_and_trains() -> None:
     assert any(not torch.equal(old, new) for old, new in zip(before, model.parameters(), strict=True))
     with pytest.raises(ValueError, match="clean_weight"):
         fx.adversarial_training_step(model, optimizer, x, y, clean_weight=2.0)
+
+
+def test_apgd_checkpoints() -> None:
+    from fastxai.attacks.apgd import checkpoints
+
+    assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_threat_model_and_seed(norm: str, loss: str) -> None:
+    model, x, y = _setup(seed=9)
+    eps = 0.1 if norm == "linf" else 0.5
+    x_adv = fx.apgd(model, x, y, eps=eps, steps=12, norm=norm, loss=loss, seed=1)
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps * (1 + 1e-5)).all() and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert torch.equal(x_adv, fx.apgd(model, x, y, eps=eps, steps=12, norm=norm, loss=loss, seed=1))
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_agrees_with_torchattacks_and_is_at_least_as_strong_as_pgd(loss: str) -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+    pytest.importorskip("sklearn")
+    from fastxai.digits import load_digits, train_digits_cnn
+
+    (x_train, y_train), (x_test, y_test) = load_digits()
+    model = train_digits_cnn(x_train, y_train, epochs=8, adversarial=dict(eps=0.15, alpha=0.04, steps=3))
+    data = (x_test[:200], y_test[:200])
+    eps, steps = 0.15, 20
+
+    def accuracy(attack) -> float:  # type: ignore[no-untyped-def]
+        return fx.robust_accuracy(model, data, attack)["robust_accuracy"]
+
+    ours = accuracy(lambda m, x, y: fx.apgd(m, x, y, eps=eps, steps=steps, loss=loss, seed=0))
+    theirs = accuracy(lambda m, x, y: torchattacks.APGD(m, eps=eps, steps=steps, loss=loss, seed=0)(x, y))
+    pgd = accuracy(lambda m, x, y: fx.pgd(m, x, y, eps=eps, alpha=eps / 4, steps=steps, seed=0))
+    assert abs(ours - theirs) <= 0.03
+    assert ours <= pgd + 0.01
+
+
+APGD_BAD = [
+    (dict(steps=1), "steps must be an int >= 2"),
+    (dict(loss="margin"), "loss must be one of"),
+    (dict(rho=0.0), "rho must be in"),
+    (dict(targeted=True), "needs labels"),
+    (dict(target_labels=torch.zeros(6, dtype=torch.long)), "only used with targeted=True"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), APGD_BAD, ids=[m for _, m in APGD_BAD])
+def test_apgd_bad_input(change: dict, message: str) -> None:
+    model, x, y = _setup()
+    counted = CountingModel(model)
+    before = model_state(counted)
+    with pytest.raises(ValueError, match=message):
+        fx.apgd(counted, x, y, **change)
+    assert counted.rows == 0
+    assert_same_state(before, model_state(counted))
