@@ -7,7 +7,7 @@
 
 from fastxai import ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
-from fastxai.attacks import adversarial_training_step, apgd, bim, fgsm, mifgsm, pgd, robust_accuracy
+from fastxai.attacks import adversarial_training_step, apgd, bim, cw_l2, fgsm, mifgsm, pgd, robust_accuracy
 from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "apgd",
     "backends",
     "bim",
+    "cw_l2",
     "fgsm",
     "get_backend",
     "input_x_gradient",

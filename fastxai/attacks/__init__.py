@@ -1,8 +1,9 @@
 """Adversarial attacks on the fused PGD step, and robustness evaluation."""
 
-from fastxai.attacks.apgd import apgd
+from fastxai.attacks.auto_pgd import apgd
+from fastxai.attacks.carlini_wagner import cw_l2
 from fastxai.attacks.gradient_attacks import bim, fgsm, mifgsm, pgd
 from fastxai.attacks.robustness import robust_accuracy
 from fastxai.attacks.training import adversarial_training_step
 
-__all__ = ["adversarial_training_step", "apgd", "bim", "fgsm", "mifgsm", "pgd", "robust_accuracy"]
+__all__ = ["adversarial_training_step", "apgd", "bim", "cw_l2", "fgsm", "mifgsm", "pgd", "robust_accuracy"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fastxai.attacks import gradient_attacks
+from fastxai.attacks import auto_pgd, carlini_wagner, gradient_attacks
 
 
 class Attack:
@@ -231,4 +231,84 @@ class MIFGSM(Attack):
         )
 
 
-__all__ = ["BIM", "FGSM", "MIFGSM", "PGD", "PGDL2", "Attack"]
+class CW(Attack):
+    """Carlini-Wagner L2 with one value of ``c`` (torchattacks' CW; ``fastxai.cw_l2`` adds the
+    binary search). Differences: the margin uses the true best other logit (torchattacks takes
+    the max of ``(1 - onehot) * z``, which is 0 when every other logit is negative), and there
+    is no batch-wide early abort (torchattacks stops the whole batch when the summed cost rises).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, c: float = 1.0, kappa: float = 0.0, steps: int = 50, lr: float = 0.01
+    ) -> None:
+        super().__init__("CW", model)
+        self.c, self.kappa, self.steps, self.lr = c, kappa, steps, lr
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return carlini_wagner.cw_l2(
+            self.model,
+            images,
+            labels,
+            c=self.c,
+            kappa=self.kappa,
+            steps=self.steps,
+            lr=self.lr,
+            binary_search_steps=1,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+        )
+
+
+class APGD(Attack):
+    """APGD with torchattacks' arguments (``norm`` "Linf" or "L2", ``loss`` "ce" or "dlr").
+
+    ``n_restarts`` > 1 and ``eot_iter`` > 1 are not implemented (an error, not ignored).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        norm: str = "Linf",
+        eps: float = 8 / 255,
+        steps: int = 10,
+        n_restarts: int = 1,
+        seed: int = 0,
+        loss: str = "ce",
+        eot_iter: int = 1,
+        rho: float = 0.75,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__("APGD", model)
+        if n_restarts != 1 or eot_iter != 1:
+            self._unsupported("APGD with n_restarts or eot_iter other than 1")
+        norms = {"Linf": "linf", "L2": "l2"}
+        if norm not in norms:
+            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+        self.norm, self.eps, self.steps, self.seed, self.loss, self.rho = (
+            norms[norm],
+            eps,
+            steps,
+            seed,
+            loss,
+            rho,
+        )
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.targeted:
+            self._unsupported("targeted APGD through the torchattacks interface (use fastxai.apgd)")
+        return auto_pgd.apgd(
+            self.model,
+            images,
+            labels,
+            eps=self.eps,
+            steps=self.steps,
+            norm=self.norm,
+            loss=self.loss,
+            rho=self.rho,
+            seed=self.seed,
+            normalize=self._normalize(),
+            backend=self.backend,
+        )
+
+
+__all__ = ["APGD", "BIM", "CW", "FGSM", "MIFGSM", "PGD", "PGDL2", "Attack"]

@@ -316,7 +316,7 @@ def test_adversarial_training_step_checks_and_trains() -> None:
 
 
 def test_apgd_checkpoints() -> None:
-    from fastxai.attacks.apgd import checkpoints
+    from fastxai.attacks.auto_pgd import checkpoints
 
     assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
 
@@ -372,3 +372,35 @@ def test_apgd_bad_input(change: dict, message: str) -> None:
         fx.apgd(counted, x, y, **change)
     assert counted.rows == 0
     assert_same_state(before, model_state(counted))
+
+
+def test_cw_l2_finds_the_nearest_boundary_of_a_linear_model() -> None:
+    """For two classes and f(x) = W x + b the smallest L2 change of label has length
+    |z_0 - z_1| / ||w_1 - w_0||; CW with a binary search over c comes within 10% of it."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(10, 2)
+    x = torch.rand(8, 10) * 0.4 + 0.3
+    with torch.no_grad():
+        logits = linear(x)
+    y = logits.argmax(1)
+    optimal = (logits[:, 0] - logits[:, 1]).abs() / (linear.weight[1] - linear.weight[0]).norm()
+    x_adv = fx.cw_l2(linear, x, y, c=1.0, steps=200, lr=0.01, binary_search_steps=8)
+    distance = (x_adv - x).norm(dim=1)
+    assert (linear(x_adv).argmax(1) != y).all()
+    assert (distance >= optimal.detach() * (1 - 1e-4)).all()  # nothing can beat the optimum
+    assert (distance <= optimal.detach() * 1.10).all()
+
+
+def test_cw_l2_returns_the_input_where_it_fails_and_checks_arguments() -> None:
+    model, x, y = _setup()
+    x_adv = fx.cw_l2(model, x, y, c=1e-6, steps=2, binary_search_steps=1)
+    with torch.no_grad():
+        unchanged = model(x_adv).argmax(1) == y
+    assert torch.equal(x_adv[unchanged], x[unchanged])
+    for change, message in [
+        (dict(c=0), "c must be"),
+        (dict(kappa=-1), "kappa must be"),
+        (dict(steps=0), "steps"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fx.cw_l2(model, x, y, **change)
