@@ -9,7 +9,10 @@
 #include <c10/util/accumulate.h>
 
 #include <cstdint>
+#include <limits>
 #include <optional>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "dtype.h"
@@ -186,6 +189,59 @@ inline WeightedArgs check_weighted_path_accumulate(const at::Tensor& grads, cons
   check_shape(acc, "acc", grads.sizes().slice(1));
   check_contiguous(acc, "acc");
   return {dtype, steps, batch, c10::multiply_integers(grads.sizes().slice(2))};
+}
+
+struct PgdArgs {
+  Dtype dtype;
+  PgdNorm norm;
+  int64_t batch;
+  int64_t features;
+  float lower;  // the bounds rounded to float32 as torch.clamp rounds them
+  float upper;
+};
+
+// A double rounded to the nearest float32 (ties to even), +-inf beyond float32's range: what a
+// float32 kernel compares with (static_cast alone is undefined for out-of-range values).
+inline float round_to_float(double value) {
+  constexpr double kHalfUlpPastMax = 0x1.ffffffp127;  // FLT_MAX + half an ulp: rounds to inf
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (value >= kHalfUlpPastMax) return kInf;
+  if (value <= -kHalfUlpPastMax) return -kInf;
+  return static_cast<float>(value);
+}
+
+inline PgdArgs check_pgd_step(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+                              const at::Tensor& step_size, const at::Tensor& eps, double lower, double upper,
+                              std::string_view norm, c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(x_adv, "x_adv");
+  TORCH_CHECK_VALUE(x_adv.dim() >= 1, "fastxai: x_adv must be [B, ...], got a 0-d tensor");
+  check_device(x_adv, "x_adv", x_adv.device(), device_type);
+  check_contiguous(x_adv, "x_adv");
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor&, const char*>{grad, "grad"},
+                                     std::pair<const at::Tensor&, const char*>{x_orig, "x_orig"}}) {
+    TORCH_CHECK_TYPE(tensor.scalar_type() == x_adv.scalar_type(), "fastxai: ", name,
+                     " must have the dtype of x_adv (", x_adv.scalar_type(), "), got ", tensor.scalar_type());
+    check_device(tensor, name, x_adv.device(), device_type);
+    check_shape(tensor, name, x_adv.sizes());
+    check_contiguous(tensor, name);
+  }
+  const int64_t batch = x_adv.size(0);
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor&, const char*>{step_size, "step_size"},
+                                     std::pair<const at::Tensor&, const char*>{eps, "eps"}}) {
+    check_float32(tensor, name);
+    check_device(tensor, name, x_adv.device(), device_type);
+    check_shape(tensor, name, {batch});
+    check_contiguous(tensor, name);
+  }
+  PgdNorm kind = PgdNorm::kLinf;
+  if (norm == "l2") {
+    kind = PgdNorm::kL2;
+  } else {
+    TORCH_CHECK_VALUE(norm == "linf", "fastxai: norm must be 'linf' or 'l2', got '", norm, "'");
+  }
+  TORCH_CHECK_VALUE(lower <= upper, "fastxai: lower must be <= upper, got lower=", lower, ", upper=", upper);
+  return {dtype, kind, batch, c10::multiply_integers(x_adv.sizes().slice(1)), round_to_float(lower),
+          round_to_float(upper)};
 }
 
 }  // namespace checks

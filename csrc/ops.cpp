@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/string_view.h>
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
@@ -49,6 +50,17 @@ at::Tensor path_points_cpu(const at::Tensor& x, const at::Tensor& baseline, cons
   return out;
 }
 
+at::Tensor pgd_step_cpu(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+                        const at::Tensor& step_size, const at::Tensor& eps, double lower, double upper,
+                        c10::string_view norm) {
+  const auto args = checks::check_pgd_step(x_adv, grad, x_orig, step_size, eps, lower, upper, norm, kCPU);
+  at::Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  cpu::pgd_step(args.dtype, args.norm, x_adv.const_data_ptr(), grad.const_data_ptr(), x_orig.const_data_ptr(),
+                step_size.const_data_ptr<float>(), eps.const_data_ptr<float>(), out.mutable_data_ptr(), args.lower,
+                args.upper, args.batch, args.features);
+  return out;
+}
+
 void weighted_path_accumulate_cpu(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& acc) {
   const auto args = checks::check_weighted_path_accumulate(grads, weights, acc, kCPU);
   cpu::weighted_path_accumulate(args.dtype, grads.const_data_ptr(), weights.const_data_ptr<float>(),
@@ -66,6 +78,9 @@ TORCH_LIBRARY(fastxai, m) {
       "-> Tensor");
   m.def("moment_accumulate(Tensor values, Tensor(a!) total, Tensor(b!)? total_sq, Tensor? multiplier) -> ()");
   m.def("path_points(Tensor x, Tensor baseline, Tensor alphas) -> Tensor");
+  m.def(
+      "pgd_step(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor step_size, Tensor eps, float lower, float upper, "
+      "str norm) -> Tensor");
   m.def("weighted_path_accumulate(Tensor grads, Tensor weights, Tensor(a!) acc) -> ()");
 }
 
@@ -73,6 +88,7 @@ TORCH_LIBRARY_IMPL(fastxai, CPU, m) {
   m.impl("gaussian_perturb", &fastxai::gaussian_perturb_cpu);
   m.impl("moment_accumulate", &fastxai::moment_accumulate_cpu);
   m.impl("path_points", &fastxai::path_points_cpu);
+  m.impl("pgd_step", &fastxai::pgd_step_cpu);
   m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cpu);
 }
 

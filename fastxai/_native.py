@@ -117,6 +117,24 @@ def weighted_path_accumulate(grads: torch.Tensor, weights: torch.Tensor, acc: to
     _ops().weighted_path_accumulate(grads, weights, acc)
 
 
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: torch.Tensor,
+    eps: torch.Tensor,
+    lower: float,
+    upper: float,
+    norm: str,
+) -> torch.Tensor:
+    """One projected gradient step (``norm`` ``"linf"`` or ``"l2"``), clamped to [lower, upper]: [B, *F].
+
+    step_size, eps: [B] float32.
+    """
+    out: torch.Tensor = _ops().pgd_step(x_adv, grad, x_orig, step_size, eps, lower, upper, norm)
+    return out
+
+
 def _register_fakes() -> None:
     """Shape-only implementations, so the ops trace under torch.compile / FakeTensor.
 
@@ -142,6 +160,19 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastxai::path_points")
     def _path_points_fake(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
         return x.new_empty((alphas.shape[0], *x.shape))
+
+    @torch.library.register_fake("fastxai::pgd_step")
+    def _pgd_step_fake(
+        x_adv: torch.Tensor,
+        grad: torch.Tensor,
+        x_orig: torch.Tensor,
+        step_size: torch.Tensor,
+        eps: torch.Tensor,
+        lower: float,
+        upper: float,
+        norm: str,
+    ) -> torch.Tensor:
+        return x_adv.new_empty(x_adv.shape)
 
     @torch.library.register_fake("fastxai::moment_accumulate")
     def _moment_accumulate_fake(

@@ -14,6 +14,7 @@ noise differs only by the libm's ``log``/``sin``/``cos`` (precise libdevice vers
 from .gaussian_perturb import gaussian_perturb
 from .moment_accumulate import moment_accumulate
 from .path_points import path_points
+from .pgd_step import pgd_step
 from .weighted_path_accumulate import weighted_path_accumulate
 
-__all__ = ["gaussian_perturb", "moment_accumulate", "path_points", "weighted_path_accumulate"]
+__all__ = ["gaussian_perturb", "moment_accumulate", "path_points", "pgd_step", "weighted_path_accumulate"]

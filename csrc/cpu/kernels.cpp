@@ -8,14 +8,19 @@
 // x86-64, x86-64-v3 (AVX2) and x86-64-v4 (AVX-512) and the best one is picked at load time.
 //
 // Every output element sees exactly the float32 operations of the reference, in the same
-// order (this file is compiled with -ffp-contract=off: no FMA contraction).
+// order (this file is compiled with -ffp-contract=off: no FMA contraction). The one exception
+// is the l2 pgd_step's row norms: float32 sums in a fixed order of our own (sum_squares), not
+// torch's, so they agree with the reference to rounding.
 
 #include "cpu/kernels.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #include "philox.h"
 
@@ -332,6 +337,113 @@ FASTXAI_INLINE void weighted_span(const typename D::Storage* grads, const float*
   for (int64_t i = 0; i < count; ++i) acc[i] = sum[i];
 }
 
+// ---- pgd_step -----------------------------------------------------------------------------------
+
+// max / min that return a NaN first operand, as torch.maximum, torch.minimum and torch.clamp do
+// for the value being clamped (the bounds are never NaN). Selects, so they vectorise.
+FASTXAI_INLINE float max_keep_nan(float a, float b) { return a < b ? b : a; }
+FASTXAI_INLINE float min_keep_nan(float a, float b) { return b < a ? b : a; }
+
+// torch.sign: 1, -1, or +0 for +-0 and NaN.
+FASTXAI_INLINE float sign_of(float g) { return static_cast<float>(g > 0.0f) - static_cast<float>(g < 0.0f); }
+
+// Running sums of a sum of squares: lane l adds the elements i = l (mod kLanes) in order, then the
+// lanes are added pairwise. A fixed order (the same in every multiversioned clone) that vectorises.
+constexpr int kLanes = 16;
+
+FASTXAI_INLINE float sum_squares(const float* FASTXAI_RESTRICT v, int64_t n) {
+  alignas(64) float lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] = lane[l] + v[i + l] * v[i + l];
+  }
+  for (int l = 0; i + l < n; ++l) lane[l] = lane[l] + v[i + l] * v[i + l];
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int l = 0; l < width; ++l) lane[l] = lane[l] + lane[l + width];
+  }
+  return lane[0];
+}
+
+// linf update of n elements of one row.
+FASTXAI_INLINE void pgd_linf_elements(const float* FASTXAI_RESTRICT adv, const float* FASTXAI_RESTRICT grad,
+                                      const float* FASTXAI_RESTRICT orig, float* FASTXAI_RESTRICT out,
+                                      float alpha, float radius, float lower, float upper, int64_t n) {
+  const float neg_radius = -radius;
+  for (int64_t i = 0; i < n; ++i) {
+    const float stepped = adv[i] + alpha * sign_of(grad[i]);
+    const float delta = min_keep_nan(max_keep_nan(stepped - orig[i], neg_radius), radius);
+    out[i] = min_keep_nan(max_keep_nan(orig[i] + delta, lower), upper);
+  }
+}
+
+// linf step of the flat elements [begin, end) (end - begin <= kBlock) of [rows, features] arrays;
+// the range may cross rows.
+template <typename D>
+FASTXAI_INLINE void pgd_linf_span(const typename D::Storage* x_adv, const typename D::Storage* grad,
+                                  const typename D::Storage* x_orig, typename D::Storage* out,
+                                  const float* step_size, const float* eps, float lower, float upper,
+                                  int64_t features, int64_t begin, int64_t end) {
+  alignas(64) float adv_buffer[kBlock];
+  alignas(64) float grad_buffer[kBlock];
+  alignas(64) float orig_buffer[kBlock];
+  alignas(64) float out_buffer[kBlock];
+  const int64_t count = end - begin;
+  const float* adv = as_float<D>(x_adv + begin, adv_buffer, count);
+  const float* g = as_float<D>(grad + begin, grad_buffer, count);
+  const float* orig = as_float<D>(x_orig + begin, orig_buffer, count);
+  float* o = output_row<D>(out + begin, out_buffer);
+  for (int64_t start = begin; start < end;) {
+    const int64_t row = start / features;
+    const int64_t stop = std::min(end, (row + 1) * features);
+    const int64_t i = start - begin;
+    pgd_linf_elements(adv + i, g + i, orig + i, o + i, step_size[row], eps[row], lower, upper, stop - start);
+    start = stop;
+  }
+  flush<D>(out_buffer, out + begin, count);
+}
+
+// l2, pass 1: sum of grad^2 over count (<= kBlock) elements of a row.
+template <typename D>
+FASTXAI_INLINE float pgd_l2_grad_span(const typename D::Storage* grad, int64_t count) {
+  alignas(64) float grad_buffer[kBlock];
+  return sum_squares(as_float<D>(grad, grad_buffer, count), count);
+}
+
+// d = (x_adv + alpha * (grad / grad_norm)) - x_orig for n elements.
+FASTXAI_INLINE void pgd_l2_delta(const float* FASTXAI_RESTRICT adv, const float* FASTXAI_RESTRICT grad,
+                                 const float* FASTXAI_RESTRICT orig, float* FASTXAI_RESTRICT delta, float alpha,
+                                 float grad_norm, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) delta[i] = (adv[i] + alpha * (grad[i] / grad_norm)) - orig[i];
+}
+
+// l2, pass 2: d for count (<= kBlock) elements of a row, written to `delta`; returns the sum of d^2.
+template <typename D>
+FASTXAI_INLINE float pgd_l2_delta_span(const typename D::Storage* x_adv, const typename D::Storage* grad,
+                                       const typename D::Storage* x_orig, float* delta, float alpha,
+                                       float grad_norm, int64_t count) {
+  alignas(64) float adv_buffer[kBlock];
+  alignas(64) float grad_buffer[kBlock];
+  alignas(64) float orig_buffer[kBlock];
+  pgd_l2_delta(as_float<D>(x_adv, adv_buffer, count), as_float<D>(grad, grad_buffer, count),
+               as_float<D>(x_orig, orig_buffer, count), delta, alpha, grad_norm, count);
+  return sum_squares(delta, count);
+}
+
+// l2, pass 3: out = clamp(x_orig + d * factor) over count (<= kBlock) elements of a row, d from pass 2.
+template <typename D>
+FASTXAI_INLINE void pgd_l2_apply_span(const float* FASTXAI_RESTRICT delta, const typename D::Storage* x_orig,
+                                      typename D::Storage* out, float factor, float lower, float upper,
+                                      int64_t count) {
+  alignas(64) float orig_buffer[kBlock];
+  alignas(64) float out_buffer[kBlock];
+  const float* FASTXAI_RESTRICT orig = as_float<D>(x_orig, orig_buffer, count);
+  float* FASTXAI_RESTRICT o = output_row<D>(out, out_buffer);
+  for (int64_t i = 0; i < count; ++i) {
+    o[i] = min_keep_nan(max_keep_nan(orig[i] + delta[i] * factor, lower), upper);
+  }
+  flush<D>(out_buffer, out, count);
+}
+
 // ---- multiversioned entry points, one per element type ---------------------------------------
 
 #define FASTXAI_DEFINE_BLOCK_KERNELS(D, suffix, ATTR)                                                    \
@@ -350,6 +462,23 @@ FASTXAI_INLINE void weighted_span(const typename D::Storage* grads, const float*
   ATTR void weighted_span_##suffix(const D::Storage* grads, const float* weights, float* acc, int64_t steps, \
                                    int64_t stride, int64_t weight_stride, int64_t count) {                  \
     weighted_span<D>(grads, weights, acc, steps, stride, weight_stride, count);                            \
+  }                                                                                                        \
+  ATTR void pgd_linf_span_##suffix(const D::Storage* x_adv, const D::Storage* grad, const D::Storage* x_orig, \
+                                   D::Storage* out, const float* step_size, const float* eps, float lower,    \
+                                   float upper, int64_t features, int64_t begin, int64_t end) {             \
+    pgd_linf_span<D>(x_adv, grad, x_orig, out, step_size, eps, lower, upper, features, begin, end);        \
+  }                                                                                                        \
+  ATTR float pgd_l2_grad_span_##suffix(const D::Storage* grad, int64_t count) {                            \
+    return pgd_l2_grad_span<D>(grad, count);                                                               \
+  }                                                                                                        \
+  ATTR float pgd_l2_delta_span_##suffix(const D::Storage* x_adv, const D::Storage* grad,                   \
+                                        const D::Storage* x_orig, float* delta, float alpha, float grad_norm, \
+                                        int64_t count) {                                                   \
+    return pgd_l2_delta_span<D>(x_adv, grad, x_orig, delta, alpha, grad_norm, count);                      \
+  }                                                                                                        \
+  ATTR void pgd_l2_apply_span_##suffix(const float* delta, const D::Storage* x_orig, D::Storage* out,      \
+                                       float factor, float lower, float upper, int64_t count) {            \
+    pgd_l2_apply_span<D>(delta, x_orig, out, factor, lower, upper, count);                                 \
   }
 
 FASTXAI_DEFINE_BLOCK_KERNELS(Float32, f32, FASTXAI_CLONES)
@@ -372,6 +501,11 @@ struct BlockKernels {
   void (*moment)(const S*, const S*, float*, float*, int64_t, int64_t, int64_t);
   void (*path)(const S*, const S*, const float*, S*, int64_t, int64_t, int64_t);
   void (*weighted)(const S*, const float*, float*, int64_t, int64_t, int64_t, int64_t);
+  void (*pgd_linf)(const S*, const S*, const S*, S*, const float*, const float*, float, float, int64_t, int64_t,
+                   int64_t);
+  float (*pgd_l2_grad)(const S*, int64_t);
+  float (*pgd_l2_delta)(const S*, const S*, const S*, float*, float, float, int64_t);
+  void (*pgd_l2_apply)(const float*, const S*, S*, float, float, float, int64_t);
 };
 
 // ---- drivers: split into blocks and run them in parallel -------------------------------------
@@ -449,11 +583,125 @@ void weighted_driver(const BlockKernels<S>& kernels, const S* grads, const float
   });
 }
 
-const BlockKernels<float> kFloat32Kernels{gaussian_span_f32, moment_span_f32, path_span_f32, weighted_span_f32};
-const BlockKernels<uint16_t> kFloat16Kernels{gaussian_span_f16, moment_span_f16, path_span_f16,
-                                             weighted_span_f16};
-const BlockKernels<uint16_t> kBFloat16Kernels{gaussian_span_bf16, moment_span_bf16, path_span_bf16,
-                                              weighted_span_bf16};
+template <typename S>
+void pgd_linf_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad, const S* x_orig,
+                     const float* step_size, const float* eps, S* out, float lower, float upper, int64_t batch,
+                     int64_t features) {
+  const int64_t elements = batch * features;
+  if (elements == 0) return;
+  // Blocks of the flat array (not of rows), so that short rows still make full blocks.
+  const int64_t blocks = (elements + kBlock - 1) / kBlock;
+  const int64_t grain = grain_for(4 * std::min(elements, kBlock));
+  at::parallel_for(0, blocks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t begin = block * kBlock;
+      kernels.pgd_linf(x_adv, grad, x_orig, out, step_size, eps, lower, upper, features, begin,
+                       std::min(begin + kBlock, elements));
+    }
+  });
+}
+
+// l2: three passes over each row: ||grad||; d and ||d|| (d kept in a float32 scratch); the
+// update from d. A row's sum of squares is the in-order sum of the sums of its kBlock-element
+// chunks however the work is split, so the result does not depend on the thread count. Many
+// rows: one task per row, its passes back to back while the row is in cache. Few rows: tasks
+// per chunk, each pass a parallel loop with the chunk sums gathered in between, so one large
+// input still uses every thread.
+template <typename S>
+void pgd_l2_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad, const S* x_orig,
+                   const float* step_size, const float* eps, S* out, float lower, float upper, int64_t batch,
+                   int64_t features) {
+  if (batch == 0 || features == 0) return;
+  const float division_eps = static_cast<float>(1e-10);  // float32(1e-10) as the reference adds it
+  const int64_t chunks = (features + kBlock - 1) / kBlock;
+  const auto chunk_count = [features](int64_t chunk) { return std::min(kBlock, features - chunk * kBlock); };
+  const auto factor_for = [](float delta_sq, float radius) {
+    const float delta_norm = std::sqrt(delta_sq);
+    return delta_norm > radius ? radius / delta_norm : 1.0f;
+  };
+  if (chunks == 1 || batch >= 4 * static_cast<int64_t>(at::get_num_threads())) {
+    at::parallel_for(0, batch, grain_for(3 * features), [&](int64_t first, int64_t last) {
+      const std::unique_ptr<float[]> delta(new float[features]);  // uninitialised
+      for (int64_t row = first; row < last; ++row) {
+        const int64_t offset = row * features;
+        float grad_sq = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c) {
+          grad_sq = grad_sq + kernels.pgd_l2_grad(grad + offset + c * kBlock, chunk_count(c));
+        }
+        const float grad_norm = std::sqrt(grad_sq) + division_eps;
+        float delta_sq = 0.0f;
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t pos = offset + c * kBlock;
+          delta_sq = delta_sq + kernels.pgd_l2_delta(x_adv + pos, grad + pos, x_orig + pos, delta.get() + c * kBlock,
+                                                     step_size[row], grad_norm, chunk_count(c));
+        }
+        const float factor = factor_for(delta_sq, eps[row]);
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t pos = offset + c * kBlock;
+          kernels.pgd_l2_apply(delta.get() + c * kBlock, x_orig + pos, out + pos, factor, lower, upper,
+                               chunk_count(c));
+        }
+      }
+    });
+    return;
+  }
+  const int64_t tasks = batch * chunks;
+  const int64_t grain = grain_for(3 * kBlock);
+  std::vector<float> partial(static_cast<size_t>(tasks));
+  std::vector<float> grad_norm(static_cast<size_t>(batch));
+  std::vector<float> factor(static_cast<size_t>(batch));
+  const std::unique_ptr<float[]> delta(new float[batch * features]);  // uninitialised
+  const auto row_sum = [&](int64_t row) {
+    float total = 0.0f;
+    for (int64_t c = 0; c < chunks; ++c) total = total + partial[row * chunks + c];
+    return total;
+  };
+  at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      partial[task] = kernels.pgd_l2_grad(grad + task / chunks * features + task % chunks * kBlock,
+                                          chunk_count(task % chunks));
+    }
+  });
+  for (int64_t row = 0; row < batch; ++row) grad_norm[row] = std::sqrt(row_sum(row)) + division_eps;
+  at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t row = task / chunks;
+      const int64_t pos = row * features + task % chunks * kBlock;
+      partial[task] = kernels.pgd_l2_delta(x_adv + pos, grad + pos, x_orig + pos, delta.get() + pos,
+                                           step_size[row], grad_norm[row], chunk_count(task % chunks));
+    }
+  });
+  for (int64_t row = 0; row < batch; ++row) factor[row] = factor_for(row_sum(row), eps[row]);
+  at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
+    for (int64_t task = first; task < last; ++task) {
+      const int64_t row = task / chunks;
+      const int64_t pos = row * features + task % chunks * kBlock;
+      kernels.pgd_l2_apply(delta.get() + pos, x_orig + pos, out + pos, factor[row], lower, upper,
+                           chunk_count(task % chunks));
+    }
+  });
+}
+
+template <typename S>
+void pgd_driver(const BlockKernels<S>& kernels, PgdNorm norm, const S* x_adv, const S* grad, const S* x_orig,
+                const float* step_size, const float* eps, S* out, float lower, float upper, int64_t batch,
+                int64_t features) {
+  if (norm == PgdNorm::kL2) {
+    pgd_l2_driver(kernels, x_adv, grad, x_orig, step_size, eps, out, lower, upper, batch, features);
+  } else {
+    pgd_linf_driver(kernels, x_adv, grad, x_orig, step_size, eps, out, lower, upper, batch, features);
+  }
+}
+
+const BlockKernels<float> kFloat32Kernels{gaussian_span_f32,     moment_span_f32,         path_span_f32,
+                                          weighted_span_f32,     pgd_linf_span_f32,       pgd_l2_grad_span_f32,
+                                          pgd_l2_delta_span_f32, pgd_l2_apply_span_f32};
+const BlockKernels<uint16_t> kFloat16Kernels{gaussian_span_f16,     moment_span_f16,         path_span_f16,
+                                             weighted_span_f16,     pgd_linf_span_f16,       pgd_l2_grad_span_f16,
+                                             pgd_l2_delta_span_f16, pgd_l2_apply_span_f16};
+const BlockKernels<uint16_t> kBFloat16Kernels{gaussian_span_bf16,     moment_span_bf16,         path_span_bf16,
+                                              weighted_span_bf16,     pgd_linf_span_bf16,       pgd_l2_grad_span_bf16,
+                                              pgd_l2_delta_span_bf16, pgd_l2_apply_span_bf16};
 
 const BlockKernels<uint16_t>& half_kernels(Dtype dtype) {
   return dtype == Dtype::kFloat16 ? kFloat16Kernels : kBFloat16Kernels;
@@ -502,6 +750,20 @@ void weighted_path_accumulate(Dtype dtype, const void* grads, const float* weigh
   } else {
     weighted_driver(half_kernels(dtype), static_cast<const uint16_t*>(grads), weights, acc, steps, batch,
                     features);
+  }
+}
+
+void pgd_step(Dtype dtype, PgdNorm norm, const void* x_adv, const void* grad, const void* x_orig,
+              const float* step_size, const float* eps, void* out, float lower, float upper, int64_t batch,
+              int64_t features) {
+  if (dtype == Dtype::kFloat32) {
+    pgd_driver(kFloat32Kernels, norm, static_cast<const float*>(x_adv), static_cast<const float*>(grad),
+               static_cast<const float*>(x_orig), step_size, eps, static_cast<float*>(out), lower, upper, batch,
+               features);
+  } else {
+    pgd_driver(half_kernels(dtype), norm, static_cast<const uint16_t*>(x_adv), static_cast<const uint16_t*>(grad),
+               static_cast<const uint16_t*>(x_orig), step_size, eps, static_cast<uint16_t*>(out), lower, upper,
+               batch, features);
   }
 }
 

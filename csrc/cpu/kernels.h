@@ -35,5 +35,15 @@ void path_points(Dtype dtype, const void* x, const void* baseline, const float* 
 void weighted_path_accumulate(Dtype dtype, const void* grads, const float* weights, float* acc,
                               int64_t steps, int64_t batch, int64_t features);
 
+// One projected gradient step per row b, computed in float32 in the order of the reference:
+//   kLinf: s = x_adv + step_size[b] * sign(grad); d = min(max(s - x_orig, -eps[b]), eps[b]);
+//   kL2:   s = x_adv + step_size[b] * (grad / (||grad[b]|| + 1e-10)); d = s - x_orig;
+//          d = d * (||d|| > eps[b] ? eps[b] / ||d|| : 1);
+//   out = min(max(x_orig + d, lower), upper).
+// x_adv, grad, x_orig, out: [batch, features]; step_size, eps: [batch].
+void pgd_step(Dtype dtype, PgdNorm norm, const void* x_adv, const void* grad, const void* x_orig,
+              const float* step_size, const float* eps, void* out, float lower, float upper, int64_t batch,
+              int64_t features);
+
 }  // namespace cpu
 }  // namespace fastxai

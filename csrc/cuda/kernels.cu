@@ -4,7 +4,9 @@
 // loops, 32-bit indices when every index fits and 64-bit ones otherwise. Sequential sums
 // (over samples or steps) run inside one thread in order, so results equal the reference's
 // up to rounding of the same float32 operations; arithmetic uses __fadd_rn / __fmul_rn so no
-// FMA contraction changes it. The noise uses csrc/philox.h, shared with the CPU kernels:
+// FMA contraction changes it. The l2 pgd_step is the exception: one block per row, whose
+// norms are block reductions (a different summation order than torch's, same float32 ops
+// otherwise). The noise uses csrc/philox.h, shared with the CPU kernels:
 // both backends draw bit-identical normals.
 
 #include <cuda_bf16.h>
@@ -21,7 +23,9 @@ namespace cuda {
 namespace {
 
 using philox::fadd;
+using philox::fdiv;
 using philox::fmul;
+using philox::fsqrt;
 using philox::fsub;
 
 constexpr int kThreads = 256;
@@ -151,18 +155,123 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// ---- pgd_step ---------------------------------------------------------------------------------
+
+constexpr int kRowThreads = 256;  // l2: threads of the block that owns a row
+constexpr int kRowWarps = kRowThreads / 32;
+constexpr float kL2DivisionEps = static_cast<float>(1e-10);  // float32(1e-10), as the reference adds it
+
+// max / min that return a NaN first operand, as torch.maximum / torch.minimum / torch.clamp do
+// for the value being clamped (fmaxf / fminf would drop it).
+__device__ __forceinline__ float max_keep_nan(float a, float b) { return a < b ? b : a; }
+__device__ __forceinline__ float min_keep_nan(float a, float b) { return b < a ? b : a; }
+
+// torch.sign: 1, -1, or +0 for +-0 and NaN.
+__device__ __forceinline__ float sign_of(float g) {
+  return fsub(static_cast<float>(g > 0.0f), static_cast<float>(g < 0.0f));
+}
+
+__device__ __forceinline__ float clamp_to(float value, float lower, float upper) {
+  return min_keep_nan(max_keep_nan(value, lower), upper);
+}
+
+template <typename T, typename Index>
+__global__ void __launch_bounds__(kThreads)
+    pgd_linf_kernel(const T* __restrict__ x_adv, const T* __restrict__ grad, const T* __restrict__ x_orig,
+                    const float* __restrict__ step_size, const float* __restrict__ eps, T* __restrict__ out,
+                    float lower, float upper, Index features, Index elements) {
+  const Index stride = static_cast<Index>(gridDim.x) * kThreads;
+  for (Index e = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; e < elements; e += stride) {
+    const Index b = e / features;
+    const float radius = eps[b];
+    const float orig = Elem<T>::load(x_orig[e]);
+    const float stepped = fadd(Elem<T>::load(x_adv[e]), fmul(step_size[b], sign_of(Elem<T>::load(grad[e]))));
+    const float delta = min_keep_nan(max_keep_nan(fsub(stepped, orig), -radius), radius);
+    out[e] = Elem<T>::store(clamp_to(fadd(orig, delta), lower, upper));
+  }
+}
+
+// Sum of `value` over the block (kRowThreads threads), the same bits in every thread: a
+// butterfly within each warp, then the warp sums in order. `scratch` (kRowWarps floats of
+// shared memory) is free again on return.
+__device__ __forceinline__ float block_sum(float value, float* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    value = fadd(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  }
+  if ((threadIdx.x & 31u) == 0) scratch[threadIdx.x >> 5] = value;
+  __syncthreads();
+  float total = scratch[0];
+#pragma unroll
+  for (int w = 1; w < kRowWarps; ++w) total = fadd(total, scratch[w]);
+  __syncthreads();
+  return total;
+}
+
+// d = (x_adv + alpha * (grad / grad_norm)) - x_orig, the l2 step before projection.
+template <typename T>
+__device__ __forceinline__ float l2_delta(T adv, T g, float orig, float alpha, float grad_norm) {
+  return fsub(fadd(Elem<T>::load(adv), fmul(alpha, fdiv(Elem<T>::load(g), grad_norm))), orig);
+}
+
+// One block per row (grid-stride over rows), three passes over the row: ||grad||, ||d||, the
+// update. Index: type of the indices within a row (features + kRowThreads fits in it).
+template <typename T, typename Index>
+__global__ void __launch_bounds__(kRowThreads)
+    pgd_l2_kernel(const T* __restrict__ x_adv, const T* __restrict__ grad, const T* __restrict__ x_orig,
+                  const float* __restrict__ step_size, const float* __restrict__ eps, T* __restrict__ out,
+                  float lower, float upper, int64_t batch, Index features) {
+  __shared__ float scratch[kRowWarps];
+  const Index first = static_cast<Index>(threadIdx.x);
+  for (int64_t row = blockIdx.x; row < batch; row += gridDim.x) {
+    const int64_t offset = row * static_cast<int64_t>(features);
+    const T* adv = x_adv + offset;
+    const T* g = grad + offset;
+    const T* orig = x_orig + offset;
+    T* o = out + offset;
+    float grad_sq = 0.0f;
+    for (Index j = first; j < features; j += kRowThreads) {
+      const float v = Elem<T>::load(g[j]);
+      grad_sq = fadd(grad_sq, fmul(v, v));
+    }
+    const float grad_norm = fadd(fsqrt(block_sum(grad_sq, scratch)), kL2DivisionEps);
+    const float alpha = step_size[row];
+    float delta_sq = 0.0f;
+    for (Index j = first; j < features; j += kRowThreads) {
+      const float d = l2_delta(adv[j], g[j], Elem<T>::load(orig[j]), alpha, grad_norm);
+      delta_sq = fadd(delta_sq, fmul(d, d));
+    }
+    const float delta_norm = fsqrt(block_sum(delta_sq, scratch));
+    const float radius = eps[row];
+    const float factor = delta_norm > radius ? fdiv(radius, delta_norm) : 1.0f;
+    for (Index j = first; j < features; j += kRowThreads) {
+      const float base = Elem<T>::load(orig[j]);
+      const float d = l2_delta(adv[j], g[j], base, alpha, grad_norm);
+      o[j] = Elem<T>::store(clamp_to(fadd(base, fmul(d, factor)), lower, upper));
+    }
+  }
+}
+
 // ---- launch helpers ---------------------------------------------------------------------------
 
-// Blocks for `items` grid-stride items on the current device.
-cudaError_t grid_for(int64_t items, unsigned int* blocks) {
+// Most blocks a grid-stride launch uses on the current device.
+cudaError_t block_cap(int64_t* cap) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   int sms = 0;
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
+  *cap = static_cast<int64_t>(sms > 0 ? sms : 1) * kBlocksPerSm;
+  return cudaSuccess;
+}
+
+// Blocks for `items` grid-stride items on the current device.
+cudaError_t grid_for(int64_t items, unsigned int* blocks) {
+  int64_t cap = 0;
+  const cudaError_t err = block_cap(&cap);
+  if (err != cudaSuccess) return err;
   const int64_t needed = (items + kThreads - 1) / kThreads;
-  const int64_t cap = static_cast<int64_t>(sms > 0 ? sms : 1) * kBlocksPerSm;
   *blocks = static_cast<unsigned int>(needed < cap ? needed : cap);
   return cudaSuccess;
 }
@@ -281,6 +390,40 @@ cudaError_t weighted_typed(const T* grads, const float* weights, float* acc, int
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t pgd_typed(PgdNorm norm, const T* x_adv, const T* grad, const T* x_orig, const float* step_size,
+                      const float* eps, T* out, float lower, float upper, int64_t batch, int64_t features,
+                      cudaStream_t stream) {
+  const int64_t elements = batch * features;
+  if (elements == 0) return cudaSuccess;
+  if (norm == PgdNorm::kL2) {
+    int64_t cap = 0;
+    const cudaError_t err = block_cap(&cap);
+    if (err != cudaSuccess) return err;
+    const unsigned int blocks = static_cast<unsigned int>(batch < cap ? batch : cap);
+    if (features + kRowThreads < (int64_t{1} << 31)) {
+      pgd_l2_kernel<T, int32_t><<<blocks, kRowThreads, 0, stream>>>(
+          x_adv, grad, x_orig, step_size, eps, out, lower, upper, batch, static_cast<int32_t>(features));
+    } else {
+      pgd_l2_kernel<T, int64_t>
+          <<<blocks, kRowThreads, 0, stream>>>(x_adv, grad, x_orig, step_size, eps, out, lower, upper, batch, features);
+    }
+    return cudaGetLastError();
+  }
+  unsigned int blocks = 0;
+  const cudaError_t err = grid_for(elements, &blocks);
+  if (err != cudaSuccess) return err;
+  if (fits_int32(elements)) {
+    pgd_linf_kernel<T, int32_t><<<blocks, kThreads, 0, stream>>>(x_adv, grad, x_orig, step_size, eps, out, lower,
+                                                                 upper, static_cast<int32_t>(features),
+                                                                 static_cast<int32_t>(elements));
+  } else {
+    pgd_linf_kernel<T, int64_t>
+        <<<blocks, kThreads, 0, stream>>>(x_adv, grad, x_orig, step_size, eps, out, lower, upper, features, elements);
+  }
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 // ---- launchers: dispatch on the element type -----------------------------------------------------
@@ -344,6 +487,26 @@ cudaError_t launch_weighted_path_accumulate(Dtype dtype, const void* grads, cons
     case Dtype::kBFloat16:
       return weighted_typed(static_cast<const __nv_bfloat16*>(grads), weights, acc, steps, batch, features,
                             stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t launch_pgd_step(Dtype dtype, PgdNorm norm, const void* x_adv, const void* grad, const void* x_orig,
+                            const float* step_size, const float* eps, void* out, float lower, float upper,
+                            int64_t batch, int64_t features, cudaStream_t stream) {
+  switch (dtype) {
+    case Dtype::kFloat32:
+      return pgd_typed(norm, static_cast<const float*>(x_adv), static_cast<const float*>(grad),
+                       static_cast<const float*>(x_orig), step_size, eps, static_cast<float*>(out), lower, upper,
+                       batch, features, stream);
+    case Dtype::kFloat16:
+      return pgd_typed(norm, static_cast<const __half*>(x_adv), static_cast<const __half*>(grad),
+                       static_cast<const __half*>(x_orig), step_size, eps, static_cast<__half*>(out), lower, upper,
+                       batch, features, stream);
+    case Dtype::kBFloat16:
+      return pgd_typed(norm, static_cast<const __nv_bfloat16*>(x_adv), static_cast<const __nv_bfloat16*>(grad),
+                       static_cast<const __nv_bfloat16*>(x_orig), step_size, eps,
+                       static_cast<__nv_bfloat16*>(out), lower, upper, batch, features, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/util/string_view.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
@@ -68,6 +69,20 @@ at::Tensor path_points_cuda(const at::Tensor& x, const at::Tensor& baseline, con
   return out;
 }
 
+at::Tensor pgd_step_cuda(const at::Tensor& x_adv, const at::Tensor& grad, const at::Tensor& x_orig,
+                         const at::Tensor& step_size, const at::Tensor& eps, double lower, double upper,
+                         c10::string_view norm) {
+  const auto args = checks::check_pgd_step(x_adv, grad, x_orig, step_size, eps, lower, upper, norm, kCUDA);
+  const c10::cuda::CUDAGuard guard(x_adv.device());
+  at::Tensor out = at::empty(x_adv.sizes(), x_adv.options());
+  check_launch(cuda::launch_pgd_step(args.dtype, args.norm, x_adv.const_data_ptr(), grad.const_data_ptr(),
+                                     x_orig.const_data_ptr(), step_size.const_data_ptr<float>(),
+                                     eps.const_data_ptr<float>(), out.mutable_data_ptr(), args.lower, args.upper,
+                                     args.batch, args.features, c10::cuda::getCurrentCUDAStream().stream()),
+               "pgd_step");
+  return out;
+}
+
 void weighted_path_accumulate_cuda(const at::Tensor& grads, const at::Tensor& weights, const at::Tensor& acc) {
   const auto args = checks::check_weighted_path_accumulate(grads, weights, acc, kCUDA);
   const c10::cuda::CUDAGuard guard(grads.device());
@@ -85,6 +100,7 @@ TORCH_LIBRARY_IMPL(fastxai, CUDA, m) {
   m.impl("gaussian_perturb", &fastxai::gaussian_perturb_cuda);
   m.impl("moment_accumulate", &fastxai::moment_accumulate_cuda);
   m.impl("path_points", &fastxai::path_points_cuda);
+  m.impl("pgd_step", &fastxai::pgd_step_cuda);
   m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cuda);
 }
 
