@@ -94,10 +94,13 @@ class PairedFloor:
         if torch.cuda.is_available() and self.x.is_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        floor(self.model, self.x, self.target, self.points)
+        self.run()
         if self.x.is_cuda:
             torch.cuda.synchronize()
         self.times.append(time.perf_counter() - start)
+
+    def run(self) -> None:
+        floor(self.model, self.x, self.target, self.points)
 
     @property
     def median(self) -> float:

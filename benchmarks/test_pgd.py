@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 import torch
 from conftest import implementations
-from models import case
+from models import PairedFloor, case
 
 import fastxai as fx
 
@@ -22,6 +22,16 @@ def pgd_floor(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: i
         leaf = x.detach().requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(model(leaf), y, reduction="sum")
         torch.autograd.grad(loss, leaf)
+
+
+class PairedPgdFloor(PairedFloor):
+    """The PGD floor timed in alternation with the implementation (see models.PairedFloor)."""
+
+    def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__(model, x, y, STEPS)
+
+    def run(self) -> None:
+        pgd_floor(self.model, self.x, self.target, self.points)
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,7 +78,11 @@ def test_pgd(benchmark, model_name: str, implementation: str) -> None:
     else:
         backend = implementation.removeprefix("fastxai-")
         function = lambda: fx.pgd(model, x, y, seed=0, backend=backend, **kwargs)  # noqa: E731
-    benchmark.pedantic(_sync(function), rounds=5, warmup_rounds=1)
+    paired = PairedPgdFloor(model, x, y)
+    benchmark.pedantic(
+        _sync(function), setup=paired, rounds=5 if model_name == "resnet" else 20, warmup_rounds=1
+    )
+    benchmark.extra_info["paired_floor_median"] = paired.median
 
 
 @pytest.mark.parametrize(

@@ -195,18 +195,21 @@ def iterative_attack(
         momentum = torch.zeros_like(origin, dtype=torch.float32) if momentum_decay is not None else None
         active = torch.arange(batch * restarts, device=x.device)
         done = torch.zeros(batch, dtype=torch.bool, device=x.device)
+        rows = adv.shape[0]
         for _ in range(steps):
-            point = adv.index_select(0, active).requires_grad_(True)
+            everyone = active.numel() == rows  # no gathers or scatters until early stopping drops rows
+            point = (adv if everyone else adv.index_select(0, active)).detach().requires_grad_(True)
+            labels_now = row_labels if everyone else row_labels[active]
             with torch.enable_grad():
                 logits = forward(point)
-                (grad,) = torch.autograd.grad(
-                    objective(logits, row_labels[active], loss, targeted).sum(), point
-                )
+                (grad,) = torch.autograd.grad(objective(logits, labels_now, loss, targeted).sum(), point)
             if early_stop:
-                fooled = succeeded(logits.detach(), row_labels[active], targeted)
+                fooled = succeeded(logits.detach(), labels_now, targeted)
                 done[active[fooled] % batch] = True
                 keep = ~done[active % batch]
-                active, point, grad = active[keep], point[keep], grad[keep]
+                if not bool(keep.all()):
+                    active, point, grad = active[keep], point[keep], grad[keep]
+                    everyone = False
                 if active.numel() == 0:
                     break
             if momentum is not None and momentum_decay is not None:
@@ -215,16 +218,20 @@ def iterative_attack(
                 update = grad.float() / scale + momentum_decay * momentum[active]
                 momentum[active] = update
                 grad = update.to(x.dtype)
-            adv[active] = ops.pgd_step(
+            stepped = ops.pgd_step(
                 point.detach(),
                 grad,
-                origin[active],
+                origin if everyone else origin[active],
                 step_size,
                 threat.eps,
                 *threat.bounds,
                 threat.norm,
                 backend=backend,
             )
+            if everyone:
+                adv = stepped
+            else:
+                adv[active] = stepped
         if restarts == 1:
             return adv
         with torch.no_grad():
