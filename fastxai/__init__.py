@@ -7,7 +7,17 @@
 
 from fastxai import ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
-from fastxai.attacks import adversarial_training_step, apgd, bim, cw_l2, fgsm, mifgsm, pgd, robust_accuracy
+from fastxai.attacks import (
+    adversarial_training_step,
+    apgd,
+    bim,
+    cw_l2,
+    fgsm,
+    jsma,
+    mifgsm,
+    pgd,
+    robust_accuracy,
+)
 from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 
 __version__ = "0.1.0"
@@ -24,6 +34,7 @@ __all__ = [
     "get_backend",
     "input_x_gradient",
     "integrated_gradients",
+    "jsma",
     "mifgsm",
     "ops",
     "pgd",

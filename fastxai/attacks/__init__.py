@@ -3,7 +3,18 @@
 from fastxai.attacks.auto_pgd import apgd
 from fastxai.attacks.carlini_wagner import cw_l2
 from fastxai.attacks.gradient_attacks import bim, fgsm, mifgsm, pgd
+from fastxai.attacks.jsma import jsma
 from fastxai.attacks.robustness import robust_accuracy
 from fastxai.attacks.training import adversarial_training_step
 
-__all__ = ["adversarial_training_step", "apgd", "bim", "cw_l2", "fgsm", "mifgsm", "pgd", "robust_accuracy"]
+__all__ = [
+    "adversarial_training_step",
+    "apgd",
+    "bim",
+    "cw_l2",
+    "fgsm",
+    "jsma",
+    "mifgsm",
+    "pgd",
+    "robust_accuracy",
+]

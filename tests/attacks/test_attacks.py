@@ -404,3 +404,32 @@ def test_cw_l2_returns_the_input_where_it_fails_and_checks_arguments() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             fx.cw_l2(model, x, y, **change)
+
+
+def test_jsma_reaches_targets_with_few_features_like_torchattacks(digits) -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = digits
+    x, y = x[:20], y[:20]
+    target = (y + 1) % 10
+    x_adv = fx.jsma(model, x, target, theta=1.0, gamma=0.3)
+    changed = ((x_adv - x).abs() > 0).flatten(1).sum(1)
+    assert (changed <= int(0.3 * 64 / 2) * 2).all()
+    assert (x_adv >= x).all() and x_adv.max() <= 1  # theta > 0 only raises features
+    theirs_adv = torchattacks.JSMA(model, theta=1.0, gamma=0.3)(x, y)  # default mode: target (y + 1) % 10
+    with torch.no_grad():
+        ours = (model(x_adv).argmax(1) == target).float().mean()
+        theirs = (model(theirs_adv).argmax(1) == target).float().mean()
+    assert ours >= theirs - 0.1
+    assert ours > 0.3
+
+
+def test_jsma_bad_input() -> None:
+    model, x, y = _setup()
+    for change, message in [
+        (dict(theta=0.0), "theta must be"),
+        (dict(gamma=0.0), "gamma must be in"),
+        (dict(target_labels=None), "target_labels are required"),
+    ]:
+        kwargs = {"target_labels": y} | change
+        with pytest.raises(ValueError, match=message):
+            fx.jsma(model, x, **kwargs)
