@@ -17,6 +17,8 @@ from fastxai.attacks import (
     mifgsm,
     pgd,
     robust_accuracy,
+    train_substitute,
+    transfer_attack,
 )
 from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
 
@@ -42,5 +44,7 @@ __all__ = [
     "saliency",
     "set_backend",
     "smoothgrad",
+    "train_substitute",
+    "transfer_attack",
     "use_backend",
 ]

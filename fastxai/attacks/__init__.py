@@ -6,6 +6,7 @@ from fastxai.attacks.gradient_attacks import bim, fgsm, mifgsm, pgd
 from fastxai.attacks.jsma import jsma
 from fastxai.attacks.robustness import robust_accuracy
 from fastxai.attacks.training import adversarial_training_step
+from fastxai.attacks.transfer import train_substitute, transfer_attack
 
 __all__ = [
     "adversarial_training_step",
@@ -17,4 +18,6 @@ __all__ = [
     "mifgsm",
     "pgd",
     "robust_accuracy",
+    "train_substitute",
+    "transfer_attack",
 ]

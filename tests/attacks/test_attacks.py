@@ -433,3 +433,29 @@ def test_jsma_bad_input() -> None:
         kwargs = {"target_labels": y} | change
         with pytest.raises(ValueError, match=message):
             fx.jsma(model, x, **kwargs)
+
+
+def test_substitute_from_oracle_labels_transfers_better_than_noise(digits) -> None:
+    from fastxai.digits import load_digits
+
+    oracle = digits[0]
+    _, (x_test, y_test) = load_digits()
+    torch.manual_seed(0)
+    substitute = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)
+    )
+    before = model_state(oracle)
+    substitute, info = fx.train_substitute(oracle, x_test[:100], substitute, rounds=4, step=0.1, epochs=10)
+    assert info == {"queries": 1600.0, "dataset_size": 1600.0}
+    assert_same_state(before, model_state(oracle))
+    held_x, held_y = x_test[100:], y_test[100:]
+    with torch.no_grad():
+        agreement = (substitute(held_x).argmax(1) == oracle(held_x).argmax(1)).float().mean()
+        correct = oracle(held_x).argmax(1) == held_y
+    assert agreement > 0.8
+    x, y = held_x[correct], held_y[correct]
+    _, rate = fx.transfer_attack(oracle, substitute, x, y, eps=0.2, alpha=0.05, steps=10, seed=0)
+    noise = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).sign()).clamp(0, 1)
+    with torch.no_grad():
+        noise_rate = (oracle(noise).argmax(1) != y).float().mean()
+    assert rate > noise_rate + 0.1
