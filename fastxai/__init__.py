@@ -21,6 +21,7 @@ from fastxai.attacks import (
     transfer_attack,
 )
 from fastxai.attribution import input_x_gradient, integrated_gradients, saliency, smoothgrad
+from fastxai.runner import attribute_dataset, load_attributions
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "__version__",
     "adversarial_training_step",
     "apgd",
+    "attribute_dataset",
     "backends",
     "bim",
     "cw_l2",
@@ -37,6 +39,7 @@ __all__ = [
     "input_x_gradient",
     "integrated_gradients",
     "jsma",
+    "load_attributions",
     "mifgsm",
     "ops",
     "pgd",

@@ -49,6 +49,7 @@ def smoothgrad(
     nt_type: str = "smoothgrad",
     multiply_by_inputs: bool = False,
     seed: int | None = None,
+    row_offset: int = 0,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -60,6 +61,10 @@ def smoothgrad(
     Captum's ``NoiseTunnel`` meanings. ``stdevs`` is the absolute noise level, a float or one
     per sample. The noise is a function of (seed, sample, row, element), so a seed gives the
     same result for any ``chunk_size`` and backend; the n gradients are never held at once.
+
+    ``row_offset`` is the index of the first input in a larger data set: the noise of input
+    ``b`` is keyed by ``row_offset + b``, so attributing a data set batch by batch gives the
+    same result as one call over all of it.
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (accumulated in float32).
 
@@ -73,6 +78,8 @@ def smoothgrad(
         raise ValueError(f"nt_type must be one of {NT_TYPES}, got {nt_type!r}")
     sigma = _check_stdevs(stdevs, inputs)
     seed = _check_seed(seed)
+    if isinstance(row_offset, bool) or not isinstance(row_offset, int) or not 0 <= row_offset < 2**31:
+        raise ValueError(f"row_offset must be an int in [0, 2**31), got {row_offset!r}")
     if backend is not None:
         _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
@@ -88,7 +95,7 @@ def smoothgrad(
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             count = sample_stop - sample
             noisy = ops.gaussian_perturb(
-                x[row:row_stop], sigma[row:row_stop], seed, sample, count, row, backend=backend
+                x[row:row_stop], sigma[row:row_stop], seed, sample, count, row_offset + row, backend=backend
             )
             flat = noisy.view(count * (row_stop - row), *x.shape[1:])
             grads = _model.target_gradients(model, flat, target_t[row:row_stop].repeat(count))[0]

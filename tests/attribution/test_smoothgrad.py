@@ -133,3 +133,18 @@ def test_channels_last_and_non_contiguous_inputs() -> None:
     )
     torch.testing.assert_close(channels_last, expected)
     torch.testing.assert_close(transposed, expected)
+
+
+def test_row_offset_makes_batches_equal_one_call() -> None:
+    model = small_cnn(seed=3).eval()
+    x = torch.randn(5, 1, 8, 8)
+    whole = fx.smoothgrad(model, x, target=1, n_samples=4, seed=8)
+    parts = torch.cat(
+        [
+            fx.smoothgrad(model, x[:2], target=1, n_samples=4, seed=8),
+            fx.smoothgrad(model, x[2:], target=1, n_samples=4, seed=8, row_offset=2),
+        ]
+    )
+    torch.testing.assert_close(parts, whole, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="row_offset"):
+        fx.smoothgrad(model, x, row_offset=-1)
