@@ -1,10 +1,25 @@
-"""The command line: ``fastxai backends`` and the quick-start demo on a few images."""
+"""The command line: every subcommand on the bundled digits model, and one-line errors."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from fastxai.__main__ import main
+import numpy as np
+import pytest
+import torch
+
+import fastxai as fx
+from fastxai import cli
+from fastxai.cli import main
+
+sklearn = pytest.importorskip("sklearn")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the cached digits model inside the test's folder."""
+    original = cli.digits_model
+    monkeypatch.setattr(cli, "digits_model", lambda: original(cache=tmp_path / "cache"))
 
 
 def test_backends_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -14,18 +29,89 @@ def test_backends_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert name in output
 
 
+def test_attribute_with_no_model_and_no_data_runs_the_digits_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["attribute", "--limit", "20", "--out", str(tmp_path / "out")]) == 0
+    output = capsys.readouterr().out
+    for method in cli.METHOD_DEFAULTS:
+        assert method in output
+        loaded = fx.load_attributions(tmp_path / "out" / method)
+        assert loaded["attributions"].shape == (20, 1, 8, 8)
+    assert (tmp_path / "cache" / "digits_cnn.pt").is_file()
+
+
+def test_attribute_a_user_model_and_npy_data(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.pt"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    torch.save(model.state_dict(), weights)
+    data = tmp_path / "inputs.npy"
+    np.save(data, np.random.default_rng(0).random((7, 3, 4), dtype=np.float32))
+    spec = "tests_cli_factory:make"
+    (tmp_path / "tests_cli_factory.py").write_text(
+        "import torch\n\n"
+        "def make():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        code = main(
+            [
+                "attribute",
+                "--model",
+                spec,
+                "--weights",
+                str(weights),
+                "--data",
+                str(data),
+                "--method",
+                "saliency",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert code == 0
+    loaded = fx.load_attributions(tmp_path / "out" / "saliency")
+    x = torch.from_numpy(np.load(data))
+    expected = fx.saliency(model, x)
+    np.testing.assert_allclose(loaded["attributions"], expected.numpy(), rtol=1e-6)
+
+
+def test_attack_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["attack", "--limit", "50", "--eps", "0.2", "--steps", "5"]) == 0
+    assert "clean accuracy" in capsys.readouterr().out
+
+
 def test_demo_runs_and_reports_timings(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("sklearn")
     assert main(["demo", "--samples", "4", "--points", "2", "--repeats", "1"]) == 0
     output = capsys.readouterr().out
-    assert "test accuracy" in output
     assert "integrated_gradients n=2" in output and "ratio to floor" in output
-    accuracy = float(output.split("test accuracy ")[1].split()[0])
-    assert accuracy > 0.9
+    assert float(output.split("test accuracy ")[1].split()[0]) > 0.9
 
 
-def test_bad_arguments_exit_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--samples", "0"])
-    assert exit_info.value.code != 0
-    assert "--samples must be >= 1" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["attribute", "--model", "no_such_module:factory"], "cannot load model factory"),
+        (["attribute", "--model", "nocolon"], "package.module:factory"),
+        (["attribute", "--data", "/no/such/file.npy"], "data not found"),
+        (["attribute", "--weights", "w.pt"], "--weights needs --model"),
+        (["attack", "--data", "{npy}"], "attack needs data with labels"),
+        (["attribute", "--data", "{npy}"], "does not accept inputs of shape"),
+        (["demo", "--samples", "0"], "--samples must be >= 1"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    data = tmp_path / "bad.npy"
+    np.save(data, np.zeros((3, 5), dtype=np.float32))
+    argv = [arg.replace("{npy}", str(data)) for arg in argv]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error

@@ -1,0 +1,313 @@
+"""The ``fastxai`` command: attribute, attack, bench, backends, demo.
+
+A model is ``package.module:factory`` (a callable returning an ``nn.Module``) plus an
+optional ``--weights`` state dict (loaded with ``weights_only=True``). Data is a ``.npy`` or
+``.pt`` file of inputs (a ``.pt`` may hold ``(inputs, labels)`` or ``{"inputs", "labels"}``),
+a folder of images of one size, or ``digits`` (scikit-learn's digits, test split). With no
+model and no data the bundled digits CNN is used. Errors end in one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+DEFAULT_CACHE = Path.home() / ".cache" / "fastxai"
+
+
+class CliError(Exception):
+    """An error the command reports in one line."""
+
+
+def load_model(spec: str | None, weights: str | None) -> torch.nn.Module:
+    if spec is None:
+        if weights is not None:
+            raise CliError("--weights needs --model")
+        return digits_model()
+    if ":" not in spec:
+        raise CliError(f"--model must be package.module:factory, got {spec!r}")
+    module_name, factory_name = spec.split(":", 1)
+    try:
+        factory = getattr(importlib.import_module(module_name), factory_name)
+    except (ImportError, AttributeError) as error:
+        raise CliError(f"cannot load model factory {spec!r}: {error}") from None
+    try:
+        model = factory()
+    except Exception as error:
+        raise CliError(f"model factory {spec!r} failed: {type(error).__name__}: {error}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise CliError(f"model factory {spec!r} returned {type(model).__name__}, not an nn.Module")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise CliError(f"weights file not found: {weights}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as error:
+            raise CliError(f"cannot load weights {weights}: {type(error).__name__}: {error}") from None
+    return model.eval()
+
+
+def digits_model(cache: Path = DEFAULT_CACHE) -> torch.nn.Module:
+    """The bundled digits CNN, trained on first use (seconds) and cached as a state dict."""
+    from fastxai.digits import digits_cnn, load_digits, train_digits_cnn
+
+    path = cache / "digits_cnn.pt"
+    model = digits_cnn()
+    if path.is_file():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            return model.eval()
+        except Exception:
+            pass  # a stale or damaged cache: train again
+    (x_train, y_train), _ = load_digits()
+    model = train_digits_cnn(x_train, y_train)
+    cache.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), temporary)
+    temporary.replace(path)
+    return model
+
+
+def load_data(spec: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if spec is None or spec == "digits":
+        from fastxai.digits import load_digits
+
+        _, (x_test, y_test) = load_digits()
+        return x_test, y_test
+    path = Path(spec)
+    if not path.exists():
+        raise CliError(f"data not found: {spec} (a .npy/.pt file, a folder of images, or 'digits')")
+    if path.is_dir():
+        return _image_folder(path), None
+    if path.suffix == ".npy":
+        return torch.from_numpy(np.load(path)).float(), None
+    if path.suffix == ".pt":
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(content, torch.Tensor):
+            return content.float(), None
+        if isinstance(content, (tuple, list)) and len(content) == 2:
+            return content[0].float(), content[1].long()
+        if isinstance(content, dict) and "inputs" in content:
+            labels = content.get("labels")
+            return content["inputs"].float(), None if labels is None else labels.long()
+        raise CliError(f"{spec} must hold a tensor, (inputs, labels) or {{'inputs', 'labels'}}")
+    raise CliError(f"unsupported data file {spec}: use .npy, .pt or a folder of images")
+
+
+def _image_folder(path: Path) -> torch.Tensor:
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CliError("reading a folder of images needs Pillow: pip install pillow") from None
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
+    if not files:
+        raise CliError(f"no images (.png, .jpg, .bmp) in {path}")
+    arrays = [np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0 for file in files]
+    if len({a.shape for a in arrays}) != 1:
+        raise CliError(f"images in {path} differ in size; resize them to one size first")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def _check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    try:
+        with torch.no_grad():
+            output = model(inputs[:1])
+    except Exception as error:
+        raise CliError(
+            f"the model does not accept inputs of shape {tuple(inputs.shape[1:])}: "
+            f"{type(error).__name__}: {error}"
+        ) from None
+    if output.dim() != 2:
+        raise CliError(f"the model must return [batch, classes], got shape {tuple(output.shape)}")
+    return int(output.shape[1])
+
+
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "saliency": {},
+    "input_x_gradient": {},
+    "smoothgrad": {"n_samples": 32, "stdevs": 0.15, "seed": 0},
+    "integrated_gradients": {"n_steps": 32},
+}
+
+
+def command_attribute(args: argparse.Namespace) -> int:
+    import fastxai as fx
+
+    model = load_model(args.model, args.weights)
+    inputs, labels = load_data(args.data)
+    if args.limit is not None:
+        inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
+    _check_fit(model, inputs)
+    methods = list(METHOD_DEFAULTS) if args.method == "all" else [args.method]
+    data = (inputs, labels) if labels is not None else inputs
+    out = Path(args.out)
+    print(f"{len(inputs)} inputs of shape {tuple(inputs.shape[1:])}; writing to {out}/")
+    for method in methods:
+        started = time.perf_counter()
+        summary = fx.attribute_dataset(
+            model,
+            data,
+            method,
+            out / method,
+            method_kwargs=METHOD_DEFAULTS[method],
+            batch_size=args.batch_size,
+            resume=not args.no_resume,
+            target=args.target,
+        )
+        seconds = time.perf_counter() - started
+        print(
+            f"  {method:22} {summary['items']:.0f} items in {seconds:.2f} s "
+            f"({summary['items'] / seconds:.0f}/s), {summary['shards_written']:.0f} shards written, "
+            f"{summary['shards_skipped']:.0f} already complete"
+        )
+    return 0
+
+
+def command_attack(args: argparse.Namespace) -> int:
+    import fastxai as fx
+
+    model = load_model(args.model, args.weights)
+    inputs, labels = load_data(args.data)
+    if labels is None:
+        raise CliError("attack needs data with labels (.pt with (inputs, labels), or 'digits')")
+    if args.limit is not None:
+        inputs, labels = inputs[: args.limit], labels[: args.limit]
+    _check_fit(model, inputs)
+    started = time.perf_counter()
+    result = fx.robust_accuracy(
+        model,
+        (inputs, labels),
+        eps=args.eps,
+        alpha=args.alpha,
+        steps=args.steps,
+        norm=args.norm,
+        restarts=args.restarts,
+        seed=0,
+        bounds=(args.lower, args.upper),
+    )
+    seconds = time.perf_counter() - started
+    print(
+        f"{result['samples']:.0f} samples: clean accuracy {result['clean_accuracy']:.4f}, accuracy under "
+        f"{args.norm} PGD (eps {args.eps}, {args.steps} steps, {args.restarts} restart(s)) "
+        f"{result['robust_accuracy']:.4f}, in {seconds:.2f} s"
+    )
+    return 0
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks").is_dir():
+        raise CliError("bench runs the benchmark suite of a source checkout; benchmarks/ was not found")
+    import subprocess
+
+    json_path = root / "benchmarks" / "latest.json"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(root / "benchmarks"),
+        "--benchmark-enable",
+        "--benchmark-only",
+        f"--benchmark-json={json_path}",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+    ]
+    if args.select:
+        command += ["-k", args.select]
+    status = subprocess.call(command)
+    if status == 0:
+        status = subprocess.call([sys.executable, str(root / "benchmarks" / "report.py"), str(json_path)])
+    return status
+
+
+def command_backends(args: argparse.Namespace) -> int:
+    import fastxai as fx
+
+    for info in fx.backends().values():
+        print(info)
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    from fastxai._demo import run_demo
+
+    for name in ("samples", "points", "repeats"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    run_demo(samples=args.samples, points=args.points, repeats=args.repeats)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fastxai", description="Fast, verified explainability and robustness."
+    )
+    commands = parser.add_subparsers(dest="command")
+
+    def model_and_data(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--model", help="package.module:factory (default: the bundled digits CNN)")
+        sub.add_argument("--weights", help="state dict for the model (loaded with weights_only=True)")
+        sub.add_argument("--data", help=".npy/.pt file, folder of images, or 'digits' (default)")
+        sub.add_argument("--limit", type=int, help="use only the first N inputs")
+
+    attribute = commands.add_parser("attribute", help="attribute a data set and write the results to --out")
+    model_and_data(attribute)
+    attribute.add_argument("--method", default="all", choices=["all", *METHOD_DEFAULTS])
+    attribute.add_argument("--out", default="fastxai-out", help="output folder (default fastxai-out)")
+    attribute.add_argument("--batch-size", type=int, default=64)
+    attribute.add_argument("--target", default="predicted", choices=["predicted", "label"])
+    attribute.add_argument("--no-resume", action="store_true", help="redo shards already complete")
+    attribute.set_defaults(handler=command_attribute)
+
+    attack = commands.add_parser("attack", help="clean and robust accuracy under PGD")
+    model_and_data(attack)
+    attack.add_argument("--eps", type=float, default=0.1)
+    attack.add_argument("--alpha", type=float, default=0.025)
+    attack.add_argument("--steps", type=int, default=10)
+    attack.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    attack.add_argument("--restarts", type=int, default=1)
+    attack.add_argument("--lower", type=float, default=0.0, help="lowest valid input value (default 0)")
+    attack.add_argument("--upper", type=float, default=1.0, help="highest valid input value (default 1)")
+    attack.set_defaults(handler=command_attack)
+
+    bench = commands.add_parser("bench", help="run the benchmark suite (source checkout) and print ratios")
+    bench.add_argument("-k", dest="select", help="pytest -k expression to select benchmarks")
+    bench.set_defaults(handler=command_bench)
+
+    backends = commands.add_parser("backends", help="which backends this machine has, and why not the others")
+    backends.set_defaults(handler=command_backends)
+
+    demo = commands.add_parser("demo", help="attribute a digits CNN on every backend and print timings")
+    demo.add_argument("--samples", type=int, default=256, help="test images to explain (default 256)")
+    demo.add_argument("--points", type=int, default=32, help="SmoothGrad samples and IG steps (default 32)")
+    demo.add_argument("--repeats", type=int, default=5, help="timing repeats, best kept (default 5)")
+    demo.set_defaults(handler=command_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["demo", *(argv or [])])
+    try:
+        return int(args.handler(args))
+    except CliError as error:
+        print(f"fastxai: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as error:
+        print(f"fastxai: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastxai: interrupted", file=sys.stderr)
+        return 130
