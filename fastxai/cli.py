@@ -151,6 +151,7 @@ def command_attribute(args: argparse.Namespace) -> int:
     data = (inputs, labels) if labels is not None else inputs
     out = Path(args.out)
     print(f"{len(inputs)} inputs of shape {tuple(inputs.shape[1:])}; writing to {out}/")
+    rows = []
     for method in methods:
         started = time.perf_counter()
         summary = fx.attribute_dataset(
@@ -169,7 +170,37 @@ def command_attribute(args: argparse.Namespace) -> int:
             f"({summary['items'] / seconds:.0f}/s), {summary['shards_written']:.0f} shards written, "
             f"{summary['shards_skipped']:.0f} already complete"
         )
+        rows.append(
+            {
+                "method": method,
+                "items": int(summary["items"]),
+                "seconds": seconds,
+                "items per second": summary["items"] / seconds,
+            }
+        )
+    if not args.no_report:
+        report = _report(out, inputs, methods, rows)
+        print(f"report: {report}")
     return 0
+
+
+def _report(out: Path, inputs: torch.Tensor, methods: list[str], rows: list[dict[str, Any]]) -> Path:
+    """A methods x samples grid (PNG) and an HTML page with it and the timings."""
+    import fastxai as fx
+    from fastxai import visualize
+
+    if inputs.dim() != 4:
+        print("(no pictures: inputs are not images [N, C, H, W])")
+        return out
+    count = min(8, len(inputs))
+    attributions = {
+        method: torch.from_numpy(np.asarray(fx.load_attributions(out / method)["attributions"][:count]))
+        for method in methods
+    }
+    grid = visualize.save_grid(out / "grid.png", inputs[:count], attributions)
+    return visualize.html_report(
+        out / "report.html", "fastxai attribution report", {"methods x samples": grid}, {"timings": rows}
+    )
 
 
 def command_attack(args: argparse.Namespace) -> int:
@@ -267,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--batch-size", type=int, default=64)
     attribute.add_argument("--target", default="predicted", choices=["predicted", "label"])
     attribute.add_argument("--no-resume", action="store_true", help="redo shards already complete")
+    attribute.add_argument("--no-report", action="store_true", help="skip the PNG grid and the HTML report")
     attribute.set_defaults(handler=command_attribute)
 
     attack = commands.add_parser("attack", help="clean and robust accuracy under PGD")
