@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 #include <c10/util/accumulate.h>
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -242,6 +243,133 @@ inline PgdArgs check_pgd_step(const at::Tensor& x_adv, const at::Tensor& grad, c
   TORCH_CHECK_VALUE(lower <= upper, "fastxai: lower must be <= upper, got lower=", lower, ", upper=", upper);
   return {dtype, kind, batch, c10::multiply_integers(x_adv.sizes().slice(1)), round_to_float(lower),
           round_to_float(upper)};
+}
+
+// ---- LRP and perturbation ops ------------------------------------------------------------------
+
+// `t` must have `like`'s dtype, shape and device, and be contiguous.
+inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& like, const char* like_name,
+                       c10::DeviceType device_type) {
+  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), "fastxai: ", name, " must have the dtype of ", like_name,
+                   " (", like.scalar_type(), "), got ", t.scalar_type());
+  check_device(t, name, like.device(), device_type);
+  check_shape(t, name, like.sizes());
+  check_contiguous(t, name);
+}
+
+// A finite double that stays finite in float32 (>= minimum when given), rounded to float32.
+inline float check_float_scalar(double value, const char* name, bool non_negative) {
+  const float rounded = round_to_float(value);
+  TORCH_CHECK_VALUE(std::isfinite(value) && std::isfinite(rounded) && (!non_negative || value >= 0.0),
+                    "fastxai: ", name, " must be finite", non_negative ? " and >= 0" : "",
+                    " (within float32's range), got ", value);
+  return rounded;
+}
+
+struct ElementwiseArgs {
+  Dtype dtype;
+  int64_t numel;
+};
+
+inline ElementwiseArgs check_lrp_divide(const at::Tensor& relevance, const at::Tensor& z, double eps,
+                                        c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(relevance, "relevance");
+  check_device(relevance, "relevance", relevance.device(), device_type);
+  check_contiguous(relevance, "relevance");
+  check_like(z, "z", relevance, "relevance", device_type);
+  check_float_scalar(eps, "eps", /*non_negative=*/true);
+  return {dtype, relevance.numel()};
+}
+
+inline ElementwiseArgs check_lrp_product(const at::Tensor& activation, const at::Tensor& c,
+                                         const std::optional<at::Tensor>& c_neg, double alpha, double beta,
+                                         c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(activation, "activation");
+  check_device(activation, "activation", activation.device(), device_type);
+  check_contiguous(activation, "activation");
+  check_like(c, "c", activation, "activation", device_type);
+  check_float_scalar(alpha, "alpha", /*non_negative=*/false);
+  check_float_scalar(beta, "beta", /*non_negative=*/false);
+  if (c_neg.has_value()) {
+    check_like(*c_neg, "c_neg", activation, "activation", device_type);
+  } else {
+    TORCH_CHECK_VALUE(alpha == 1.0 && beta == 0.0, "fastxai: alpha and beta apply only with c_neg, got alpha=",
+                      alpha, ", beta=", beta);
+  }
+  return {dtype, activation.numel()};
+}
+
+struct BlendArgs {
+  Dtype dtype;
+  bool per_input;  // feature_mask is [B, *F] rather than [*F]
+  int64_t batch;
+  int64_t perturbations;
+  int64_t groups;
+  int64_t features;
+};
+
+// The values of feature_mask are not read here (that would cost a device sync on a GPU):
+// fastxai.ops checks their range; the CPU host code checks it too, the CUDA kernel writes NaN
+// for an out-of-range id rather than reading out of bounds.
+inline BlendArgs check_masked_blend(const at::Tensor& inputs, const at::Tensor& baselines,
+                                    const at::Tensor& feature_mask, const at::Tensor& keep,
+                                    c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(inputs, "inputs");
+  TORCH_CHECK_VALUE(inputs.dim() >= 1, "fastxai: inputs must have a batch dimension, got a 0-d tensor");
+  check_device(inputs, "inputs", inputs.device(), device_type);
+  check_contiguous(inputs, "inputs");
+  check_like(baselines, "baselines", inputs, "inputs", device_type);
+  TORCH_CHECK_TYPE(feature_mask.scalar_type() == at::ScalarType::Long,
+                   "fastxai: feature_mask must be an int64 tensor of group ids, got ", feature_mask.scalar_type());
+  check_device(feature_mask, "feature_mask", inputs.device(), device_type);
+  const at::IntArrayRef feature_shape = inputs.sizes().slice(1);
+  const bool per_input = feature_mask.dim() == inputs.dim();
+  TORCH_CHECK_VALUE(feature_mask.sizes() == feature_shape || feature_mask.sizes() == inputs.sizes(),
+                    "fastxai: feature_mask must have shape ", feature_shape, " (shared) or ", inputs.sizes(),
+                    " (per input), got ", feature_mask.sizes());
+  check_contiguous(feature_mask, "feature_mask");
+  const int64_t batch = inputs.size(0);
+  check_float32(keep, "keep");
+  check_device(keep, "keep", inputs.device(), device_type);
+  TORCH_CHECK_VALUE(keep.dim() == 3 && keep.size(0) == batch, "fastxai: keep must have shape (", batch,
+                    ", P, M) (batch, perturbations, groups), got ", keep.sizes());
+  check_contiguous(keep, "keep");
+  return {dtype, per_input, batch, keep.size(1), keep.size(2), c10::multiply_integers(feature_shape)};
+}
+
+struct OccludeArgs {
+  Dtype dtype;
+  int64_t batch;
+  int64_t windows;  // W, the number of window positions
+};
+
+inline OccludeArgs check_occlude(const at::Tensor& inputs, const at::Tensor& baselines, at::IntArrayRef window,
+                                 at::IntArrayRef strides, int64_t start, int64_t count,
+                                 c10::DeviceType device_type) {
+  const Dtype dtype = element_dtype(inputs, "inputs");
+  TORCH_CHECK_VALUE(inputs.dim() >= 2, "fastxai: inputs must be [B, *F] with at least one feature dimension, got ",
+                    inputs.sizes());
+  check_device(inputs, "inputs", inputs.device(), device_type);
+  check_contiguous(inputs, "inputs");
+  check_like(baselines, "baselines", inputs, "inputs", device_type);
+  const at::IntArrayRef feature_shape = inputs.sizes().slice(1);
+  const auto ndim = static_cast<int64_t>(feature_shape.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(window.size()) == ndim, "fastxai: window must have ", ndim,
+                    " entries (one per feature dimension), got ", window);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(strides.size()) == ndim, "fastxai: strides must have ", ndim,
+                    " entries (one per feature dimension), got ", strides);
+  int64_t windows = 1;
+  for (int64_t d = 0; d < ndim; ++d) {
+    TORCH_CHECK_VALUE(window[d] >= 1, "fastxai: window must hold positive sizes, got ", window);
+    TORCH_CHECK_VALUE(strides[d] >= 1, "fastxai: strides must hold positive sizes, got ", strides);
+    TORCH_CHECK_VALUE(window[d] <= feature_shape[d], "fastxai: window ", window,
+                      " is larger than the input's features ", feature_shape);
+    windows *= (feature_shape[d] - window[d]) / strides[d] + 1;
+  }
+  TORCH_CHECK_VALUE(start >= 0 && start <= windows, "fastxai: start must be in [0, ", windows, "], got ", start);
+  TORCH_CHECK_VALUE(count >= 0 && count <= windows - start, "fastxai: count must be in [0, ", windows - start,
+                    "] (start=", start, ", ", windows, " windows), got ", count);
+  return {dtype, inputs.size(0), windows};
 }
 
 }  // namespace checks

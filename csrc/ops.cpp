@@ -6,6 +6,7 @@
 // implementations live in csrc/cuda/ops_cuda.cpp, compiled only with FASTXAI_WITH_CUDA.
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/string_view.h>
 #include <pybind11/pybind11.h>
@@ -67,6 +68,54 @@ void weighted_path_accumulate_cpu(const at::Tensor& grads, const at::Tensor& wei
                                 acc.mutable_data_ptr<float>(), args.steps, args.batch, args.features);
 }
 
+at::Tensor lrp_divide_cpu(const at::Tensor& relevance, const at::Tensor& z, double eps) {
+  const auto args = checks::check_lrp_divide(relevance, z, eps, kCPU);
+  at::Tensor out = at::empty(relevance.sizes(), relevance.options());
+  cpu::lrp_divide(args.dtype, relevance.const_data_ptr(), z.const_data_ptr(), out.mutable_data_ptr(),
+                  checks::round_to_float(eps), args.numel);
+  return out;
+}
+
+at::Tensor lrp_product_cpu(const at::Tensor& activation, const at::Tensor& c, const std::optional<at::Tensor>& c_neg,
+                           double alpha, double beta) {
+  const auto args = checks::check_lrp_product(activation, c, c_neg, alpha, beta, kCPU);
+  at::Tensor out = at::empty(activation.sizes(), activation.options());
+  cpu::lrp_product(args.dtype, activation.const_data_ptr(), c.const_data_ptr(),
+                   c_neg.has_value() ? c_neg->const_data_ptr() : nullptr, out.mutable_data_ptr(),
+                   checks::round_to_float(alpha), checks::round_to_float(beta), args.numel);
+  return out;
+}
+
+at::Tensor masked_blend_cpu(const at::Tensor& inputs, const at::Tensor& baselines, const at::Tensor& feature_mask,
+                            const at::Tensor& keep) {
+  const auto args = checks::check_masked_blend(inputs, baselines, feature_mask, keep, kCPU);
+  if (feature_mask.numel() > 0) {  // the kernel indexes keep with these ids
+    const auto [low, high] = at::aminmax(feature_mask);
+    const int64_t lowest = low.item<int64_t>();
+    const int64_t highest = high.item<int64_t>();
+    TORCH_CHECK_VALUE(lowest >= 0 && highest < args.groups, "fastxai: feature_mask values must be group ids in [0, ",
+                      args.groups, "), got values in [", lowest, ", ", highest, "]");
+  }
+  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(args.perturbations, inputs.sizes().slice(1))),
+                             inputs.options());
+  cpu::masked_blend(args.dtype, inputs.const_data_ptr(), baselines.const_data_ptr(),
+                    feature_mask.const_data_ptr<int64_t>(), args.per_input, keep.const_data_ptr<float>(),
+                    out.mutable_data_ptr(), args.batch, args.perturbations, args.groups, args.features);
+  return out;
+}
+
+at::Tensor occlude_cpu(const at::Tensor& inputs, const at::Tensor& baselines, at::IntArrayRef window,
+                       at::IntArrayRef strides, int64_t start, int64_t count) {
+  const auto args = checks::check_occlude(inputs, baselines, window, strides, start, count, kCPU);
+  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(count, inputs.sizes().slice(1))),
+                             inputs.options());
+  const at::IntArrayRef sizes = inputs.sizes().slice(1);
+  cpu::occlude(inputs.element_size(), inputs.const_data_ptr(), baselines.const_data_ptr(), out.mutable_data_ptr(),
+               args.batch, sizes.data(), window.data(), strides.data(), static_cast<int64_t>(sizes.size()), start,
+               count);
+  return out;
+}
+
 }  // namespace
 }  // namespace fastxai
 
@@ -82,6 +131,10 @@ TORCH_LIBRARY(fastxai, m) {
       "pgd_step(Tensor x_adv, Tensor grad, Tensor x_orig, Tensor step_size, Tensor eps, float lower, float upper, "
       "str norm) -> Tensor");
   m.def("weighted_path_accumulate(Tensor grads, Tensor weights, Tensor(a!) acc) -> ()");
+  m.def("lrp_divide(Tensor relevance, Tensor z, float eps) -> Tensor");
+  m.def("lrp_product(Tensor activation, Tensor c, Tensor? c_neg, float alpha, float beta) -> Tensor");
+  m.def("masked_blend(Tensor inputs, Tensor baselines, Tensor feature_mask, Tensor keep) -> Tensor");
+  m.def("occlude(Tensor inputs, Tensor baselines, int[] window, int[] strides, int start, int count) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastxai, CPU, m) {
@@ -90,6 +143,10 @@ TORCH_LIBRARY_IMPL(fastxai, CPU, m) {
   m.impl("path_points", &fastxai::path_points_cpu);
   m.impl("pgd_step", &fastxai::pgd_step_cpu);
   m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cpu);
+  m.impl("lrp_divide", &fastxai::lrp_divide_cpu);
+  m.impl("lrp_product", &fastxai::lrp_product_cpu);
+  m.impl("masked_blend", &fastxai::masked_blend_cpu);
+  m.impl("occlude", &fastxai::occlude_cpu);
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -135,6 +135,45 @@ def pgd_step(
     return out
 
 
+def lrp_divide(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    """``relevance / (z + eps * sign0(z))``, 0 where that denominator is 0: relevance's shape and dtype."""
+    out: torch.Tensor = _ops().lrp_divide(relevance, z, eps)
+    return out
+
+
+def lrp_product(
+    activation: torch.Tensor,
+    c: torch.Tensor,
+    c_neg: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+) -> torch.Tensor:
+    """``activation * c``, or ``activation * (alpha * c - beta * c_neg)`` when c_neg is given."""
+    out: torch.Tensor = _ops().lrp_product(activation, c, c_neg, alpha, beta)
+    return out
+
+
+def masked_blend(
+    inputs: torch.Tensor, baselines: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """``baselines[b] + keep[b, p, mask] * (inputs[b] - baselines[b])``: [B, P, *F]; keep float32."""
+    out: torch.Tensor = _ops().masked_blend(inputs, baselines, feature_mask, keep)
+    return out
+
+
+def occlude(
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    window: list[int],
+    strides: list[int],
+    start: int,
+    count: int,
+) -> torch.Tensor:
+    """[B, *F] -> [B, count, *F]: copy ``p`` has window ``start + p`` taken from baselines."""
+    out: torch.Tensor = _ops().occlude(inputs, baselines, window, strides, start, count)
+    return out
+
+
 def _register_fakes() -> None:
     """Shape-only implementations, so the ops trace under torch.compile / FakeTensor.
 
@@ -186,6 +225,33 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastxai::weighted_path_accumulate")
     def _weighted_path_accumulate_fake(grads: torch.Tensor, weights: torch.Tensor, acc: torch.Tensor) -> None:
         return None
+
+    @torch.library.register_fake("fastxai::lrp_divide")
+    def _lrp_divide_fake(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+        return relevance.new_empty(relevance.shape)
+
+    @torch.library.register_fake("fastxai::lrp_product")
+    def _lrp_product_fake(
+        activation: torch.Tensor, c: torch.Tensor, c_neg: torch.Tensor | None, alpha: float, beta: float
+    ) -> torch.Tensor:
+        return activation.new_empty(activation.shape)
+
+    @torch.library.register_fake("fastxai::masked_blend")
+    def _masked_blend_fake(
+        inputs: torch.Tensor, baselines: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        return inputs.new_empty((inputs.shape[0], keep.shape[1], *inputs.shape[1:]))
+
+    @torch.library.register_fake("fastxai::occlude")
+    def _occlude_fake(
+        inputs: torch.Tensor,
+        baselines: torch.Tensor,
+        window: list[int],
+        strides: list[int],
+        start: int,
+        count: int,
+    ) -> torch.Tensor:
+        return inputs.new_empty((inputs.shape[0], count, *inputs.shape[1:]))
 
 
 # torch imports this module when it needs the fake implementations of ops that fastxai._C

@@ -8,6 +8,8 @@ and made contiguous here, so backends receive exactly the layout they document.
 from __future__ import annotations
 
 import importlib
+import math
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -237,4 +239,244 @@ def pgd_step(
     )
 
 
-__all__ = ["gaussian_perturb", "moment_accumulate", "path_points", "pgd_step", "weighted_path_accumulate"]
+def _check_like(name: str, tensor: object, like_name: str, like: torch.Tensor) -> torch.Tensor:
+    """``tensor`` if it is a tensor of ``like``'s shape, dtype and device, else an error naming it."""
+    tensor = _floating(name, tensor)
+    if tensor.dtype != like.dtype:
+        raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {tensor.dtype}")
+    if tensor.shape != like.shape:
+        raise ValueError(
+            f"{name} must have the shape of {like_name} ({tuple(like.shape)}), got {tuple(tensor.shape)}"
+        )
+    if tensor.device != like.device:
+        raise ValueError(f"{name} is on {tensor.device}, {like_name} on {like.device}")
+    return tensor
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_real(name: str, value: object, dtype: torch.dtype, minimum: float | None = None) -> float:
+    """A finite real number (within float32's range unless ``dtype`` is float64, since kernels round it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    too_large = dtype != torch.float64 and abs(value) > _FLOAT32_MAX
+    if not math.isfinite(value) or too_large or (minimum is not None and value < minimum):
+        bound = f" and >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{name} must be finite{bound} (within float32's range for {dtype}), got {value}")
+    return value
+
+
+def lrp_divide(
+    relevance: torch.Tensor, z: torch.Tensor, eps: float, *, backend: str | None = None
+) -> torch.Tensor:
+    """The stabilised division of LRP: ``relevance / (z + eps * sign0(z))``, 0 where that is 0 / 0.
+
+    ``sign0(z)`` is +1 where ``z >= 0``, else -1. relevance, z: same shape ([N, *]) and dtype;
+    eps: finite, >= 0. Computed in float32 (float64 for float64); returns relevance's shape and dtype.
+    See ``fastxai.reference.lrp.lrp_divide``.
+
+    >>> s = fastxai.ops.lrp_divide(relevance_out, z, 1e-6)
+    """
+    relevance = _floating("relevance", relevance)
+    z = _check_like("z", z, "relevance", relevance)
+    eps = _check_real("eps", eps, relevance.dtype, 0.0)
+    return _dispatch("lrp_divide", backend, relevance, relevance.contiguous(), z.contiguous(), eps)
+
+
+def lrp_product(
+    activation: torch.Tensor,
+    c: torch.Tensor,
+    c_neg: torch.Tensor | None = None,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The last step of an LRP rule: ``activation * c``, or ``activation * (alpha * c - beta * c_neg)``.
+
+    activation, c, c_neg: same shape and dtype; alpha and beta (finite) apply only with c_neg.
+    Computed in float32 (float64 for float64); returns activation's shape and dtype.
+    See ``fastxai.reference.lrp.lrp_product``.
+
+    >>> relevance_in = fastxai.ops.lrp_product(a, c_pos, c_neg, alpha=2.0, beta=1.0)
+    """
+    activation = _floating("activation", activation)
+    c = _check_like("c", c, "activation", activation)
+    alpha = _check_real("alpha", alpha, activation.dtype)
+    beta = _check_real("beta", beta, activation.dtype)
+    if c_neg is None:
+        if alpha != 1.0 or beta != 0.0:
+            raise ValueError(
+                f"alpha and beta apply only with c_neg: without it the product is activation * c "
+                f"(got alpha={alpha}, beta={beta})"
+            )
+        return _dispatch(
+            "lrp_product", backend, activation, activation.contiguous(), c.contiguous(), None, 1.0, 0.0
+        )
+    c_neg = _check_like("c_neg", c_neg, "activation", activation)
+    return _dispatch(
+        "lrp_product",
+        backend,
+        activation,
+        activation.contiguous(),
+        c.contiguous(),
+        c_neg.contiguous(),
+        alpha,
+        beta,
+    )
+
+
+def masked_blend(
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    feature_mask: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Perturbed copies ``baselines[b] + keep[b, p, mask[i]] * (inputs[b] - baselines[b])`` -> [B, P, *F].
+
+    inputs, baselines: [B, *F], same dtype; feature_mask: int64 group ids in [0, M), shape [*F]
+    (shared) or [B, *F]; keep: [B, P, M] floating (1 keeps the input, 0 takes the baseline),
+    used as float32 (float64 for float64 inputs). See ``fastxai.reference.perturbation.masked_blend``.
+
+    >>> perturbed = fastxai.ops.masked_blend(x, torch.zeros_like(x), mask, keep)  # [B, P, *F]
+    """
+    inputs = _floating("inputs", inputs)
+    if inputs.dim() < 1:
+        raise ValueError("inputs must have a batch dimension, got a 0-d tensor")
+    baselines = _check_like("baselines", baselines, "inputs", inputs)
+    if not isinstance(feature_mask, torch.Tensor):
+        raise TypeError(f"feature_mask must be a torch.Tensor, got {type(feature_mask).__name__}")
+    if feature_mask.dtype != torch.int64:
+        raise TypeError(f"feature_mask must be an int64 tensor of group ids, got {feature_mask.dtype}")
+    if feature_mask.shape not in (inputs.shape[1:], inputs.shape):
+        raise ValueError(
+            f"feature_mask must have shape {tuple(inputs.shape[1:])} (shared) or {tuple(inputs.shape)} "
+            f"(per input), got {tuple(feature_mask.shape)}"
+        )
+    if feature_mask.device != inputs.device:
+        raise ValueError(f"feature_mask is on {feature_mask.device}, inputs on {inputs.device}")
+    keep = _floating("keep", keep)
+    if keep.dim() != 3 or keep.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"keep must have shape ({inputs.shape[0]}, P, M) (batch, perturbations, groups), "
+            f"got {tuple(keep.shape)}"
+        )
+    if keep.device != inputs.device:
+        raise ValueError(f"keep is on {keep.device}, inputs on {inputs.device}")
+    groups = keep.shape[2]
+    if feature_mask.numel() > 0:
+        low, high = (int(v) for v in torch.aminmax(feature_mask))
+        if low < 0 or high >= groups:
+            raise ValueError(
+                f"feature_mask values must be group ids in [0, {groups}) (keep has {groups} groups), "
+                f"got values in [{low}, {high}]"
+            )
+    keep = keep.to(_accumulator_dtype(inputs.dtype)).contiguous()
+    return _dispatch(
+        "masked_blend",
+        backend,
+        inputs,
+        inputs.contiguous(),
+        baselines.contiguous(),
+        feature_mask.contiguous(),
+        keep,
+    )
+
+
+def _int_tuple(name: str, value: object, length: int) -> tuple[int, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise TypeError(f"{name} must be a tuple of {length} ints, got {type(value).__name__}")
+    items = tuple(value)
+    if len(items) != length or any(isinstance(v, bool) or not isinstance(v, int) for v in items):
+        raise ValueError(
+            f"{name} must be a tuple of {length} ints (one per feature dimension), got {value!r}"
+        )
+    if any(v < 1 for v in items):
+        raise ValueError(f"{name} must hold positive sizes, got {items}")
+    return items
+
+
+def _window_counts(
+    shape: Sequence[int], window: object, strides: object
+) -> tuple[tuple[int, ...], tuple[int, ...], list[int]]:
+    """Validated window and strides for feature shape ``shape``, and the positions per dimension."""
+    window_t = _int_tuple("window", window, len(shape))
+    strides_t = _int_tuple("strides", strides, len(shape))
+    if any(w > size for w, size in zip(window_t, shape, strict=True)):
+        raise ValueError(f"window {window_t} is larger than the input's features {tuple(shape)}")
+    counts = [(size - w) // s + 1 for size, w, s in zip(shape, window_t, strides_t, strict=True)]
+    return window_t, strides_t, counts
+
+
+def occlusion_window_count(shape: Sequence[int], window: Sequence[int], strides: Sequence[int]) -> int:
+    """How many windows ``occlude`` slides over features of ``shape``: ``prod_d ((F_d - w_d) // s_d + 1)``.
+
+    ``shape`` is the feature shape ``F`` (``inputs.shape[1:]``); window and strides have one
+    entry per feature dimension.
+
+    >>> fastxai.ops.occlusion_window_count((3, 8, 8), (3, 4, 4), (3, 2, 2))  # 9
+    """
+    if not isinstance(shape, Sequence) or any(isinstance(v, bool) or not isinstance(v, int) for v in shape):
+        raise TypeError(f"shape must be a tuple of ints (the feature shape), got {shape!r}")
+    if any(v < 0 for v in shape):
+        raise ValueError(f"shape must hold sizes >= 0, got {tuple(shape)}")
+    return math.prod(_window_counts(tuple(shape), window, strides)[2])
+
+
+def occlude(
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    window: tuple[int, ...],
+    strides: tuple[int, ...],
+    start: int,
+    count: int,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Occlusion: [B, *F] -> [B, count, *F]; copy ``p`` takes window ``start + p`` from baselines.
+
+    Along feature dimension ``d`` windows start at ``k * strides[d]``, ``k = 0 .. (F_d - window[d]) //
+    strides[d]``, numbered row-major (Captum's ``Occlusion``); ``occlusion_window_count`` gives their
+    number W, and ``0 <= start <= start + count <= W``. See ``fastxai.reference.perturbation.occlude``.
+
+    >>> copies = fastxai.ops.occlude(x, torch.zeros_like(x), (1, 4, 4), (1, 4, 4), 0, 8)
+    """
+    inputs = _floating("inputs", inputs)
+    if inputs.dim() < 2:
+        raise ValueError(
+            f"inputs must be [B, *F] with at least one feature dimension, got {tuple(inputs.shape)}"
+        )
+    baselines = _check_like("baselines", baselines, "inputs", inputs)
+    window_t, strides_t, counts = _window_counts(tuple(inputs.shape[1:]), window, strides)
+    total = math.prod(counts)
+    _check_int("start", start, 0, total + 1)
+    _check_int("count", count, 0, total - start + 1)
+    return _dispatch(
+        "occlude",
+        backend,
+        inputs,
+        inputs.contiguous(),
+        baselines.contiguous(),
+        list(window_t),
+        list(strides_t),
+        start,
+        count,
+    )
+
+
+__all__ = [
+    "gaussian_perturb",
+    "lrp_divide",
+    "lrp_product",
+    "masked_blend",
+    "moment_accumulate",
+    "occlude",
+    "occlusion_window_count",
+    "path_points",
+    "pgd_step",
+    "weighted_path_accumulate",
+]

@@ -12,9 +12,23 @@ noise differs only by the libm's ``log``/``sin``/``cos`` (precise libdevice vers
 """
 
 from .gaussian_perturb import gaussian_perturb
+from .lrp_divide import lrp_divide
+from .lrp_product import lrp_product
+from .masked_blend import masked_blend
 from .moment_accumulate import moment_accumulate
+from .occlude import occlude
 from .path_points import path_points
 from .pgd_step import pgd_step
 from .weighted_path_accumulate import weighted_path_accumulate
 
-__all__ = ["gaussian_perturb", "moment_accumulate", "path_points", "pgd_step", "weighted_path_accumulate"]
+__all__ = [
+    "gaussian_perturb",
+    "lrp_divide",
+    "lrp_product",
+    "masked_blend",
+    "moment_accumulate",
+    "occlude",
+    "path_points",
+    "pgd_step",
+    "weighted_path_accumulate",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import torch
 
@@ -24,3 +25,14 @@ def int32_bits(value: int) -> int:
     """
     value &= _MASK32
     return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def float32_value(value: float) -> float:
+    """``value`` rounded to float32 (ties to even), as a float32 kernel argument holds it.
+
+    Triton types a Python float argument as float32; rounding here makes every launcher agree
+    with the reference's float32 arithmetic whatever the conversion path. Callers pass finite
+    values within float32's range (``fastxai.ops`` checks).
+    """
+    rounded: float = struct.unpack("f", struct.pack("f", value))[0]
+    return rounded

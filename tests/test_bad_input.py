@@ -149,3 +149,68 @@ def test_model_restored_after_an_exception(method: str) -> None:
 def test_model_output_must_be_logits() -> None:
     with pytest.raises(ValueError, match=r"model must return \[batch, classes\]"):
         fx.saliency(lambda x: x.sum(), torch.randn(2, 3), target=0)
+
+
+# ---- the fused LRP and perturbation ops: errors name the argument -------------------------------
+
+_X = torch.ones(2, 3, 4)
+_MASK = torch.zeros(3, 4, dtype=torch.long)
+_KEEP = torch.ones(2, 5, 1)
+
+BAD_OPS = [
+    (lambda: fx.ops.lrp_divide(_X.numpy(), _X, 0.1), TypeError, "relevance must be a torch.Tensor"),
+    (lambda: fx.ops.lrp_divide(_X, _X.half(), 0.1), TypeError, "z must have the dtype of relevance"),
+    (lambda: fx.ops.lrp_divide(_X, _X[:1], 0.1), ValueError, "z must have the shape of relevance"),
+    (lambda: fx.ops.lrp_divide(_X, _X, -0.1), ValueError, "eps must be finite and >= 0"),
+    (lambda: fx.ops.lrp_divide(_X, _X, float("nan")), ValueError, "eps must be finite"),
+    (lambda: fx.ops.lrp_divide(_X, _X, True), TypeError, "eps must be a float"),
+    (lambda: fx.ops.lrp_product(_X, _X.long()), TypeError, "c must be a floating-point"),
+    (lambda: fx.ops.lrp_product(_X, _X, _X[0]), ValueError, "c_neg must have the shape of activation"),
+    (lambda: fx.ops.lrp_product(_X, _X, None, 2.0, 1.0), ValueError, "alpha and beta apply only with c_neg"),
+    (lambda: fx.ops.lrp_product(_X, _X, _X, float("inf")), ValueError, "alpha must be finite"),
+    (lambda: fx.ops.masked_blend(_X, _X[:, :2], _MASK, _KEEP), ValueError, "baselines must have the shape"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK.int(), _KEEP), TypeError, "feature_mask must be an int64"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK[0], _KEEP), ValueError, "feature_mask must have shape"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK + 1, _KEEP), ValueError, r"feature_mask values .* \[0, 1\)"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK - 1, _KEEP), ValueError, "feature_mask values"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK, _KEEP[0]), ValueError, r"keep must have shape \(2, P, M\)"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK, _KEEP.long()), TypeError, "keep must be a floating-point"),
+    (lambda: fx.ops.occlude(_X, _X, (2,), (1, 1), 0, 1), ValueError, "window must be a tuple of 2 ints"),
+    (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 0), 0, 1), ValueError, "strides must hold positive sizes"),
+    (lambda: fx.ops.occlude(_X, _X, (2, 5), (1, 1), 0, 1), ValueError, "window .* is larger than the input"),
+    (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 7, 0), ValueError, r"start must be in \[0, 7\)"),
+    (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 2, 5), ValueError, r"count must be in \[0, 5\)"),
+    (lambda: fx.ops.occlude(_X, _X, 2, (1, 1), 0, 1), TypeError, "window must be a tuple"),
+    (lambda: fx.ops.occlude(_X[:, 0, 0], _X[:, 0, 0], (), (), 0, 1), ValueError, "at least one feature dim"),
+    (lambda: fx.ops.occlusion_window_count((3, 4), (4, 1), (1, 1)), ValueError, "window .* is larger"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_OPS)
+def test_attribution_ops_bad_input(call, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_attribution_ops_native_host_checks() -> None:
+    """Called directly (past fastxai.ops), the native operators still refuse what would read out of bounds."""
+    if not fx.backends()["native"].available:
+        pytest.skip("native backend not built")
+    from fastxai import _native
+
+    with pytest.raises(ValueError, match="feature_mask values must be group ids"):
+        _native.masked_blend(_X, _X, _MASK + 3, _KEEP)
+    with pytest.raises(ValueError, match="keep must have shape"):
+        _native.masked_blend(_X, _X, _MASK, _KEEP[:1])
+    with pytest.raises(ValueError, match="count must be in"):
+        _native.occlude(_X, _X, [2, 2], [1, 1], 0, 7)
+    with pytest.raises(ValueError, match="window"):
+        _native.occlude(_X, _X, [4, 2], [1, 1], 0, 1)
+    with pytest.raises(TypeError, match="z must have the dtype of relevance"):
+        _native.lrp_divide(_X, _X.half(), 0.0)
+    with pytest.raises(ValueError, match="eps must be finite and >= 0"):
+        _native.lrp_divide(_X, _X, -1.0)
+    with pytest.raises(ValueError, match="alpha and beta apply only with c_neg"):
+        _native.lrp_product(_X, _X, None, 2.0, 0.0)
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        _native.lrp_product(_X.double(), _X.double())

@@ -208,3 +208,246 @@ def test_pgd_step(
     # L2 norms are float32 sums whose order differs between backends.
     tolerance = DTYPES[dtype] if dtype != torch.float32 else dict(rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(got, want, **tolerance)
+
+
+# ---- LRP and perturbation ops ------------------------------------------------------------------
+
+
+def _assert_as_accurate(
+    got: torch.Tensor, want: torch.Tensor, oracle: torch.Tensor, dtype: torch.dtype
+) -> None:
+    """``got`` agrees with the reference ``want`` in the same dtype, and is at most about as far from the
+    float64 ``oracle`` as the reference is (twice its largest error plus one unit of the dtype's rounding)."""
+    _assert_close(got, want, dtype)
+    unit = torch.finfo(dtype).eps * oracle.abs().clamp_min(1e-30)
+    error_got = (got.double() - oracle).abs()
+    error_want = (want.double() - oracle).abs()
+    assert bool((error_got <= 2 * error_want.max() + unit).all()), (error_got.max(), error_want.max())
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("eps", [0.0, 0.01, 0.25])
+def test_lrp_divide(
+    backend: str, device: str, dtype: torch.dtype, shape_id: str, layout: str, eps: float
+) -> None:
+    relevance = _layout(_inputs(shape_id, dtype, device, 1), layout)
+    z = _inputs(shape_id, dtype, device, 2)
+    z.view(-1)[::3] = 0.0  # exact zeros: 0 / 0 -> 0 when eps == 0, R / eps otherwise
+    z.view(-1)[1::7] = -0.0
+    z = _layout(z, layout)
+    got = ops.lrp_divide(relevance, z, eps, backend=backend)
+    want = reference.lrp_divide(relevance.contiguous(), z.contiguous(), eps)
+    assert got.shape == relevance.shape and got.dtype == dtype and torch.isfinite(got).all()
+    oracle = reference.lrp_divide(relevance.double(), z.double(), eps)
+    _assert_as_accurate(got, want, oracle, dtype)
+    if eps == 0.0:
+        assert (got[z == 0] == 0).all()
+
+
+def test_lrp_divide_closed_form() -> None:
+    relevance = torch.tensor([[2.0, 1.0, 3.0, 4.0, 5.0]])
+    z = torch.tensor([[1.0, 0.0, -1.0, -0.0, 0.0]])
+    # sign0(0) = sign0(-0) = +1: 1/(0+1), 3/(-1-1), 4/(-0+1)
+    expected = torch.tensor([[1.0, 1.0, -1.5, 4.0, 5.0]])
+    for backend, _device in [("reference", "cpu"), *kernel_backends()]:
+        if _device == "cpu":
+            torch.testing.assert_close(ops.lrp_divide(relevance, z, 1.0, backend=backend), expected)
+            zero_eps = ops.lrp_divide(relevance, z, 0.0, backend=backend)
+            torch.testing.assert_close(zero_eps, torch.tensor([[2.0, 0.0, -3.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("rule", ["plain", "alpha2beta1", "alpha1.5beta0.25"])
+def test_lrp_product(backend: str, device: str, dtype: torch.dtype, shape_id: str, rule: str) -> None:
+    activation = _layout(_inputs(shape_id, dtype, device, 1), "channels_last")
+    c = _layout(_inputs(shape_id, dtype, device, 2), "transposed")
+    c_neg = _inputs(shape_id, dtype, device, 3) if rule != "plain" else None
+    alpha, beta = {"plain": (1.0, 0.0), "alpha2beta1": (2.0, 1.0), "alpha1.5beta0.25": (1.5, 0.25)}[rule]
+    got = ops.lrp_product(activation, c, c_neg, alpha, beta, backend=backend)
+    want = reference.lrp_product(activation.contiguous(), c.contiguous(), c_neg, alpha, beta)
+    oracle = reference.lrp_product(
+        activation.double(), c.double(), None if c_neg is None else c_neg.double(), alpha, beta
+    )
+    assert got.shape == activation.shape and got.dtype == dtype
+    _assert_as_accurate(got, want, oracle, dtype)
+
+
+def _mask(shape: tuple[int, ...], groups: int, device: str, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, groups, shape, generator=generator).to(device)
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("mask_kind", ["shared", "per_input"])
+@pytest.mark.parametrize("keep_kind", ["binary", "fractional"])
+def test_masked_blend(
+    backend: str, device: str, dtype: torch.dtype, shape_id: str, mask_kind: str, keep_kind: str
+) -> None:
+    inputs = _layout(_inputs(shape_id, dtype, device, 1), "transposed")
+    baselines = _inputs(shape_id, dtype, device, 2)
+    batch, groups, perturbations = inputs.shape[0], 5, 3 if shape_id == "image" else 9
+    shape = tuple(inputs.shape) if mask_kind == "per_input" else tuple(inputs.shape[1:])
+    mask = _mask(shape, groups, device, 3)
+    generator = torch.Generator().manual_seed(4)
+    keep = torch.rand(batch, perturbations, groups, generator=generator)
+    keep = (keep > 0.5).float() if keep_kind == "binary" else keep
+    keep = keep.to(device)
+    got = ops.masked_blend(inputs, baselines, mask, keep, backend=backend)
+    want = reference.masked_blend(inputs.contiguous(), baselines, mask, keep)
+    assert got.shape == (batch, perturbations, *inputs.shape[1:]) and got.dtype == dtype
+    oracle = reference.masked_blend(inputs.double(), baselines.double(), mask, keep.double())
+    _assert_as_accurate(got, want, oracle, dtype)
+    # keep = 0 takes the baseline exactly (baseline + 0 * step).
+    dropped = ops.masked_blend(inputs, baselines, mask, torch.zeros_like(keep), backend=backend)
+    assert torch.equal(dropped, baselines.unsqueeze(1).expand_as(dropped))
+
+
+def test_masked_blend_closed_form() -> None:
+    inputs = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    baselines = torch.tensor([[0.0, 0.0, 0.0], [10.0, 10.0, 10.0]])
+    mask = torch.tensor([0, 0, 1])
+    keep = torch.tensor([[[1.0, 0.0], [0.5, 1.0]], [[0.0, 1.0], [1.0, 0.25]]])
+    expected = torch.tensor([[[1.0, 2.0, 0.0], [0.5, 1.0, 3.0]], [[10.0, 10.0, 6.0], [4.0, 5.0, 9.0]]])
+    for backend, device in [("reference", "cpu"), *kernel_backends()]:
+        got = ops.masked_blend(
+            inputs.to(device), baselines.to(device), mask.to(device), keep.to(device), backend=backend
+        )
+        torch.testing.assert_close(got.cpu(), expected)
+
+
+OCCLUSIONS = [  # (window, strides) for the feature shape of each SHAPES entry, by number of dimensions
+    {1: ((1,), (1,)), 2: ((2, 1), (1, 1)), 3: ((1, 4, 4), (1, 4, 4))},
+    {1: ((3,), (2,)), 2: ((3, 3), (1, 2)), 3: ((3, 3, 3), (1, 2, 4))},
+    {1: ((2,), (3,)), 2: ((1, 3), (2, 1)), 3: ((2, 5, 3), (1, 3, 4))},
+]
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+# "image" is left out: hundreds of interpreted Triton programs; the 3-d geometries run on "odd".
+@pytest.mark.parametrize("shape_id", [name for name in SHAPES if name != "image"])
+@pytest.mark.parametrize("geometry", range(len(OCCLUSIONS)))
+def test_occlude(backend: str, device: str, dtype: torch.dtype, shape_id: str, geometry: int) -> None:
+    inputs = _layout(_inputs(shape_id, dtype, device, 1), "channels_last")
+    baselines = _inputs(shape_id, dtype, device, 2)
+    window, strides = OCCLUSIONS[geometry][inputs.dim() - 1]
+    if any(w > size for w, size in zip(window, inputs.shape[1:], strict=True)):
+        pytest.skip("window larger than this shape")
+    total = ops.occlusion_window_count(tuple(inputs.shape[1:]), window, strides)
+    full = ops.occlude(inputs, baselines, window, strides, 0, total, backend=backend)
+    want = reference.occlude(inputs.contiguous(), baselines, window, strides, 0, total)
+    assert full.shape == (inputs.shape[0], total, *inputs.shape[1:]) and full.dtype == dtype
+    assert torch.equal(full, want)  # elements are copied: exact
+    # Windows in chunks are the same windows.
+    split = total // 2
+    parts = [
+        ops.occlude(inputs, baselines, window, strides, s, c, backend=backend)
+        for s, c in ((0, split), (split, total - split))
+    ]
+    assert torch.equal(torch.cat(parts, dim=1), full)
+    # Every perturbation takes exactly one window's worth of elements from the baselines.
+    taken = (full != inputs.unsqueeze(1)) & (full == baselines.unsqueeze(1))
+    assert (taken.flatten(2).sum(-1) <= torch.tensor(window).prod()).all()
+
+
+def test_occlude_closed_form() -> None:
+    inputs = torch.arange(1.0, 13.0).view(1, 3, 4)
+    baselines = torch.zeros(1, 3, 4)
+    # window 2x2, strides 1x2: rows 0..1, cols {0, 2} -> 2 x 2 = 4 windows, row-major.
+    assert ops.occlusion_window_count((3, 4), (2, 2), (1, 2)) == 4
+    expected = inputs.repeat(1, 4, 1, 1)
+    expected[0, 0, 0:2, 0:2] = 0
+    expected[0, 1, 0:2, 2:4] = 0
+    expected[0, 2, 1:3, 0:2] = 0
+    expected[0, 3, 1:3, 2:4] = 0
+    for backend, device in [("reference", "cpu"), *kernel_backends()]:
+        got = ops.occlude(inputs.to(device), baselines.to(device), (2, 2), (1, 2), 1, 3, backend=backend)
+        assert torch.equal(got.cpu(), expected[:, 1:4])
+
+
+def test_occlude_matches_captum_occlusion() -> None:
+    """Attributions built from our windows equal Captum's Occlusion on a linear model."""
+    captum_attr = pytest.importorskip("captum.attr")
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(3 * 7 * 6, generator=generator)
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1) @ weight).unsqueeze(1)
+
+    inputs = torch.randn(2, 3, 7, 6, generator=generator)
+    baselines = torch.randn(2, 3, 7, 6, generator=generator)
+    window, strides = (2, 3, 2), (1, 2, 2)  # the windows cover every element
+    total = ops.occlusion_window_count(tuple(inputs.shape[1:]), window, strides)
+    occluded = ops.occlude(inputs, baselines, window, strides, 0, total)  # [B, W, *F]
+    drop = model(inputs) - model(occluded.flatten(0, 1)).view(2, total)  # [B, W]
+    ones = torch.ones_like(inputs)
+    covers = ops.occlude(ones, torch.zeros_like(inputs), window, strides, 0, total) == 0  # [B, W, *F]
+    ours = (drop.view(2, total, 1, 1, 1) * covers).sum(1) / covers.sum(1)
+    theirs = captum_attr.Occlusion(model).attribute(
+        inputs, sliding_window_shapes=window, strides=strides, baselines=baselines, target=0
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch=st.integers(1, 3),
+    features=st.lists(st.integers(1, 7), min_size=1, max_size=3),
+    perturbations=st.integers(1, 10),
+    groups=st.integers(1, 6),
+    eps=st.floats(0.0, 2.0),
+    alpha=st.floats(-3.0, 3.0),
+    beta=st.floats(-3.0, 3.0),
+    data=st.data(),
+)
+def test_hypothesis_attribution_ops(
+    backend: str,
+    device: str,
+    batch: int,
+    features: list[int],
+    perturbations: int,
+    groups: int,
+    eps: float,
+    alpha: float,
+    beta: float,
+    data: st.DataObject,
+) -> None:
+    generator = torch.Generator().manual_seed(len(features) * 1000 + perturbations)
+    x = torch.randn(batch, *features, generator=generator).to(device)
+    y = torch.randn(batch, *features, generator=generator).to(device)
+    w = torch.randn(batch, *features, generator=generator).to(device)
+    y.view(-1)[::2] = 0.0
+    torch.testing.assert_close(
+        ops.lrp_divide(x, y, eps, backend=backend), reference.lrp_divide(x, y, eps), rtol=1e-6, atol=1e-6
+    )
+    torch.testing.assert_close(
+        ops.lrp_product(x, y, w, alpha, beta, backend=backend),
+        reference.lrp_product(x, y, w, alpha, beta),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    mask = _mask(tuple(features), groups, device, perturbations)
+    keep = torch.rand(batch, perturbations, groups, generator=generator).to(device)
+    torch.testing.assert_close(
+        ops.masked_blend(x, y, mask, keep, backend=backend),
+        reference.masked_blend(x, y, mask, keep),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    window = tuple(data.draw(st.integers(1, size)) for size in features)
+    strides = tuple(data.draw(st.integers(1, 4)) for _ in features)
+    total = ops.occlusion_window_count(tuple(features), window, strides)
+    start = data.draw(st.integers(0, total))
+    count = data.draw(st.integers(0, total - start))
+    assert torch.equal(
+        ops.occlude(x, y, window, strides, start, count, backend=backend),
+        reference.occlude(x, y, window, strides, start, count),
+    )

@@ -47,3 +47,35 @@ void pgd_step(Dtype dtype, PgdNorm norm, const void* x_adv, const void* grad, co
 
 }  // namespace cpu
 }  // namespace fastxai
+
+// ---- LRP and perturbation ops (csrc/cpu/attribution_kernels.cpp) --------------------------------
+
+namespace fastxai {
+namespace cpu {
+
+// out[i] = relevance[i] / d, d = z[i] + (z[i] >= 0 ? eps : -eps); out[i] = 0 where d == 0. [n]
+void lrp_divide(Dtype dtype, const void* relevance, const void* z, void* out, float eps, int64_t n);
+
+// out[i] = activation[i] * c[i], or activation[i] * (alpha * c[i] - beta * c_neg[i]) when c_neg
+// is not null. [n]
+void lrp_product(Dtype dtype, const void* activation, const void* c, const void* c_neg, void* out, float alpha,
+                 float beta, int64_t n);
+
+// out[b, p, i] = baselines[b, i] + keep[b, p, mask[m, i]] * (inputs[b, i] - baselines[b, i]),
+// m = b for a per-input mask (per_input), else 0. inputs, baselines: [batch, features]; mask:
+// [batch or 1, features] with values in [0, groups); keep: [batch, perturbations, groups];
+// out: [batch, perturbations, features].
+void masked_blend(Dtype dtype, const void* inputs, const void* baselines, const int64_t* mask, bool per_input,
+                  const float* keep, void* out, int64_t batch, int64_t perturbations, int64_t groups,
+                  int64_t features);
+
+// out[b, p] = inputs[b] with window start + p taken from baselines[b]. Feature shape sizes[ndim];
+// along dimension d windows start at k * strides[d], k < positions[d] = (sizes[d] - window[d]) /
+// strides[d] + 1, numbered row-major. inputs, baselines: [batch, prod(sizes)]; out: [batch,
+// count, prod(sizes)]. Elements are copied (element_size bytes each), never computed.
+void occlude(int64_t element_size, const void* inputs, const void* baselines, void* out, int64_t batch,
+             const int64_t* sizes, const int64_t* window, const int64_t* strides, int64_t ndim, int64_t start,
+             int64_t count);
+
+}  // namespace cpu
+}  // namespace fastxai

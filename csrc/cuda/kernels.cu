@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "cuda/common.cuh"
 #include "cuda/kernels.h"
 #include "philox.h"
 
@@ -27,32 +28,6 @@ using philox::fdiv;
 using philox::fmul;
 using philox::fsqrt;
 using philox::fsub;
-
-constexpr int kThreads = 256;
-constexpr int64_t kBlocksPerSm = 16;  // grid-stride: enough resident blocks to hide latency
-
-// ---- element types ----------------------------------------------------------------------------
-
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  static __device__ __forceinline__ float load(float v) { return v; }
-  static __device__ __forceinline__ float store(float v) { return v; }
-};
-
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float load(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half store(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
 
 // Four consecutive elements, loaded and stored as one 8- or 16-byte access.
 template <typename T>
@@ -253,33 +228,6 @@ __global__ void __launch_bounds__(kRowThreads)
 }
 
 // ---- launch helpers ---------------------------------------------------------------------------
-
-// Most blocks a grid-stride launch uses on the current device.
-cudaError_t block_cap(int64_t* cap) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  int sms = 0;
-  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) return err;
-  *cap = static_cast<int64_t>(sms > 0 ? sms : 1) * kBlocksPerSm;
-  return cudaSuccess;
-}
-
-// Blocks for `items` grid-stride items on the current device.
-cudaError_t grid_for(int64_t items, unsigned int* blocks) {
-  int64_t cap = 0;
-  const cudaError_t err = block_cap(&cap);
-  if (err != cudaSuccess) return err;
-  const int64_t needed = (items + kThreads - 1) / kThreads;
-  *blocks = static_cast<unsigned int>(needed < cap ? needed : cap);
-  return cudaSuccess;
-}
-
-// Every index reached (including the one-past-the-end of the last grid-stride step) fits in int32.
-bool fits_int32(int64_t largest_index) {
-  return largest_index + static_cast<int64_t>(kThreads) * kBlocksPerSm * 1024 < (int64_t{1} << 31);
-}
 
 template <typename T>
 cudaError_t gaussian_typed(const T* x, const float* sigma, T* out, int64_t batch, int64_t features, uint64_t seed,

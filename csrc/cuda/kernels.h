@@ -47,3 +47,36 @@ cudaError_t launch_pgd_step(Dtype dtype, PgdNorm norm, const void* x_adv, const 
 
 }  // namespace cuda
 }  // namespace fastxai
+
+// ---- LRP and perturbation ops (attribution_kernels.cu) -----------------------------------------
+
+namespace fastxai {
+namespace cuda {
+
+// Most feature dimensions launch_occlude handles (after dropping size-1 dimensions).
+constexpr int kOccludeMaxDims = 8;
+
+// out[i] = relevance[i] / d, d = z[i] + (z[i] >= 0 ? eps : -eps); out[i] = 0 where d == 0. [n]
+cudaError_t launch_lrp_divide(Dtype dtype, const void* relevance, const void* z, void* out, float eps, int64_t n,
+                              cudaStream_t stream);
+
+// out[i] = activation[i] * c[i], or activation[i] * (alpha * c[i] - beta * c_neg[i]) when c_neg is not null.
+cudaError_t launch_lrp_product(Dtype dtype, const void* activation, const void* c, const void* c_neg, void* out,
+                               float alpha, float beta, int64_t n, cudaStream_t stream);
+
+// out[b, p, i] = baselines[b, i] + keep[b, p, mask[m, i]] * (inputs[b, i] - baselines[b, i]), m = b when
+// per_input else 0; a group id outside [0, groups) gives NaN (the caller validates the mask).
+// inputs, baselines: [batch, features]; keep: [batch, perturbations, groups]; out: [batch, perturbations, features].
+cudaError_t launch_masked_blend(Dtype dtype, const void* inputs, const void* baselines, const int64_t* mask,
+                                bool per_input, const float* keep, void* out, int64_t batch, int64_t perturbations,
+                                int64_t groups, int64_t features, cudaStream_t stream);
+
+// out[b, p] = inputs[b] with window start + p (row-major over the window positions of the feature
+// shape sizes[ndim]) taken from baselines[b]; see csrc/cpu/kernels.h. Elements of element_size
+// bytes (2 or 4) are copied. Returns cudaErrorNotSupported beyond kOccludeMaxDims dimensions.
+cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void* baselines, void* out,
+                           int64_t batch, const int64_t* sizes, const int64_t* window, const int64_t* strides,
+                           int64_t ndim, int64_t start, int64_t count, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastxai

@@ -93,6 +93,63 @@ void weighted_path_accumulate_cuda(const at::Tensor& grads, const at::Tensor& we
                "weighted_path_accumulate");
 }
 
+at::Tensor lrp_divide_cuda(const at::Tensor& relevance, const at::Tensor& z, double eps) {
+  const auto args = checks::check_lrp_divide(relevance, z, eps, kCUDA);
+  const c10::cuda::CUDAGuard guard(relevance.device());
+  at::Tensor out = at::empty(relevance.sizes(), relevance.options());
+  check_launch(cuda::launch_lrp_divide(args.dtype, relevance.const_data_ptr(), z.const_data_ptr(),
+                                       out.mutable_data_ptr(), checks::round_to_float(eps), args.numel,
+                                       c10::cuda::getCurrentCUDAStream().stream()),
+               "lrp_divide");
+  return out;
+}
+
+at::Tensor lrp_product_cuda(const at::Tensor& activation, const at::Tensor& c, const std::optional<at::Tensor>& c_neg,
+                            double alpha, double beta) {
+  const auto args = checks::check_lrp_product(activation, c, c_neg, alpha, beta, kCUDA);
+  const c10::cuda::CUDAGuard guard(activation.device());
+  at::Tensor out = at::empty(activation.sizes(), activation.options());
+  check_launch(cuda::launch_lrp_product(args.dtype, activation.const_data_ptr(), c.const_data_ptr(),
+                                        c_neg.has_value() ? c_neg->const_data_ptr() : nullptr, out.mutable_data_ptr(),
+                                        checks::round_to_float(alpha), checks::round_to_float(beta), args.numel,
+                                        c10::cuda::getCurrentCUDAStream().stream()),
+               "lrp_product");
+  return out;
+}
+
+at::Tensor masked_blend_cuda(const at::Tensor& inputs, const at::Tensor& baselines, const at::Tensor& feature_mask,
+                             const at::Tensor& keep) {
+  const auto args = checks::check_masked_blend(inputs, baselines, feature_mask, keep, kCUDA);
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(args.perturbations, inputs.sizes().slice(1))),
+                             inputs.options());
+  check_launch(cuda::launch_masked_blend(args.dtype, inputs.const_data_ptr(), baselines.const_data_ptr(),
+                                         feature_mask.const_data_ptr<int64_t>(), args.per_input,
+                                         keep.const_data_ptr<float>(), out.mutable_data_ptr(), args.batch,
+                                         args.perturbations, args.groups, args.features,
+                                         c10::cuda::getCurrentCUDAStream().stream()),
+               "masked_blend");
+  return out;
+}
+
+at::Tensor occlude_cuda(const at::Tensor& inputs, const at::Tensor& baselines, at::IntArrayRef window,
+                        at::IntArrayRef strides, int64_t start, int64_t count) {
+  const auto args = checks::check_occlude(inputs, baselines, window, strides, start, count, kCUDA);
+  const at::IntArrayRef sizes = inputs.sizes().slice(1);
+  int64_t used_dims = 0;
+  for (const int64_t size : sizes) used_dims += size != 1;
+  TORCH_CHECK_VALUE(used_dims <= cuda::kOccludeMaxDims, "fastxai: the CUDA occlude handles inputs with at most ",
+                    cuda::kOccludeMaxDims, " feature dimensions of size > 1, got inputs of shape ", inputs.sizes());
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(count, sizes)), inputs.options());
+  check_launch(cuda::launch_occlude(inputs.element_size(), inputs.const_data_ptr(), baselines.const_data_ptr(),
+                                    out.mutable_data_ptr(), args.batch, sizes.data(), window.data(), strides.data(),
+                                    static_cast<int64_t>(sizes.size()), start, count,
+                                    c10::cuda::getCurrentCUDAStream().stream()),
+               "occlude");
+  return out;
+}
+
 }  // namespace
 }  // namespace fastxai
 
@@ -102,6 +159,10 @@ TORCH_LIBRARY_IMPL(fastxai, CUDA, m) {
   m.impl("path_points", &fastxai::path_points_cuda);
   m.impl("pgd_step", &fastxai::pgd_step_cuda);
   m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cuda);
+  m.impl("lrp_divide", &fastxai::lrp_divide_cuda);
+  m.impl("lrp_product", &fastxai::lrp_product_cuda);
+  m.impl("masked_blend", &fastxai::masked_blend_cuda);
+  m.impl("occlude", &fastxai::occlude_cuda);
 }
 
 #endif  // FASTXAI_WITH_CUDA

@@ -1,5 +1,6 @@
 """Pure-PyTorch reference implementations: the oracle every backend is tested against."""
 
+from fastxai.reference.lrp import lrp_divide, lrp_product
 from fastxai.reference.ops import (
     gaussian_perturb,
     moment_accumulate,
@@ -7,11 +8,16 @@ from fastxai.reference.ops import (
     pgd_step,
     weighted_path_accumulate,
 )
+from fastxai.reference.perturbation import masked_blend, occlude
 from fastxai.reference.philox import philox4x32_10, philox_normal
 
 __all__ = [
     "gaussian_perturb",
+    "lrp_divide",
+    "lrp_product",
+    "masked_blend",
     "moment_accumulate",
+    "occlude",
     "path_points",
     "pgd_step",
     "philox4x32_10",
