@@ -1,4 +1,4 @@
-# Quick start:   make demo   (set up .venv, build, run the digits example with timings)
+# Quick start:   make demo   (set up .venv, build, run `fastxai attribute` on the bundled digits CNN)
 #                make test   (set up .venv, build, lint, type-check, compile CUDA, run the tests)
 # Also:          make bench  (benchmark suite and its ratio report)
 
@@ -22,7 +22,7 @@ $(VENV)/.installed: $(SOURCES)
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/fastxai demo
+	$(BIN)/fastxai attribute --out fastxai-out
 
 lint: setup
 	$(BIN)/ruff check fastxai kernels tests benchmarks setup.py

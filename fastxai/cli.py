@@ -1,4 +1,4 @@
-"""The ``fastxai`` command: attribute, attack, bench, backends, demo.
+"""The ``fastxai`` command: attribute, attack, evaluate, bench, backends, demo.
 
 A model is ``package.module:factory`` (a callable returning an ``nn.Module``) plus an
 optional ``--weights`` state dict (loaded with ``weights_only=True``). Data is a ``.npy`` or
@@ -178,13 +178,55 @@ def command_attribute(args: argparse.Namespace) -> int:
                 "items per second": summary["items"] / seconds,
             }
         )
+    tables: dict[str, list[dict[str, Any]]] = {"runner timings": rows}
+    if args.model is None or args.compare:
+        tables.update(_compare(model, inputs, methods, args.n_steps))
     if not args.no_report:
-        report = _report(out, inputs, methods, rows)
+        report = _report(out, inputs, methods, tables)
         print(f"report: {report}")
     return 0
 
 
-def _report(out: Path, inputs: torch.Tensor, methods: list[str], rows: list[dict[str, Any]]) -> Path:
+def _compare(
+    model: torch.nn.Module, inputs: torch.Tensor, methods: list[str], n_steps: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Timings against the reference backend and the faithfulness table, printed and returned."""
+    from fastxai import _jobs
+    from fastxai.evaluation import report
+    from fastxai.runner import _methods
+
+    functions = _methods()
+    with torch.no_grad():
+        targets = torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
+    timings = _jobs.reference_timings(
+        model, inputs, targets, {name: (functions[name], METHOD_DEFAULTS[name]) for name in methods}
+    )
+    print("\nfused backend against the plain PyTorch reference (best of 3, same inputs):")
+    for row in timings:
+        print(
+            f"  {row['method']:22} {row['backend']} {row['seconds']:.3f} s, reference "
+            f"{row['reference seconds']:.3f} s: {row['speed-up']:.2f}x faster, results differ by "
+            f"{row['max difference / max |attribution|']} of the largest attribution"
+        )
+    rows = report.faithfulness_table(
+        model,
+        inputs,
+        targets,
+        {name: _explainer(functions[name], METHOD_DEFAULTS[name]) for name in methods},
+        n_steps=n_steps,
+    )
+    print(f"\nfaithfulness: deletion/insertion ({n_steps} steps, removed features set to 0) against random")
+    print(report.markdown(rows))
+    return {"fused vs reference backend": timings, "faithfulness (deletion / insertion)": rows}
+
+
+def _explainer(function: Any, kwargs: dict[str, Any]) -> Any:
+    return lambda m, x, t: function(m, x, target=t, **kwargs)
+
+
+def _report(
+    out: Path, inputs: torch.Tensor, methods: list[str], tables: dict[str, list[dict[str, Any]]]
+) -> Path:
     """A methods x samples grid (PNG) and an HTML page with it and the timings."""
     import fastxai as fx
     from fastxai import visualize
@@ -199,7 +241,7 @@ def _report(out: Path, inputs: torch.Tensor, methods: list[str], rows: list[dict
     }
     grid = visualize.save_grid(out / "grid.png", inputs[:count], attributions)
     return visualize.html_report(
-        out / "report.html", "fastxai attribution report", {"methods x samples": grid}, {"timings": rows}
+        out / "report.html", "fastxai attribution report", {"methods x samples": grid}, tables
     )
 
 
@@ -231,6 +273,43 @@ def command_attack(args: argparse.Namespace) -> int:
         f"{args.norm} PGD (eps {args.eps}, {args.steps} steps, {args.restarts} restart(s)) "
         f"{result['robust_accuracy']:.4f}, in {seconds:.2f} s"
     )
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from fastxai.evaluation import report
+    from fastxai.runner import _methods
+
+    model = load_model(args.model, args.weights)
+    inputs, labels = load_data(args.data)
+    if args.limit is not None:
+        inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
+    _check_fit(model, inputs)
+    if args.n_steps < 1:
+        raise CliError(f"--n-steps must be >= 1, got {args.n_steps}")
+    with torch.no_grad():
+        predictions = torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
+    names = list(METHOD_DEFAULTS) if args.method == "all" else [args.method]
+    functions = _methods()
+
+    def explainer(name: str) -> report.Explainer:
+        return lambda m, x, t: functions[name](m, x, target=t, **METHOD_DEFAULTS[name])
+
+    print(
+        f"{len(inputs)} inputs; deletion/insertion with {args.n_steps} steps, replacement "
+        f"{args.replacement!r}, target = the predicted class"
+    )
+    rows = report.faithfulness_table(
+        model,
+        inputs,
+        predictions,
+        {name: explainer(name) for name in names},
+        n_steps=args.n_steps,
+        replacement=args.replacement,
+    )
+    print(report.markdown(rows))
+    if labels is not None:
+        print(f"accuracy of the model on these inputs: {float((predictions == labels).float().mean()):.4f}")
     return 0
 
 
@@ -299,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     attribute.add_argument("--target", default="predicted", choices=["predicted", "label"])
     attribute.add_argument("--no-resume", action="store_true", help="redo shards already complete")
     attribute.add_argument("--no-report", action="store_true", help="skip the PNG grid and the HTML report")
+    attribute.add_argument(
+        "--compare",
+        action="store_true",
+        help="also time the reference backend and compute deletion/insertion AUC (on by default "
+        "for the bundled model)",
+    )
+    attribute.add_argument("--n-steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     attribute.set_defaults(handler=command_attribute)
 
     attack = commands.add_parser("attack", help="clean and robust accuracy under PGD")
@@ -311,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--lower", type=float, default=0.0, help="lowest valid input value (default 0)")
     attack.add_argument("--upper", type=float, default=1.0, help="highest valid input value (default 1)")
     attack.set_defaults(handler=command_attack)
+
+    evaluate = commands.add_parser("evaluate", help="deletion/insertion AUC of each method against random")
+    model_and_data(evaluate)
+    evaluate.add_argument("--method", default="all", choices=["all", *METHOD_DEFAULTS])
+    evaluate.add_argument("--n-steps", type=int, default=16, help="deletion/insertion steps (default 16)")
+    evaluate.add_argument("--replacement", default="zero", choices=["zero", "mean", "blur"])
+    evaluate.set_defaults(handler=command_evaluate)
 
     bench = commands.add_parser("bench", help="run the benchmark suite (source checkout) and print ratios")
     bench.add_argument("-k", dest="select", help="pytest -k expression to select benchmarks")
