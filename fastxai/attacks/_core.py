@@ -14,6 +14,7 @@ import torch
 from torch.nn import functional
 
 from fastxai import _backends, _model, ops
+from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
 
 NORMS = ("linf", "l2")
@@ -42,23 +43,6 @@ def check_threat_model(eps: object, norm: object, bounds: object) -> ThreatModel
     ):
         raise ValueError(f"bounds must be (lower, upper) numbers with lower < upper, got {bounds!r}")
     return ThreatModel(float(eps), str(norm), (float(bounds[0]), float(bounds[1])))
-
-
-def check_positive(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def check_attack_inputs(inputs: object, bounds: tuple[float, float]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import fx, nn
 from torch.nn import functional
 
 from fastxai import _model, _scheduling
+from fastxai._checks import check_positive
 from fastxai._model import Model
 
 SAFETY = 1.0 + 1e-6
@@ -157,13 +158,7 @@ def lipschitz_radius(
         if not isinstance(model, nn.Module):
             raise TypeError("bound is required when model is not an nn.Module")
         bound = lipschitz_bound(model, tuple(x.shape[1:]))
-    if (
-        isinstance(bound, bool)
-        or not isinstance(bound, (int, float))
-        or not math.isfinite(bound)
-        or bound <= 0
-    ):
-        raise ValueError(f"bound must be a finite number > 0, got {bound!r}")
+    bound = check_positive("bound", bound)
     with _model.preserved_state(model), torch.no_grad():
         outputs = torch.cat(
             [_model.logits(model, x[start : start + chunk]).double() for start in range(0, x.shape[0], chunk)]

@@ -11,13 +11,13 @@ seed gives the same counts for any ``batch_size``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from fastxai import _backends, _model, _scheduling, ops
+from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
 
 
@@ -68,7 +68,7 @@ def smoothing_predict(
     >>> pred = fastxai.certify.smoothing_predict(model, x, sigma=0.25, n=1000, seed=0)
     """
     model, x, sigma, seed, chunk = _check_common(model, x, sigma, alpha, batch_size, seed, backend)
-    n = _check_count("n", n)
+    n = check_count("n", n)
     with _model.preserved_state(model):
         counts = _class_counts(model, x, sigma, seed, 0, n, chunk, backend)
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
@@ -107,8 +107,8 @@ def smoothing_certify(
     >>> pred, radius = fastxai.certify.smoothing_certify(model, x, sigma=0.25, n=10000, seed=0)
     """
     model, x, sigma, seed, chunk = _check_common(model, x, sigma, alpha, batch_size, seed, backend)
-    n0 = _check_count("n0", n0)
-    n = _check_count("n", n)
+    n0 = check_count("n0", n0)
+    n = check_count("n", n)
     with _model.preserved_state(model):
         guess = _class_counts(model, x, sigma, seed, 0, n0, chunk, backend).argmax(dim=1)
         counts = _class_counts(model, x, sigma, seed, n0, n, chunk, backend)
@@ -151,12 +151,6 @@ def _check_alpha(alpha: object) -> float:
     return float(alpha)
 
 
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
 def _check_common(
     model: Model,
     x: torch.Tensor,
@@ -173,22 +167,16 @@ def _check_common(
         x = _model.check_inputs(x).detach().contiguous()
     except (TypeError, ValueError) as error:
         raise type(error)(str(error).replace("inputs", "x", 1)) from None
-    if (
-        isinstance(sigma, bool)
-        or not isinstance(sigma, (int, float))
-        or not math.isfinite(sigma)
-        or sigma <= 0
-    ):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    sigma_value = check_positive("sigma", sigma)
     _check_alpha(alpha)
     if batch_size is not None:
-        _check_count("batch_size", batch_size)
+        check_count("batch_size", batch_size)
     chunk = _scheduling.auto_chunk_size(batch_size, x)  # type: ignore[arg-type]
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
-    return model, x, float(sigma), seed, chunk
+    return model, x, sigma_value, seed, chunk
 
 
 def _class_counts(

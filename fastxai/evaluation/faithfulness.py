@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fastxai import _model, _scheduling, ops
+from fastxai._checks import check_count
 from fastxai._model import Model
 
 REPLACEMENTS = ("zero", "mean", "blur")
@@ -52,12 +53,6 @@ def _check_attributions(attributions: object, inputs: torch.Tensor) -> torch.Ten
     if not _model.all_finite(attributions):
         raise ValueError("attributions contain NaN or infinity")
     return attributions.to(inputs.device)
-
-
-def _check_positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _feature_groups(
@@ -152,7 +147,7 @@ def _curve(
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
     attributions = _check_attributions(attributions, inputs)
-    n_steps = _check_positive_int("n_steps", n_steps)
+    n_steps = check_count("n_steps", n_steps)
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
@@ -306,7 +301,7 @@ def infidelity(
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
     attributions = _check_attributions(attributions, inputs)
-    n_perturb_samples = _check_positive_int("n_perturb_samples", n_perturb_samples)
+    n_perturb_samples = check_count("n_perturb_samples", n_perturb_samples)
     if perturb_func is None:
         if not (isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool)) or not (
             0 < noise_std < math.inf
@@ -385,7 +380,7 @@ def sensitivity_max(
     if not callable(explain):
         raise TypeError(f"explain must be callable, got {type(explain).__name__}")
     inputs = _model.check_inputs(inputs)
-    n_perturb_samples = _check_positive_int("n_perturb_samples", n_perturb_samples)
+    n_perturb_samples = check_count("n_perturb_samples", n_perturb_samples)
     if (
         isinstance(perturb_radius, bool)
         or not isinstance(perturb_radius, (int, float))

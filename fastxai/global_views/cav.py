@@ -3,11 +3,12 @@ activations from those of other examples (Kim et al. 2018)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional
+
+from fastxai._checks import check_positive
 
 CLASSIFIERS = ("logistic", "svm")
 
@@ -43,14 +44,7 @@ def _check_examples(name: str, examples: object) -> torch.Tensor:
 
 
 def check_regularization(regularization: object) -> float:
-    if (
-        isinstance(regularization, bool)
-        or not isinstance(regularization, (int, float))
-        or not math.isfinite(regularization)
-        or regularization <= 0
-    ):
-        raise ValueError(f"regularization must be a finite number > 0, got {regularization!r}")
-    return float(regularization)
+    return check_positive("regularization", regularization)
 
 
 def _loss_terms(margins: torch.Tensor, classifier: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
