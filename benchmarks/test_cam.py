@@ -10,7 +10,7 @@ import pytest
 import torch
 from models import ROUNDS, PairedFloor, case, floor
 
-from fastxai.attribution.cam import grad_cam, grad_cam_plus_plus
+from fastxai.attribution.class_activation import grad_cam, grad_cam_plus_plus
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LAYER = "5"  # the last BasicBlock of small_resnet: [B, 64, 8, 8]

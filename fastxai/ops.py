@@ -440,8 +440,11 @@ def occlude(
     """Occlusion: [B, *F] -> [B, count, *F]; copy ``p`` takes window ``start + p`` from baselines.
 
     Along feature dimension ``d`` windows start at ``k * strides[d]``, ``k = 0 .. (F_d - window[d]) //
-    strides[d]``, numbered row-major (Captum's ``Occlusion``); ``occlusion_window_count`` gives their
-    number W, and ``0 <= start <= start + count <= W``. See ``fastxai.reference.perturbation.occlude``.
+    strides[d]``, numbered row-major; ``occlusion_window_count`` gives their number W, and
+    ``0 <= start <= start + count <= W``. This is Captum's ``Occlusion`` grid when every
+    ``F_d - window[d]`` is a multiple of ``strides[d]``; otherwise Captum adds one clipped window
+    at the edge, which ``fastxai.occlusion`` builds with ``masked_blend`` instead. See
+    ``fastxai.reference.perturbation.occlude``.
 
     >>> copies = fastxai.ops.occlude(x, torch.zeros_like(x), (1, 4, 4), (1, 4, 4), 0, 8)
     """

@@ -1,7 +1,44 @@
 """Attribution methods, written against ``fastxai.ops`` and never against a backend."""
 
+from fastxai.attribution.class_activation import (
+    cam,
+    grad_cam,
+    grad_cam_plus_plus,
+    guided_grad_cam,
+    hires_cam,
+    layer_cam,
+    xgrad_cam,
+)
 from fastxai.attribution.gradient import input_x_gradient, saliency
+from fastxai.attribution.gradient_shap import expected_gradients, gradient_shap
+from fastxai.attribution.guided import deconvnet, guided_backprop
 from fastxai.attribution.integrated_gradients import integrated_gradients
+from fastxai.attribution.lime import lime
+from fastxai.attribution.perturbation import feature_ablation, occlusion
+from fastxai.attribution.score_cam import score_cam
+from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
 from fastxai.attribution.smoothgrad import smoothgrad
 
-__all__ = ["input_x_gradient", "integrated_gradients", "saliency", "smoothgrad"]
+__all__ = [
+    "cam",
+    "deconvnet",
+    "expected_gradients",
+    "feature_ablation",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "gradient_shap",
+    "guided_backprop",
+    "guided_grad_cam",
+    "hires_cam",
+    "input_x_gradient",
+    "integrated_gradients",
+    "kernel_shap",
+    "layer_cam",
+    "lime",
+    "occlusion",
+    "saliency",
+    "score_cam",
+    "shapley_value_sampling",
+    "smoothgrad",
+    "xgrad_cam",
+]

@@ -48,7 +48,7 @@ def score_cam(
     the model together, at most ``chunk_size`` inputs per pass.
 
     inputs: [B, C, *S_in] with as many spatial dims as the (reshaped) layer output; layer,
-    reshape, relu, upsample and the result as in ``fastxai.attribution.cam``: [B, 1, *S].
+    reshape, relu, upsample and the result as in ``fastxai.attribution.class_activation``: [B, 1, *S].
 
     >>> heat = fastxai.score_cam(model, x, target=y, layer="layer4", chunk_size=256)
     """

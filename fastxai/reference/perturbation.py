@@ -59,7 +59,8 @@ def occlude(
 
     Along feature dimension ``d`` the window starts at ``k * strides[d]`` for ``k`` in
     ``0 .. (F_d - window[d]) // strides[d]`` and covers ``window[d]`` elements (Captum's
-    ``Occlusion``). Windows are numbered row-major over these positions; perturbation ``p``
+    ``Occlusion`` grid when the strides tile the input exactly; Captum adds a clipped window at
+    the edge otherwise). Windows are numbered row-major over these positions; perturbation ``p``
     occludes window ``start + p``. Elements are copied, not computed: exact in every dtype.
 
     >>> occlude(torch.ones(1, 4), torch.zeros(1, 4), (2,), (2,), 0, 2)  # [[[0,0,1,1],[1,1,0,0]]]

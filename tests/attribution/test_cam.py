@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from models import assert_same_state, model_state, small_cnn
 from torch import nn
 
-from fastxai.attribution import cam as cams
+from fastxai.attribution import class_activation as cams
 from fastxai.attribution.score_cam import score_cam
 
 

@@ -1,0 +1,164 @@
+"""Perturbation attributions: floor vs fastxai per backend vs Captum with its defaults.
+
+The floor is what any perturbation method pays: one forward pass (no gradients) over all the
+perturbed inputs the method scores, in batches of fastxai's automatic chunk size. Captum runs
+with its defaults: ``perturbations_per_eval=1`` (one copy of the batch per forward pass) for
+Occlusion and FeatureAblation, KernelShap / Lime / ShapleyValueSampling with the same number of
+samples as fastxai (Captum fits one example at a time).
+
+Cases: the small ResNet on 3x32x32 (benchmarks/models.py, width 16), and digits-size models on
+1x8x8 (the CNN of fastxai.digits and an MLP 64-64-10).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from conftest import implementations
+from models import PairedFloor, small_resnet
+from torch import nn
+
+from fastxai import _scheduling
+from fastxai.attribution.lime import lime
+from fastxai.attribution.perturbation import feature_ablation, occlusion
+from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
+from fastxai.digits import digits_cnn
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _digits_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+def _digits_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return digits_cnn().eval()
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
+    # name: (model factory, input shape of one sample, batch)
+    "resnet": (small_resnet, (3, 32, 32), 8),
+    "digits-cnn": (_digits_cnn, (1, 8, 8), 32),
+    "digits-mlp": (_digits_mlp, (1, 8, 8), 32),
+}
+ROUNDS = {"resnet": 5, "digits-cnn": 10, "digits-mlp": 20}
+CAPTUM_ROUNDS = 1
+"""Captum's per-copy and per-example loops are slow: one timed round is enough to see them."""
+
+
+def _superpixels(shape: tuple[int, ...], size: int) -> torch.Tensor:
+    """Square superpixels of ``size`` pixels, shared by the channels: ids [1, C, H, W]."""
+    _, height, width = shape
+    rows = torch.arange(height) // size
+    cols = torch.arange(width) // size
+    ids = rows.view(-1, 1) * math.ceil(width / size) + cols.view(1, -1)
+    return ids.expand(shape).unsqueeze(0).contiguous()
+
+
+def _settings(model_name: str, shape: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """Per method: fastxai's keyword arguments (and Captum's, the same names)."""
+    big = model_name == "resnet"
+    window = (shape[0], 4, 4) if big else (1, 2, 2)
+    groups_mask = _superpixels(shape, 8 if big else 2)  # 16 groups
+    return {
+        "occlusion": {"sliding_window_shapes": window, "strides": (shape[0], 4, 4) if big else 1},
+        "feature_ablation": {"feature_mask": _superpixels(shape, 8 if big else 1)},  # 16 / 64 groups
+        "kernel_shap": {"feature_mask": groups_mask, "n_samples": 64 if big else 200},
+        "lime": {"feature_mask": groups_mask, "n_samples": 64 if big else 200},
+        "shapley_value_sampling": {"feature_mask": groups_mask, "n_samples": 4},
+    }
+
+
+def _evaluations(method: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> int:
+    """Perturbed copies fastxai scores per input (the floor's work)."""
+    if method == "occlusion":
+        window, strides = kwargs["sliding_window_shapes"], kwargs["strides"]
+        strides = strides if isinstance(strides, tuple) else (strides,) * len(shape)
+        windows = math.prod(
+            math.ceil((f - w) / s) + 1 for f, w, s in zip(shape, window, strides, strict=True)
+        )
+        return windows + 1
+    groups = int(kwargs["feature_mask"].max()) + 1
+    if method == "feature_ablation":
+        return groups + 1
+    if method == "kernel_shap":
+        return min(kwargs["n_samples"], 2**groups - 2) + 2
+    if method == "lime":
+        return kwargs["n_samples"]
+    return kwargs["n_samples"] * (groups - 1) + 2
+
+
+class ForwardFloor(PairedFloor):
+    """The floor of perturbation methods: forward passes only, in fastxai's chunk size."""
+
+    def run(self) -> None:
+        inputs = self.x.repeat(self.points, *([1] * (self.x.dim() - 1)))
+        chunk = _scheduling.auto_chunk_size(None, self.x)
+        with torch.no_grad():
+            for start in range(0, inputs.shape[0], chunk):
+                self.model(inputs[start : start + chunk]).gather(
+                    1, self.target.repeat(self.points)[start : start + chunk].view(-1, 1)
+                )
+
+
+FASTXAI = {
+    "occlusion": occlusion,
+    "feature_ablation": feature_ablation,
+    "kernel_shap": kernel_shap,
+    "lime": lime,
+    "shapley_value_sampling": shapley_value_sampling,
+}
+CAPTUM = {
+    "occlusion": "Occlusion",
+    "feature_ablation": "FeatureAblation",
+    "kernel_shap": "KernelShap",
+    "lime": "Lime",
+    "shapley_value_sampling": "ShapleyValueSampling",
+}
+
+
+@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("method", list(FASTXAI))
+@pytest.mark.parametrize("model_name", list(CASES))
+def test_perturbation(benchmark, model_name: str, method: str, implementation: str) -> None:
+    factory, shape, batch = CASES[model_name]
+    model = factory().to(DEVICE)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.rand(batch, *shape, generator=generator).to(DEVICE)
+    target = torch.randint(0, 10, (batch,), generator=generator).to(DEVICE)
+    kwargs = {
+        key: value.to(DEVICE) if isinstance(value, torch.Tensor) else value
+        for key, value in _settings(model_name, shape)[method].items()
+    }
+    points = _evaluations(method, kwargs, shape)
+    benchmark.group = f"{method}-{model_name}"
+    benchmark.extra_info.update(points=points * batch, batch=batch)
+    rounds = ROUNDS[model_name]
+    if implementation == "floor":
+        floor = ForwardFloor(model, x, target, points)
+        function = floor.run
+    elif implementation == "captum":
+        import captum.attr
+
+        explainer = getattr(captum.attr, CAPTUM[method])(model)
+        if method in ("kernel_shap", "lime"):
+            kwargs = {**kwargs, "feature_mask": kwargs["feature_mask"].expand(batch, *shape)}
+        function = lambda: explainer.attribute(x, target=target, **kwargs)  # noqa: E731
+        rounds = CAPTUM_ROUNDS
+    else:
+        backend = implementation.removeprefix("fastxai-")
+        method_function = FASTXAI[method]
+        seeded = {"seed": 0} if method in ("kernel_shap", "lime", "shapley_value_sampling") else {}
+        function = lambda: method_function(model, x, target, backend=backend, **kwargs, **seeded)  # noqa: E731
+    if DEVICE == "cuda":
+        inner = function
+        function = lambda: (inner(), torch.cuda.synchronize())  # noqa: E731
+    paired = ForwardFloor(model, x, target, points)
+    benchmark.pedantic(function, setup=paired, rounds=rounds, warmup_rounds=1 if rounds > 1 else 0)
+    benchmark.extra_info["paired_floor_median"] = paired.median

@@ -1,0 +1,179 @@
+"""What the perturbation methods share: feature masks, seeds, and scoring perturbed copies in big batches.
+
+A perturbation method asks the model for ``f_target`` at ``P`` perturbed copies of each of the
+``B`` inputs. ``perturbed_scores`` lays those ``B * P`` copies out in model batches of at most
+``chunk_size`` inputs (copy-major inside a batch: row ``b`` of copy ``p`` follows row ``b - 1``),
+builds each batch with one fused op call and returns the scores ``[B, P]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from fastxai import _model, _scheduling, ops
+from fastxai._model import Model
+
+Perturb = Callable[[int, int, int, int], torch.Tensor]
+"""``perturb(p0, p1, r0, r1)``: the copies ``p0..p1`` of inputs ``r0..r1``, [r1 - r0, p1 - p0, *F]."""
+
+KeepBlock = Callable[[int, int, int, int], torch.Tensor]
+"""``keep(p0, p1, r0, r1)``: which groups each copy keeps, [r1 - r0, p1 - p0, M] (1 keeps the input)."""
+
+
+def check_feature_mask(feature_mask: object, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Validated group ids as int64 on the inputs' device, [*F] (shared) or [B, *F], and M.
+
+    Accepted: None (every element its own group), an integer tensor of shape [*F], or with
+    inputs' number of dims and a first dim of 1 (shared) or B (per input). Dims of size 1
+    broadcast, as in Captum (e.g. one superpixel map [1, 1, H, W] for all channels of
+    [B, C, H, W]). The ids used must be exactly 0..M-1: a gap raises (Captum's FeatureAblation
+    and Occlusion skip absent ids, its Lime/KernelShap count max + 1 features; renumber with
+    ``torch.unique(mask, return_inverse=True)[1]``).
+    """
+    features = inputs.shape[1:]
+    if feature_mask is None:
+        count = math.prod(features)
+        return torch.arange(count, device=inputs.device).view(features), count
+    if not isinstance(feature_mask, torch.Tensor):
+        raise TypeError(
+            f"feature_mask must be an integer torch.Tensor or None, got {type(feature_mask).__name__}"
+        )
+    if feature_mask.is_floating_point() or feature_mask.is_complex() or feature_mask.dtype == torch.bool:
+        raise TypeError(f"feature_mask must hold integer group ids, got {feature_mask.dtype}")
+    shape = tuple(feature_mask.shape)
+    if feature_mask.dim() == inputs.dim() - 1:
+        target_shape: tuple[int, ...] = tuple(features)
+    elif feature_mask.dim() == inputs.dim() and shape[0] in (1, inputs.shape[0]):
+        target_shape = (shape[0], *features)
+    else:
+        target_shape = ()
+    fits = bool(target_shape) or inputs.dim() == 1
+    if fits:
+        fits = all(size in (1, full) for size, full in zip(shape, target_shape, strict=True))
+    if not fits:
+        raise ValueError(
+            f"feature_mask must have shape {tuple(features)} or {(1, *features)} (shared) or "
+            f"{(inputs.shape[0], *features)} (per input), size-1 dims broadcasting; got {shape}"
+        )
+    mask = feature_mask.to(device=inputs.device, dtype=torch.int64).expand(target_shape)
+    if mask.dim() == inputs.dim() and mask.shape[0] == 1:
+        mask = mask[0]
+    mask = mask.contiguous()
+    if mask.numel() == 0:
+        raise ValueError("feature_mask is empty: inputs have no features")
+    used = torch.unique(mask)
+    low = int(used[0])
+    if low < 0:
+        raise ValueError(f"feature_mask ids must be >= 0, got {low}")
+    groups = int(used[-1]) + 1
+    if used.numel() != groups:
+        present = torch.zeros(groups, dtype=torch.bool, device=used.device)
+        present[used] = True
+        missing = torch.nonzero(~present).flatten()[:5].tolist()
+        raise ValueError(
+            f"feature_mask ids must be 0..M-1 without gaps, but ids {missing} (of 0..{groups - 1}) are "
+            "unused; renumber with torch.unique(feature_mask, return_inverse=True)[1]"
+        )
+    return mask, groups
+
+
+def check_seed(seed: object) -> int:
+    if seed is None:
+        return int(torch.randint(0, 2**62, ()).item())
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
+    return seed
+
+
+def check_count(name: str, value: object, minimum: int, why: str = "") -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{why}, got {value}")
+    return value
+
+
+def generator(seed: int, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def compute_dtype(inputs: torch.Tensor) -> torch.dtype:
+    return torch.float64 if inputs.dtype == torch.float64 else torch.float32
+
+
+def perturbed_scores(
+    model: Model,
+    inputs: torch.Tensor,
+    target: torch.Tensor,
+    n_perturbations: int,
+    perturb: Perturb,
+    chunk: int,
+) -> torch.Tensor:
+    """``f_target`` at every perturbed copy: [B, P] in float32 (float64 for float64 inputs).
+
+    Copies are laid out copy-major in each model batch, so a batch of ``k * B`` rows holds
+    ``k`` whole copies of the inputs (what per-example forward arguments expect).
+    """
+    batch, features = inputs.shape[0], inputs.shape[1:]
+    scores = torch.empty(batch, n_perturbations, dtype=compute_dtype(inputs), device=inputs.device)
+
+    def body(p0: int, p1: int, r0: int, r1: int) -> None:
+        copies = perturb(p0, p1, r0, r1)  # [rows, count, *F]
+        rows, count = r1 - r0, p1 - p0
+        flat = copies.transpose(0, 1).reshape(count * rows, *features)
+        output = _model.logits(model, flat)
+        picked = output.gather(1, target[r0:r1].repeat(count).view(-1, 1))
+        scores[r0:r1, p0:p1] = picked.view(count, rows).T.to(scores.dtype)
+
+    with torch.no_grad():
+        _scheduling.for_each_block(n_perturbations, batch, chunk, body, halve_on_oom=inputs.is_cuda)
+    return scores
+
+
+def blend(
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    mask: torch.Tensor,
+    keep: KeepBlock,
+    backend: str | None,
+) -> Perturb:
+    """A ``Perturb`` that builds copies with ``ops.masked_blend`` from a block of keep weights."""
+    per_input = mask.dim() == inputs.dim()
+
+    def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+        rows_mask = mask[r0:r1] if per_input else mask
+        return ops.masked_blend(
+            inputs[r0:r1], baselines[r0:r1], rows_mask, keep(p0, p1, r0, r1), backend=backend
+        )
+
+    return perturb
+
+
+def group_sums(values: torch.Tensor, mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """``sum_{i in group m} values[b, i]``: [B, *F] -> [B, M]."""
+    batch = values.shape[0]
+    flat = values.reshape(batch, -1)
+    shared = mask.dim() == values.dim() - 1
+    index = mask.reshape(1, -1).expand(batch, -1) if shared else mask.reshape(batch, -1)
+    return torch.zeros(batch, groups, dtype=values.dtype, device=values.device).scatter_add_(1, index, flat)
+
+
+def to_input_shape(per_group: torch.Tensor, mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Every element gets its group's value: [B, M] -> [B, *F]."""
+    batch = per_group.shape[0]
+    index = mask.reshape(1, -1).expand(batch, -1) if mask.dim() == len(shape) - 1 else mask.reshape(batch, -1)
+    return per_group.gather(1, index).view(shape)
+
+
+def prepare(
+    model: object, inputs: object, target: object, chunk_size: object
+) -> tuple[Model, torch.Tensor, torch.Tensor | None, int]:
+    """The checks every perturbation method starts with: model, inputs, target, chunk size."""
+    model_checked = _model.check_model(model)
+    x = _model.check_inputs(inputs).detach()
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
+    target_t = _model.check_target(target, x.shape[0], x.device)
+    return model_checked, x.contiguous(), target_t, chunk

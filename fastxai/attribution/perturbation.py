@@ -1,0 +1,205 @@
+"""Occlusion (Zeiler & Fergus 2014) and feature ablation: the score drop when parts of the input
+are replaced by a baseline, with Captum's semantics, every perturbed copy built by a fused op."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastxai import _backends, _model, ops
+from fastxai._model import Model
+from fastxai.attribution import _perturbation
+from fastxai.attribution.integrated_gradients import check_baselines
+
+
+def feature_ablation(
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    *,
+    baselines: float | torch.Tensor | None = None,
+    feature_mask: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Feature ablation: ``R_i = f_t(x) - f_t(x with group g(i) replaced by the baseline)``.
+
+    Every element of a group gets the group's score drop (Captum's ``FeatureAblation``).
+    ``feature_mask`` holds int group ids 0..M-1 ([*F] shared, [B, *F] per input, size-1 dims
+    broadcast; None: every element its own group); ``baselines``: None (0), a number, one
+    input [*F] or [B, *F]. Costs ``B * (M + 1)`` model evaluations, in batches of at most
+    ``chunk_size``.
+
+    inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32).
+
+    >>> superpixels = torch.arange(16).view(4, 4).repeat_interleave(7, 0).repeat_interleave(7, 1)
+    >>> a = fastxai.feature_ablation(model, x, target=y, feature_mask=superpixels)  # x: [B, 1, 28, 28]
+    """
+    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    baseline = check_baselines(0.0 if baselines is None else baselines, x)
+    mask, groups = _perturbation.check_feature_mask(feature_mask, x)
+    if backend is not None:
+        _backends.check_choice(backend)
+    dtype = _perturbation.compute_dtype(x)
+    eye = torch.eye(groups + 1, groups, dtype=dtype, device=x.device)  # row M keeps everything
+
+    def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+        # copy 0 is the input itself (group index M: nothing ablated), copy p ablates group p - 1
+        rows = torch.arange(p0, p1, device=x.device) - 1
+        rows = torch.where(rows < 0, groups, rows)
+        return (1 - eye[rows]).unsqueeze(0).expand(r1 - r0, -1, -1)
+
+    with _model.preserved_state(model):
+        target_t = _model.resolve_target(model, x, target_t, chunk)
+        perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+        scores = _perturbation.perturbed_scores(model, x, target_t, groups + 1, perturb, chunk)
+    drops = scores[:, :1] - scores[:, 1:]
+    return _perturbation.to_input_shape(drops, mask, x.shape).to(inputs.dtype)
+
+
+def _check_window(
+    name: str, value: object, features: tuple[int, ...], default: int | None = None
+) -> tuple[int, ...]:
+    if value is None and default is not None:
+        return (default,) * len(features)
+    if isinstance(value, int) and not isinstance(value, bool) and name == "strides":
+        value = (value,) * len(features)
+    if not isinstance(value, (tuple, list)) or any(
+        isinstance(v, bool) or not isinstance(v, int) for v in value
+    ):
+        raise TypeError(
+            f"{name} must be a tuple of ints, one per feature dimension {features}, got {value!r}"
+        )
+    sizes = tuple(value)
+    if len(sizes) != len(features):
+        raise ValueError(
+            f"{name} must have one entry per feature dimension of inputs {features} ({len(features)}), "
+            f"got {sizes}"
+        )
+    if any(v < 1 for v in sizes):
+        raise ValueError(f"{name} must hold sizes >= 1, got {sizes}")
+    return sizes
+
+
+class _WindowGrid:
+    """Captum's occlusion windows along each feature dimension ``d``: starts ``k * s_d`` for
+    ``k = 0 .. ceil((F_d - w_d) / s_d)``, each clipped to the input, numbered row-major.
+
+    When ``(F_d - w_d)`` is a multiple of ``s_d`` in every dimension no window is clipped and
+    ``ops.occlude`` builds the copies; otherwise the input is cut into cells (elements covered
+    by the same windows) and ``ops.masked_blend`` blanks the cells of each window.
+    """
+
+    def __init__(self, features: tuple[int, ...], window: tuple[int, ...], strides: tuple[int, ...]) -> None:
+        self.features, self.window, self.strides = features, window, strides
+        self.counts = [math.ceil((f - w) / s) + 1 for f, w, s in zip(features, window, strides, strict=True)]
+        self.total = math.prod(self.counts)
+        self.tiles = all((f - w) % s == 0 for f, w, s in zip(features, window, strides, strict=True))
+
+    def cover(self, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """[K_d, F_d]: 1 where window position k along ``dim`` covers element i."""
+        starts = torch.arange(self.counts[dim], device=device) * self.strides[dim]
+        index = torch.arange(self.features[dim], device=device)
+        covered = (index >= starts[:, None]) & (index < starts[:, None] + self.window[dim])
+        return covered.to(dtype)
+
+    def cells(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Cell ids [*F] and, per dimension, which cells each window position covers [K_d, C_d]."""
+        ids = torch.zeros(self.features, dtype=torch.int64, device=device)
+        members = []
+        for dim, size in enumerate(self.features):
+            cover = self.cover(dim, device, dtype)  # [K, F_d]
+            # elements with the same column of ``cover`` form one cell
+            columns, cell_of = torch.unique(cover.T, dim=0, return_inverse=True)
+            members.append(columns.T.contiguous())  # [K, C]
+            shape = [1] * len(self.features)
+            shape[dim] = size
+            ids = ids * columns.shape[0] + cell_of.view(shape)
+        return ids, members
+
+
+def occlusion(
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    *,
+    sliding_window_shapes: tuple[int, ...],
+    strides: int | tuple[int, ...] | None = None,
+    baselines: float | torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Occlusion: ``R_i = mean over windows W containing i of f_t(x) - f_t(x with W := baseline)``.
+
+    Windows of shape ``sliding_window_shapes`` (one size per feature dim) start at multiples of
+    ``strides`` (an int or one per dim; None: 1) along each dim, ``ceil((F_d - w_d) / s_d) + 1``
+    positions, the last ones clipped to the input: Captum's ``Occlusion`` grid, which needs
+    ``s_d <= w_d`` wherever ``w_d < F_d`` so that every element is covered. ``baselines``:
+    None (0), a number, one input [*F] or [B, *F]. Costs ``B * (windows + 1)`` model evaluations.
+
+    inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32).
+
+    >>> a = fastxai.occlusion(model, x, target=y, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))
+    """
+    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    features = tuple(x.shape[1:])
+    if not features:
+        raise ValueError(f"inputs must have feature dimensions [B, *F] for occlusion, got {tuple(x.shape)}")
+    window = _check_window("sliding_window_shapes", sliding_window_shapes, features)
+    stride = _check_window("strides", strides, features, default=1)
+    if any(w > f for w, f in zip(window, features, strict=True)):
+        raise ValueError(f"sliding_window_shapes {window} must fit inside the input's features {features}")
+    if any(s > w and w < f for s, w, f in zip(stride, window, features, strict=True)):
+        raise ValueError(
+            f"strides {stride} must be <= sliding_window_shapes {window} in every dimension where the "
+            "window is smaller than the input, else some elements are never occluded"
+        )
+    baseline = check_baselines(0.0 if baselines is None else baselines, x)
+    if backend is not None:
+        _backends.check_choice(backend)
+    grid = _WindowGrid(features, window, stride)
+    dtype = _perturbation.compute_dtype(x)
+    perturb: _perturbation.Perturb
+    if grid.tiles:
+
+        def occlude(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+            # copy 0 is the input itself; copy p occludes window p - 1
+            first = max(p0, 1)
+            occluded = ops.occlude(
+                x[r0:r1], baseline[r0:r1], window, stride, first - 1, p1 - first, backend=backend
+            )
+            return occluded if p0 > 0 else torch.cat([x[r0:r1].unsqueeze(1), occluded], dim=1)
+
+        perturb = occlude
+
+    else:
+        cell_ids, members = grid.cells(x.device, dtype)
+        cell_counts = [member.shape[1] for member in members]
+
+        def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+            positions = torch.arange(p0, p1, device=x.device) - 1
+            occluded = torch.ones(p1 - p0, *([1] * len(members)), dtype=dtype, device=x.device)
+            remaining = positions.clamp(min=0)
+            for dim in reversed(range(len(members))):
+                k = remaining % grid.counts[dim]
+                remaining = remaining // grid.counts[dim]
+                shape = [p1 - p0] + [1] * len(members)
+                shape[dim + 1] = cell_counts[dim]
+                occluded = occluded * members[dim][k].view(shape)
+            occluded = occluded.reshape(p1 - p0, -1) * (positions >= 0).to(dtype).view(-1, 1)
+            return (1 - occluded).unsqueeze(0).expand(r1 - r0, -1, -1)
+
+        perturb = _perturbation.blend(x, baseline, cell_ids, keep, backend)
+
+    with _model.preserved_state(model):
+        target_t = _model.resolve_target(model, x, target_t, chunk)
+        scores = _perturbation.perturbed_scores(model, x, target_t, grid.total + 1, perturb, chunk)
+    drops = (scores[:, :1] - scores[:, 1:]).view(x.shape[0], *grid.counts)
+    total = drops
+    windows_per_element = torch.ones((), dtype=dtype, device=x.device)
+    for dim in range(len(features)):
+        cover = grid.cover(dim, x.device, dtype)  # [K_d, F_d]
+        total = torch.tensordot(total, cover, dims=([1], [0]))  # contracts K_d, appends F_d
+        windows_per_element = windows_per_element.unsqueeze(-1) * cover.sum(0)
+    return (total / windows_per_element).to(inputs.dtype)
