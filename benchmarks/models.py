@@ -40,6 +40,31 @@ def small_resnet(classes: int = 10, width: int = 16) -> nn.Module:
     ).eval()
 
 
+class SmallVGG(nn.Module):
+    """VGG-style: conv-ReLU pairs and max pooling, no residuals; the flatten is functional so
+    that Captum's LRP (which has no rule for nn.Flatten) applies."""
+
+    def __init__(self, classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 3
+        for out in (width, 2 * width, 4 * width):
+            layers += [nn.Conv2d(channels, out, 3, 1, 1), nn.ReLU(), nn.Conv2d(out, out, 3, 1, 1), nn.ReLU()]
+            layers.append(nn.MaxPool2d(2))
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def small_vgg(classes: int = 10, width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return SmallVGG(classes, width).eval()
+
+
 def mlp() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

@@ -1,0 +1,338 @@
+"""The model as a graph: torch.fx tracing, one ``Step`` per node that carries relevance.
+
+Modules from ``torch.nn`` are leaves of the trace; user modules are traced through, so models
+written with ``x + y``, ``torch.cat``, ``torch.flatten``, ``F.relu`` or ``q @ k.transpose(-2, -1)``
+are seen op by op. A BatchNorm right after a Linear/Conv whose output it alone reads is merged
+into that layer for the relevance pass (canonisation without touching the model). Anything the
+relevance pass has no rule for raises ``UnsupportedLayerError`` naming it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import operator
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearLayer
+from fastxai.lrp.composites import Composite
+from fastxai.lrp.rules import Epsilon, Pass, Rule
+
+
+class UnsupportedLayerError(TypeError):
+    """The relevance pass has no rule for a module or function of the model."""
+
+
+ACTIVATION_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softsign,
+    nn.Tanhshrink, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity,
+)  # fmt: skip
+AVGPOOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+ADAPTIVE_AVGPOOL_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+MAXPOOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+ADAPTIVE_MAXPOOL_MODULES = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softmax, nn.Hardsigmoid)
+
+ACTIVATION_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, torch.tanh,
+    F.tanh, torch.sigmoid, F.sigmoid, F.softplus, F.hardtanh, F.hardswish, F.hardsigmoid, F.softsign,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+}  # fmt: skip
+ACTIVATION_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "float", "double", "clone", "to", "type_as"}
+NONNEGATIVE_FUNCTIONS = {torch.relu, F.relu, F.relu6, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax}
+NONNEGATIVE_METHODS = {"relu", "sigmoid", "softmax"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
+META_METHODS = {"size", "dim", "numel"}
+FUNCTION_KINDS: dict[Any, str] = {
+    operator.add: "add", operator.iadd: "add", torch.add: "add",
+    operator.sub: "sub", operator.isub: "sub", torch.sub: "sub",
+    operator.mul: "mul", operator.imul: "mul", torch.mul: "mul",
+    operator.truediv: "div", operator.itruediv: "div", torch.div: "div",
+    operator.matmul: "matmul", torch.matmul: "matmul", torch.bmm: "matmul", torch.mm: "matmul",
+    torch.cat: "cat", torch.concat: "cat", torch.stack: "stack",
+    torch.transpose: "transpose", torch.permute: "permute", operator.getitem: "getitem",
+    torch.mean: "mean", torch.sum: "sum", F.softmax: "softmax", torch.softmax: "softmax",
+    F.layer_norm: "layer_norm", F.local_response_norm: "lrn", F.linear: "functional_linear",
+    F.avg_pool1d: "avgpool", F.avg_pool2d: "avgpool", F.avg_pool3d: "avgpool",
+    F.max_pool1d: "maxpool", F.max_pool2d: "maxpool", F.max_pool3d: "maxpool",
+    F.adaptive_avg_pool1d: "adaptive_avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
+    F.adaptive_avg_pool3d: "adaptive_avgpool",
+}  # fmt: skip
+METHOD_KINDS = {
+    "add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "bmm": "matmul",
+    "transpose": "transpose", "permute": "permute", "mean": "mean", "sum": "sum", "softmax": "softmax",
+}  # fmt: skip
+
+
+@dataclass
+class Step:
+    """One node of the relevance pass. ``kind`` selects the handler in ``fastxai.lrp._nodes``."""
+
+    node: fx.Node
+    kind: str
+    name: str
+    module: Any = None
+    rule: Rule | None = None
+    layer: LinearLayer | None = None
+    source: fx.Node | None = None  # merged Linear/Conv + BatchNorm: the linear layer's input
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    graph: fx.Graph
+    model: Any  # an nn.Module is held weakly: the plan cache must not keep the model alive
+    steps: dict[fx.Node, Step]
+    placeholder: fx.Node
+    output: fx.Node
+    nonnegative: dict[bool, set[fx.Node]] = field(default_factory=dict)
+    composite: Composite | None = None  # keeps the rules whose ids key the plan cache alive
+    release: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)  # see fastxai.lrp._plans
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, nn.Module):
+            self.model = weakref.ref(self.model)
+
+    @property
+    def root(self) -> Any:
+        return self.model() if isinstance(self.model, weakref.ref) else self.model
+
+    def current(self) -> bool:
+        """Whether every module of the plan is still the model's module of that name."""
+        return all(
+            fetch_attr(self.root, str(step.node.target)) is step.module
+            for step in self.steps.values()
+            if step.node.op == "call_module"
+        )
+
+
+_TRACES: weakref.WeakKeyDictionary[nn.Module, fx.Graph] = weakref.WeakKeyDictionary()
+
+
+def trace(model: Any) -> fx.Graph:
+    """The torch.fx graph of ``model`` (cached per module; traced in eval mode)."""
+    if isinstance(model, nn.Module) and model in _TRACES:
+        return _TRACES[model]
+    try:
+        graph = fx.Tracer().trace(model)
+    except Exception as error:  # torch.fx raises many types for untraceable code
+        raise UnsupportedLayerError(
+            f"model could not be traced with torch.fx.symbolic_trace ({type(error).__name__}: {error}); "
+            "LRP needs a model without data-dependent control flow"
+        ) from error
+    if isinstance(model, nn.Module):
+        _TRACES[model] = graph
+    return graph
+
+
+def fetch_attr(root: Any, target: str) -> Any:
+    value = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _describe(node: fx.Node) -> str:
+    target = (
+        node.target if isinstance(node.target, str) else getattr(node.target, "__name__", repr(node.target))
+    )
+    return f"{node.op} {target!r} (node {node.name!r})"
+
+
+def build_plan(
+    model: Any, composite: Composite, *, maxpool: str = "winner", merge_batchnorm: bool = True
+) -> Plan:
+    """Trace ``model`` and assign every node a kind and, for linear layers, a rule."""
+    graph = trace(model)
+    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise UnsupportedLayerError(
+            f"LRP supports models with exactly one input tensor, this one takes {len(placeholders)}"
+        )
+    output = next(node for node in graph.nodes if node.op == "output")
+    variable: set[fx.Node] = set()
+    meta: set[fx.Node] = set()
+    steps: dict[fx.Node, Step] = {}
+    module_calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            module_calls[str(node.target)] = module_calls.get(str(node.target), 0) + 1
+    first_linear_seen = False
+    for node in graph.nodes:
+        if node.op == "placeholder":
+            variable.add(node)
+            steps[node] = Step(node, "input", node.name)
+            continue
+        if node.op == "output":
+            continue
+        sources = [arg for arg in node.all_input_nodes if arg in variable]
+        if not sources:
+            continue  # a constant: computed, carries no relevance
+        variable.add(node)
+        kind, module = _classify(node, model)
+        if kind == "meta" or all(arg in meta for arg in sources):
+            meta.add(node)
+            continue
+        name = (
+            str(node.target)
+            if node.op == "call_module" and module_calls[str(node.target)] == 1
+            else node.name
+        )
+        step = Step(node, kind, name, module)
+        if kind == "linear":
+            assert module is not None
+            step.layer = LinearLayer(module)
+            step.rule = composite.rule(name, module, not first_linear_seen) or Epsilon(1e-6)
+            first_linear_seen = True
+            if isinstance(step.rule, Pass):
+                raise ValueError(f"rule Pass cannot be used for the linear layer {name!r}")
+        elif kind in ("batchnorm", "pass", "avgpool", "adaptive_avgpool", "maxpool"):
+            rule = composite.rule(name, module, False) if module is not None else None
+            step.rule = _check_simple_rule(name, kind, rule, composite)
+        if kind == "maxpool":
+            step.extra["mode"] = maxpool
+        steps[node] = step
+    if merge_batchnorm:
+        _merge_batchnorms(steps)
+    return Plan(graph, model, steps, placeholders[0], output)
+
+
+def _check_simple_rule(name: str, kind: str, rule: Rule | None, composite: Composite) -> Rule:
+    if rule is None:
+        return Pass() if kind == "pass" else Epsilon(composite.stabilizer)
+    allowed: tuple[type, ...] = (Pass,) if kind == "pass" else (Epsilon,)
+    if kind == "batchnorm":
+        allowed = (Epsilon, Pass)
+    if type(rule) not in allowed:
+        names = " or ".join(t.__name__ for t in allowed)
+        raise ValueError(f"rule {rule!r} does not apply to {name!r} ({kind}): use {names}")
+    return rule
+
+
+def _merge_batchnorms(steps: dict[fx.Node, Step]) -> None:
+    for node, step in steps.items():
+        if step.kind != "batchnorm":
+            continue
+        producer = node.args[0]
+        if not isinstance(producer, fx.Node):
+            continue
+        producer_step = steps.get(producer)
+        if producer_step is None or producer_step.kind != "linear" or len(producer.users) != 1:
+            continue
+        assert producer_step.layer is not None and isinstance(producer, fx.Node)
+        step.kind = "linear"
+        step.layer = LinearLayer(producer_step.layer.module, step.module)
+        step.rule = producer_step.rule
+        step.source = producer.args[0] if isinstance(producer.args[0], fx.Node) else None
+        step.extra["merged_into"] = producer_step.name
+        producer_step.kind = "merged"
+
+
+def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
+    if node.op == "call_module":
+        module = fetch_attr(root, str(node.target))
+        return _classify_module(node, module), module
+    if node.op == "call_function":
+        if node.target is builtins.getattr:
+            attribute = node.args[1]
+            if attribute in ("shape", "dtype", "device", "ndim", "is_cuda"):
+                return "meta", None
+            if attribute in ("T", "mT"):
+                return "transpose", None
+        if node.target in ACTIVATION_FUNCTIONS:
+            return "pass", None
+        if node.target in RESHAPE_FUNCTIONS:
+            return "reshape", None
+        if node.target in FUNCTION_KINDS:
+            return FUNCTION_KINDS[node.target], None
+    if node.op == "call_method":
+        target = str(node.target)
+        if target in META_METHODS:
+            return "meta", None
+        if target in ACTIVATION_METHODS:
+            return "pass", None
+        if target in RESHAPE_METHODS:
+            return "reshape", None
+        if target in METHOD_KINDS:
+            return METHOD_KINDS[target], None
+    raise UnsupportedLayerError(f"LRP has no rule for {_describe(node)}")
+
+
+def _classify_module(node: fx.Node, module: nn.Module) -> str:
+    if isinstance(module, LINEAR_TYPES):
+        LinearLayer(module)  # checks the convolution's padding
+        return "linear"
+    if isinstance(module, BATCHNORM_TYPES):
+        return "batchnorm"
+    if isinstance(module, ACTIVATION_MODULES):
+        return "pass"
+    if isinstance(module, (nn.Flatten, nn.Unflatten)):
+        return "reshape"
+    if isinstance(module, AVGPOOL_MODULES):
+        return "avgpool"
+    if isinstance(module, ADAPTIVE_AVGPOOL_MODULES):
+        return "adaptive_avgpool"
+    if isinstance(module, MAXPOOL_MODULES):
+        return "maxpool"
+    if isinstance(module, ADAPTIVE_MAXPOOL_MODULES):
+        return "adaptive_maxpool"
+    if isinstance(module, nn.Softmax):
+        return "softmax"
+    if isinstance(module, nn.LayerNorm):
+        return "layer_norm"
+    if isinstance(module, nn.LocalResponseNorm):
+        return "lrn"
+    raise UnsupportedLayerError(
+        f"LRP has no rule for module {node.target!r} ({type(module).__name__}); "
+        "supported: Linear, Conv1d/2d/3d, BatchNorm, pooling, Flatten, Dropout, element-wise "
+        "activations, Softmax, LayerNorm, LocalResponseNorm"
+    )
+
+
+PRESERVING_KINDS = {"reshape", "avgpool", "adaptive_avgpool", "maxpool", "adaptive_maxpool", "cat", "stack",
+                    "add", "getitem", "transpose", "permute"}  # fmt: skip
+IDENTITY_LIKE = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
+def _preserves_sign(node: fx.Node, step: Step) -> bool:
+    if step.kind == "add":
+        return all(isinstance(arg, fx.Node) for arg in node.args)
+    if step.kind == "pass":
+        return (
+            isinstance(step.module, IDENTITY_LIKE)
+            or node.target in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d)
+            or node.target in ("contiguous", "float", "double", "clone", "to", "type_as")
+        )
+    return step.kind in PRESERVING_KINDS
+
+
+def nonnegative_nodes(plan: Plan, input_nonnegative: bool) -> set[fx.Node]:
+    """Nodes whose values are >= 0 by construction (ReLU, sigmoid, softmax, and what only
+    pools, reshapes, concatenates or adds such values): their ``a-`` rule terms are zero."""
+    if input_nonnegative not in plan.nonnegative:
+        plan.nonnegative[input_nonnegative] = _nonnegative_nodes(plan, input_nonnegative)
+    return plan.nonnegative[input_nonnegative]
+
+
+def _nonnegative_nodes(plan: Plan, input_nonnegative: bool) -> set[fx.Node]:
+    known: set[fx.Node] = {plan.placeholder} if input_nonnegative else set()
+    for node in plan.graph.nodes:
+        step = plan.steps.get(node)
+        if step is None or step.kind == "input":
+            continue
+        if (
+            isinstance(step.module, NONNEGATIVE_MODULES)
+            or (node.op == "call_function" and node.target in NONNEGATIVE_FUNCTIONS)
+            or (node.op == "call_method" and node.target in NONNEGATIVE_METHODS)
+        ):
+            known.add(node)
+        elif _preserves_sign(node, step) and all(arg in known for arg in node.all_input_nodes):
+            known.add(node)
+    return known

@@ -1,0 +1,194 @@
+"""``lrp``: one forward pass that keeps the node values the relevance pass reads (and drops the
+others once no later node needs them, ``fastxai.lrp._plans``), then the relevance pass in reverse
+topological order through the handlers of ``fastxai.lrp._nodes`` and ``fastxai.lrp._linear``.
+The traced graph and the rule assignment (``Plan``) are cached per model and composite.
+
+Cost (measured on a CPU by ``benchmarks/lrp_ratio.py``): the forward pass, then per z+
+(or gamma, alpha-beta) layer one modified forward convolution and one transposed convolution,
+against the floor's forward and backward: three convolution passes against two, so about 1.5x
+the floor on plain conv nets; less where the floor also pays BatchNorm backward (ResNets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from fastxai import _backends, _model, _scheduling
+from fastxai._model import Model
+from fastxai.lrp import _graph, _nodes, _plans
+from fastxai.lrp.composites import resolve_composite
+
+MAXPOOL_MODES = ("winner", "average")
+
+
+def lrp(
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    *,
+    composite: object = "epsilon_plus_flat",
+    maxpool: str = "winner",
+    merge_batchnorm: bool = True,
+    return_layer_relevances: bool = False,
+    chunk_size: int | None = None,
+    backend: str | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Layer-wise Relevance Propagation (Bach et al. 2015; Montavon et al. 2019).
+
+    The relevance of the target logit, ``R = onehot(target) * f(x)``, is redistributed layer by
+    layer onto the inputs; each Linear/Conv layer uses the rule the ``composite`` gives it (see
+    ``fastxai.lrp.rules``), e.g. ``R_i = sum_j a_i w_ij / (z_j + eps sign0(z_j)) R_j`` for
+    epsilon. BatchNorm after a Linear/Conv is merged into it for the pass (the model is not
+    changed); residual sums split relevance in proportion to the contributions; attention
+    (softmax, matmul, element-wise products, LayerNorm) follows AttnLRP (Achtibat et al. 2024);
+    see ``fastxai.lrp._nodes`` for every parameter-free step. With no biases and stabilisers
+    -> 0, ``R.sum()`` equals the target logit (conservation).
+
+    composite: a registered name (``fastxai.lrp.COMPOSITES``), a ``Composite``, or a mapping
+    ``{module type or dotted module name: rule}``. maxpool: ``"winner"`` (all relevance to the
+    maximum) or ``"average"`` (as average pooling). ``merge_batchnorm=False`` gives every BatchNorm
+    its own epsilon step instead (as Captum does). The model is traced with torch.fx; a
+    module or function without a rule raises ``UnsupportedLayerError``.
+
+    inputs: [B, *F]; target: int, [B] tensor or None (the predicted class). Returns ``R``
+    [B, *F] in the inputs' dtype (accumulated in float32), and with
+    ``return_layer_relevances`` also ``{node name: relevance of that node's output}`` (float32;
+    module nodes are named by their dotted module name) for ``fastxai.lrp.conservation``.
+
+    >>> R = fastxai.lrp(model, x, target=y, composite="epsilon_plus_flat")
+    >>> R, layers = fastxai.lrp(model, x, target=y, return_layer_relevances=True)
+    """
+    model = _model.check_model(model)
+    inputs = _model.check_inputs(inputs)
+    if maxpool not in MAXPOOL_MODES:
+        raise ValueError(f"maxpool must be one of {MAXPOOL_MODES}, got {maxpool!r}")
+    if not isinstance(merge_batchnorm, bool):
+        raise TypeError(f"merge_batchnorm must be a bool, got {type(merge_batchnorm).__name__}")
+    if not isinstance(return_layer_relevances, bool):
+        raise TypeError(
+            f"return_layer_relevances must be a bool, got {type(return_layer_relevances).__name__}"
+        )
+    if backend is not None:
+        _backends.check_choice(backend)
+    resolved = resolve_composite(composite)
+    resolved.check_names(model)
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
+    target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    backend = _op_backend(backend, inputs.device, dtype)
+    x = inputs.detach()
+    results: list[torch.Tensor] = []
+    layers: dict[str, list[torch.Tensor]] = {}
+    with _model.preserved_state(model), torch.no_grad():
+        plan = _plans.cached_plan(model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm)
+        nonnegative = _graph.nonnegative_nodes(plan, bool(x.min() >= 0))
+        for start in range(0, x.shape[0], chunk):
+            stop = min(start + chunk, x.shape[0])
+            chunk_target = None if target_t is None else target_t[start:stop]
+            relevance, chunk_layers = _propagate(
+                plan, x[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
+                return_layer_relevances,
+            )  # fmt: skip
+            results.append(relevance)
+            for name, value in chunk_layers.items():
+                layers.setdefault(name, []).append(value)
+    relevance = (results[0] if len(results) == 1 else torch.cat(results)).to(inputs.dtype).contiguous()
+    if not return_layer_relevances:
+        return relevance
+    return relevance, {name: torch.cat(parts) for name, parts in layers.items()}
+
+
+def _op_backend(backend: str | None, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The backend choice to pass to every fused op. A named backend (here or from
+    ``use_backend``/``set_backend``) is checked once, before the model runs; when it is the one
+    ``"auto"`` picks anyway, ``"auto"`` is passed on (the same kernels, without the per-call
+    probe of the backends that a named choice costs in ``_backends.resolve``)."""
+    choice = backend if backend is not None else _backends.get_backend()
+    if choice == "auto":
+        return backend
+    name = _backends.resolve(choice, device, dtype)
+    return "auto" if _backends.resolve("auto", device, dtype) == name else name
+
+
+def _propagate(
+    plan: _graph.Plan,
+    x: torch.Tensor,
+    target: torch.Tensor | None,
+    stabilizer: float,
+    dtype: torch.dtype,
+    nonnegative: set[fx.Node],
+    backend: str | None,
+    keep_layers: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ctx = _nodes.Context({}, dtype, stabilizer, backend, nonnegative, steps=plan.steps)
+    root = plan.root
+    for node in plan.graph.nodes:
+        if node.op == "placeholder":
+            ctx.env[node] = x
+        elif node.op != "output":
+            ctx.env[node] = _nodes.run_node(node, ctx, root, plan.steps.get(node))
+            for value in plan.release.get(node, ()):
+                del ctx.env[value]  # read by no later node and no relevance handler
+    result = plan.output.args[0]
+    if not isinstance(result, fx.Node) or result not in plan.steps:
+        raise _graph.UnsupportedLayerError("the model must return one tensor computed from its input")
+    output = ctx.env[result]
+    logits = output.unsqueeze(1) if output.dim() == 1 else output
+    if not isinstance(output, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"model must return [batch, classes] (or [batch]), got {getattr(output, 'shape', output)}"
+        )
+    if target is None:
+        target = logits.argmax(dim=1)
+    else:
+        _model.check_target_range(target, logits.shape[1])
+    initial = torch.zeros_like(logits, dtype=dtype)
+    initial.scatter_(1, target.view(-1, 1), logits.gather(1, target.view(-1, 1)).to(dtype))
+    relevances: dict[fx.Node, torch.Tensor] = {result: initial.view(output.shape)}
+    layers: dict[str, torch.Tensor] = {}
+    for node in reversed(plan.graph.nodes):
+        step = plan.steps.get(node)
+        if step is None or node not in relevances:
+            continue
+        relevance = relevances.pop(node)
+        if keep_layers:
+            layers[step.name] = relevance
+            if "merged_into" in step.extra:
+                layers[step.extra["merged_into"]] = relevance
+        if step.kind == "input":
+            relevances[node] = relevance
+            continue
+        for source, share in _nodes.HANDLERS[step.kind](step, ctx, relevance):
+            if source not in plan.steps:
+                continue  # a constant: its share is absorbed, like a bias's
+            previous = relevances.get(source)
+            relevances[source] = share if previous is None else previous + share
+        ctx.env.pop(node, None)  # nothing after this needs the node's value
+    input_relevance = relevances.get(plan.placeholder)
+    if input_relevance is None:
+        input_relevance = torch.zeros_like(x, dtype=dtype)
+    if keep_layers:
+        layers = dict(reversed(list(layers.items())))
+    return input_relevance, layers
+
+
+def conservation(
+    layers: dict[str, torch.Tensor], output: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Per layer and sample, ``sum(R_layer) - output`` ([B] each): zero where relevance is
+    conserved. ``output`` is the target logits [B]; None takes them from the model output's
+    entry of ``layers`` (the last one). Sequential models conserve at every node; in models
+    with branches (residual sums) only at nodes every path passes through.
+
+    >>> R, layers = fastxai.lrp(model, x, target=y, return_layer_relevances=True)
+    >>> errors = fastxai.lrp.conservation(layers)
+    """
+    if not isinstance(layers, dict) or not layers:
+        raise TypeError("layers must be the non-empty dict returned with return_layer_relevances=True")
+    totals = {name: value.flatten(1).sum(1) for name, value in layers.items()}
+    reference: Any = output if output is not None else next(reversed(totals.values()))
+    if not isinstance(reference, torch.Tensor) or reference.shape != next(iter(totals.values())).shape:
+        raise ValueError("output must be the target logits, one per sample")
+    return {name: total - reference.to(total.dtype) for name, total in totals.items()}
