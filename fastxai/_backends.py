@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -54,8 +55,14 @@ def _triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    """Looked up once: a per-call find_spec costs more than a small fused op."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def _triton_info() -> BackendInfo:
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return BackendInfo("triton", False, (), "Triton is not installed (pip install 'fastxai[triton]')")
     devices = []
     if torch.cuda.is_available():
@@ -126,7 +133,7 @@ def resolve(choice: str | None, device: torch.device, dtype: torch.dtype) -> str
             f"backend {name!r} supports {[str(d) for d in KERNEL_DTYPES]}, got {dtype}; "
             "use backend='reference' (or 'auto') for this dtype"
         )
-    info = backends()[name]
+    info = _triton_info() if name == "triton" else _native_info()
     if not info.available:
         raise RuntimeError(f"backend {name!r} is not available: {info.reason}")
     if device.type not in info.devices:
