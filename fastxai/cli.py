@@ -136,7 +136,61 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "input_x_gradient": {},
     "smoothgrad": {"n_samples": 32, "stdevs": 0.15, "seed": 0},
     "integrated_gradients": {"n_steps": 32},
+    "guided_backprop": {},
+    "deconvnet": {},
+    "lrp": {"composite": "epsilon_plus_flat"},
+    "occlusion": {},
+    "feature_ablation": {},
+    "grad_cam": {"upsample": True},
+    "grad_cam_plus_plus": {"upsample": True},
+    "xgrad_cam": {"upsample": True},
+    "hires_cam": {"upsample": True},
+    "layer_cam": {"upsample": True},
+    "score_cam": {"upsample": True},
+    "guided_grad_cam": {},
 }
+"""Every method the runner has, with the settings the command uses (completed per model and
+input shape by ``method_kwargs``)."""
+
+MAIN_METHODS = (
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "guided_backprop",
+    "lrp",
+    "grad_cam",
+    "occlusion",
+)
+"""What ``--method all`` runs: one or two of each family."""
+
+_CAM = (
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "score_cam",
+    "guided_grad_cam",
+)
+
+
+def method_kwargs(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
+    """METHOD_DEFAULTS[method] plus what depends on the model or the inputs: the CAM layer (the
+    last convolution) and the occlusion window (an eighth of each spatial side, half-overlapping)."""
+    kwargs = dict(METHOD_DEFAULTS[method])
+    if method in _CAM:
+        convolutions = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
+        if not convolutions or inputs.dim() != 4:
+            raise CliError(f"{method} needs images [N, C, H, W] and a model with a Conv2d layer")
+        kwargs["layer"] = convolutions[-1]
+    if method == "occlusion":
+        spatial = [max(1, size // 8) for size in inputs.shape[2:]]
+        kwargs["sliding_window_shapes"] = (inputs.shape[1], *spatial) if inputs.dim() > 2 else (1,)
+        kwargs["strides"] = (
+            (inputs.shape[1], *[max(1, side // 2) for side in spatial]) if inputs.dim() > 2 else (1,)
+        )
+    return kwargs
 
 
 def command_attribute(args: argparse.Namespace) -> int:
@@ -147,7 +201,7 @@ def command_attribute(args: argparse.Namespace) -> int:
     if args.limit is not None:
         inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
     _check_fit(model, inputs)
-    methods = list(METHOD_DEFAULTS) if args.method == "all" else [args.method]
+    methods = list(MAIN_METHODS) if args.method == "all" else [args.method]
     data = (inputs, labels) if labels is not None else inputs
     out = Path(args.out)
     print(f"{len(inputs)} inputs of shape {tuple(inputs.shape[1:])}; writing to {out}/")
@@ -159,7 +213,7 @@ def command_attribute(args: argparse.Namespace) -> int:
             data,
             method,
             out / method,
-            method_kwargs=METHOD_DEFAULTS[method],
+            method_kwargs=method_kwargs(method, model, inputs),
             batch_size=args.batch_size,
             resume=not args.no_resume,
             target=args.target,
@@ -199,20 +253,23 @@ def _compare(
     with torch.no_grad():
         targets = torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
     timings = _jobs.reference_timings(
-        model, inputs, targets, {name: (functions[name], METHOD_DEFAULTS[name]) for name in methods}
+        model,
+        inputs,
+        targets,
+        {name: (functions[name], method_kwargs(name, model, inputs)) for name in methods},
     )
     print("\nfused backend against the plain PyTorch reference (best of 3, same inputs):")
     for row in timings:
         print(
             f"  {row['method']:22} {row['backend']} {row['seconds']:.3f} s, reference "
-            f"{row['reference seconds']:.3f} s: {row['speed-up']:.2f}x faster, results differ by "
-            f"{row['max difference / max |attribution|']} of the largest attribution"
+            f"{row['reference seconds']:.3f} s (reference / fused = {row['speed-up']:.2f}), results "
+            f"differ by {row['max difference / max |attribution|']} of the largest attribution"
         )
     rows = report.faithfulness_table(
         model,
         inputs,
         targets,
-        {name: _explainer(functions[name], METHOD_DEFAULTS[name]) for name in methods},
+        {name: _explainer(functions[name], method_kwargs(name, model, inputs)) for name in methods},
         n_steps=n_steps,
     )
     print(f"\nfaithfulness: deletion/insertion ({n_steps} steps, removed features set to 0) against random")
@@ -221,7 +278,14 @@ def _compare(
 
 
 def _explainer(function: Any, kwargs: dict[str, Any]) -> Any:
-    return lambda m, x, t: function(m, x, target=t, **kwargs)
+    """``(model, inputs, target) -> attributions`` of the inputs' shape (a one-channel CAM map is
+    repeated over the input's channels)."""
+
+    def explain(model: Any, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        result = function(model, inputs, target=target, **kwargs)
+        return result.expand_as(inputs) if result.shape != inputs.shape else result
+
+    return explain
 
 
 def _report(
@@ -289,11 +353,11 @@ def command_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--n-steps must be >= 1, got {args.n_steps}")
     with torch.no_grad():
         predictions = torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
-    names = list(METHOD_DEFAULTS) if args.method == "all" else [args.method]
+    names = list(MAIN_METHODS) if args.method == "all" else [args.method]
     functions = _methods()
 
     def explainer(name: str) -> report.Explainer:
-        return lambda m, x, t: functions[name](m, x, target=t, **METHOD_DEFAULTS[name])
+        return _explainer(functions[name], method_kwargs(name, model, inputs))
 
     print(
         f"{len(inputs)} inputs; deletion/insertion with {args.n_steps} steps, replacement "

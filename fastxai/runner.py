@@ -49,10 +49,42 @@ def _methods() -> dict[str, Callable[..., Any]]:
         "input_x_gradient": fx.input_x_gradient,
         "smoothgrad": fx.smoothgrad,
         "integrated_gradients": fx.integrated_gradients,
+        "guided_backprop": fx.guided_backprop,
+        "deconvnet": fx.deconvnet,
+        "lrp": fx.lrp.lrp,
+        "occlusion": fx.occlusion,
+        "feature_ablation": fx.feature_ablation,
+        "grad_cam": fx.grad_cam,
+        "grad_cam_plus_plus": fx.grad_cam_plus_plus,
+        "xgrad_cam": fx.xgrad_cam,
+        "hires_cam": fx.hires_cam,
+        "layer_cam": fx.layer_cam,
+        "score_cam": fx.score_cam,
+        "guided_grad_cam": fx.guided_grad_cam,
     }
 
 
-METHODS = ("saliency", "input_x_gradient", "smoothgrad", "integrated_gradients")
+METHODS = (
+    "saliency",
+    "input_x_gradient",
+    "smoothgrad",
+    "integrated_gradients",
+    "guided_backprop",
+    "deconvnet",
+    "lrp",
+    "occlusion",
+    "feature_ablation",
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "score_cam",
+    "guided_grad_cam",
+)
+"""Methods the runner can apply: those whose result for an item does not depend on which other
+items share its batch (SmoothGrad keys its noise by the item's index). The sampled perturbation
+methods (KernelSHAP, LIME, Shapley sampling, GradientSHAP) draw per batch and are left out."""
 
 
 class _Items:

@@ -34,7 +34,7 @@ def test_attribute_with_no_model_and_no_data_runs_the_digits_default(
 ) -> None:
     assert main(["attribute", "--limit", "20", "--out", str(tmp_path / "out")]) == 0
     output = capsys.readouterr().out
-    for method in cli.METHOD_DEFAULTS:
+    for method in cli.MAIN_METHODS:
         assert method in output
         loaded = fx.load_attributions(tmp_path / "out" / method)
         assert loaded["attributions"].shape == (20, 1, 8, 8)
