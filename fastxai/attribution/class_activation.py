@@ -175,7 +175,8 @@ def _named(method: str, paper: str) -> Callable[..., torch.Tensor]:
 
     function.__name__ = function.__qualname__ = method
     function.__doc__ = (
-        f"{paper}: ``cam(..., method={method!r})``; formula and shapes in ``fastxai.attribution.class_activation``.\n\n"
+        f"{paper}: ``cam(..., method={method!r})``; formula and shapes in\n"
+        "    ``fastxai.attribution.class_activation``.\n\n"
         f"    >>> heat = fastxai.{method}(model, x, target=y, layer=\"layer4\", upsample=True)\n"
     )
     return function
