@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +37,19 @@ def _implementation(backend: str) -> ModuleType:
 def _dispatch(op: str, backend: str | None, anchor: torch.Tensor, *args: Any) -> Any:
     name = _backends.resolve(backend, anchor.device, anchor.dtype)
     return getattr(_implementation(name), op)(*args)
+
+
+def _unchecked(op: str, backend: str | None, anchor: torch.Tensor) -> Callable[..., Any]:
+    """Private fast path: the implementation of ``op`` that ``_dispatch`` would call for tensors
+    like ``anchor``, resolved once.
+
+    No checks and no conversions: only for a caller that calls the public op once per call (all
+    checks) and then, per chunk, passes arguments built exactly alike (contiguous, same dtypes
+    and devices, shapes differing only by construction) in the form the public op hands on.
+    """
+    name = _backends.resolve(backend, anchor.device, anchor.dtype)
+    implementation: Callable[..., Any] = getattr(_implementation(name), op)
+    return implementation
 
 
 def _floating(name: str, tensor: object) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -107,30 +108,67 @@ def compute_dtype(inputs: torch.Tensor) -> torch.dtype:
 def perturbed_scores(
     model: Model,
     inputs: torch.Tensor,
-    target: torch.Tensor,
+    target: torch.Tensor | None,
     n_perturbations: int,
     perturb: Perturb,
     chunk: int,
-) -> torch.Tensor:
-    """``f_target`` at every perturbed copy: [B, P] in float32 (float64 for float64 inputs).
+    *,
+    first_is_input: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f_target`` at every perturbed copy: [B, P] in float32 (float64 for float64 inputs), and
+    the per-input target indices [B].
 
     Copies are laid out copy-major in each model batch, so a batch of ``k * B`` rows holds
-    ``k`` whole copies of the inputs (what per-example forward arguments expect).
+    ``k`` whole copies of the inputs (what per-example forward arguments expect). A given
+    target's range is checked on the first batch's output (no extra model call). ``target=None``
+    means the predicted class: read off copy 0 when ``first_is_input`` (copy 0 is the input
+    itself, exactly; the scheduler runs copy 0 of every row before any other copy of it), else
+    from one extra forward pass over the inputs. Run inside ``_model.preserved_state``.
     """
     batch, features = inputs.shape[0], inputs.shape[1:]
+    predict = target is None and first_is_input
+    if target is None and not first_is_input:
+        target = _model.resolve_target(model, inputs, None, chunk)
+    indices = torch.empty(batch, dtype=torch.long, device=inputs.device) if target is None else target
+    unchecked = [target is not None]
     scores = torch.empty(batch, n_perturbations, dtype=compute_dtype(inputs), device=inputs.device)
 
     def body(p0: int, p1: int, r0: int, r1: int) -> None:
         copies = perturb(p0, p1, r0, r1)  # [rows, count, *F]
         rows, count = r1 - r0, p1 - p0
         flat = copies.transpose(0, 1).reshape(count * rows, *features)
-        output = _model.logits(model, flat)
-        picked = output.gather(1, target[r0:r1].repeat(count).view(-1, 1))
-        scores[r0:r1, p0:p1] = picked.view(count, rows).T.to(scores.dtype)
+        output = _model.logits(model, flat).reshape(count, rows, -1)
+        if predict and p0 == 0:
+            indices[r0:r1] = output[0].argmax(dim=1)
+        elif unchecked[0]:
+            _model.check_target_range(indices, output.shape[2])
+            unchecked[0] = False
+        picked = output.gather(2, indices[r0:r1].view(1, rows, 1).expand(count, rows, 1))
+        scores[r0:r1, p0:p1] = picked.view(count, rows).T
 
     with torch.no_grad():
         _scheduling.for_each_block(n_perturbations, batch, chunk, body, halve_on_oom=inputs.is_cuda)
-    return scores
+    return scores, indices
+
+
+class FusedOp:
+    """A fused op of ``fastxai.ops`` called once per chunk: the first call goes through the public
+    op (all its checks), later ones straight to the implementation it resolved
+    (``ops._unchecked``), which skips re-validating arguments built alike for every chunk.
+    Arguments must already be in the form the public op hands on (contiguous, keep as float32 /
+    float64, window and strides as lists).
+    """
+
+    def __init__(self, name: str, backend: str | None) -> None:
+        self.name, self.backend = name, backend
+        self.fast: Callable[..., torch.Tensor] | None = None
+
+    def __call__(self, *args: Any) -> torch.Tensor:
+        if self.fast is not None:
+            return self.fast(*args)
+        out: torch.Tensor = getattr(ops, self.name)(*args, backend=self.backend)
+        self.fast = ops._unchecked(self.name, self.backend, args[0])
+        return out
 
 
 def blend(
@@ -142,12 +180,14 @@ def blend(
 ) -> Perturb:
     """A ``Perturb`` that builds copies with ``ops.masked_blend`` from a block of keep weights."""
     per_input = mask.dim() == inputs.dim()
+    dtype = compute_dtype(inputs)
+    inputs, baselines, mask = inputs.contiguous(), baselines.contiguous(), mask.contiguous()
+    fused = FusedOp("masked_blend", backend)
 
     def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         rows_mask = mask[r0:r1] if per_input else mask
-        return ops.masked_blend(
-            inputs[r0:r1], baselines[r0:r1], rows_mask, keep(p0, p1, r0, r1), backend=backend
-        )
+        weights = keep(p0, p1, r0, r1).to(dtype).contiguous()
+        return fused(inputs[r0:r1], baselines[r0:r1], rows_mask, weights)
 
     return perturb
 

@@ -116,13 +116,14 @@ def lime(
     rng = _perturbation.generator(seed, x.device)
     samples = torch.rand(x.shape[0], n_samples, groups, generator=rng, device=x.device) < 0.5
 
+    keep_all = samples.to(dtype)
+
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
-        return samples[r0:r1, p0:p1].to(dtype)
+        return keep_all[r0:r1, p0:p1]
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
-        scores = _perturbation.perturbed_scores(model, x, target_t, n_samples, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(model, x, target_t, n_samples, perturb, chunk)
     weights = _similarities(x, baseline, mask, groups, samples, distance_mode, float(kernel_width))
     design = samples.double()
     if interpretable_model == "lasso":

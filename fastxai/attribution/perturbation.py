@@ -3,11 +3,12 @@ are replaced by a baseline, with Captum's semantics, every perturbed copy built 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
-from fastxai import _backends, _model, ops
+from fastxai import _backends, _model
 from fastxai._model import Model
 from fastxai.attribution import _perturbation
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -42,18 +43,20 @@ def feature_ablation(
     if backend is not None:
         _backends.check_choice(backend)
     dtype = _perturbation.compute_dtype(x)
-    eye = torch.eye(groups + 1, groups, dtype=dtype, device=x.device)  # row M keeps everything
+    # copy 0 is the input itself (keeps every group), copy p ablates group p - 1
+    keep_all = torch.cat(
+        [
+            torch.ones(1, groups, dtype=dtype, device=x.device),
+            1 - torch.eye(groups, dtype=dtype, device=x.device),
+        ]
+    )
 
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
-        # copy 0 is the input itself (group index M: nothing ablated), copy p ablates group p - 1
-        rows = torch.arange(p0, p1, device=x.device) - 1
-        rows = torch.where(rows < 0, groups, rows)
-        return (1 - eye[rows]).unsqueeze(0).expand(r1 - r0, -1, -1)
+        return keep_all[p0:p1].unsqueeze(0).expand(r1 - r0, -1, -1)
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
-        scores = _perturbation.perturbed_scores(model, x, target_t, groups + 1, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(model, x, target_t, groups + 1, perturb, chunk)
     drops = scores[:, :1] - scores[:, 1:]
     return _perturbation.to_input_shape(drops, mask, x.shape).to(inputs.dtype)
 
@@ -162,13 +165,13 @@ def occlusion(
     dtype = _perturbation.compute_dtype(x)
     perturb: _perturbation.Perturb
     if grid.tiles:
+        fused = _perturbation.FusedOp("occlude", backend)
+        window_list, stride_list = list(window), list(stride)
 
         def occlude(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
             # copy 0 is the input itself; copy p occludes window p - 1
             first = max(p0, 1)
-            occluded = ops.occlude(
-                x[r0:r1], baseline[r0:r1], window, stride, first - 1, p1 - first, backend=backend
-            )
+            occluded = fused(x[r0:r1], baseline[r0:r1], window_list, stride_list, first - 1, p1 - first)
             return occluded if p0 > 0 else torch.cat([x[r0:r1].unsqueeze(1), occluded], dim=1)
 
         perturb = occlude
@@ -193,13 +196,30 @@ def occlusion(
         perturb = _perturbation.blend(x, baseline, cell_ids, keep, backend)
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
-        scores = _perturbation.perturbed_scores(model, x, target_t, grid.total + 1, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(
+            model, x, target_t, grid.total + 1, perturb, chunk, first_is_input=True
+        )
     drops = (scores[:, :1] - scores[:, 1:]).view(x.shape[0], *grid.counts)
+    covers, windows_per_element = _coverage(features, window, stride, x.device, dtype)
     total = drops
-    windows_per_element = torch.ones((), dtype=dtype, device=x.device)
-    for dim in range(len(features)):
-        cover = grid.cover(dim, x.device, dtype)  # [K_d, F_d]
+    for cover in covers:
         total = torch.tensordot(total, cover, dims=([1], [0]))  # contracts K_d, appends F_d
-        windows_per_element = windows_per_element.unsqueeze(-1) * cover.sum(0)
     return (total / windows_per_element).to(inputs.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _coverage(
+    features: tuple[int, ...],
+    window: tuple[int, ...],
+    strides: tuple[int, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Per dimension which window positions cover each element [K_d, F_d], and how many windows
+    cover each element [*F]; computed once per grid (read-only, never handed to users)."""
+    grid = _WindowGrid(features, window, strides)
+    covers = [grid.cover(dim, device, dtype) for dim in range(len(features))]
+    windows_per_element = torch.ones((), dtype=dtype, device=device)
+    for cover in covers:
+        windows_per_element = windows_per_element.unsqueeze(-1) * cover.sum(0)
+    return covers, windows_per_element

@@ -101,20 +101,17 @@ def kernel_shap(
         coalitions = torch.zeros(batch, 0, 1, dtype=torch.bool, device=x.device)
         weights = torch.zeros(batch, 0, dtype=torch.float64, device=x.device)
     ends = torch.tensor([[1.0] * groups, [0.0] * groups], dtype=dtype, device=x.device)
+    # copies 0 and 1 are the input and the baseline, copy p >= 2 is coalition p - 2
+    keep_all = torch.cat([ends.unsqueeze(0).expand(batch, -1, -1), coalitions.to(dtype)], dim=1)
 
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
-        # copies 0 and 1 are the input and the baseline, copy p >= 2 is coalition p - 2
-        parts = []
-        if p0 < 2:
-            parts.append(ends[p0 : min(p1, 2)].unsqueeze(0).expand(r1 - r0, -1, -1))
-        if p1 > 2:
-            parts.append(coalitions[r0:r1, max(p0, 2) - 2 : p1 - 2].to(dtype))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return keep_all[r0:r1, p0:p1]
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
-        scores = _perturbation.perturbed_scores(model, x, target_t, coalitions.shape[1] + 2, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(
+            model, x, target_t, coalitions.shape[1] + 2, perturb, chunk
+        )
     value_input, value_baseline = scores[:, 0], scores[:, 1]
     phi = surrogate.constrained_least_squares(
         coalitions.double(),
@@ -180,9 +177,8 @@ def shapley_value_sampling(
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
-        scores = _perturbation.perturbed_scores(model, x, target_t, 2 + n_samples * steps, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(model, x, target_t, 2 + n_samples * steps, perturb, chunk)
     path = torch.cat(
         [
             scores[:, 1:2].expand(batch, n_samples).unsqueeze(-1),

@@ -199,4 +199,54 @@ def test_occlusion_runs_big_batches() -> None:
     model, calls = _counting_model()
     occlusion(model, torch.randn(2, 1, 6, 6), 1, sliding_window_shapes=(1, 2, 2), strides=2, chunk_size=8)
     assert max(calls) == 8
-    assert sum(calls) == 1 + 2 * (9 + 1)  # target probe, then the input and 9 windows per sample
+    assert sum(calls) == 2 * (9 + 1)  # the input and 9 windows per sample: no separate target probe
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 7, None])
+def test_occlusion_predicted_target_from_the_scoring_pass(chunk_size: int | None) -> None:
+    # target=None reads the predicted class off copy 0 (the input itself) of the scoring pass
+    model, calls = _counting_model()
+    x = torch.randn(5, 1, 6, 6)
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+    calls.clear()
+    kwargs = {"sliding_window_shapes": (1, 2, 2), "strides": 2, "chunk_size": chunk_size}
+    got = occlusion(model, x, None, **kwargs)
+    assert sum(calls) == 5 * (9 + 1)  # no extra forward for the prediction
+    torch.testing.assert_close(got, occlusion(model, x, predicted, **kwargs))
+
+
+@pytest.mark.parametrize("method", ["occlusion", "occlusion-clipped", "feature_ablation"])
+@pytest.mark.parametrize("target", [10, -1, torch.tensor([0, 10])])
+def test_out_of_range_target_checked_on_the_first_batch(method: str, target: object) -> None:
+    model, calls = _counting_model()
+    model.train()
+    before = model_state(model)
+    x = torch.randn(2, 1, 6, 6)
+    kwargs: dict = {
+        "occlusion": {"sliding_window_shapes": (1, 2, 2), "strides": 2},
+        "occlusion-clipped": {"sliding_window_shapes": (1, 3, 3), "strides": 2},
+        "feature_ablation": {},
+    }[method]
+    function = feature_ablation if method == "feature_ablation" else occlusion
+    with pytest.raises(ValueError, match=r"target must be in \[0, 10\)"):
+        function(model, x, target, chunk_size=4, **kwargs)
+    assert calls == [4]  # one model batch, then the error
+    assert_same_state(before, model_state(model))
+
+
+def test_later_chunks_use_the_validated_op_fast_path() -> None:
+    # every chunk after the first skips the public op's checks; results match a one-chunk call
+    from fastxai import ops
+
+    x = torch.randn(3, 1, 6, 6)
+    base = torch.zeros_like(x)
+    mask = (torch.arange(36) % 5).view(1, 6, 6)
+    keep = torch.rand(3, 4, 5)
+    fast = ops._unchecked("masked_blend", "reference", x)
+    assert torch.equal(fast(x, base, mask, keep), ops.masked_blend(x, base, mask, keep, backend="reference"))
+    model = small_cnn(seed=11).eval()
+    reference = feature_ablation(model, x, 2, feature_mask=mask, chunk_size=1000)
+    for chunk_size in (1, 2, 5):
+        got = feature_ablation(model, x, 2, feature_mask=mask, chunk_size=chunk_size)
+        torch.testing.assert_close(got, reference)  # model batches differ: float tolerance
