@@ -117,6 +117,27 @@ def _image_folder(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def _model_and_data(
+    args: argparse.Namespace, labels_needed_by: str | None = None
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]:
+    """The model, the inputs and labels (cut to ``--limit``), checked to fit each other; with
+    ``labels_needed_by``, data without labels is refused before the model is run."""
+    model = load_model(args.model, args.weights)
+    inputs, labels = load_data(args.data)
+    if labels_needed_by is not None and labels is None:
+        raise CliError(f"{labels_needed_by} needs data with labels (.pt with (inputs, labels), or 'digits')")
+    if args.limit is not None:
+        inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
+    _check_fit(model, inputs)
+    return model, inputs, labels
+
+
+def _predictions(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The model's predicted class for every input, 256 at a time."""
+    with torch.no_grad():
+        return torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
+
+
 def _check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     try:
         with torch.no_grad():
@@ -196,11 +217,7 @@ def method_kwargs(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> 
 def command_attribute(args: argparse.Namespace) -> int:
     import fastxai as fx
 
-    model = load_model(args.model, args.weights)
-    inputs, labels = load_data(args.data)
-    if args.limit is not None:
-        inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
-    _check_fit(model, inputs)
+    model, inputs, labels = _model_and_data(args)
     methods = list(MAIN_METHODS) if args.method == "all" else [args.method]
     data = (inputs, labels) if labels is not None else inputs
     out = Path(args.out)
@@ -250,8 +267,7 @@ def _compare(
     from fastxai.runner import _methods
 
     functions = _methods()
-    with torch.no_grad():
-        targets = torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
+    targets = _predictions(model, inputs)
     timings = _jobs.reference_timings(
         model,
         inputs,
@@ -312,13 +328,8 @@ def _report(
 def command_attack(args: argparse.Namespace) -> int:
     import fastxai as fx
 
-    model = load_model(args.model, args.weights)
-    inputs, labels = load_data(args.data)
-    if labels is None:
-        raise CliError("attack needs data with labels (.pt with (inputs, labels), or 'digits')")
-    if args.limit is not None:
-        inputs, labels = inputs[: args.limit], labels[: args.limit]
-    _check_fit(model, inputs)
+    model, inputs, labels = _model_and_data(args, labels_needed_by="attack")
+    assert labels is not None
     started = time.perf_counter()
     result = fx.robust_accuracy(
         model,
@@ -344,15 +355,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from fastxai.evaluation import report
     from fastxai.runner import _methods
 
-    model = load_model(args.model, args.weights)
-    inputs, labels = load_data(args.data)
-    if args.limit is not None:
-        inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
-    _check_fit(model, inputs)
     if args.n_steps < 1:
         raise CliError(f"--n-steps must be >= 1, got {args.n_steps}")
-    with torch.no_grad():
-        predictions = torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
+    model, inputs, labels = _model_and_data(args)
+    predictions = _predictions(model, inputs)
     names = list(MAIN_METHODS) if args.method == "all" else [args.method]
     functions = _methods()
 

@@ -13,15 +13,6 @@ from fastxai.global_views import activation_maximisation
 from fastxai.global_views.activation_maximisation import gaussian_blur
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """The tensors here are tiny: one intra-op thread avoids synchronisation stalls on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_linear_logit_unbounded_maximiser_is_w_over_2_l2(chunk_size: int | None) -> None:
     model = LinearModel(6, 4)

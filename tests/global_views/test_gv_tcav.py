@@ -15,16 +15,6 @@ from torch.nn import functional
 from fastxai.global_views import tcav, train_cav
 from fastxai.global_views._stats import student_t_test, student_t_two_sided
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """The tensors here are tiny: one intra-op thread avoids synchronisation stalls on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 FEATURES = 8
 
 
