@@ -38,3 +38,13 @@ def backend_params(include_reference: bool = False) -> list:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     return ["fastxai backends: " + "; ".join(str(info) for info in fastxai.backends().values())]
+
+
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """For modules of tiny tensors: one intra-op thread avoids synchronisation stalls on a busy
+    CPU (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,6 +12,8 @@ from torch import nn
 from fastxai.global_views import activation_maximisation
 from fastxai.global_views.activation_maximisation import gaussian_blur
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.mark.parametrize("chunk_size", [None, 3])
 def test_linear_logit_unbounded_maximiser_is_w_over_2_l2(chunk_size: int | None) -> None:

@@ -10,6 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fastxai.global_views import neuron_importance
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ALL = ["mean_abs", "mean", "positive_fraction"]
 
 

@@ -15,6 +15,8 @@ from torch.nn import functional
 from fastxai.global_views import tcav, train_cav
 from fastxai.global_views._stats import student_t_test, student_t_two_sided
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FEATURES = 8
 
 
