@@ -20,37 +20,53 @@ def check_model(model: object) -> Model:
     return model
 
 
+_HOOK_ATTRIBUTES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
 @contextlib.contextmanager
 def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
     """Run a block with the model in eval mode and frozen parameters, then put back exactly
     what was there: every submodule's ``training`` flag, every parameter's ``requires_grad``,
     and the hook dictionaries (hooks a method adds are removed even if it raises).
+
+    Cheap on the common path (it runs once per method call, also for models whose forward
+    pass takes well under a millisecond): only non-empty hook dictionaries are copied, only
+    parameters that require gradients are touched, and ``eval()`` is skipped when no module
+    is training.
     """
     if not isinstance(model, nn.Module):
         yield
         return
     modules = list(model.modules())
     training = [module.training for module in modules]
-    parameters = list(model.parameters())
-    requires_grad = [parameter.requires_grad for parameter in parameters]
-    hook_attributes = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    hooks = [{attr: dict(getattr(module, attr, {})) for attr in hook_attributes} for module in modules]
+    frozen = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    hooks = [
+        (module, attr, dict(entries))
+        for module in modules
+        for attr in _HOOK_ATTRIBUTES
+        if (entries := getattr(module, attr, None))
+    ]
     try:
-        if eval_mode:
+        if eval_mode and any(training):
             model.eval()
-        for parameter in parameters:
+        for parameter in frozen:
             parameter.requires_grad_(False)
         yield
     finally:
-        for module, flag, saved in zip(modules, training, hooks, strict=True):
+        for module, flag in zip(modules, training, strict=True):
             module.training = flag
-            for attr, entries in saved.items():
+        saved = {(id(module), attr): entries for module, attr, entries in hooks}
+        for module in modules:
+            for attr in _HOOK_ATTRIBUTES:
                 current = getattr(module, attr, None)
-                if current is not None and len(current) != len(entries):
+                if not current and (id(module), attr) not in saved:
+                    continue
+                entries = saved.get((id(module), attr), {})
+                if current is not None and (len(current) != len(entries) or current.keys() != entries.keys()):
                     current.clear()
                     current.update(entries)
-        for parameter, flag in zip(parameters, requires_grad, strict=True):
-            parameter.requires_grad_(flag)
+        for parameter in frozen:
+            parameter.requires_grad_(True)
 
 
 def logits(model: Model, inputs: torch.Tensor) -> torch.Tensor:
