@@ -30,20 +30,23 @@ def _similarities(
     """``exp(-d(x, x_z)^2 / (2 kernel_width^2))`` for every perturbed input ``x_z`` [B, P].
 
     Computed from per-group sums of ``x*x``, ``x*b``, ``b*b``, ``(x-b)^2`` without building
-    ``x_z``: with ``z`` in {0,1}^M, ``x_z . x = z . S_xx + (1 - z) . S_xb`` and so on.
+    ``x_z``: with ``z`` in {0,1}^M, ``x_z . x = z . S_xx + (1 - z) . S_xb = z . (S_xx - S_xb) +
+    sum S_xb`` and so on, so every sample's terms come out of one batched matrix product.
     """
     xd, bd = x.double(), baseline.double()
     z = samples.double()
     if distance_mode == "euclidean":
         gap = _perturbation.group_sums((xd - bd) ** 2, mask, groups)
-        distance_sq = ((1 - z) * gap.unsqueeze(1)).sum(2)
+        # sum over the groups z drops: sum(gap) - z . gap
+        distance_sq = gap.sum(1, keepdim=True) - (z @ gap.unsqueeze(2)).squeeze(2)
     else:
-        s_xx = _perturbation.group_sums(xd * xd, mask, groups).unsqueeze(1)
-        s_xb = _perturbation.group_sums(xd * bd, mask, groups).unsqueeze(1)
-        s_bb = _perturbation.group_sums(bd * bd, mask, groups).unsqueeze(1)
-        dot = (z * s_xx + (1 - z) * s_xb).sum(2)
-        norm_z = (z * s_xx + (1 - z) * s_bb).sum(2).clamp_min(0).sqrt()
-        norm_x = s_xx.sum(2).sqrt()
+        s_xx = _perturbation.group_sums(xd * xd, mask, groups)
+        s_xb = _perturbation.group_sums(xd * bd, mask, groups)
+        s_bb = _perturbation.group_sums(bd * bd, mask, groups)
+        terms = z @ torch.stack([s_xx - s_xb, s_xx - s_bb], dim=2)  # [B, P, 2]
+        dot = terms[..., 0] + s_xb.sum(1, keepdim=True)
+        norm_z = (terms[..., 1] + s_bb.sum(1, keepdim=True)).clamp_min(0).sqrt()
+        norm_x = s_xx.sum(1, keepdim=True).sqrt()
         cosine = dot / (norm_x.clamp_min(_COSINE_EPS) * norm_z.clamp_min(_COSINE_EPS))
         distance_sq = (1 - cosine) ** 2
     return torch.exp(-distance_sq / (2 * kernel_width**2))

@@ -48,6 +48,43 @@ def test_weighted_least_squares_against_sklearn() -> None:
         torch.testing.assert_close(intercept[b].item(), float(fit.intercept_))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_lasso_against_sklearn_sparse_problems(seed: int) -> None:
+    """Sparse truths, noise, uneven weights and alphas from weak to strong: the exact polish
+    must land on scikit-learn's solution for every input of the batch."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    generator = torch.Generator().manual_seed(100 + seed)
+    z = (torch.rand(4, 120, 12, generator=generator) < 0.5).double()
+    truth = torch.randn(4, 12, generator=generator, dtype=torch.float64)
+    truth = truth * (torch.rand(4, 12, generator=generator) < 0.4)
+    y = (z @ truth.unsqueeze(-1)).squeeze(-1) + 5.0 + 0.2 * torch.randn(4, 120, generator=generator).double()
+    w = torch.rand(4, 120, generator=generator, dtype=torch.float64) ** 2
+    for alpha in (1e-4, 0.01, 0.3):
+        coef, intercept = surrogate.lasso(z, y, w, alpha)
+        for b in range(4):
+            fit = linear_model.Lasso(alpha=alpha, tol=1e-12, max_iter=200000).fit(
+                z[b].numpy(), y[b].numpy(), sample_weight=w[b].numpy()
+            )
+            torch.testing.assert_close(coef[b], torch.from_numpy(fit.coef_), rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(intercept[b].item(), float(fit.intercept_), rtol=1e-6, atol=1e-7)
+
+
+def test_least_squares_minimum_norm_when_design_is_rank_deficient() -> None:
+    """Columns 2 and 3 always equal (two groups never apart) in input 1 only: that input gets
+    the pseudo-inverse's minimum-norm solution, input 0 the unique one, in one batched call."""
+    generator = torch.Generator().manual_seed(3)
+    z = (torch.rand(2, 40, 5, generator=generator) < 0.5).double()
+    z[1, :, 3] = z[1, :, 2]
+    y = torch.randn(2, 40, generator=generator, dtype=torch.float64)
+    w = torch.rand(2, 40, generator=generator, dtype=torch.float64)
+    coef, _ = surrogate.weighted_least_squares(z, y, w, fit_intercept=False)
+    for b in range(2):
+        root = w[b].sqrt().unsqueeze(1)
+        expected = torch.linalg.pinv(root * z[b]) @ (root.squeeze(1) * y[b])
+        torch.testing.assert_close(coef[b], expected)
+    assert coef[1, 2].item() == pytest.approx(coef[1, 3].item())  # split evenly: minimum norm
+
+
 @pytest.mark.parametrize("distance_mode", ["cosine", "euclidean"])
 def test_similarity_kernel_against_captum(distance_mode: str) -> None:
     captum_lime = pytest.importorskip("captum.attr._core.lime")
