@@ -199,27 +199,47 @@ def occlusion(
         scores, _ = _perturbation.perturbed_scores(
             model, x, target_t, grid.total + 1, perturb, chunk, first_is_input=True
         )
-    drops = (scores[:, :1] - scores[:, 1:]).view(x.shape[0], *grid.counts)
-    covers, windows_per_element = _coverage(features, window, stride, x.device, dtype)
-    total = drops
+    drops = scores[:, :1] - scores[:, 1:]  # [B, K] over the window grid, row-major
+    spread = _spread(features, window, stride, x.device, dtype)
+    if isinstance(spread, torch.Tensor):
+        return (drops @ spread).view(x.shape).to(inputs.dtype)
+    covers, windows_per_element = spread
+    total = drops.view(x.shape[0], *grid.counts)
     for cover in covers:
         total = torch.tensordot(total, cover, dims=([1], [0]))  # contracts K_d, appends F_d
     return (total / windows_per_element).to(inputs.dtype)
 
 
+_DENSE_SPREAD_ELEMENTS = 1 << 20
+"""Largest windows x elements matrix ``_spread`` builds (4 MiB in float32); larger grids
+contract one dimension at a time."""
+
+
 @functools.lru_cache(maxsize=32)
-def _coverage(
+def _spread(
     features: tuple[int, ...],
     window: tuple[int, ...],
     strides: tuple[int, ...],
     device: torch.device,
     dtype: torch.dtype,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Per dimension which window positions cover each element [K_d, F_d], and how many windows
-    cover each element [*F]; computed once per grid (read-only, never handed to users)."""
+) -> torch.Tensor | tuple[list[torch.Tensor], torch.Tensor]:
+    """How window drops [B, K] become per-element means [B, *F]; computed once per grid
+    (read-only, never handed to users).
+
+    Per dimension, which window positions cover each element (``cover_d`` [K_d, F_d]), and how
+    many windows cover each element [*F]. Small grids get the whole map as one matrix [K, F]
+    (the outer product of the covers over the counts): one matrix product instead of a
+    contraction per dimension.
+    """
     grid = _WindowGrid(features, window, strides)
     covers = [grid.cover(dim, device, dtype) for dim in range(len(features))]
     windows_per_element = torch.ones((), dtype=dtype, device=device)
     for cover in covers:
         windows_per_element = windows_per_element.unsqueeze(-1) * cover.sum(0)
-    return covers, windows_per_element
+    if grid.total * math.prod(features) > _DENSE_SPREAD_ELEMENTS:
+        return covers, windows_per_element
+    dense = torch.ones((), dtype=dtype, device=device)
+    for cover in covers:  # [K_1.., F_1..] -> [K_1.., K_d, F_1.., F_d]
+        k, f = dense.dim() // 2, cover.shape
+        dense = dense.unsqueeze(k).unsqueeze(-1) * cover.view(*([1] * k), f[0], *([1] * k), f[1])
+    return dense.reshape(grid.total, -1) / windows_per_element.reshape(1, -1)

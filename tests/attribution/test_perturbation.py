@@ -8,6 +8,7 @@ import torch
 from conftest import backend_params
 from models import LinearModel, assert_same_state, model_state, small_cnn
 
+import fastxai.attribution.perturbation as perturbation_module
 from fastxai.attribution.perturbation import feature_ablation, occlusion
 
 WINDOWS = [
@@ -35,6 +36,24 @@ def test_occlusion_against_captum(window: tuple[int, ...], strides: object, base
         x, sliding_window_shapes=window, strides=strides, baselines=base, target=target
     )
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("window", "strides"), WINDOWS[:2] + WINDOWS[3:4])
+def test_occlusion_spread_dense_and_per_dimension_agree(
+    window: tuple[int, ...], strides: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Window drops reach the elements through one dense map on small grids and one contraction
+    per dimension on large ones: the same means either way."""
+    model = small_cnn(seed=3).eval()
+    x = torch.randn(2, 1, 9, 9)
+    dense = occlusion(model, x, 1, sliding_window_shapes=window, strides=strides)
+    monkeypatch.setattr(perturbation_module, "_DENSE_SPREAD_ELEMENTS", 0)
+    perturbation_module._spread.cache_clear()
+    try:
+        per_dimension = occlusion(model, x, 1, sliding_window_shapes=window, strides=strides)
+    finally:
+        perturbation_module._spread.cache_clear()
+    torch.testing.assert_close(per_dimension, dense)
 
 
 def test_occlusion_3d_window_against_captum() -> None:
