@@ -44,6 +44,8 @@ def digits_case() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 
 def _implementations() -> list[str]:
     names = [name for name in implementations() if name != "captum"]
+    if DEVICE == "cuda":
+        names.append("fastxai-cuda-graph")  # the auto backend with the step loop captured
     if importlib.util.find_spec("torchattacks") is not None:
         names.append("torchattacks")
     return names
@@ -75,6 +77,8 @@ def test_pgd(benchmark, model_name: str, implementation: str) -> None:
 
         attack = torchattacks.PGD(model, random_start=True, **kwargs)
         function = lambda: attack(x, y)  # noqa: E731
+    elif implementation == "fastxai-cuda-graph":
+        function = lambda: fx.pgd(model, x, y, seed=0, cuda_graph=True, **kwargs)  # noqa: E731
     else:
         backend = implementation.removeprefix("fastxai-")
         function = lambda: fx.pgd(model, x, y, seed=0, backend=backend, **kwargs)  # noqa: E731

@@ -16,6 +16,7 @@ from torch.nn import functional
 from fastxai import _backends, _model, ops
 from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
+from fastxai.attacks import _cuda_graph
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "margin")
@@ -141,6 +142,7 @@ def iterative_attack(
     momentum_decay: float | None = None,
     seed: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Run the attack; see ``fastxai.attacks.pgd`` for the meaning of every argument."""
     model = _model.check_model(model)
@@ -157,6 +159,7 @@ def iterative_attack(
     if backend is not None:
         _backends.check_choice(backend)
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    graphed = _cuda_graph.check_cuda_graph(cuda_graph, x, early_stop)
     batch = x.shape[0]
     label_t = check_labels(labels, batch, x.device)
     if targeted and label_t is None:
@@ -180,13 +183,41 @@ def iterative_attack(
         active = torch.arange(batch * restarts, device=x.device)
         done = torch.zeros(batch, dtype=torch.bool, device=x.device)
         rows = adv.shape[0]
+
+        def gradient(point: torch.Tensor, labels_now: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                logits = forward(point)
+                (grad,) = torch.autograd.grad(objective(logits, labels_now, loss, targeted).sum(), point)
+            return logits, grad
+
+        def with_momentum(grad: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+            """MI-FGSM: ``g <- grad / mean|grad| + decay * g`` for the rows ``active`` (None: all)."""
+            assert momentum is not None and momentum_decay is not None
+            scale = grad.float().abs().flatten(1).mean(dim=1).clamp_min(1e-30)
+            scale = scale.view(-1, *([1] * (x.dim() - 1)))
+            if active is None:
+                momentum.mul_(momentum_decay).add_(grad.float() / scale)
+                return momentum.to(x.dtype)
+            update = grad.float() / scale + momentum_decay * momentum[active]
+            momentum[active] = update
+            return update.to(x.dtype)
+
+        if graphed:
+            fused = _cuda_graph.fused_step(adv, origin, step_size, threat, backend)
+
+            def whole_step(current: torch.Tensor) -> torch.Tensor:
+                point = current.detach().requires_grad_(True)
+                _, grad = gradient(point, row_labels)
+                grad = grad if momentum is None else with_momentum(grad, None)
+                return fused(point.detach(), grad)
+
+            adv = _cuda_graph.replay(whole_step, adv, steps, momentum)
+            steps = 0  # the loop below has nothing left to do
         for _ in range(steps):
             everyone = active.numel() == rows  # no gathers or scatters until early stopping drops rows
             point = (adv if everyone else adv.index_select(0, active)).detach().requires_grad_(True)
             labels_now = row_labels if everyone else row_labels[active]
-            with torch.enable_grad():
-                logits = forward(point)
-                (grad,) = torch.autograd.grad(objective(logits, labels_now, loss, targeted).sum(), point)
+            logits, grad = gradient(point, labels_now)
             if early_stop:
                 fooled = succeeded(logits.detach(), labels_now, targeted)
                 done[active[fooled] % batch] = True
@@ -196,12 +227,8 @@ def iterative_attack(
                     everyone = False
                 if active.numel() == 0:
                     break
-            if momentum is not None and momentum_decay is not None:
-                scale = grad.float().abs().flatten(1).mean(dim=1).clamp_min(1e-30)
-                scale = scale.view(-1, *([1] * (x.dim() - 1)))
-                update = grad.float() / scale + momentum_decay * momentum[active]
-                momentum[active] = update
-                grad = update.to(x.dtype)
+            if momentum is not None:
+                grad = with_momentum(grad, None if everyone else active)
             stepped = ops.pgd_step(
                 point.detach(),
                 grad,

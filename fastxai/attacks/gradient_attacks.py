@@ -28,6 +28,7 @@ def pgd(
     normalize: tuple[object, object] | None = None,
     seed: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): ``steps`` ascent steps on the loss of
     size ``alpha`` (sign of the gradient for ``linf``, gradient / ||gradient||_2 for ``l2``),
@@ -44,6 +45,10 @@ def pgd(
     - ``normalize``: (mean, std) per channel when the model expects normalised inputs; ``eps``,
       ``bounds`` and the returned examples stay in input (pixel) space.
     - ``seed``: makes the random start reproducible.
+    - ``cuda_graph``: on CUDA, record one whole step (forward, backward, fused step) as a CUDA
+      graph and replay it ``steps`` times: no launch or Python cost per operation, which
+      dominates small models on a GPU. The model must be capturable (no host synchronisation,
+      fixed shapes); not with ``early_stop`` (see ``fastxai.attacks._cuda_graph``).
 
     inputs: [B, *F] within ``bounds``; returns adversarial examples [B, *F]. The model is left
     as found: mode, ``requires_grad``, hooks, and no gradients in its parameters.
@@ -67,6 +72,7 @@ def pgd(
         normalize=normalize,
         seed=seed,
         backend=backend,
+        cuda_graph=cuda_graph,
     )
 
 
@@ -129,6 +135,7 @@ def bim(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Basic iterative method / I-FGSM (Kurakin et al. 2017): L-inf PGD from the input itself.
 
@@ -147,6 +154,7 @@ def bim(
         bounds=bounds,
         normalize=normalize,
         backend=backend,
+        cuda_graph=cuda_graph,
     )
 
 
@@ -165,6 +173,7 @@ def mifgsm(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Momentum iterative FGSM (Dong et al. 2018): ``g <- grad / mean|grad| + decay * g``, then an
     L-inf step along ``sign(g)``, projected and clamped.
@@ -185,4 +194,5 @@ def mifgsm(
         normalize=normalize,
         momentum_decay=decay,
         backend=backend,
+        cuda_graph=cuda_graph,
     )
