@@ -72,6 +72,13 @@ inline std::vector<int64_t> prepend(int64_t leading, at::IntArrayRef shape) {
   return sizes;
 }
 
+// The shape of the perturbation ops' output: [batch, copies, *features], or [copies, batch, *features]
+// when copy_major.
+inline std::vector<int64_t> copies_shape(int64_t batch, int64_t copies, at::IntArrayRef features,
+                                         bool copy_major) {
+  return copy_major ? prepend(copies, prepend(batch, features)) : prepend(batch, prepend(copies, features));
+}
+
 // ---- per-op validation: returns the sizes the kernels need -----------------------------------
 
 struct GaussianArgs {

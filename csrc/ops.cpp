@@ -87,7 +87,7 @@ at::Tensor lrp_product_cpu(const at::Tensor& activation, const at::Tensor& c, co
 }
 
 at::Tensor masked_blend_cpu(const at::Tensor& inputs, const at::Tensor& baselines, const at::Tensor& feature_mask,
-                            const at::Tensor& keep) {
+                            const at::Tensor& keep, bool copy_major) {
   const auto args = checks::check_masked_blend(inputs, baselines, feature_mask, keep, kCPU);
   if (feature_mask.numel() > 0) {  // the kernel indexes keep with these ids
     const auto [low, high] = at::aminmax(feature_mask);
@@ -96,23 +96,23 @@ at::Tensor masked_blend_cpu(const at::Tensor& inputs, const at::Tensor& baseline
     TORCH_CHECK_VALUE(lowest >= 0 && highest < args.groups, "fastxai: feature_mask values must be group ids in [0, ",
                       args.groups, "), got values in [", lowest, ", ", highest, "]");
   }
-  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(args.perturbations, inputs.sizes().slice(1))),
-                             inputs.options());
+  at::Tensor out = at::empty(
+      checks::copies_shape(args.batch, args.perturbations, inputs.sizes().slice(1), copy_major), inputs.options());
   cpu::masked_blend(args.dtype, inputs.const_data_ptr(), baselines.const_data_ptr(),
                     feature_mask.const_data_ptr<int64_t>(), args.per_input, keep.const_data_ptr<float>(),
-                    out.mutable_data_ptr(), args.batch, args.perturbations, args.groups, args.features);
+                    out.mutable_data_ptr(), args.batch, args.perturbations, args.groups, args.features, copy_major);
   return out;
 }
 
 at::Tensor occlude_cpu(const at::Tensor& inputs, const at::Tensor& baselines, at::IntArrayRef window,
-                       at::IntArrayRef strides, int64_t start, int64_t count) {
+                       at::IntArrayRef strides, int64_t start, int64_t count, bool copy_major) {
   const auto args = checks::check_occlude(inputs, baselines, window, strides, start, count, kCPU);
-  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(count, inputs.sizes().slice(1))),
-                             inputs.options());
+  at::Tensor out =
+      at::empty(checks::copies_shape(args.batch, count, inputs.sizes().slice(1), copy_major), inputs.options());
   const at::IntArrayRef sizes = inputs.sizes().slice(1);
   cpu::occlude(inputs.element_size(), inputs.const_data_ptr(), baselines.const_data_ptr(), out.mutable_data_ptr(),
                args.batch, sizes.data(), window.data(), strides.data(), static_cast<int64_t>(sizes.size()), start,
-               count);
+               count, copy_major);
   return out;
 }
 
@@ -133,8 +133,12 @@ TORCH_LIBRARY(fastxai, m) {
   m.def("weighted_path_accumulate(Tensor grads, Tensor weights, Tensor(a!) acc) -> ()");
   m.def("lrp_divide(Tensor relevance, Tensor z, float eps) -> Tensor");
   m.def("lrp_product(Tensor activation, Tensor c, Tensor? c_neg, float alpha, float beta) -> Tensor");
-  m.def("masked_blend(Tensor inputs, Tensor baselines, Tensor feature_mask, Tensor keep) -> Tensor");
-  m.def("occlude(Tensor inputs, Tensor baselines, int[] window, int[] strides, int start, int count) -> Tensor");
+  m.def(
+      "masked_blend(Tensor inputs, Tensor baselines, Tensor feature_mask, Tensor keep, bool copy_major=False) "
+      "-> Tensor");
+  m.def(
+      "occlude(Tensor inputs, Tensor baselines, int[] window, int[] strides, int start, int count, "
+      "bool copy_major=False) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastxai, CPU, m) {

@@ -154,10 +154,16 @@ def lrp_product(
 
 
 def masked_blend(
-    inputs: torch.Tensor, baselines: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    feature_mask: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    copy_major: bool = False,
 ) -> torch.Tensor:
-    """``baselines[b] + keep[b, p, mask] * (inputs[b] - baselines[b])``: [B, P, *F]; keep float32."""
-    out: torch.Tensor = _ops().masked_blend(inputs, baselines, feature_mask, keep)
+    """``baselines[b] + keep[b, p, mask] * (inputs[b] - baselines[b])``: [B, P, *F] ([P, B, *F] with
+    ``copy_major``); keep float32."""
+    out: torch.Tensor = _ops().masked_blend(inputs, baselines, feature_mask, keep, copy_major)
     return out
 
 
@@ -168,9 +174,12 @@ def occlude(
     strides: list[int],
     start: int,
     count: int,
+    *,
+    copy_major: bool = False,
 ) -> torch.Tensor:
-    """[B, *F] -> [B, count, *F]: copy ``p`` has window ``start + p`` taken from baselines."""
-    out: torch.Tensor = _ops().occlude(inputs, baselines, window, strides, start, count)
+    """[B, *F] -> [B, count, *F] ([count, B, *F] with ``copy_major``): copy ``p`` has window
+    ``start + p`` taken from baselines."""
+    out: torch.Tensor = _ops().occlude(inputs, baselines, window, strides, start, count, copy_major)
     return out
 
 
@@ -238,9 +247,14 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastxai::masked_blend")
     def _masked_blend_fake(
-        inputs: torch.Tensor, baselines: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor
+        inputs: torch.Tensor,
+        baselines: torch.Tensor,
+        feature_mask: torch.Tensor,
+        keep: torch.Tensor,
+        copy_major: bool = False,
     ) -> torch.Tensor:
-        return inputs.new_empty((inputs.shape[0], keep.shape[1], *inputs.shape[1:]))
+        copies = (keep.shape[1], inputs.shape[0]) if copy_major else (inputs.shape[0], keep.shape[1])
+        return inputs.new_empty((*copies, *inputs.shape[1:]))
 
     @torch.library.register_fake("fastxai::occlude")
     def _occlude_fake(
@@ -250,8 +264,10 @@ def _register_fakes() -> None:
         strides: list[int],
         start: int,
         count: int,
+        copy_major: bool = False,
     ) -> torch.Tensor:
-        return inputs.new_empty((inputs.shape[0], count, *inputs.shape[1:]))
+        copies = (count, inputs.shape[0]) if copy_major else (inputs.shape[0], count)
+        return inputs.new_empty((*copies, *inputs.shape[1:]))
 
 
 # torch imports this module when it needs the fake implementations of ops that fastxai._C

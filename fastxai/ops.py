@@ -34,9 +34,9 @@ def _implementation(backend: str) -> ModuleType:
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _dispatch(op: str, backend: str | None, anchor: torch.Tensor, *args: Any) -> Any:
+def _dispatch(op: str, backend: str | None, anchor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     name = _backends.resolve(backend, anchor.device, anchor.dtype)
-    return getattr(_implementation(name), op)(*args)
+    return getattr(_implementation(name), op)(*args, **kwargs)
 
 
 def _unchecked(op: str, backend: str | None, anchor: torch.Tensor) -> Callable[..., Any]:
@@ -46,6 +46,8 @@ def _unchecked(op: str, backend: str | None, anchor: torch.Tensor) -> Callable[.
     No checks and no conversions: only for a caller that calls the public op once per call (all
     checks) and then, per chunk, passes arguments built exactly alike (contiguous, same dtypes
     and devices, shapes differing only by construction) in the form the public op hands on.
+    Options the public op hands on as keywords (``copy_major`` of ``masked_blend`` and
+    ``occlude``) are keywords of the implementation too: pass them by name.
     """
     name = _backends.resolve(backend, anchor.device, anchor.dtype)
     implementation: Callable[..., Any] = getattr(_implementation(name), op)
@@ -76,6 +78,12 @@ def _check_accumulator(name: str, acc: object, shape: torch.Size, values: torch.
     if not acc.is_contiguous():
         raise ValueError(f"{name} must be contiguous: it is updated in place")
     return acc
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
@@ -347,13 +355,17 @@ def masked_blend(
     feature_mask: torch.Tensor,
     keep: torch.Tensor,
     *,
+    copy_major: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Perturbed copies ``baselines[b] + keep[b, p, mask[i]] * (inputs[b] - baselines[b])`` -> [B, P, *F].
 
     inputs, baselines: [B, *F], same dtype; feature_mask: int64 group ids in [0, M), shape [*F]
     (shared) or [B, *F]; keep: [B, P, M] floating (1 keeps the input, 0 takes the baseline),
-    used as float32 (float64 for float64 inputs). See ``fastxai.reference.perturbation.masked_blend``.
+    used as float32 (float64 for float64 inputs). ``copy_major=True`` returns the same copies as
+    [P, B, *F] (copy ``p`` of every input consecutive, what a model batch of whole copies of the
+    batch wants), written in that layout: equal to ``masked_blend(...).transpose(0, 1).contiguous()``.
+    See ``fastxai.reference.perturbation.masked_blend``.
 
     >>> perturbed = fastxai.ops.masked_blend(x, torch.zeros_like(x), mask, keep)  # [B, P, *F]
     """
@@ -380,6 +392,7 @@ def masked_blend(
         )
     if keep.device != inputs.device:
         raise ValueError(f"keep is on {keep.device}, inputs on {inputs.device}")
+    _check_bool("copy_major", copy_major)
     groups = keep.shape[2]
     if feature_mask.numel() > 0:
         low, high = (int(v) for v in torch.aminmax(feature_mask))
@@ -397,6 +410,7 @@ def masked_blend(
         baselines.contiguous(),
         feature_mask.contiguous(),
         keep,
+        copy_major=copy_major,
     )
 
 
@@ -448,6 +462,7 @@ def occlude(
     start: int,
     count: int,
     *,
+    copy_major: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Occlusion: [B, *F] -> [B, count, *F]; copy ``p`` takes window ``start + p`` from baselines.
@@ -456,8 +471,10 @@ def occlude(
     strides[d]``, numbered row-major; ``occlusion_window_count`` gives their number W, and
     ``0 <= start <= start + count <= W``. This is Captum's ``Occlusion`` grid when every
     ``F_d - window[d]`` is a multiple of ``strides[d]``; otherwise Captum adds one clipped window
-    at the edge, which ``fastxai.occlusion`` builds with ``masked_blend`` instead. See
-    ``fastxai.reference.perturbation.occlude``.
+    at the edge, which ``fastxai.occlusion`` builds with ``masked_blend`` instead.
+    ``copy_major=True`` returns the same copies as [count, B, *F] (copy ``p`` of every input
+    consecutive), written in that layout: equal to ``occlude(...).transpose(0, 1).contiguous()``.
+    See ``fastxai.reference.perturbation.occlude``.
 
     >>> copies = fastxai.ops.occlude(x, torch.zeros_like(x), (1, 4, 4), (1, 4, 4), 0, 8)
     """
@@ -471,6 +488,7 @@ def occlude(
     total = math.prod(counts)
     _check_int("start", start, 0, total + 1)
     _check_int("count", count, 0, total - start + 1)
+    _check_bool("copy_major", copy_major)
     return _dispatch(
         "occlude",
         backend,
@@ -481,6 +499,7 @@ def occlude(
         list(strides_t),
         start,
         count,
+        copy_major=copy_major,
     )
 
 

@@ -1,9 +1,10 @@
 """Triton ``occlude``: copies of the inputs with one sliding window each taken from the baselines.
 
 inputs, baselines: contiguous [B, *F] (float32/float16/bfloat16); window, strides: one entry per
-feature dimension; returns [B, count, *F] where copy ``p`` has window ``start + p`` (row-major
-over the window positions) from baselines, as ``fastxai.reference.occlude``. Elements are
-selected, never computed, so the result is exact.
+feature dimension; returns [B, count, *F] ([count, B, *F] with ``copy_major``: only the output
+offsets differ) where copy ``p`` has window ``start + p`` (row-major over the window positions)
+from baselines, as ``fastxai.reference.occlude``. Elements are selected, never computed, so the
+result is exact.
 
 The kernel handles up to four feature dimensions. Before launching, dimensions are simplified
 without changing the result: size-1 dimensions are dropped, and a dimension that every window
@@ -36,6 +37,8 @@ def _occlude_kernel(
     inputs_ptr,
     baselines_ptr,
     out_ptr,
+    out_batch_stride,  # elements of out between inputs b and b + 1
+    out_copy_stride,  # elements of out between copies p and p + 1 of one input
     features,  # prod(F)
     count,
     start,
@@ -70,10 +73,10 @@ def _occlude_kernel(
     rest = rest // size2
     coord1 = rest % size1
     coord0 = rest // size1
-    p_begin = tl.program_id(1) * windows_per_program
+    p_begin = tl.program_id(1).to(tl.int64) * windows_per_program
     p_end = tl.minimum(p_begin + windows_per_program, count)
     for p in range(p_begin, p_end):
-        number = (start + p).to(tl.int64)
+        number = start + p
         k3 = number % positions3
         number = number // positions3
         k2 = number % positions2
@@ -83,7 +86,7 @@ def _occlude_kernel(
         inside = _inside(coord0, k0, stride0, window0) & _inside(coord1, k1, stride1, window1)
         inside = inside & _inside(coord2, k2, stride2, window2) & _inside(coord3, k3, stride3, window3)
         result = tl.where(inside, replacement, values)
-        tl.store(out_ptr + (row * count + p) * features + cols, result, mask=valid)
+        tl.store(out_ptr + row * out_batch_stride + p * out_copy_stride + cols, result, mask=valid)
 
 
 def simplify_geometry(
@@ -111,10 +114,14 @@ def occlude(
     strides: list[int],
     start: int,
     count: int,
+    *,
+    copy_major: bool = False,
 ) -> torch.Tensor:
-    """[B, *F] -> [B, count, *F]: copy ``p`` has window ``start + p`` taken from baselines."""
+    """[B, *F] -> [B, count, *F] ([count, B, *F] with ``copy_major``): copy ``p`` has window
+    ``start + p`` taken from baselines."""
     batch = inputs.shape[0]
-    out = torch.empty((batch, count, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device)
+    copies = (count, batch) if copy_major else (batch, count)
+    out = torch.empty((*copies, *inputs.shape[1:]), dtype=inputs.dtype, device=inputs.device)
     if out.numel() == 0:
         return out
     features = out.numel() // (batch * count)
@@ -140,6 +147,8 @@ def occlude(
             inputs,
             baselines,
             out,
+            features if copy_major else count * features,
+            batch * features if copy_major else features,
             features,
             count,
             start,

@@ -156,6 +156,7 @@ def test_model_output_must_be_logits() -> None:
 _X = torch.ones(2, 3, 4)
 _MASK = torch.zeros(3, 4, dtype=torch.long)
 _KEEP = torch.ones(2, 5, 1)
+_NOT_BOOL = "copy_major must be a bool"
 
 BAD_OPS = [
     (lambda: fx.ops.lrp_divide(_X.numpy(), _X, 0.1), TypeError, "relevance must be a torch.Tensor"),
@@ -182,6 +183,10 @@ BAD_OPS = [
     (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 2, 5), ValueError, r"count must be in \[0, 5\)"),
     (lambda: fx.ops.occlude(_X, _X, 2, (1, 1), 0, 1), TypeError, "window must be a tuple"),
     (lambda: fx.ops.occlude(_X[:, 0, 0], _X[:, 0, 0], (), (), 0, 1), ValueError, "at least one feature dim"),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK, _KEEP, copy_major=1), TypeError, _NOT_BOOL),
+    (lambda: fx.ops.masked_blend(_X, _X, _MASK, _KEEP, copy_major=None), TypeError, _NOT_BOOL),
+    (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 0, 1, copy_major="yes"), TypeError, _NOT_BOOL),
+    (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 0, 1, copy_major=_X.bool()), TypeError, _NOT_BOOL),
     (lambda: fx.ops.occlusion_window_count((3, 4), (4, 1), (1, 1)), ValueError, "window .* is larger"),
 ]
 

@@ -282,13 +282,34 @@ def _mask(shape: tuple[int, ...], groups: int, device: str, seed: int) -> torch.
     return torch.randint(0, groups, shape, generator=generator).to(device)
 
 
+def _rounds_like_reference(backend: str, device: str, dtype: torch.dtype) -> bool:
+    """Whether this backend rounds float32 results to ``dtype`` as torch does (to nearest even).
+
+    The Triton interpreter (Triton on a CPU) rounds float32 to bfloat16 toward zero, so a computed
+    (not copied) bfloat16 element may be one unit in the last place away from the reference's.
+    """
+    return not (backend == "triton" and device == "cpu" and dtype == torch.bfloat16)
+
+
+def _copy_major(input_major: torch.Tensor) -> torch.Tensor:
+    """[B, P, *F] -> [P, B, *F], contiguous: what ``copy_major=True`` must return."""
+    return input_major.transpose(0, 1).contiguous()
+
+
 @pytest.mark.parametrize(("backend", "device"), BACKENDS)
 @pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
 @pytest.mark.parametrize("shape_id", list(SHAPES))
 @pytest.mark.parametrize("mask_kind", ["shared", "per_input"])
 @pytest.mark.parametrize("keep_kind", ["binary", "fractional"])
+@pytest.mark.parametrize("copy_major", [False, True], ids=["input_major", "copy_major"])
 def test_masked_blend(
-    backend: str, device: str, dtype: torch.dtype, shape_id: str, mask_kind: str, keep_kind: str
+    backend: str,
+    device: str,
+    dtype: torch.dtype,
+    shape_id: str,
+    mask_kind: str,
+    keep_kind: str,
+    copy_major: bool,
 ) -> None:
     inputs = _layout(_inputs(shape_id, dtype, device, 1), "transposed")
     baselines = _inputs(shape_id, dtype, device, 2)
@@ -299,14 +320,23 @@ def test_masked_blend(
     keep = torch.rand(batch, perturbations, groups, generator=generator)
     keep = (keep > 0.5).float() if keep_kind == "binary" else keep
     keep = keep.to(device)
-    got = ops.masked_blend(inputs, baselines, mask, keep, backend=backend)
+    got = ops.masked_blend(inputs, baselines, mask, keep, copy_major=copy_major, backend=backend)
     want = reference.masked_blend(inputs.contiguous(), baselines, mask, keep)
+    if copy_major:  # the same copies, written [P, B, *F]
+        assert got.shape == (perturbations, batch, *inputs.shape[1:]) and got.is_contiguous()
+        input_major = ops.masked_blend(inputs, baselines, mask, keep, backend=backend)
+        assert torch.equal(got, _copy_major(input_major))
+        if keep_kind == "binary" or _rounds_like_reference(backend, device, dtype):
+            assert torch.equal(got, _copy_major(want))
+        got = got.transpose(0, 1)
     assert got.shape == (batch, perturbations, *inputs.shape[1:]) and got.dtype == dtype
     oracle = reference.masked_blend(inputs.double(), baselines.double(), mask, keep.double())
     _assert_as_accurate(got, want, oracle, dtype)
     # keep = 0 takes the baseline exactly (baseline + 0 * step).
-    dropped = ops.masked_blend(inputs, baselines, mask, torch.zeros_like(keep), backend=backend)
-    assert torch.equal(dropped, baselines.unsqueeze(1).expand_as(dropped))
+    dropped = ops.masked_blend(
+        inputs, baselines, mask, torch.zeros_like(keep), copy_major=copy_major, backend=backend
+    )
+    assert torch.equal(dropped, baselines.unsqueeze(0 if copy_major else 1).expand_as(dropped))
 
 
 def test_masked_blend_closed_form() -> None:
@@ -315,11 +345,15 @@ def test_masked_blend_closed_form() -> None:
     mask = torch.tensor([0, 0, 1])
     keep = torch.tensor([[[1.0, 0.0], [0.5, 1.0]], [[0.0, 1.0], [1.0, 0.25]]])
     expected = torch.tensor([[[1.0, 2.0, 0.0], [0.5, 1.0, 3.0]], [[10.0, 10.0, 6.0], [4.0, 5.0, 9.0]]])
+    # copy-major: copy p of every input together
+    expected_copy_major = torch.tensor(
+        [[[1.0, 2.0, 0.0], [10.0, 10.0, 6.0]], [[0.5, 1.0, 3.0], [4.0, 5.0, 9.0]]]
+    )
     for backend, device in [("reference", "cpu"), *kernel_backends()]:
-        got = ops.masked_blend(
-            inputs.to(device), baselines.to(device), mask.to(device), keep.to(device), backend=backend
-        )
-        torch.testing.assert_close(got.cpu(), expected)
+        args = (inputs.to(device), baselines.to(device), mask.to(device), keep.to(device))
+        torch.testing.assert_close(ops.masked_blend(*args, backend=backend).cpu(), expected)
+        got = ops.masked_blend(*args, copy_major=True, backend=backend)
+        torch.testing.assert_close(got.cpu(), expected_copy_major)
 
 
 OCCLUSIONS = [  # (window, strides) for the feature shape of each SHAPES entry, by number of dimensions
@@ -334,24 +368,32 @@ OCCLUSIONS = [  # (window, strides) for the feature shape of each SHAPES entry, 
 # "image" is left out: hundreds of interpreted Triton programs; the 3-d geometries run on "odd".
 @pytest.mark.parametrize("shape_id", [name for name in SHAPES if name != "image"])
 @pytest.mark.parametrize("geometry", range(len(OCCLUSIONS)))
-def test_occlude(backend: str, device: str, dtype: torch.dtype, shape_id: str, geometry: int) -> None:
+@pytest.mark.parametrize("copy_major", [False, True], ids=["input_major", "copy_major"])
+def test_occlude(
+    backend: str, device: str, dtype: torch.dtype, shape_id: str, geometry: int, copy_major: bool
+) -> None:
     inputs = _layout(_inputs(shape_id, dtype, device, 1), "channels_last")
     baselines = _inputs(shape_id, dtype, device, 2)
     window, strides = OCCLUSIONS[geometry][inputs.dim() - 1]
     if any(w > size for w, size in zip(window, inputs.shape[1:], strict=True)):
         pytest.skip("window larger than this shape")
     total = ops.occlusion_window_count(tuple(inputs.shape[1:]), window, strides)
-    full = ops.occlude(inputs, baselines, window, strides, 0, total, backend=backend)
+    full = ops.occlude(inputs, baselines, window, strides, 0, total, copy_major=copy_major, backend=backend)
     want = reference.occlude(inputs.contiguous(), baselines, window, strides, 0, total)
-    assert full.shape == (inputs.shape[0], total, *inputs.shape[1:]) and full.dtype == dtype
-    assert torch.equal(full, want)  # elements are copied: exact
+    if copy_major:  # the same copies, written [W, B, *F]
+        assert full.shape == (total, inputs.shape[0], *inputs.shape[1:]) and full.is_contiguous()
+        assert torch.equal(full, _copy_major(want))  # elements are copied: exact
+    assert full.dtype == dtype
     # Windows in chunks are the same windows.
     split = total // 2
     parts = [
-        ops.occlude(inputs, baselines, window, strides, s, c, backend=backend)
+        ops.occlude(inputs, baselines, window, strides, s, c, copy_major=copy_major, backend=backend)
         for s, c in ((0, split), (split, total - split))
     ]
-    assert torch.equal(torch.cat(parts, dim=1), full)
+    assert torch.equal(torch.cat(parts, dim=0 if copy_major else 1), full)
+    full = full.transpose(0, 1) if copy_major else full
+    assert full.shape == (inputs.shape[0], total, *inputs.shape[1:])
+    assert torch.equal(full, want)
     # Every perturbation takes exactly one window's worth of elements from the baselines.
     taken = (full != inputs.unsqueeze(1)) & (full == baselines.unsqueeze(1))
     assert (taken.flatten(2).sum(-1) <= torch.tensor(window).prod()).all()
@@ -370,6 +412,12 @@ def test_occlude_closed_form() -> None:
     for backend, device in [("reference", "cpu"), *kernel_backends()]:
         got = ops.occlude(inputs.to(device), baselines.to(device), (2, 2), (1, 2), 1, 3, backend=backend)
         assert torch.equal(got.cpu(), expected[:, 1:4])
+        two = torch.cat([inputs, inputs + 100]).to(device)  # B = 2: copy-major interleaves the inputs
+        got = ops.occlude(two, torch.zeros_like(two), (2, 2), (1, 2), 1, 3, copy_major=True, backend=backend)
+        expected_two = torch.stack(
+            [expected[0, 1:4], torch.where(expected[0, 1:4] == 0, 0, expected[0, 1:4] + 100)]
+        )
+        assert torch.equal(got.cpu(), expected_two.transpose(0, 1))
 
 
 def test_occlude_matches_captum_occlusion() -> None:
@@ -406,6 +454,7 @@ def test_occlude_matches_captum_occlusion() -> None:
     eps=st.floats(0.0, 2.0),
     alpha=st.floats(-3.0, 3.0),
     beta=st.floats(-3.0, 3.0),
+    copy_major=st.booleans(),
     data=st.data(),
 )
 def test_hypothesis_attribution_ops(
@@ -418,6 +467,7 @@ def test_hypothesis_attribution_ops(
     eps: float,
     alpha: float,
     beta: float,
+    copy_major: bool,
     data: st.DataObject,
 ) -> None:
     generator = torch.Generator().manual_seed(len(features) * 1000 + perturbations)
@@ -436,18 +486,76 @@ def test_hypothesis_attribution_ops(
     )
     mask = _mask(tuple(features), groups, device, perturbations)
     keep = torch.rand(batch, perturbations, groups, generator=generator).to(device)
-    torch.testing.assert_close(
-        ops.masked_blend(x, y, mask, keep, backend=backend),
-        reference.masked_blend(x, y, mask, keep),
-        rtol=1e-6,
-        atol=1e-6,
-    )
+    blended = ops.masked_blend(x, y, mask, keep, copy_major=copy_major, backend=backend)
+    want = reference.masked_blend(x, y, mask, keep)
+    torch.testing.assert_close(blended, _copy_major(want) if copy_major else want, rtol=1e-6, atol=1e-6)
     window = tuple(data.draw(st.integers(1, size)) for size in features)
     strides = tuple(data.draw(st.integers(1, 4)) for _ in features)
     total = ops.occlusion_window_count(tuple(features), window, strides)
     start = data.draw(st.integers(0, total))
     count = data.draw(st.integers(0, total - start))
+    occluded = ops.occlude(x, y, window, strides, start, count, copy_major=copy_major, backend=backend)
+    want = reference.occlude(x, y, window, strides, start, count)
+    assert torch.equal(occluded, _copy_major(want) if copy_major else want)
+
+
+EDGE_SIZES = {  # (batch, perturbations): one input, one copy, both, no copies
+    "B1": (1, 5),
+    "P1": (4, 1),
+    "B1P1": (1, 1),
+    "P0": (3, 0),
+}
+
+
+@pytest.mark.parametrize(("backend", "device"), backend_params(include_reference=True))
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("sizes", list(EDGE_SIZES))
+def test_copy_major_edge_sizes(backend: str, device: str, dtype: torch.dtype, sizes: str) -> None:
+    """copy_major=True is the reference's input-major result transposed, bit for bit, at the edges:
+    one input, one copy, no copies; per-input and shared masks; a window sub-range."""
+    batch, perturbations = EDGE_SIZES[sizes]
+    generator = torch.Generator().manual_seed(batch * 10 + perturbations)
+    inputs = torch.randn(batch, 2, 3, 5, generator=generator).to(device=device, dtype=dtype)
+    baselines = torch.randn(batch, 2, 3, 5, generator=generator).to(device=device, dtype=dtype)
+    keep = torch.rand(batch, perturbations, 4, generator=generator).to(device)
+    for mask in (_mask((2, 3, 5), 4, device, 1), _mask((batch, 2, 3, 5), 4, device, 2)):
+        got = ops.masked_blend(inputs, baselines, mask, keep, copy_major=True, backend=backend)
+        assert got.shape == (perturbations, batch, 2, 3, 5) and got.is_contiguous()
+        want = _copy_major(reference.masked_blend(inputs, baselines, mask, keep))
+        if _rounds_like_reference(backend, device, dtype):
+            assert torch.equal(got, want)
+        else:
+            assert torch.equal(
+                got, _copy_major(ops.masked_blend(inputs, baselines, mask, keep, backend=backend))
+            )
+            torch.testing.assert_close(got, want, **DTYPES[dtype])
+    window, strides = (1, 2, 3), (1, 1, 2)  # 2 * 2 * 2 = 8 windows
+    for start in (0, 3):
+        count = min(perturbations, 8 - start)
+        got = ops.occlude(inputs, baselines, window, strides, start, count, copy_major=True, backend=backend)
+        assert got.shape == (count, batch, 2, 3, 5) and got.is_contiguous()
+        assert torch.equal(
+            got, _copy_major(reference.occlude(inputs, baselines, window, strides, start, count))
+        )
+
+
+@pytest.mark.parametrize(("backend", "device"), backend_params(include_reference=True))
+def test_unchecked_fast_path_passes_copy_major(backend: str, device: str) -> None:
+    """The implementation ``ops._unchecked`` resolves takes copy_major by name, as the public op passes it."""
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(3, 4, 6, generator=generator).to(device)
+    baselines = torch.zeros_like(inputs)
+    mask = _mask((3, 4, 6), 5, device, 6)
+    keep = torch.rand(3, 2, 5, generator=generator).to(device)
+    blend = ops._unchecked("masked_blend", backend, inputs)
+    for copy_major in (False, True):
+        assert torch.equal(
+            blend(inputs, baselines, mask, keep, copy_major=copy_major),
+            ops.masked_blend(inputs, baselines, mask, keep, copy_major=copy_major, backend=backend),
+        )
+    occlude = ops._unchecked("occlude", backend, inputs)
+    got = occlude(inputs, baselines, [2, 3], [2, 3], 1, 2, copy_major=True)
+    assert got.shape == (2, 3, 4, 6)
     assert torch.equal(
-        ops.occlude(x, y, window, strides, start, count, backend=backend),
-        reference.occlude(x, y, window, strides, start, count),
+        got, ops.occlude(inputs, baselines, (2, 3), (2, 3), 1, 2, copy_major=True, backend=backend)
     )

@@ -158,11 +158,13 @@ void lrp_product_driver(const AttributionKernels<S>& kernels, const S* activatio
 template <typename S>
 void masked_blend_driver(const AttributionKernels<S>& kernels, const S* inputs, const S* baselines,
                          const int64_t* mask, bool per_input, const float* keep, S* out, int64_t batch,
-                         int64_t perturbations, int64_t groups, int64_t features) {
+                         int64_t perturbations, int64_t groups, int64_t features, bool copy_major) {
   if (batch == 0 || perturbations == 0 || features == 0) return;
   const int64_t chunks = (features + kBlock - 1) / kBlock;
   const int64_t runs = (perturbations + kPerturbationsPerTask - 1) / kPerturbationsPerTask;
-  const int64_t stride = features;  // between perturbations of one input in out
+  // Elements of out between inputs b and b + 1, and between perturbations p and p + 1 of one input.
+  const int64_t row_stride = copy_major ? features : perturbations * features;
+  const int64_t stride = copy_major ? batch * features : features;
   const int64_t grain = grain_for(2 * kPerturbationsPerTask * std::min(features, kBlock));
   at::parallel_for(0, batch * runs * chunks, grain, [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
@@ -174,7 +176,7 @@ void masked_blend_driver(const AttributionKernels<S>& kernels, const S* inputs, 
       const int64_t n = std::min(kPerturbationsPerTask, perturbations - p0);
       kernels.masked_blend(inputs + b * features + begin, baselines + b * features + begin,
                            mask + (per_input ? b * features : 0) + begin, keep + (b * perturbations + p0) * groups,
-                           out + (b * perturbations + p0) * features + begin, n, groups, stride,
+                           out + b * row_stride + p0 * stride + begin, n, groups, stride,
                            std::min(kBlock, features - begin));
     }
   });
@@ -207,20 +209,22 @@ void lrp_product(Dtype dtype, const void* activation, const void* c, const void*
 
 void masked_blend(Dtype dtype, const void* inputs, const void* baselines, const int64_t* mask, bool per_input,
                   const float* keep, void* out, int64_t batch, int64_t perturbations, int64_t groups,
-                  int64_t features) {
+                  int64_t features, bool copy_major) {
   if (dtype == Dtype::kFloat32) {
     masked_blend_driver(kFloat32Kernels, static_cast<const float*>(inputs), static_cast<const float*>(baselines),
-                        mask, per_input, keep, static_cast<float*>(out), batch, perturbations, groups, features);
+                        mask, per_input, keep, static_cast<float*>(out), batch, perturbations, groups, features,
+                        copy_major);
   } else {
     masked_blend_driver(dtype == Dtype::kFloat16 ? kFloat16Kernels : kBFloat16Kernels,
                         static_cast<const uint16_t*>(inputs), static_cast<const uint16_t*>(baselines), mask,
-                        per_input, keep, static_cast<uint16_t*>(out), batch, perturbations, groups, features);
+                        per_input, keep, static_cast<uint16_t*>(out), batch, perturbations, groups, features,
+                        copy_major);
   }
 }
 
 void occlude(int64_t element_size, const void* inputs, const void* baselines, void* out, int64_t batch,
              const int64_t* sizes, const int64_t* window, const int64_t* strides, int64_t ndim, int64_t start,
-             int64_t count) {
+             int64_t count, bool copy_major) {
   int64_t features = 1;
   for (int64_t d = 0; d < ndim; ++d) features *= sizes[d];
   if (batch == 0 || count == 0 || features == 0) return;
@@ -244,7 +248,7 @@ void occlude(int64_t element_size, const void* inputs, const void* baselines, vo
     for (int64_t task = first; task < last; ++task) {
       const int64_t b = task / count;
       const int64_t p = task % count;
-      char* dst = out_bytes + task * row_bytes;
+      char* dst = out_bytes + (copy_major ? p * batch + b : task) * row_bytes;
       const char* src = in_bytes + b * row_bytes;
       const char* replacement = base_bytes + b * row_bytes;
       std::memcpy(dst, src, static_cast<size_t>(row_bytes));

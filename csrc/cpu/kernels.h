@@ -64,18 +64,19 @@ void lrp_product(Dtype dtype, const void* activation, const void* c, const void*
 // out[b, p, i] = baselines[b, i] + keep[b, p, mask[m, i]] * (inputs[b, i] - baselines[b, i]),
 // m = b for a per-input mask (per_input), else 0. inputs, baselines: [batch, features]; mask:
 // [batch or 1, features] with values in [0, groups); keep: [batch, perturbations, groups];
-// out: [batch, perturbations, features].
+// out: [batch, perturbations, features], or [perturbations, batch, features] (out[p, b]) when copy_major.
 void masked_blend(Dtype dtype, const void* inputs, const void* baselines, const int64_t* mask, bool per_input,
                   const float* keep, void* out, int64_t batch, int64_t perturbations, int64_t groups,
-                  int64_t features);
+                  int64_t features, bool copy_major);
 
 // out[b, p] = inputs[b] with window start + p taken from baselines[b]. Feature shape sizes[ndim];
 // along dimension d windows start at k * strides[d], k < positions[d] = (sizes[d] - window[d]) /
 // strides[d] + 1, numbered row-major. inputs, baselines: [batch, prod(sizes)]; out: [batch,
-// count, prod(sizes)]. Elements are copied (element_size bytes each), never computed.
+// count, prod(sizes)], or [count, batch, prod(sizes)] (out[p, b]) when copy_major. Elements are
+// copied (element_size bytes each), never computed.
 void occlude(int64_t element_size, const void* inputs, const void* baselines, void* out, int64_t batch,
              const int64_t* sizes, const int64_t* window, const int64_t* strides, int64_t ndim, int64_t start,
-             int64_t count);
+             int64_t count, bool copy_major);
 
 }  // namespace cpu
 }  // namespace fastxai

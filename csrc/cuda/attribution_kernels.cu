@@ -55,13 +55,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Item = (b, run of perturbations, feature i): idx = (b * runs + run) * features + i.
+// Item = (b, run of perturbations, feature i): idx = (b * runs + run) * features + i. out[b, p, i] is at
+// b * out_batch_stride + p * out_copy_stride + i (input-major or copy-major, see masked_blend_typed).
 template <typename T, typename Index>
 __global__ void __launch_bounds__(kThreads)
     masked_blend_kernel(const T* __restrict__ inputs, const T* __restrict__ baselines,
                         const int64_t* __restrict__ mask, Index mask_batch_stride, const float* __restrict__ keep,
-                        T* __restrict__ out, Index perturbations, Index runs, Index groups, Index features,
-                        Index items) {
+                        T* __restrict__ out, Index out_batch_stride, Index out_copy_stride, Index perturbations,
+                        Index runs, Index groups, Index features, Index items) {
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index idx = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; idx < items; idx += stride) {
     const Index i = idx % features;
@@ -77,7 +78,7 @@ __global__ void __launch_bounds__(kThreads)
     for (Index p = p_begin; p < p_end; ++p) {
       const Index row = b * perturbations + p;
       const float weight = valid ? keep[row * groups + static_cast<Index>(group)] : __int_as_float(0x7fc00000);
-      out[row * features + i] = Elem<T>::store(fadd(start, fmul(weight, step)));
+      out[b * out_batch_stride + p * out_copy_stride + i] = Elem<T>::store(fadd(start, fmul(weight, step)));
     }
   }
 }
@@ -91,11 +92,13 @@ struct OccludeGeometry {
   int64_t positions[kOccludeMaxDims];
 };
 
-// Item = (b, run of windows, feature i), as in masked_blend_kernel. W is a 16- or 32-bit word.
+// Item = (b, run of windows, feature i), and out[b, p, i] at b * out_batch_stride + p * out_copy_stride + i,
+// as in masked_blend_kernel. W is a 16- or 32-bit word.
 template <typename W, typename Index>
 __global__ void __launch_bounds__(kThreads)
     occlude_kernel(const W* __restrict__ inputs, const W* __restrict__ baselines, W* __restrict__ out,
-                   OccludeGeometry geometry, Index start, Index count, Index runs, Index features, Index items) {
+                   Index out_batch_stride, Index out_copy_stride, OccludeGeometry geometry, Index start, Index count,
+                   Index runs, Index features, Index items) {
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index idx = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; idx < items; idx += stride) {
     const Index i = idx % features;
@@ -122,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
         number /= positions;
         inside = inside && coord[d] >= low && coord[d] < low + static_cast<Index>(geometry.window[d]);
       }
-      out[(b * count + p) * features + i] = inside ? replacement : value;
+      out[b * out_batch_stride + p * out_copy_stride + i] = inside ? replacement : value;
     }
   }
 }
@@ -170,11 +173,23 @@ cudaError_t lrp_product_typed(const T* activation, const T* c, const T* c_neg, T
   return cudaGetLastError();
 }
 
+// Elements of out between inputs b and b + 1 and between copies p and p + 1 of one input: out is
+// [batch, copies, features], or [copies, batch, features] when copy_major. Each is < batch * copies * features.
+struct CopyStrides {
+  int64_t batch;
+  int64_t copy;
+};
+
+CopyStrides copy_strides(int64_t batch, int64_t copies, int64_t features, bool copy_major) {
+  return copy_major ? CopyStrides{features, batch * features} : CopyStrides{copies * features, features};
+}
+
 template <typename T>
 cudaError_t masked_blend_typed(const T* inputs, const T* baselines, const int64_t* mask, bool per_input,
                                const float* keep, T* out, int64_t batch, int64_t perturbations, int64_t groups,
-                               int64_t features, cudaStream_t stream) {
+                               int64_t features, bool copy_major, cudaStream_t stream) {
   if (batch == 0 || perturbations == 0 || features == 0) return cudaSuccess;
+  const CopyStrides out_strides = copy_strides(batch, perturbations, features, copy_major);
   const int64_t runs = (perturbations + kPerturbationsPerThread - 1) / kPerturbationsPerThread;
   const int64_t items = batch * runs * features;
   unsigned int blocks = 0;
@@ -184,19 +199,23 @@ cudaError_t masked_blend_typed(const T* inputs, const T* baselines, const int64_
   if (fits_int32(batch * perturbations * features) && fits_int32(batch * perturbations * groups) &&
       fits_int32(items)) {
     masked_blend_kernel<T, int32_t><<<blocks, kThreads, 0, stream>>>(
-        inputs, baselines, mask, static_cast<int32_t>(mask_stride), keep, out, static_cast<int32_t>(perturbations),
-        static_cast<int32_t>(runs), static_cast<int32_t>(groups), static_cast<int32_t>(features),
-        static_cast<int32_t>(items));
+        inputs, baselines, mask, static_cast<int32_t>(mask_stride), keep, out,
+        static_cast<int32_t>(out_strides.batch), static_cast<int32_t>(out_strides.copy),
+        static_cast<int32_t>(perturbations), static_cast<int32_t>(runs), static_cast<int32_t>(groups),
+        static_cast<int32_t>(features), static_cast<int32_t>(items));
   } else {
-    masked_blend_kernel<T, int64_t><<<blocks, kThreads, 0, stream>>>(inputs, baselines, mask, mask_stride, keep, out,
-                                                                      perturbations, runs, groups, features, items);
+    masked_blend_kernel<T, int64_t><<<blocks, kThreads, 0, stream>>>(
+        inputs, baselines, mask, mask_stride, keep, out, out_strides.batch, out_strides.copy, perturbations, runs,
+        groups, features, items);
   }
   return cudaGetLastError();
 }
 
 template <typename W>
 cudaError_t occlude_typed(const W* inputs, const W* baselines, W* out, const OccludeGeometry& geometry,
-                          int64_t batch, int64_t features, int64_t start, int64_t count, cudaStream_t stream) {
+                          int64_t batch, int64_t features, int64_t start, int64_t count, bool copy_major,
+                          cudaStream_t stream) {
+  const CopyStrides out_strides = copy_strides(batch, count, features, copy_major);
   const int64_t runs = (count + kPerturbationsPerThread - 1) / kPerturbationsPerThread;
   const int64_t items = batch * runs * features;
   unsigned int blocks = 0;
@@ -204,10 +223,12 @@ cudaError_t occlude_typed(const W* inputs, const W* baselines, W* out, const Occ
   if (err != cudaSuccess) return err;
   if (fits_int32(batch * count * features) && fits_int32(items) && fits_int32(start + count)) {
     occlude_kernel<W, int32_t><<<blocks, kThreads, 0, stream>>>(
-        inputs, baselines, out, geometry, static_cast<int32_t>(start), static_cast<int32_t>(count),
-        static_cast<int32_t>(runs), static_cast<int32_t>(features), static_cast<int32_t>(items));
+        inputs, baselines, out, static_cast<int32_t>(out_strides.batch), static_cast<int32_t>(out_strides.copy),
+        geometry, static_cast<int32_t>(start), static_cast<int32_t>(count), static_cast<int32_t>(runs),
+        static_cast<int32_t>(features), static_cast<int32_t>(items));
   } else {
-    occlude_kernel<W, int64_t><<<blocks, kThreads, 0, stream>>>(inputs, baselines, out, geometry, start, count, runs,
+    occlude_kernel<W, int64_t><<<blocks, kThreads, 0, stream>>>(inputs, baselines, out, out_strides.batch,
+                                                                 out_strides.copy, geometry, start, count, runs,
                                                                  features, items);
   }
   return cudaGetLastError();
@@ -250,27 +271,28 @@ cudaError_t launch_lrp_product(Dtype dtype, const void* activation, const void* 
 
 cudaError_t launch_masked_blend(Dtype dtype, const void* inputs, const void* baselines, const int64_t* mask,
                                 bool per_input, const float* keep, void* out, int64_t batch, int64_t perturbations,
-                                int64_t groups, int64_t features, cudaStream_t stream) {
+                                int64_t groups, int64_t features, bool copy_major, cudaStream_t stream) {
   switch (dtype) {
     case Dtype::kFloat32:
       return masked_blend_typed(static_cast<const float*>(inputs), static_cast<const float*>(baselines), mask,
                                 per_input, keep, static_cast<float*>(out), batch, perturbations, groups, features,
-                                stream);
+                                copy_major, stream);
     case Dtype::kFloat16:
       return masked_blend_typed(static_cast<const __half*>(inputs), static_cast<const __half*>(baselines), mask,
                                 per_input, keep, static_cast<__half*>(out), batch, perturbations, groups, features,
-                                stream);
+                                copy_major, stream);
     case Dtype::kBFloat16:
       return masked_blend_typed(static_cast<const __nv_bfloat16*>(inputs),
                                 static_cast<const __nv_bfloat16*>(baselines), mask, per_input, keep,
-                                static_cast<__nv_bfloat16*>(out), batch, perturbations, groups, features, stream);
+                                static_cast<__nv_bfloat16*>(out), batch, perturbations, groups, features, copy_major,
+                                stream);
   }
   return cudaErrorInvalidValue;
 }
 
 cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void* baselines, void* out,
                            int64_t batch, const int64_t* sizes, const int64_t* window, const int64_t* strides,
-                           int64_t ndim, int64_t start, int64_t count, cudaStream_t stream) {
+                           int64_t ndim, int64_t start, int64_t count, bool copy_major, cudaStream_t stream) {
   // Size-1 dimensions have one window position covering them: dropping them changes nothing.
   OccludeGeometry geometry{};
   int64_t features = 1;
@@ -287,11 +309,11 @@ cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void*
   if (batch == 0 || count == 0 || features == 0) return cudaSuccess;
   if (element_size == 4) {
     return occlude_typed(static_cast<const uint32_t*>(inputs), static_cast<const uint32_t*>(baselines),
-                         static_cast<uint32_t*>(out), geometry, batch, features, start, count, stream);
+                         static_cast<uint32_t*>(out), geometry, batch, features, start, count, copy_major, stream);
   }
   if (element_size == 2) {
     return occlude_typed(static_cast<const uint16_t*>(inputs), static_cast<const uint16_t*>(baselines),
-                         static_cast<uint16_t*>(out), geometry, batch, features, start, count, stream);
+                         static_cast<uint16_t*>(out), geometry, batch, features, start, count, copy_major, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -66,17 +66,19 @@ cudaError_t launch_lrp_product(Dtype dtype, const void* activation, const void* 
 
 // out[b, p, i] = baselines[b, i] + keep[b, p, mask[m, i]] * (inputs[b, i] - baselines[b, i]), m = b when
 // per_input else 0; a group id outside [0, groups) gives NaN (the caller validates the mask).
-// inputs, baselines: [batch, features]; keep: [batch, perturbations, groups]; out: [batch, perturbations, features].
+// inputs, baselines: [batch, features]; keep: [batch, perturbations, groups]; out: [batch, perturbations, features],
+// or [perturbations, batch, features] (out[p, b]) when copy_major.
 cudaError_t launch_masked_blend(Dtype dtype, const void* inputs, const void* baselines, const int64_t* mask,
                                 bool per_input, const float* keep, void* out, int64_t batch, int64_t perturbations,
-                                int64_t groups, int64_t features, cudaStream_t stream);
+                                int64_t groups, int64_t features, bool copy_major, cudaStream_t stream);
 
 // out[b, p] = inputs[b] with window start + p (row-major over the window positions of the feature
-// shape sizes[ndim]) taken from baselines[b]; see csrc/cpu/kernels.h. Elements of element_size
-// bytes (2 or 4) are copied. Returns cudaErrorNotSupported beyond kOccludeMaxDims dimensions.
+// shape sizes[ndim]) taken from baselines[b]; see csrc/cpu/kernels.h. out: [batch, count, features], or
+// [count, batch, features] (out[p, b]) when copy_major. Elements of element_size bytes (2 or 4) are
+// copied. Returns cudaErrorNotSupported beyond kOccludeMaxDims dimensions.
 cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void* baselines, void* out,
                            int64_t batch, const int64_t* sizes, const int64_t* window, const int64_t* strides,
-                           int64_t ndim, int64_t start, int64_t count, cudaStream_t stream);
+                           int64_t ndim, int64_t start, int64_t count, bool copy_major, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastxai

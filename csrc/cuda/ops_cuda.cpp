@@ -118,22 +118,22 @@ at::Tensor lrp_product_cuda(const at::Tensor& activation, const at::Tensor& c, c
 }
 
 at::Tensor masked_blend_cuda(const at::Tensor& inputs, const at::Tensor& baselines, const at::Tensor& feature_mask,
-                             const at::Tensor& keep) {
+                             const at::Tensor& keep, bool copy_major) {
   const auto args = checks::check_masked_blend(inputs, baselines, feature_mask, keep, kCUDA);
   const c10::cuda::CUDAGuard guard(inputs.device());
-  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(args.perturbations, inputs.sizes().slice(1))),
-                             inputs.options());
+  at::Tensor out = at::empty(
+      checks::copies_shape(args.batch, args.perturbations, inputs.sizes().slice(1), copy_major), inputs.options());
   check_launch(cuda::launch_masked_blend(args.dtype, inputs.const_data_ptr(), baselines.const_data_ptr(),
                                          feature_mask.const_data_ptr<int64_t>(), args.per_input,
                                          keep.const_data_ptr<float>(), out.mutable_data_ptr(), args.batch,
-                                         args.perturbations, args.groups, args.features,
+                                         args.perturbations, args.groups, args.features, copy_major,
                                          c10::cuda::getCurrentCUDAStream().stream()),
                "masked_blend");
   return out;
 }
 
 at::Tensor occlude_cuda(const at::Tensor& inputs, const at::Tensor& baselines, at::IntArrayRef window,
-                        at::IntArrayRef strides, int64_t start, int64_t count) {
+                        at::IntArrayRef strides, int64_t start, int64_t count, bool copy_major) {
   const auto args = checks::check_occlude(inputs, baselines, window, strides, start, count, kCUDA);
   const at::IntArrayRef sizes = inputs.sizes().slice(1);
   int64_t used_dims = 0;
@@ -141,10 +141,10 @@ at::Tensor occlude_cuda(const at::Tensor& inputs, const at::Tensor& baselines, a
   TORCH_CHECK_VALUE(used_dims <= cuda::kOccludeMaxDims, "fastxai: the CUDA occlude handles inputs with at most ",
                     cuda::kOccludeMaxDims, " feature dimensions of size > 1, got inputs of shape ", inputs.sizes());
   const c10::cuda::CUDAGuard guard(inputs.device());
-  at::Tensor out = at::empty(checks::prepend(args.batch, checks::prepend(count, sizes)), inputs.options());
+  at::Tensor out = at::empty(checks::copies_shape(args.batch, count, sizes, copy_major), inputs.options());
   check_launch(cuda::launch_occlude(inputs.element_size(), inputs.const_data_ptr(), baselines.const_data_ptr(),
                                     out.mutable_data_ptr(), args.batch, sizes.data(), window.data(), strides.data(),
-                                    static_cast<int64_t>(sizes.size()), start, count,
+                                    static_cast<int64_t>(sizes.size()), start, count, copy_major,
                                     c10::cuda::getCurrentCUDAStream().stream()),
                "occlude");
   return out;

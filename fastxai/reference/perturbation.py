@@ -15,14 +15,20 @@ import torch
 
 
 def masked_blend(
-    inputs: torch.Tensor, baselines: torch.Tensor, feature_mask: torch.Tensor, keep: torch.Tensor
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    feature_mask: torch.Tensor,
+    keep: torch.Tensor,
+    *,
+    copy_major: bool = False,
 ) -> torch.Tensor:
     """``out[b, p, i] = baselines[b, i] + keep[b, p, mask[i]] * (inputs[b, i] - baselines[b, i])``.
 
     inputs, baselines: [B, *F] (same dtype); feature_mask: int64 group ids in [0, M), shape
     [*F] (shared by the batch) or [B, *F]; keep: [B, P, M] float32 (float64 for float64 inputs),
     1 keeps the input, 0 takes the baseline, values in between interpolate. Returns
-    [B, P, *F] in the inputs' dtype, computed in float32 (float64 for float64 inputs).
+    [B, P, *F] in the inputs' dtype, computed in float32 (float64 for float64 inputs); with
+    ``copy_major`` the same values as [P, B, *F] (``out[p, b]``: copy ``p`` of every input together).
 
     >>> x, base, mask = torch.ones(1, 3), torch.zeros(1, 3), torch.tensor([0, 0, 1])
     >>> masked_blend(x, base, mask, torch.tensor([[[1.0, 0.0]]]))  # [[[1., 1., 0.]]]
@@ -36,8 +42,11 @@ def masked_blend(
     weight = torch.gather(keep.to(compute_dtype), 2, index)
     start = baselines.reshape(batch, 1, features).to(compute_dtype)
     step = inputs.reshape(batch, 1, features).to(compute_dtype) - start
-    out = start + weight * step
-    return out.to(inputs.dtype).reshape(batch, n_perturbations, *inputs.shape[1:])
+    out = (start + weight * step).to(inputs.dtype)
+    if copy_major:
+        out = out.transpose(0, 1).contiguous()
+        return out.reshape(n_perturbations, batch, *inputs.shape[1:])
+    return out.reshape(batch, n_perturbations, *inputs.shape[1:])
 
 
 def occlusion_positions(
@@ -54,8 +63,11 @@ def occlude(
     strides: tuple[int, ...],
     start: int,
     count: int,
+    *,
+    copy_major: bool = False,
 ) -> torch.Tensor:
-    """Copies of ``inputs`` with one window each replaced by ``baselines``: [B, *F] -> [B, count, *F].
+    """Copies of ``inputs`` with one window each replaced by ``baselines``: [B, *F] -> [B, count, *F],
+    or [count, B, *F] with ``copy_major`` (``out[p, b]``: copy ``p`` of every input together).
 
     Along feature dimension ``d`` the window starts at ``k * strides[d]`` for ``k`` in
     ``0 .. (F_d - window[d]) // strides[d]`` and covers ``window[d]`` elements (Captum's
@@ -67,11 +79,12 @@ def occlude(
     """
     features = tuple(inputs.shape[1:])
     counts = occlusion_positions(features, window, strides)
-    out = inputs.unsqueeze(1).repeat(1, count, *([1] * len(features)))
+    repeats = (count, 1) if copy_major else (1, count)
+    out = inputs.unsqueeze(0 if copy_major else 1).repeat(*repeats, *([1] * len(features)))
     positions = itertools.islice(itertools.product(*(range(n) for n in counts)), start, start + count)
     for p, position in enumerate(positions):
         box = [slice(k * s, k * s + w) for k, s, w in zip(position, strides, window, strict=True)]
-        target: tuple[slice | int, ...] = (slice(None), p, *box)
+        target: tuple[slice | int, ...] = (p, slice(None), *box) if copy_major else (slice(None), p, *box)
         source: tuple[slice, ...] = (slice(None), *box)
         out[target] = baselines[source]
     return out
