@@ -18,7 +18,8 @@ from fastxai import _model, _scheduling, ops
 from fastxai._model import Model
 
 Perturb = Callable[[int, int, int, int], torch.Tensor]
-"""``perturb(p0, p1, r0, r1)``: the copies ``p0..p1`` of inputs ``r0..r1``, [r1 - r0, p1 - p0, *F]."""
+"""``perturb(p0, p1, r0, r1)``: the copies ``p0..p1`` of inputs ``r0..r1`` copy-major, [p1 - p0,
+r1 - r0, *F]: the model batch itself (the fused ops write this layout, ``copy_major=True``)."""
 
 KeepBlock = Callable[[int, int, int, int], torch.Tensor]
 """``keep(p0, p1, r0, r1)``: which groups each copy keeps, [r1 - r0, p1 - p0, M] (1 keeps the input)."""
@@ -131,23 +132,23 @@ def perturbed_scores(
         target = _model.resolve_target(model, inputs, None, chunk)
     indices = torch.empty(batch, dtype=torch.long, device=inputs.device) if target is None else target
     unchecked = [target is not None]
-    scores = torch.empty(batch, n_perturbations, dtype=compute_dtype(inputs), device=inputs.device)
+    scores = torch.empty(n_perturbations, batch, dtype=compute_dtype(inputs), device=inputs.device)
 
     def body(p0: int, p1: int, r0: int, r1: int) -> None:
-        copies = perturb(p0, p1, r0, r1)  # [rows, count, *F]
         rows, count = r1 - r0, p1 - p0
-        flat = copies.transpose(0, 1).reshape(count * rows, *features)
-        output = _model.logits(model, flat).reshape(count, rows, -1)
+        flat = perturb(p0, p1, r0, r1).view(count * rows, *features)
+        output = _model.logits(model, flat).view(count, rows, -1)
         if predict and p0 == 0:
             indices[r0:r1] = output[0].argmax(dim=1)
         elif unchecked[0]:
             _model.check_target_range(indices, output.shape[2])
             unchecked[0] = False
         picked = output.gather(2, indices[r0:r1].view(1, rows, 1).expand(count, rows, 1))
-        scores[r0:r1, p0:p1] = picked.view(count, rows).T
+        scores[p0:p1, r0:r1] = picked.view(count, rows)
 
     with torch.no_grad():
         _scheduling.for_each_block(n_perturbations, batch, chunk, body, halve_on_oom=inputs.is_cuda)
+    scores = scores.T
     return scores, indices
 
 
@@ -163,10 +164,10 @@ class FusedOp:
         self.name, self.backend = name, backend
         self.fast: Callable[..., torch.Tensor] | None = None
 
-    def __call__(self, *args: Any) -> torch.Tensor:
+    def __call__(self, *args: Any, **options: Any) -> torch.Tensor:
         if self.fast is not None:
-            return self.fast(*args)
-        out: torch.Tensor = getattr(ops, self.name)(*args, backend=self.backend)
+            return self.fast(*args, **options)
+        out: torch.Tensor = getattr(ops, self.name)(*args, **options, backend=self.backend)
         self.fast = ops._unchecked(self.name, self.backend, args[0])
         return out
 
@@ -178,7 +179,8 @@ def blend(
     keep: KeepBlock,
     backend: str | None,
 ) -> Perturb:
-    """A ``Perturb`` that builds copies with ``ops.masked_blend`` from a block of keep weights."""
+    """A ``Perturb`` that builds copies with ``ops.masked_blend`` (copy-major) from a block of keep
+    weights."""
     per_input = mask.dim() == inputs.dim()
     dtype = compute_dtype(inputs)
     inputs, baselines, mask = inputs.contiguous(), baselines.contiguous(), mask.contiguous()
@@ -187,7 +189,7 @@ def blend(
     def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         rows_mask = mask[r0:r1] if per_input else mask
         weights = keep(p0, p1, r0, r1).to(dtype).contiguous()
-        return fused(inputs[r0:r1], baselines[r0:r1], rows_mask, weights)
+        return fused(inputs[r0:r1], baselines[r0:r1], rows_mask, weights, copy_major=True)
 
     return perturb
 

@@ -171,8 +171,10 @@ def occlusion(
         def occlude(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
             # copy 0 is the input itself; copy p occludes window p - 1
             first = max(p0, 1)
-            occluded = fused(x[r0:r1], baseline[r0:r1], window_list, stride_list, first - 1, p1 - first)
-            return occluded if p0 > 0 else torch.cat([x[r0:r1].unsqueeze(1), occluded], dim=1)
+            occluded = fused(
+                x[r0:r1], baseline[r0:r1], window_list, stride_list, first - 1, p1 - first, copy_major=True
+            )
+            return occluded if p0 > 0 else torch.cat([x[r0:r1].unsqueeze(0), occluded])
 
         perturb = occlude
 
