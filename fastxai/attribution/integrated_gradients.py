@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -28,7 +29,7 @@ def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
     if isinstance(baselines, bool):
         raise TypeError("baselines must be a number or a tensor, got bool")
     if isinstance(baselines, (int, float)):
-        if not torch.isfinite(torch.tensor(float(baselines))):
+        if not math.isfinite(baselines):
             raise ValueError(f"baselines contain NaN or infinity: {baselines}")
         return torch.full_like(inputs, float(baselines))
     if not isinstance(baselines, torch.Tensor):
