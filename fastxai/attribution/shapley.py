@@ -7,6 +7,7 @@ with ``z_m = 1`` and takes the baseline elsewhere: ``v(z) = f_t(baseline + z[mas
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -22,14 +23,14 @@ _DEFAULT_EXTRA_SAMPLES = 2048
 
 def _kernel_shap_coalitions(
     groups: int, batch: int, n_samples: int, seed: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Coalitions [B, P, M] (bool) and their regression weights [B, P].
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Coalitions [B, P, M] (bool) and their regression weights [B, P] (None: all equal).
 
     When every non-trivial coalition fits in ``n_samples`` they are all enumerated with the
     Shapley kernel weights ``(M - 1) / (C(M, s) s (M - s))``: the fit is then exact. Otherwise
     sizes ``s`` are drawn with probability proportional to ``(M - 1) / (s (M - s))`` (the
     kernel's mass per size), members uniformly, each coalition paired with its complement
-    (variance reduction, Covert & Lee 2021), and all weights are equal.
+    (variance reduction, Covert & Lee 2021), and all weights are equal (None).
     """
     if 2**groups - 2 <= n_samples:
         codes = torch.arange(1, 2**groups - 1, device=device)
@@ -44,11 +45,46 @@ def _kernel_shap_coalitions(
     size_probs = 1.0 / (size_range * (groups - size_range))
     half = (n_samples + 1) // 2
     sizes = torch.multinomial(size_probs.expand(batch, -1), half, replacement=True, generator=rng) + 1
-    scores = torch.rand(batch, half, groups, generator=rng, device=device)
-    kth = scores.sort(dim=2).values.gather(2, (sizes - 1).unsqueeze(-1))
-    drawn = scores <= kth
+    drawn = _uniform_subsets(groups, sizes, rng)
     coalitions = torch.cat([drawn, ~drawn], dim=1)[:, :n_samples]
-    return coalitions, torch.ones(batch, n_samples, dtype=torch.float64, device=device)
+    return coalitions, None  # equal weights
+
+
+_TABLE_MAX_GROUPS = 20
+"""Up to this many groups, subsets are drawn from a table of all 2**M codes (4 MiB at 20)."""
+
+
+@functools.lru_cache(maxsize=8)
+def _codes_by_size(groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every subset of M groups as a bit code, ordered by size (int32 [2**M]), and where each
+    size starts in that order (int64 [M + 2]); computed once per M (read-only)."""
+    codes = torch.arange(2**groups, dtype=torch.int32, device=device)
+    sizes = ((codes.unsqueeze(1) >> torch.arange(groups, device=device, dtype=torch.int32)) & 1).sum(1)
+    order = torch.sort(sizes, stable=True).indices
+    counts = torch.bincount(sizes, minlength=groups + 1)
+    starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return codes[order].contiguous(), starts
+
+
+def _uniform_subsets(groups: int, sizes: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """For every entry ``s`` of ``sizes`` [B, H], a subset of the M groups drawn uniformly among
+    those of size ``s``: [B, H, M] bool.
+
+    Up to ``_TABLE_MAX_GROUPS`` groups: a uniform index into the table of the ``C(M, s)`` codes
+    of size ``s``. Beyond: the ``s`` smallest of M uniform keys (a sort per draw).
+    """
+    device = sizes.device
+    if groups > _TABLE_MAX_GROUPS:
+        keys = torch.rand(*sizes.shape, groups, generator=rng, device=device)
+        kth = keys.sort(dim=2).values.gather(2, (sizes - 1).unsqueeze(-1))
+        return keys <= kth
+    table, starts = _codes_by_size(groups, device)
+    low, count = starts[sizes], starts[sizes + 1] - starts[sizes]
+    uniform = torch.rand(sizes.shape, generator=rng, device=device, dtype=torch.float64)
+    index = low + torch.minimum((uniform * count).long(), count - 1)
+    codes = table[index]
+    bits = torch.arange(groups, device=device, dtype=torch.int32)
+    return ((codes.unsqueeze(-1) >> bits) & 1).bool()
 
 
 def kernel_shap(
@@ -95,6 +131,7 @@ def kernel_shap(
         _backends.check_choice(backend)
     batch = x.shape[0]
     dtype = _perturbation.compute_dtype(x)
+    weights: torch.Tensor | None
     if groups > 1:
         coalitions, weights = _kernel_shap_coalitions(groups, batch, n_samples, seed, x.device)
     else:
@@ -114,7 +151,7 @@ def kernel_shap(
         )
     value_input, value_baseline = scores[:, 0], scores[:, 1]
     phi = surrogate.constrained_least_squares(
-        coalitions.double(),
+        coalitions,
         scores[:, 2:] - value_baseline.unsqueeze(1),
         weights,
         value_input - value_baseline,

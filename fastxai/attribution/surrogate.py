@@ -34,18 +34,33 @@ def _solve_normal_equations(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tens
     return torch.where(regular.unsqueeze(1), solution, fallback)
 
 
+_EXACT_FLOAT32_COUNT = 2**24
+"""Integers up to this size are exact in float32."""
+
+
 def _moments(
-    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, fit_intercept: bool
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, fit_intercept: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The normal equations: Gram matrix ``sum_p w_p z~_p z~_p^T`` [B, M, M] and right side
     ``sum_p w_p z~_p y~_p`` [B, M], with ``z~, y~`` centred on their weighted means when
     ``fit_intercept`` (weights normalised to sum 1 then; ``z~ = z`` otherwise), and the means
-    ([B, M], [B]; zeros without intercept).
+    ([B, M], [B]; zeros without intercept); float64.
+
+    ``w`` None (only without intercept) means unit weights: then ``z`` may be a float32 design
+    of small integers (entries in {-1, 0, 1}, fewer than 2**24 samples), whose Gram matrix holds
+    integers below 2**24 and is formed in float32, exactly, at a fraction of a float64 product's
+    cost. Otherwise ``z`` is float64.
 
     The centring of ``z`` is applied to the moments, not to the samples: ``sum w z~ z~^T =
     sum w z z^T - mean mean^T`` and ``sum w z~ y~ = sum w z y~`` (``y`` is centred first,
     which is cheap and keeps a large offset of the scores out of the products).
     """
+    if w is None:
+        assert not fit_intercept and z.shape[1] < _EXACT_FLOAT32_COUNT
+        gram = (z.mT @ z).double()
+        zeros = y.new_zeros(y.shape[0])
+        linear = (y.unsqueeze(1) @ z.double()).squeeze(1)
+        return gram, linear, zeros.new_zeros(z.shape[0], z.shape[2]), zeros
     if fit_intercept:
         w = w / w.sum(dim=1, keepdim=True)
     weighted = z * w.unsqueeze(-1)
@@ -62,35 +77,42 @@ def _moments(
 
 
 def weighted_least_squares(
-    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, *, fit_intercept: bool = True
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, *, fit_intercept: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``argmin_{beta, c} sum_p w_p (y_p - c - z_p . beta)^2`` per input: (beta [B, M], c [B]).
 
-    Without ``fit_intercept``, ``c = 0``. Normal equations in float64; the minimum-norm
+    Without ``fit_intercept``, ``c = 0``, and ``w`` may be None (unit weights; see ``_moments``
+    for the float32 integer designs this allows). Normal equations in float64; the minimum-norm
     solution where the design leaves directions undetermined.
     """
-    z, y, w = z.double(), y.double(), w.double()
+    y = y.double()
+    if w is not None:
+        z, w = z.double(), w.double()
     gram, linear, z_mean, y_mean = _moments(z, y, w, fit_intercept)
     coef = _solve_normal_equations(gram, linear)
     return coef, y_mean - (z_mean * coef).sum(1)
 
 
 def constrained_least_squares(
-    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, total: torch.Tensor
+    z: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, total: torch.Tensor
 ) -> torch.Tensor:
     """``argmin_phi sum_p w_p (y_p - z_p . phi)^2`` subject to ``sum_m phi_m = total`` per input.
 
     The KernelSHAP fit (Lundberg & Lee 2017): ``y = f(z) - f(baseline)``, ``total = f(x) -
     f(baseline)``; the constraint is the efficiency axiom. It is solved exactly by eliminating
-    the last feature, ``phi_M = total - sum_{m<M} phi_m``. Returns phi [B, M].
+    the last feature, ``phi_M = total - sum_{m<M} phi_m``. ``w`` None means unit weights (the
+    sampled KernelSHAP design); ``z`` may then be boolean, and the Gram matrix of the 0/1
+    design is formed exactly in float32. Returns phi [B, M] in float64.
     """
-    z, y, w, total = z.double(), y.double(), w.double(), total.double()
+    y, total = y.double(), total.double()
     groups = z.shape[2]
     if groups == 1:
         return total.view(-1, 1)
-    last = z[:, :, -1:]
-    reduced = z[:, :, :-1] - last
-    residual = y - last.squeeze(-1) * total.unsqueeze(1)
+    integer = w is None and not z.is_floating_point() and z.shape[1] < _EXACT_FLOAT32_COUNT
+    design = z.float() if integer else z.double()
+    last = design[:, :, -1:]
+    reduced = design[:, :, :-1] - last  # entries in {-1, 0, 1} for a 0/1 design: exact in float32
+    residual = y - last.squeeze(-1).double() * total.unsqueeze(1)
     head, _ = weighted_least_squares(reduced, residual, w, fit_intercept=False)
     return torch.cat([head, (total - head.sum(1)).unsqueeze(1)], dim=1)
 

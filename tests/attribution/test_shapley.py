@@ -11,6 +11,7 @@ import torch
 from conftest import backend_params
 from models import LinearModel, assert_same_state, mlp, model_state, small_cnn
 
+import fastxai.attribution.shapley as shapley_module
 from fastxai.attribution import surrogate
 from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
 
@@ -212,3 +213,25 @@ def test_bad_input_before_any_model_call(method, kwargs: dict, match: str) -> No
     with pytest.raises((ValueError, TypeError), match=match):
         method(model, torch.randn(2, 4, 4), 1, **kwargs)
     assert calls == []
+
+
+@pytest.mark.parametrize("groups", [5, 22])  # the table of all codes, and the sort beyond 20 groups
+def test_coalitions_of_a_size_are_uniform(groups: int) -> None:
+    """Every drawn subset has the asked size, and each subset of that size is equally likely
+    (counts within 5 standard deviations of uniform)."""
+    size = 2
+    draws = 30000
+    sizes = torch.full((3, draws // 3), size)
+    subsets = shapley_module._uniform_subsets(groups, sizes, torch.Generator().manual_seed(0))
+    assert subsets.shape == (3, draws // 3, groups) and subsets.dtype == torch.bool
+    assert torch.equal(subsets.sum(2), sizes)
+    if groups > 6:
+        members = subsets.reshape(-1, groups).sum(0).double()  # each member: size / M of the draws
+        expected = draws * size / groups
+        assert (members - expected).abs().max() < 5 * math.sqrt(expected)
+        return
+    codes = (subsets.reshape(-1, groups).long() << torch.arange(groups)).sum(1)
+    counts = torch.bincount(codes, minlength=2**groups)[codes.unique()].double()
+    assert counts.numel() == math.comb(groups, size)
+    expected = draws / math.comb(groups, size)
+    assert (counts - expected).abs().max() < 5 * math.sqrt(expected)
