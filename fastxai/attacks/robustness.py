@@ -40,7 +40,8 @@ def robust_accuracy(
     **attack_kwargs: Any,
 ) -> dict[str, float]:
     """Clean accuracy, and accuracy under ``attack`` (default: ``fastxai.pgd`` with
-    ``attack_kwargs`` and ``early_stop=True``).
+    ``attack_kwargs`` and ``early_stop=True``, or ``early_stop=False`` when they ask for
+    ``cuda_graph=True``, which replays fixed shapes).
 
     ``data``: a pair of tensors (inputs [N, *F], labels [N]) or an iterable of batches (a
     DataLoader). Only correctly classified samples are attacked — the others already count as
@@ -60,7 +61,7 @@ def robust_accuracy(
             f"attack_kwargs {sorted(attack_kwargs)} are for the default PGD; pass them to your attack"
         )
     if attack is None:
-        options = {"early_stop": True, **attack_kwargs}
+        options = {"early_stop": not attack_kwargs.get("cuda_graph", False), **attack_kwargs}
 
         def attack(model_: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return pgd(model_, x, y, **options)

@@ -104,3 +104,13 @@ def test_model_left_as_found_and_uncapturable_models_named() -> None:
     with pytest.raises(RuntimeError, match="could not be captured"):
         fx.pgd(syncing, x, y, steps=3, cuda_graph=True)
     assert_same_state(before, model_state(model))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_robust_accuracy_with_cuda_graph_drops_early_stopping() -> None:
+    model, x, y = _setup("cuda")
+    with _deterministic():
+        eager = fx.robust_accuracy(model, (x, y), eps=0.1, alpha=0.03, steps=4, early_stop=False)
+        graphed = fx.robust_accuracy(model, (x, y), eps=0.1, alpha=0.03, steps=4, cuda_graph=True)
+    assert graphed == eager
