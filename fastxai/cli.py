@@ -251,7 +251,7 @@ def command_attribute(args: argparse.Namespace) -> int:
         )
     tables: dict[str, list[dict[str, Any]]] = {"runner timings": rows}
     if args.model is None or args.compare:
-        tables.update(_compare(model, inputs, methods, args.n_steps))
+        tables.update(_compare(model, inputs, methods, args.n_steps, out))
     if not args.no_report:
         report = _report(out, inputs, methods, tables)
         print(f"report: {report}")
@@ -259,15 +259,18 @@ def command_attribute(args: argparse.Namespace) -> int:
 
 
 def _compare(
-    model: torch.nn.Module, inputs: torch.Tensor, methods: list[str], n_steps: int
+    model: torch.nn.Module, inputs: torch.Tensor, methods: list[str], n_steps: int, out: Path
 ) -> dict[str, list[dict[str, Any]]]:
-    """Timings against the reference backend and the faithfulness table, printed and returned."""
+    """Timings against the reference backend, and the faithfulness table of the attributions
+    the runner wrote to ``out`` (for the targets it used), printed and returned."""
+    import fastxai as fx
     from fastxai import _jobs
     from fastxai.evaluation import report
     from fastxai.runner import _methods
 
     functions = _methods()
-    targets = _predictions(model, inputs)
+    stored = {method: fx.load_attributions(out / method) for method in methods}
+    targets = torch.from_numpy(np.asarray(stored[methods[0]]["targets"])).long()
     timings = _jobs.reference_timings(
         model,
         inputs,
@@ -281,13 +284,12 @@ def _compare(
             f"{row['reference seconds']:.3f} s (reference / fused = {row['speed-up']:.2f}), results "
             f"differ by {row['max difference / max |attribution|']} of the largest attribution"
         )
-    rows = report.faithfulness_table(
-        model,
-        inputs,
-        targets,
-        {name: _explainer(functions[name], method_kwargs(name, model, inputs)) for name in methods},
-        n_steps=n_steps,
-    )
+    attributions: dict[str, torch.Tensor] = {
+        # a one-channel map (CAM) is repeated over the input's channels
+        name: torch.from_numpy(np.asarray(stored[name]["attributions"])).to(inputs.dtype).expand_as(inputs)
+        for name in methods
+    }
+    rows = report.faithfulness_table(model, inputs, targets, attributions, n_steps=n_steps)
     print(f"\nfaithfulness: deletion/insertion ({n_steps} steps, removed features set to 0) against random")
     print(report.markdown(rows))
     return {"fused vs reference backend": timings, "faithfulness (deletion / insertion)": rows}

@@ -23,7 +23,7 @@ def faithfulness_table(
     model: Model,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    methods: Mapping[str, Explainer],
+    methods: Mapping[str, Explainer | torch.Tensor],
     *,
     n_steps: int = 16,
     replacement: str = "zero",
@@ -33,7 +33,11 @@ def faithfulness_table(
     """One row per method plus a ``random`` row (the mean over ``random_seeds`` random
     orderings): deletion AUC (lower is better), insertion AUC (higher is better, from the same
     ``replacement``), and the fraction of samples on which the method's deletion AUC is below
-    the random ordering's (``beats_random``)."""
+    the random ordering's (``beats_random``).
+
+    ``methods`` maps a name to an explainer ``(model, inputs, targets) -> attributions`` (timed:
+    ``seconds``) or to attributions already computed for these inputs and targets (shape of the
+    inputs; ``seconds`` is NaN), e.g. read back from ``fastxai.attribute_dataset``'s output."""
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be >= 1, got {random_seeds}")
     curve_kwargs: dict[str, Any] = {
@@ -57,8 +61,16 @@ def faithfulness_table(
     rows = []
     for name, explain in methods.items():
         started = time.perf_counter()
-        attributions = explain(model, inputs, targets).detach()
-        seconds = time.perf_counter() - started
+        if isinstance(explain, torch.Tensor):
+            if explain.shape != inputs.shape:
+                raise ValueError(
+                    f"attributions of {name!r} must have the inputs' shape {tuple(inputs.shape)}, "
+                    f"got {tuple(explain.shape)}"
+                )
+            attributions, seconds = explain, float("nan")
+        else:
+            attributions = explain(model, inputs, targets).detach()
+            seconds = time.perf_counter() - started
         deleted = deletion(model, inputs, attributions, targets, **curve_kwargs).auc
         inserted = insertion(model, inputs, attributions, targets, **curve_kwargs).auc
         rows.append(
