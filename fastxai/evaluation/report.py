@@ -40,6 +40,12 @@ def faithfulness_table(
     inputs; ``seconds`` is NaN), e.g. read back from ``fastxai.attribute_dataset``'s output."""
     if random_seeds < 1:
         raise ValueError(f"random_seeds must be >= 1, got {random_seeds}")
+    for name, explain in methods.items():
+        if isinstance(explain, torch.Tensor) and explain.shape != inputs.shape:
+            raise ValueError(
+                f"attributions of {name!r} must have the inputs' shape {tuple(inputs.shape)}, "
+                f"got {tuple(explain.shape)}"
+            )
     curve_kwargs: dict[str, Any] = {
         "n_steps": n_steps,
         "replacement": replacement,
@@ -62,11 +68,6 @@ def faithfulness_table(
     for name, explain in methods.items():
         started = time.perf_counter()
         if isinstance(explain, torch.Tensor):
-            if explain.shape != inputs.shape:
-                raise ValueError(
-                    f"attributions of {name!r} must have the inputs' shape {tuple(inputs.shape)}, "
-                    f"got {tuple(explain.shape)}"
-                )
             attributions, seconds = explain, float("nan")
         else:
             attributions = explain(model, inputs, targets).detach()
