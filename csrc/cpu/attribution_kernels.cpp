@@ -241,35 +241,48 @@ void occlude(int64_t element_size, const void* inputs, const void* baselines, vo
     positions[d] = (sizes[d] - window[d]) / strides[d] + 1;
   }
   const int64_t run_bytes = window[ndim - 1] * element_size;  // one contiguous run of the window
-  int64_t runs = 1;  // runs per window: the product of the window over all but the last dimension
-  for (int64_t d = 0; d + 1 < ndim; ++d) runs *= window[d];
+  // Element offsets, computed once per call rather than per copy: of each window's first element
+  // (windows start .. start + count - 1, row-major over the positions), and of each contiguous run
+  // of a window relative to its first element (the window over all but the last dimension,
+  // walked like an odometer).
+  std::vector<int64_t> origins(static_cast<size_t>(count));
+  for (int64_t p = 0; p < count; ++p) {
+    int64_t number = start + p;
+    int64_t origin = 0;
+    for (int64_t d = ndim - 1; d >= 0; --d) {
+      origin += (number % positions[d]) * strides[d] * pitch[d];
+      number /= positions[d];
+    }
+    origins[static_cast<size_t>(p)] = origin;
+  }
+  std::vector<int64_t> runs;
+  {
+    std::vector<int64_t> corner(static_cast<size_t>(ndim), 0);
+    do {
+      int64_t offset = 0;
+      for (int64_t d = 0; d + 1 < ndim; ++d) offset += corner[d] * pitch[d];
+      runs.push_back(offset);
+      int64_t d = ndim - 2;
+      for (; d >= 0; --d) {
+        if (++corner[d] < window[d]) break;
+        corner[d] = 0;
+      }
+      if (d < 0) break;
+    } while (true);
+  }
   at::parallel_for(0, batch * count, grain_for(2 * features), [&](int64_t first, int64_t last) {
-    std::vector<int64_t> corner(static_cast<size_t>(ndim));
     for (int64_t task = first; task < last; ++task) {
-      const int64_t b = task / count;
-      const int64_t p = task % count;
-      char* dst = out_bytes + (copy_major ? p * batch + b : task) * row_bytes;
+      // tasks in the order of the output rows: (p, b) copy-major, (b, p) otherwise
+      const int64_t b = copy_major ? task % batch : task / count;
+      const int64_t p = copy_major ? task / batch : task % count;
+      char* dst = out_bytes + task * row_bytes;
       const char* src = in_bytes + b * row_bytes;
       const char* replacement = base_bytes + b * row_bytes;
       std::memcpy(dst, src, static_cast<size_t>(row_bytes));
-      // The window's first element: window number start + p, row-major over the positions.
-      int64_t number = start + p;
-      int64_t origin = 0;
-      for (int64_t d = ndim - 1; d >= 0; --d) {
-        origin += (number % positions[d]) * strides[d] * pitch[d];
-        number /= positions[d];
-      }
-      // Copy the window's runs along the last dimension, walking the others like an odometer.
-      std::fill(corner.begin(), corner.end(), 0);
-      for (int64_t r = 0; r < runs; ++r) {
-        int64_t offset = origin;
-        for (int64_t d = 0; d + 1 < ndim; ++d) offset += corner[d] * pitch[d];
-        std::memcpy(dst + offset * element_size, replacement + offset * element_size,
-                    static_cast<size_t>(run_bytes));
-        for (int64_t d = ndim - 2; d >= 0; --d) {
-          if (++corner[d] < window[d]) break;
-          corner[d] = 0;
-        }
+      const int64_t origin = origins[static_cast<size_t>(p)];
+      for (const int64_t run : runs) {
+        const int64_t offset = (origin + run) * element_size;
+        std::memcpy(dst + offset, replacement + offset, static_cast<size_t>(run_bytes));
       }
     }
   });
