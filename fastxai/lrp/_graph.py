@@ -2,9 +2,11 @@
 
 Modules from ``torch.nn`` are leaves of the trace; user modules are traced through, so models
 written with ``x + y``, ``torch.cat``, ``torch.flatten``, ``F.relu`` or ``q @ k.transpose(-2, -1)``
-are seen op by op. A BatchNorm right after a Linear/Conv whose output it alone reads is merged
-into that layer for the relevance pass (canonisation without touching the model). Anything the
-relevance pass has no rule for raises ``UnsupportedLayerError`` naming it.
+are seen op by op; ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` are traced
+through plain-op stand-ins (``fastxai.lrp._attention``). A BatchNorm right after a Linear/Conv
+whose output it alone reads is merged into that layer for the relevance pass (canonisation
+without touching the model). Anything the relevance pass has no rule for raises
+``UnsupportedLayerError`` naming it.
 """
 
 from __future__ import annotations
@@ -19,14 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from fastxai.lrp import _attention
+from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearLayer
 from fastxai.lrp.composites import Composite
 from fastxai.lrp.rules import Epsilon, Pass, Rule
-
-
-class UnsupportedLayerError(TypeError):
-    """The relevance pass has no rule for a module or function of the model."""
-
 
 ACTIVATION_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -47,8 +46,8 @@ ACTIVATION_FUNCTIONS = {
 ACTIVATION_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "float", "double", "clone", "to", "type_as"}
 NONNEGATIVE_FUNCTIONS = {torch.relu, F.relu, F.relu6, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax}
 NONNEGATIVE_METHODS = {"relu", "sigmoid", "softmax"}
-RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
+RESHAPE_FUNCTIONS = {torch.flatten, torch.unflatten, torch.reshape, torch.squeeze, torch.unsqueeze}
+RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
 META_METHODS = {"size", "dim", "numel"}
 FUNCTION_KINDS: dict[Any, str] = {
     operator.add: "add", operator.iadd: "add", torch.add: "add",
@@ -116,12 +115,37 @@ class Plan:
 _TRACES: weakref.WeakKeyDictionary[nn.Module, fx.Graph] = weakref.WeakKeyDictionary()
 
 
+class Tracer(fx.Tracer):
+    """torch.fx's tracer, except that ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` and
+    ``nn.TransformerEncoder`` are not leaves: a call runs their plain-op stand-in from
+    ``fastxai.lrp._attention`` on the proxies instead of their opaque forward."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if _attention.decomposition(m) is not None:
+            return False
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        function = _attention.decomposition(m)
+        if function is None:
+            return super().call_module(m, forward, args, kwargs)
+        name = self.path_of_module(m)
+
+        def decomposed(*call_args: Any, **call_kwargs: Any) -> Any:
+            return function(m, *call_args, name=name, **call_kwargs)
+
+        return super().call_module(m, decomposed, args, kwargs)  # not a leaf: runs ``decomposed``
+
+
 def trace(model: Any) -> fx.Graph:
     """The torch.fx graph of ``model`` (cached per module; traced in eval mode)."""
     if isinstance(model, nn.Module) and model in _TRACES:
         return _TRACES[model]
     try:
-        graph = fx.Tracer().trace(model)
+        graph = Tracer().trace(model)
+        _attention.drop_unread_weights(graph)
+    except UnsupportedLayerError:
+        raise
     except Exception as error:  # torch.fx raises many types for untraceable code
         raise UnsupportedLayerError(
             f"model could not be traced with torch.fx.symbolic_trace ({type(error).__name__}: {error}); "

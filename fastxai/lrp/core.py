@@ -49,8 +49,9 @@ def lrp(
     composite: a registered name (``fastxai.lrp.COMPOSITES``), a ``Composite``, or a mapping
     ``{module type or dotted module name: rule}``. maxpool: ``"winner"`` (all relevance to the
     maximum) or ``"average"`` (as average pooling). ``merge_batchnorm=False`` gives every BatchNorm
-    its own epsilon step instead (as Captum does). The model is traced with torch.fx; a
-    module or function without a rule raises ``UnsupportedLayerError``.
+    its own epsilon step instead (as Captum does). The model is traced with torch.fx
+    (``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` through plain-op stand-ins,
+    ``fastxai.lrp._attention``); a module or function without a rule raises ``UnsupportedLayerError``.
 
     inputs: [B, *F]; target: int, [B] tensor or None (the predicted class). Returns ``R``
     [B, *F] in the inputs' dtype (accumulated in float32), and with
