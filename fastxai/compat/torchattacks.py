@@ -92,12 +92,28 @@ class Attack:
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def _run(self, attack: Any, images: torch.Tensor, labels: torch.Tensor, **options: Any) -> torch.Tensor:
+        """``attack`` (a fastxai attack function) with ``options`` and what every class shares:
+        the mode, the normalisation and the fused-step backend."""
+        result: torch.Tensor = attack(
+            self.model,
+            images,
+            labels,
+            targeted=self.targeted,
+            normalize=self._normalize(),
+            backend=self.backend,
+            **options,
+        )
+        return result
+
     def __repr__(self) -> str:
         return f"{self.attack}(model_name={type(self.model).__name__}, attack_mode={self.attack_mode})"
 
 
 class PGD(Attack):
     """L-inf PGD (Madry et al. 2018), torchattacks' defaults."""
+
+    _NORM = "linf"
 
     def __init__(
         self,
@@ -107,27 +123,26 @@ class PGD(Attack):
         steps: int = 10,
         random_start: bool = True,
     ) -> None:
-        super().__init__("PGD", model)
+        super().__init__(type(self).__name__, model)
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return gradient_attacks.pgd(
-            self.model,
+        return self._run(
+            gradient_attacks.pgd,
             images,
             labels,
             eps=self.eps,
             alpha=self.alpha,
             steps=self.steps,
-            norm="linf",
+            norm=self._NORM,
             random_start=self.random_start,
-            targeted=self.targeted,
-            normalize=self._normalize(),
-            backend=self.backend,
         )
 
 
-class PGDL2(Attack):
+class PGDL2(PGD):
     """L2 PGD, torchattacks' defaults."""
+
+    _NORM = "l2"
 
     def __init__(
         self,
@@ -138,25 +153,9 @@ class PGDL2(Attack):
         random_start: bool = True,
         eps_for_division: float = 1e-10,
     ) -> None:
-        super().__init__("PGDL2", model)
         if eps_for_division != 1e-10:
             self._unsupported("eps_for_division other than 1e-10")
-        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return gradient_attacks.pgd(
-            self.model,
-            images,
-            labels,
-            eps=self.eps,
-            alpha=self.alpha,
-            steps=self.steps,
-            norm="l2",
-            random_start=self.random_start,
-            targeted=self.targeted,
-            normalize=self._normalize(),
-            backend=self.backend,
-        )
+        super().__init__(model, eps, alpha, steps, random_start)
 
 
 class FGSM(Attack):
@@ -167,15 +166,7 @@ class FGSM(Attack):
         self.eps = eps
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return gradient_attacks.fgsm(
-            self.model,
-            images,
-            labels,
-            eps=self.eps,
-            targeted=self.targeted,
-            normalize=self._normalize(),
-            backend=self.backend,
-        )
+        return self._run(gradient_attacks.fgsm, images, labels, eps=self.eps)
 
 
 class BIM(Attack):
@@ -189,16 +180,8 @@ class BIM(Attack):
         self.steps = int(min(eps * 255 + 4, 1.25 * eps * 255)) if steps == 0 else steps
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return gradient_attacks.bim(
-            self.model,
-            images,
-            labels,
-            eps=self.eps,
-            alpha=self.alpha,
-            steps=self.steps,
-            targeted=self.targeted,
-            normalize=self._normalize(),
-            backend=self.backend,
+        return self._run(
+            gradient_attacks.bim, images, labels, eps=self.eps, alpha=self.alpha, steps=self.steps
         )
 
 
@@ -217,17 +200,14 @@ class MIFGSM(Attack):
         self.eps, self.alpha, self.steps, self.decay = eps, alpha, steps, decay
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return gradient_attacks.mifgsm(
-            self.model,
+        return self._run(
+            gradient_attacks.mifgsm,
             images,
             labels,
             eps=self.eps,
             alpha=self.alpha,
             steps=self.steps,
             decay=self.decay,
-            targeted=self.targeted,
-            normalize=self._normalize(),
-            backend=self.backend,
         )
 
 
@@ -296,8 +276,8 @@ class APGD(Attack):
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.targeted:
             self._unsupported("targeted APGD through the torchattacks interface (use fastxai.apgd)")
-        return auto_pgd.apgd(
-            self.model,
+        return self._run(
+            auto_pgd.apgd,
             images,
             labels,
             eps=self.eps,
@@ -306,8 +286,6 @@ class APGD(Attack):
             loss=self.loss,
             rho=self.rho,
             seed=self.seed,
-            normalize=self._normalize(),
-            backend=self.backend,
         )
 
 
