@@ -178,9 +178,9 @@ class Deconvolution(_ModifiedReluAttribution):
     rule = "deconvnet"
 
 
-class IntegratedGradients(Attribution):
-    """Captum's ``IntegratedGradients``: the five fixed rules with Captum's points and weights
-    (also Captum's ``riemann_trapezoid``, whose weights sum to (n-1)/n)."""
+class _PathAttribution(Attribution):
+    """IntegratedGradients and GradientShap: attributions times (inputs - baselines), with a
+    convergence delta; ``multiply_by_inputs=False`` is refused."""
 
     def __init__(self, forward_func: Forward, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
@@ -193,6 +193,11 @@ class IntegratedGradients(Attribution):
     @property
     def multiplies_by_inputs(self) -> bool:
         return True
+
+
+class IntegratedGradients(_PathAttribution):
+    """Captum's ``IntegratedGradients``: the five fixed rules with Captum's points and weights
+    (also Captum's ``riemann_trapezoid``, whose weights sum to (n-1)/n)."""
 
     def attribute(
         self,
@@ -237,20 +242,8 @@ def baseline_distribution(baselines: Any, inputs: Any) -> Any:
     return baselines
 
 
-class GradientShap(Attribution):
+class GradientShap(_PathAttribution):
     """Captum's ``GradientShap`` on ``fastxai.gradient_shap``."""
-
-    def __init__(self, forward_func: Forward, multiply_by_inputs: bool = True) -> None:
-        super().__init__(forward_func)
-        if not multiply_by_inputs:
-            raise unsupported("multiply_by_inputs=False")
-
-    def has_convergence_delta(self) -> bool:
-        return True
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return True
 
     def attribute(
         self,
