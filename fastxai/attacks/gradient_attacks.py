@@ -92,26 +92,14 @@ def fgsm(
 
     >>> x_adv = fastxai.fgsm(model, x, y, eps=8/255)
     """
-    if isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps == 0:
-        return iterative_attack(
-            model,
-            inputs,
-            labels,
-            eps=0.0,
-            alpha=1.0,
-            steps=1,
-            targeted=targeted,
-            loss=loss,
-            bounds=bounds,
-            normalize=normalize,
-            backend=backend,
-        )
+    # the step is eps itself; alpha must be > 0, and with eps = 0 any step is projected away
+    zero = isinstance(eps, (int, float)) and not isinstance(eps, bool) and eps == 0
     return iterative_attack(
         model,
         inputs,
         labels,
         eps=eps,
-        alpha=eps,
+        alpha=1.0 if zero else eps,
         steps=1,
         targeted=targeted,
         loss=loss,
