@@ -170,9 +170,9 @@ def test_pgd_at_the_certified_radius_never_changes_the_label() -> None:
     with torch.no_grad():
         labels = model(x).argmax(1)
     assert len(set(labels.tolist())) > 1
-    for index in range(x.shape[0]):
-        eps = float(radius[index])
-        adversarial = fx.pgd(
+
+    def attack(index: int, eps: float) -> torch.Tensor:
+        return fx.pgd(
             model,
             x[index : index + 1],
             labels[index : index + 1],
@@ -184,25 +184,17 @@ def test_pgd_at_the_certified_radius_never_changes_the_label() -> None:
             bounds=(-10.0, 10.0),
             seed=index,
         )
+
+    for index in range(x.shape[0]):
+        eps = float(radius[index])
+        adversarial = attack(index, eps)
         assert float((adversarial - x[index]).norm()) <= eps * (1 + 1e-4)
         with torch.no_grad():
             assert int(model(adversarial).argmax(1)) == int(labels[index])
     # The certificate is not vacuous: a few times the radius is enough for PGD on some inputs.
     fooled = 0
     for index in range(x.shape[0]):
-        eps = 5 * float(radius[index])
-        adversarial = fx.pgd(
-            model,
-            x[index : index + 1],
-            labels[index : index + 1],
-            eps=eps,
-            alpha=eps / 4,
-            steps=20,
-            norm="l2",
-            loss="margin",
-            bounds=(-10.0, 10.0),
-            seed=index,
-        )
+        adversarial = attack(index, 5 * float(radius[index]))
         with torch.no_grad():
             fooled += int(model(adversarial).argmax(1)) != int(labels[index])
     assert fooled > 0
