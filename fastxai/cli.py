@@ -185,22 +185,13 @@ MAIN_METHODS = (
 )
 """What ``--method all`` runs: one or two of each family."""
 
-_CAM = (
-    "grad_cam",
-    "grad_cam_plus_plus",
-    "xgrad_cam",
-    "hires_cam",
-    "layer_cam",
-    "score_cam",
-    "guided_grad_cam",
-)
-
-
 def method_kwargs(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
     """METHOD_DEFAULTS[method] plus what depends on the model or the inputs: the CAM layer (the
     last convolution) and the occlusion window (an eighth of each spatial side, half-overlapping)."""
+    from fastxai.runner import CAM_METHODS
+
     kwargs = dict(METHOD_DEFAULTS[method])
-    if method in _CAM:
+    if method in CAM_METHODS:
         convolutions = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
         if not convolutions or inputs.dim() != 4:
             raise CliError(f"{method} needs images [N, C, H, W] and a model with a Conv2d layer")

@@ -48,6 +48,17 @@ def _methods() -> dict[str, Callable[..., Any]]:
     return {name: fx.lrp.lrp if name == "lrp" else getattr(fx, name) for name in METHODS}
 
 
+CAM_METHODS = (
+    "grad_cam",
+    "grad_cam_plus_plus",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "score_cam",
+    "guided_grad_cam",
+)
+"""The CAM family: each needs the ``layer`` to explain."""
+
 METHODS = (
     "saliency",
     "input_x_gradient",
@@ -58,13 +69,7 @@ METHODS = (
     "lrp",
     "occlusion",
     "feature_ablation",
-    "grad_cam",
-    "grad_cam_plus_plus",
-    "xgrad_cam",
-    "hires_cam",
-    "layer_cam",
-    "score_cam",
-    "guided_grad_cam",
+    *CAM_METHODS,
 )
 """Methods the runner can apply: those whose result for an item does not depend on which other
 items share its batch (SmoothGrad keys its noise by the item's index). The sampled perturbation

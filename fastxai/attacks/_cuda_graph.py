@@ -57,7 +57,7 @@ def fused_step(
     the op resolves to, after one checked call on these arguments. A captured step may neither
     build tensors from Python numbers nor run checks that read the device (a capturing stream
     allows neither)."""
-    dtype = torch.float64 if adv.dtype == torch.float64 else torch.float32
+    dtype = ops._accumulator_dtype(adv.dtype)  # what the public op builds them in
     step_t, eps_t = (
         torch.full((adv.shape[0],), value, dtype=dtype, device=adv.device)
         for value in (step_size, threat.eps)
