@@ -1,7 +1,9 @@
 """LRP cost relative to the floor, measured in one process by alternating the implementations.
 
 On a shared machine absolute times drift; ratios of runs interleaved round by round do not (much).
-Every round times, in turn, the floor (one forward+backward of the batch, ``models.floor``),
+Every round times, in turn, the floor (one forward+backward of the batch, ``models.floor``), the
+same floor with the batch in channels-last memory layout (as ``fastxai.lrp`` runs its pass on
+the CPU: the figure that says how much of the gain is the layout),
 ``fastxai.lrp`` with ``epsilon_plus_flat``, Captum's LRP (VGG-style only: it has no rule for
 residual sums) and Zennit's ``EpsilonPlusFlat`` (with its BatchNorm canonizer) when importable.
 Reported: best-of-rounds time / best-of-rounds floor, and the median of per-round ratios. With
@@ -34,7 +36,12 @@ import fastxai.lrp as lrp
 def _implementations(
     name: str, model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, backends: list[str]
 ) -> dict[str, Callable[[], object]]:
-    functions: dict[str, Callable[[], object]] = {"floor": lambda: floor(model, x, target, 1)}
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    functions: dict[str, Callable[[], object]] = {
+        "floor": lambda: floor(model, x, target, 1),
+        # the floor for a user who runs gradients channels-last (fastxai's pass on the CPU is)
+        "floor-channels-last": lambda: floor(model, x_cl, target, 1),
+    }
     for backend in backends:
         functions[f"fastxai-{backend}"] = lambda backend=backend: lrp(
             model, x, target=target, composite="epsilon_plus_flat", backend=backend

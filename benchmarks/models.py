@@ -95,7 +95,10 @@ def case(name: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
 def floor(model: nn.Module, x: torch.Tensor, target: torch.Tensor, points: int) -> torch.Tensor:
     """The least any method pays: one forward+backward over ``points`` copies of the batch, in
     one pass, gradients for the inputs only."""
-    inputs = x.repeat(points, *([1] * (x.dim() - 1))).requires_grad_(True)
+    inputs = x.repeat(points, *([1] * (x.dim() - 1)))
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        inputs = inputs.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
+    inputs = inputs.requires_grad_(True)
     scores = model(inputs).gather(1, target.repeat(points).view(-1, 1))
     (gradient,) = torch.autograd.grad(scores.sum(), inputs)
     return gradient

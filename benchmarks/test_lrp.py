@@ -1,6 +1,7 @@
 """LRP (epsilon_plus_flat): floor vs fastxai per backend vs Captum (VGG-style only: no residuals)
 vs Zennit (when importable; with its BatchNorm canonizer), on a VGG-style and a ResNet-style CNN.
-The floor is one forward+backward of the batch (points=1). ``benchmarks/lrp_ratio.py`` measures
+The floor is one forward+backward of the batch (points=1), also timed with the batch in
+channels-last layout (fastxai's pass on the CPU runs in it). ``benchmarks/lrp_ratio.py`` measures
 the same cases as ratios to the floor, interleaved in one process."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _zennit() -> list[str]:
     return ["zennit"]
 
 
-@pytest.mark.parametrize("implementation", implementations() + _zennit())
+@pytest.mark.parametrize("implementation", [*implementations(), "floor-channels-last", *_zennit()])
 @pytest.mark.parametrize("model_name", MODELS)
 def test_lrp(benchmark, model_name: str, implementation: str) -> None:
     model, x, target = _case(model_name)
@@ -41,6 +42,12 @@ def test_lrp(benchmark, model_name: str, implementation: str) -> None:
         from models import floor
 
         function = lambda: floor(model, x, target, 1)  # noqa: E731
+    elif implementation == "floor-channels-last":
+        # the floor in the memory layout fastxai's CPU pass uses: how much of its gain is layout
+        from models import floor
+
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        function = lambda: floor(model, x_cl, target, 1)  # noqa: E731
     elif implementation == "captum":
         from captum.attr import LRP
 

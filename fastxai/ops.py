@@ -274,6 +274,31 @@ def _check_like(name: str, tensor: object, like_name: str, like: torch.Tensor) -
     return tensor
 
 
+def _memory_order(first: torch.Tensor) -> tuple[int, ...] | None:
+    """For element-wise ops: the permutation that makes ``first`` a contiguous view when it is
+    dense but not contiguous (channels-last activations), else None.
+
+    The op then runs on the arguments permuted alike (those of another layout copied into this
+    one) and its result is permuted back: it keeps the first argument's layout instead of paying
+    a layout-changing copy per argument and another for the result. Backends still receive
+    contiguous tensors; element-wise ops do not care about the order of elements."""
+    if first.dim() < 2 or first.is_contiguous():
+        return None
+    strides = first.stride()
+    order = tuple(sorted(range(first.dim()), key=lambda d: (-strides[d], d)))
+    return order if first.permute(order).is_contiguous() else None
+
+
+def _in_order(order: tuple[int, ...] | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    if order is None:
+        return [t.contiguous() for t in tensors]
+    return [t.permute(order).contiguous() for t in tensors]
+
+
+def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(order)), key=order.__getitem__))
+
+
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -303,7 +328,9 @@ def lrp_divide(
     relevance = _floating("relevance", relevance)
     z = _check_like("z", z, "relevance", relevance)
     eps = _check_real("eps", eps, relevance.dtype, 0.0)
-    return _dispatch("lrp_divide", backend, relevance, relevance.contiguous(), z.contiguous(), eps)
+    order = _memory_order(relevance)
+    out = _dispatch("lrp_divide", backend, relevance, *_in_order(order, (relevance, z)), eps)
+    return out if order is None else out.permute(_inverse(order))
 
 
 def lrp_product(
@@ -333,20 +360,16 @@ def lrp_product(
                 f"alpha and beta apply only with c_neg: without it the product is activation * c "
                 f"(got alpha={alpha}, beta={beta})"
             )
-        return _dispatch(
-            "lrp_product", backend, activation, activation.contiguous(), c.contiguous(), None, 1.0, 0.0
-        )
-    c_neg = _check_like("c_neg", c_neg, "activation", activation)
-    return _dispatch(
-        "lrp_product",
-        backend,
-        activation,
-        activation.contiguous(),
-        c.contiguous(),
-        c_neg.contiguous(),
-        alpha,
-        beta,
-    )
+    else:
+        c_neg = _check_like("c_neg", c_neg, "activation", activation)
+    tensors = (activation, c) if c_neg is None else (activation, c, c_neg)
+    order = _memory_order(activation)
+    views = _in_order(order, tensors)
+    out = _dispatch(
+        "lrp_product", backend, activation, views[0], views[1], views[2] if c_neg is not None else None,
+        alpha, beta,
+    )  # fmt: skip
+    return out if order is None else out.permute(_inverse(order))
 
 
 def masked_blend(

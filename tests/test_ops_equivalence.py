@@ -277,6 +277,44 @@ def test_lrp_product(backend: str, device: str, dtype: torch.dtype, shape_id: st
     _assert_as_accurate(got, want, oracle, dtype)
 
 
+ELEMENTWISE_LAYOUTS = [("channels_last",) * 3, ("channels_last", "contiguous", "transposed"),
+                       ("contiguous", "channels_last", "channels_last"), ("transposed",) * 3]
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("layouts", ELEMENTWISE_LAYOUTS, ids="-".join)
+def test_lrp_elementwise_ops_keep_the_first_arguments_layout(
+    backend: str, device: str, layouts: tuple[str, str, str]
+) -> None:
+    """lrp_divide / lrp_product run on the first argument's memory order (others are copied
+    into it) and return that layout: the same values, bit for bit, as on contiguous tensors."""
+    first, second, third = (
+        _layout(_inputs("image", torch.float32, device, seed), layout)
+        for seed, layout in zip((1, 2, 3), layouts, strict=True)
+    )
+    outputs = {
+        "divide": (ops.lrp_divide(first, second, 0.01, backend=backend),
+                   ops.lrp_divide(first.contiguous(), second.contiguous(), 0.01, backend=backend)),
+        "product": (ops.lrp_product(first, second, backend=backend),
+                    ops.lrp_product(first.contiguous(), second.contiguous(), backend=backend)),
+        "alpha_beta": (ops.lrp_product(first, second, third, 2.0, 1.0, backend=backend),
+                       ops.lrp_product(first.contiguous(), second.contiguous(), third.contiguous(), 2.0, 1.0,
+                                       backend=backend)),
+    }  # fmt: skip
+    for name, (got, want) in outputs.items():
+        assert torch.equal(got, want), name
+        assert got.stride() == first.stride(), (name, got.stride(), first.stride())
+
+
+def test_lrp_elementwise_ops_on_a_broadcast_first_argument() -> None:
+    """A first argument that is not dense (stride 0) takes the contiguous path."""
+    relevance = torch.rand(2, 1, 4, 4).expand(2, 3, 4, 4)
+    z = torch.rand(2, 3, 4, 4) + 0.5
+    got = ops.lrp_divide(relevance, z, 0.0)
+    assert got.is_contiguous()
+    torch.testing.assert_close(got, relevance / z)
+
+
 def _mask(shape: tuple[int, ...], groups: int, device: str, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, groups, shape, generator=generator).to(device)

@@ -94,6 +94,7 @@ class Plan:
     nonnegative: dict[bool, set[fx.Node]] = field(default_factory=dict)
     composite: Composite | None = None  # keeps the rules whose ids key the plan cache alive
     release: dict[fx.Node, list[fx.Node]] = field(default_factory=dict)  # see fastxai.lrp._plans
+    channels_last: bool = False  # run 4-d CPU inputs channels-last: see fastxai.lrp._plans
 
     def __post_init__(self) -> None:
         if isinstance(self.model, nn.Module):

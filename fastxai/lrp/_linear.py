@@ -105,16 +105,25 @@ class LinearLayer:
         return conv(inputs, weight, bias, self.stride, self.padding, self.dilation, groups)
 
     def transposed(
-        self, s: torch.Tensor, weight: torch.Tensor, input_shape: Sequence[int], groups: int | None = None
+        self,
+        s: torch.Tensor,
+        weight: torch.Tensor,
+        input_shape: Sequence[int] | torch.Tensor,
+        groups: int | None = None,
     ) -> torch.Tensor:
         """``L^T(s)``: the vector-Jacobian product of the layer (without its bias) with ``s``
-        (``groups`` overrides the convolution's, for the flat rule's channel-summed pass)."""
+        (``groups`` overrides the convolution's, for the flat rule's channel-summed pass).
+        ``input_shape``: the input's shape, or the input itself (only its shape and memory
+        layout are read: a channels-last input gives a channels-last result, without copies)."""
         if not self.is_conv:
             return s.matmul(weight)
-        dummy = s.new_empty(1).expand(*input_shape)
+        if isinstance(input_shape, torch.Tensor):
+            like = input_shape
+        else:
+            like = s.new_empty(1).expand(*input_shape)
         return torch.ops.aten.convolution_backward(
             s,
-            dummy,
+            like,
             weight,
             None,
             self.stride,
@@ -171,15 +180,24 @@ class LinearLayer:
         return entry[1]
 
     def parameter(
-        self, dtype: torch.dtype, which: str, modifier: Modifier, store: dict[Any, torch.Tensor] | None = None
+        self,
+        dtype: torch.dtype,
+        which: str,
+        modifier: Modifier,
+        store: dict[Any, torch.Tensor] | None = None,
+        channels_last: bool = False,
     ) -> torch.Tensor:
         """The effective ``"weight"`` or ``"bias"`` with ``modifier`` applied, cached (``store``:
-        from ``self.store()``, checked once per relevance step rather than once per parameter)."""
+        from ``self.store()``, checked once per relevance step rather than once per parameter).
+        ``channels_last``: a 4-d weight in the layout oneDNN would otherwise convert it to at
+        every convolution with channels-last activations."""
         store = self.store() if store is None else store
-        key = (dtype, which, modifier)
+        channels_last = channels_last and which == "weight" and self.is_conv and self.dims == 2
+        key = (dtype, which, modifier, channels_last)
         if key not in store:
             weight, bias = self.effective(dtype)
-            store[key] = modify(weight if which == "weight" else bias, modifier)
+            value = modify(weight if which == "weight" else bias, modifier)
+            store[key] = value.contiguous(memory_format=torch.channels_last) if channels_last else value
         return store[key]
 
 
@@ -251,9 +269,12 @@ def propagate(
     contributions: dict[str, list[tuple[float, torch.Tensor]]] = {}
     term_inputs: dict[str, torch.Tensor] = {}
     store = layer.store()
+    layout = is_channels_last(inputs)
     for group in groups:
         terms = [term for term in group.terms if not _skipped(term, nonnegative)]
-        z = _denominator(layer, group, terms, rule, inputs, output, term_inputs, dtype, nonnegative, store)
+        z = _denominator(
+            layer, group, terms, rule, inputs, output, term_inputs, dtype, nonnegative, store, layout
+        )
         masked = relevance
         if group.mask is not None:
             assert output is not None
@@ -261,7 +282,8 @@ def propagate(
         s = ops.lrp_divide(masked, z, rule.stabilizer, backend=backend)
         del z, masked  # freed now, their memory serves the next allocation
         for term in terms:
-            c = layer.transposed(s, layer.parameter(dtype, "weight", term.weight, store), inputs.shape)
+            weight = layer.parameter(dtype, "weight", term.weight, store, layout)
+            c = layer.transposed(s, weight, inputs)
             contributions.setdefault(term.input, []).append((group.coefficient * term.sign, c))
         del s
     total: torch.Tensor | None = None
@@ -291,6 +313,7 @@ def _denominator(
     dtype: torch.dtype,
     nonnegative: bool,
     store: dict[Any, torch.Tensor],
+    layout: bool,
 ) -> torch.Tensor:
     for term in terms:
         if term.input not in term_inputs:
@@ -300,7 +323,7 @@ def _denominator(
         return output  # the unmodified layer: z is the stored forward output
     z: torch.Tensor | None = None
     for term in terms:
-        weight = layer.parameter(dtype, "weight", term.weight, store)
+        weight = layer.parameter(dtype, "weight", term.weight, store, layout)
         bias = None if term.bias is None else layer.parameter(dtype, "bias", term.bias, store)
         value = layer.forward(term_inputs[term.input], weight, bias)
         if term.sign != 1.0:
@@ -308,6 +331,15 @@ def _denominator(
         z = value if z is None else z.add_(value)
     assert z is not None
     return z
+
+
+def is_channels_last(*tensors: torch.Tensor) -> bool:
+    """Whether all ``tensors`` are 4-d channels-last (and not also plain contiguous): the
+    layout of ``lrp``'s pass on the CPU, which the handlers keep."""
+    return all(
+        t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+        for t in tensors
+    )
 
 
 FLAT_GROUPS = Flat().groups()
@@ -332,7 +364,10 @@ def _flat(
     channels_in, spatial_in = inputs.shape[1], tuple(inputs.shape[2:])
     kernel = tuple(layer.module.kernel_size)
     count = layer.forward(relevance.new_ones(1, 1, *spatial_in), relevance.new_ones(1, 1, *kernel), None, 1)
-    summed = relevance.reshape(batch, groups, channels_out // groups, *spatial_out).sum(2)
+    if groups == 1:
+        summed = relevance.sum(1, keepdim=True)  # any layout: no copy of a channels-last relevance
+    else:
+        summed = relevance.reshape(batch, groups, channels_out // groups, *spatial_out).sum(2)
     z = (count * (channels_in // groups)).expand(summed.shape)
     s = ops.lrp_divide(summed, z, rule.stabilizer, backend=backend)
     # batch and groups folded into channels: a depthwise transposed convolution (single-channel

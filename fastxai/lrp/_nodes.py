@@ -64,7 +64,7 @@ class Context:
         return ops.lrp_divide(relevance, z.to(self.dtype), eps, backend=self.backend)
 
     def product(self, activation: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return ops.lrp_product(activation.to(self.dtype), c.contiguous(), backend=self.backend)
+        return ops.lrp_product(activation.to(self.dtype), c, backend=self.backend)
 
 
 def argument(node: fx.Node, position: int, name: str, default: Any = None) -> Any:
@@ -326,6 +326,16 @@ def maxpool(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
         c = _avgpool_vjp(ctx.divide(relevance, z, _eps(step)), inputs, args)
         return [(source, ctx.product(inputs, c))]
     indices, shape = ctx.indices.pop(step.node)
+    if _linear.is_channels_last(relevance, indices):
+        # the layout of the pass (see ``lrp``): scatter over [B, H*W, C] views, no layout copies
+        batch, channels = shape[0], shape[1]
+        result = relevance.new_zeros(batch, math.prod(shape[2:]), channels)
+        result.scatter_add_(
+            1,
+            indices.permute(0, 2, 3, 1).reshape(batch, -1, channels),
+            relevance.permute(0, 2, 3, 1).reshape(batch, -1, channels),
+        )
+        return [(source, result.view(batch, *shape[2:], channels).permute(0, 3, 1, 2))]
     result = relevance.new_zeros(shape[0], shape[1], math.prod(shape[2:]))
     result.scatter_add_(2, indices.flatten(2), relevance.flatten(2))
     return [(source, result.view(shape))]
@@ -435,7 +445,10 @@ def run_node(node: fx.Node, ctx: Context, root: Any, step: Step | None) -> Any:
         function: Any = node.target
         return function(*args, **kwargs)
     if node.op == "call_method":
-        return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        subject = args[0]
+        if node.target == "view" and isinstance(subject, torch.Tensor) and _linear.is_channels_last(subject):
+            subject = subject.contiguous()  # the pass's layout (see ``lrp``), not the model's
+        return getattr(subject, str(node.target))(*args[1:], **kwargs)
     raise AssertionError(node.op)
 
 

@@ -66,6 +66,10 @@ def annotate(plan: Plan) -> Plan:
     """Set ``plan.release`` and mark the in-place ReLUs (see the module docstring)."""
     plan.release = _releases(plan)
     _mark_inplace_relus(plan)
+    plan.channels_last = any(
+        step.kind == "linear" and step.layer is not None and step.layer.is_conv and step.layer.dims == 2
+        for step in plan.steps.values()
+    )
     return plan
 
 
