@@ -62,7 +62,8 @@ FUNCTION_KINDS: dict[Any, str] = {
     F.avg_pool1d: "avgpool", F.avg_pool2d: "avgpool", F.avg_pool3d: "avgpool",
     F.max_pool1d: "maxpool", F.max_pool2d: "maxpool", F.max_pool3d: "maxpool",
     F.adaptive_avg_pool1d: "adaptive_avgpool", F.adaptive_avg_pool2d: "adaptive_avgpool",
-    F.adaptive_avg_pool3d: "adaptive_avgpool",
+    F.adaptive_avg_pool3d: "adaptive_avgpool", F.adaptive_max_pool1d: "adaptive_maxpool",
+    F.adaptive_max_pool2d: "adaptive_maxpool", F.adaptive_max_pool3d: "adaptive_maxpool",
 }  # fmt: skip
 METHOD_KINDS = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "bmm": "matmul",

@@ -434,8 +434,9 @@ def run_node(node: fx.Node, ctx: Context, root: Any, step: Step | None) -> Any:
             return _max_with_indices(node, ctx, module, args[0])
         return module(*args, **kwargs)
     if node.op == "call_function":
-        if step is not None and step.kind == "maxpool":
-            if kwargs.get("return_indices") or (len(args) > 6 and args[6]):
+        if step is not None and step.kind in ("maxpool", "adaptive_maxpool"):
+            position = 6 if step.kind == "maxpool" else 2  # of return_indices
+            if kwargs.get("return_indices") or (len(args) > position and args[position]):
                 raise UnsupportedLayerError(f"max pooling that returns indices (node {node.name!r})")
             target: Any = node.target
             output, indices = target(*args, **{**kwargs, "return_indices": True})

@@ -3,8 +3,9 @@
 Both passes run the same rules on the same values; only the memory layout of the activations
 and relevances differs, so the results agree to the convolutions' summation order (float64
 here: 1e-12). Covered: every handler a conv net reaches in that layout (z+, gamma, alpha-beta,
-flat and z-box first layers, grouped convolutions, winner-take-all and average max pooling,
-average pooling, merged BatchNorm, residual sums, concatenation, ``view`` of a channels-last
+flat and z-box first layers, grouped, strided, dilated and 'same'-padded convolutions,
+winner-take-all and average max pooling (also ceil-mode and adaptive), average pooling,
+LocalResponseNorm, merged BatchNorm, residual sums, concatenation, ``view`` of a channels-last
 activation), layer relevances, and the layout of what is returned.
 """
 
@@ -59,6 +60,26 @@ class BranchNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(h, 1), 1))
 
 
+class OddLayers(nn.Module):
+    """Strided, dilated and 'same'-padded convolutions, ceil-mode and adaptive max pooling,
+    LocalResponseNorm and padded average pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.dilated = nn.Conv2d(6, 6, 3, padding=2, dilation=2)
+        self.same = nn.Conv2d(6, 4, 3, padding="same")
+        self.norm = nn.LocalResponseNorm(3)
+        self.pool = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.fc = nn.Linear(4 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.dilated(F.relu(self.down(x))))
+        h = self.pool(self.norm(F.relu(self.same(h))))
+        h = F.avg_pool2d(h, 2, stride=1, padding=1)
+        return self.fc(F.adaptive_max_pool2d(h, (2, 1)).flatten(1))
+
+
 def _vgg() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
@@ -71,6 +92,7 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
     "bn_cnn": lambda: small_cnn(channels=3),
     "view": ViewNet,
     "branches": BranchNet,
+    "odd_layers": OddLayers,
 }
 COMPOSITES: dict[str, object] = {
     "epsilon_plus_flat": "epsilon_plus_flat",

@@ -244,6 +244,31 @@ def test_maxpool_average_mode_and_target_none() -> None:
         )
 
 
+def test_functional_adaptive_max_pool_equals_the_module() -> None:
+    """F.adaptive_max_pool2d is winner-take-all like nn.AdaptiveMaxPool2d; asking it for the
+    indices (which the model would then read) is refused by name."""
+
+    class Functional(nn.Module):
+        def __init__(self, conv: nn.Conv2d, fc: nn.Linear, **options: bool) -> None:
+            super().__init__()
+            self.conv, self.fc, self.options = conv, fc, options
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pooled = F.adaptive_max_pool2d(F.relu(self.conv(x)), (2, 3), **self.options)
+            return self.fc(torch.flatten(pooled, 1))
+
+    torch.manual_seed(7)
+    conv, fc = nn.Conv2d(2, 3, 3, bias=False), nn.Linear(3 * 6, 4, bias=False)
+    modules = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveMaxPool2d((2, 3)), nn.Flatten(), fc).eval()
+    x = torch.rand(2, 2, 9, 9)
+    expected = lrp(modules, x, target=1, composite=EXACT)
+    got = lrp(Functional(conv, fc).eval(), x, target=1, composite=EXACT)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got.flatten(1).sum(1), _logit(modules, x, 1), atol=1e-5, rtol=1e-4)
+    with pytest.raises(UnsupportedLayerError, match="indices"):
+        lrp(Functional(conv, fc, return_indices=True).eval(), x, target=1)
+
+
 def test_local_response_norm_taylor_rule_conserves() -> None:
     torch.manual_seed(6)
     model = nn.Sequential(
