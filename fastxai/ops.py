@@ -274,29 +274,26 @@ def _check_like(name: str, tensor: object, like_name: str, like: torch.Tensor) -
     return tensor
 
 
-def _memory_order(first: torch.Tensor) -> tuple[int, ...] | None:
-    """For element-wise ops: the permutation that makes ``first`` a contiguous view when it is
-    dense but not contiguous (channels-last activations), else None.
+def _dispatch_in_layout(op: str, backend: str | None, tensors: Sequence[torch.Tensor], *rest: Any) -> Any:
+    """``_dispatch`` for element-wise ops, in the memory order of ``tensors[0]``.
 
-    The op then runs on the arguments permuted alike (those of another layout copied into this
-    one) and its result is permuted back: it keeps the first argument's layout instead of paying
-    a layout-changing copy per argument and another for the result. Backends still receive
-    contiguous tensors; element-wise ops do not care about the order of elements."""
-    if first.dim() < 2 or first.is_contiguous():
-        return None
-    strides = first.stride()
-    order = tuple(sorted(range(first.dim()), key=lambda d: (-strides[d], d)))
-    return order if first.permute(order).is_contiguous() else None
-
-
-def _in_order(order: tuple[int, ...] | None, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    When the first tensor is dense but not contiguous (channels-last activations), the op runs
+    on every tensor permuted into its memory order (contiguous views; a tensor of another
+    layout is copied into that order) and the result is permuted back: it keeps the first
+    argument's layout instead of paying a layout-changing copy per argument and another for
+    the result. Backends still receive contiguous tensors; element-wise ops do not care about
+    the order of elements. ``rest``: the op's remaining arguments, passed on as they are."""
+    first = tensors[0]
+    order: tuple[int, ...] | None = None
+    if first.dim() >= 2 and not first.is_contiguous():
+        strides = first.stride()
+        order = tuple(sorted(range(first.dim()), key=lambda d: (-strides[d], d)))
+        if not first.permute(order).is_contiguous():
+            order = None  # not dense (e.g. broadcast): the contiguous path
     if order is None:
-        return [t.contiguous() for t in tensors]
-    return [t.permute(order).contiguous() for t in tensors]
-
-
-def _inverse(order: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(sorted(range(len(order)), key=order.__getitem__))
+        return _dispatch(op, backend, first, *(t.contiguous() for t in tensors), *rest)
+    out = _dispatch(op, backend, first, *(t.permute(order).contiguous() for t in tensors), *rest)
+    return out.permute(sorted(range(len(order)), key=order.__getitem__))
 
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -328,9 +325,7 @@ def lrp_divide(
     relevance = _floating("relevance", relevance)
     z = _check_like("z", z, "relevance", relevance)
     eps = _check_real("eps", eps, relevance.dtype, 0.0)
-    order = _memory_order(relevance)
-    out = _dispatch("lrp_divide", backend, relevance, *_in_order(order, (relevance, z)), eps)
-    return out if order is None else out.permute(_inverse(order))
+    return _dispatch_in_layout("lrp_divide", backend, (relevance, z), eps)
 
 
 def lrp_product(
@@ -360,16 +355,9 @@ def lrp_product(
                 f"alpha and beta apply only with c_neg: without it the product is activation * c "
                 f"(got alpha={alpha}, beta={beta})"
             )
-    else:
-        c_neg = _check_like("c_neg", c_neg, "activation", activation)
-    tensors = (activation, c) if c_neg is None else (activation, c, c_neg)
-    order = _memory_order(activation)
-    views = _in_order(order, tensors)
-    out = _dispatch(
-        "lrp_product", backend, activation, views[0], views[1], views[2] if c_neg is not None else None,
-        alpha, beta,
-    )  # fmt: skip
-    return out if order is None else out.permute(_inverse(order))
+        return _dispatch_in_layout("lrp_product", backend, (activation, c), None, alpha, beta)
+    c_neg = _check_like("c_neg", c_neg, "activation", activation)
+    return _dispatch_in_layout("lrp_product", backend, (activation, c, c_neg), alpha, beta)
 
 
 def masked_blend(
