@@ -60,3 +60,38 @@ def test_plain_callables_pass_through() -> None:
     with _model.preserved_state(function):
         pass
 
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_inference_state_restores_modes_and_touches_nothing_else(raises: bool) -> None:
+    """The guard of the no-grad, hook-free methods: eval inside, every training flag back after
+    (mixed modes included, also on error); grad flags and hooks are neither changed nor saved."""
+    model = _model_under_test()
+    model[2][1].register_forward_hook(lambda *args: None)
+    before = _state(model)
+    with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
+        with _model.inference_state(model):
+            assert not any(m.training for m in model.modules())
+            assert [p.requires_grad for p in model.parameters()] == before[1]
+            if raises:
+                raise RuntimeError("inside the block")
+    assert _state(model) == before
+
+
+def test_inference_state_passes_plain_callables() -> None:
+    with _model.inference_state(torch.relu):
+        pass
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_all_finite_exact_despite_overflowing_sums(dtype: torch.dtype) -> None:
+    """The one-reduction shortcut must not decide wrongly: a sum that overflows (finite, huge
+    elements) falls back to the element check; a NaN or an infinity anywhere is caught."""
+    huge = torch.finfo(dtype).max / 2
+    values = torch.full((1000,), huge, dtype=dtype)
+    assert _model.all_finite(values)
+    assert _model.all_finite(torch.zeros(0, dtype=dtype))
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        spoiled = values.clone()
+        spoiled[617] = bad
+        assert not _model.all_finite(spoiled)
+        assert not _model.all_finite(torch.tensor([bad, 1.0], dtype=dtype))
