@@ -43,9 +43,9 @@ def _unchecked(op: str, backend: str | None, anchor: torch.Tensor) -> Callable[.
     """Private fast path: the implementation of ``op`` that ``_dispatch`` would call for tensors
     like ``anchor``, resolved once.
 
-    No checks and no conversions: only for a caller that calls the public op once per call (all
-    checks) and then, per chunk, passes arguments built exactly alike (contiguous, same dtypes
-    and devices, shapes differing only by construction) in the form the public op hands on.
+    No checks and no conversions: only for a caller that builds every argument itself, from
+    inputs it has validated, in the form the public op hands on (contiguous, same dtypes and
+    devices, shapes right by construction), and whose tests run it on every backend.
     Options the public op hands on as keywords (``copy_major`` of ``masked_blend`` and
     ``occlude``) are keywords of the implementation too: pass them by name.
     """

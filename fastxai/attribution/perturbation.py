@@ -54,7 +54,7 @@ def feature_ablation(
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         return keep_all[p0:p1].unsqueeze(0).expand(r1 - r0, -1, -1)
 
-    with _model.preserved_state(model):
+    with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(model, x, target_t, groups + 1, perturb, chunk)
     drops = scores[:, :1] - scores[:, 1:]
@@ -197,7 +197,7 @@ def occlusion(
 
         perturb = _perturbation.blend(x, baseline, cell_ids, keep, backend)
 
-    with _model.preserved_state(model):
+    with _model.inference_state(model):
         scores, _ = _perturbation.perturbed_scores(
             model, x, target_t, grid.total + 1, perturb, chunk, first_is_input=True
         )

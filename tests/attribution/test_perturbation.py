@@ -254,8 +254,9 @@ def test_out_of_range_target_checked_on_the_first_batch(method: str, target: obj
     assert_same_state(before, model_state(model))
 
 
-def test_later_chunks_use_the_validated_op_fast_path() -> None:
-    # every chunk after the first skips the public op's checks; results match a one-chunk call
+def test_copies_built_by_the_op_implementation_directly() -> None:
+    # the methods build their arguments from validated inputs and call the op's implementation
+    # (no public-op checks per call); results match across chunkings
     from fastxai import ops
 
     x = torch.randn(3, 1, 6, 6)
@@ -269,3 +270,44 @@ def test_later_chunks_use_the_validated_op_fast_path() -> None:
     for chunk_size in (1, 2, 5):
         got = feature_ablation(model, x, 2, feature_mask=mask, chunk_size=chunk_size)
         torch.testing.assert_close(got, reference)  # model batches differ: float tolerance
+
+
+@pytest.mark.parametrize(
+    ("build_elements", "per_build"),
+    [(1, 2), (300, 2), (500, 4), (1 << 22, 1 << 22)],  # copies: 2 (one model batch), 2, 500 // 108 -> 4, all
+)
+@pytest.mark.parametrize("method", ["feature_ablation", "occlusion", "occlusion-clipped"])
+def test_copies_built_in_blocks_scored_in_whole_copy_batches(
+    monkeypatch: pytest.MonkeyPatch, build_elements: int, per_build: int, method: str
+) -> None:
+    """On the CPU one op call builds the copies of several model batches (up to BUILD_ELEMENTS
+    elements); the model still gets batches of whole copies, at most chunk_size rows, the same
+    batches whatever the build size, so the results are bit-identical."""
+    from fastxai.attribution import _perturbation
+
+    monkeypatch.setattr(_perturbation, "BUILD_ELEMENTS", build_elements)
+    op_calls: list[int] = []
+    original = _perturbation.FusedOp.__call__
+
+    def counted(self: _perturbation.FusedOp, *args: object, **options: object) -> torch.Tensor:
+        op_calls.append(1)
+        return original(self, *args, **options)
+
+    monkeypatch.setattr(_perturbation.FusedOp, "__call__", counted)
+    model, calls = _counting_model()
+    x = torch.randn(3, 1, 6, 6)  # 3 rows of 36 elements; chunk_size 7: two copies (6 rows) per batch
+    kwargs: dict = {
+        "feature_ablation": {"feature_mask": (torch.arange(36) % 5).view(1, 6, 6)},  # 6 copies
+        "occlusion": {"sliding_window_shapes": (1, 2, 6), "strides": 1},  # 5 windows: 6 copies
+        "occlusion-clipped": {"sliding_window_shapes": (1, 2, 5), "strides": (1, 2, 2)},  # 7 copies
+    }[method]
+    function = feature_ablation if method == "feature_ablation" else occlusion
+    got = function(model, x, 1, chunk_size=7, **kwargs)
+    copies = sum(calls) // 3
+    assert copies == (7 if method == "occlusion-clipped" else 6)
+    assert calls == [6] * (copies // 2) + [3] * (copies % 2)  # whole copies, at most chunk_size rows
+    assert len(op_calls) == -(-copies // per_build)
+    monkeypatch.setattr(_perturbation, "BUILD_ELEMENTS", 1)
+    calls.clear()
+    assert torch.equal(function(model, x, 1, chunk_size=7, **kwargs), got)
+    torch.testing.assert_close(function(model, x, 1, chunk_size=3, **kwargs), got)
