@@ -34,7 +34,7 @@ def _similarities(
     sum S_xb`` and so on, so every sample's terms come out of one batched matrix product.
     """
     xd, bd = x.double(), baseline.double()
-    z = samples.double()
+    z = _perturbation.as_dtype(samples, torch.float64)
     if distance_mode == "euclidean":
         gap = _perturbation.group_sums((xd - bd) ** 2, mask, groups)
         # sum over the groups z drops: sum(gap) - z . gap
@@ -50,6 +50,23 @@ def _similarities(
         cosine = dot / (norm_x.clamp_min(_COSINE_EPS) * norm_z.clamp_min(_COSINE_EPS))
         distance_sq = (1 - cosine) ** 2
     return torch.exp(-distance_sq / (2 * kernel_width**2))
+
+
+_BITS_PER_DRAW = 62
+"""Fair coin flips taken from one random int64 in [0, 2**62)."""
+
+
+def _coin_flips(
+    batch: int, n_samples: int, groups: int, rng: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """``z ~ Bernoulli(1/2)^M`` for every sample: [B, P, M] bool, from the bits of uniform random
+    integers (one draw per 62 groups instead of one float per group: 16x fewer draws at M = 16)."""
+    draws = -(-groups // _BITS_PER_DRAW)
+    codes = torch.randint(0, 2**_BITS_PER_DRAW, (batch, n_samples, draws), generator=rng, device=device)
+    position = torch.arange(groups, device=device)
+    if draws > 1:
+        codes = codes[:, :, position // _BITS_PER_DRAW]
+    return ((codes >> (position % _BITS_PER_DRAW)) & 1).bool()
 
 
 def lime(
@@ -117,18 +134,18 @@ def lime(
         _backends.check_choice(backend)
     dtype = _perturbation.compute_dtype(x)
     rng = _perturbation.generator(seed, x.device)
-    samples = torch.rand(x.shape[0], n_samples, groups, generator=rng, device=x.device) < 0.5
+    samples = _coin_flips(x.shape[0], n_samples, groups, rng, x.device)
 
-    keep_all = samples.to(dtype)
+    keep_all = _perturbation.as_dtype(samples, dtype)
 
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         return keep_all[r0:r1, p0:p1]
 
-    with _model.preserved_state(model):
+    with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(model, x, target_t, n_samples, perturb, chunk)
-    weights = _similarities(x, baseline, mask, groups, samples, distance_mode, float(kernel_width))
-    design = samples.double()
+    design = _perturbation.as_dtype(samples, torch.float64)
+    weights = _similarities(x, baseline, mask, groups, design, distance_mode, float(kernel_width))
     if interpretable_model == "lasso":
         coef, _ = surrogate.lasso(design, scores, weights, float(alpha))
     else:

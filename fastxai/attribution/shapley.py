@@ -41,13 +41,24 @@ def _kernel_shap_coalitions(
         weights = (groups - 1) / (binomial[sizes].double() * sizes * (groups - sizes))
         return coalitions.expand(batch, -1, -1), weights.expand(batch, -1)
     rng = _perturbation.generator(seed, device)
-    size_range = torch.arange(1, groups, device=device, dtype=torch.float64)
-    size_probs = 1.0 / (size_range * (groups - size_range))
     half = (n_samples + 1) // 2
-    sizes = torch.multinomial(size_probs.expand(batch, -1), half, replacement=True, generator=rng) + 1
+    # inverse CDF of the size distribution (a multinomial draw per sample costs several times more)
+    uniform = torch.rand(batch, half, generator=rng, device=device, dtype=torch.float64)
+    sizes = torch.searchsorted(_size_cdf(groups, device), uniform, right=True).clamp_(max=groups - 2) + 1
     drawn = _uniform_subsets(groups, sizes, rng)
     coalitions = torch.cat([drawn, ~drawn], dim=1)[:, :n_samples]
     return coalitions, None  # equal weights
+
+
+@functools.lru_cache(maxsize=8)
+def _size_cdf(groups: int, device: torch.device) -> torch.Tensor:
+    """Cumulative probabilities of coalition sizes 1..M-1, ``P(s) ~ (M - 1) / (s (M - s))`` (the
+    Shapley kernel's mass per size), the last exactly 1 (float64 [M - 1]; read-only)."""
+    sizes = torch.arange(1, groups, device=device, dtype=torch.float64)
+    mass = 1.0 / (sizes * (groups - sizes))
+    cdf = mass.cumsum(0) / mass.sum()
+    cdf[-1] = 1.0
+    return cdf
 
 
 _TABLE_MAX_GROUPS = 20
@@ -137,14 +148,17 @@ def kernel_shap(
     else:
         coalitions = torch.zeros(batch, 0, 1, dtype=torch.bool, device=x.device)
         weights = torch.zeros(batch, 0, dtype=torch.float64, device=x.device)
-    ends = torch.tensor([[1.0] * groups, [0.0] * groups], dtype=dtype, device=x.device)
+    ends = torch.ones(2, groups, dtype=dtype, device=x.device)
+    ends[1] = 0.0
     # copies 0 and 1 are the input and the baseline, copy p >= 2 is coalition p - 2
-    keep_all = torch.cat([ends.unsqueeze(0).expand(batch, -1, -1), coalitions.to(dtype)], dim=1)
+    keep_all = torch.cat(
+        [ends.unsqueeze(0).expand(batch, -1, -1), _perturbation.as_dtype(coalitions, dtype)], dim=1
+    )
 
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         return keep_all[r0:r1, p0:p1]
 
-    with _model.preserved_state(model):
+    with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
             model, x, target_t, coalitions.shape[1] + 2, perturb, chunk
@@ -200,7 +214,10 @@ def shapley_value_sampling(
     order = torch.rand(batch, n_samples, groups, generator=rng, device=x.device).argsort(dim=2)
     rank = order.argsort(dim=2)  # rank[b, s, m]: position of group m in order s
     steps = groups - 1
-    ends = torch.tensor([[1.0] * groups, [0.0] * groups], dtype=dtype, device=x.device)
+    ends = torch.ones(2, groups, dtype=dtype, device=x.device)
+    ends[1] = 0.0
+
+    step_index = torch.arange(steps, device=x.device).view(1, 1, -1, 1)
 
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         # copies 0 and 1: input and baseline; copy 2 + s * (M - 1) + t: the first t + 1 groups of order s
@@ -208,12 +225,14 @@ def shapley_value_sampling(
         if p0 < 2:
             parts.append(ends[p0 : min(p1, 2)].unsqueeze(0).expand(r1 - r0, -1, -1))
         if p1 > 2:
-            index = torch.arange(max(p0, 2) - 2, p1 - 2, device=x.device)
-            sample, step = index // steps, index % steps
-            parts.append((rank[r0:r1, sample] <= step.view(1, -1, 1)).to(dtype))
+            first, last = max(p0, 2) - 2, p1 - 2  # steps along the orders, all orders end to end
+            s0, s1 = first // steps, -(-last // steps)  # the orders they fall in
+            walked = rank[r0:r1, s0:s1].unsqueeze(2) <= step_index  # [R, s1 - s0, M - 1, M]
+            walked = walked.view(r1 - r0, -1, groups)[:, first - s0 * steps : last - s0 * steps]
+            parts.append(_perturbation.as_dtype(walked, dtype))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    with _model.preserved_state(model):
+    with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(model, x, target_t, 2 + n_samples * steps, perturb, chunk)
     path = torch.cat(

@@ -192,3 +192,56 @@ def test_bad_input_before_any_model_call(kwargs: dict, match: str) -> None:
     with pytest.raises((ValueError, TypeError), match=match):
         lime(model, torch.randn(2, 4, 4), 1, **kwargs)
     assert calls == []
+
+
+@pytest.mark.parametrize("groups", [5, 16, 62, 63, 130])  # one draw per sample up to 62 groups
+def test_coin_flips_are_fair_and_independent(groups: int) -> None:
+    from fastxai.attribution.lime import _coin_flips
+
+    flips = _coin_flips(4, 2500, groups, torch.Generator().manual_seed(5), torch.device("cpu"))
+    assert flips.shape == (4, 2500, groups) and flips.dtype == torch.bool
+    z = flips.reshape(-1, groups).double()
+    n = z.shape[0]
+    assert (z.mean(0) - 0.5).abs().max() < 5 * (0.25 / n) ** 0.5  # each group on half the time
+    both = (z.T @ z) / n  # P(i and j on): 1/4 off the diagonal for independent fair coins
+    off_diagonal = both[~torch.eye(groups, dtype=torch.bool)]
+    assert (off_diagonal - 0.25).abs().max() < 5 * (0.1875 / n) ** 0.5
+    again = _coin_flips(4, 2500, groups, torch.Generator().manual_seed(5), torch.device("cpu"))
+    assert torch.equal(flips, again)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lasso_active_set_and_iteration_agree(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """The active-set start and the FISTA iteration are two routes to the same exact solution:
+    with no active-set rounds every input goes through the iteration."""
+    generator = torch.Generator().manual_seed(200 + seed)
+    z = (torch.rand(6, 150, 14, generator=generator) < 0.5).double()
+    truth = torch.randn(6, 14, generator=generator, dtype=torch.float64)
+    truth = truth * (torch.rand(6, 14, generator=generator) < 0.3)
+    noise = torch.randn(6, 150, generator=generator, dtype=torch.float64)
+    y = (z @ truth.unsqueeze(-1)).squeeze(-1) + 0.3 * noise
+    w = torch.rand(6, 150, generator=generator, dtype=torch.float64)
+    for alpha in (1e-3, 0.05, 0.5):
+        coef, intercept = surrogate.lasso(z, y, w, alpha)
+        with monkeypatch.context() as patch:
+            patch.setattr(surrogate, "_ACTIVE_SET_ROUNDS", 0)
+            iterated, iterated_intercept = surrogate.lasso(z, y, w, alpha)
+        torch.testing.assert_close(coef, iterated, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(intercept, iterated_intercept, rtol=1e-9, atol=1e-11)
+
+
+def test_lasso_active_set_settles_sparse_problems_without_iterating(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(9)
+    z = (torch.rand(8, 200, 16, generator=generator) < 0.5).double()
+    truth = torch.zeros(8, 16, dtype=torch.float64)
+    truth[:, :2] = torch.randn(8, 2, generator=generator, dtype=torch.float64)
+    noise = torch.randn(8, 200, generator=generator, dtype=torch.float64)
+    y = (z @ truth.unsqueeze(-1)).squeeze(-1) + 0.01 * noise
+    w = torch.rand(8, 200, generator=generator, dtype=torch.float64)
+    with monkeypatch.context() as patch:
+        patch.setattr(surrogate, "_ACTIVE_SET_ROUNDS", 0)
+        iterated, _ = surrogate.lasso(z, y, w, 0.01)
+    monkeypatch.setattr(torch, "baddbmm", None)  # the FISTA step: must not be reached
+    coef, _ = surrogate.lasso(z, y, w, 0.01)
+    assert (coef[:, 2:] == 0).all() and (coef != 0).any()
+    torch.testing.assert_close(coef, iterated, rtol=1e-9, atol=1e-11)

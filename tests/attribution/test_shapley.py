@@ -235,3 +235,20 @@ def test_coalitions_of_a_size_are_uniform(groups: int) -> None:
     assert counts.numel() == math.comb(groups, size)
     expected = draws / math.comb(groups, size)
     assert (counts - expected).abs().max() < 5 * math.sqrt(expected)
+
+
+@pytest.mark.parametrize("groups", [13, 25])  # fewer samples than coalitions: drawn, not enumerated
+def test_sampled_coalition_sizes_follow_the_shapley_kernel(groups: int) -> None:
+    """Sizes s in 1..M-1 with probability ~ 1 / (s (M - s)) (counts within 5 standard deviations),
+    each coalition followed by its complement."""
+    n_samples = 4000
+    coalitions, weights = shapley_module._kernel_shap_coalitions(groups, 3, n_samples, 7, torch.device("cpu"))
+    assert weights is None and coalitions.shape == (3, n_samples, groups)
+    half = n_samples // 2
+    assert torch.equal(coalitions[:, half:], ~coalitions[:, :half])
+    sizes = coalitions[:, :half].sum(2).flatten()
+    assert int(sizes.min()) >= 1 and int(sizes.max()) <= groups - 1
+    mass = torch.tensor([1.0 / (s * (groups - s)) for s in range(1, groups)], dtype=torch.float64)
+    expected = sizes.numel() * mass / mass.sum()
+    counts = torch.bincount(sizes - 1, minlength=groups - 1).double()
+    assert ((counts - expected).abs() <= 5 * expected.sqrt() + 1).all()
