@@ -71,7 +71,9 @@ def check_feature_mask(feature_mask: object, inputs: torch.Tensor) -> tuple[torc
     if low < 0:
         raise ValueError(f"feature_mask ids must be >= 0, got {low}")
     # more ids than elements leaves gaps for sure (and must not size a bincount)
-    complete = groups <= mask.numel() and bool((torch.bincount(mask.flatten(), minlength=groups) > 0).all())
+    complete = groups <= mask.numel() and bool(
+        torch.zeros(groups, dtype=torch.bool, device=mask.device).index_fill_(0, mask.flatten(), True).all()
+    )
     if not complete:
         missing = _first_missing(torch.unique(mask).tolist(), 5)
         raise ValueError(

@@ -212,7 +212,9 @@ def shapley_value_sampling(
     dtype = _perturbation.compute_dtype(x)
     rng = _perturbation.generator(seed, x.device)
     order = torch.rand(batch, n_samples, groups, generator=rng, device=x.device).argsort(dim=2)
-    rank = order.argsort(dim=2)  # rank[b, s, m]: position of group m in order s
+    # rank[b, s, m]: position of group m in order s (the inverse permutation)
+    positions = torch.arange(groups, device=x.device).expand(batch, n_samples, groups)
+    rank = torch.empty_like(order).scatter_(2, order, positions)
     steps = groups - 1
     ends = torch.ones(2, groups, dtype=dtype, device=x.device)
     ends[1] = 0.0
