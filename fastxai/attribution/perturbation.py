@@ -64,9 +64,10 @@ def feature_ablation(
 def _check_window(
     name: str, value: object, features: tuple[int, ...], default: int | None = None
 ) -> tuple[int, ...]:
+    """One size per feature dimension; with a ``default`` (strides) also None or one int for all."""
     if value is None and default is not None:
         return (default,) * len(features)
-    if isinstance(value, int) and not isinstance(value, bool) and name == "strides":
+    if isinstance(value, int) and not isinstance(value, bool) and default is not None:
         value = (value,) * len(features)
     if not isinstance(value, (tuple, list)) or any(
         isinstance(v, bool) or not isinstance(v, int) for v in value
@@ -83,6 +84,30 @@ def _check_window(
     if any(v < 1 for v in sizes):
         raise ValueError(f"{name} must hold sizes >= 1, got {sizes}")
     return sizes
+
+
+def check_grid(
+    inputs: torch.Tensor, sliding_window_shapes: object, strides: object, *, label: str = ""
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Occlusion's window shape and strides, validated against ``inputs`` [B, *F]; ``label``
+    follows the argument names in errors (e.g. ``"[1]"`` for the second input of a tuple)."""
+    features = tuple(inputs.shape[1:])
+    if not features:
+        raise ValueError(
+            f"inputs{label} must have feature dimensions [B, *F] for occlusion, got {tuple(inputs.shape)}"
+        )
+    window = _check_window(f"sliding_window_shapes{label}", sliding_window_shapes, features)
+    stride = _check_window(f"strides{label}", strides, features, default=1)
+    if any(w > f for w, f in zip(window, features, strict=True)):
+        raise ValueError(
+            f"sliding_window_shapes{label} {window} must fit inside the input's features {features}"
+        )
+    if any(s > w and w < f for s, w, f in zip(stride, window, features, strict=True)):
+        raise ValueError(
+            f"strides{label} {stride} must be <= sliding_window_shapes{label} {window} in every dimension "
+            "where the window is smaller than the input, else some elements are never occluded"
+        )
+    return window, stride
 
 
 class _WindowGrid:
@@ -147,17 +172,7 @@ def occlusion(
     """
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     features = tuple(x.shape[1:])
-    if not features:
-        raise ValueError(f"inputs must have feature dimensions [B, *F] for occlusion, got {tuple(x.shape)}")
-    window = _check_window("sliding_window_shapes", sliding_window_shapes, features)
-    stride = _check_window("strides", strides, features, default=1)
-    if any(w > f for w, f in zip(window, features, strict=True)):
-        raise ValueError(f"sliding_window_shapes {window} must fit inside the input's features {features}")
-    if any(s > w and w < f for s, w, f in zip(stride, window, features, strict=True)):
-        raise ValueError(
-            f"strides {stride} must be <= sliding_window_shapes {window} in every dimension where the "
-            "window is smaller than the input, else some elements are never occluded"
-        )
+    window, stride = check_grid(x, sliding_window_shapes, strides)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     if backend is not None:
         _backends.check_choice(backend)

@@ -21,12 +21,13 @@ What differs from Captum, on purpose:
   numbering); with ``return_input_shape=False`` ids must be 0..M-1.
 - Accepted but not honoured is refused: ``show_progress=True``, a custom ``similarity_func``
   or ``perturb_func``, an interpretable model other than Captum's ``SkLearnLasso`` /
-  ``SkLearnLinearRegression``, a tuple of several inputs for ``Occlusion`` raise
-  ``NotImplementedError`` (other classes take tuple inputs, packed into one flat tensor).
+  ``SkLearnLinearRegression`` raise ``NotImplementedError``. Tuple inputs are packed into one
+  flat tensor; ``Occlusion`` occludes each input of a tuple in turn, the others as given.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +36,7 @@ import torch
 from fastxai import _model
 from fastxai.attribution.integrated_gradients import check_baselines
 from fastxai.attribution.lime import lime
-from fastxai.attribution.perturbation import feature_ablation, occlusion
+from fastxai.attribution.perturbation import check_grid, feature_ablation, occlusion
 from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
 from fastxai.compat._captum_inputs import PackedInputs
 from fastxai.compat.captum import check_target, module_of
@@ -182,10 +183,10 @@ class Occlusion(_PerturbationAttribution):
     ) -> Any:
         if isinstance(inputs, tuple):
             if len(inputs) != 1:
-                raise NotImplementedError(
-                    "inputs as a tuple of several tensors is not supported by Occlusion: pass one tensor "
-                    "(or a tuple of one)"
-                )
+                return self._several(
+                    inputs, sliding_window_shapes, strides, baselines, target, additional_forward_args,
+                    perturbations_per_eval, show_progress,
+                )  # fmt: skip
             window = sliding_window_shapes
             if isinstance(window, tuple) and len(window) == 1 and isinstance(window[0], tuple):
                 window = window[0]
@@ -220,6 +221,81 @@ class Occlusion(_PerturbationAttribution):
             baselines=baselines,
             chunk_size=per_eval * packed.batch,
         )
+
+    def _several(
+        self,
+        inputs: tuple[torch.Tensor, ...],
+        sliding_window_shapes: Any,
+        strides: Any,
+        baselines: Any,
+        target: Any,
+        additional_forward_args: Any,
+        perturbations_per_eval: object,
+        show_progress: object,
+    ) -> tuple[torch.Tensor, ...]:
+        """Captum's occlusion of a tuple of inputs: each input occluded window by window with the
+        others as given, one attribution per input. Runs ``fastxai.occlusion`` once per input on a
+        forward that puts the other inputs (and the extra arguments) beside each model batch."""
+        _refuse_progress(show_progress)
+        per_eval = _check_perturbations_per_eval(perturbations_per_eval)
+        packed = PackedInputs(inputs)
+        count = len(inputs)
+        windows = _per_input("sliding_window_shapes", sliding_window_shapes, count, allow_shared=False)
+        stride_list = _per_input("strides", strides, count)
+        base_list = _per_input("baselines", baselines, count)
+        for index, tensor in enumerate(inputs):  # every input's arguments, before any model call
+            check_grid(tensor, windows[index], stride_list[index], label=f"[{index}]")
+            if base_list[index] is not None:
+                check_baselines(base_list[index], tensor)
+        forward = packed.forward(self.forward_func, additional_forward_args)
+        spans = list(itertools.pairwise(itertools.accumulate([0, *packed.sizes])))
+        target_t = check_target(target)
+
+        def beside(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
+            def model(rows: torch.Tensor) -> torch.Tensor:
+                copies, left = divmod(rows.shape[0], packed.batch)
+                if left:
+                    raise NotImplementedError(
+                        f"Occlusion of inputs[{index}] called the model on {rows.shape[0]} rows, not whole "
+                        f"copies of the {packed.batch} examples"
+                    )
+                parts = [
+                    rows.reshape(rows.shape[0], -1)
+                    if other == index
+                    else packed.flat[:, start:stop].repeat(copies, 1)
+                    for other, (start, stop) in enumerate(spans)
+                ]
+                return forward(torch.cat(parts, dim=1))
+
+            return model
+
+        return tuple(
+            self._call(
+                occlusion,
+                beside(index),
+                inputs[index],
+                target_t,
+                sliding_window_shapes=windows[index],
+                strides=stride_list[index],
+                baselines=base_list[index],
+                chunk_size=per_eval * packed.batch,
+            )
+            for index in range(count)
+        )
+
+
+def _per_input(name: str, value: Any, count: int, *, allow_shared: bool = True) -> list[Any]:
+    """A Captum argument for a tuple of ``count`` inputs: a tuple with one entry per input, or
+    (``allow_shared``) one value (None, a number) for all of them."""
+    if isinstance(value, tuple) and len(value) == count:
+        return list(value)
+    if allow_shared and (value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+        return [value] * count
+    raise ValueError(
+        f"{name} must be a tuple with one entry per input ({count})"
+        + (", or one number for all" if allow_shared else "")
+        + f", got {value!r}"
+    )
 
 
 class FeatureAblation(_PerturbationAttribution):

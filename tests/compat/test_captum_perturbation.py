@@ -47,6 +47,45 @@ def test_occlusion_matches_captum(per_eval: int, window: tuple[int, ...], stride
     torch.testing.assert_close(ours_tuple[0], theirs, rtol=1e-5, atol=1e-6)
 
 
+class ImageAndVector(nn.Module):
+    """An image and a vector through their own layers, joined, gated by a per-example mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.conv, self.image_fc = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 36, 5)
+        self.vector_fc, self.head = nn.Linear(7, 5), nn.Linear(10, 3)
+
+    def forward(self, image: torch.Tensor, vector: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.image_fc(torch.relu(self.conv(image)).flatten(1)))
+        return self.head(torch.cat([a, torch.relu(self.vector_fc(vector))], dim=1) * mask)
+
+
+@pytest.mark.parametrize("per_eval", [1, 4])
+def test_occlusion_of_several_inputs_matches_captum(per_eval: int) -> None:
+    """Each input occluded in turn with its own window, strides and baseline, the others and a
+    per-example extra argument as given: Captum's numbers, one attribution per input."""
+    model = ImageAndVector().eval()
+    generator = torch.Generator().manual_seed(6)
+    image, vector = torch.rand(3, 2, 6, 6, generator=generator), torch.rand(3, 7, generator=generator)
+    mask = (torch.rand(3, 10, generator=generator) > 0.3).float()
+    for kwargs in (
+        {"sliding_window_shapes": ((1, 3, 2), (2,)), "strides": ((1, 2, 1), 2), "baselines": (0.0, 0.5)},
+        {"sliding_window_shapes": ((2, 2, 2), (3,)), "strides": None, "baselines": (0.25, 0.1)},
+    ):
+        args = {**kwargs, "target": torch.tensor([0, 2, 1]), "additional_forward_args": (mask,)}
+        ours = Occlusion(model).attribute((image, vector), perturbations_per_eval=per_eval, **args)
+        theirs = captum_attr.Occlusion(model).attribute((image, vector), **args)
+        assert isinstance(ours, tuple) and len(ours) == 2
+        for got, expected in zip(ours, theirs, strict=True):
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    shared = Occlusion(model).attribute((image, vector), **{**args, "baselines": 0.25})  # one number for all
+    per_input = Occlusion(model).attribute((image, vector), **{**args, "baselines": (0.25, 0.25)})
+    for got, expected in zip(shared, per_input, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
 def test_feature_ablation_matches_captum_with_gapped_mask() -> None:
     model = small_cnn(seed=2).eval()
     x = torch.randn(2, 1, 6, 6)
@@ -151,9 +190,21 @@ def test_model_state_restored_and_mode_kept() -> None:
     ("call", "error", "match"),
     [
         (
-            lambda m, x: Occlusion(m).attribute((x, x), sliding_window_shapes=((1, 2, 2),) * 2),
-            NotImplementedError,
-            "tuple",
+            lambda m, x: Occlusion(m).attribute((x, x), sliding_window_shapes=(1, 2, 2)),
+            ValueError,
+            "sliding_window_shapes must be a tuple with one entry per input",
+        ),
+        (  # the second input's window is checked before the first input is occluded
+            lambda m, x: Occlusion(m).attribute((x, x), sliding_window_shapes=((1, 2, 2), (1, 5, 5))),
+            ValueError,
+            r"sliding_window_shapes\[1\]",
+        ),
+        (
+            lambda m, x: Occlusion(m).attribute(
+                (x, x), sliding_window_shapes=((1, 2, 2),) * 2, strides=(1, 2, 3)
+            ),
+            ValueError,
+            "strides must be a tuple with one entry per input",
         ),
         (
             lambda m, x: FeatureAblation(m).attribute(x, show_progress=True),
