@@ -164,7 +164,7 @@ def perturbed_scores(
     ``target=None`` means the predicted class: read off copy 0 when ``first_is_input`` (copy 0
     is the input itself, exactly; the scheduler runs copy 0 of every row before any other copy
     of it), else from one extra forward pass over the inputs. Run inside
-    ``_model.preserved_state``.
+    ``_model.inference_state`` (or ``preserved_state``).
     """
     batch, features = inputs.shape[0], inputs.shape[1:]
     predict = target is None and first_is_input
@@ -212,7 +212,7 @@ class FusedOp:
     call), without the public op's argument checks: the perturbation methods build every
     argument themselves from validated inputs (contiguous, keep as float32 / float64, window
     and strides as lists, group ids 0..M-1), and the native ops check shapes again in C++.
-    For a digits-size model those Python checks cost a tenth of the whole forward work.
+    For a digits-size model those Python checks cost 5-10% of the whole forward work.
     """
 
     def __init__(self, name: str, backend: str | None) -> None:
