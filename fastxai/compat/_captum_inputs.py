@@ -24,6 +24,7 @@ dimension is not ``B`` (constants, as in Captum's single-pass methods).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -85,6 +86,11 @@ class PackedInputs:
     @property
     def features(self) -> int:
         return sum(self.sizes)
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """Where each input lies in a flat row: columns ``[start, stop)`` per input."""
+        return list(itertools.pairwise(itertools.accumulate([0, *self.sizes])))
 
     def unpack(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[N, sum n_k]`` -> ``([N, *F_1], [N, *F_2], ...)`` (views)."""

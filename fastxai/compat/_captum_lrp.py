@@ -17,7 +17,6 @@ modified (no ``rule`` attribute is written onto its modules).
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -44,14 +43,14 @@ class _Bound(nn.Module):
         self.model = model
         self.extra = extra
         self.shapes = [] if packed is None else packed.shapes
-        self.offsets = [] if packed is None else list(itertools.accumulate([0, *packed.sizes]))
+        self.spans = [] if packed is None else packed.spans
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.shapes:
             return self.model(inputs, *self.extra)
         parts = [
             inputs[:, start:stop].reshape(-1, *shape)
-            for start, stop, shape in zip(self.offsets[:-1], self.offsets[1:], self.shapes, strict=True)
+            for (start, stop), shape in zip(self.spans, self.shapes, strict=True)
         ]
         return self.model(*parts, *self.extra)
 
@@ -117,9 +116,9 @@ class LRP:
             raise NotImplementedError("fastxai.compat LRP: verbose=True is not supported")
         extra = () if additional_forward_args is None else additional_forward_args
         extra = extra if isinstance(extra, tuple) else (extra,)
-        several = isinstance(inputs, tuple) and len(inputs) > 1
         packed = PackedInputs(inputs) if isinstance(inputs, tuple) else None
-        x: Any = packed.flat if several and packed is not None else (inputs[0] if packed else inputs)
+        several = packed is not None and len(packed.shapes) > 1
+        x: Any = inputs if packed is None else (packed.flat if several else inputs[0])
         model: nn.Module = self.model
         chunk_size = None
         if several or extra:
@@ -131,9 +130,8 @@ class LRP:
             return_layer_relevances=return_convergence_delta, backend=self.backend,
         )  # fmt: skip
         relevance, layers = both if return_convergence_delta else (both, {})
-        result = packed.format(relevance.reshape(relevance.shape[0], -1)) if several and packed else relevance
-        if packed is not None and not several:
-            result = (result,)
+        # a tuple comes back as a tuple (of one, or split from the flat input)
+        result = relevance if packed is None else packed.format(relevance.reshape(relevance.shape[0], -1))
         if not return_convergence_delta:
             return result
         delta = -core.conservation({"input": relevance.float(), **layers})["input"]

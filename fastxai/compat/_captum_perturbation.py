@@ -27,7 +27,6 @@ What differs from Captum, on purpose:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -248,7 +247,6 @@ class Occlusion(_PerturbationAttribution):
             if base_list[index] is not None:
                 check_baselines(base_list[index], tensor)
         forward = packed.forward(self.forward_func, additional_forward_args)
-        spans = list(itertools.pairwise(itertools.accumulate([0, *packed.sizes])))
         target_t = check_target(target)
 
         def beside(index: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -263,7 +261,7 @@ class Occlusion(_PerturbationAttribution):
                     rows.reshape(rows.shape[0], -1)
                     if other == index
                     else packed.flat[:, start:stop].repeat(copies, 1)
-                    for other, (start, stop) in enumerate(spans)
+                    for other, (start, stop) in enumerate(packed.spans)
                 ]
                 return forward(torch.cat(parts, dim=1))
 
