@@ -14,7 +14,7 @@ $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0 setuptools wheel pybind11 ninja numpy
-	FASTXAI_REQUIRE_NATIVE=1 $(PIP) --no-build-isolation -e '.[triton,peers,test,viz]'
+	FASTXAI_REQUIRE_NATIVE=1 $(PIP) --no-build-isolation -e '.[triton,peers,test,viz,models]'
 	# torchattacks (peer tests): --no-deps, because its requirements would replace the pinned torch
 	$(PIP) --no-deps torchattacks==3.5.1
 	touch $@

@@ -1,0 +1,60 @@
+"""Real architectures for the tests, random weights, nothing downloaded.
+
+``torchvision()``, ``timm()`` and ``transformers()`` return the package or call
+``pytest.skip`` when it is not installed, so a test that needs one skips instead of failing.
+
+The torchvision wheel that matches the pinned torch can be a CUDA build whose compiled ops do
+not load on a CPU machine; importing it then fails while registering the fake kernel of
+``torchvision::nms`` (timm imports torchvision, so it fails too). The models need none of those
+ops (non-maximum suppression, RoI pooling, deformable convolution), so when that happens the
+two op schemas that the import registers fake kernels for are declared (declarations only: a
+call would raise) and the import is tried once more.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+
+import pytest
+import torch
+
+_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+)
+_library: torch.library.Library | None = None
+
+
+def _import_torchvision() -> ModuleType:
+    global _library
+    try:
+        return importlib.import_module("torchvision")
+    except RuntimeError as error:
+        if "torchvision::" not in str(error) or _library is not None:
+            raise
+    for name in [name for name in sys.modules if name == "torchvision" or name.startswith("torchvision.")]:
+        del sys.modules[name]
+    _library = torch.library.Library("torchvision", "DEF")  # kept alive: dropping it removes the ops
+    for schema in _SCHEMAS:
+        _library.define(schema)
+    return importlib.import_module("torchvision")
+
+
+def torchvision() -> ModuleType:
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    return _import_torchvision()
+
+
+def timm() -> ModuleType:
+    if importlib.util.find_spec("timm") is None:
+        pytest.skip("timm is not installed")
+    torchvision()  # timm imports torchvision: make that import work first
+    return importlib.import_module("timm")
+
+
+def transformers() -> ModuleType:
+    return pytest.importorskip("transformers", reason="transformers is not installed")
