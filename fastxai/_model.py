@@ -110,6 +110,8 @@ def logits(model: Model, inputs: torch.Tensor) -> torch.Tensor:
 def check_target(target: object, batch: int, device: torch.device) -> torch.Tensor | None:
     """Normalise ``target`` (int, sequence or tensor of per-sample indices, None) to a LongTensor [B].
 
+    A 0-d or one-element tensor is one class for every sample (Captum's reading).
+
     None stays None (the predicted class is used); the range is checked once the number of
     classes is known (``check_target_range``).
     """
@@ -122,8 +124,8 @@ def check_target(target: object, batch: int, device: torch.device) -> torch.Tens
     tensor = torch.as_tensor(target, device=device) if not isinstance(target, torch.Tensor) else target
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"target must hold integer class indices, got {tensor.dtype}")
-    if tensor.dim() == 0:
-        tensor = tensor.expand(batch)
+    if tensor.dim() == 0 or tensor.shape == (1,):
+        tensor = tensor.reshape(()).expand(batch)  # one index for every sample, as Captum reads it
     if tensor.shape != (batch,):
         raise ValueError(f"target must be an int or have shape ({batch},), got {tuple(tensor.shape)}")
     return tensor.to(device=device, dtype=torch.long)

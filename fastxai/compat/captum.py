@@ -106,6 +106,16 @@ class Attribution:
     def multiplies_by_inputs(self) -> bool:
         return False
 
+    def attribute_future(self, *args: Any, **kwargs: Any) -> torch.futures.Future:
+        """Captum's ``attribute_future``: ``attribute(*args, **kwargs)`` as a completed
+        ``torch.futures.Future`` (its value, or the exception ``attribute`` raised)."""
+        future: torch.futures.Future = torch.futures.Future()
+        try:
+            future.set_result(self.attribute(*args, **kwargs))  # type: ignore[attr-defined]
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
     def _prepare(
         self, inputs: Any, additional_forward_args: Any, internal_batch_size: object = None
     ) -> tuple[PackedInputs, PackedForward, int | None]:
