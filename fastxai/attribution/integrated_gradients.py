@@ -66,6 +66,7 @@ def integrated_gradients(
     tolerance: float = 1e-3,
     max_steps: int = 1025,
     return_evaluations: bool = False,
+    multiply_by_inputs: bool = True,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -81,7 +82,9 @@ def integrated_gradients(
     inputs: [B, *F]; baselines: scalar, one input, or [B, *F]; returns [B, *F], and the
     signed delta ``sum(attr) - (f(x) - f(x'))`` [B] with ``return_convergence_delta``
     (always for ``adaptive``), and the model evaluations per sample [B] with
-    ``return_evaluations``.
+    ``return_evaluations``. ``multiply_by_inputs=False`` returns the path integral of the
+    gradients alone (Captum's "local" attribution), without the ``(x - x')`` factor; the delta
+    is then computed from those values, as Captum does.
 
     >>> a, delta = fastxai.integrated_gradients(model, x, target=y, return_convergence_delta=True)
     """
@@ -98,6 +101,11 @@ def integrated_gradients(
             raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 5:
             raise ValueError(f"max_steps must be an int >= 5, got {max_steps!r}")
+    if not isinstance(multiply_by_inputs, bool):
+        raise TypeError(f"multiply_by_inputs must be a bool, got {type(multiply_by_inputs).__name__}")
+    if method == "adaptive" and not multiply_by_inputs:
+        raise ValueError("multiply_by_inputs=False needs a fixed rule: adaptive IG stops on the completeness "
+                         "of the multiplied attributions")
     if backend is not None:
         _backends.check_choice(backend)
     x = inputs.detach().contiguous()
@@ -113,7 +121,7 @@ def integrated_gradients(
         else:
             alphas, weights = quadrature.points_and_weights(method, n_steps)
             run.accumulate(torch.arange(x.shape[0], device=x.device), alphas.tolist(), weights.tolist())
-            attributions = run.attributions(run.acc)
+            attributions = run.attributions(run.acc) if multiply_by_inputs else run.acc
             evaluations = torch.full((x.shape[0],), n_steps, dtype=torch.long)
             delta = None
             if return_convergence_delta:

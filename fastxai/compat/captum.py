@@ -25,10 +25,10 @@ Differences from Captum, on purpose:
   by ``seed`` (an extra keyword of ``attribute``; None draws one from torch's global
   generator): same distribution as Captum, not the same samples.
 - The model runs in the mode it is in (like Captum); hooks and ``requires_grad`` are put back.
-- Accepted but not honoured is refused with ``NotImplementedError``: ``multiply_by_inputs=False``,
-  ``device_ids``, ``grad_kwargs``, ``attribute_to_layer_input=True``,
-  ``attr_dim_summation=False``, ``return_convergence_delta`` for ``GradientShap`` and inside
-  ``NoiseTunnel``, target tuples (outputs with more than two dimensions).
+- Accepted but not honoured is refused with ``NotImplementedError``: ``device_ids``,
+  ``grad_kwargs``, ``attribute_to_layer_input=True``, ``attr_dim_summation=False``.
+- Where Captum checks an argument with ``assert``, the error raised is a ``ValueError`` or
+  ``TypeError`` that is also an ``AssertionError`` (``fastxai.compat._captum_targets``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from fastxai.attribution.gradient_shap import gradient_shap
 from fastxai.attribution.guided import modified_relu_gradient
 from fastxai.attribution.integrated_gradients import integrated_gradients
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
+from fastxai.compat._captum_targets import CaptumArgumentError, CaptumTypeError, select_target
 
 Forward = Callable[..., torch.Tensor]
 
@@ -94,6 +95,8 @@ def module_of(forward_func: object) -> nn.Module | None:
 class Attribution:
     """Base class: the forward function, and running it on packed inputs."""
 
+    supports_future = False
+
     def __init__(self, forward_func: Forward) -> None:
         if not callable(forward_func):
             raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
@@ -107,14 +110,65 @@ class Attribution:
         return False
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> torch.futures.Future:
-        """Captum's ``attribute_future``: ``attribute(*args, **kwargs)`` as a completed
-        ``torch.futures.Future`` (its value, or the exception ``attribute`` raised)."""
+        """Captum's ``attribute_future``. As in Captum, only the classes that set
+        ``supports_future`` (``FeatureAblation``, ``ShapleyValueSampling`` and the classes built
+        on them) have it; the rest raise ``NotImplementedError``. The result is a completed
+        ``torch.futures.Future`` holding ``attribute(*args, **kwargs)`` (or its exception)."""
+        if not self.supports_future:
+            raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
         future: torch.futures.Future = torch.futures.Future()
         try:
             future.set_result(self.attribute(*args, **kwargs))  # type: ignore[attr-defined]
         except Exception as error:
             future.set_exception(error)
         return future
+
+    def compute_convergence_delta(
+        self,
+        attributions: Any,
+        start_point: Any,
+        end_point: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+    ) -> torch.Tensor:
+        """Captum's completeness gap per example: ``sum(attributions) - (f(end) - f(start))`` [B].
+
+        ``end_point`` (the inputs) and ``attributions`` are tensors or tuples of [B, *F_k];
+        ``start_point`` (the baselines) numbers or tensors of 1 or B rows per input. ``f`` is the
+        target's score (Captum's selection); with ``target=None`` the predicted class of a
+        [B, C] output (fastxai's reading, as in ``attribute``), the output summed per row otherwise.
+        ``start_point=None`` is zero.
+        """
+        end = PackedInputs(end_point, name="end_point")
+        attributed = PackedInputs(attributions, name="attributions")
+        if attributed.batch != end.batch:
+            raise CaptumArgumentError(
+                f"attributions have {attributed.batch} rows and end_point {end.batch}: they must match"
+            )
+        if start_point is None:
+            start_point = tuple(0.0 for _ in end.sizes) if end.is_tuple else 0.0
+        start = end.pack(start_point, name="start_point")
+        if start.shape[0] not in (1, end.batch):
+            raise CaptumArgumentError(
+                f"start_point must have 1 or {end.batch} rows like end_point, got {start.shape[0]}"
+            )
+        forward = end.forward(self.forward_func, additional_forward_args)
+
+        chosen = target
+
+        def scores(flat: torch.Tensor) -> torch.Tensor:
+            nonlocal chosen
+            output = forward(flat)
+            if not isinstance(output, torch.Tensor):
+                output = torch.as_tensor(output)
+            if chosen is None and output.dim() == 2 and output.shape[1] > 1:
+                chosen = output.argmax(1)  # the predicted class at the end point, then kept
+            selected = select_target(output, chosen)
+            return selected.reshape(selected.shape[0], -1).sum(1)
+
+        with torch.no_grad():
+            difference = scores(end.flat) - scores(start.expand(end.batch, -1).contiguous())
+            return attributed.flat.sum(1).to(difference.dtype) - difference
 
     def _prepare(
         self, inputs: Any, additional_forward_args: Any, internal_batch_size: object = None
@@ -189,20 +243,21 @@ class Deconvolution(_ModifiedReluAttribution):
 
 
 class _PathAttribution(Attribution):
-    """IntegratedGradients and GradientShap: attributions times (inputs - baselines), with a
-    convergence delta; ``multiply_by_inputs=False`` is refused."""
+    """IntegratedGradients and GradientShap: attributions times (inputs - baselines) unless
+    ``multiply_by_inputs=False`` (Captum's "local" variant), with a convergence delta."""
 
     def __init__(self, forward_func: Forward, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
-        if not multiply_by_inputs:
-            raise unsupported("multiply_by_inputs=False")
+        if not isinstance(multiply_by_inputs, bool):
+            raise TypeError(f"multiply_by_inputs must be a bool, got {type(multiply_by_inputs).__name__}")
+        self._multiply_by_inputs = multiply_by_inputs
 
     def has_convergence_delta(self) -> bool:
         return True
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return True
+        return self._multiply_by_inputs
 
 
 class IntegratedGradients(_PathAttribution):
@@ -231,24 +286,34 @@ class IntegratedGradients(_PathAttribution):
         def run() -> Any:
             return integrated_gradients(
                 forward, packed.flat, baseline, target, n_steps=n_steps, method=method,
-                return_convergence_delta=True, chunk_size=chunk,
+                multiply_by_inputs=self._multiply_by_inputs, chunk_size=chunk,
             )
 
-        attributions, delta = self._run(run)
+        attributions = self._run(run)
         if method == "riemann_trapezoid":
             # Captum's trapezoid weights are (n-1)/n times the true rule's: same points, scaled.
-            scale = (n_steps - 1) / n_steps
-            total = attributions.flatten(1).sum(1).to(delta.dtype)
-            attributions = attributions * scale
-            delta = delta + (scale - 1) * total
+            attributions = attributions * ((n_steps - 1) / n_steps)
         result = packed.format(attributions)
-        return (result, delta) if return_convergence_delta else result
+        if not return_convergence_delta:
+            return result
+        start = packed.format(baseline) if isinstance(baseline, torch.Tensor) else 0.0
+        if isinstance(start, float) and packed.is_tuple:
+            start = tuple(0.0 for _ in packed.sizes)
+        return result, self._run(
+            lambda: self.compute_convergence_delta(result, start, inputs, target, additional_forward_args)
+        )
 
 
 def baseline_distribution(baselines: Any, inputs: Any) -> Any:
     """Captum's callable baselines: called with no argument or with the inputs."""
     if callable(baselines) and not isinstance(baselines, torch.Tensor):
-        return baselines() if len(inspect.signature(baselines).parameters) == 0 else baselines(inputs)
+        drawn = baselines() if len(inspect.signature(baselines).parameters) == 0 else baselines(inputs)
+        parts = drawn if isinstance(drawn, tuple) else (drawn,)
+        if not all(isinstance(part, (torch.Tensor, int, float)) for part in parts):
+            raise CaptumTypeError(
+                f"baselines() must return a tensor or a tuple of tensors, got {type(drawn).__name__}"
+            )
+        return drawn
     return baselines
 
 
@@ -267,8 +332,6 @@ class GradientShap(_PathAttribution):
         *,
         seed: int | None = None,
     ) -> Any:
-        if return_convergence_delta:
-            raise unsupported("GradientShap's return_convergence_delta")
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
         drawn_from = baseline_distribution(baselines, inputs)
@@ -277,10 +340,14 @@ class GradientShap(_PathAttribution):
         result = self._run(
             lambda: gradient_shap(
                 forward, packed.flat, target, baselines=distribution, n_samples=n_samples, stdevs=sigma,
-                seed=seed, chunk_size=chunk,
+                seed=seed, multiply_by_inputs=self._multiply_by_inputs,
+                return_convergence_delta=return_convergence_delta, chunk_size=chunk,
             )
         )
-        return packed.format(result)
+        if not return_convergence_delta:
+            return packed.format(result)
+        attributions, delta = result
+        return packed.format(attributions), delta.reshape(-1)  # Captum's order: example-major
 
 
 def _single_stdev(stdevs: object, packed: PackedInputs) -> float:

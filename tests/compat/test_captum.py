@@ -132,8 +132,43 @@ def test_gradient_shap_linear_oracle_and_statistics_against_captum() -> None:
     spread = 5 * ((weights * distribution).std(0) / 3000**0.5 + 0.1 * weights.abs() / 3000**0.5)
     assert ((ours - expected).abs() <= spread).all()
     assert ((peer.detach() - expected).abs() <= spread).all()
-    with pytest.raises(NotImplementedError, match="return_convergence_delta"):
-        fc.GradientShap(model).attribute(x, one, return_convergence_delta=True)
+    _, delta = fc.GradientShap(model).attribute(
+        x, one, n_samples=3, target=2, seed=0, return_convergence_delta=True
+    )
+    assert delta.shape == (4 * 3,)  # one per (example, sample), example-major as in Captum
+    torch.testing.assert_close(delta, torch.zeros(12), atol=1e-5, rtol=0)  # exact on a linear model
+    local = fc.GradientShap(model, multiply_by_inputs=False).attribute(x, one, n_samples=3, target=2, seed=0)
+    torch.testing.assert_close(local, weights.expand(4, 8))  # the mean gradient alone
+
+
+def test_local_attributions_deltas_and_futures() -> None:
+    model = LinearModel(6, 3, dtype=torch.float64)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    baseline = torch.randn(1, 6, dtype=torch.float64)
+    weights = model.weight.detach()[1]
+    ig = fc.IntegratedGradients(model, multiply_by_inputs=False)
+    assert not ig.multiplies_by_inputs
+    torch.testing.assert_close(ig.attribute(x, baseline, target=1, n_steps=5), weights.expand(4, 6))
+    ig = fc.IntegratedGradients(model)
+    attributions, delta = ig.attribute(x, baseline, target=1, n_steps=5, return_convergence_delta=True)
+    torch.testing.assert_close(delta, ig.compute_convergence_delta(attributions, baseline, x, target=1))
+    torch.testing.assert_close(delta, torch.zeros(4, dtype=torch.float64), atol=1e-12, rtol=0)
+    off = ig.compute_convergence_delta(attributions + 1.0, baseline, x, target=1)
+    torch.testing.assert_close(off, torch.full((4,), 6.0, dtype=torch.float64))  # 6 features, each +1
+    with pytest.raises(AssertionError, match="start_point must have 1 or 4 rows"):
+        ig.compute_convergence_delta(attributions, baseline.repeat(3, 1), x, target=1)
+    with pytest.raises(ValueError, match="start_point must have 1 or 4 rows"):
+        ig.compute_convergence_delta(attributions, baseline.repeat(3, 1), x, target=1)
+    tunnel = fc.NoiseTunnel(ig)
+    smoothed, deltas = tunnel.attribute(
+        x, nt_samples=3, stdevs=0.1, baselines=baseline, target=1, n_steps=4, return_convergence_delta=True,
+        seed=0,
+    )
+    assert deltas.shape == (12,)
+    torch.testing.assert_close(deltas, torch.zeros(12, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(smoothed, weights * (x - baseline), atol=0.5, rtol=0)  # noise 0.1 on x
+    with pytest.raises(NotImplementedError, match="attribute_future is not implemented for Saliency"):
+        fc.Saliency(model).attribute_future(x, target=1)
 
 
 def test_noise_tunnel_fast_path_linear_oracles() -> None:
@@ -207,16 +242,12 @@ def test_per_example_arguments_need_whole_batches() -> None:
 
 def test_not_honoured_is_refused_and_bad_input_named() -> None:
     model, inputs, _ = _two_inputs()
-    with pytest.raises(NotImplementedError, match="multiply_by_inputs"):
-        fc.IntegratedGradients(model, multiply_by_inputs=False)
     with pytest.raises(NotImplementedError, match="attr_dim_summation"):
         fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attr_dim_summation=False)
     with pytest.raises(NotImplementedError, match="attribute_to_layer_input"):
         fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attribute_to_layer_input=True)
     with pytest.raises(NotImplementedError, match="target tuple"):
         fc.Saliency(model).attribute(inputs, target=(0, 1))
-    with pytest.raises(NotImplementedError, match="return_convergence_delta"):
-        fc.NoiseTunnel(fc.IntegratedGradients(model)).attribute(inputs, return_convergence_delta=True)
     with pytest.raises(ValueError, match=r"inputs\[1\] has batch size 2"):
         fc.Saliency(model).attribute((inputs[0], inputs[1][:2]), target=0)
     with pytest.raises(ValueError, match="baselines"):
@@ -224,7 +255,7 @@ def test_not_honoured_is_refused_and_bad_input_named() -> None:
     with pytest.raises(ValueError, match="nt_type"):
         fc.NoiseTunnel(fc.Saliency(model)).attribute(inputs, nt_type="smooth")
     with pytest.raises(TypeError, match="attribution_method"):
-        fc.NoiseTunnel(fc.LayerGradCam(model, model.conv))
+        fc.NoiseTunnel(fc.NoiseTunnel(fc.Saliency(model)))
     with pytest.raises(AttributeError):
         fc.NotAClass  # noqa: B018
 
