@@ -42,8 +42,6 @@ from torch import nn
 
 from fastxai import _model
 from fastxai.attribution import quadrature
-from fastxai.attribution._layer_capture import INTERPOLATE_MODES, interpolate
-from fastxai.attribution.class_activation import grad_cam
 from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.gradient_shap import gradient_shap
 from fastxai.attribution.guided import modified_relu_gradient
@@ -54,6 +52,9 @@ from fastxai.compat._captum_targets import CaptumArgumentError, CaptumTypeError,
 Forward = Callable[..., torch.Tensor]
 
 _LAZY = {
+    "LayerAttribution": "fastxai.compat._captum_grad_cam",
+    "LayerGradCam": "fastxai.compat._captum_grad_cam",
+    "GuidedGradCam": "fastxai.compat._captum_grad_cam",
     "Occlusion": "fastxai.compat._captum_perturbation",
     "FeatureAblation": "fastxai.compat._captum_perturbation",
     "KernelShap": "fastxai.compat._captum_perturbation",
@@ -363,118 +364,13 @@ def _single_stdev(stdevs: object, packed: PackedInputs) -> float:
     return float(stdevs)
 
 
-class LayerAttribution:
-    """Captum's ``LayerAttribution.interpolate`` (the only part of the class kept here)."""
-
-    @staticmethod
-    def interpolate(
-        layer_attribution: torch.Tensor,
-        interpolate_dims: int | tuple[int, ...],
-        interpolate_mode: str = "nearest",
-    ) -> torch.Tensor:
-        size = (interpolate_dims,) if isinstance(interpolate_dims, int) else tuple(interpolate_dims)
-        return interpolate(layer_attribution, size, interpolate_mode)
-
-
-def _check_layer_options(
-    device_ids: object = None, attribute_to_layer_input: bool = False, grad_kwargs: object = None
-) -> None:
-    if device_ids is not None:
-        raise unsupported("device_ids (DataParallel)")
-    if attribute_to_layer_input:
-        raise unsupported("attribute_to_layer_input=True")
-    if grad_kwargs:
-        raise unsupported("grad_kwargs")
-
-
-class LayerGradCam(Attribution):
-    """Captum's ``LayerGradCam``: ``sum_k mean_s(dF/dA_k) A_k`` -> [B, 1, *S]."""
-
-    def __init__(self, forward_func: Forward, layer: nn.Module, device_ids: Any = None) -> None:
-        super().__init__(forward_func)
-        _check_layer_options(device_ids)
-        self.layer = layer
-
-    def attribute(
-        self,
-        inputs: Any,
-        target: Any = None,
-        additional_forward_args: Any = None,
-        attribute_to_layer_input: bool = False,
-        relu_attributions: bool = False,
-        attr_dim_summation: bool = True,
-        grad_kwargs: Any = None,
-    ) -> torch.Tensor:
-        _check_layer_options(None, attribute_to_layer_input, grad_kwargs)
-        if not attr_dim_summation:
-            raise unsupported("attr_dim_summation=False")
-        packed, forward, chunk = self._prepare(inputs, additional_forward_args)
-        target = check_target(target)
-        return self._run(
-            lambda: grad_cam(
-                forward, packed.flat, target, layer=self.layer, relu=relu_attributions, chunk_size=chunk
-            )
-        )
-
-
-class GuidedGradCam(Attribution):
-    """Captum's ``GuidedGradCam``: guided backprop times ReLU'd Grad-CAM interpolated to each input."""
-
-    def __init__(self, model: nn.Module, layer: nn.Module, device_ids: Any = None) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        super().__init__(model)
-        _check_layer_options(device_ids)
-        self.model, self.layer = model, layer
-
-    def attribute(
-        self,
-        inputs: Any,
-        target: Any = None,
-        additional_forward_args: Any = None,
-        interpolate_mode: str = "nearest",
-        attribute_to_layer_input: bool = False,
-    ) -> Any:
-        _check_layer_options(None, attribute_to_layer_input)
-        packed = PackedInputs(inputs)
-        for index, shape in enumerate(packed.shapes):
-            if len(shape) < 2:
-                raise ValueError(f"inputs[{index}] must be [B, C, *spatial] to take Grad-CAM's map")
-            if interpolate_mode not in INTERPOLATE_MODES:
-                raise ValueError(
-                    f"interpolate_mode must be one of {INTERPOLATE_MODES}, got {interpolate_mode!r}"
-                )
-        target = check_target(target)
-        whole = packed.forward(self.model, additional_forward_args).has_per_example_args
-        chunk = chunk_rows(None, packed.flat, whole_batches=whole)
-
-        def run() -> tuple[torch.Tensor, torch.Tensor]:
-            heat = grad_cam(
-                packed.forward(self.model, additional_forward_args), packed.flat, target, layer=self.layer,
-                chunk_size=chunk,
-            )
-            grads = modified_relu_gradient(
-                packed.forward(self.model, additional_forward_args), packed.flat, target, "guided", chunk
-            )
-            return heat, grads
-
-        heat, grads = self._run(run)
-        parts = tuple(
-            part * interpolate(heat, tuple(part.shape[2:]), interpolate_mode) for part in packed.unpack(grads)
-        )
-        return parts if packed.is_tuple else parts[0]
-
-
 __all__ = [
     "Attribution",
     "Deconvolution",
     "GradientShap",
     "GuidedBackprop",
-    "GuidedGradCam",
     "InputXGradient",
     "IntegratedGradients",
-    "LayerAttribution",
-    "LayerGradCam",
     "Saliency",
     *_LAZY,
 ]

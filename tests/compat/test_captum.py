@@ -93,14 +93,23 @@ def test_integrated_gradients_single_tensor_defaults() -> None:
     _close(fc.IntegratedGradients(model).attribute(x, target=3, n_steps=10), expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_layer_grad_cam_matches_captum(relu: bool) -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"relu_attributions": False},
+        {"relu_attributions": True},
+        {"attr_dim_summation": False},
+        {"attribute_to_layer_input": True},
+    ],
+    ids=["signed", "relu", "per-channel", "layer-input"],
+)
+def test_layer_grad_cam_matches_captum(options: dict) -> None:
     model, inputs, scale = _two_inputs()
     expected = captum_attr.LayerGradCam(model, model.conv).attribute(
-        inputs, target=1, additional_forward_args=(scale,), relu_attributions=relu
+        inputs, target=1, additional_forward_args=(scale,), **options
     )
     ours = fc.LayerGradCam(model, model.conv).attribute(
-        inputs, target=1, additional_forward_args=(scale,), relu_attributions=relu
+        inputs, target=1, additional_forward_args=(scale,), **options
     )
     _close(ours, expected)
     up = fc.LayerAttribution.interpolate(ours, (8, 8), "bilinear")
@@ -242,10 +251,10 @@ def test_per_example_arguments_need_whole_batches() -> None:
 
 def test_not_honoured_is_refused_and_bad_input_named() -> None:
     model, inputs, _ = _two_inputs()
-    with pytest.raises(NotImplementedError, match="attr_dim_summation"):
-        fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attr_dim_summation=False)
-    with pytest.raises(NotImplementedError, match="attribute_to_layer_input"):
-        fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attribute_to_layer_input=True)
+    with pytest.raises(ValueError, match="grad_kwargs must not set"):
+        fc.LayerGradCam(model, model.conv).attribute(inputs, 0, grad_kwargs={"inputs": None})
+    with pytest.raises(ValueError, match="interpolate_mode"):
+        fc.GuidedGradCam(model, model.conv).attribute(inputs, 0, interpolate_mode="made_up")
     with pytest.raises(NotImplementedError, match="target tuple"):
         fc.Saliency(model).attribute(inputs, target=(0, 1))
     with pytest.raises(ValueError, match=r"inputs\[1\] has batch size 2"):
