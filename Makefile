@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet -c requirements/constraints.txt
 SOURCES := pyproject.toml setup.py CMakeLists.txt requirements/constraints.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-peers lint bench clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: setup
 test: lint
 	bash scripts/compile_cuda.sh
 	TRITON_INTERPRET=1 FASTXAI_REQUIRE_NATIVE=1 $(BIN)/python -m pytest tests
+
+# Captum's and torchattacks' own tests with fastxai's drop-in classes swapped in; fails below
+# 95% of Captum's or on any torchattacks failure (skipped where ../shared/peer-suites is absent).
+test-peers: setup
+	bash scripts/peer_suites.sh $(BIN)/python
 
 bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \

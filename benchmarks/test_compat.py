@@ -1,0 +1,117 @@
+"""The Captum drop-in with Captum's default arguments: every class of fastxai.compat.captum
+against Captum's class of the same name, on the same model, inputs and targets, in one run.
+
+What a user gets who changes only the import: no chunking knob is set, so fastxai's classes
+choose their own batching (Captum's defaults, such as ``perturbations_per_eval=1``, are what
+Captum runs). Sampled methods use the same number of samples on both sides. The report's
+"/ fastxai best" column of Captum's row is Captum's time over fastxai's.
+
+Cases: an MLP 64-64-10 and the CNN of fastxai.digits on 1x8x8 digits-size inputs (batch 32),
+and the small ResNet of benchmarks/models.py on 3x32x32 (batch 8).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from models import small_resnet
+from torch import nn
+
+from fastxai.compat import captum as fc
+from fastxai.digits import digits_cnn
+
+captum_attr = pytest.importorskip("captum.attr")
+
+
+def _digits_mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+def _digits_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return digits_cnn().eval()
+
+
+CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
+    "digits-mlp": (_digits_mlp, (1, 8, 8), 32),
+    "digits-cnn": (_digits_cnn, (1, 8, 8), 32),
+    "resnet": (small_resnet, (3, 32, 32), 8),
+}
+
+
+def _layer(model: nn.Module) -> nn.Module:
+    """A hidden layer for the layer classes: the last ReLU before the head."""
+    relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
+    return relus[-1]
+
+
+def _superpixels(shape: tuple[int, ...]) -> torch.Tensor:
+    channels, height, width = shape
+    rows, cols = torch.arange(height) // 2, torch.arange(width) // 2
+    ids = rows.view(-1, 1) * ((width + 1) // 2) + cols.view(1, -1)
+    return ids.expand(channels, height, width).unsqueeze(0).contiguous()
+
+
+# name: (constructor arguments after the model, attribute keyword arguments, needs a layer)
+SPECS: dict[str, Callable[[tuple[int, ...], torch.Tensor], tuple[dict[str, Any], bool]]] = {
+    "Saliency": lambda shape, x: ({}, False),
+    "InputXGradient": lambda shape, x: ({}, False),
+    "GuidedBackprop": lambda shape, x: ({}, False),
+    "Deconvolution": lambda shape, x: ({}, False),
+    "IntegratedGradients": lambda shape, x: ({}, False),
+    "GradientShap": lambda shape, x: ({"baselines": torch.zeros(4, *shape)}, False),
+    "DeepLift": lambda shape, x: ({}, False),
+    "DeepLiftShap": lambda shape, x: ({"baselines": torch.zeros(4, *shape)}, False),
+    "LRP": lambda shape, x: ({}, False),
+    "Occlusion": lambda shape, x: ({"sliding_window_shapes": (shape[0], 2, 2), "strides": (1, 2, 2)}, False),
+    "FeatureAblation": lambda shape, x: ({"feature_mask": _superpixels(shape)}, False),
+    "ShapleyValueSampling": lambda shape, x: ({"feature_mask": _superpixels(shape), "n_samples": 5}, False),
+    "KernelShap": lambda shape, x: ({"feature_mask": _superpixels(shape), "n_samples": 64}, False),
+    "Lime": lambda shape, x: ({"feature_mask": _superpixels(shape), "n_samples": 64}, False),
+    "LayerGradCam": lambda shape, x: ({}, True),
+    "LayerIntegratedGradients": lambda shape, x: ({}, True),
+    "LayerConductance": lambda shape, x: ({}, True),
+    "LayerActivation": lambda shape, x: ({}, True),
+    "LayerGradientXActivation": lambda shape, x: ({}, True),
+}
+ROUNDS = {"digits-mlp": 5, "digits-cnn": 5, "resnet": 3}
+
+
+def _params() -> list[Any]:
+    params = []
+    for name in SPECS:
+        for case in CASES:
+            for implementation in ("fastxai", "captum"):
+                params.append(pytest.param(name, case, implementation, id=f"{name}-{case}-{implementation}"))
+    return params
+
+
+@pytest.mark.parametrize(("name", "case", "implementation"), _params())
+def test_compat_defaults(benchmark: Any, name: str, case: str, implementation: str) -> None:
+    namespace = fc if implementation == "fastxai" else captum_attr
+    cls = getattr(namespace, name, None)
+    if cls is None:
+        pytest.skip(f"{implementation} has no {name}")
+    factory, shape, batch = CASES[case]
+    model = factory()
+    if name == "LRP" and case != "digits-mlp" and implementation == "captum":
+        pytest.skip("Captum's LRP has no rule for the residual sums and pooling of these models")
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, *shape, generator=generator)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    kwargs, needs_layer = SPECS[name](shape, x)
+    method = cls(model, _layer(model)) if needs_layer else cls(model)
+    benchmark.group = f"compat {name} {case}"
+
+    def run() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return method.attribute(x, target=target, **kwargs)
+
+    benchmark.pedantic(run, rounds=ROUNDS[case], warmup_rounds=1)

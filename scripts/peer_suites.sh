@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The peers' own test suites against fastxai's drop-in classes (make test-peers).
+#   usage: scripts/peer_suites.sh PYTHON
+# Runs Captum's per-class test files and torchattacks' code_coverage test with fastxai's classes
+# swapped in (the runner scripts and the unmodified test files live in PEER_SUITES, default
+# ../shared/peer-suites beside the checkout). Fails when Captum's share of passed tests is below
+# CAPTUM_MIN_SHARE percent (default 95) or any torchattacks test fails. Where the suites are not
+# present (a clone outside this workplace), says so and exits 0.
+set -uo pipefail
+py="${1:?usage: scripts/peer_suites.sh PYTHON}"
+py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+suites="${PEER_SUITES:-$root/../shared/peer-suites}"
+min_share="${CAPTUM_MIN_SHARE:-95}"
+if [ ! -x "$suites/run-captum-suite" ] || [ ! -x "$suites/run-torchattacks-suite" ]; then
+  echo "peer suites: not found at $suites (set PEER_SUITES); skipped"
+  exit 0
+fi
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+status=0
+
+captum_log="$(mktemp)"; ta_log="$(mktemp)"; trap 'rm -f "$captum_log" "$ta_log"' EXIT
+"$suites/run-captum-suite" "$py" | tee "$captum_log"
+read -r passed failed < <(sed -n 's/^captum suite: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$captum_log")
+if [ -z "${passed:-}" ]; then
+  echo "peer suites: the Captum runner printed no total"; status=1
+else
+  total=$((passed + failed))
+  share=$(( total > 0 ? 100 * passed / total : 0 ))
+  echo "captum share: $passed of $total passed ($share%, at least $min_share% required)"
+  [ "$share" -ge "$min_share" ] || status=1
+fi
+
+"$suites/run-torchattacks-suite" "$py" | tee "$ta_log"
+if grep -Eq '(^| )[0-9]+ failed|error' "$ta_log" || ! grep -Eq '[0-9]+ passed' "$ta_log"; then
+  echo "torchattacks suite: not every test passed"; status=1
+fi
+exit $status
