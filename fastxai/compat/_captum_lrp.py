@@ -188,9 +188,11 @@ class LRP(Attribution):
                 translated = Epsilon(CAPTUM_EPSILON)
             if translated is not None:
                 found[name] = translated
-            elif next(module.children(), None) is None and not isinstance(
-                module, (*_DEFAULT_EPSILON, *_NONLINEAR, *_PLUMBING)
-            ) and type(module).__module__.startswith("torch.nn"):
+            elif (
+                next(module.children(), None) is None
+                and not isinstance(module, (*_DEFAULT_EPSILON, *_NONLINEAR, *_PLUMBING))
+                and type(module).__module__.startswith("torch.nn")
+            ):
                 raise TypeError(
                     f"Module {name!r} of type {type(module).__name__} has no rule defined and no default "
                     "rule exists for this module type; set module.rule (e.g. IdentityRule() to pass "
