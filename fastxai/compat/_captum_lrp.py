@@ -5,7 +5,8 @@
 
 Captum's semantics: the relevance of the target output, ``R = f_target(x)``, goes back through
 every module by its rule and through everything else (``x + y``, ``torch.cat``, ``x.view``,
-``F.relu``) as a gradient, ``R_in = J^T R`` (``fastxai.lrp.lrp(functional="gradient")``).
+``F.relu``) as a gradient, ``R_in = J^T R`` (``fastxai.lrp.lrp(functional="gradient")``;
+``LRP(model, functional="lrp")`` gives those steps fastxai's conserving rules instead).
 Default rules: epsilon (1e-9) for Linear, Conv, average, adaptive average and max pooling (max
 pooling's epsilon step gives all relevance to the maximum) and BatchNorm (its own step, not
 merged into the layer before it); ReLU, Tanh and Dropout pass relevance on unchanged. Rules set
@@ -152,13 +153,22 @@ class _Bound(nn.Module):
 
 
 class LRP(Attribution):
-    """Layer-wise relevance propagation with Captum's constructor and ``attribute``."""
+    """Layer-wise relevance propagation with Captum's constructor and ``attribute``.
 
-    def __init__(self, model: nn.Module) -> None:
+    ``functional`` (fastxai's keyword): ``"gradient"`` (Captum's numbers) sends relevance through
+    torch functions and tensor methods as a gradient, so a residual ``x + y`` gives both summands
+    all of it and ``x * 2`` between layers counts the 2 twice; ``"lrp"`` gives them fastxai's
+    rules (``x + y`` splits relevance in proportion to the summands, a product with a constant
+    passes it on), which conserve relevance on residual networks."""
+
+    def __init__(self, model: nn.Module, functional: str = "gradient") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if functional not in core.FUNCTIONAL_MODES:
+            raise ValueError(f"functional must be one of {core.FUNCTIONAL_MODES}, got {functional!r}")
         super().__init__(model)
         self.model = model
+        self.functional = functional
         self.backend: str | None = None
         self._cached: tuple[Any, Composite] | None = None
         self._wrappers: dict[Any, _Bound] = {}
@@ -257,7 +267,7 @@ class LRP(Attribution):
         both: Any = core.lrp(
             model, x, per_sample, composite=self._composite(rules, "model"), merge_batchnorm=False,
             chunk_size=chunk_size, return_layer_relevances=return_convergence_delta, backend=self.backend,
-            eval_mode=eval_mode, functional="gradient",
+            eval_mode=eval_mode, functional=self.functional,
         )  # fmt: skip
         relevance, layers = both if return_convergence_delta else (both, {})
         # a tuple comes back as a tuple (of one, or split from the flat input)

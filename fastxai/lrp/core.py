@@ -105,7 +105,7 @@ def lrp(
     with _model.preserved_state(model, eval_mode=eval_mode), torch.no_grad():
         plan = _plans.cached_plan(model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm)
         nonnegative = _graph.nonnegative_nodes(plan, bool(x.min() >= 0))
-        gradient = _gradient_nodes(plan, resolved) if functional == "gradient" else set()
+        gradient = _gradient_plan(plan, resolved) if functional == "gradient" else None
         x = x.contiguous(memory_format=_pass_layout(plan, x))
         any_rows = target_t is None and chunk >= x.shape[0]
         for start in range(0, x.shape[0], chunk):
@@ -136,19 +136,35 @@ def _check_batchnorm_mode(model: Model) -> None:
             )
 
 
-def _gradient_nodes(plan: _graph.Plan, composite: Composite) -> set[fx.Node]:
-    """The steps ``functional="gradient"`` sends relevance through as a gradient: torch functions
-    and tensor methods outside the modules the composite names (max pooling keeps its
-    winner-take-all handler: that is its gradient)."""
+@dataclasses.dataclass
+class _Gradient:
+    """What ``functional="gradient"`` changes. ``functional``: torch functions and tensor methods
+    outside the modules the composite names (Captum hooks modules only); ``nodes``: those of them
+    relevance goes through as a gradient (max pooling keeps its winner-take-all handler, which is
+    its gradient); ``layer_inputs``: inputs of steps with an LRP rule. Captum multiplies the
+    gradient summed at a layer's input by that input, so a share a functional step sends to a
+    layer input is multiplied by its value there (a residual skip from a layer's input)."""
+
+    functional: set[fx.Node] = dataclasses.field(default_factory=set)
+    nodes: set[fx.Node] = dataclasses.field(default_factory=set)
+    layer_inputs: set[fx.Node] = dataclasses.field(default_factory=set)
+
+
+def _gradient_plan(plan: _graph.Plan, composite: Composite) -> _Gradient:
     named = set(composite.name_map)
-    nodes: set[fx.Node] = set()
+    result = _Gradient()
     for node, step in plan.steps.items():
-        if node.op not in ("call_function", "call_method") or step.kind in ("maxpool", "adaptive_maxpool"):
+        if step.kind == "input":
             continue
-        if named.intersection(node.meta.get("nn_module_stack") or ()):
-            continue  # a rule set on a module covers what it computes
-        nodes.add(node)
-    return nodes
+        if node.op in ("call_function", "call_method") and not named.intersection(
+            node.meta.get("nn_module_stack") or ()
+        ):  # a rule set on a module covers what it computes
+            result.functional.add(node)
+            if step.kind not in ("maxpool", "adaptive_maxpool"):
+                result.nodes.add(node)
+        elif step.kind not in ("pass", "reshape"):
+            result.layer_inputs.update(arg for arg in node.all_input_nodes if arg in plan.steps)
+    return result
 
 
 def _gradient_shares(node: fx.Node, ctx: _nodes.Context, root: Any, relevance: torch.Tensor) -> Any:
@@ -207,7 +223,7 @@ def _propagate(
     nonnegative: set[fx.Node],
     backend: str | None,
     keep_layers: bool,
-    gradient: set[fx.Node],
+    gradient: _Gradient | None,
     any_rows: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     ctx = _nodes.Context({}, dtype, stabilizer, backend, nonnegative, steps=plan.steps)
@@ -220,7 +236,7 @@ def _propagate(
             ctx.env[node] = _nodes.run_node(node, ctx, root, step)
             if step is not None and step.kind == "pass" and isinstance(step.module, LINEAR_TYPES):
                 _check_identity(step, ctx.env[node], ctx.env[node.all_input_nodes[0]])
-            if gradient:
+            if gradient is not None:
                 continue  # gradients re-run steps on their inputs: every value is kept
             for value in plan.release.get(node, ()):
                 del ctx.env[value]  # read by no later node and no relevance handler
@@ -258,12 +274,16 @@ def _propagate(
         if step.kind == "input":
             relevances[node] = relevance
             continue
-        shares = _gradient_shares(node, ctx, root, relevance) if node in gradient else None
+        shares = None
+        if gradient is not None and node in gradient.nodes:
+            shares = _gradient_shares(node, ctx, root, relevance)
         if shares is None:
             shares = _nodes.HANDLERS[step.kind](step, ctx, relevance)
         for source, share in shares:
             if source not in plan.steps:
                 continue  # a constant: its share is absorbed, like a bias's
+            if gradient is not None and node in gradient.functional and source in gradient.layer_inputs:
+                share = share * ctx.wide(source)  # see _Gradient
             previous = relevances.get(source)
             relevances[source] = share if previous is None else previous + share
         ctx.env.pop(node, None)  # nothing after this needs the node's value

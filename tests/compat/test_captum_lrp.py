@@ -147,3 +147,37 @@ def test_training_mode_dropout_drops_and_mode_is_kept() -> None:
     assert 0 < int(dropped.sum()) < 64  # some samples dropped, some kept
     torch.testing.assert_close(sums[~dropped], 2 * undropped[~dropped], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-5, rtol=0)
+
+
+def test_residual_block_as_captum_or_conserving() -> None:
+    """A ResNet block (BatchNorm, one ReLU module called twice, a functional skip ``out + x`` from
+    the first layer's input): Captum's numbers by default (relevance through the sum as a
+    gradient, multiplied by ``x`` where ``x`` also feeds the convolution, as Captum's input hook
+    does), in float64 (epsilon 1e-9 makes float32 results noisy); ``functional="lrp"`` splits the
+    sum in proportion to the summands and conserves relevance (no biases, epsilon 1e-9)."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            self.conv1, self.bn1 = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.BatchNorm2d(2)
+            self.conv2, self.relu = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.ReLU()
+            self.fc = nn.Linear(2 * 16, 3, bias=False)
+            with torch.no_grad():
+                self.bn1.running_mean.uniform_(-0.1, 0.1)
+                self.bn1.running_var.uniform_(0.5, 1.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.conv2(self.relu(self.bn1(self.conv1(x))))
+            return self.fc(self.relu(out + x).flatten(1))
+
+    model = Block().eval().double()
+    x = torch.rand(3, 2, 4, 4, dtype=torch.float64)
+    got = LRP(model).attribute(x, target=1)
+    expected = captum_attr.LRP(model).attribute(x, target=1).detach()
+    torch.testing.assert_close(got, expected, atol=1e-9, rtol=1e-7)
+    model.bn1.bias.data.zero_()
+    model.bn1.running_mean.zero_()  # no shift: relevance is conserved through the BatchNorm too
+    conserving, delta = LRP(model, functional="lrp").attribute(x, target=1, return_convergence_delta=True)
+    torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-6, rtol=0)
+    assert not torch.allclose(conserving, LRP(model).attribute(x, target=1))
