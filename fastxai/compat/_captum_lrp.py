@@ -93,6 +93,11 @@ def _translate(name: str, module: nn.Module, rule: Any) -> Rule | None:
         return rule
     if isinstance(module, _NONLINEAR):
         return None
+    if _is_torch_leaf(module) and not isinstance(module, (*_DEFAULT_EPSILON, *_graph.ACTIVATION_MODULES)):
+        raise NotImplementedError(
+            f"fastxai.compat LRP: a rule on {name!r} ({type(module).__name__}) is not honoured: "
+            "rules apply to Linear, Conv, BatchNorm, pooling and element-wise activations"
+        )
     rules = _captum_rules()
     kind = type(rule)
     if kind is rules.IdentityRule:
@@ -108,6 +113,10 @@ def _translate(name: str, module: nn.Module, rule: Any) -> Rule | None:
         f"fastxai.compat LRP: rule {kind.__name__} on {name!r} is not one of Captum's EpsilonRule, "
         "IdentityRule, GammaRule, Alpha1_Beta0_Rule; write it as a fastxai.lrp.rules rule"
     )
+
+
+def _is_torch_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None and type(module).__module__.startswith("torch.nn")
 
 
 def _is_addition_module(module: nn.Module) -> bool:
@@ -198,10 +207,8 @@ class LRP(Attribution):
                 translated = Epsilon(CAPTUM_EPSILON)
             if translated is not None:
                 found[name] = translated
-            elif (
-                next(module.children(), None) is None
-                and not isinstance(module, (*_DEFAULT_EPSILON, *_NONLINEAR, *_PLUMBING))
-                and type(module).__module__.startswith("torch.nn")
+            elif _is_torch_leaf(module) and not isinstance(
+                module, (*_DEFAULT_EPSILON, *_NONLINEAR, *_PLUMBING)
             ):
                 raise TypeError(
                     f"Module {name!r} of type {type(module).__name__} has no rule defined and no default "

@@ -130,9 +130,9 @@ def _check_batchnorm_mode(model: Model) -> None:
     for name, module in model.named_modules():
         if isinstance(module, BATCHNORM_TYPES) and module.training:
             raise ValueError(
-                f"eval_mode=False: BatchNorm {name!r} is in training mode (it would normalise with "
-                "and update batch statistics; the relevance pass reads its running statistics); "
-                "call model.eval() or leave eval_mode=True"
+                f"BatchNorm {name!r} is in training mode: it would normalise with (and update) batch "
+                "statistics, while the relevance pass reads its running statistics; call model.eval() "
+                "(or leave lrp's eval_mode=True)"
             )
 
 

@@ -127,6 +127,15 @@ def test_captum_errors() -> None:
     wide.fc2.rule = lrp_rules.IdentityRule()  # type: ignore[assignment]  # 4 -> 3: not an identity
     with pytest.raises(ValueError, match="shape"):
         LRP(wide).attribute(torch.rand(1, 4), target=0)
+    soft = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1))
+    soft[1].rule = lrp_rules.IdentityRule()  # type: ignore[assignment]  # fastxai has a softmax rule
+    with pytest.raises(NotImplementedError, match="Softmax"):
+        LRP(soft).attribute(torch.rand(1, 4), target=0)
+    normed = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout()).train()
+    state = model_state(normed)
+    with pytest.raises(ValueError, match="training mode"):
+        LRP(normed).attribute(torch.rand(2, 4), target=0)
+    assert_same_state(state, model_state(normed))
 
 
 def test_training_mode_dropout_drops_and_mode_is_kept() -> None:
