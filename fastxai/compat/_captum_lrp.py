@@ -5,8 +5,12 @@
 
 Captum's semantics: the relevance of the target output, ``R = f_target(x)``, goes back through
 every module by its rule and through everything else (``x + y``, ``torch.cat``, ``x.view``,
-``F.relu``) as a gradient, ``R_in = J^T R`` (``fastxai.lrp.lrp(functional="gradient")``;
-``LRP(model, functional="lrp")`` gives those steps fastxai's conserving rules instead).
+``F.relu``) as a gradient, ``R_in = J^T R``, and where a tensor feeds a layer, what reaches
+it that way is multiplied by it, as Captum's input hook multiplies the summed gradient (on a
+residual skip from a layer's input). These are ``fastxai.lrp.lrp(functional="gradient")``;
+``LRP(model, functional="lrp")`` gives those steps fastxai's conserving rules instead. Side by
+side with Captum: its test_lrp.py passes, and torchvision's resnet18 agrees to 1.4e-7 relative
+in float64 (float32 results of epsilon 1e-9 are noisy in both).
 Default rules: epsilon (1e-9) for Linear, Conv, average, adaptive average and max pooling (max
 pooling's epsilon step gives all relevance to the maximum) and BatchNorm (its own step, not
 merged into the layer before it); ReLU, Tanh and Dropout pass relevance on unchanged. Rules set
