@@ -57,9 +57,10 @@ _PLUMBING = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout1d, nn.Dropout2d, 
 
 
 class CaptumRule(Rule):
-    """Captum's ``GammaRule`` / ``Alpha1_Beta0_Rule``: the layer with modified weights ``W'`` on
-    the unsplit input, its bias kept (None: dropped), ``R_in = a * L^T(R / (z + eps sign0(z)); W')``
-    with ``z = L(a; W', b)``."""
+    """Captum's ``GammaRule`` / ``Alpha1_Beta0_Rule``: the layer with modified weights ``W'``
+    (``weight``, a ``fastxai.lrp.rules.Modifier``) on the unsplit input ``a``, its bias as it is
+    (``bias=False``: dropped, Captum's ``set_bias_to_zero``):
+    ``R_in = a * L^T(R / (z + eps sign0(z)); W')`` with ``z = L(a; W', b)``."""
 
     def __init__(self, weight: Modifier, bias: bool, stabilizer: float = CAPTUM_EPSILON) -> None:
         self.weight = weight
@@ -93,15 +94,15 @@ def _check_rule(name: str, module: nn.Module) -> None:
 
 def _translate(name: str, module: nn.Module, rule: Any) -> Rule | None:
     """The fastxai rule for a Captum rule set on ``module`` (None: the default)."""
-    if isinstance(rule, Rule):
-        return rule
-    if isinstance(module, _NONLINEAR):
-        return None
     if _is_torch_leaf(module) and not isinstance(module, (*_DEFAULT_EPSILON, *_graph.ACTIVATION_MODULES)):
         raise NotImplementedError(
             f"fastxai.compat LRP: a rule on {name!r} ({type(module).__name__}) is not honoured: "
             "rules apply to Linear, Conv, BatchNorm, pooling and element-wise activations"
         )
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(module, _NONLINEAR):
+        return None
     rules = _captum_rules()
     kind = type(rule)
     if kind is rules.IdentityRule:
