@@ -217,8 +217,8 @@ def build_plan(
             step.layer = LinearLayer(module)
             step.rule = composite.rule(name, module, not first_linear_seen) or Epsilon(1e-6)
             first_linear_seen = True
-            if isinstance(step.rule, Pass):
-                raise ValueError(f"rule Pass cannot be used for the linear layer {name!r}")
+            if isinstance(step.rule, Pass):  # identity (Captum's IdentityRule): R_in = R
+                step.kind, step.layer = "pass", None  # fastxai.lrp.core checks the shapes agree
         elif kind in ("batchnorm", "pass", "avgpool", "adaptive_avgpool", "maxpool"):
             rule = composite.rule(name, module, False) if module is not None else None
             step.rule = _check_simple_rule(name, kind, rule, composite)

@@ -11,6 +11,7 @@ faster than in the contiguous layout a model's batch usually comes in."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -19,9 +20,11 @@ from torch import fx
 from fastxai import _backends, _model, _scheduling
 from fastxai._model import Model
 from fastxai.lrp import _graph, _nodes, _plans
-from fastxai.lrp.composites import resolve_composite
+from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES
+from fastxai.lrp.composites import Composite, resolve_composite
 
 MAXPOOL_MODES = ("winner", "average")
+FUNCTIONAL_MODES = ("lrp", "gradient")
 
 
 def lrp(
@@ -35,6 +38,8 @@ def lrp(
     return_layer_relevances: bool = False,
     chunk_size: int | None = None,
     backend: str | None = None,
+    eval_mode: bool = True,
+    functional: str = "lrp",
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Layer-wise Relevance Propagation (Bach et al. 2015; Montavon et al. 2019).
 
@@ -50,11 +55,19 @@ def lrp(
     composite: a registered name (``fastxai.lrp.COMPOSITES``), a ``Composite``, or a mapping
     ``{module type or dotted module name: rule}``. maxpool: ``"winner"`` (all relevance to the
     maximum) or ``"average"`` (as average pooling). ``merge_batchnorm=False`` gives every BatchNorm
-    its own epsilon step instead (as Captum does). The model is traced with torch.fx
+    its own epsilon step instead (as Captum does). ``eval_mode=False`` runs every module in the
+    mode it is in (a Dropout in training mode drops, and relevance passes it unchanged, as in
+    Captum; a BatchNorm in training mode is refused: the pass reads its running statistics).
+    ``functional="gradient"`` sends relevance back through parameter-free torch functions and
+    tensor methods (``x + y``, ``torch.cat``, ``F.relu``, ...) as a gradient, ``R_in = J^T R``,
+    instead of their LRP rules (Captum's LRP hooks modules only); steps inside a module the
+    composite names keep their rules. The model is traced with torch.fx
     (``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` through plain-op stand-ins,
     ``fastxai.lrp._attention``); a module or function without a rule raises ``UnsupportedLayerError``.
 
-    inputs: [B, *F]; target: int, [B] tensor or None (the predicted class). Returns ``R``
+    inputs: [B, *F]; target: int, [B] tensor or None (the predicted class; then the output may
+    have other rows than the inputs, e.g. a model that pools over the batch, when the whole
+    batch is one chunk). Returns ``R``
     [B, *F] in the inputs' dtype (accumulated in float32), and with
     ``return_layer_relevances`` also ``{node name: relevance of that node's output}`` (float32;
     module nodes are named by their dotted module name) for ``fastxai.lrp.conservation``.
@@ -72,8 +85,14 @@ def lrp(
         raise TypeError(
             f"return_layer_relevances must be a bool, got {type(return_layer_relevances).__name__}"
         )
+    if not isinstance(eval_mode, bool):
+        raise TypeError(f"eval_mode must be a bool, got {type(eval_mode).__name__}")
+    if functional not in FUNCTIONAL_MODES:
+        raise ValueError(f"functional must be one of {FUNCTIONAL_MODES}, got {functional!r}")
     if backend is not None:
         _backends.check_choice(backend)
+    if not eval_mode:
+        _check_batchnorm_mode(model)
     resolved = resolve_composite(composite)
     resolved.check_names(model)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
@@ -83,16 +102,18 @@ def lrp(
     x = inputs.detach()
     results: list[torch.Tensor] = []
     layers: dict[str, list[torch.Tensor]] = {}
-    with _model.preserved_state(model), torch.no_grad():
+    with _model.preserved_state(model, eval_mode=eval_mode), torch.no_grad():
         plan = _plans.cached_plan(model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm)
         nonnegative = _graph.nonnegative_nodes(plan, bool(x.min() >= 0))
+        gradient = _gradient_plan(plan, resolved) if functional == "gradient" else None
         x = x.contiguous(memory_format=_pass_layout(plan, x))
+        any_rows = target_t is None and chunk >= x.shape[0]
         for start in range(0, x.shape[0], chunk):
             stop = min(start + chunk, x.shape[0])
             chunk_target = None if target_t is None else target_t[start:stop]
             relevance, chunk_layers = _propagate(
                 plan, x[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
-                return_layer_relevances,
+                return_layer_relevances, gradient, any_rows,
             )  # fmt: skip
             results.append(relevance)
             for name, value in chunk_layers.items():
@@ -101,6 +122,72 @@ def lrp(
     if not return_layer_relevances:
         return relevance
     return relevance, {name: torch.cat(parts) for name, parts in layers.items()}
+
+
+def _check_batchnorm_mode(model: Model) -> None:
+    if not isinstance(model, torch.nn.Module):
+        return
+    for name, module in model.named_modules():
+        if isinstance(module, BATCHNORM_TYPES) and module.training:
+            raise ValueError(
+                f"BatchNorm {name!r} is in training mode: it would normalise with (and update) batch "
+                "statistics, while the relevance pass reads its running statistics; call model.eval() "
+                "(or leave lrp's eval_mode=True)"
+            )
+
+
+@dataclasses.dataclass
+class _Gradient:
+    """What ``functional="gradient"`` changes. ``functional``: torch functions and tensor methods
+    outside the modules the composite names (Captum hooks modules only); ``nodes``: those of them
+    relevance goes through as a gradient (max pooling keeps its winner-take-all handler, which is
+    its gradient); ``layer_inputs``: inputs of steps with an LRP rule. Captum multiplies the
+    gradient summed at a layer's input by that input, so a share a functional step sends to a
+    layer input is multiplied by its value there (a residual skip from a layer's input)."""
+
+    functional: set[fx.Node] = dataclasses.field(default_factory=set)
+    nodes: set[fx.Node] = dataclasses.field(default_factory=set)
+    layer_inputs: set[fx.Node] = dataclasses.field(default_factory=set)
+
+
+def _gradient_plan(plan: _graph.Plan, composite: Composite) -> _Gradient:
+    named = set(composite.name_map)
+    result = _Gradient()
+    for node, step in plan.steps.items():
+        if step.kind == "input":
+            continue
+        if node.op in ("call_function", "call_method") and not named.intersection(
+            node.meta.get("nn_module_stack") or ()
+        ):  # a rule set on a module covers what it computes
+            result.functional.add(node)
+            if step.kind not in ("maxpool", "adaptive_maxpool"):
+                result.nodes.add(node)
+        elif step.kind not in ("pass", "reshape"):
+            result.layer_inputs.update(arg for arg in node.all_input_nodes if arg in plan.steps)
+    return result
+
+
+def _gradient_shares(node: fx.Node, ctx: _nodes.Context, root: Any, relevance: torch.Tensor) -> Any:
+    """``J^T R`` for one parameter-free step: the step run again on copies of its inputs that
+    require gradients. None when its output carries no gradient (the caller keeps the LRP rule)."""
+    values = {arg: ctx.env.get(arg) for arg in node.all_input_nodes if arg in ctx.steps}
+    leaves = {
+        arg: value.detach().to(ctx.dtype).requires_grad_()
+        for arg, value in values.items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point()
+    }
+    if not leaves:
+        return None
+    with torch.enable_grad():
+        # clones: an in-place op (F.relu(x, inplace=True)) must not write into the leaf
+        env = {**ctx.env, **{arg: leaf.clone() for arg, leaf in leaves.items()}}
+        output = _nodes.run_node(node, dataclasses.replace(ctx, env=env), root, None)
+        if not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return None
+        grads = torch.autograd.grad(
+            output, list(leaves.values()), relevance.to(output.dtype), allow_unused=True
+        )
+    return [(arg, grad) for arg, grad in zip(leaves, grads, strict=True) if grad is not None]
 
 
 def _pass_layout(plan: _graph.Plan, x: torch.Tensor) -> torch.memory_format:
@@ -136,6 +223,8 @@ def _propagate(
     nonnegative: set[fx.Node],
     backend: str | None,
     keep_layers: bool,
+    gradient: _Gradient | None,
+    any_rows: bool,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     ctx = _nodes.Context({}, dtype, stabilizer, backend, nonnegative, steps=plan.steps)
     root = plan.root
@@ -143,7 +232,12 @@ def _propagate(
         if node.op == "placeholder":
             ctx.env[node] = x
         elif node.op != "output":
-            ctx.env[node] = _nodes.run_node(node, ctx, root, plan.steps.get(node))
+            step = plan.steps.get(node)
+            ctx.env[node] = _nodes.run_node(node, ctx, root, step)
+            if step is not None and step.kind == "pass" and isinstance(step.module, LINEAR_TYPES):
+                _check_identity(step, ctx.env[node], ctx.env[node.all_input_nodes[0]])
+            if gradient is not None:
+                continue  # gradients re-run steps on their inputs: every value is kept
             for value in plan.release.get(node, ()):
                 del ctx.env[value]  # read by no later node and no relevance handler
     result = plan.output.args[0]
@@ -151,9 +245,14 @@ def _propagate(
         raise _graph.UnsupportedLayerError("the model must return one tensor computed from its input")
     output = ctx.env[result]
     logits = output.unsqueeze(1) if output.dim() == 1 else output
-    if not isinstance(output, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+    if (
+        not isinstance(output, torch.Tensor)
+        or logits.dim() != 2
+        or (logits.shape[0] != x.shape[0] and not (any_rows and target is None))
+    ):
         raise ValueError(
-            f"model must return [batch, classes] (or [batch]), got {getattr(output, 'shape', output)}"
+            f"model must return [batch, classes] (or [batch]), got {getattr(output, 'shape', output)} "
+            f"for {x.shape[0]} inputs"
         )
     if target is None:
         target = logits.argmax(dim=1)
@@ -175,9 +274,16 @@ def _propagate(
         if step.kind == "input":
             relevances[node] = relevance
             continue
-        for source, share in _nodes.HANDLERS[step.kind](step, ctx, relevance):
+        shares = None
+        if gradient is not None and node in gradient.nodes:
+            shares = _gradient_shares(node, ctx, root, relevance)
+        if shares is None:
+            shares = _nodes.HANDLERS[step.kind](step, ctx, relevance)
+        for source, share in shares:
             if source not in plan.steps:
                 continue  # a constant: its share is absorbed, like a bias's
+            if gradient is not None and node in gradient.functional and source in gradient.layer_inputs:
+                share = share * ctx.wide(source)  # see _Gradient
             previous = relevances.get(source)
             relevances[source] = share if previous is None else previous + share
         ctx.env.pop(node, None)  # nothing after this needs the node's value
@@ -187,6 +293,16 @@ def _propagate(
     if keep_layers:
         layers = dict(reversed(list(layers.items())))
     return input_relevance, layers
+
+
+def _check_identity(step: _graph.Step, output: torch.Tensor, inputs: torch.Tensor) -> None:
+    """A Linear/Conv given ``Pass`` (Captum's IdentityRule) hands its relevance on unchanged,
+    which needs an output of its input's shape."""
+    if output.shape != inputs.shape:
+        raise ValueError(
+            f"rule Pass on {step.name!r} needs an output of its input's shape, got "
+            f"{tuple(inputs.shape)} -> {tuple(output.shape)}"
+        )
 
 
 def conservation(

@@ -14,6 +14,21 @@ convolutions). Element-wise layers take ``Pass`` (``R_in = R``).
 
 Montavon et al., "Layer-wise relevance propagation: an overview", 2019, gives every rule here.
 
+Captum's rules (``captum.attr._utils.lrp_rules``) are one group of one term on the unsplit
+input ``a``: ``z = L(a; W', b)``, ``R_in = a * L^T(R / (z + eps sign0(z)); W')``, with the bias
+kept as it is (or dropped with ``set_bias_to_zero=True``) and ``eps = 1e-9``:
+
+- ``EpsilonRule(epsilon)`` is ``Epsilon(epsilon)``; ``IdentityRule`` is ``Pass`` (``R_in = R``,
+  also for a Linear/Conv whose output has its input's shape);
+- ``GammaRule(gamma)``: ``W' = W + gamma W+``. It equals ``Gamma(gamma)`` where ``a >= 0``,
+  ``z > 0`` and the bias is zero; ``Gamma`` also raises the bias (``b + gamma b+``) and, for
+  signed inputs or ``z < 0``, favours the contributions of ``z``'s sign (Zennit's form);
+- ``Alpha1_Beta0_Rule``: ``W' = W+``. It equals ``ZPlus()`` where ``a >= 0`` and ``b >= 0``;
+  ``ZPlus`` takes ``b+`` and splits signed inputs (``a+ W+ + a- W-``).
+
+``fastxai.compat``'s ``LRP`` builds Captum's forms from ``Term`` and ``Group`` (its numbers
+are Captum's); ``fastxai.lrp`` users pick ``Gamma`` / ``ZPlus``.
+
 >>> from fastxai.lrp import rules
 >>> composite = {nn.Conv2d: rules.Gamma(0.25), nn.Linear: rules.Epsilon(1e-6)}
 """
