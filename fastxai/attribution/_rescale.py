@@ -47,28 +47,61 @@ _RELU = {F.relu, torch.relu, Tensor.relu}
 _SIGMOID = {torch.sigmoid, Tensor.sigmoid}
 _TANH = {torch.tanh, Tensor.tanh}
 _ELEMENTWISE: set[Any] = {
-    *_RELU, *_SIGMOID, *_TANH, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    F.softplus, F.hardtanh, F.relu6, F.hardsigmoid, F.hardswish, F.softsign, F.logsigmoid,
+    *_RELU,
+    *_SIGMOID,
+    *_TANH,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.softplus,
+    F.hardtanh,
+    F.relu6,
+    F.hardsigmoid,
+    F.hardswish,
+    F.softsign,
+    F.logsigmoid,
 }
 _IN_PLACE: dict[Any, Any] = {
-    torch.relu_: torch.relu, Tensor.relu_: torch.relu, torch.sigmoid_: torch.sigmoid,
-    Tensor.sigmoid_: torch.sigmoid, torch.tanh_: torch.tanh, Tensor.tanh_: torch.tanh,
-    F.elu_: F.elu, F.leaky_relu_: F.leaky_relu, F.hardtanh_: F.hardtanh, torch.selu_: F.selu,
+    torch.relu_: torch.relu,
+    Tensor.relu_: torch.relu,
+    torch.sigmoid_: torch.sigmoid,
+    Tensor.sigmoid_: torch.sigmoid,
+    torch.tanh_: torch.tanh,
+    Tensor.tanh_: torch.tanh,
+    F.elu_: F.elu,
+    F.leaky_relu_: F.leaky_relu,
+    F.hardtanh_: F.hardtanh,
+    torch.selu_: F.selu,
     torch.celu_: F.celu,
 }
 _MAX_POOL: dict[Any, tuple[int, Callable[..., tuple[Tensor, Tensor]]]] = {}
-for _dims, _with_indices in ((1, F.max_pool1d_with_indices), (2, F.max_pool2d_with_indices),
-                             (3, F.max_pool3d_with_indices)):
+for _dims, _with_indices in (
+    (1, F.max_pool1d_with_indices),
+    (2, F.max_pool2d_with_indices),
+    (3, F.max_pool3d_with_indices),
+):
     for _func in (getattr(F, f"max_pool{_dims}d"), _with_indices, getattr(torch, f"max_pool{_dims}d")):
         _MAX_POOL[_func] = (_dims, _with_indices)
 _POOL_ARGUMENTS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
-_SOFTMAX = {F.softmax: False, torch.softmax: False, Tensor.softmax: False,
-            F.log_softmax: True, torch.log_softmax: True, Tensor.log_softmax: True}
+_SOFTMAX = {
+    F.softmax: False,
+    torch.softmax: False,
+    Tensor.softmax: False,
+    F.log_softmax: True,
+    torch.log_softmax: True,
+    Tensor.log_softmax: True,
+}
 
 _inplace_position: dict[Any, int | None] = {}
 
 
-def _out_of_place(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Callable[[Tensor], Tensor], bool]:
+def _out_of_place(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Callable[[Tensor], Tensor], bool]:
     """``func`` applied out of place to a new first argument, and whether the call was in place."""
     if func in _IN_PLACE:
         base, rest = _IN_PLACE[func], args[1:]
@@ -131,8 +164,14 @@ class _MaxPoolRescale(torch.autograd.Function):
     baseline's arg-max ``g * (y - top)``; the multiplier is that sum over the input difference."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, dims: int, pool: Callable[..., tuple[Tensor, Tensor]],
-                params: tuple[Any, ...], eps: float) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        dims: int,
+        pool: Callable[..., tuple[Tensor, Tensor]],
+        params: tuple[Any, ...],
+        eps: float,
+    ) -> tuple[Tensor, Tensor]:
         y, indices = pool(x, *params)
         x_in, x_ref = x.chunk(2)
         y_in, y_ref = y.chunk(2)
@@ -241,8 +280,13 @@ class RescaleMode(TorchFunctionMode):
         dims, pool = _MAX_POOL[func]
         given = {**dict(zip(_POOL_ARGUMENTS, args[1:], strict=False)), **kwargs}
         return_indices = bool(given.pop("return_indices", False)) or func is pool
-        params = (given["kernel_size"], given.get("stride") or None, given.get("padding", 0),
-                  given.get("dilation", 1), bool(given.get("ceil_mode", False)))
+        params = (
+            given["kernel_size"],
+            given.get("stride") or None,
+            given.get("padding", 0),
+            given.get("dilation", 1),
+            bool(given.get("ceil_mode", False)),
+        )
         output, indices = _MaxPoolRescale.apply(x, dims, pool, params, self.eps)
         return (output, indices) if return_indices else output
 
@@ -253,7 +297,9 @@ class RescaleMode(TorchFunctionMode):
             dim = 0 if x.dim() in (0, 1, 3) else 1
         dim = dim % x.dim()
         if dim == 0:
-            raise ValueError("model applies softmax across the batch (dim 0): DeepLIFT needs rows that do not interact")
+            raise ValueError(
+                "model applies softmax across the batch (dim 0): DeepLIFT needs rows that do not interact"
+            )
         if dtype is not None:
             x = x.to(dtype)
         return _SoftmaxRescale.apply(x, dim, _SOFTMAX[func], self.eps)

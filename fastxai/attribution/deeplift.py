@@ -13,7 +13,10 @@ from fastxai.attribution.gradient_shap import _check_distribution
 
 
 def _check_options(multiply_by_inputs: object, return_convergence_delta: object, eps: object) -> float:
-    for name, flag in (("multiply_by_inputs", multiply_by_inputs), ("return_convergence_delta", return_convergence_delta)):
+    for name, flag in (
+        ("multiply_by_inputs", multiply_by_inputs),
+        ("return_convergence_delta", return_convergence_delta),
+    ):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
@@ -34,9 +37,14 @@ def _check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
     features = tuple(inputs.shape[1:])
     if tuple(baselines.shape) == features and baselines.dim() == inputs.dim() - 1:
         baselines = baselines.unsqueeze(0)
-    if baselines.dim() != inputs.dim() or tuple(baselines.shape[1:]) != features or baselines.shape[0] not in (
-        1,
-        inputs.shape[0],
+    if (
+        baselines.dim() != inputs.dim()
+        or tuple(baselines.shape[1:]) != features
+        or baselines.shape[0]
+        not in (
+            1,
+            inputs.shape[0],
+        )
     ):
         raise ValueError(
             f"baselines must have shape {features}, (1, *{features}) or ({inputs.shape[0]}, *{features}), "
@@ -164,7 +172,9 @@ def deeplift_shap(
     inputs = _model.check_inputs(inputs)
     eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
     if baselines is None:
-        raise TypeError("baselines must be a tensor [K, *F] of baselines (the background distribution), got None")
+        raise TypeError(
+            "baselines must be a tensor [K, *F] of baselines (the background distribution), got None"
+        )
     distribution = _check_distribution(baselines, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)

@@ -71,7 +71,9 @@ def _zeros(packed: PackedInputs) -> Any:
     return (0.0,) * len(packed.sizes) if packed.is_tuple else 0.0
 
 
-def _custom(function: Callable[..., Any], multipliers: Any, inputs: Any, baselines: Any) -> tuple[torch.Tensor, ...]:
+def _custom(
+    function: Callable[..., Any], multipliers: Any, inputs: Any, baselines: Any
+) -> tuple[torch.Tensor, ...]:
     """Captum's ``custom_attribution_func(multipliers[, inputs[, baselines]])``, tuples in and out."""
     if not callable(function):
         raise TypeError(f"custom_attribution_func must be callable, got {type(function).__name__}")
@@ -101,7 +103,9 @@ class DeepLift(Attribution):
     def multiplies_by_inputs(self) -> bool:
         return self._multiply_by_inputs
 
-    def _forward(self, packed: PackedInputs, additional_forward_args: Any, target: Any) -> tuple[Forward, Any, int | None]:
+    def _forward(
+        self, packed: PackedInputs, additional_forward_args: Any, target: Any
+    ) -> tuple[Forward, Any, int | None]:
         """The model on flat rows (a flattened output for a target tuple), the target, and
         ``chunk_size`` in model rows (whole copies of the batch where extra arguments need it)."""
         packed_forward = packed.forward(self.model, additional_forward_args)
@@ -128,18 +132,30 @@ class DeepLift(Attribution):
         multiply = self._multiply_by_inputs and custom_attribution_func is None
         result = self._run(
             lambda: deeplift(
-                forward, packed.flat, flat_target, reference, multiply_by_inputs=multiply, chunk_size=chunk, eps=self.eps
+                forward,
+                packed.flat,
+                flat_target,
+                reference,
+                multiply_by_inputs=multiply,
+                chunk_size=chunk,
+                eps=self.eps,
             )
         )
         attributions = packed.format(result)
         if custom_attribution_func is not None:
-            parts = _custom(custom_attribution_func, packed.unpack(result), packed.unpack(packed.flat),
-                            packed.unpack(reference))
+            parts = _custom(
+                custom_attribution_func,
+                packed.unpack(result),
+                packed.unpack(packed.flat),
+                packed.unpack(reference),
+            )
             attributions = parts if packed.is_tuple else parts[0]
         if not return_convergence_delta:
             return attributions
         baselines_form = packed.format(reference) if baselines is not None else 0.0
-        delta = self.compute_convergence_delta(attributions, baselines_form, inputs, target, additional_forward_args)
+        delta = self.compute_convergence_delta(
+            attributions, baselines_form, inputs, target, additional_forward_args
+        )
         return attributions, delta
 
     def compute_convergence_delta(
@@ -152,7 +168,9 @@ class DeepLift(Attribution):
     ) -> torch.Tensor:
         """Captum's ``compute_convergence_delta``: ``sum(attributions) - (f(end) - f(start))`` per example."""
         packed = PackedInputs(end_point, name="end_point")
-        start = packed.pack(_zeros(packed) if start_point is None else start_point, name="start_point").expand(packed.batch, -1)
+        start = packed.pack(
+            _zeros(packed) if start_point is None else start_point, name="start_point"
+        ).expand(packed.batch, -1)
         sums = PackedInputs(attributions, name="attributions")
         if sums.features != packed.features or sums.batch != packed.batch:
             raise ValueError("attributions must be shaped like end_point")
@@ -201,8 +219,14 @@ class DeepLiftShap(DeepLift):
         if custom_attribution_func is None:
             result, delta = self._run(
                 lambda: deeplift_shap(
-                    forward, packed.flat, flat_target, distribution, multiply_by_inputs=self._multiply_by_inputs,
-                    return_convergence_delta=True, chunk_size=chunk, eps=self.eps,
+                    forward,
+                    packed.flat,
+                    flat_target,
+                    distribution,
+                    multiply_by_inputs=self._multiply_by_inputs,
+                    return_convergence_delta=True,
+                    chunk_size=chunk,
+                    eps=self.eps,
                 )
             )
             attributions = packed.format(result)
@@ -215,15 +239,22 @@ class DeepLiftShap(DeepLift):
         pair_target = None if target_t is None else target_t.repeat(count)
         multipliers = self._run(
             lambda: deeplift(
-                forward, pairs_x, pair_target, pairs_ref, multiply_by_inputs=False, chunk_size=chunk, eps=self.eps
+                forward,
+                pairs_x,
+                pair_target,
+                pairs_ref,
+                multiply_by_inputs=False,
+                chunk_size=chunk,
+                eps=self.eps,
             )
         )
 
         def input_major(flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return packed.unpack(flat.view(count, batch, -1).transpose(0, 1).reshape(batch * count, -1))
 
-        parts = _custom(custom_attribution_func, input_major(multipliers), input_major(pairs_x),
-                        input_major(pairs_ref))
+        parts = _custom(
+            custom_attribution_func, input_major(multipliers), input_major(pairs_x), input_major(pairs_ref)
+        )
         per_pair = torch.cat([part.reshape(batch * count, -1) for part in parts], dim=1)
         result = per_pair.view(batch, count, -1).mean(1)
         attributions = packed.format(result)
