@@ -218,3 +218,13 @@ def test_model_state_is_left_as_found_also_on_error() -> None:
     with pytest.raises(ValueError):
         deeplift(model, torch.randn(2, 2, 8, 8), 9)  # only 4 classes
     assert_same_state(before, model_state(model))
+
+
+def test_target_none_is_the_predicted_class() -> None:
+    model = TwoLayer().double()
+    x, background = torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    predicted = model(x).argmax(1)
+    torch.testing.assert_close(deeplift(model, x, None, 0.5), deeplift(model, x, predicted, 0.5))
+    torch.testing.assert_close(
+        deeplift_shap(model, x, None, background, chunk_size=4), deeplift_shap(model, x, predicted, background)
+    )
