@@ -203,8 +203,11 @@ class _MaxPoolRescale(torch.autograd.Function):
         spread = torch.zeros_like(delta_flat)
         spread.scatter_add_(1, index_in, (grad_in * up).reshape(planes, -1))
         spread.scatter_add_(1, index_ref, (grad_in * down).reshape(planes, -1))
-        plain = torch.zeros_like(delta_flat).scatter_add_(1, index_in, grad_in.reshape(planes, -1))
-        multiplied = torch.where(delta_flat.abs() < ctx.eps, plain, spread / delta_flat)
+        multiplied = spread.div_(delta_flat)
+        small = delta_flat.abs().lt_(ctx.eps)  # there: max pooling's plain gradient
+        if grad.is_cuda or bool(small.max() > 0):
+            plain = torch.zeros_like(delta_flat).scatter_add_(1, index_in, grad_in.reshape(planes, -1))
+            multiplied = torch.where(small.bool(), plain, multiplied)
         multiplied = multiplied.reshape(delta_in.shape)
         return torch.cat([multiplied, multiplied]), None, None, None, None
 

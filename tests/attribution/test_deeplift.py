@@ -226,5 +226,6 @@ def test_target_none_is_the_predicted_class() -> None:
     predicted = model(x).argmax(1)
     torch.testing.assert_close(deeplift(model, x, None, 0.5), deeplift(model, x, predicted, 0.5))
     torch.testing.assert_close(
-        deeplift_shap(model, x, None, background, chunk_size=4), deeplift_shap(model, x, predicted, background)
+        deeplift_shap(model, x, None, background, chunk_size=4),
+        deeplift_shap(model, x, predicted, background),
     )
