@@ -5,9 +5,12 @@ vs Captum's DeepLift, on the benchmark MLP and small ResNet.
         --benchmark-enable --benchmark-only --benchmark-json=deeplift.json
     python benchmarks/report.py deeplift.json
 
-Measured (2-core shared CPU under load average ~13, so wall time is noise; one thread, CPU
-time, median of interleaved runs): MLP 1.64x the floor, ResNet 1.36x; the Rescale
-multipliers' elementwise work on every activation is what is above the floor.
+Measured on a 2-core shared CPU (load average ~13, so wall time is noise): one thread, CPU
+time, median of interleaved runs (``PYTHONPATH=. python benchmarks/deeplift_ratio.py 100``):
+MLP 1.53x the floor (about 0.9 ms of fixed Python cost on a 1.7 ms model), ResNet 1.25-1.32x.
+What is above the floor on the ResNet is the Rescale multipliers' elementwise passes over
+every activation (about eight half-size passes per ReLU where the floor's ReLU makes two);
+a fused one-pass multiplier op (native/Triton) is the way to 1.2x.
 
 On the ResNet (functional ``torch.relu`` in its blocks) Captum's numbers are not DeepLIFT's:
 it leaves those ReLUs with their gradient; only its time is comparable.
