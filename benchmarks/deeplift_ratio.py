@@ -33,7 +33,8 @@ def main(rounds: int) -> None:
                 run()
                 times[key].append(time.thread_time() - start)
         floor, ours = statistics.median(times["floor"]), statistics.median(times["fastxai"])
-        print(f"{name:7s} floor {floor * 1e3:7.2f} ms  fastxai {ours * 1e3:7.2f} ms  ratio {ours / floor:.2f}")
+        ratio = ours / floor
+        print(f"{name:7s} floor {floor * 1e3:7.2f} ms  fastxai {ours * 1e3:7.2f} ms  ratio {ratio:.2f}")
 
 
 if __name__ == "__main__":
