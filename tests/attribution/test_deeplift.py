@@ -12,6 +12,19 @@ from torch import nn
 from fastxai.attribution.deeplift import deeplift, deeplift_shap
 
 ACTIVATIONS = [nn.ReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LeakyReLU]
+MORE_ACTIVATIONS = [
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.SELU,
+    nn.CELU,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softsign,
+    nn.LogSigmoid,
+]
 
 
 class TwoLayer(nn.Module):
@@ -57,7 +70,7 @@ def _scores(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
         return model(x)[:, target]
 
 
-@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("act", ACTIVATIONS + MORE_ACTIVATIONS, ids=lambda a: a.__name__)
 def test_summation_to_delta_for_every_activation(act: type[nn.Module]) -> None:
     model = TwoLayer(act).double()
     x, base = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
