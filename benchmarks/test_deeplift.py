@@ -8,9 +8,11 @@ vs Captum's DeepLift, on the benchmark MLP and small ResNet.
 Measured on a 2-core shared CPU (load average ~13, so wall time is noise): one thread, CPU
 time, median of interleaved runs (``PYTHONPATH=. python benchmarks/deeplift_ratio.py 100``):
 MLP 1.53x the floor (about 0.9 ms of fixed Python cost on a 1.7 ms model), ResNet 1.25-1.32x.
-What is above the floor on the ResNet is the Rescale multipliers' elementwise passes over
-every activation (about eight half-size passes per ReLU where the floor's ReLU makes two);
-a fused one-pass multiplier op (native/Triton) is the way to 1.2x.
+What is above the floor on the ResNet is memory traffic: each extra elementwise pass over
+the activations (cold in cache) costs this ResNet about 10% of its forward+backward on one
+thread, and the Rescale multiplier takes about four (a custom autograd ReLU that saves one new
+mask already measures 1.28x; tuning glibc's malloc speeds the floor up but leaves the ratio).
+A fused one-pass multiplier op (native/Triton) is the way to 1.1x.
 
 On the ResNet (functional ``torch.relu`` in its blocks) Captum's numbers are not DeepLIFT's:
 it leaves those ReLUs with their gradient; only its time is comparable.
