@@ -264,6 +264,11 @@ class RescaleMode(TorchFunctionMode):
         self.rows, self.eps = rows, eps
         self.calls = 0
 
+    def _eps(self, x: Tensor) -> float:
+        # At least the dtype's smallest normal number: a half-precision eps of 1e-10 would
+        # round to 0 and leave 0/0 where the pair's values are equal.
+        return max(self.eps, torch.finfo(x.dtype).tiny)
+
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
@@ -284,7 +289,7 @@ class RescaleMode(TorchFunctionMode):
         self.calls += 1
         if elementwise:
             call, inplace = _out_of_place(func, args, kwargs)
-            output = _ElementwiseRescale.apply(x, func, call, self.eps)
+            output = _ElementwiseRescale.apply(x, func, call, self._eps(x))
             return x.copy_(output) if inplace else output
         if func in _MAX_POOL:
             return self._max_pool(func, x, args, kwargs)
@@ -301,7 +306,7 @@ class RescaleMode(TorchFunctionMode):
             given.get("dilation", 1),
             bool(given.get("ceil_mode", False)),
         )
-        output, indices = _MaxPoolRescale.apply(x, dims, pool, params, self.eps)
+        output, indices = _MaxPoolRescale.apply(x, dims, pool, params, self._eps(x))
         return (output, indices) if return_indices else output
 
     def _softmax(self, func: Any, x: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -316,4 +321,4 @@ class RescaleMode(TorchFunctionMode):
             )
         if dtype is not None:
             x = x.to(dtype)
-        return _SoftmaxRescale.apply(x, dim, _SOFTMAX[func], self.eps)
+        return _SoftmaxRescale.apply(x, dim, _SOFTMAX[func], self._eps(x))

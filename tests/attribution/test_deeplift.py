@@ -242,3 +242,14 @@ def test_target_none_is_the_predicted_class() -> None:
         deeplift_shap(model, x, None, background, chunk_size=4),
         deeplift_shap(model, x, predicted, background),
     )
+
+
+def test_bfloat16_rows_equal_to_their_baseline_stay_finite() -> None:
+    """eps=1e-10 rounds to 0 in bfloat16: the fallback still catches 0/0 where x = x'."""
+    model = TwoLayer(nn.Sigmoid).to(torch.bfloat16)
+    x = torch.randn(3, 6).to(torch.bfloat16)
+    base = x.clone()
+    base[:, :2] = 0
+    attr, delta = deeplift(model, x, 0, base, return_convergence_delta=True)
+    assert torch.isfinite(attr).all() and delta.abs().max() < 0.05
+    assert (attr[:, 2:] == 0).all()
