@@ -23,6 +23,8 @@ from fastxai.attacks import (
 from fastxai.attribution import (
     cam,
     deconvnet,
+    deeplift,
+    deeplift_shap,
     expected_gradients,
     feature_ablation,
     grad_cam,
@@ -70,6 +72,8 @@ __all__ = [
     "certify",
     "cw_l2",
     "deconvnet",
+    "deeplift",
+    "deeplift_shap",
     "evaluation",
     "expected_gradients",
     "feature_ablation",

@@ -9,6 +9,7 @@ from fastxai.attribution.class_activation import (
     layer_cam,
     xgrad_cam,
 )
+from fastxai.attribution.deeplift import deeplift, deeplift_shap
 from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.gradient_shap import expected_gradients, gradient_shap
 from fastxai.attribution.guided import deconvnet, guided_backprop
@@ -22,6 +23,8 @@ from fastxai.attribution.smoothgrad import smoothgrad
 __all__ = [
     "cam",
     "deconvnet",
+    "deeplift",
+    "deeplift_shap",
     "expected_gradients",
     "feature_ablation",
     "grad_cam",

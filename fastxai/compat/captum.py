@@ -62,6 +62,8 @@ _LAZY = {
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
     "LRP": "fastxai.compat._captum_lrp",
     "NoiseTunnel": "fastxai.compat._captum_noise_tunnel",
+    "DeepLift": "fastxai.compat._captum_deeplift",
+    "DeepLiftShap": "fastxai.compat._captum_deeplift",
 }
 
 

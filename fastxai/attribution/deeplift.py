@@ -1,0 +1,215 @@
+"""DeepLIFT (Rescale rule) and DeepLiftShap: one forward and one backward over inputs and baselines."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from fastxai import _model, _scheduling
+from fastxai._model import Model
+from fastxai.attribution._rescale import RescaleMode
+from fastxai.attribution.gradient_shap import _check_distribution
+
+
+def _check_options(multiply_by_inputs: object, return_convergence_delta: object, eps: object) -> float:
+    for name, flag in (
+        ("multiply_by_inputs", multiply_by_inputs),
+        ("return_convergence_delta", return_convergence_delta),
+    ):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
+    """A number, one baseline [*F] or [1, *F], or one per input [B, *F] -> [B, *F]."""
+    if isinstance(baselines, (int, float)) and not isinstance(baselines, bool):
+        if not math.isfinite(baselines):
+            raise ValueError(f"baselines must be finite, got {baselines}")
+        return torch.full_like(inputs, float(baselines))
+    if not isinstance(baselines, torch.Tensor):
+        raise TypeError(f"baselines must be a number or a tensor, got {type(baselines).__name__}")
+    if not baselines.is_floating_point():
+        raise TypeError(f"baselines must be a floating-point tensor, got {baselines.dtype}")
+    features = tuple(inputs.shape[1:])
+    if tuple(baselines.shape) == features and baselines.dim() == inputs.dim() - 1:
+        baselines = baselines.unsqueeze(0)
+    if (
+        baselines.dim() != inputs.dim()
+        or tuple(baselines.shape[1:]) != features
+        or baselines.shape[0]
+        not in (
+            1,
+            inputs.shape[0],
+        )
+    ):
+        raise ValueError(
+            f"baselines must have shape {features}, (1, *{features}) or ({inputs.shape[0]}, *{features}), "
+            f"got {tuple(baselines.shape)}"
+        )
+    if not _model.all_finite(baselines):
+        raise ValueError("baselines contain NaN or infinity")
+    return baselines.detach().to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs)
+
+
+def rescale_multipliers(
+    model: Model, inputs: torch.Tensor, baselines: torch.Tensor, target: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over ``2N`` rows ``[inputs; baselines]`` (both [N, *F], target [N] or None for
+    the predicted class): the DeepLIFT multipliers ``m`` [N, *F] of ``f_target`` and the score
+    differences ``f(x) - f(x')`` [N].
+
+    The target's range is checked on this pass's output, before the backward (no probe call:
+    a one-row forward costs a ResNet a few percent of the whole method); the predicted class
+    is read off the inputs' rows of the same output (the Rescale forward gives the model's
+    own outputs)."""
+    rows = inputs.shape[0]
+    leaf = inputs.detach().requires_grad_(True)
+    mode = RescaleMode(2 * rows, eps)
+    with torch.enable_grad():
+        with mode:
+            output = _model.logits(model, torch.cat([leaf, baselines]))
+        if target is None:
+            target = output[:rows].detach().argmax(1)
+        else:
+            _model.check_target_range(target, output.shape[1])
+        scores = output.gather(1, target.repeat(2).view(-1, 1)).squeeze(1)
+        # Only the inputs' scores: the baselines' rows need no gradient of their own.
+        (multipliers,) = torch.autograd.grad(scores[:rows].sum(), leaf)
+    scores = scores.detach()
+    return multipliers, scores[:rows] - scores[rows:]
+
+
+def _accumulator(inputs: torch.Tensor) -> torch.dtype:
+    return torch.float64 if inputs.dtype == torch.float64 else torch.float32
+
+
+def deeplift(
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    baselines: float | torch.Tensor = 0.0,
+    *,
+    multiply_by_inputs: bool = True,
+    return_convergence_delta: bool = False,
+    chunk_size: int | None = None,
+    eps: float = 1e-10,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Captum's ``DeepLift``).
+
+    Every nonlinearity's derivative is replaced by the multiplier
+    ``(f(x) - f(x')) / (x - x')`` of its activations on the input and on the baseline (the
+    derivative where ``|x - x'| < eps``); max pooling and softmax have their own rules (see
+    ``fastxai.attribution._rescale``). The attribution is
+
+        attribution = m * (x - x'),   m = d~ f_target / d x   (the modified chain rule),
+
+    and the attributions of an input sum to ``f_target(x) - f_target(x')`` (summation-to-delta)
+    for networks built from linear maps and the supported nonlinearities. Inputs and baselines
+    run as one model batch of ``2N`` rows (inputs first), one forward and one backward per
+    chunk; nonlinearities are caught as modules and as functional calls (``torch.relu``,
+    ``F.relu``), also when a module is used several times. The model runs in eval mode and
+    is left as found.
+
+    inputs: [B, *F]; baselines: a number, [*F], [1, *F] or [B, *F]; target: int, [B] indices or
+    None (the predicted class); ``multiply_by_inputs=False`` returns the multipliers ``m``;
+    ``chunk_size``: most model rows per pass (two per input). Returns [B, *F] in the inputs'
+    dtype, and with ``return_convergence_delta`` also ``sum(attribution) - (f(x) - f(x'))`` [B].
+
+    >>> a = fastxai.deeplift(model, x, target=y, baselines=0.0)
+    >>> a, delta = fastxai.deeplift(model, x, target=y, return_convergence_delta=True)
+    """
+    model = _model.check_model(model)
+    inputs = _model.check_inputs(inputs)
+    eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
+    reference = _check_baselines(baselines, inputs)
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
+    target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    x = inputs.detach()
+    batch = x.shape[0]
+    result = torch.empty_like(x)
+    delta = torch.empty(batch, dtype=_accumulator(x), device=x.device)
+
+    with _model.preserved_state(model):
+
+        def body(_sample: int, _sample_stop: int, row: int, row_stop: int) -> None:
+            rows_target = None if target_t is None else target_t[row:row_stop]
+            multipliers, difference = rescale_multipliers(
+                model, x[row:row_stop], reference[row:row_stop], rows_target, eps
+            )
+            if multiply_by_inputs:
+                multipliers = multipliers * (x[row:row_stop] - reference[row:row_stop])
+            result[row:row_stop] = multipliers
+            total = multipliers.reshape(row_stop - row, -1).sum(1, dtype=delta.dtype)
+            delta[row:row_stop] = total - difference.to(delta.dtype)
+
+        _scheduling.for_each_block(1, batch, max(1, chunk // 2), body, halve_on_oom=x.is_cuda)
+
+    return (result, delta) if return_convergence_delta else result
+
+
+def deeplift_shap(
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    baselines: torch.Tensor | None = None,
+    *,
+    multiply_by_inputs: bool = True,
+    return_convergence_delta: bool = False,
+    chunk_size: int | None = None,
+    eps: float = 1e-10,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """DeepLiftShap (Lundberg & Lee 2017; Captum's ``DeepLiftShap``): DeepLIFT against each of
+    ``K`` baselines ``x'_k`` of a background distribution, averaged,
+
+        attribution = mean_k m_k * (x - x'_k),
+
+    which sums to ``f_target(x) - mean_k f_target(x'_k)``. The ``B * K`` (input, baseline) pairs
+    run baseline-major (``K`` copies of the batch) as ``2 * B * K`` model rows in chunks of at
+    most ``chunk_size`` rows; see ``deeplift`` for the rule.
+
+    inputs: [B, *F]; baselines: [K, *F] (or one baseline [*F]); target: int, [B] or None (the
+    predicted class of each input). Returns [B, *F] in the inputs' dtype, and with
+    ``return_convergence_delta`` the per-pair ``sum(m_k (x - x'_k)) - (f(x) - f(x'_k))`` [B * K],
+    ordered by input, then baseline (Captum's order).
+
+    >>> a = fastxai.deeplift_shap(model, x, target=y, baselines=background)
+    """
+    model = _model.check_model(model)
+    inputs = _model.check_inputs(inputs)
+    eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
+    if baselines is None:
+        raise TypeError(
+            "baselines must be a tensor [K, *F] of baselines (the background distribution), got None"
+        )
+    distribution = _check_distribution(baselines, inputs)
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
+    target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    x = inputs.detach()
+    batch, count = x.shape[0], distribution.shape[0]
+    acc_dtype = _accumulator(x)
+    total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+    delta = torch.empty(count, batch, dtype=acc_dtype, device=x.device)
+
+    with _model.preserved_state(model):
+
+        def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
+            copies, rows = sample_stop - sample, row_stop - row
+            x_rows = x[row:row_stop].repeat(copies, *([1] * (x.dim() - 1)))
+            references = distribution[sample:sample_stop].repeat_interleave(rows, dim=0)
+            rows_target = None if target_t is None else target_t[row:row_stop].repeat(copies)
+            multipliers, difference = rescale_multipliers(model, x_rows, references, rows_target, eps)
+            if multiply_by_inputs:
+                multipliers = multipliers * (x_rows - references)
+            per_pair = multipliers.reshape(copies, rows, *x.shape[1:])
+            sums = per_pair.reshape(copies, rows, -1).sum(2, dtype=acc_dtype)
+            delta[sample:sample_stop, row:row_stop] = sums - difference.view(copies, rows).to(acc_dtype)
+            total[row:row_stop] += per_pair.sum(0, dtype=acc_dtype)
+
+        _scheduling.for_each_block(count, batch, max(1, chunk // 2), body, halve_on_oom=x.is_cuda)
+
+    result = total.div_(count).to(inputs.dtype)
+    return (result, delta.t().reshape(-1)) if return_convergence_delta else result

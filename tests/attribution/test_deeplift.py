@@ -1,0 +1,255 @@
+"""DeepLIFT (Rescale) and DeepLiftShap: summation-to-delta, hand-derived values, the cases
+Captum hooks wrongly (functional and reused ReLUs), Captum side by side, bad input, state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from models import assert_same_state, model_state
+from torch import nn
+
+from fastxai.attribution.deeplift import deeplift, deeplift_shap
+
+ACTIVATIONS = [nn.ReLU, nn.ELU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.LeakyReLU]
+MORE_ACTIVATIONS = [
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.SELU,
+    nn.CELU,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softsign,
+    nn.LogSigmoid,
+]
+
+
+class TwoLayer(nn.Module):
+    """Linear - act - Linear - act - Linear; ``reuse`` applies one module twice, ``functional``
+    calls ``F.relu`` / ``torch.relu`` instead of modules."""
+
+    def __init__(
+        self, act: type[nn.Module] = nn.ReLU, *, reuse: bool = False, functional: bool = False
+    ) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.l1, self.l2, self.l3 = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.act1 = act()
+        self.act2 = self.act1 if reuse else act()
+        self.functional = functional
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.functional:
+            return self.l3(torch.relu(self.l2(F.relu(self.l1(x)))))
+        return self.l3(self.act2(self.l2(self.act1(self.l1(x)))))
+
+
+class PoolNet(nn.Module):
+    def __init__(self, head: str = "none") -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.relu, self.pool = nn.ReLU(), nn.MaxPool2d(2)
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+        if self.head == "softmax":
+            return F.softmax(out, dim=1)
+        if self.head == "log_softmax":
+            return out.log_softmax(1)
+        return out
+
+
+def _scores(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)[:, target]
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS + MORE_ACTIVATIONS, ids=lambda a: a.__name__)
+def test_summation_to_delta_for_every_activation(act: type[nn.Module]) -> None:
+    model = TwoLayer(act).double()
+    x, base = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, 6, dtype=torch.float64)
+    attr, delta = deeplift(model, x, 1, base, return_convergence_delta=True)
+    expected = _scores(model, x, 1) - _scores(model, base, 1)
+    torch.testing.assert_close(attr.sum(1), expected, rtol=1e-10, atol=1e-10)
+    assert delta.abs().max() < 1e-10
+
+
+def test_hand_derived_values() -> None:
+    """f = 2 relu(x1) + 2 relu(x2 - 1.5) at (1, 2) against 0: the second ReLU goes from 0 to
+    0.5 while its input moves by 2, so m = 0.25 and x2 gets 2 * 0.25 * 2 = 1; x1 gets 2."""
+
+    class Model(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * F.relu(x[:, 0]) + 2 * torch.relu(x[:, 1] - 1.5)
+
+    x = torch.tensor([[1.0, 2.0]])
+    torch.testing.assert_close(deeplift(Model(), x), torch.tensor([[2.0, 1.0]]))
+    multipliers = deeplift(Model(), x, multiply_by_inputs=False)
+    torch.testing.assert_close(multipliers, torch.tensor([[2.0, 0.5]]))
+
+
+def test_reused_and_functional_relus_equal_distinct_modules() -> None:
+    """Captum raises on a reused module and leaves functional ReLUs with their gradient; the
+    three spellings of one network must give the same attributions."""
+    x, base = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    distinct = deeplift(TwoLayer().double(), x, 2, base)
+    reused = TwoLayer(reuse=True).double()
+    functional = TwoLayer(functional=True).double()
+    torch.testing.assert_close(deeplift(reused, x, 2, base), distinct)
+    torch.testing.assert_close(deeplift(functional, x, 2, base), distinct)
+    expected = _scores(reused, x, 2) - _scores(reused, base, 2)
+    torch.testing.assert_close(deeplift(reused, x, 2, base).sum(1), expected)
+    # The plain gradient times (x - x') is not it: the rule is in effect.
+    leaf = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(functional(leaf)[:, 2].sum(), leaf)
+    assert not torch.allclose(grad * (x - base), distinct)
+
+
+def test_in_place_relu_equals_out_of_place() -> None:
+    class InPlace(TwoLayer):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.l3(self.l2(F.relu(self.l1(x), inplace=True)).relu_())
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    torch.testing.assert_close(
+        deeplift(InPlace().double(), x, 0), deeplift(TwoLayer(functional=True).double(), x, 0)
+    )
+
+
+@pytest.mark.parametrize("head", ["none", "softmax", "log_softmax"])
+def test_max_pool_and_softmax_keep_the_summation(head: str) -> None:
+    model = PoolNet(head).double()
+    x, base = torch.randn(3, 2, 8, 8, dtype=torch.float64), torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    attr = deeplift(model, x, 3, base)
+    torch.testing.assert_close(attr.sum((1, 2, 3)), _scores(model, x, 3) - _scores(model, base, 3))
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.__name__)
+def test_matches_captum_on_module_activations(act: type[nn.Module]) -> None:
+    captum = pytest.importorskip("captum.attr")
+    model = TwoLayer(act)
+    x, base = torch.randn(4, 6), torch.randn(4, 6)
+    expected = captum.DeepLift(model).attribute(x, base, target=1)
+    torch.testing.assert_close(deeplift(model, x, 1, base), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_matches_captum_with_max_pooling() -> None:
+    """Without a ReLU before the pool: with one, Captum's own summation fails (its hooks on
+    the two consecutive modules), while fastxai's holds (test above)."""
+    captum = pytest.importorskip("captum.attr")
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(48, 4))
+    x, base = torch.randn(2, 2, 8, 8), torch.randn(2, 2, 8, 8)
+    expected = captum.DeepLift(model).attribute(x, base, target=torch.tensor([0, 3]))
+    torch.testing.assert_close(deeplift(model, x, torch.tensor([0, 3]), base), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_deeplift_shap_is_the_mean_over_baselines_for_any_chunk() -> None:
+    model = TwoLayer(nn.Tanh).double()
+    x, background = torch.randn(3, 6, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
+    each = torch.stack([deeplift(model, x, 0, background[k]) for k in range(4)])
+    for chunk in (2, 6, 7, None):
+        got, delta = deeplift_shap(model, x, 0, background, chunk_size=chunk, return_convergence_delta=True)
+        torch.testing.assert_close(got, each.mean(0))
+        assert delta.shape == (12,) and delta.abs().max() < 1e-10
+
+
+def test_captum_deeplift_shap_side_by_side() -> None:
+    captum = pytest.importorskip("captum.attr")
+    model = TwoLayer()
+    x, background = torch.randn(3, 6), torch.randn(5, 6)
+    expected, expected_delta = captum.DeepLiftShap(model).attribute(
+        x, background, target=2, return_convergence_delta=True
+    )
+    got, delta = deeplift_shap(model, x, 2, background, return_convergence_delta=True)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(delta, expected_delta.to(delta.dtype), rtol=0, atol=1e-4)
+
+
+def test_chunking_does_not_change_deeplift() -> None:
+    model = PoolNet()
+    x, base = torch.randn(5, 2, 8, 8), torch.randn(1, 2, 8, 8)
+    whole = deeplift(model, x, 1, base)
+    torch.testing.assert_close(deeplift(model, x, 1, base, chunk_size=2), whole, rtol=1e-5, atol=1e-6)
+
+
+class _Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TwoLayer()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"baselines": torch.zeros(2, 6)}, ValueError),
+        ({"baselines": "zero"}, TypeError),
+        ({"baselines": float("nan")}, ValueError),
+        ({"eps": -1.0}, ValueError),
+        ({"multiply_by_inputs": 1}, TypeError),
+        ({"chunk_size": 0}, ValueError),
+        ({"target": 2.5}, TypeError),
+    ],
+)
+def test_bad_input_raises_before_the_model_runs(kwargs: dict, error: type[Exception]) -> None:
+    model = _Counting()
+    with pytest.raises(error):
+        deeplift(model, torch.randn(3, 6), **{"target": 0, **kwargs})
+    assert model.calls == 0
+    with pytest.raises(TypeError, match="baselines"):
+        deeplift_shap(model, torch.randn(3, 6), 0, None)
+    assert model.calls == 0
+
+
+def test_batch_mixing_layout_is_refused() -> None:
+    class SequenceFirst(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x.t()).t()  # the batch is no longer the first dimension
+
+    with pytest.raises(ValueError, match="first dimension"):
+        deeplift(SequenceFirst(), torch.randn(3, 5), 0)
+
+
+def test_model_state_is_left_as_found_also_on_error() -> None:
+    model = PoolNet().train()
+    model.fc.weight.requires_grad_(False)
+    model.conv.register_forward_hook(lambda *args: None)
+    before = model_state(model)
+    deeplift(model, torch.randn(2, 2, 8, 8), 0)
+    assert_same_state(before, model_state(model))
+    with pytest.raises(ValueError):
+        deeplift(model, torch.randn(2, 2, 8, 8), 9)  # only 4 classes
+    assert_same_state(before, model_state(model))
+
+
+def test_target_none_is_the_predicted_class() -> None:
+    model = TwoLayer().double()
+    x, background = torch.randn(4, 6, dtype=torch.float64), torch.randn(3, 6, dtype=torch.float64)
+    predicted = model(x).argmax(1)
+    torch.testing.assert_close(deeplift(model, x, None, 0.5), deeplift(model, x, predicted, 0.5))
+    torch.testing.assert_close(
+        deeplift_shap(model, x, None, background, chunk_size=4),
+        deeplift_shap(model, x, predicted, background),
+    )
+
+
+def test_bfloat16_rows_equal_to_their_baseline_stay_finite() -> None:
+    """eps=1e-10 rounds to 0 in bfloat16: the fallback still catches 0/0 where x = x'."""
+    model = TwoLayer(nn.Sigmoid).to(torch.bfloat16)
+    x = torch.randn(3, 6).to(torch.bfloat16)
+    base = x.clone()
+    base[:, :2] = 0
+    attr, delta = deeplift(model, x, 0, base, return_convergence_delta=True)
+    assert torch.isfinite(attr).all() and delta.abs().max() < 0.05
+    assert (attr[:, 2:] == 0).all()
