@@ -205,7 +205,10 @@ class PackedForward:
         return tuple(args)
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
-        return self.forward_func(*self.packed.unpack(flat), *self.arguments(flat.shape[0]))
+        output = self.forward_func(*self.packed.unpack(flat), *self.arguments(flat.shape[0]))
+        if isinstance(output, torch.Tensor) and output.dim() > 2 and output[0].numel() == 1:
+            output = output.reshape(output.shape[0], 1)  # one score per example, [N, 1, ..., 1]
+        return output
 
 
 def chunk_rows(internal_batch_size: object, flat: torch.Tensor, *, whole_batches: bool) -> int | None:
