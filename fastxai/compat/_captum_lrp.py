@@ -289,7 +289,9 @@ class LRP(Attribution):
         output = next(reversed(layers.values())).flatten(1).sum(1)  # the target outputs, [N]
         return result, self.compute_convergence_delta(result, output.to(relevance.dtype))
 
-    def compute_convergence_delta(self, attributions: Any, output: torch.Tensor) -> torch.Tensor:
+    def compute_convergence_delta(  # type: ignore[override]  # Captum's LRP takes (attributions, output)
+        self, attributions: Any, output: torch.Tensor
+    ) -> torch.Tensor:
         """``output - sum(attributions)`` per sample, over every input of a tuple (Captum's
         completeness check; zero where relevance is conserved)."""
         parts = attributions if isinstance(attributions, tuple) else (attributions,)
