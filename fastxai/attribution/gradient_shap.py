@@ -6,6 +6,7 @@ import torch
 
 from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
+from fastxai.attribution import _layer
 from fastxai.attribution.smoothgrad import _check_seed, _check_stdevs
 
 
@@ -39,6 +40,8 @@ def gradient_shap(
     n_samples: int = 5,
     stdevs: float | torch.Tensor = 0.0,
     seed: int | None = None,
+    layer: object = None,
+    forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -60,31 +63,55 @@ def gradient_shap(
     inputs: [B, *F]; baselines: [K, *F] (or one baseline [*F]); stdevs: float or [B];
     returns [B, *F] in the inputs' dtype.
 
+    At a layer: ``layer`` (a module of the model or its dotted name) puts ``x`` above at the
+    layer's output ``h`` [B, *A] (noise, baselines and path points live there; the model runs
+    on the inputs with the layer's output replaced); ``baselines`` are then [K, *A] in the
+    layer's output space or, for token-id inputs, an integer tensor of K token-id sequences
+    [K, *F] whose layer outputs one forward pass computes (with per-example ``forward_kwargs``,
+    K must equal B: baseline k runs with example k's arguments). Integer inputs are accepted
+    and ``layer=None`` means the model's input embedding (``model.get_input_embeddings()``,
+    else its first ``nn.Embedding``); returns [B, *A]; per token: ``a.sum(-1)``.
+    ``forward_kwargs``: extra keyword arguments to the model (an attention mask); tensors with
+    one row per example are repeated with the rows of each model batch.
+
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=20, seed=0)
     """
     model = _model.check_model(model)
-    inputs = _model.check_inputs(inputs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
-    distribution = _check_distribution(baselines, inputs)
+    distribution = None
+    if isinstance(site, _layer.InputSite):
+        distribution = _check_distribution(baselines, inputs)
+    elif not isinstance(baselines, torch.Tensor):
+        raise TypeError(
+            f"baselines must be a tensor [K, *A] of baselines to draw from, got {type(baselines).__name__}"
+        )
+    else:
+        _layer.check_layer_baselines(baselines, inputs)
     sigma = _check_stdevs(stdevs, inputs)
     seed = _check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
-    x = inputs.detach().contiguous()
-    batch, view, unit = x.shape[0], (-1, *x.shape[1:]), [1] * (x.dim() - 1)
-    generator = torch.Generator().manual_seed(seed)
-    choices = torch.randint(0, distribution.shape[0], (n_samples, batch), generator=generator)
-    alphas = torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)
-    choices, alphas = choices.to(x.device), alphas.to(device=x.device, dtype=x.dtype)
-    noisy_inputs = bool((sigma > 0).any())
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
+        site.prepare(chunk)
+        x = site.origin
+        if distribution is None:
+            assert isinstance(site, _layer.LayerSite) and isinstance(baselines, torch.Tensor)
+            layer_values = _layer.layer_distribution(site, baselines, inputs, chunk)
+            distribution = _check_distribution(layer_values, x)
+        batch, view, unit = x.shape[0], (-1, *x.shape[1:]), [1] * (x.dim() - 1)
+        generator = torch.Generator().manual_seed(seed)
+        choices = torch.randint(0, distribution.shape[0], (n_samples, batch), generator=generator)
+        alphas = torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)
+        choices, alphas = choices.to(x.device), alphas.to(device=x.device, dtype=x.dtype)
+        noisy_inputs = bool((sigma > 0).any())
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+        target_t = site.forward.resolve_target(target_t, chunk)
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             count = sample_stop - sample
@@ -99,14 +126,14 @@ def gradient_shap(
             alpha = alphas[sample:sample_stop, row:row_stop].reshape(*differences.shape[:2], *unit)
             points = starts + alpha * differences
             rows_target = target_t[row:row_stop].repeat(count)
-            grads = _model.target_gradients(model, points.reshape(view), rows_target)[0]
+            grads = site.gradients(points.reshape(view), slice(row, row_stop), count, rows_target)[0]
             ops.moment_accumulate(
                 grads.reshape(differences.shape), total[row:row_stop], None, differences, backend=backend
             )
 
         _scheduling.for_each_block(n_samples, batch, chunk, body, halve_on_oom=x.is_cuda)
 
-    return total.div_(n_samples).to(inputs.dtype)
+    return total.div_(n_samples).to(x.dtype)
 
 
 expected_gradients = gradient_shap
