@@ -91,7 +91,8 @@ class RowForward:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.model, self.inputs, self.args = model, inputs, args
+        self.model, self.args = model, args
+        self.inputs = tuple(tensor.detach() for tensor in inputs)
         self.kwargs = kwargs or {}
         self.batch = inputs[0].shape[0]
         self.has_per_example = any(self._per_example(value) for value in (*args, *self.kwargs.values()))
@@ -156,8 +157,9 @@ class Slots:
     """Forward hooks on layers that capture or replace their outputs (or, with ``to_input``,
     their tensor arguments) during one forward pass.
 
-    Modes: ``capture`` keeps detached copies; ``grad`` swaps each tensor for a detached leaf
-    that requires grad (the backward stops there); ``replace`` swaps in given leaves. The model
+    Modes: ``capture`` keeps detached copies; ``grad`` keeps each tensor to take gradients at
+    (a leaf the backward stops at when nothing before it needs a gradient); ``replace`` swaps in
+    given leaves (the path or noisy points). The model
     downstream gets a clone of each leaf, so in-place operations after the layer
     (``ReLU(inplace=True)``) cannot change it.
     """
@@ -212,7 +214,11 @@ class Slots:
                     f"{self._name(index)} gives a {tensor.dtype} tensor; gradients need floating point"
                 )
         if self._mode == "grad":
-            leaves = [tensor.detach().requires_grad_(True) for tensor in tensors]
+            # A tensor that already needs a gradient stays in the graph, so the gradient at an
+            # earlier layer of the list still flows through a later one.
+            leaves = [
+                tensor if tensor.requires_grad else tensor.detach().requires_grad_(True) for tensor in tensors
+            ]
         else:
             start = sum(self.structure[:index])
             leaves = self._values[start : start + len(tensors)]
@@ -441,7 +447,9 @@ def token_id_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor 
     return None
 
 
-def layer_distribution(site: LayerSite, baselines: torch.Tensor, inputs: torch.Tensor, chunk: int) -> torch.Tensor:
+def layer_distribution(
+    site: LayerSite, baselines: torch.Tensor, inputs: torch.Tensor, chunk: int
+) -> torch.Tensor:
     """Baselines to draw from at a layer: K token-id sequences [K, *F] (integer inputs) as their
     layer values through forward passes, or values in the layer's output space as given."""
     if not is_integer(baselines):

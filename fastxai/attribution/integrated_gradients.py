@@ -66,6 +66,7 @@ def integrated_gradients(
     tolerance: float = 1e-3,
     max_steps: int = 1025,
     return_evaluations: bool = False,
+    multiply_by_inputs: bool = True,
     layer: object = None,
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
@@ -83,7 +84,8 @@ def integrated_gradients(
     inputs: [B, *F]; baselines: scalar, one input, or [B, *F]; returns [B, *F], and the
     signed delta ``sum(attr) - (f(x) - f(x'))`` [B] with ``return_convergence_delta``
     (always for ``adaptive``), and the model evaluations per sample [B] with
-    ``return_evaluations``.
+    ``return_evaluations``. ``multiply_by_inputs=False`` returns the path integral alone,
+    without the factor ``(x - x')`` (Captum's option; fixed rules only; the delta is then of it).
 
     At a layer (Captum's ``LayerIntegratedGradients``): ``layer`` (a module of the model or its
     dotted name) puts ``x`` above at the layer's output ``h`` [B, *A]: the model runs on the
@@ -114,6 +116,8 @@ def integrated_gradients(
             raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 5:
             raise ValueError(f"max_steps must be an int >= 5, got {max_steps!r}")
+        if not multiply_by_inputs:
+            raise NotImplementedError("multiply_by_inputs=False is not implemented for method='adaptive'")
     if backend is not None:
         _backends.check_choice(backend)
     input_baseline = None
@@ -137,7 +141,8 @@ def integrated_gradients(
             attributions, delta, evaluations = run.adaptive(float(tolerance), max_steps)
         else:
             attributions, delta = fixed_path(
-                site, baseline, target_t, method, n_steps, chunk, backend, return_convergence_delta
+                site, baseline, target_t, method, n_steps, chunk, backend, return_convergence_delta,
+                multiply_by_inputs=multiply_by_inputs,
             )
             evaluations = torch.full((x.shape[0],), n_steps + 2 * return_convergence_delta, dtype=torch.long)
 

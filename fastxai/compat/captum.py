@@ -25,7 +25,8 @@ Differences from Captum, on purpose:
   by ``seed`` (an extra keyword of ``attribute``; None draws one from torch's global
   generator): same distribution as Captum, not the same samples.
 - The model runs in the mode it is in (like Captum); hooks and ``requires_grad`` are put back.
-- Accepted but not honoured is refused with ``NotImplementedError``: ``multiply_by_inputs=False``,
+- Accepted but not honoured is refused with ``NotImplementedError``: ``multiply_by_inputs=False``
+  for ``GradientShap``,
   ``device_ids``, ``grad_kwargs``, ``attribute_to_layer_input=True``,
   ``attr_dim_summation=False``, ``return_convergence_delta`` for ``GradientShap`` and inside
   ``NoiseTunnel``, target tuples (outputs with more than two dimensions).
@@ -60,6 +61,10 @@ _LAZY = {
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
     "LRP": "fastxai.compat._captum_lrp",
     "NoiseTunnel": "fastxai.compat._captum_noise_tunnel",
+    "LayerIntegratedGradients": "fastxai.compat._captum_layer",
+    "LayerConductance": "fastxai.compat._captum_layer",
+    "LayerActivation": "fastxai.compat._captum_layer",
+    "LayerGradientXActivation": "fastxai.compat._captum_layer",
 }
 
 
@@ -190,19 +195,20 @@ class Deconvolution(_ModifiedReluAttribution):
 
 class _PathAttribution(Attribution):
     """IntegratedGradients and GradientShap: attributions times (inputs - baselines), with a
-    convergence delta; ``multiply_by_inputs=False`` is refused."""
+    convergence delta; ``multiply_by_inputs=False`` leaves the factor out (refused by GradientShap)."""
 
     def __init__(self, forward_func: Forward, multiply_by_inputs: bool = True) -> None:
         super().__init__(forward_func)
-        if not multiply_by_inputs:
-            raise unsupported("multiply_by_inputs=False")
+        self._multiply = multiply_by_inputs
+        if not multiply_by_inputs and isinstance(self, GradientShap):
+            raise unsupported("multiply_by_inputs=False for GradientShap")
 
     def has_convergence_delta(self) -> bool:
         return True
 
     @property
     def multiplies_by_inputs(self) -> bool:
-        return True
+        return self._multiply
 
 
 class IntegratedGradients(_PathAttribution):
@@ -231,7 +237,7 @@ class IntegratedGradients(_PathAttribution):
         def run() -> Any:
             return integrated_gradients(
                 forward, packed.flat, baseline, target, n_steps=n_steps, method=method,
-                return_convergence_delta=True, chunk_size=chunk,
+                return_convergence_delta=True, multiply_by_inputs=self._multiply, chunk_size=chunk,
             )
 
         attributions, delta = self._run(run)
