@@ -62,9 +62,9 @@ def check_forward_kwargs(forward_kwargs: object) -> dict[str, Any]:
     return dict(forward_kwargs)
 
 
-def input_embedding(model: Model) -> nn.Module:
+def input_embedding(model: Model) -> nn.Module | None:
     """The model's input embedding: ``model.get_input_embeddings()`` (transformers' models),
-    else its first ``nn.Embedding``."""
+    else its first ``nn.Embedding``; None if it has neither."""
     getter = getattr(model, "get_input_embeddings", None)
     if callable(getter):
         embedding = getter()
@@ -74,10 +74,7 @@ def input_embedding(model: Model) -> nn.Module:
         for module in model.modules():
             if isinstance(module, nn.Embedding):
                 return module
-    raise TypeError(
-        "integer inputs (token ids) are attributed at a layer, and the model has no input embedding "
-        "(no get_input_embeddings(), no nn.Embedding): pass layer= (a module of the model or its name)"
-    )
+    return None
 
 
 class RowForward:
@@ -402,7 +399,8 @@ Site = InputSite | LayerSite
 
 def site_for(model: Model, inputs: Any, layer: object, forward_kwargs: object) -> tuple[Site, torch.Tensor]:
     """The site of a functional method: the input, or ``layer``'s output. Integer inputs take
-    the model's input embedding when ``layer`` is None. Returns (site, checked inputs)."""
+    the model's input embedding when ``layer`` is None (refused, naming ``layer=``, when the
+    model has none). Returns (site, checked inputs)."""
     kwargs = check_forward_kwargs(forward_kwargs)
     if layer is None and isinstance(inputs, torch.Tensor) and is_integer(inputs):
         layer = input_embedding(model)

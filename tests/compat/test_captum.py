@@ -208,7 +208,7 @@ def test_per_example_arguments_need_whole_batches() -> None:
 def test_not_honoured_is_refused_and_bad_input_named() -> None:
     model, inputs, _ = _two_inputs()
     with pytest.raises(NotImplementedError, match="multiply_by_inputs"):
-        fc.IntegratedGradients(model, multiply_by_inputs=False)
+        fc.GradientShap(model, multiply_by_inputs=False)
     with pytest.raises(NotImplementedError, match="attr_dim_summation"):
         fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attr_dim_summation=False)
     with pytest.raises(NotImplementedError, match="attribute_to_layer_input"):

@@ -172,3 +172,14 @@ def test_model_left_as_found() -> None:
     )
     fc.LayerConductance(model, model.conv).attribute(x, target=0, additional_forward_args=(scale,), n_steps=3)
     assert_same_state(before, model_state(model))
+
+
+def test_integrated_gradients_without_multiplying_by_inputs() -> None:
+    # Captum's LayerIntegratedGradients test compares with IntegratedGradients(multiply_by_inputs=False)
+    model = small_cnn(seed=1).eval()
+    x = torch.randn(2, 1, 8, 8)
+    arguments = dict(baselines=0.2, target=3, n_steps=5, return_convergence_delta=True)
+    ours = fc.IntegratedGradients(model, multiply_by_inputs=False)
+    theirs = captum_attr.IntegratedGradients(model, multiply_by_inputs=False)
+    assert not ours.multiplies_by_inputs
+    _close(ours.attribute(x, **arguments), theirs.attribute(x, **arguments), rtol=1e-4, atol=1e-5)
