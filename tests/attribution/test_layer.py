@@ -213,3 +213,24 @@ def test_model_left_as_found_also_on_error() -> None:
     with pytest.raises(ValueError, match="more than once"):
         fx.integrated_gradients(twice, torch.randn(2, 3), target=0, layer="layer", n_steps=2)
     assert_same_state(before, model_state(twice))
+
+
+def test_layer_conductance_telescopes_when_linear_after_the_layer() -> None:
+    # sum_k W[t] (h(x_{k+1}) - h(x_k)) over points from x' to x (the trapezoid rule's end points)
+    model = TanhThenLinear().eval()
+    x, start = torch.randn(3, 5), torch.randn(3, 5) * 0.1
+    target = torch.tensor([2, 0, 1])
+    conductance, delta = fx.layer_conductance(
+        model,
+        x,
+        target,
+        layer="hidden",
+        baselines=start,
+        n_steps=4,
+        method="riemann_trapezoid",
+        return_convergence_delta=True,
+        chunk_size=4,
+    )
+    expected = model.head.weight[target].detach() * (model.h(x) - model.h(start))
+    torch.testing.assert_close(conductance, expected, rtol=1e-5, atol=1e-6)
+    assert delta.abs().max() < 1e-5
