@@ -234,3 +234,31 @@ def test_layer_conductance_telescopes_when_linear_after_the_layer() -> None:
     expected = model.head.weight[target].detach() * (model.h(x) - model.h(start))
     torch.testing.assert_close(conductance, expected, rtol=1e-5, atol=1e-6)
     assert delta.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "adaptive"])
+def test_forward_kwargs_at_the_input(method: str) -> None:
+    # per-example scale [B] beside every model batch, also for adaptive IG's subsets of rows
+    model = TanhThenLinear().eval()
+    x, scale = torch.randn(4, 5), torch.tensor([1.0, -2.0, 0.5, 3.0])
+    target = torch.tensor([0, 1, 2, 0])
+    batched = fx.integrated_gradients(
+        model, x, target=target, method=method, forward_kwargs={"scale": scale}, chunk_size=3
+    )
+    singles = [
+        fx.integrated_gradients(
+            model,
+            x[i : i + 1],
+            target=target[i : i + 1],
+            method=method,
+            forward_kwargs={"scale": scale[i : i + 1]},
+        )
+        for i in range(4)
+    ]
+    if method == "adaptive":
+        batched, singles = batched[0], [single[0] for single in singles]
+    torch.testing.assert_close(batched, torch.cat(singles), rtol=1e-3, atol=1e-5)
+    grads = fx.saliency(model, x, target, abs=False, forward_kwargs={"scale": scale}, chunk_size=3)
+    expected = model.head.weight[target].detach() * scale.view(-1, 1)  # d f / d h, times d h / d x:
+    jacobian = (1 - model.h(x) ** 2).unsqueeze(-1) * model.project.weight.detach()
+    torch.testing.assert_close(grads, torch.einsum("bh,bhf->bf", expected, jacobian))
