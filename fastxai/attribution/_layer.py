@@ -170,8 +170,16 @@ class InputSite:
 class LayerSite:
     """Attributions w.r.t. the outputs (or inputs) of layers; ``prepare`` captures the origin."""
 
-    def __init__(self, forward: RowForward, layers: Sequence[nn.Module], to_input: bool = False) -> None:
+    def __init__(
+        self,
+        forward: RowForward,
+        layers: Sequence[nn.Module],
+        to_input: bool = False,
+        *,
+        one_tensor: bool = False,
+    ) -> None:
         self.forward, self.slots = forward, Slots(layers, to_input)
+        self.one_tensor = one_tensor  # the functional API returns one tensor [B, *A]
         self._origin: torch.Tensor | None = None
 
     @property
@@ -183,6 +191,14 @@ class LayerSite:
     def prepare(self, chunk: int) -> None:
         if self._origin is None:
             self._origin = self.activations(None, chunk)
+            self._check_one_tensor()
+
+    def _check_one_tensor(self) -> None:
+        if self.one_tensor and len(self.slots.shapes) > 1:
+            raise ValueError(
+                f"layer outputs {len(self.slots.shapes)} tensors; layer= takes a layer with one output "
+                "tensor (fastxai.compat.captum's layer classes take tuple outputs)"
+            )
 
     def activations(self, inputs: Sequence[torch.Tensor] | None, chunk: int) -> torch.Tensor:
         """The layer values for the batch's inputs, or for other inputs of as many rows (the
@@ -234,6 +250,7 @@ class LayerSite:
             with self.slots.hooked("grad"):
                 output = self.forward.logits(rows, count, inputs)
             taken.extend(self.slots.collected())
+            self._check_one_tensor()
             return output
 
         with torch.enable_grad():
@@ -256,7 +273,7 @@ def site_for(model: Model, inputs: Any, layer: object, forward_kwargs: object) -
     forward = RowForward(model, (inputs,), (), kwargs)
     if layer is None:
         return InputSite(forward), inputs
-    return LayerSite(forward, [resolve_layer(model, layer)]), inputs
+    return LayerSite(forward, [resolve_layer(model, layer)], one_tensor=True), inputs
 
 
 def check_layer_baselines(baselines: object, inputs: torch.Tensor) -> None:

@@ -262,3 +262,24 @@ def test_forward_kwargs_at_the_input(method: str) -> None:
     expected = model.head.weight[target].detach() * scale.view(-1, 1)  # d f / d h, times d h / d x:
     jacobian = (1 - model.h(x) ** 2).unsqueeze(-1) * model.project.weight.detach()
     torch.testing.assert_close(grads, torch.einsum("bh,bhf->bf", expected, jacobian))
+
+
+def test_layer_with_a_tuple_output_is_refused_by_name() -> None:
+    model = nn.LSTM(3, 4, batch_first=True)
+
+    class Last(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.split = model, Split()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.split(self.lstm(x)[0][:, -1])
+            return a + b
+
+    with pytest.raises(ValueError, match="2 tensors"):
+        fx.saliency(Last(), torch.randn(2, 5, 3), target=0, layer="split")
+
+
+class Split(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[:, :2], x[:, 2:]
