@@ -204,14 +204,24 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def check_inputs(inputs: Any) -> torch.Tensor:
-    """Inputs must be a floating tensor [B, ...] with B >= 1 and no NaN or infinity."""
+def check_inputs(inputs: Any, *, allow_integer: bool = False, layer_option: bool = False) -> torch.Tensor:
+    """Inputs must be a tensor [B, ...] with B >= 1: floating point with no NaN or infinity, or,
+    with ``allow_integer`` (attribution at a layer), integer (token ids, which never get gradients).
+
+    ``layer_option`` says the method takes ``layer=``: the error for integer inputs then names it.
+    """
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}")
+    integer = not inputs.is_floating_point() and not inputs.is_complex() and inputs.dtype != torch.bool
+    if not inputs.is_floating_point() and not (integer and allow_integer):
+        hint = (
+            "; integer inputs (token ids) need layer= (attributions at a layer, e.g. the embedding)"
+            if integer and layer_option
+            else ""
+        )
+        raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}{hint}")
     if inputs.dim() < 1 or inputs.shape[0] < 1:
         raise ValueError(f"inputs must be [batch, ...] with batch >= 1, got shape {tuple(inputs.shape)}")
-    if not all_finite(inputs):
+    if inputs.is_floating_point() and not all_finite(inputs):
         raise ValueError("inputs contain NaN or infinity")
     return inputs

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -56,5 +57,28 @@ def timm() -> ModuleType:
     return importlib.import_module("timm")
 
 
+def _installed_kernels() -> None:
+    """The repository's top-level ``kernels/`` folder (installed as ``fastxai.kernels``) shadows
+    the PyPI ``kernels`` package that transformers imports when the repository root is on
+    ``sys.path`` (``python -m pytest`` from the root): load the installed one first, if any."""
+    root = Path(__file__).resolve().parents[1]
+    loaded = sys.modules.get("kernels")
+    if loaded is not None and root not in Path(getattr(loaded, "__file__", "") or "/").resolve().parents:
+        return
+    saved = list(sys.path)
+    sys.modules.pop("kernels", None)
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != root]
+    try:
+        if importlib.util.find_spec("kernels") is not None:
+            importlib.import_module("kernels")
+    finally:
+        sys.path[:] = saved
+
+
 def transformers() -> ModuleType:
-    return pytest.importorskip("transformers", reason="transformers is not installed")
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed")
+    _installed_kernels()
+    if importlib.util.find_spec("torchvision") is not None:
+        _import_torchvision()  # transformers imports torchvision: make that import work first
+    return importlib.import_module("transformers")

@@ -14,6 +14,7 @@ from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.gradient_shap import expected_gradients, gradient_shap
 from fastxai.attribution.guided import deconvnet, guided_backprop
 from fastxai.attribution.integrated_gradients import integrated_gradients
+from fastxai.attribution.layer_conductance import layer_conductance
 from fastxai.attribution.lime import lime
 from fastxai.attribution.perturbation import feature_ablation, occlusion
 from fastxai.attribution.score_cam import score_cam
@@ -37,6 +38,7 @@ __all__ = [
     "integrated_gradients",
     "kernel_shap",
     "layer_cam",
+    "layer_conductance",
     "lime",
     "occlusion",
     "saliency",

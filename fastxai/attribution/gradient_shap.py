@@ -6,6 +6,7 @@ import torch
 
 from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
+from fastxai.attribution import _layer
 from fastxai.attribution.smoothgrad import _check_seed, _check_stdevs
 
 
@@ -41,6 +42,8 @@ def gradient_shap(
     seed: int | None = None,
     multiply_by_inputs: bool = True,
     return_convergence_delta: bool = False,
+    layer: object = None,
+    forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +60,8 @@ def gradient_shap(
     expectation is exactly ``w * (x - E[x'])``. The positions are stratified (the ``n_samples``
     positions of an input lie one in each of ``n_samples`` equal sub-intervals of [0, 1], in a
     random order), which keeps every position U(0, 1) and the estimate unbiased while its
-    path-integral error shrinks like 1/n rather than 1/sqrt(n). Baseline indices and positions come from a
-    generator seeded by ``seed``, the noise from the counter-based Philox op keyed by
+    path-integral error shrinks like 1/n rather than 1/sqrt(n). Baseline indices and positions
+    come from a generator seeded by ``seed``, the noise from the counter-based Philox op keyed by
     (seed, sample, row, element), so a seed gives the same result for every ``chunk_size``.
     The products are summed by ``fastxai.ops.moment_accumulate`` in float32.
 
@@ -69,42 +72,66 @@ def gradient_shap(
     of that sample's term, ``sum(grad_s * (x_s - x'_s)) - (f(x_s) - f(x'_s))``, as [B, n_samples]
     (two extra forward passes over the samples' end points, without gradients).
 
+    At a layer: ``layer`` (a module of the model or its dotted name) puts ``x`` above at the
+    layer's output ``h`` [B, *A] (noise, baselines and path points live there; the model runs
+    on the inputs with the layer's output replaced); ``baselines`` are then [K, *A] in the
+    layer's output space or, for token-id inputs, an integer tensor of K token-id sequences
+    [K, *F] whose layer outputs one forward pass computes (with per-example ``forward_kwargs``,
+    K must equal B: baseline k runs with example k's arguments). Integer inputs are accepted
+    and ``layer=None`` means the model's input embedding (``model.get_input_embeddings()``,
+    else its first ``nn.Embedding``); returns [B, *A]; per token: ``a.sum(-1)``.
+    ``forward_kwargs``: extra keyword arguments to the model (an attention mask); tensors with
+    one row per example are repeated with the rows of each model batch.
+
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=20, seed=0)
     """
     model = _model.check_model(model)
-    inputs = _model.check_inputs(inputs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     for flag, value in (("multiply_by_inputs", multiply_by_inputs),
                         ("return_convergence_delta", return_convergence_delta)):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
-    distribution = _check_distribution(baselines, inputs)
+    distribution = None
+    if isinstance(site, _layer.InputSite):
+        distribution = _check_distribution(baselines, inputs)
+    elif not isinstance(baselines, torch.Tensor):
+        raise TypeError(
+            f"baselines must be a tensor [K, *A] of baselines to draw from, got {type(baselines).__name__}"
+        )
+    else:
+        _layer.check_layer_baselines(baselines, inputs)
     sigma = _check_stdevs(stdevs, inputs)
     seed = _check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
-    x = inputs.detach().contiguous()
-    batch, view, unit = x.shape[0], (-1, *x.shape[1:]), [1] * (x.dim() - 1)
-    generator = torch.Generator().manual_seed(seed)
-    choices = torch.randint(0, distribution.shape[0], (n_samples, batch), generator=generator)
-    # Stratified positions: sample s of an input falls in its own stratum [k/n, (k+1)/n) (k a random
-    # permutation per input). Each alpha is still U(0, 1), so the expectation is unchanged, but the
-    # path integral's sampling error falls like 1/n instead of 1/sqrt(n).
-    strata = torch.rand(n_samples, batch, generator=generator).argsort(dim=0).to(torch.float64)
-    alphas = (strata + torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)) / n_samples
-    choices, alphas = choices.to(x.device), alphas.to(device=x.device, dtype=x.dtype)
-    noisy_inputs = bool((sigma > 0).any())
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
-    delta = None
-    if return_convergence_delta:
-        delta = torch.zeros(n_samples, batch, dtype=acc_dtype, device=x.device)
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
+        site.prepare(chunk)
+        x = site.origin
+        if distribution is None:
+            assert isinstance(site, _layer.LayerSite) and isinstance(baselines, torch.Tensor)
+            layer_values = _layer.layer_distribution(site, baselines, inputs, chunk)
+            distribution = _check_distribution(layer_values, x)
+        batch, view, unit = x.shape[0], (-1, *x.shape[1:]), [1] * (x.dim() - 1)
+        generator = torch.Generator().manual_seed(seed)
+        choices = torch.randint(0, distribution.shape[0], (n_samples, batch), generator=generator)
+        # Stratified positions: sample s of an input falls in its own stratum [k/n, (k+1)/n) (k a
+        # random permutation per input). Each alpha is still U(0, 1), so the expectation is
+        # unchanged, but the path integral's sampling error falls like 1/n instead of 1/sqrt(n).
+        strata = torch.rand(n_samples, batch, generator=generator).argsort(dim=0).to(torch.float64)
+        alphas = (strata + torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)) / n_samples
+        choices, alphas = choices.to(x.device), alphas.to(device=x.device, dtype=x.dtype)
+        noisy_inputs = bool((sigma > 0).any())
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+        delta = None
+        if return_convergence_delta:
+            delta = torch.zeros(n_samples, batch, dtype=acc_dtype, device=x.device)
+        target_t = site.forward.resolve_target(target_t, chunk)
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             count = sample_stop - sample
@@ -119,7 +146,7 @@ def gradient_shap(
             alpha = alphas[sample:sample_stop, row:row_stop].reshape(*differences.shape[:2], *unit)
             points = starts + alpha * differences
             rows_target = target_t[row:row_stop].repeat(count)
-            grads = _model.target_gradients(model, points.reshape(view), rows_target)[0]
+            grads = site.gradients(points.reshape(view), slice(row, row_stop), count, rows_target)[0]
             ops.moment_accumulate(
                 grads.reshape(differences.shape),
                 total[row:row_stop],
@@ -129,16 +156,15 @@ def gradient_shap(
             )
             if delta is not None:
                 products = (grads.reshape(differences.shape) * differences).flatten(2).sum(2)
-                with torch.no_grad():
-                    pair = torch.cat([ends.reshape(view), starts.reshape(view)])
-                    scores = _model.logits(model, pair).gather(1, rows_target.repeat(2).view(-1, 1))
-                end_scores, start_scores = scores.view(2, count, -1)
-                gap = products - (end_scores - start_scores)
+                rows = slice(row, row_stop)
+                end_scores = site.scores(ends.reshape(view), rows, count, rows_target)
+                start_scores = site.scores(starts.reshape(view), rows, count, rows_target)
+                gap = products - (end_scores - start_scores).view(count, -1)
                 delta[sample:sample_stop, row:row_stop] = gap.to(delta.dtype)
 
         _scheduling.for_each_block(n_samples, batch, chunk, body, halve_on_oom=x.is_cuda)
 
-    attributions = total.div_(n_samples).to(inputs.dtype)
+    attributions = total.div_(n_samples).to(x.dtype)
     if delta is None:
         return attributions
     return attributions, delta.t().contiguous()

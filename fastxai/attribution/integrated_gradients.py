@@ -9,7 +9,7 @@ import torch
 
 from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution import quadrature
+from fastxai.attribution import _layer, quadrature
 
 METHODS = (*quadrature.FIXED_METHODS, "adaptive")
 _ROMBERG_ORDER = 2
@@ -67,6 +67,8 @@ def integrated_gradients(
     max_steps: int = 1025,
     return_evaluations: bool = False,
     multiply_by_inputs: bool = True,
+    layer: object = None,
+    forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -82,14 +84,27 @@ def integrated_gradients(
     inputs: [B, *F]; baselines: scalar, one input, or [B, *F]; returns [B, *F], and the
     signed delta ``sum(attr) - (f(x) - f(x'))`` [B] with ``return_convergence_delta``
     (always for ``adaptive``), and the model evaluations per sample [B] with
-    ``return_evaluations``. ``multiply_by_inputs=False`` returns the path integral of the
-    gradients alone (Captum's "local" attribution), without the ``(x - x')`` factor; the delta
-    is then computed from those values, as Captum does.
+    ``return_evaluations``. ``multiply_by_inputs=False`` returns the path integral alone,
+    without the factor ``(x - x')`` (Captum's option; fixed rules only; the delta is then of it).
+
+    At a layer (Captum's ``LayerIntegratedGradients``): ``layer`` (a module of the model or its
+    dotted name) puts ``x`` above at the layer's output ``h`` [B, *A]: the model runs on the
+    inputs with the layer's output replaced by the path points ``h' + a (h - h')``, the steps
+    of the path batched together as at the input; attributions are [B, *A] and complete at the
+    layer (``sum = f(h) - f(h')``). Integer inputs (token ids) are then accepted, and
+    ``layer=None`` means the model's input embedding (``model.get_input_embeddings()``, else its
+    first ``nn.Embedding``). ``baselines`` at a layer: a number or a float tensor in the layer's
+    output space ([*A] or [B, *A]), or, for token-id inputs, token ids: an int (a pad id) or an
+    integer tensor [B, *F] / [1, *F], whose layer output one forward pass computes. Per token:
+    ``a.sum(-1)``. ``forward_kwargs``: extra keyword arguments to the model (an attention
+    mask); tensors with one row per example are repeated with the rows of each model batch.
 
     >>> a, delta = fastxai.integrated_gradients(model, x, target=y, return_convergence_delta=True)
+    >>> a = fastxai.integrated_gradients(bert, ids, baselines=pad_id, target=1,
+    ...                                  forward_kwargs={"attention_mask": mask})   # [B, T, D]
     """
     model = _model.check_model(model)
-    inputs = _model.check_inputs(inputs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "adaptive":
@@ -101,37 +116,37 @@ def integrated_gradients(
             raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 5:
             raise ValueError(f"max_steps must be an int >= 5, got {max_steps!r}")
-    if not isinstance(multiply_by_inputs, bool):
-        raise TypeError(f"multiply_by_inputs must be a bool, got {type(multiply_by_inputs).__name__}")
-    if method == "adaptive" and not multiply_by_inputs:
-        raise ValueError("multiply_by_inputs=False needs a fixed rule: adaptive IG stops on the completeness "
-                         "of the multiplied attributions")
+        if not multiply_by_inputs:
+            raise NotImplementedError("multiply_by_inputs=False is not implemented for method='adaptive'")
     if backend is not None:
         _backends.check_choice(backend)
-    x = inputs.detach().contiguous()
-    baseline = check_baselines(baselines, x)
-    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
-    target_t = _model.check_target(target, x.shape[0], x.device)
+    input_baseline = None
+    if isinstance(site, _layer.InputSite):
+        input_baseline = check_baselines(baselines, site.origin)
+    else:
+        _layer.check_layer_baselines(baselines, inputs)
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
+    target_t = _model.check_target(target, inputs.shape[0], inputs.device)
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
-        run = _PathRun(model, x, baseline, target_t, chunk, backend)
+        site.prepare(chunk)
+        x = site.origin
+        baseline = (
+            input_baseline if input_baseline is not None else layer_baselines(site, baselines, inputs, chunk)
+        )
+        target_t = site.forward.resolve_target(target_t, chunk)
+        delta: torch.Tensor | None
         if method == "adaptive":
+            run = _PathRun(site, baseline, target_t, chunk, backend)
             attributions, delta, evaluations = run.adaptive(float(tolerance), max_steps)
         else:
-            alphas, weights = quadrature.points_and_weights(method, n_steps)
-            run.accumulate(torch.arange(x.shape[0], device=x.device), alphas.tolist(), weights.tolist())
-            attributions = run.attributions(run.acc) if multiply_by_inputs else run.acc
-            evaluations = torch.full((x.shape[0],), n_steps, dtype=torch.long)
-            delta = None
-            if return_convergence_delta:
-                ends = _model.target_scores(
-                    model, torch.cat([x, baseline]), torch.cat([target_t, target_t]), chunk
-                )
-                delta = run.delta(attributions, ends[: x.shape[0]] - ends[x.shape[0] :])
-                evaluations += 2
+            attributions, delta = fixed_path(
+                site, baseline, target_t, method, n_steps, chunk, backend, return_convergence_delta,
+                multiply_by_inputs=multiply_by_inputs,
+            )
+            evaluations = torch.full((x.shape[0],), n_steps + 2 * return_convergence_delta, dtype=torch.long)
 
-    result: list[torch.Tensor] = [attributions.to(inputs.dtype)]
+    result: list[torch.Tensor] = [attributions.to(x.dtype)]
     if return_convergence_delta or method == "adaptive":
         assert delta is not None
         result.append(delta)
@@ -140,19 +155,55 @@ def integrated_gradients(
     return result[0] if len(result) == 1 else tuple(result)
 
 
+def layer_baselines(site: _layer.Site, baselines: object, inputs: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Baselines [B, *A] where the site's values live: at the input, ``check_baselines``; at a
+    layer, token ids (for integer inputs) through one forward pass, else values in its output space."""
+    if isinstance(site, _layer.LayerSite):
+        ids = _layer.token_id_baselines(baselines, inputs)
+        if ids is not None:
+            return site.activations((ids,), chunk)
+    return check_baselines(baselines, site.origin)
+
+
+def fixed_path(
+    site: _layer.Site,
+    baseline: torch.Tensor,
+    target: torch.Tensor,
+    method: str,
+    n_steps: int,
+    chunk: int,
+    backend: str | None,
+    return_convergence_delta: bool,
+    *,
+    captum_trapezoid: bool = False,
+    multiply_by_inputs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """IG with a fixed rule at a site (inside the model's state guard): attributions [B, *A]
+    (the path integral alone without ``multiply_by_inputs``) and the delta [B] or None."""
+    x = site.origin
+    alphas, weights = quadrature.points_and_weights(method, n_steps, captum_trapezoid=captum_trapezoid)
+    run = _PathRun(site, baseline, target, chunk, backend)
+    run.accumulate(torch.arange(x.shape[0], device=x.device), alphas.tolist(), weights.tolist())
+    attributions = run.attributions(run.acc) if multiply_by_inputs else run.acc
+    if not return_convergence_delta:
+        return attributions, None
+    ends = _layer.chunk_scores(site, torch.stack([x, baseline]), target, chunk)
+    return attributions, run.delta(attributions, ends[0] - ends[1])
+
+
 class _PathRun:
     """The state of one IG computation: inputs, baselines, targets and the gradient sums."""
 
     def __init__(
         self,
-        model: Model,
-        x: torch.Tensor,
+        site: _layer.Site,
         baseline: torch.Tensor,
         target: torch.Tensor,
         chunk: int,
         backend: str | None,
     ) -> None:
-        self.model, self.x, self.baseline, self.target = model, x, baseline, target
+        x = site.origin
+        self.site, self.x, self.baseline, self.target = site, x, baseline, target
         self.chunk, self.backend = chunk, backend
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.acc = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
@@ -179,8 +230,11 @@ class _PathRun:
                 x[row:row_stop], baseline[row:row_stop], alpha_t[step:step_stop], backend=self.backend
             )
             count = step_stop - step
-            grads, values = _model.target_gradients(
-                self.model, points.view(-1, *x.shape[1:]), target[row:row_stop].repeat(count)
+            grads, values = self.site.gradients(
+                points.view(-1, *x.shape[1:]),
+                rows[row:row_stop] if subset else slice(row, row_stop),
+                count,
+                target[row:row_stop].repeat(count),
             )
             ops.weighted_path_accumulate(
                 grads.reshape(points.shape),

@@ -6,6 +6,7 @@ import torch
 
 from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
+from fastxai.attribution import _layer
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
@@ -50,6 +51,8 @@ def smoothgrad(
     multiply_by_inputs: bool = False,
     seed: int | None = None,
     row_offset: int = 0,
+    layer: object = None,
+    forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -68,10 +71,19 @@ def smoothgrad(
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (accumulated in float32).
 
+    ``layer`` (a module of the model or its dotted name): the noise is added to that layer's
+    output ``h`` [B, *A] and gradients are taken there (``x`` above becomes ``h``; the model
+    runs on the inputs with the layer's output replaced by the noisy points, ``n_samples``
+    copies per model batch); returns [B, *A] in the layer's dtype. Integer inputs (token ids)
+    are then accepted, and ``layer=None`` means the model's input embedding
+    (``model.get_input_embeddings()``, else its first ``nn.Embedding``); per token:
+    ``a.sum(-1)``. ``forward_kwargs``: extra keyword arguments to the model (an attention
+    mask); tensors with one row per example are repeated with the rows of each model batch.
+
     >>> a = fastxai.smoothgrad(model, x, target=y, n_samples=50, stdevs=0.15, seed=0)
     """
     model = _model.check_model(model)
-    inputs = _model.check_inputs(inputs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     if nt_type not in NT_TYPES:
@@ -84,13 +96,14 @@ def smoothgrad(
         _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
-    x = inputs.detach().contiguous()
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
-    total_sq = torch.zeros_like(total) if nt_type != "smoothgrad" else None
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, chunk)
+        site.prepare(chunk)
+        x = site.origin
+        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+        total_sq = torch.zeros_like(total) if nt_type != "smoothgrad" else None
+        target_t = site.forward.resolve_target(target_t, chunk)
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             count = sample_stop - sample
@@ -98,7 +111,7 @@ def smoothgrad(
                 x[row:row_stop], sigma[row:row_stop], seed, sample, count, row_offset + row, backend=backend
             )
             flat = noisy.view(count * (row_stop - row), *x.shape[1:])
-            grads = _model.target_gradients(model, flat, target_t[row:row_stop].repeat(count))[0]
+            grads = site.gradients(flat, slice(row, row_stop), count, target_t[row:row_stop].repeat(count))[0]
             ops.moment_accumulate(
                 grads.reshape(noisy.shape),
                 total[row:row_stop],
@@ -116,4 +129,4 @@ def smoothgrad(
         assert total_sq is not None
         mean_sq = total_sq.div_(n_samples)
         result = mean_sq if nt_type == "smoothgrad_sq" else mean_sq.sub_(mean * mean)
-    return result.to(inputs.dtype)
+    return result.to(x.dtype)

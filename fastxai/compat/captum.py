@@ -11,7 +11,9 @@ chunking), ``return_convergence_delta`` for ``IntegratedGradients`` (Captum's si
 ``sum(attr) - (f(x) - f(baseline))``). Deterministic classes give Captum's numbers to float
 tolerance. Gradient classes: ``IntegratedGradients``, ``Saliency``, ``InputXGradient``,
 ``GuidedBackprop``, ``Deconvolution``, ``GradientShap``, ``NoiseTunnel``; layer classes:
-``LayerGradCam``, ``GuidedGradCam`` (and ``LayerAttribution.interpolate``); re-exported:
+``LayerGradCam``, ``GuidedGradCam`` (and ``LayerAttribution.interpolate``),
+``LayerIntegratedGradients``, ``LayerConductance``, ``LayerActivation``,
+``LayerGradientXActivation`` (``_captum_layer``); re-exported:
 ``Occlusion``, ``FeatureAblation``, ``KernelShap``, ``Lime``, ``ShapleyValueSampling``, ``LRP``
 (and ``NoiseTunnel`` from ``_captum_noise_tunnel``), loaded on first use.
 
@@ -64,6 +66,10 @@ _LAZY = {
     "NoiseTunnel": "fastxai.compat._captum_noise_tunnel",
     "DeepLift": "fastxai.compat._captum_deeplift",
     "DeepLiftShap": "fastxai.compat._captum_deeplift",
+    "LayerIntegratedGradients": "fastxai.compat._captum_layer",
+    "LayerConductance": "fastxai.compat._captum_layer",
+    "LayerActivation": "fastxai.compat._captum_layer",
+    "LayerGradientXActivation": "fastxai.compat._captum_layer",
 }
 
 

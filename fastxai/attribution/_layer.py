@@ -1,0 +1,355 @@
+"""Where gradient attributions are taken: the model's input, or the output (or input) of layers.
+
+Every gradient method of fastxai attributes the values of a *site*. By default the site is the
+model's input; with ``layer=`` it is what a layer outputs (Captum's layer methods). A site
+gives the values attributed, ``origin`` [B, *A], and the target's gradient at any points of
+that space, for rows of the batch:
+
+    site.gradients(points, rows, count, target)   # points [count * n, *A] for rows r (n rows)
+
+At a layer, the model runs on the user's own inputs (any dtype: token ids too, which never
+get gradients) and a forward hook replaces the layer's output by the points — path points of
+Integrated Gradients, noisy points of SmoothGrad — as one leaf the backward stops at. A model
+batch of ``count`` points per row is the rows' inputs repeated copy-major (copy ``c`` of row
+``i`` is batch row ``c * n + i``), the layout of the fused ops, so the steps of a path go
+through the model together exactly as at the input. Extra model arguments
+(``forward_kwargs``; Captum's ``additional_forward_args``) that hold one row per example (a
+tensor whose first dimension is the batch, like an attention mask) are repeated the same way;
+all others are passed unchanged.
+
+Several layers, layers returning a tuple of tensors, and a layer's inputs (a forward pre-hook)
+are one site too: their tensors are flattened into one row per example ``[B, sum_k n_k]``
+(``Slots.flatten``), so the methods and the fused ops see a single tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastxai import _model, _scheduling
+from fastxai._model import Model
+from fastxai.attribution._layer_capture import Slots, resolve_layer
+
+Rows = slice | torch.Tensor
+"""Rows of the batch: a slice, or a LongTensor of row indices."""
+
+
+def is_integer(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() and not tensor.is_complex() and tensor.dtype != torch.bool
+
+
+def repeat_rows(tensor: torch.Tensor, rows: Rows, count: int) -> torch.Tensor:
+    """``tensor[rows]`` repeated ``count`` times along dim 0, copy-major."""
+    part = tensor[rows]
+    return part if count == 1 else part.repeat(count, *([1] * (part.dim() - 1)))
+
+
+def check_forward_kwargs(forward_kwargs: object) -> dict[str, Any]:
+    if forward_kwargs is None:
+        return {}
+    if not isinstance(forward_kwargs, dict) or not all(isinstance(key, str) for key in forward_kwargs):
+        raise TypeError(
+            "forward_kwargs must be a dict of keyword arguments to the model (e.g. "
+            f"{{'attention_mask': mask}}), got {type(forward_kwargs).__name__}"
+        )
+    return dict(forward_kwargs)
+
+
+def input_embedding(model: Model) -> nn.Module | None:
+    """The model's input embedding: ``model.get_input_embeddings()`` (transformers' models),
+    else its first ``nn.Embedding``; None if it has neither."""
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter):
+        embedding = getter()
+        if isinstance(embedding, nn.Module):
+            return embedding
+    if isinstance(model, nn.Module):
+        for module in model.modules():
+            if isinstance(module, nn.Embedding):
+                return module
+    return None
+
+
+class RowForward:
+    """The model on rows of the batch, each row repeated ``count`` times copy-major, with the
+    per-example extra arguments repeated alike."""
+
+    def __init__(
+        self,
+        model: Callable[..., Any],
+        inputs: tuple[torch.Tensor, ...],
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.model, self.args = model, args
+        self.inputs = tuple(tensor.detach() for tensor in inputs)
+        self.kwargs = kwargs or {}
+        self.batch = inputs[0].shape[0]
+        self.has_per_example = any(self._per_example(value) for value in (*args, *self.kwargs.values()))
+
+    def _per_example(self, value: Any) -> bool:
+        return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == self.batch
+
+    def _extra(self, value: Any, rows: Rows, count: int) -> Any:
+        return repeat_rows(value, rows, count) if self._per_example(value) else value
+
+    def bound(
+        self, rows: Rows, count: int, inputs: Sequence[torch.Tensor] | None = None
+    ) -> tuple[Callable[[torch.Tensor], Any], torch.Tensor]:
+        """(a one-argument model, its argument) for the model batch of ``rows`` x ``count``;
+        ``inputs`` replaces the rows' own inputs (already ``count * n`` rows)."""
+        tensors = (
+            tuple(inputs) if inputs is not None else tuple(repeat_rows(t, rows, count) for t in self.inputs)
+        )
+        if not self.args and not self.kwargs and len(tensors) == 1:
+            return self.model, tensors[0]
+        rest = tensors[1:]
+        args = tuple(self._extra(value, rows, count) for value in self.args)
+        kwargs = {key: self._extra(value, rows, count) for key, value in self.kwargs.items()}
+        return (lambda head: self.model(head, *rest, *args, **kwargs)), tensors[0]
+
+    def logits(self, rows: Rows, count: int, inputs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        model, head = self.bound(rows, count, inputs)
+        return _model.logits(model, head)
+
+    def resolve_target(self, target: torch.Tensor | None, chunk: int) -> torch.Tensor:
+        """``_model.resolve_target`` on rows: the predicted class for None, else the range checked."""
+        if not self.args and not self.kwargs and len(self.inputs) == 1:
+            return _model.resolve_target(self.model, self.inputs[0], target, chunk)
+        with torch.no_grad():
+            if target is not None:
+                _model.check_target_range(target, self.logits(slice(0, 1), 1).shape[1])
+                return target
+            return torch.cat(
+                [
+                    self.logits(slice(start, start + chunk), 1).argmax(dim=1)
+                    for start in range(0, self.batch, chunk)
+                ]
+            )
+
+
+def _target_gradients(
+    run: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], target: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """Gradients of ``f_target`` w.r.t. ``leaves`` (zeros for a leaf the output does not use)."""
+    with torch.enable_grad():
+        scores = run().gather(1, target.view(-1, 1)).squeeze(1)
+        grads = torch.autograd.grad(scores.sum(), list(leaves), allow_unused=True, materialize_grads=True)
+    return tuple(grads), scores.detach()
+
+
+class InputSite:
+    """Attributions w.r.t. the model's input: the points are the model's inputs."""
+
+    def __init__(self, forward: RowForward) -> None:
+        self.forward = forward
+        self.origin = forward.inputs[0].detach().contiguous()
+
+    def prepare(self, chunk: int) -> None:
+        """Nothing to compute: the origin is the input."""
+
+    def gradients(
+        self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``d f_target / d points`` and ``f_target(points)``, points [count * n, *F]."""
+        leaf = points.detach().requires_grad_(True)
+        (grads,), scores = _target_gradients(
+            lambda: self.forward.logits(rows, count, (leaf,)), [leaf], target
+        )
+        return grads, scores
+
+    def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.forward.logits(rows, count, (points,)).gather(1, target.view(-1, 1)).squeeze(1)
+
+
+class LayerSite:
+    """Attributions w.r.t. the outputs (or inputs) of layers; ``prepare`` captures the origin."""
+
+    def __init__(
+        self,
+        forward: RowForward,
+        layers: Sequence[nn.Module],
+        to_input: bool = False,
+        *,
+        one_tensor: bool = False,
+    ) -> None:
+        self.forward, self.slots = forward, Slots(layers, to_input)
+        self.one_tensor = one_tensor  # the functional API returns one tensor [B, *A]
+        self._origin: torch.Tensor | None = None
+
+    @property
+    def origin(self) -> torch.Tensor:
+        if self._origin is None:
+            raise RuntimeError("LayerSite.prepare must run (inside the model's state guard) first")
+        return self._origin
+
+    def prepare(self, chunk: int) -> None:
+        if self._origin is None:
+            self._origin = self.activations(None, chunk)
+            self._check_one_tensor()
+
+    def _check_one_tensor(self) -> None:
+        if self.one_tensor and len(self.slots.shapes) > 1:
+            raise ValueError(
+                f"layer outputs {len(self.slots.shapes)} tensors; layer= takes a layer with one output "
+                "tensor (fastxai.compat.captum's layer classes take tuple outputs)"
+            )
+
+    def activations(self, inputs: Sequence[torch.Tensor] | None, chunk: int) -> torch.Tensor:
+        """The layer values for the batch's inputs, or for other inputs of as many rows (the
+        baselines' token ids), in chunks: [N, *A] (flattened for several tensors)."""
+        rows_total = self.forward.batch if inputs is None else inputs[0].shape[0]
+        if inputs is not None and rows_total != self.forward.batch and self.forward.has_per_example:
+            raise ValueError(
+                f"{rows_total} baseline inputs for {self.forward.batch} examples with per-example "
+                "model arguments: give one baseline per example, or baselines in the layer's output space"
+            )
+        parts = []
+        for start in range(0, rows_total, chunk):
+            rows = slice(start, start + chunk)
+            own = None if inputs is None else tuple(tensor[rows] for tensor in inputs)
+            model, head = self.forward.bound(rows, 1, own)
+            with torch.no_grad(), self.slots.hooked("capture", stop=True):
+                model(head)
+            parts.append(self.slots.flatten(self.slots.collected()))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def gradients(
+        self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model on the rows' inputs with the layer values replaced by ``points``
+        [count * n, *A]: ``d f_target / d points`` and the scores."""
+        leaf = points.detach().requires_grad_(True)
+
+        def run() -> torch.Tensor:
+            with self.slots.hooked("replace", self.slots.unflatten(leaf)):
+                output = self.forward.logits(rows, count)
+            self.slots.collected()
+            return output
+
+        (grads,), scores = _target_gradients(run, [leaf], target)
+        return grads, scores
+
+    def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), self.slots.hooked("replace", self.slots.unflatten(points)):
+            return self.forward.logits(rows, count).gather(1, target.view(-1, 1)).squeeze(1)
+
+    def gradients_and_activations(
+        self, rows: Rows, count: int, target: torch.Tensor, inputs: Sequence[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward and backward on the rows' inputs (or ``inputs``): the gradient at the
+        layer, the layer values (flattened alike) and the scores."""
+        taken: list[torch.Tensor] = []
+
+        def run() -> torch.Tensor:
+            with self.slots.hooked("grad"):
+                output = self.forward.logits(rows, count, inputs)
+            taken.extend(self.slots.collected())
+            self._check_one_tensor()
+            return output
+
+        with torch.enable_grad():
+            scores = run().gather(1, target.view(-1, 1)).squeeze(1)
+            grads = torch.autograd.grad(scores.sum(), taken, allow_unused=True, materialize_grads=True)
+        return self.slots.flatten(grads), self.slots.flatten([t.detach() for t in taken]), scores.detach()
+
+
+Site = InputSite | LayerSite
+
+
+def site_for(model: Model, inputs: Any, layer: object, forward_kwargs: object) -> tuple[Site, torch.Tensor]:
+    """The site of a functional method: the input, or ``layer``'s output. Integer inputs take
+    the model's input embedding when ``layer`` is None (refused, naming ``layer=``, when the
+    model has none). Returns (site, checked inputs)."""
+    kwargs = check_forward_kwargs(forward_kwargs)
+    if layer is None and isinstance(inputs, torch.Tensor) and is_integer(inputs):
+        layer = input_embedding(model)
+    inputs = _model.check_inputs(inputs, allow_integer=layer is not None, layer_option=True)
+    forward = RowForward(model, (inputs,), (), kwargs)
+    if layer is None:
+        return InputSite(forward), inputs
+    return LayerSite(forward, [resolve_layer(model, layer)], one_tensor=True), inputs
+
+
+def check_layer_baselines(baselines: object, inputs: torch.Tensor) -> None:
+    """Type checks that need no model call: token ids only for integer inputs."""
+    if isinstance(baselines, bool):
+        raise TypeError("baselines must be a number or a tensor, got bool")
+    integer_ids = isinstance(baselines, int) or (
+        isinstance(baselines, torch.Tensor) and is_integer(baselines)
+    )
+    if integer_ids and isinstance(baselines, torch.Tensor) and not is_integer(inputs):
+        raise TypeError(
+            f"baselines is an integer tensor ({baselines.dtype}) but inputs are {inputs.dtype}: token-id "
+            "baselines go with token-id inputs; give a float tensor in the layer's output space"
+        )
+
+
+def token_id_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor | None:
+    """For integer inputs: an int (a pad id) or an integer tensor of ids ([B, *F], [1, *F] or
+    [*F]) as ids [B, *F]; None when ``baselines`` are values in the layer's output space."""
+    if not is_integer(inputs):
+        return None
+    if isinstance(baselines, int) and not isinstance(baselines, bool):
+        return torch.full_like(inputs, baselines)
+    if isinstance(baselines, torch.Tensor) and is_integer(baselines):
+        shape = tuple(inputs.shape)
+        ids = baselines.unsqueeze(0) if baselines.dim() == inputs.dim() - 1 else baselines
+        fits = ids.dim() == inputs.dim() and tuple(ids.shape[1:]) == shape[1:]
+        if not fits or ids.shape[0] not in (1, shape[0]):
+            raise ValueError(
+                f"token-id baselines must have shape {shape}, (1, *{shape[1:]}) or {shape[1:]}, "
+                f"got {tuple(baselines.shape)}"
+            )
+        return ids.to(inputs.device).expand(shape)
+    return None
+
+
+def layer_distribution(
+    site: LayerSite, baselines: torch.Tensor, inputs: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """Baselines to draw from at a layer: K token-id sequences [K, *F] (integer inputs) as their
+    layer values through forward passes, or values in the layer's output space as given."""
+    if not is_integer(baselines):
+        return baselines
+    ids = baselines.to(inputs.device)
+    ids = ids.unsqueeze(0) if ids.dim() == inputs.dim() - 1 else ids
+    if ids.dim() != inputs.dim() or ids.shape[1:] != inputs.shape[1:]:
+        features = tuple(inputs.shape[1:])
+        raise ValueError(f"token-id baselines must have shape (K, *{features}), got {tuple(baselines.shape)}")
+    return site.activations((ids,), chunk)
+
+
+def chunk_scores(site: Site, points: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``f_target`` at points [K, B, *A] (K points per example), in chunks: [K, B]."""
+    count_total, batch = points.shape[0], points.shape[1]
+    result = torch.empty(count_total, batch, dtype=torch.float64, device=points.device)
+
+    def body(step: int, step_stop: int, row: int, row_stop: int) -> None:
+        count = step_stop - step
+        block = points[step:step_stop, row:row_stop].reshape(-1, *points.shape[2:])
+        values = site.scores(block, slice(row, row_stop), count, target[row:row_stop].repeat(count))
+        result[step:step_stop, row:row_stop] = values.view(count, -1).to(torch.float64)
+
+    _scheduling.for_each_block(count_total, batch, chunk, body)
+    return result
+
+
+__all__ = [
+    "InputSite",
+    "LayerSite",
+    "RowForward",
+    "Site",
+    "check_forward_kwargs",
+    "check_layer_baselines",
+    "chunk_scores",
+    "input_embedding",
+    "layer_distribution",
+    "site_for",
+    "token_id_baselines",
+]

@@ -1,0 +1,111 @@
+"""Layer attribution on a tiny BERT (random weights, nothing downloaded) beside Captum's
+``LayerIntegratedGradients``: token ids, pad-token baselines, an attention mask batched over steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from models import assert_same_state, model_state
+from real_models import transformers
+from torch import nn
+
+import fastxai as fx
+
+
+class Logits(nn.Module):
+    """transformers' classifier as ``(ids, attention_mask) -> logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model(input_ids, attention_mask=attention_mask).logits
+
+
+@pytest.fixture(scope="module")
+def bert() -> Logits:
+    tf = transformers()
+    torch.manual_seed(0)
+    config = tf.BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        pad_token_id=0,
+    )
+    return Logits(tf.BertForSequenceClassification(config))
+
+
+def _batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (3, 7), generator=generator)
+    mask = (torch.arange(7) < torch.tensor([[7], [5], [3]])).long()
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("layer", ["model.bert.embeddings.word_embeddings", "model.bert.embeddings"])
+def test_against_captum_layer_integrated_gradients(bert: Logits, layer: str) -> None:
+    captum_attr = pytest.importorskip("captum.attr")
+    bert.eval()
+    ids, mask = _batch()
+    pad = torch.zeros_like(ids)
+    target = torch.tensor([0, 1, 1])
+    # chunk_size 8 < 3 rows x 6 steps: steps go through the model in blocks, with the mask's rows
+    ours, delta = fx.integrated_gradients(
+        bert,
+        ids,
+        baselines=0,
+        target=target,
+        n_steps=6,
+        layer=layer,
+        return_convergence_delta=True,
+        forward_kwargs={"attention_mask": mask},
+        chunk_size=8,
+    )
+    module = dict(bert.named_modules())[layer]
+    theirs, their_delta = captum_attr.LayerIntegratedGradients(bert, module).attribute(
+        ids,
+        baselines=pad,
+        target=target,
+        n_steps=6,
+        additional_forward_args=(mask,),
+        return_convergence_delta=True,
+    )
+    assert ours.shape == theirs.shape == (3, 7, 16)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(delta, their_delta.to(delta.dtype), rtol=1e-3, atol=1e-5)
+    per_token = ours.sum(-1)
+    assert per_token[2, 3:].abs().max() < 1e-6 < per_token[2, :3].abs().max()  # padding after the mask
+
+
+def test_default_layer_is_the_input_embedding(bert: Logits) -> None:
+    ids, mask = _batch()
+    kwargs = {"attention_mask": mask}
+    default = fx.saliency(bert, ids, target=1, forward_kwargs=kwargs)
+    named = fx.saliency(
+        bert, ids, target=1, forward_kwargs=kwargs, layer="model.bert.embeddings.word_embeddings"
+    )
+    torch.testing.assert_close(default, named)
+
+
+def test_model_left_as_found(bert: Logits) -> None:
+    ids, mask = _batch()
+    bert.train()
+    before = model_state(bert)
+    fx.integrated_gradients(bert, ids, target=0, n_steps=3, forward_kwargs={"attention_mask": mask})
+    fx.gradient_shap(
+        bert,
+        ids,
+        target=0,
+        baselines=torch.zeros_like(ids),
+        n_samples=2,
+        seed=0,
+        forward_kwargs={"attention_mask": mask},
+    )
+    assert_same_state(before, model_state(bert))
+    bert.eval()
