@@ -88,6 +88,14 @@ BACKEND_ID = re.compile(r"\b(reference|native|triton)-(cpu|cuda)\b")
 # ---- the pytest plugin (loaded by the stages with -p gpu_check) ---------------------------------
 
 
+_WORKER = False  # under pytest-xdist: a worker process (the controller records the outcomes)
+
+
+def pytest_configure(config: Any) -> None:
+    global _WORKER
+    _WORKER = hasattr(config, "workerinput")
+
+
 def _event(record: dict[str, Any]) -> None:
     path = os.environ.get("GPU_CHECK_EVENTS")
     if path:
@@ -100,7 +108,7 @@ def pytest_collection_finish(session: Any) -> None:
 
 
 def pytest_runtest_logreport(report: Any) -> None:
-    if report.when != "call" and report.passed:
+    if _WORKER or (report.when != "call" and report.passed):  # xdist reports again in the controller
         return
     outcome = report.outcome
     if hasattr(report, "wasxfail"):
@@ -130,7 +138,8 @@ def pytest_runtest_makereport(item: Any, call: Any) -> None:
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    _event({"event": "finished", "exitstatus": int(exitstatus)})
+    if not _WORKER:
+        _event({"event": "finished", "exitstatus": int(exitstatus)})
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -419,6 +428,8 @@ def stage_equivalence(check: Check, timeout: float) -> dict[str, Any]:
         )
     else:
         selection, expected = ["-m", "gpu"], ("native-cuda", "triton-cuda")
+    if check.args.workers > 1:  # pytest-xdist: Triton's compiles and the many tiny tests in parallel
+        selection += ["-n", str(check.args.workers)]
     command, events = check.pytest("equivalence", ["tests/test_ops_equivalence.py", *selection], timeout)
     summary = summarize_tests(events)
     check.summary["equivalence"] = summary
@@ -453,11 +464,9 @@ def stage_gpu_tests(check: Check, timeout: float) -> dict[str, Any]:
 
 
 def find_sanitizer() -> str | None:
-    candidates = [shutil.which("compute-sanitizer")]
-    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
-        if home:
-            candidates.append(str(Path(home) / "bin" / "compute-sanitizer"))
-    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    from gpu_ops import _tool  # stdlib-only at import; one list of where CUDA's tools live
+
+    return _tool("compute-sanitizer")
 
 
 SANITIZER_RUNS = (
@@ -574,10 +583,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: $OUT, else a new temporary folder)")
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default 450; dry 240)")
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="pytest-xdist processes for the equivalence suite (default 4 on a GPU where xdist is "
+        "installed, else 1)",
+    )
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else argv
     if args.budget is None:
         args.budget = 240.0 if args.dry_run else 450.0
+    if args.workers is None:
+        with_xdist = importlib.util.find_spec("xdist") is not None
+        args.workers = 4 if with_xdist and not args.dry_run else 1
     stages = STAGES if not args.stages else tuple(s.strip() for s in args.stages.split(","))
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
@@ -623,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
         write_outputs(check)  # after every stage: a run cut short still leaves its results
     write_outputs(check)
     text = (out / "gpu-check.txt").read_text()
+    # The call's reply keeps only the end of the output: the stage table comes last again.
+    table = [f"{s['name']:12} {s['status']:8} {s.get('seconds', 0):6.1f} s  {s.get('note', '')}"
+             for s in check.summary["stages"]]  # fmt: skip
+    text += "\nstages (again)\n" + "\n".join(table) + "\n"
     print("\n" + text, flush=True)
     log.handle.write("\n" + text)
     log.handle.close()

@@ -69,8 +69,12 @@ def _line(argv: list[str], index: int) -> str | None:
 
 
 def _tool(name: str) -> str | None:
-    for candidate in (shutil.which(name), f"/usr/local/cuda/bin/{name}"):
-        if candidate and os.access(candidate, os.X_OK):
+    """A CUDA or driver tool: on PATH, else where the CUDA image keeps it (the driver's folder
+    /usr/local/nvidia is a mount that PATH may miss)."""
+    folders = [os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin"), "/usr/local/cuda/bin",
+               "/usr/local/cuda/compute-sanitizer", "/usr/local/nvidia/bin", "/usr/bin"]  # fmt: skip
+    for candidate in (shutil.which(name), *(os.path.join(folder, name) for folder in folders)):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
 
