@@ -311,7 +311,10 @@ class Check:
         if self.dry:
             argv.append("--dry-run")
         command = self.run(argv, timeout)
-        data = json.loads(result_path.read_text()) if result_path.is_file() else {}
+        try:
+            data = json.loads(result_path.read_text())
+        except (OSError, json.JSONDecodeError):  # the worker wrote nothing (or died writing)
+            data = {}
         return command, data
 
     def pytest(
@@ -479,13 +482,9 @@ SANITIZER_RUNS = (
 def stage_sanitizer(check: Check, timeout: float) -> dict[str, Any]:
     sanitizer = find_sanitizer()
     if check.dry or sanitizer is None:
-        reason = "dry run" if check.dry else "compute-sanitizer not found"
         check.summary["sanitizer"] = {"path": sanitizer, "runs": []}
-        return {
-            "status": "skipped",
-            "commands": [],
-            "note": f"{reason}: compute-sanitizer not run (found: {sanitizer or 'no'})",
-        }
+        note = f"dry run: not run (found: {sanitizer or 'no'})" if check.dry else "not found: not run"
+        return {"status": "skipped", "commands": [], "note": note}
     runs, commands = [], []
     end = time.monotonic() + timeout
     for index, (tool, selection) in enumerate(SANITIZER_RUNS):

@@ -1,18 +1,20 @@
 """Workers of scripts/gpu_check.py, each run in its own process: ``env`` (device, driver, versions),
-``verify`` (what the build produced) and ``ops`` (each fused op alone, timed and checked).
+``verify`` (what the build produced), ``cmake`` (the CUDA build without setuptools) and ``ops``
+(each fused op alone, timed and checked).
 
     python scripts/gpu_ops.py ops --result ops.json [--dry-run]
 
 ``ops``: every fused op of ``fastxai.ops`` on each kernel backend the device has, in float32 and
 bfloat16, at ResNet-input size (B=128, 3x224x224, 8 samples/steps/copies: outputs of 0.6 GB in
 float32, far past the 60 MB L2 of an H200). The time is the public op's (its argument checks
-included), the median of 20 calls timed with CUDA events after 3 warm-up calls; the bytes are
-the fewest the op must move (each input read once, each output written once, an in-place
-accumulator read and written), so GB/s over the device's copy bandwidth (a 1 GiB
-device-to-device copy, bytes read plus written) is the share of the memory roofline reached.
-Before timing, each backend's output is compared with the reference backend's at that size:
-‖got − want‖ / ‖want‖ in float64, within 1e-5 (float32) or 1e-2 (bfloat16); NaN never agrees.
-The result file is rewritten after every row, so a worker killed at its timeout leaves its rows.
+included): the median over 5 groups of 4 back-to-back calls timed with CUDA events, after 3
+warm-up calls. The bytes are the fewest the op must move (each input read once, each output
+written once, an in-place accumulator read and written), so GB/s over the device's copy
+bandwidth (a 1 GiB device-to-device copy, bytes read plus written) is the share of the memory
+roofline reached. Before timing, each backend's output is compared with the reference backend's
+at that size: ‖got − want‖ / ‖want‖ in float64, within 1e-5 (float32) or 1e-2 (bfloat16); NaN
+never agrees. The result file is rewritten after every row, so a worker killed at its timeout
+leaves its rows.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ PACKAGES = (
     "transformers",
 )
 TOLERANCE = {"float32": 1e-5, "bfloat16": 1e-2}
+GROUP = 4  # calls per timed group on a GPU
 
 
 def _output(argv: list[str], timeout: float = 20.0) -> str | None:
@@ -338,20 +341,25 @@ def _cases(torch: Any, device: str, dry: bool) -> list[tuple[str, Callable[[Any,
 
 
 def _time_ms(torch: Any, device: str, function: Callable[[], Any], warmup: int, reps: int) -> list[float]:
+    """Milliseconds per call, one figure per group of GROUP calls run back to back between two
+    CUDA events: the host's work for a call (the op's checks, the launch) overlaps the previous
+    call's kernel, so only the first call of a group can leave the device idle."""
     for _ in range(warmup):
         function()
+    group = GROUP if device == "cuda" else 1
     times = []
     if device == "cuda":
         torch.cuda.synchronize()
-        for _ in range(reps):
+    for _ in range(max(reps // group, 1)):
+        if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            function()
+            for _ in range(group):
+                function()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end))
-    else:
-        for _ in range(reps):
+            times.append(start.elapsed_time(end) / group)
+        else:
             begin = time.perf_counter()
             function()
             times.append((time.perf_counter() - begin) * 1e3)
@@ -424,7 +432,7 @@ def ops_bench(dry: bool, result: Path) -> dict[str, Any]:
                 except Exception as exc:  # recorded; the other rows still run
                     row.update(agrees=False, error=f"{type(exc).__name__}: {exc}"[:500])
                 data["rows"].append(row)
-                result.write_text(json.dumps(data, indent=1))
+                _write(result, data)  # after every row: a worker killed at its timeout leaves them
                 print(
                     f"{name:25} {backend:7} {dtype_name:9} "
                     + (
@@ -439,6 +447,14 @@ def ops_bench(dry: bool, result: Path) -> dict[str, Any]:
                 torch.cuda.empty_cache()
     data["note"] = f"copy bandwidth {data['copy']['gbps']:.0f} GB/s"
     return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    if str(path) == os.devnull:
+        return
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(data, indent=1, default=str))
+    part.replace(path)
 
 
 def main() -> int:
@@ -461,7 +477,7 @@ def main() -> int:
         data = cmake_build()
     else:
         data = ops_bench(args.dry_run, result)
-    result.write_text(json.dumps(data, indent=1, default=str))
+    _write(result, data)
     print(json.dumps(data, default=str)[:3000] if args.worker != "ops" else data.get("note", ""), flush=True)
     return 0
 

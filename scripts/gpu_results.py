@@ -136,7 +136,7 @@ def render_text(summary: dict[str, Any]) -> str:
     if ops and ops.get("copy"):
         lines += [
             "",
-            f"fused ops alone on {ops['device']} (public op, median of {ops['reps']}); "
+            f"fused ops alone on {ops['device']} (public op, median ms per call over {ops['reps']} calls); "
             f"copy bandwidth {ops['copy']['gbps']:.0f} GB/s",
             f"  {'op':25} {'backend':8} {'dtype':9} {'ms':>9} {'GB/s':>8} {'% copy':>7} {'rel err':>8}",
         ]

@@ -66,7 +66,7 @@ def test_dry_run_runs_every_stage(dry_run: Path) -> None:
         stages["build"]["status"] == "skipped"
         and "pip install --no-build-isolation" in stages["build"]["note"]
     )
-    assert stages["sanitizer"]["status"] == "skipped" and "dry run" in stages["sanitizer"]["note"]
+    assert stages["sanitizer"]["status"] == "skipped" and "dry run: not run" in stages["sanitizer"]["note"]
     for name in ("env", "equivalence", "ops", "gpu-tests", "benchmarks"):
         assert stages[name]["status"] == "ok", stages[name]
     env = summary["environment"]
