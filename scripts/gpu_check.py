@@ -60,10 +60,10 @@ STAGES = ("env", "build", "equivalence", "ops", "gpu-tests", "sanitizer", "bench
 CAPS = {
     "env": (60, 60),
     "build": (270, 60),
-    "equivalence": (120, 90),
+    "equivalence": (150, 90),
     "ops": (90, 60),
-    "gpu-tests": (120, 60),
-    "sanitizer": (120, 30),
+    "gpu-tests": (90, 60),
+    "sanitizer": (100, 30),
     "benchmarks": (240, 90),
 }
 # Benchmark files in priority order (the budget usually ends inside this list on a GPU); files
@@ -421,6 +421,16 @@ def _tests_status(
     return "ok", ""
 
 
+def _version_at_least(package: str, minimum: tuple[int, ...]) -> bool:
+    import importlib.metadata
+
+    try:
+        found = tuple(int(part) for part in re.findall(r"\d+", importlib.metadata.version(package))[:2])
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return found >= minimum
+
+
 def stage_equivalence(check: Check, timeout: float) -> dict[str, Any]:
     if check.dry:
         selection = ["-k", "float32 and tiny and (path_points or pgd_step or occlude) and not hypothesis"]
@@ -434,6 +444,10 @@ def stage_equivalence(check: Check, timeout: float) -> dict[str, Any]:
         selection, expected = ["-m", "gpu"], ("native-cuda", "triton-cuda")
     if check.args.workers > 1:  # pytest-xdist: Triton's compiles and the many tiny tests in parallel
         selection += ["-n", str(check.args.workers)]
+        if _version_at_least("pytest-xdist", (3, 2)):
+            # Contiguous shares of the test list: each worker compiles other kernels (round-robin
+            # would have every worker compile the same Triton kernel at the same moment).
+            selection += ["--dist", "worksteal"]
     command, events = check.pytest("equivalence", ["tests/test_ops_equivalence.py", *selection], timeout)
     summary = summarize_tests(events)
     check.summary["equivalence"] = summary
