@@ -1,6 +1,7 @@
 # Quick start:   make demo   (set up .venv, build, run `fastxai attribute` on the bundled digits CNN)
 #                make test   (set up .venv, build, lint, type-check, compile CUDA, run the tests)
 # Also:          make bench  (benchmark suite and its ratio report)
+#                make gpu-check  (on a lent GPU: build for sm_90, test, sanitize, benchmark; README "GPU check")
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet -c requirements/constraints.txt
 SOURCES := pyproject.toml setup.py CMakeLists.txt requirements/constraints.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo test test-peers lint bench clean
+.PHONY: setup demo test test-peers lint bench gpu-check clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ bench: setup
 	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/latest.json -p no:cacheprovider
 	$(BIN)/python benchmarks/report.py benchmarks/latest.json
+
+# The first command on a lent GPU (README "GPU check"): no setup, the machine's own python3 and
+# torch; results in $OUT. GPU_CHECK_ARGS=--dry-run runs the same stages on the CPU.
+gpu-check:
+	bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info fastxai/_C*.so
