@@ -56,7 +56,7 @@ _LAZY = {
     "Occlusion": "fastxai.compat._captum_perturbation",
     "FeatureAblation": "fastxai.compat._captum_perturbation",
     "KernelShap": "fastxai.compat._captum_perturbation",
-    "Lime": "fastxai.compat._captum_perturbation",
+    "Lime": "fastxai.compat._captum_lime",
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
     "LRP": "fastxai.compat._captum_lrp",
     "NoiseTunnel": "fastxai.compat._captum_noise_tunnel",
