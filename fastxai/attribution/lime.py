@@ -165,9 +165,12 @@ def lime(
     else:
         weights = torch.as_tensor(similarity(samples), dtype=torch.float64, device=x.device)
         if weights.shape != scores.shape:
-            raise ValueError(f"similarity must return weights of shape {tuple(scores.shape)}, got {tuple(weights.shape)}")
-    if custom_fit:
-        coef = torch.as_tensor(interpretable_model(design, scores.double(), weights)).reshape(x.shape[0], groups)  # type: ignore[operator]
+            raise ValueError(
+                f"similarity must return weights of shape {tuple(scores.shape)}, got {tuple(weights.shape)}"
+            )
+    if callable(interpretable_model):
+        fitted = interpretable_model(design, scores.double(), weights)
+        coef = torch.as_tensor(fitted, dtype=torch.float64, device=x.device).reshape(x.shape[0], groups)
     elif interpretable_model == "lasso":
         coef, _ = surrogate.lasso(design, scores, weights, float(alpha))
     else:
@@ -182,7 +185,9 @@ def _check_samples(samples: object, batch: int, groups: int) -> torch.Tensor:
     if not isinstance(samples, torch.Tensor):
         raise TypeError(f"samples must be a torch.Tensor or None, got {type(samples).__name__}")
     if samples.dim() != 3 or samples.shape[0] != batch or samples.shape[2] != groups or samples.shape[1] < 1:
-        raise ValueError(f"samples must have shape ({batch}, n_samples, {groups}), got {tuple(samples.shape)}")
+        raise ValueError(
+            f"samples must have shape ({batch}, n_samples, {groups}), got {tuple(samples.shape)}"
+        )
     binary = samples.bool()
     if not bool((binary.to(samples.dtype) == samples).all()):
         raise ValueError("samples must hold 0/1 (on/off) entries")

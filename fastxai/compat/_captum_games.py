@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from fastxai.attribution._perturbation import check_seed
+from fastxai.attribution._perturbation import check_count, check_seed
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
 from fastxai.compat.captum import Attribution, check_target
 
@@ -114,14 +114,18 @@ def select_target(output: torch.Tensor, target: object) -> torch.Tensor:
     if target is None:
         return output
     if output.dim() < 2:
-        raise ValueError(f"target was given but the forward's output {tuple(output.shape)} has no class dimension")
-    if isinstance(target, int) and not isinstance(target, bool):
-        return output[:, target]
+        raise ValueError(
+            f"target was given but the forward's output {tuple(output.shape)} has no class dimension"
+        )
     from fastxai._model import check_target as per_row
+    from fastxai._model import check_target_range
 
     rows = per_row(target, output.shape[0], output.device)
     assert rows is not None
-    return output.gather(1, rows.view(-1, *([1] * (output.dim() - 1))).expand(-1, 1, *output.shape[2:])).squeeze(1)
+    check_target_range(rows, output.shape[1])
+    return output.gather(
+        1, rows.view(-1, *([1] * (output.dim() - 1))).expand(-1, 1, *output.shape[2:])
+    ).squeeze(1)
 
 
 class Game:
@@ -155,7 +159,7 @@ class Game:
         # the dtype each input reaches the forward in: Captum's input * keep + baseline * (1 - keep)
         base_list = baselines if isinstance(baselines, tuple) else (baselines,) * len(originals)
         self.model_dtypes = [
-            t.dtype if b is None else torch.result_type(t, b if isinstance(b, torch.Tensor) else b)
+            t.dtype if b is None else torch.result_type(t, b)
             for t, b in zip(originals, base_list, strict=False)
         ]
         self.packed = PackedInputs(self.inputs)
@@ -166,9 +170,12 @@ class Game:
         """The forward pass over the inputs that tells the output mode (after every argument check)."""
         self.output = select_target(self._evaluate(self.packed.flat), self.target)
         batch = self.packed.batch
-        self.scales = self.output.dim() >= 1 and self.output.shape[0] == batch and batch > 1
-        self.per_example = self.output.dim() >= 1 and self.output.shape[0] == batch and (
-            self.target is not None or self.output.numel() == batch
+        # whether the output has rows per example (a batch of one cannot tell: tried, see batch_model)
+        self.scales = self.output.dim() >= 1 and self.output.shape[0] == batch
+        self.per_example = (
+            self.output.dim() >= 1
+            and self.output.shape[0] == batch
+            and (self.target is not None or self.output.numel() == batch)
         )
         if not self.per_example and self.per_eval > 1 and not self.scales:
             raise AggregateOutputError(
@@ -222,7 +229,12 @@ class Game:
                     )
                 # one example, and a forward that aggregates its batch: score copy by copy
                 self.aggregates = True
-            return torch.cat([parse_output(self.forward(row), futures=self.futures).reshape(1, -1) for row in flat.split(1)])
+            return torch.cat(
+                [
+                    parse_output(self.forward(row), futures=self.futures).reshape(1, -1)
+                    for row in flat.split(1)
+                ]
+            )
 
         return model
 
@@ -245,7 +257,14 @@ class Game:
         def score(rows: torch.Tensor) -> torch.Tensor:
             if self.scales:
                 output = select_target(self._evaluate(rows.reshape(-1, features)), self.target)
-                return output.reshape(rows.shape[0], -1)
+                if output.dim() >= 1 and output.shape[0] == rows.shape[0] * batch:
+                    return output.reshape(rows.shape[0], -1)
+                if batch > 1 or self.per_eval > 1:
+                    raise AggregateOutputError(
+                        f"forward_func returned {tuple(output.shape)} for {rows.shape[0] * batch} rows "
+                        f"({rows.shape[0]} copies of the batch): its output must grow with the batch"
+                    )
+                self.scales = False  # one example, and a forward that aggregates: copy by copy
             outputs = [select_target(self._evaluate(row.view(batch, features)), self.target) for row in rows]
             return torch.stack([output.reshape(-1) for output in outputs])
 
@@ -303,7 +322,9 @@ class PerturbationAttribution(Attribution):
         """Captum's ``attribute_future``: the forward returns futures; the result is a completed
         future. A forward that returns plain tensors raises ``AssertionError`` here, as in Captum."""
         if not self.futures_supported:
-            raise NotImplementedError(f"{type(self).__name__}.attribute_future is not implemented (as in Captum)")
+            raise NotImplementedError(
+                f"{type(self).__name__}.attribute_future is not implemented (as in Captum)"
+            )
         self._futures = True
         try:
             future = super().attribute_future(*args, **kwargs)
@@ -340,7 +361,9 @@ def flat_baselines(packed: PackedInputs, inputs: Any, baselines: Any) -> torch.T
         return check_baselines(baselines, inputs).reshape(packed.batch, -1)
     flat = packed.pack(baselines, name="baselines")
     if flat.shape[0] not in (1, packed.batch):
-        raise ValueError(f"baselines must have 1 or {packed.batch} rows (one per example), got {flat.shape[0]}")
+        raise ValueError(
+            f"baselines must have 1 or {packed.batch} rows (one per example), got {flat.shape[0]}"
+        )
     return flat
 
 
@@ -417,13 +440,18 @@ class GroupAttribution(PerturbationAttribution):
     ) -> tuple[Game, torch.Tensor]:
         """The method's flat result: ``[B, N]`` (``[B, M]`` without the input shape) per example,
         ``[K, N]`` (``[K, M]``) over the batch (see ``Game``)."""
-        game = Game(self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress)
+        game = Game(
+            self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress
+        )
         mask = flat_feature_mask(game.packed, feature_mask, keep_ids=not return_input_shape)
         base = flat_baselines(game.packed, game.inputs, game.baselines)
         if "seed" in options:
             options["seed"] = check_seed(options["seed"])  # one seed for every output's run
+        if "n_samples" in options:  # checked before the forward pass that tells the output mode
+            check_count("n_samples", options["n_samples"], 1)
         if not return_input_shape:
             options["return_input_shape"] = False
+        self._games = [game]  # the call's game, for hooks that need the user's input form
 
         def work() -> torch.Tensor:
             game.start()

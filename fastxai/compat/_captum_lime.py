@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from fastxai.attribution.lime import lime
-from fastxai.compat._captum_games import Game, GroupAttribution, PerturbationAttribution
+from fastxai.compat._captum_games import GroupAttribution, PerturbationAttribution
 
 
 def _captum_kernel(similarity_func: object) -> tuple[str, float] | None:
@@ -56,9 +56,10 @@ def _surrogate_choice(interpretable_model: object) -> tuple[str, float] | None:
         return "lasso", float(kwargs.get("alpha", 1.0))  # sklearn's Lasso default
     if kind == "SkLearnLinearRegression" and not kwargs:
         return "linear", 0.0
-    if not (callable(getattr(interpretable_model, "fit", None)) and callable(
-        getattr(interpretable_model, "representation", None)
-    )):
+    if not (
+        callable(getattr(interpretable_model, "fit", None))
+        and callable(getattr(interpretable_model, "representation", None))
+    ):
         raise TypeError(
             "interpretable_model must be None or a Captum Model with fit(dataloader) and representation(), "
             f"got {kind}"
@@ -110,8 +111,7 @@ class Lime(GroupAttribution):
         if self._kernel is not None:
             options["distance_mode"], options["kernel_width"] = self._kernel
         hooks = self.similarity_func if self._kernel is None else None, self.perturb_func
-        game_holder: list[Game] = []
-        method = lime if hooks == (None, None) else self._with_hooks(game_holder)
+        method = lime if hooks == (None, None) else self._with_hooks()
         game, flat = self._groups(
             method, inputs, baselines, target, additional_forward_args, feature_mask,
             perturbations_per_eval, show_progress, return_input_shape=return_input_shape, **options,
@@ -129,46 +129,58 @@ class Lime(GroupAttribution):
             coefs.append(torch.as_tensor(model.representation()).reshape(-1).to(design))
         return torch.stack(coefs)
 
-    def _with_hooks(self, _: list[Game]) -> Callable[..., torch.Tensor]:
+    def _with_hooks(self) -> Callable[..., torch.Tensor]:
         """``fastxai.lime`` with the user's ``perturb_func`` drawing the samples and / or the user's
-        ``similarity_func`` weighing them, both called per example and sample, as Captum does."""
+        ``similarity_func`` weighing them, both called per example and sample, as Captum does,
+        on inputs in the user's form (a tensor or tuple, one example or the whole batch)."""
         similarity_func = self.similarity_func if self._kernel is None else None
         perturb_func = self.perturb_func
 
-        def run(model: Callable[..., torch.Tensor], x: torch.Tensor, target: Any, **kwargs: Any) -> torch.Tensor:
+        def run(
+            model: Callable[..., torch.Tensor], x: torch.Tensor, target: Any, **kwargs: Any
+        ) -> torch.Tensor:
+            packed = self._games[0].packed
+
+            def user(row: torch.Tensor) -> Any:  # one flat row (an example, or the virtual batch)
+                return packed.format(row.reshape(-1, packed.features))
+
             mask = kwargs["feature_mask"]
             full = torch.arange(x.shape[1], device=x.device).view(1, -1) if mask is None else mask
             groups = int(full.max()) + 1
             baseline = kwargs["baselines"]
             base = baseline if isinstance(baseline, torch.Tensor) else torch.full_like(x[:1], float(baseline))
             base = base.expand_as(x)
-            rows = range(x.shape[0])
-            extra = {"num_interp_features": groups}
 
             def context(b: int) -> dict[str, Any]:
-                return {"feature_mask": full[b if full.shape[0] > 1 else 0 : None][:1], "baselines": base[b : b + 1], **extra}
+                index = full[b if full.shape[0] > 1 else 0]
+                return {
+                    "feature_mask": user(index),
+                    "baselines": user(base[b]),
+                    "num_interp_features": groups,
+                }
 
             if perturb_func is not None:
                 drawn = [
                     torch.stack([
-                        torch.as_tensor(perturb_func(x[b : b + 1], **context(b))).reshape(-1)
+                        torch.as_tensor(perturb_func(user(x[b]), **context(b))).reshape(-1)
                         for _ in range(kwargs["n_samples"])
                     ])
-                    for b in rows
+                    for b in range(x.shape[0])
                 ]  # fmt: skip
                 kwargs["samples"] = torch.stack(drawn).to(x.device)
             if similarity_func is not None:
 
                 def similarity(samples: torch.Tensor) -> torch.Tensor:
                     weights = torch.empty(samples.shape[:2], dtype=torch.float64)
-                    for b in rows:
-                        index = full[b if full.shape[0] > 1 else 0]
+                    for b in range(x.shape[0]):
+                        index, original = full[b if full.shape[0] > 1 else 0], user(x[b])
                         for p in range(samples.shape[1]):
                             keep = samples[b, p][index].to(x.dtype)
-                            perturbed = base[b] + keep * (x[b] - base[b])
-                            weights[b, p] = float(similarity_func(
-                                x[b : b + 1], perturbed.unsqueeze(0), samples[b, p].unsqueeze(0).float(), **context(b)
-                            ))  # fmt: skip
+                            perturbed = user(base[b] + keep * (x[b] - base[b]))
+                            interpretable = samples[b, p].unsqueeze(0).float()
+                            weights[b, p] = float(
+                                similarity_func(original, perturbed, interpretable, **context(b))
+                            )
                     return weights.to(x.device)
 
                 kwargs["similarity"] = similarity

@@ -67,16 +67,23 @@ class Occlusion(PerturbationAttribution):
         perturbations_per_eval: int = 1,
         show_progress: bool = False,
     ) -> Any:
-        game = Game(self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress)
+        game = Game(
+            self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress
+        )
         count = len(game.packed.shapes)
         tensors = game.inputs if game.is_tuple else (game.inputs,)
         if isinstance(sliding_window_shapes, int) and not isinstance(sliding_window_shapes, bool):
             sliding_window_shapes = (sliding_window_shapes,)
         baselines = game.baselines
-        if not game.is_tuple:  # one input: its window, strides and baseline as a tuple of one
-            nested = isinstance(sliding_window_shapes, tuple) and any(isinstance(w, tuple) for w in sliding_window_shapes)
-            sliding_window_shapes = sliding_window_shapes if nested else (sliding_window_shapes,)
-            strides = (strides,) if isinstance(strides, tuple) and not nested else strides
+        if count == 1:  # one input: its window and strides as tuples of one (Captum's reading)
+            if not (
+                isinstance(sliding_window_shapes, tuple)
+                and any(isinstance(w, tuple) for w in sliding_window_shapes)
+            ):
+                sliding_window_shapes = (sliding_window_shapes,)
+            if isinstance(strides, tuple) and not any(isinstance(v, tuple) for v in strides):
+                strides = (strides,)
+        if not game.is_tuple:
             baselines = (baselines,)
         windows = _per_input("sliding_window_shapes", sliding_window_shapes, count, allow_shared=False)
         stride_list = _per_input("strides", strides, count)
@@ -125,7 +132,9 @@ def _scalar_window(name: str, value: Any, index: int) -> tuple[int]:
     raise _GridError(f"{name}[{index}] must be () for an input without feature dimensions, got {value!r}")
 
 
-def _beside(game: Game, index: int, model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
+def _beside(
+    game: Game, index: int, model: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[..., torch.Tensor]:
     """The forward of input ``index`` alone: its rows ``[k * B, *F]`` with the other inputs (and
     the extra arguments) repeated beside them, whole copies of the batch per model batch."""
     packed = game.packed
@@ -140,7 +149,9 @@ def _beside(game: Game, index: int, model: Callable[[torch.Tensor], torch.Tensor
                 f"copies of the {packed.batch} examples"
             )
         parts = [
-            rows.reshape(rows.shape[0], -1) if other == index else packed.flat[:, start:stop].repeat(copies, 1)
+            rows.reshape(rows.shape[0], -1)
+            if other == index
+            else packed.flat[:, start:stop].repeat(copies, 1)
             for other, (start, stop) in enumerate(packed.spans)
         ]
         return model(torch.cat(parts, dim=1))
@@ -259,7 +270,6 @@ class KernelShap(GroupAttribution):
         return self._one_model(game, flat, return_input_shape)
 
 
-
 def __getattr__(name: str) -> Any:
     # Lime lives in its own module (it imports GroupAttribution from the games module, as these do)
     if name == "Lime":
@@ -269,4 +279,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["FeatureAblation", "KernelShap", "Lime", "Occlusion", "ShapleyValueSampling"]
+__all__ = ["FeatureAblation", "KernelShap", "Lime", "Occlusion", "ShapleyValueSampling"]  # noqa: F822
