@@ -290,12 +290,15 @@ class Game:
         """``method`` on the whole batch as one example, once per output number: ``[K, N]`` (or
         ``[K, M]`` when the method returns group values), row ``k`` for output ``k``: the
         attribution of the example output ``k`` belongs to when the output holds whole rows per
-        example and the mask is per example, else of example 0 (every example then has the same)."""
+        example, else of example 0. Without a mask, element i is one feature across the batch
+        (Captum's default), so every example's row is the same for an aggregate."""
         batch = self.packed.batch
         count = self.output.numel()
         model = self.batch_model()
-        virtual_mask = None if mask is None else self.virtual(mask)
-        per_row = self.scales and mask is not None and mask.shape[0] == batch and count % batch == 0
+        if mask is None:  # Captum's default: element i is one feature across the whole batch
+            mask = torch.arange(self.packed.features, device=self.packed.device).view(1, -1)
+        virtual_mask = self.virtual(mask)
+        per_row = self.scales and count % batch == 0
         rows = []
         for k in range(count):
             model.rewind()  # type: ignore[attr-defined]
