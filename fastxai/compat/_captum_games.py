@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from fastxai.attribution._perturbation import check_count, check_seed
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
 from fastxai.compat.captum import Attribution, check_target
 
@@ -422,73 +421,3 @@ def output_dtype(output: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     if output.dtype == torch.bool:
         return values.to(torch.float32)
     return values.round().to(output.dtype)
-
-
-class GroupAttribution(PerturbationAttribution):
-    """Feature ablation, Shapley sampling and KernelSHAP: a method over the groups of a mask."""
-
-    def _groups(
-        self,
-        method: Callable[..., torch.Tensor],
-        inputs: Any,
-        baselines: Any,
-        target: Any,
-        additional_forward_args: Any,
-        feature_mask: Any,
-        perturbations_per_eval: object,
-        show_progress: object,
-        *,
-        return_input_shape: bool = True,
-        **options: Any,
-    ) -> tuple[Game, torch.Tensor]:
-        """The method's flat result: ``[B, N]`` (``[B, M]`` without the input shape) per example,
-        ``[K, N]`` (``[K, M]``) over the batch (see ``Game``)."""
-        game = Game(
-            self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress
-        )
-        mask = flat_feature_mask(game.packed, feature_mask, keep_ids=not return_input_shape)
-        base = flat_baselines(game.packed, game.inputs, game.baselines)
-        if "seed" in options:
-            options["seed"] = check_seed(options["seed"])  # one seed for every output's run
-        if "n_samples" in options:  # checked before the forward pass that tells the output mode
-            check_count("n_samples", options["n_samples"], 1)
-        if not return_input_shape:
-            options["return_input_shape"] = False
-        self._games = [game]  # the call's game, for hooks that need the user's input form
-
-        def work() -> torch.Tensor:
-            game.start()
-            if game.per_example:
-                return method(
-                    game.model(), game.packed.flat, game.target, baselines=base, feature_mask=mask,
-                    chunk_size=game.chunk_size(), **options,
-                )  # fmt: skip
-            return game.over_batch(method, mask, baselines=game.virtual(base), **options)
-
-        return game, self._call(work, game)
-
-    def _one_model(self, game: Game, flat: torch.Tensor, return_input_shape: bool) -> Any:
-        """Lime and KernelSHAP (Captum's ``LimeBase``): one surrogate per example, or one for
-        the batch when the forward returns one number for it; float32 results."""
-        if not game.per_example and game.output.numel() != 1:
-            raise AggregateOutputError(
-                "forward_func must return one score per example or one for the whole batch; got "
-                f"{tuple(game.output.shape)} for {game.packed.batch} examples"
-            )
-        flat = flat if flat.is_floating_point() and flat.dtype == torch.float64 else flat.float()
-        if not return_input_shape:
-            return flat
-        return game.packed.format(flat) if game.per_example else format_rows(game, flat)
-
-
-def format_rows(game: Game, rows: torch.Tensor, lead: tuple[int, ...] | None = None) -> Any:
-    """Over-batch results ``[K, N]`` as Captum's tensors ``[*lead, *F_k]`` (lead: ``(K,)``)."""
-    parts = game.packed.unpack(rows)
-    if lead is not None:
-        parts = tuple(part.reshape(*lead, *part.shape[1:]) for part in parts)
-    return parts if game.is_tuple else parts[0]
-
-
-def float_result(game: Game, values: torch.Tensor) -> torch.Tensor:
-    """Captum's float attributions (float64 kept for a float64 output)."""
-    return values if game.output.dtype == torch.float64 else values.float()

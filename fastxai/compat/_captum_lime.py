@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from fastxai.attribution.lime import lime
-from fastxai.compat._captum_games import GroupAttribution, PerturbationAttribution
+from fastxai.compat._captum_games import PerturbationAttribution
+from fastxai.compat._captum_perturbation import GroupAttribution
 
 
 def _captum_kernel(similarity_func: object) -> tuple[str, float] | None:

@@ -5,24 +5,28 @@ computed by fastxai's batched methods. Swap the import, keep the code::
     from fastxai.compat.captum import Occlusion   # was: from captum.attr import Occlusion
     attr = Occlusion(model).attribute(x, sliding_window_shapes=(1, 4, 4), strides=2, target=y)
 
-What differs from Captum, on purpose:
+Captum's forms are all taken (see ``_captum_games``): tuple inputs, integer and bool inputs,
+forwards returning a number or a tensor aggregated over the batch, ``target=None`` on several
+outputs per example (attributions per output, Captum's shapes), futures (``FeatureAblation``,
+``ShapleyValueSampling``), ``show_progress`` (a tqdm bar), Lime's pluggable parts
+(``_captum_lime``). What differs from Captum, on purpose:
 
-- ``perturbations_per_eval`` is honoured as the batching: a model batch holds at most
-  ``perturbations_per_eval`` copies of the inputs. Captum's default 1 is slow; larger is faster
-  and gives the same numbers.
-- ``target=None`` means the predicted class (fastxai's convention); a model returning one
-  score per example ([B] or [B, 1]) needs no target, as in Captum.
+- ``perturbations_per_eval`` changes memory, never results: Captum's default 1 means
+  fastxai's automatic chunking (many copies of the batch per forward pass); a larger value is
+  a ceiling on the copies per pass. A forward that aggregates the batch is called once per
+  perturbed copy, as it must be (and ``perturbations_per_eval > 1`` raises, as in Captum).
 - The model runs as given: no switch to eval mode (Captum does not switch either).
-- Sampled methods draw their coalitions from ``seed`` (an extra keyword of ``attribute``),
-  not from torch's global generator, so numbers match Captum in distribution, not sample by
-  sample. KernelShap enforces efficiency exactly and enumerates every coalition when
-  ``2**M - 2 <= n_samples`` (exact Shapley values); Lime's Lasso is solved to optimality.
+- Sampled methods draw from ``seed`` (an extra keyword of ``attribute``; None draws one from
+  torch's global generator), not sample by sample as Captum does: the numbers match Captum's in
+  distribution, not draw for draw. Shapley sampling pairs each order with its reverse
+  (antithetic, still unbiased, exact for two groups); KernelShap enforces efficiency exactly,
+  enumerates every coalition when ``2**M - 2 <= n_samples`` (exact Shapley values) and takes
+  the minimum-norm fit below M + 1 samples; Lime's Lasso is solved to optimality.
 - Feature-mask ids with gaps are renumbered (attributions per element do not depend on the
   numbering); with ``return_input_shape=False`` ids must be 0..M-1.
-- Accepted but not honoured is refused: ``show_progress=True``, a custom ``similarity_func``
-  or ``perturb_func``, an interpretable model other than Captum's ``SkLearnLasso`` /
-  ``SkLearnLinearRegression`` raise ``NotImplementedError``. Tuple inputs are packed into one
-  flat tensor; ``Occlusion`` occludes each input of a tuple in turn, the others as given.
+- ``Occlusion`` of a forward that aggregates the batch raises ``NotImplementedError``.
+- Errors Captum raises as ``AssertionError`` (a window that does not fit, an aggregate with
+  ``perturbations_per_eval > 1``) are ``ValueError`` subclasses that are also ``AssertionError``.
 """
 
 from __future__ import annotations
@@ -32,17 +36,88 @@ from typing import Any
 
 import torch
 
+from fastxai.attribution._perturbation import check_count, check_seed
 from fastxai.attribution.integrated_gradients import check_baselines
 from fastxai.attribution.perturbation import check_grid, feature_ablation, occlusion
 from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
 from fastxai.compat._captum_games import (
+    AggregateOutputError,
     Game,
-    GroupAttribution,
     PerturbationAttribution,
-    float_result,
-    format_rows,
+    flat_baselines,
+    flat_feature_mask,
     output_dtype,
 )
+
+
+class GroupAttribution(PerturbationAttribution):
+    """Feature ablation, Shapley sampling and KernelSHAP: a method over the groups of a mask."""
+
+    def _groups(
+        self,
+        method: Callable[..., torch.Tensor],
+        inputs: Any,
+        baselines: Any,
+        target: Any,
+        additional_forward_args: Any,
+        feature_mask: Any,
+        perturbations_per_eval: object,
+        show_progress: object,
+        *,
+        return_input_shape: bool = True,
+        **options: Any,
+    ) -> tuple[Game, torch.Tensor]:
+        """The method's flat result: ``[B, N]`` (``[B, M]`` without the input shape) per example,
+        ``[K, N]`` (``[K, M]``) over the batch (see ``Game``)."""
+        game = Game(
+            self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress
+        )
+        mask = flat_feature_mask(game.packed, feature_mask, keep_ids=not return_input_shape)
+        base = flat_baselines(game.packed, game.inputs, game.baselines)
+        if "seed" in options:
+            options["seed"] = check_seed(options["seed"])  # one seed for every output's run
+        if "n_samples" in options:  # checked before the forward pass that tells the output mode
+            check_count("n_samples", options["n_samples"], 1)
+        if not return_input_shape:
+            options["return_input_shape"] = False
+        self._games = [game]  # the call's game, for hooks that need the user's input form
+
+        def work() -> torch.Tensor:
+            game.start()
+            if game.per_example:
+                return method(
+                    game.model(), game.packed.flat, game.target, baselines=base, feature_mask=mask,
+                    chunk_size=game.chunk_size(), **options,
+                )  # fmt: skip
+            return game.over_batch(method, mask, baselines=game.virtual(base), **options)
+
+        return game, self._call(work, game)
+
+    def _one_model(self, game: Game, flat: torch.Tensor, return_input_shape: bool) -> Any:
+        """Lime and KernelSHAP (Captum's ``LimeBase``): one surrogate per example, or one for
+        the batch when the forward returns one number for it; float32 results."""
+        if not game.per_example and game.output.numel() != 1:
+            raise AggregateOutputError(
+                "forward_func must return one score per example or one for the whole batch; got "
+                f"{tuple(game.output.shape)} for {game.packed.batch} examples"
+            )
+        flat = flat if flat.is_floating_point() and flat.dtype == torch.float64 else flat.float()
+        if not return_input_shape:
+            return flat
+        return game.packed.format(flat) if game.per_example else format_rows(game, flat)
+
+
+def format_rows(game: Game, rows: torch.Tensor, lead: tuple[int, ...] | None = None) -> Any:
+    """Over-batch results ``[K, N]`` as Captum's tensors ``[*lead, *F_k]`` (lead: ``(K,)``)."""
+    parts = game.packed.unpack(rows)
+    if lead is not None:
+        parts = tuple(part.reshape(*lead, *part.shape[1:]) for part in parts)
+    return parts if game.is_tuple else parts[0]
+
+
+def float_result(game: Game, values: torch.Tensor) -> torch.Tensor:
+    """Captum's float attributions (float64 kept for a float64 output)."""
+    return values if game.output.dtype == torch.float64 else values.float()
 
 
 class Occlusion(PerturbationAttribution):
