@@ -263,6 +263,30 @@ def to_input_shape(per_group: torch.Tensor, mask: torch.Tensor, shape: torch.Siz
     return per_group.gather(1, index).view(shape)
 
 
+def integer_inputs(model: Model, inputs: object, baselines: Any) -> tuple[Model, Any, Any]:
+    """Integer or bool inputs (token ids, binary features): attributed as floats (the default
+    float dtype), the model called on each perturbed copy in the dtype Captum's blend
+    ``input * keep + baseline * (1 - keep)`` has, ``torch.result_type(inputs, baselines)``:
+    integers stay integers under an integer baseline (None is 0). Integer baselines become
+    floats. Anything else passes through unchanged (and is checked as usual)."""
+    if not isinstance(inputs, torch.Tensor) or inputs.is_floating_point() or inputs.is_complex():
+        return model, inputs, baselines
+    model_dtype = inputs.dtype if baselines is None else torch.result_type(inputs, baselines)
+    as_float = inputs.to(torch.get_default_dtype())
+    if isinstance(baselines, torch.Tensor) and not baselines.is_floating_point():
+        baselines = baselines.to(as_float.dtype)
+    elif isinstance(baselines, bool):
+        baselines = float(baselines)
+    if model_dtype.is_floating_point and model_dtype == as_float.dtype:
+        return model, as_float, baselines
+    _model.check_model(model)
+
+    def cast(rows: torch.Tensor) -> torch.Tensor:
+        return model(rows.to(model_dtype))
+
+    return cast, as_float, baselines
+
+
 def prepare(
     model: object, inputs: object, target: object, chunk_size: object
 ) -> tuple[Model, torch.Tensor, torch.Tensor | None, int]:

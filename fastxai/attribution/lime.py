@@ -115,6 +115,7 @@ def lime(
 
     >>> coef = fastxai.lime(model, x, target=y, feature_mask=superpixels, n_samples=1000, seed=0)
     """
+    model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)

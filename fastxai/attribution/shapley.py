@@ -128,6 +128,7 @@ def kernel_shap(
 
     >>> phi = fastxai.kernel_shap(model, x, target=y, feature_mask=superpixels, n_samples=512, seed=0)
     """
+    model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
@@ -200,6 +201,7 @@ def shapley_value_sampling(
 
     >>> phi = fastxai.shapley_value_sampling(model, x, target=y, feature_mask=superpixels, seed=0)
     """
+    model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
