@@ -58,6 +58,7 @@ _LAZY = {
     "KernelShap": "fastxai.compat._captum_perturbation",
     "Lime": "fastxai.compat._captum_lime",
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
+    "LayerFeatureAblation": "fastxai.compat._captum_layer_ablation",
     "LRP": "fastxai.compat._captum_lrp",
     "NoiseTunnel": "fastxai.compat._captum_noise_tunnel",
 }
