@@ -4,6 +4,7 @@ kernel on the cosine distance, a Lasso surrogate; every input's surrogate fitted
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -79,8 +80,10 @@ def lime(
     n_samples: int = 25,
     kernel_width: float = 1.0,
     distance_mode: str = "cosine",
-    interpretable_model: str = "lasso",
+    interpretable_model: str | Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = "lasso",
     alpha: float = 0.01,
+    samples: torch.Tensor | None = None,
+    similarity: Callable[[torch.Tensor], torch.Tensor] | None = None,
     seed: int | None = None,
     return_input_shape: bool = True,
     chunk_size: int | None = None,
@@ -98,6 +101,11 @@ def lime(
       1/(2W) sum_z pi(z) (v(z) - c - z . beta)^2 + alpha ||beta||_1`` (``surrogate.lasso``);
     - ``"linear"``: ``argmin_{beta, c} sum_z pi(z) (v(z) - c - z . beta)^2`` (needs n_samples > M).
 
+    Your own parts replace fastxai's: ``samples`` (the interpretable samples, bool or 0/1
+    [B, n_samples, M], instead of the coin flips), ``similarity`` (a function of those samples
+    [B, P, M] bool returning the weights [B, P], instead of the kernel), ``interpretable_model``
+    a function ``fit(z [B, P, M] float64, scores [B, P], weights [B, P]) -> coef [B, M]``.
+
     These are Captum's ``Lime`` defaults (kernel width 1, cosine distance, alpha 0.01,
     25 samples: too few for a stable fit, ask for hundreds); Captum draws the samples and fits
     one input at a time with scikit-learn.
@@ -107,15 +115,22 @@ def lime(
 
     >>> coef = fastxai.lime(model, x, target=y, feature_mask=superpixels, n_samples=1000, seed=0)
     """
+    model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
-    if interpretable_model not in INTERPRETABLE_MODELS:
+    custom_fit = callable(interpretable_model)
+    if not custom_fit and interpretable_model not in INTERPRETABLE_MODELS:
         raise ValueError(
             f"interpretable_model must be one of {INTERPRETABLE_MODELS}, got {interpretable_model!r}"
         )
     if distance_mode not in DISTANCE_MODES:
         raise ValueError(f"distance_mode must be one of {DISTANCE_MODES}, got {distance_mode!r}")
+    if samples is not None:
+        samples = _check_samples(samples, x.shape[0], groups)
+        n_samples = samples.shape[1]
+    if similarity is not None and not callable(similarity):
+        raise TypeError(f"similarity must be callable or None, got {type(similarity).__name__}")
     if interpretable_model == "linear":
         n_samples = _perturbation.check_count(
             "n_samples",
@@ -134,7 +149,8 @@ def lime(
         _backends.check_choice(backend)
     dtype = _perturbation.compute_dtype(x)
     rng = _perturbation.generator(seed, x.device)
-    samples = _coin_flips(x.shape[0], n_samples, groups, rng, x.device)
+    if samples is None:
+        samples = _coin_flips(x.shape[0], n_samples, groups, rng, x.device)
 
     keep_all = _perturbation.as_dtype(samples, dtype)
 
@@ -145,11 +161,35 @@ def lime(
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(model, x, target_t, n_samples, perturb, chunk)
     design = _perturbation.as_dtype(samples, torch.float64)
-    weights = _similarities(x, baseline, mask, groups, design, distance_mode, float(kernel_width))
-    if interpretable_model == "lasso":
+    if similarity is None:
+        weights = _similarities(x, baseline, mask, groups, design, distance_mode, float(kernel_width))
+    else:
+        weights = torch.as_tensor(similarity(samples), dtype=torch.float64, device=x.device)
+        if weights.shape != scores.shape:
+            raise ValueError(
+                f"similarity must return weights of shape {tuple(scores.shape)}, got {tuple(weights.shape)}"
+            )
+    if callable(interpretable_model):
+        fitted = interpretable_model(design, scores.double(), weights)
+        coef = torch.as_tensor(fitted, dtype=torch.float64, device=x.device).reshape(x.shape[0], groups)
+    elif interpretable_model == "lasso":
         coef, _ = surrogate.lasso(design, scores, weights, float(alpha))
     else:
         coef, _ = surrogate.weighted_least_squares(design, scores, weights)
     coef = coef.to(dtype)
     result = _perturbation.to_input_shape(coef, mask, x.shape) if return_input_shape else coef
     return result.to(inputs.dtype)
+
+
+def _check_samples(samples: object, batch: int, groups: int) -> torch.Tensor:
+    """Given interpretable samples: [B, P, M] of 0/1 (any dtype), as bool."""
+    if not isinstance(samples, torch.Tensor):
+        raise TypeError(f"samples must be a torch.Tensor or None, got {type(samples).__name__}")
+    if samples.dim() != 3 or samples.shape[0] != batch or samples.shape[2] != groups or samples.shape[1] < 1:
+        raise ValueError(
+            f"samples must have shape ({batch}, n_samples, {groups}), got {tuple(samples.shape)}"
+        )
+    binary = samples.bool()
+    if not bool((binary.to(samples.dtype) == samples).all()):
+        raise ValueError("samples must hold 0/1 (on/off) entries")
+    return binary

@@ -37,6 +37,7 @@ def feature_ablation(
     >>> superpixels = torch.arange(16).view(4, 4).repeat_interleave(7, 0).repeat_interleave(7, 1)
     >>> a = fastxai.feature_ablation(model, x, target=y, feature_mask=superpixels)  # x: [B, 1, 28, 28]
     """
+    model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
@@ -170,6 +171,7 @@ def occlusion(
 
     >>> a = fastxai.occlusion(model, x, target=y, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))
     """
+    model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
     features = tuple(x.shape[1:])
     window, stride = check_grid(x, sliding_window_shapes, strides)

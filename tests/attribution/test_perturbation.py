@@ -311,3 +311,22 @@ def test_copies_built_in_blocks_scored_in_whole_copy_batches(
     calls.clear()
     assert torch.equal(function(model, x, 1, chunk_size=7, **kwargs), got)
     torch.testing.assert_close(function(model, x, 1, chunk_size=3, **kwargs), got)
+
+
+def test_integer_inputs_reach_the_model_as_integers() -> None:
+    """Token ids: attributed as floats, the model sees int64 copies (an int baseline), or float
+    ones under a float baseline (Captum's blend dtype)."""
+    weights = torch.tensor([1, -2, 3, 5])
+    seen: list[torch.dtype] = []
+
+    def model(tokens: torch.Tensor) -> torch.Tensor:
+        seen.append(tokens.dtype)
+        return (tokens * weights).sum(1, keepdim=True)
+
+    tokens = torch.tensor([[3, 1, 4, 1], [5, 9, 2, 6]])
+    drops = feature_ablation(model, tokens, 0)
+    assert set(seen) == {torch.int64} and drops.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(drops, (tokens * weights).float())
+    seen.clear()
+    torch.testing.assert_close(feature_ablation(model, tokens, 0, baselines=0.5), (tokens - 0.5) * weights)
+    assert set(seen) == {torch.float32}

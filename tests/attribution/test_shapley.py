@@ -195,7 +195,7 @@ def test_model_state_restored_also_on_error() -> None:
 @pytest.mark.parametrize(
     ("method", "kwargs", "match"),
     [
-        (kernel_shap, {"n_samples": 10}, "n_samples"),  # 16 features need more than 16 coalitions
+        (kernel_shap, {"n_samples": 0}, "n_samples"),
         (kernel_shap, {"n_samples": 10.0}, "n_samples"),
         (shapley_value_sampling, {"n_samples": 0}, "n_samples"),
         (kernel_shap, {"n_samples": 40, "seed": -1}, "seed"),
@@ -252,3 +252,27 @@ def test_sampled_coalition_sizes_follow_the_shapley_kernel(groups: int) -> None:
     expected = sizes.numel() * mass / mass.sum()
     counts = torch.bincount(sizes - 1, minlength=groups - 1).double()
     assert ((counts - expected).abs() <= 5 * expected.sqrt() + 1).all()
+
+
+def test_kernel_shap_underdetermined_keeps_efficiency() -> None:
+    """Fewer coalitions than features (Captum's default 25 on 64 pixels): the minimum-norm fit,
+    still summing to f(x) - f(baseline) exactly."""
+    model = LinearModel(16, 2, dtype=torch.float64)
+    x = torch.randn(3, 16, dtype=torch.float64)
+    phi = kernel_shap(model, x, 1, n_samples=10, seed=0)
+    with torch.no_grad():
+        gap = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(phi.sum(1), gap)
+
+
+def test_shapley_sampling_antithetic_pairs_exact_for_two_groups() -> None:
+    """An order and its reverse give both orders of two groups: exact Shapley values even on a
+    model with an interaction, from two samples."""
+
+    def model(z: torch.Tensor) -> torch.Tensor:
+        return (z[:, 0] * z[:, 1] + z[:, 0]).unsqueeze(1)
+
+    x = torch.tensor([[2.0, 3.0]])
+    phi = shapley_value_sampling(model, x, 0, n_samples=2, seed=3)
+    # v(1,1) = 8, v(1,0) = 2, v(0,1) = 0, v(0,0) = 0: phi_0 = (2 + 8) / 2, phi_1 = (6 + 0) / 2
+    torch.testing.assert_close(phi, torch.tensor([[5.0, 3.0]]))

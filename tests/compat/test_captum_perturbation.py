@@ -207,19 +207,13 @@ def test_model_state_restored_and_mode_kept() -> None:
             "strides must be a tuple with one entry per input",
         ),
         (
-            lambda m, x: FeatureAblation(m).attribute(x, show_progress=True),
-            NotImplementedError,
-            "show_progress",
-        ),
-        (
             lambda m, x: FeatureAblation(m).attribute(x, perturbations_per_eval=0),
             ValueError,
             "perturbations_per_eval",
         ),
-        (lambda m, x: Lime(m, similarity_func=lambda *a, **k: 1.0), NotImplementedError, "similarity_func"),
-        (lambda m, x: Lime(m, perturb_func=lambda *a, **k: None), NotImplementedError, "perturb_func"),
-        (lambda m, x: Lime(m, interpretable_model=object()), NotImplementedError, "interpretable_model"),
-        (lambda m, x: KernelShap(m).attribute(x, target=1, n_samples=10), ValueError, "n_samples"),
+        (lambda m, x: Lime(m, similarity_func=1.0), TypeError, "similarity_func"),
+        (lambda m, x: Lime(m, interpretable_model=object()), TypeError, "interpretable_model"),
+        (lambda m, x: KernelShap(m).attribute(x, target=1, n_samples=0), ValueError, "n_samples"),
         (
             lambda m, x: KernelShap(m).attribute(
                 x,
