@@ -313,7 +313,7 @@ class PerturbationAttribution(Attribution):
     counterpart has it), Captum's properties, one ``Game`` per call."""
 
     progress_name = "Perturbation"
-    futures_supported = False
+    supports_future = False
 
     def __init__(self, forward_func: Callable[..., Any]) -> None:
         # explicit, not super(): Captum's own ShapleyValues calls ShapleyValueSampling.__init__ on itself
@@ -323,7 +323,7 @@ class PerturbationAttribution(Attribution):
     def attribute_future(self, *args: Any, **kwargs: Any) -> torch.futures.Future:
         """Captum's ``attribute_future``: the forward returns futures; the result is a completed
         future. A forward that returns plain tensors raises ``AssertionError`` here, as in Captum."""
-        if not self.futures_supported:
+        if not self.supports_future:
             raise NotImplementedError(
                 f"{type(self).__name__}.attribute_future is not implemented (as in Captum)"
             )

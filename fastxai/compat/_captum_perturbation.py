@@ -253,7 +253,7 @@ class FeatureAblation(GroupAttribution):
     in the output's dtype (float32 with ``use_weights``)."""
 
     progress_name = "Feature Ablation"
-    futures_supported = True
+    supports_future = True
 
     def __init__(self, forward_func: Callable[..., Any]) -> None:
         super().__init__(forward_func)
@@ -289,7 +289,7 @@ class ShapleyValueSampling(GroupAttribution):
     ``target=None`` on several outputs per example gives ``[*output_shape, *F]``, as Captum."""
 
     progress_name = "Shapley Value Sampling"
-    futures_supported = True
+    supports_future = True
 
     @property
     def multiplies_by_inputs(self) -> bool:
