@@ -203,7 +203,9 @@ def iterative_attack(
             return update.to(x.dtype)
 
         if graphed:
-            fused = _cuda_graph.fused_step(adv, origin, step_size, threat, backend)
+            fused = _cuda_graph.fused_step(
+                adv, origin, step_size, threat.eps, threat.norm, threat.bounds, backend
+            )
 
             def whole_step(current: torch.Tensor) -> torch.Tensor:
                 point = current.detach().requires_grad_(True)
