@@ -4,110 +4,42 @@
     atk = ta.PGD(model, eps=8/255, alpha=2/255, steps=10, random_start=True)
     x_adv = atk(x, y)
 
-The classes take torchattacks 3.5's constructor arguments and calls (``atk(images, labels)``,
-``set_normalization_used``, ``set_mode_targeted_by_label``, ``set_mode_default``), run the
-model in eval mode and put its mode back, and check that inputs lie in [0, 1]. With
-``random_start=False`` they return the same adversarial examples as torchattacks to float
-tolerance. Options of torchattacks that are not implemented here raise an error rather than
-being ignored.
+The classes take torchattacks 3.5's constructor arguments and share its ``Attack`` API
+(``supported_mode``, ``get_mode``, the ``set_mode_*`` family, ``set_normalization_used``,
+``set_model_training_mode``, ``set_device``, ``get_logits``, ``save``/``load``; see
+``fastxai.compat._torchattacks_attack`` for the few deliberate differences, chiefly that
+inputs outside [0, 1] are refused rather than clamped). Deterministic attacks (PGD without
+random start, FGSM, BIM, MI-FGSM, DeepFool, FAB) return torchattacks' adversarial examples to
+float tolerance. Options of torchattacks that are not implemented here raise
+NotImplementedError naming them rather than being ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 
 from fastxai.attacks import auto_pgd, carlini_wagner, gradient_attacks
+from fastxai.attacks.apgd_targeted import apgd_targeted
+from fastxai.attacks.autoattack import autoattack
+from fastxai.attacks.deepfool import deepfool
+from fastxai.attacks.fab import fab, fab_targeted
+from fastxai.attacks.square import square_attack
+from fastxai.compat._torchattacks_attack import Attack
+
+NORMS = {"Linf": "linf", "L2": "l2"}
 
 
-class Attack:
-    """Base class: the model, the attack mode (default or targeted by label) and normalisation."""
+def _norm(attack: Attack, norm: str) -> str:
+    if norm == "L1":
+        attack._unsupported("norm='L1'")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
+    return NORMS[norm]
 
-    def __init__(self, name: str, model: torch.nn.Module) -> None:
-        self.attack = name
-        self.model = model
-        self.targeted = False
-        self.attack_mode = "default"
-        self.normalization_used: dict[str, torch.Tensor] | None = None
-        self.backend: str | None = None
 
-    def set_normalization_used(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        """The model expects ``(x - mean) / std``; inputs and outputs of ``__call__`` are normalised."""
-        channels = len(mean)
-        self.normalization_used = {
-            "mean": torch.tensor(mean, dtype=torch.float32).reshape(1, channels, 1, 1),
-            "std": torch.tensor(std, dtype=torch.float32).reshape(1, channels, 1, 1),
-        }
-
-    def set_mode_default(self) -> None:
-        self.targeted = False
-        self.attack_mode = "default"
-
-    def set_mode_targeted_by_label(self, quiet: bool = False) -> None:
-        """Labels passed to ``__call__`` are the target classes."""
-        self.targeted = True
-        self.attack_mode = "targeted(label)"
-
-    def _unsupported(self, name: str) -> None:
-        raise NotImplementedError(
-            f"fastxai.compat.torchattacks: {name} is not implemented; use torchattacks itself for it"
-        )
-
-    def set_mode_targeted_random(self, quiet: bool = False) -> None:
-        self._unsupported("set_mode_targeted_random")
-
-    def set_mode_targeted_least_likely(self, kth_min: int = 1, quiet: bool = False) -> None:
-        self._unsupported("set_mode_targeted_least_likely")
-
-    def set_mode_targeted_by_function(self, target_map_function: Any, quiet: bool = False) -> None:
-        self._unsupported("set_mode_targeted_by_function")
-
-    def set_model_training_mode(
-        self, model_training: bool = False, batchnorm_training: bool = False, dropout_training: bool = False
-    ) -> None:
-        if model_training or batchnorm_training or dropout_training:
-            self._unsupported("attacking a model in training mode")
-
-    def set_backend(self, backend: str | None) -> None:
-        """fastxai only: the backend of the fused step (None = automatic)."""
-        self.backend = backend
-
-    def _normalize(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if self.normalization_used is None:
-            return None
-        return self.normalization_used["mean"], self.normalization_used["std"]
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        normalize = self._normalize()
-        if normalize is not None:
-            mean, std = (t.to(images.device, images.dtype) for t in normalize)
-            images = images * std + mean
-        adversarial = self.forward(images, labels)
-        if normalize is not None:
-            adversarial = (adversarial - mean) / std
-        return adversarial
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def _run(self, attack: Any, images: torch.Tensor, labels: torch.Tensor, **options: Any) -> torch.Tensor:
-        """``attack`` (a fastxai attack function) with ``options`` and what every class shares:
-        the mode, the normalisation and the fused-step backend."""
-        result: torch.Tensor = attack(
-            self.model,
-            images,
-            labels,
-            targeted=self.targeted,
-            normalize=self._normalize(),
-            backend=self.backend,
-            **options,
-        )
-        return result
-
-    def __repr__(self) -> str:
-        return f"{self.attack}(model_name={type(self.model).__name__}, attack_mode={self.attack_mode})"
+def _verbose(attack: Attack, verbose: bool) -> None:
+    if verbose:
+        attack._unsupported("verbose=True (progress printing)")
 
 
 class PGD(Attack):
@@ -125,8 +57,9 @@ class PGD(Attack):
     ) -> None:
         super().__init__(type(self).__name__, model)
         self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+        self.supported_mode = ["default", "targeted"]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self._run(
             gradient_attacks.pgd,
             images,
@@ -153,9 +86,10 @@ class PGDL2(PGD):
         random_start: bool = True,
         eps_for_division: float = 1e-10,
     ) -> None:
+        super().__init__(model, eps, alpha, steps, random_start)
         if eps_for_division != 1e-10:
             self._unsupported("eps_for_division other than 1e-10")
-        super().__init__(model, eps, alpha, steps, random_start)
+        self.eps_for_division = eps_for_division
 
 
 class FGSM(Attack):
@@ -164,8 +98,9 @@ class FGSM(Attack):
     def __init__(self, model: torch.nn.Module, eps: float = 8 / 255) -> None:
         super().__init__("FGSM", model)
         self.eps = eps
+        self.supported_mode = ["default", "targeted"]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self._run(gradient_attacks.fgsm, images, labels, eps=self.eps)
 
 
@@ -178,8 +113,9 @@ class BIM(Attack):
         super().__init__("BIM", model)
         self.eps, self.alpha = eps, alpha
         self.steps = int(min(eps * 255 + 4, 1.25 * eps * 255)) if steps == 0 else steps
+        self.supported_mode = ["default", "targeted"]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self._run(
             gradient_attacks.bim, images, labels, eps=self.eps, alpha=self.alpha, steps=self.steps
         )
@@ -198,8 +134,9 @@ class MIFGSM(Attack):
     ) -> None:
         super().__init__("MIFGSM", model)
         self.eps, self.alpha, self.steps, self.decay = eps, alpha, steps, decay
+        self.supported_mode = ["default", "targeted"]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self._run(
             gradient_attacks.mifgsm,
             images,
@@ -223,27 +160,50 @@ class CW(Attack):
     ) -> None:
         super().__init__("CW", model)
         self.c, self.kappa, self.steps, self.lr = c, kappa, steps, lr
+        self.supported_mode = ["default", "targeted"]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return carlini_wagner.cw_l2(
-            self.model,
+            self._attack_model(),
             images,
-            labels,
+            self._targets(images, labels),
             c=self.c,
             kappa=self.kappa,
             steps=self.steps,
             lr=self.lr,
             binary_search_steps=1,
             targeted=self.targeted,
-            normalize=self._normalize(),
+            normalize=self._normalize_pair(),
         )
 
 
-class APGD(Attack):
-    """APGD with torchattacks' arguments (``norm`` "Linf" or "L2", ``loss`` "ce" or "dlr").
+def _restarted(
+    attack: Attack, images: torch.Tensor, labels: torch.Tensor | None, restarts: int, run: object
+) -> torch.Tensor:
+    """torchattacks' ``n_restarts``: ``run(images, labels, restart)`` again on the samples that
+    every earlier restart left correctly classified."""
+    assert callable(run)
+    with torch.no_grad():
+        logits = attack.get_logits(images)
+    true = logits.argmax(dim=1) if labels is None else labels.to(logits.device).long()
+    robust = logits.argmax(dim=1) == true
+    result = images.clone()
+    for restart in range(restarts):
+        index = robust.nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        candidates = run(images[index], true[index], restart)
+        with torch.no_grad():
+            fooled = attack.get_logits(candidates).argmax(dim=1) != true[index]
+        result[index[fooled]] = candidates[fooled]
+        robust[index[fooled]] = False
+    return result
 
-    ``n_restarts`` > 1 and ``eot_iter`` > 1 are not implemented (an error, not ignored).
-    """
+
+class APGD(Attack):
+    """APGD (Croce and Hein 2020) with torchattacks' arguments (``norm`` "Linf" or "L2",
+    ``loss`` "ce" or "dlr"); restarts run on the samples still robust. ``eot_iter`` > 1 is
+    not implemented (an error, not ignored)."""
 
     def __init__(
         self,
@@ -258,35 +218,297 @@ class APGD(Attack):
         rho: float = 0.75,
         verbose: bool = False,
     ) -> None:
-        super().__init__("APGD", model)
-        if n_restarts != 1 or eot_iter != 1:
-            self._unsupported("APGD with n_restarts or eot_iter other than 1")
-        norms = {"Linf": "linf", "L2": "l2"}
-        if norm not in norms:
-            raise ValueError(f"norm must be 'Linf' or 'L2', got {norm!r}")
-        self.norm, self.eps, self.steps, self.seed, self.loss, self.rho = (
-            norms[norm],
-            eps,
-            steps,
-            seed,
-            loss,
-            rho,
-        )
+        super().__init__(type(self).__name__, model)
+        if eot_iter != 1:
+            self._unsupported("eot_iter other than 1")
+        _verbose(self, verbose)
+        self.norm, self.eps, self.steps, self.n_restarts = norm, eps, steps, n_restarts
+        self.seed, self.loss, self.eot_iter, self.rho, self.verbose = seed, loss, eot_iter, rho, verbose
+        self._norm = _norm(self, norm)
+        self.supported_mode = ["default"]
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.targeted:
-            self._unsupported("targeted APGD through the torchattacks interface (use fastxai.apgd)")
-        return self._run(
-            auto_pgd.apgd,
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        def run(points: torch.Tensor, true: torch.Tensor, restart: int) -> torch.Tensor:
+            result: torch.Tensor = auto_pgd.apgd(
+                self._attack_model(),
+                points,
+                true,
+                eps=self.eps,
+                steps=self.steps,
+                norm=self._norm,
+                loss=self.loss,
+                rho=self.rho,
+                seed=self.seed + restart,
+                normalize=self._normalize_pair(),
+                backend=self.backend,
+            )
+            return result
+
+        return _restarted(self, images, labels, self.n_restarts, run)
+
+
+class APGDT(APGD):
+    """APGD-T (Croce and Hein 2020): targeted DLR APGD towards each of the ``n_classes - 1``
+    most likely wrong classes, on the samples still robust (``fastxai.apgd_targeted``)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        norm: str = "Linf",
+        eps: float = 8 / 255,
+        steps: int = 10,
+        n_restarts: int = 1,
+        seed: int = 0,
+        eot_iter: int = 1,
+        rho: float = 0.75,
+        verbose: bool = False,
+        n_classes: int = 10,
+    ) -> None:
+        super().__init__(model, norm, eps, steps, n_restarts, seed, "dlr", eot_iter, rho, verbose)
+        del self.loss
+        self.n_classes = n_classes
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        def run(points: torch.Tensor, true: torch.Tensor, restart: int) -> torch.Tensor:
+            return apgd_targeted(
+                self._attack_model(),
+                points,
+                true,
+                eps=self.eps,
+                steps=self.steps,
+                norm=self._norm,
+                n_target_classes=self.n_classes - 1,
+                rho=self.rho,
+                seed=self.seed + restart,
+                normalize=self._normalize_pair(),
+            )
+
+        return _restarted(self, images, labels, self.n_restarts, run)
+
+
+class DeepFool(Attack):
+    """DeepFool (Moosavi-Dezfooli et al. 2016), L2: ``fastxai.deepfool``, torchattacks' iterates."""
+
+    def __init__(self, model: torch.nn.Module, steps: int = 50, overshoot: float = 0.02) -> None:
+        super().__init__("DeepFool", model)
+        self.steps, self.overshoot = steps, overshoot
+        self.supported_mode = ["default"]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return deepfool(
+            self._attack_model(),
             images,
             labels,
+            steps=self.steps,
+            overshoot=self.overshoot,
+            normalize=self._normalize_pair(),
+        )
+
+
+class FAB(Attack):
+    """FAB (Croce and Hein 2020), L-inf or L2 (``fastxai.fab``); ``multi_targeted=True`` is
+    FAB-T over the ``n_classes - 1`` most likely wrong classes. In targeted modes the target
+    comes from the mode; the true class is the label, or the prediction in targeted(label)
+    mode (where torchattacks linearises the target against itself). Results farther than
+    ``eps`` are returned as the input, as in torchattacks. ``norm='L1'`` is not implemented."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        norm: str = "Linf",
+        eps: float | None = 8 / 255,
+        steps: int = 10,
+        n_restarts: int = 1,
+        alpha_max: float = 0.1,
+        eta: float = 1.05,
+        beta: float = 0.9,
+        verbose: bool = False,
+        seed: int = 0,
+        multi_targeted: bool = False,
+        n_classes: int = 10,
+    ) -> None:
+        super().__init__("FAB", model)
+        _verbose(self, verbose)
+        self.norm, self._norm = norm, _norm(self, norm)
+        self.eps = eps if eps is not None else {"Linf": 0.3, "L2": 1.0}[norm]
+        self.steps, self.n_restarts, self.alpha_max, self.eta, self.beta = (
+            steps,
+            n_restarts,
+            alpha_max,
+            eta,
+            beta,
+        )
+        self.verbose, self.seed, self.multi_targeted, self.n_classes = (
+            verbose,
+            seed,
+            multi_targeted,
+            n_classes,
+        )
+        self.supported_mode = ["default", "targeted"]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        model, normalize = self._attack_model(), self._normalize_pair()
+        if self.multi_targeted:
+            return fab_targeted(
+                model,
+                images,
+                labels,
+                norm=self._norm,
+                eps=self.eps,
+                steps=self.steps,
+                n_target_classes=self.n_classes - 1,
+                normalize=normalize,
+                seed=self.seed,
+            )
+        targets = None
+        if self.targeted:
+            targets = self.get_target_label(images, labels)
+            if self.attack_mode == "targeted(label)":
+                labels = None  # the labels are the targets: the true class is the prediction
+        return fab(
+            model,
+            images,
+            labels,
+            norm=self._norm,
             eps=self.eps,
             steps=self.steps,
-            norm=self.norm,
-            loss=self.loss,
-            rho=self.rho,
+            restarts=self.n_restarts,
+            alpha_max=self.alpha_max,
+            eta=self.eta,
+            beta=self.beta,
+            targeted=self.targeted,
+            target_labels=targets,
+            normalize=normalize,
             seed=self.seed,
         )
 
 
-__all__ = ["APGD", "BIM", "CW", "FGSM", "MIFGSM", "PGD", "PGDL2", "Attack"]
+class Square(Attack):
+    """Square Attack (Andriushchenko et al. 2020), L-inf or L2, black-box
+    (``fastxai.square_attack``); restarts run on the samples still robust."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        norm: str = "Linf",
+        eps: float = 8 / 255,
+        n_queries: int = 5000,
+        n_restarts: int = 1,
+        p_init: float = 0.8,
+        loss: str = "margin",
+        resc_schedule: bool = True,
+        seed: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__("Square", model)
+        _verbose(self, verbose)
+        self.norm, self._norm, self.eps, self.n_queries, self.n_restarts = (
+            norm,
+            _norm(self, norm),
+            eps,
+            n_queries,
+            n_restarts,
+        )
+        self.p_init, self.loss, self.rescale_schedule, self.seed, self.verbose = (
+            p_init,
+            loss,
+            resc_schedule,
+            seed,
+            verbose,
+        )
+        self.supported_mode = ["default", "targeted"]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        targets = self._targets(images, labels)
+
+        def run(points: torch.Tensor, classes: torch.Tensor, restart: int) -> torch.Tensor:
+            return square_attack(
+                self._attack_model(),
+                points,
+                classes,
+                eps=self.eps,
+                norm=self._norm,
+                n_queries=self.n_queries,
+                p_init=self.p_init,
+                loss=self.loss,
+                targeted=self.targeted,
+                rescale_schedule=self.rescale_schedule,
+                normalize=self._normalize_pair(),
+                seed=self.seed + restart,
+            )
+
+        if not self.targeted:
+            return _restarted(self, images, targets, self.n_restarts, run)
+        assert targets is not None
+        result = images.clone()
+        remaining = torch.ones(images.shape[0], dtype=torch.bool, device=images.device)
+        for restart in range(self.n_restarts):  # targeted: until each sample reaches its target
+            index = remaining.nonzero().squeeze(1)
+            if index.numel() == 0:
+                break
+            candidates = run(images[index], targets[index], restart)
+            with torch.no_grad():
+                reached = self.get_logits(candidates).argmax(dim=1) == targets[index]
+            result[index[reached]] = candidates[reached]
+            remaining[index[reached]] = False
+        return result
+
+
+class AutoAttack(Attack):
+    """AutoAttack, standard version (Croce and Hein 2020): APGD-CE, APGD-T, FAB-T and Square
+    with torchattacks' budgets (10 steps, ``n_classes - 1`` targets, 5000 queries), each on
+    the samples still robust (``fastxai.autoattack``). Versions "plus" and "rand" are not
+    implemented. ``seed`` defaults to 0 (torchattacks: None, a time-based seed)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        norm: str = "Linf",
+        eps: float = 8 / 255,
+        version: str = "standard",
+        n_classes: int = 10,
+        seed: int | None = 0,
+        verbose: bool = False,
+    ) -> None:
+        super().__init__("AutoAttack", model)
+        _verbose(self, verbose)
+        if version not in ("standard", "plus", "rand"):
+            raise ValueError("Not valid version. ['standard', 'plus', 'rand']")
+        if version != "standard":
+            self._unsupported(f"version={version!r}")
+        self.norm, self._norm, self.eps, self.version = norm, _norm(self, norm), eps, version
+        self.n_classes, self.seed, self.verbose = n_classes, seed, verbose
+        self.supported_mode = ["default"]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return autoattack(
+            self._attack_model(),
+            images,
+            labels,
+            norm=self._norm,
+            eps=self.eps,
+            version=self.version,
+            steps=10,
+            fab_steps=10,
+            n_target_classes=self.n_classes - 1,
+            square_queries=5000,
+            normalize=self._normalize_pair(),
+            seed=self.seed,
+        )
+
+
+__all__ = [
+    "APGD",
+    "APGDT",
+    "BIM",
+    "CW",
+    "FAB",
+    "FGSM",
+    "MIFGSM",
+    "PGD",
+    "PGDL2",
+    "Attack",
+    "AutoAttack",
+    "DeepFool",
+    "Square",
+]
