@@ -48,7 +48,7 @@ class Attack:
         self._model_training = False
         self._batchnorm_training = False
         self._dropout_training = False
-        self.backend: str | None = None
+        self._backend: str | None = None
 
     # --- the model, the device, normalisation -------------------------------------------
     def set_model(self, model: torch.nn.Module) -> None:
@@ -61,7 +61,7 @@ class Attack:
 
     def set_backend(self, backend: str | None) -> None:
         """fastxai only: the backend of the fused step (None = automatic)."""
-        self.backend = backend
+        self._backend = backend
 
     def set_normalization_used(self, mean: Sequence[float], std: Sequence[float]) -> None:
         """The model expects ``(x - mean) / std``: ``__call__`` takes and returns normalised
@@ -266,7 +266,7 @@ class Attack:
             self._targets(images, labels),
             targeted=self.targeted,
             normalize=self._normalize_pair(),
-            backend=self.backend,
+            backend=self._backend,
             **options,
         )
         return result

@@ -170,9 +170,7 @@ class _ModifiedReluAttribution(Attribution):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        grads = self._run(
-            lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk)
-        )
+        grads = self._run(lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk))
         return packed.format(grads)
 
 
@@ -230,8 +228,14 @@ class IntegratedGradients(_PathAttribution):
 
         def run() -> Any:
             return integrated_gradients(
-                forward, packed.flat, baseline, target, n_steps=n_steps, method=method,
-                return_convergence_delta=True, chunk_size=chunk,
+                forward,
+                packed.flat,
+                baseline,
+                target,
+                n_steps=n_steps,
+                method=method,
+                return_convergence_delta=True,
+                chunk_size=chunk,
             )
 
         attributions, delta = self._run(run)
@@ -276,8 +280,14 @@ class GradientShap(_PathAttribution):
         sigma = _single_stdev(stdevs, packed)
         result = self._run(
             lambda: gradient_shap(
-                forward, packed.flat, target, baselines=distribution, n_samples=n_samples, stdevs=sigma,
-                seed=seed, chunk_size=chunk,
+                forward,
+                packed.flat,
+                target,
+                baselines=distribution,
+                n_samples=n_samples,
+                stdevs=sigma,
+                seed=seed,
+                chunk_size=chunk,
             )
         )
         return packed.format(result)
@@ -383,7 +393,10 @@ class GuidedGradCam(Attribution):
 
         def run() -> tuple[torch.Tensor, torch.Tensor]:
             heat = grad_cam(
-                packed.forward(self.model, additional_forward_args), packed.flat, target, layer=self.layer,
+                packed.forward(self.model, additional_forward_args),
+                packed.flat,
+                target,
+                layer=self.layer,
                 chunk_size=chunk,
             )
             grads = modified_relu_gradient(

@@ -240,7 +240,7 @@ class APGD(Attack):
                 rho=self.rho,
                 seed=self.seed + restart,
                 normalize=self._normalize_pair(),
-                backend=self.backend,
+                backend=self._backend,
             )
             return result
 

@@ -80,7 +80,7 @@ def test_projection_is_the_smallest_step_in_the_box(norm: str) -> None:
                 b_ub=np.zeros(14),
                 A_eq=np.r_[wi, 0][None],
                 b_eq=[bi - wi @ ti],
-                bounds=bounds + [(0, None)],
+                bounds=[*bounds, (0, None)],
             )
             assert np.abs(di).max() == pytest.approx(best.x[-1], rel=1e-6)
 
