@@ -5,6 +5,7 @@ Square in turn, each on the samples that every earlier attack left robust."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -69,7 +70,7 @@ def autoattack(
     model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
     if x.dim() != 4:
         raise ValueError(f"inputs must be images [B, C, H, W], got shape {tuple(x.shape)}")
-    common = dict(bounds=bounds, normalize=normalize, seed=seed)
+    common: dict[str, Any] = dict(bounds=bounds, normalize=normalize, seed=seed)
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)
         with torch.no_grad():
@@ -79,7 +80,7 @@ def autoattack(
         components: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = [
             lambda p, t: apgd(
                 model, p, t, eps=threat.eps, steps=steps, norm=threat.norm, loss="ce", **common
-            ),  # type: ignore[arg-type]
+            ),
             lambda p, t: apgd_targeted(
                 model,
                 p,
@@ -88,7 +89,7 @@ def autoattack(
                 steps=steps,
                 norm=threat.norm,
                 n_target_classes=targets,
-                **common,  # type: ignore[arg-type]
+                **common,
             ),
             lambda p, t: fab_targeted(
                 model,
@@ -98,7 +99,7 @@ def autoattack(
                 eps=threat.eps,
                 steps=fab_steps,
                 n_target_classes=targets,
-                **common,  # type: ignore[arg-type]
+                **common,
             ),
             lambda p, t: square_attack(
                 model,
@@ -107,7 +108,7 @@ def autoattack(
                 eps=threat.eps,
                 norm=threat.norm,
                 n_queries=square_queries,
-                **common,  # type: ignore[arg-type]
+                **common,
             ),
         ]
         if classes < 4:  # the targeted DLR loss needs 4 classes; run APGD-CE, FAB-T and Square
