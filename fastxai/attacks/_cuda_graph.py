@@ -61,17 +61,14 @@ def fused_step(
     allows neither)."""
     dtype = ops._accumulator_dtype(adv.dtype)  # what the public op builds them in
     step_t, eps_t = (
-        torch.full((adv.shape[0],), value, dtype=dtype, device=adv.device)
-        for value in (step_size, eps)
+        torch.full((adv.shape[0],), value, dtype=dtype, device=adv.device) for value in (step_size, eps)
     )
     low, high = bounds
     ops.pgd_step(adv, torch.zeros_like(adv), origin, step_t, eps_t, low, high, norm, backend=backend)
     implementation = ops._unchecked("pgd_step", backend, adv)
 
     def step(point: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = implementation(
-            point, grad.contiguous(), origin, step_t, eps_t, low, high, norm
-        )
+        out: torch.Tensor = implementation(point, grad.contiguous(), origin, step_t, eps_t, low, high, norm)
         return out
 
     return step

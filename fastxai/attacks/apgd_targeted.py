@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from fastxai import _model
+from fastxai._checks import check_count
 from fastxai._model import Model
 from fastxai.attacks._core import check_seed, check_threat_model, prepare, resolve_labels
 from fastxai.attacks._multi_target import by_target_rank
@@ -41,6 +42,10 @@ def apgd_targeted(
     """
     check_threat_model(eps, norm, tuple(bounds) if isinstance(bounds, (list, tuple)) else bounds)
     seed = check_seed(seed)
+    check_count("steps", steps, 2)
+    check_count("n_target_classes", n_target_classes)
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+        raise ValueError(f"rho must be in (0, 1], got {rho!r}")
     model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)

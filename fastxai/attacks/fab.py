@@ -110,6 +110,31 @@ def _fab_run(
     return best, best_norm
 
 
+def _check_options(
+    norm: object,
+    eps: object,
+    steps: object,
+    restarts: object,
+    alpha_max: object,
+    eta: object,
+    beta: object,
+    seed: object,
+) -> tuple[int, int]:
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0):
+        raise ValueError(f"eps must be None or a number >= 0, got {eps!r}")
+    for name, value, lower, upper in (
+        ("alpha_max", alpha_max, 0, 1),
+        ("eta", eta, 1, 10),
+        ("beta", beta, 0, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lower <= value <= upper:
+            raise ValueError(f"{name} must be in [{lower}, {upper}], got {value!r}")
+    check_seed(seed)
+    return check_count("steps", steps), check_count("restarts", restarts)
+
+
 def fab(
     model: Model,
     inputs: torch.Tensor,
@@ -151,19 +176,7 @@ def fab(
 
     >>> x_adv = fastxai.fab(model, x, y, norm="l2", steps=100)
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0):
-        raise ValueError(f"eps must be None or a number >= 0, got {eps!r}")
-    steps, restarts = check_count("steps", steps), check_count("restarts", restarts)
-    for name, value, lower, upper in (
-        ("alpha_max", alpha_max, 0, 1),
-        ("eta", eta, 1, 10),
-        ("beta", beta, 0, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lower <= value <= upper:
-            raise ValueError(f"{name} must be in [{lower}, {upper}], got {value!r}")
-    seed = check_seed(seed)
+    steps, restarts = _check_options(norm, eps, steps, restarts, alpha_max, eta, beta, seed)
     model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
     targets = check_labels(target_labels, x.shape[0], x.device) if targeted else None
     if targeted and targets is None:
@@ -222,17 +235,23 @@ def fab_targeted(
     eps: float | None = 8 / 255,
     steps: int = 100,
     n_target_classes: int = 9,
+    restarts: int = 1,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     seed: int | None = 0,
 ) -> torch.Tensor:
     """FAB-T as AutoAttack runs it: ``fab(..., targeted=True)`` towards the 2nd, 3rd, ...
     (``n_target_classes`` in all) most likely class at the clean input, each on the samples
-    still robust; per sample the first misclassified result (within ``eps`` if given).
+    still robust; per sample the first misclassified result (within ``eps`` if given). The
+    other arguments are ``fab``'s.
 
     >>> x_adv = fastxai.fab_targeted(model, x, y, eps=8/255, n_target_classes=9)
     """
     check_count("n_target_classes", n_target_classes)
+    _check_options(norm, eps, steps, restarts, alpha_max, eta, beta, seed)
     model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)
@@ -245,6 +264,10 @@ def fab_targeted(
                 norm=norm,
                 eps=eps,
                 steps=steps,
+                restarts=restarts,
+                alpha_max=alpha_max,
+                eta=eta,
+                beta=beta,
                 targeted=True,
                 target_labels=targets,
                 bounds=bounds,

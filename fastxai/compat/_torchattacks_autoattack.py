@@ -211,6 +211,10 @@ class FAB(Attack):
                 eps=self.eps,
                 steps=self.steps,
                 n_target_classes=self.n_classes - 1,
+                restarts=self.n_restarts,
+                alpha_max=self.alpha_max,
+                eta=self.eta,
+                beta=self.beta,
                 normalize=normalize,
                 seed=self.seed,
             )

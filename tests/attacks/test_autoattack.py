@@ -71,6 +71,17 @@ def test_apgd_targeted_stays_in_the_ball_and_fools(digits) -> None:
         assert (model(x_adv).argmax(1) != y).float().mean() > 0.3
 
 
+@pytest.mark.parametrize("name", ["APGDT", "FAB"])
+def test_targeted_components_success_rate_beside_torchattacks(digits, name: str) -> None:
+    torchattacks = pytest.importorskip("torchattacks")
+    model, x, y = digits
+    kwargs = dict(eps=0.1, n_classes=4, **({"multi_targeted": True} if name == "FAB" else {}))
+    with torch.no_grad():
+        ours = (model(getattr(fta, name)(model, **kwargs)(x, y)).argmax(1) != y).float().mean()
+        theirs = (model(getattr(torchattacks, name)(model, **kwargs)(x, y)).argmax(1) != y).float().mean()
+    assert ours >= theirs - 0.15
+
+
 def test_autoattack_is_at_least_as_strong_as_each_component(digits) -> None:
     model, x, y = digits
     eps, budget = 0.1, dict(bounds=(0.0, 1.0), seed=0)
@@ -142,6 +153,8 @@ def test_the_model_is_left_as_found(call) -> None:
         (lambda m, x, y: fx.autoattack(m, x, y, steps=1), ValueError, "steps"),
         (lambda m, x, y: fx.autoattack(m, x, y, seed=-1), ValueError, "seed"),
         (lambda m, x, y: fx.apgd_targeted(m, x, y, norm="l3"), ValueError, "norm"),
+        (lambda m, x, y: fx.apgd_targeted(m, x, y, steps=1), ValueError, "steps"),
+        (lambda m, x, y: fx.apgd_targeted(m, x, y, rho=0), ValueError, "rho"),
     ],
 )
 def test_bad_input_is_refused_before_any_model_call(call, error: type, message: str) -> None:

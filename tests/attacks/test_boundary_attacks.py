@@ -183,6 +183,8 @@ class CountingModel(torch.nn.Module):
         (lambda m, x, y: fx.fab(m, x, y, targeted=True), ValueError, "target_labels"),
         (lambda m, x, y: fx.fab(m, x.long(), y), TypeError, "inputs"),
         (lambda m, x, y: fx.fab_targeted(m, x, y, n_target_classes=0), ValueError, "n_target_classes"),
+        (lambda m, x, y: fx.fab_targeted(m, x, y, norm="l3"), ValueError, "norm"),
+        (lambda m, x, y: fx.fab_targeted(m, x, y, beta=1.5), ValueError, "beta"),
     ],
 )
 def test_bad_input_is_refused_before_any_model_call(call, error: type, message: str) -> None:
