@@ -203,7 +203,9 @@ def iterative_attack(
             return update.to(x.dtype)
 
         if graphed:
-            fused = _cuda_graph.fused_step(adv, origin, step_size, threat, backend)
+            fused = _cuda_graph.fused_step(
+                adv, origin, step_size, threat.eps, threat.norm, threat.bounds, backend
+            )
 
             def whole_step(current: torch.Tensor) -> torch.Tensor:
                 point = current.detach().requires_grad_(True)
@@ -255,3 +257,59 @@ def iterative_attack(
         score[~succeeded(logits, row_labels, targeted)] -= float(score.max() - score.min()) + 1.0
         best = score.view(restarts, batch).argmax(dim=0)
         return adv.view(restarts, batch, *x.shape[1:])[best, torch.arange(batch, device=x.device)]
+
+
+def check_bounds(bounds: object) -> tuple[float, float]:
+    if (
+        not isinstance(bounds, (tuple, list))
+        or len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        or not bounds[0] < bounds[1]
+    ):
+        raise ValueError(f"bounds must be (lower, upper) numbers with lower < upper, got {bounds!r}")
+    return float(bounds[0]), float(bounds[1])
+
+
+def check_seed(seed: object) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    return seed
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed`` (None: a fresh seed from torch's global one)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ())))
+    return generator
+
+
+def prepare(
+    model: Model, inputs: object, labels: object, bounds: object, normalize: object
+) -> tuple[Model, torch.Tensor, torch.Tensor | None, Callable[[torch.Tensor], torch.Tensor]]:
+    """The checks every attack starts with: (model, inputs [B, *F] within ``bounds``, labels [B]
+    or None, forward = model logits of normalised inputs). Runs no model call."""
+    model = _model.check_model(model)
+    low_high = check_bounds(bounds)
+    x = check_attack_inputs(inputs, low_high).detach().contiguous()
+    label_t = check_labels(labels, x.shape[0], x.device)
+    normalise = normalizer(normalize, x)
+
+    def forward(points: torch.Tensor) -> torch.Tensor:
+        return _model.logits(model, points if normalise is None else normalise(points))
+
+    return model, x, label_t, forward
+
+
+def resolve_labels(
+    forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, labels: torch.Tensor | None
+) -> torch.Tensor:
+    """Labels checked against the number of classes, or the predicted classes when None."""
+    try:
+        return _model.resolve_target(forward, x, labels, x.shape[0])
+    except ValueError as error:
+        raise ValueError(str(error).replace("target", "labels")) from None
+
+
+def predict(forward: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return forward(points).argmax(dim=1)

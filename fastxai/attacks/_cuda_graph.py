@@ -18,14 +18,10 @@ attack returns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from fastxai import ops
-
-if TYPE_CHECKING:
-    from fastxai.attacks._core import ThreatModel
 
 WARMUP_STEPS = 3
 """Steps run on a scratch copy before capture (PyTorch's documentation warms up with a few)."""
@@ -50,7 +46,13 @@ def check_cuda_graph(cuda_graph: object, inputs: torch.Tensor, early_stop: bool)
 
 
 def fused_step(
-    adv: torch.Tensor, origin: torch.Tensor, step_size: float, threat: ThreatModel, backend: str | None
+    adv: torch.Tensor,
+    origin: torch.Tensor,
+    step_size: float,
+    eps: float,
+    norm: str,
+    bounds: tuple[float, float],
+    backend: str | None,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``(point, grad) -> ops.pgd_step(point, grad, origin, step_size, eps, *bounds, norm)`` with
     everything built beforehand: the per-sample step and radius tensors, and the implementation
@@ -59,17 +61,14 @@ def fused_step(
     allows neither)."""
     dtype = ops._accumulator_dtype(adv.dtype)  # what the public op builds them in
     step_t, eps_t = (
-        torch.full((adv.shape[0],), value, dtype=dtype, device=adv.device)
-        for value in (step_size, threat.eps)
+        torch.full((adv.shape[0],), value, dtype=dtype, device=adv.device) for value in (step_size, eps)
     )
-    low, high = threat.bounds
-    ops.pgd_step(adv, torch.zeros_like(adv), origin, step_t, eps_t, low, high, threat.norm, backend=backend)
+    low, high = bounds
+    ops.pgd_step(adv, torch.zeros_like(adv), origin, step_t, eps_t, low, high, norm, backend=backend)
     implementation = ops._unchecked("pgd_step", backend, adv)
 
     def step(point: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = implementation(
-            point, grad.contiguous(), origin, step_t, eps_t, low, high, threat.norm
-        )
+        out: torch.Tensor = implementation(point, grad.contiguous(), origin, step_t, eps_t, low, high, norm)
         return out
 
     return step

@@ -81,8 +81,10 @@ class NoiseTunnel(Attribution):
         if draw_baseline_from_distrib and "baselines" not in kwargs:
             raise ValueError("draw_baseline_from_distrib=True needs baselines to draw from")
         method = self.attribution_method
-        fast_saliency = type(method) is Saliency and set(kwargs) <= {"abs"} and (
-            not kwargs.get("abs", True) or nt_type == "smoothgrad_sq"
+        fast_saliency = (
+            type(method) is Saliency
+            and set(kwargs) <= {"abs"}
+            and (not kwargs.get("abs", True) or nt_type == "smoothgrad_sq")
         )
         fast = (fast_saliency or (type(method) is InputXGradient and not kwargs)) and len(set(sigmas)) == 1
         if fast and not isinstance(target, (tuple, list)):
@@ -91,8 +93,15 @@ class NoiseTunnel(Attribution):
             chunk = per_pass * packed.batch
             result = self._run(
                 lambda: smoothgrad(
-                    forward, packed.flat, target, n_samples=nt_samples, stdevs=sigmas[0], nt_type=nt_type,
-                    multiply_by_inputs=type(method) is InputXGradient, seed=seed, chunk_size=chunk,
+                    forward,
+                    packed.flat,
+                    target,
+                    n_samples=nt_samples,
+                    stdevs=sigmas[0],
+                    nt_type=nt_type,
+                    multiply_by_inputs=type(method) is InputXGradient,
+                    seed=seed,
+                    chunk_size=chunk,
                 )
             )
             return packed.format(result)

@@ -234,9 +234,7 @@ class _ModifiedReluAttribution(Attribution):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        grads = self._run(
-            lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk)
-        )
+        grads = self._run(lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk))
         return packed.format(grads)
 
 

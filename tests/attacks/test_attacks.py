@@ -249,10 +249,12 @@ def test_model_and_parameter_gradients_untouched_after_attacks() -> None:
 
 def test_compat_refuses_options_it_does_not_implement() -> None:
     model, _, _ = _setup()
-    with pytest.raises(NotImplementedError, match="set_mode_targeted_random"):
-        fta.PGD(model).set_mode_targeted_random()
-    with pytest.raises(NotImplementedError, match="training mode"):
-        fta.PGD(model).set_model_training_mode(model_training=True)
+    with pytest.raises(NotImplementedError, match="eot_iter"):
+        fta.APGD(model, eot_iter=2)
+    with pytest.raises(NotImplementedError, match="norm='L1'"):
+        fta.FAB(model, norm="L1")
+    with pytest.raises(ValueError, match="Targeted mode is not supported"):
+        fta.DeepFool(model).set_mode_targeted_random()
 
 
 class FailingModel(torch.nn.Module):
