@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from fastxai import ops
-from fastxai.lrp import _linear
+from fastxai.lrp import _linear, _structure
 from fastxai.lrp._graph import Step, UnsupportedLayerError
 from fastxai.lrp.rules import Pass, ZBox
 
@@ -48,7 +48,11 @@ class Context:
     indices: dict[fx.Node, tuple[torch.Tensor, torch.Size]] = field(default_factory=dict)  # max pooling
 
     def value(self, arg: Any) -> Any:
-        return self.env[arg] if isinstance(arg, fx.Node) else arg
+        if isinstance(arg, fx.Node):
+            return self.env[arg]
+        if isinstance(arg, (tuple, list, slice, dict)):  # e.g. x[:, :H] with H a shape node
+            return fx.node.map_arg(arg, self.env.__getitem__)
+        return arg
 
     def wide(self, arg: Any) -> torch.Tensor:
         value = self.value(arg)
@@ -168,6 +172,9 @@ def permute(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
 def getitem(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
     node = step.node
     source, index = node.args[0], ctx.value(node.args[1])
+    pieces = ctx.value(source)
+    if isinstance(pieces, (tuple, list)):
+        return _structure.tuple_item(step, ctx, relevance, pieces)
     parts = index if isinstance(index, tuple) else (index,)
     if any(not (part is None or part is Ellipsis or isinstance(part, (int, slice))) for part in parts):
         raise UnsupportedLayerError(f"indexing with tensors or lists (node {node.name!r}); use slices")
@@ -379,6 +386,31 @@ def layer_norm(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributio
     return [(source, ctx.product(inputs, q - q.mean(dims, keepdim=True)))]
 
 
+def group_norm(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
+    """GroupNorm as LayerNorm over each group (AttnLRP): ``1/std`` per sample and group is a
+    constant, ``q = (w / std) R / (y + eps sign0(y))``, ``R_x = x * (q - mean_group(q))``."""
+    node = step.node
+    source = node.args[0]
+    inputs = ctx.wide(source)
+    if step.module is not None:
+        groups, weight, eps = step.module.num_groups, step.module.weight, step.module.eps
+    else:
+        groups, weight = argument(node, 1, "num_groups"), ctx.value(argument(node, 2, "weight"))
+        eps = argument(node, 4, "eps", 1e-5)
+        if ctx.variable(argument(node, 2, "weight")) or ctx.variable(argument(node, 3, "bias")):
+            raise UnsupportedLayerError(
+                f"group_norm with input-dependent weight or bias (node {node.name!r})"
+            )
+    shape = inputs.shape
+    grouped = inputs.reshape(shape[0], groups, -1)
+    std = torch.sqrt(grouped.var(-1, unbiased=False, keepdim=True) + eps)
+    q = ctx.divide(relevance, ctx.value(node))
+    if weight is not None:
+        q = q * weight.detach().to(ctx.dtype).view(1, -1, *([1] * (inputs.dim() - 2)))
+    q = q.reshape(shape[0], groups, -1) / std
+    return [(source, ctx.product(inputs, (q - q.mean(-1, keepdim=True)).reshape(shape)))]
+
+
 def lrn(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
     node = step.node
     source = node.args[0]
@@ -409,7 +441,8 @@ HANDLERS: dict[str, Callable[[Step, Context, torch.Tensor], Contributions]] = {
     "getitem": getitem, "cat": cat, "stack": cat, "add": add, "sub": add, "mul": mul, "div": mul,
     "matmul": matmul, "mean": reduction, "sum": reduction, "avgpool": avgpool,
     "adaptive_avgpool": adaptive_avgpool, "maxpool": maxpool, "adaptive_maxpool": maxpool,
-    "softmax": softmax, "layer_norm": layer_norm, "lrn": lrn,
+    "softmax": softmax, "layer_norm": layer_norm, "group_norm": group_norm, "lrn": lrn,
+    **_structure.HANDLERS,
 }  # fmt: skip
 
 
