@@ -22,6 +22,7 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -453,6 +454,8 @@ def run_node(node: fx.Node, ctx: Context, root: Any, step: Step | None) -> Any:
         return torch.relu_(ctx.env[node.all_input_nodes[0]])
     args = fx.node.map_arg(node.args, ctx.env.__getitem__)
     kwargs = fx.node.map_arg(node.kwargs, ctx.env.__getitem__)
+    if step is not None and args and isinstance(args[0], torch.Tensor) and _overwrites(node, root):
+        args = (args[0].clone(), *args[1:])  # the relevance pass reads the value it would overwrite
     if node.op == "get_attr":
         from fastxai.lrp._graph import fetch_attr
 
@@ -484,6 +487,34 @@ def run_node(node: fx.Node, ctx: Context, root: Any, step: Step | None) -> Any:
             subject = subject.contiguous()  # the pass's layout (see ``lrp``), not the model's
         return getattr(subject, str(node.target))(*args[1:], **kwargs)
     raise AssertionError(node.op)
+
+
+_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+
+
+def _overwrites(node: fx.Node, root: Any) -> bool:
+    """Whether the node's op writes into its first argument (``inplace=True``, ``x += y``,
+    ``x.mul_(c)``), except a ReLU: the values it zeroes carry no relevance (their relevance is
+    a_j * (...) = 0 wherever they are read), so the epsilon rule's denominators there never
+    meet relevance, and cloning would cost a copy per layer of most convolutional networks."""
+    if node.op == "call_module":
+        from fastxai.lrp._graph import fetch_attr
+
+        module = fetch_attr(root, str(node.target))
+        return bool(getattr(module, "inplace", False)) and type(module) is not torch.nn.ReLU
+    if node.op == "call_function":
+        if node.target in (F.relu, torch.relu, torch.relu_):
+            return False
+        name = getattr(node.target, "__name__", "")
+        return (
+            bool(node.kwargs.get("inplace"))
+            or node.target in _INPLACE_OPERATORS
+            or (name.endswith("_") and not name.startswith("_"))
+        )
+    if node.op == "call_method":
+        target = str(node.target)
+        return target.endswith("_") and not target.startswith("_") and target != "relu_"
+    return False
 
 
 def _max_with_indices(node: fx.Node, ctx: Context, module: Any, inputs: Any) -> torch.Tensor:
