@@ -224,7 +224,7 @@ def scaled_dot_product_attention(
     factor = query.size(-1) ** -0.5 if scale is None else scale
     scores = query @ key.transpose(-2, -1) * factor
     if is_causal:
-        causal = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
+        causal = query.new_ones((query.size(-2), key.size(-2)), dtype=torch.bool).tril()
         scores = scores.masked_fill(causal.logical_not(), float("-inf"))
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:

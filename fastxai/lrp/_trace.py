@@ -125,7 +125,7 @@ class ValueProxy(fx.Proxy):
         self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
     def __len__(self) -> int:
-        return len(self.tracer.concrete(self, "len()"))
+        return self.tracer.length(self, "len()")
 
     def __index__(self) -> int:
         return operator.index(self.tracer.concrete(self, "an integer conversion"))
@@ -279,8 +279,16 @@ class Tracer(fx.Tracer):
     def to_bool(self, obj: fx.Proxy) -> bool:
         return bool(self.concrete(obj, "an if/while/and/or"))
 
+    def length(self, obj: fx.Proxy, use: str) -> int:
+        """The number of items: of a tuple (``chunk``, ``unbind``: its length is metadata), or of
+        metadata (a shape)."""
+        value = obj.node.meta.get(VALUE, _MISSING)
+        if isinstance(value, (tuple, list)):
+            return len(value)
+        return len(self.concrete(obj, use))
+
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
-        length = len(self.concrete(obj, "a for loop or *unpacking"))
+        length = self.length(obj, "a for loop or *unpacking")
         return (obj[index] for index in range(length))  # type: ignore[index]
 
 
