@@ -44,7 +44,10 @@ from torch import nn
 from fastxai.lrp import Composite, lrp, rules
 from fastxai.lrp._linear import LINEAR_TYPES
 
-TOLERANCE = 1e-6  # relative, float64, no stabiliser
+# Relative, float64, no stabiliser: exact in exact arithmetic; measured 1e-15 except where LRP-0
+# divides by pre-activations near 0 and large relevances of both signs cancel (the squeeze-and-
+# excitation gates of EfficientNet / RegNetY: up to 6e-5). The bugs this caught were 2 % to 2000 %.
+TOLERANCE = 1e-3
 LRP_0 = Composite([(LINEAR_TYPES, rules.Epsilon(0.0))], stabilizer=0.0)
 
 
