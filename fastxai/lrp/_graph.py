@@ -5,7 +5,9 @@ written with ``x + y``, ``torch.cat``, ``torch.flatten``, ``F.relu`` or ``q @ k.
 are seen op by op; ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` are traced
 through plain-op stand-ins (``fastxai.lrp._attention``). A BatchNorm right after a Linear/Conv
 whose output it alone reads is merged into that layer for the relevance pass (canonisation
-without touching the model). Anything the relevance pass has no rule for raises
+without touching the model); any other BatchNorm passes relevance on. The trace runs a few
+input samples alongside (``fastxai.lrp._trace``): nodes computed only from shapes, dtypes and
+constants are metadata, never steps. Anything the relevance pass has no rule for raises
 ``UnsupportedLayerError`` naming it.
 """
 
