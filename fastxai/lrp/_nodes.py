@@ -22,7 +22,6 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from torch import fx
 
 from fastxai import ops
 from fastxai.lrp import _linear, _structure
+from fastxai.lrp._forward import run_node
 from fastxai.lrp._graph import Step, UnsupportedLayerError
 from fastxai.lrp.rules import Pass, ZBox
 
@@ -445,94 +445,6 @@ HANDLERS: dict[str, Callable[[Step, Context, torch.Tensor], Contributions]] = {
     "softmax": softmax, "layer_norm": layer_norm, "group_norm": group_norm, "lrn": lrn,
     **_structure.HANDLERS,
 }  # fmt: skip
-
-
-def run_node(node: fx.Node, ctx: Context, root: Any, step: Step | None) -> Any:
-    """Evaluate one node of the forward pass (max pooling also keeps its argmax indices; a ReLU
-    marked ``inplace`` by the plan overwrites its input, a fresh value nothing else reads)."""
-    if step is not None and "inplace" in step.extra:
-        return torch.relu_(ctx.env[node.all_input_nodes[0]])
-    args = fx.node.map_arg(node.args, ctx.env.__getitem__)
-    kwargs = fx.node.map_arg(node.kwargs, ctx.env.__getitem__)
-    if step is not None and args and isinstance(args[0], torch.Tensor) and _overwrites(node, root):
-        args = (args[0].clone(), *args[1:])  # the relevance pass reads the value it would overwrite
-    if node.op == "get_attr":
-        from fastxai.lrp._graph import fetch_attr
-
-        return fetch_attr(root, str(node.target))
-    if node.op == "call_module":
-        module = step.module if step is not None else None
-        if module is None:
-            from fastxai.lrp._graph import fetch_attr
-
-            module = fetch_attr(root, str(node.target))
-        if step is not None and step.kind in ("maxpool", "adaptive_maxpool"):
-            return _max_with_indices(node, ctx, module, args[0])
-        return module(*args, **kwargs)
-    if node.op == "call_function":
-        if step is not None and step.kind in ("maxpool", "adaptive_maxpool"):
-            position = 6 if step.kind == "maxpool" else 2  # of return_indices
-            if kwargs.get("return_indices") or (len(args) > position and args[position]):
-                raise UnsupportedLayerError(f"max pooling that returns indices (node {node.name!r})")
-            target: Any = node.target
-            output, indices = target(*args, **{**kwargs, "return_indices": True})
-            inputs: Any = args[0] if args else kwargs["input"]
-            ctx.indices[node] = indices, inputs.shape
-            return output
-        function: Any = node.target
-        return function(*args, **kwargs)
-    if node.op == "call_method":
-        subject = args[0]
-        if node.target == "view" and isinstance(subject, torch.Tensor) and _linear.is_channels_last(subject):
-            subject = subject.contiguous()  # the pass's layout (see ``lrp``), not the model's
-        return getattr(subject, str(node.target))(*args[1:], **kwargs)
-    raise AssertionError(node.op)
-
-
-_INPLACE_OPERATORS = (operator.iadd, operator.isub, operator.imul, operator.itruediv)
-
-
-def _overwrites(node: fx.Node, root: Any) -> bool:
-    """Whether the node's op writes into its first argument (``inplace=True``, ``x += y``,
-    ``x.mul_(c)``), except a ReLU: the values it zeroes carry no relevance (their relevance is
-    a_j * (...) = 0 wherever they are read), so the epsilon rule's denominators there never
-    meet relevance, and cloning would cost a copy per layer of most convolutional networks."""
-    if node.op == "call_module":
-        from fastxai.lrp._graph import fetch_attr
-
-        module = fetch_attr(root, str(node.target))
-        return bool(getattr(module, "inplace", False)) and type(module) is not torch.nn.ReLU
-    if node.op == "call_function":
-        if node.target in (F.relu, torch.relu, torch.relu_):
-            return False
-        name = getattr(node.target, "__name__", "")
-        return (
-            bool(node.kwargs.get("inplace"))
-            or node.target in _INPLACE_OPERATORS
-            or (name.endswith("_") and not name.startswith("_"))
-        )
-    if node.op == "call_method":
-        target = str(node.target)
-        return target.endswith("_") and not target.startswith("_") and target != "relu_"
-    return False
-
-
-def _max_with_indices(node: fx.Node, ctx: Context, module: Any, inputs: Any) -> torch.Tensor:
-    dims = inputs.dim() - 2
-    function: Any
-    if hasattr(module, "output_size"):
-        function = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[dims - 1]
-        output, indices = function(inputs, module.output_size, return_indices=True)
-    else:
-        if module.return_indices:
-            raise UnsupportedLayerError(f"max pooling that returns indices (module {node.target!r})")
-        function = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
-        output, indices = function(
-            inputs, module.kernel_size, module.stride, module.padding, module.dilation,
-            ceil_mode=module.ceil_mode, return_indices=True,
-        )  # fmt: skip
-    ctx.indices[node] = indices, inputs.shape
-    return output
 
 
 __all__ = ["HANDLERS", "Context", "run_node"]
