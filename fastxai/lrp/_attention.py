@@ -53,6 +53,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from fastxai.lrp._errors import UnsupportedLayerError
@@ -197,6 +198,42 @@ def transformer_encoder(
     return x if module.norm is None else module.norm(x)
 
 
+def scaled_dot_product_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    attn_mask: Any = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Any:
+    """``F.scaled_dot_product_attention`` in plain ops, traced in its place so that the AttnLRP
+    rules apply (models such as timm's ViT call the fused function)::
+
+        scores = q @ k.transpose(-2, -1) * scale       scale = 1 / sqrt(D) by default
+        scores = scores + attn_mask                    a float mask (a constant addend), or
+        scores = scores.masked_fill(~attn_mask, -inf)  a boolean mask / is_causal (masked: no relevance)
+        output = scores.softmax(-1) @ v
+
+    Refused: ``dropout_p > 0`` (a model passes it only in training mode) and ``enable_gqa``."""
+    if dropout_p:
+        raise _refuse("functional.scaled_dot_product_attention", None, "dropout_p > 0 (call model.eval())")
+    if enable_gqa:
+        raise _refuse("functional.scaled_dot_product_attention", None, "enable_gqa=True")
+    factor = query.size(-1) ** -0.5 if scale is None else scale
+    scores = query @ key.transpose(-2, -1) * factor
+    if is_causal:
+        causal = query.new_ones((query.size(-2), key.size(-2)), dtype=torch.bool).tril()
+        scores = scores.masked_fill(causal.logical_not(), float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(attn_mask.logical_not(), float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return scores.softmax(dim=-1) @ value
+
+
 DECOMPOSITIONS: dict[type[nn.Module], Callable[..., Any]] = {
     nn.MultiheadAttention: multihead_attention,
     nn.TransformerEncoderLayer: transformer_encoder_layer,
@@ -234,6 +271,7 @@ __all__ = [
     "decomposition",
     "drop_unread_weights",
     "multihead_attention",
+    "scaled_dot_product_attention",
     "transformer_encoder",
     "transformer_encoder_layer",
 ]

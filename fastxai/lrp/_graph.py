@@ -5,7 +5,9 @@ written with ``x + y``, ``torch.cat``, ``torch.flatten``, ``F.relu`` or ``q @ k.
 are seen op by op; ``nn.MultiheadAttention`` and ``nn.TransformerEncoder(Layer)`` are traced
 through plain-op stand-ins (``fastxai.lrp._attention``). A BatchNorm right after a Linear/Conv
 whose output it alone reads is merged into that layer for the relevance pass (canonisation
-without touching the model). Anything the relevance pass has no rule for raises
+without touching the model); any other BatchNorm passes relevance on. The trace runs a few
+input samples alongside (``fastxai.lrp._trace``): nodes computed only from shapes, dtypes and
+constants are metadata, never steps. Anything the relevance pass has no rule for raises
 ``UnsupportedLayerError`` naming it.
 """
 
@@ -21,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from fastxai.lrp import _attention
+from fastxai.lrp import _attention, _trace
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearLayer
+from fastxai.lrp._trace import DATA, Tracer
 from fastxai.lrp.composites import Composite
 from fastxai.lrp.rules import Epsilon, Pass, Rule
 
@@ -48,7 +51,19 @@ NONNEGATIVE_FUNCTIONS = {torch.relu, F.relu, F.relu6, torch.sigmoid, F.sigmoid, 
 NONNEGATIVE_METHODS = {"relu", "sigmoid", "softmax"}
 RESHAPE_FUNCTIONS = {torch.flatten, torch.unflatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as"}
-META_METHODS = {"size", "dim", "numel"}
+META_METHODS = _trace.METADATA_METHODS
+META_FUNCTIONS = {*_trace.METADATA_FUNCTIONS, torch._assert}
+STRUCTURE_FUNCTIONS: dict[Any, str] = {
+    torch.chunk: "split", torch.split: "split", torch.tensor_split: "split", torch.unbind: "split",
+    torch.roll: "roll", F.pad: "pad", torch.broadcast_to: "expand", torch.masked_fill: "masked_fill",
+    torch.select: "select", torch.narrow: "select", torch.clone: "pass", torch.permute: "permute",
+    F.batch_norm: "functional_batchnorm", F.group_norm: "group_norm",
+}  # fmt: skip
+STRUCTURE_METHODS = {
+    "chunk": "split", "split": "split", "tensor_split": "split", "unbind": "split", "roll": "roll",
+    "expand": "expand", "expand_as": "expand", "broadcast_to": "expand", "masked_fill": "masked_fill",
+    "select": "select", "narrow": "select",
+}  # fmt: skip
 FUNCTION_KINDS: dict[Any, str] = {
     operator.add: "add", operator.iadd: "add", torch.add: "add",
     operator.sub: "sub", operator.isub: "sub", torch.sub: "sub",
@@ -114,47 +129,34 @@ class Plan:
         )
 
 
-_TRACES: weakref.WeakKeyDictionary[nn.Module, fx.Graph] = weakref.WeakKeyDictionary()
+_TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, fx.Graph]] = weakref.WeakKeyDictionary()
 
 
-class Tracer(fx.Tracer):
-    """torch.fx's tracer, except that ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer`` and
-    ``nn.TransformerEncoder`` are not leaves: a call runs their plain-op stand-in from
-    ``fastxai.lrp._attention`` on the proxies instead of their opaque forward."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if _attention.decomposition(m) is not None:
-            return False
-        return super().is_leaf_module(m, module_qualified_name)
-
-    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        function = _attention.decomposition(m)
-        if function is None:
-            return super().call_module(m, forward, args, kwargs)
-        name = self.path_of_module(m)
-
-        def decomposed(*call_args: Any, **call_kwargs: Any) -> Any:
-            return function(m, *call_args, name=name, **call_kwargs)
-
-        return super().call_module(m, decomposed, args, kwargs)  # not a leaf: runs ``decomposed``
-
-
-def trace(model: Any) -> fx.Graph:
-    """The torch.fx graph of ``model`` (cached per module; traced in eval mode)."""
-    if isinstance(model, nn.Module) and model in _TRACES:
-        return _TRACES[model]
+def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
+    """The torch.fx graph of ``model`` (traced in eval mode; see ``fastxai.lrp._trace``). With an
+    ``example`` input the trace runs it alongside, so Python decisions on shapes take its values:
+    such a graph is cached per model and per-sample shape ``example.shape[1:]``."""
+    key = None if example is None else tuple(example.shape[1:])
+    cached = _TRACES.get(model) if isinstance(model, nn.Module) else None
+    if cached is not None and key in cached:
+        return cached[key]
+    defaults = {
+        name: value
+        for name, value in _trace.optional_defaults(model).items()
+        if value is None or isinstance(value, (bool, int, float, str))
+    }
     try:
-        graph = Tracer().trace(model)
+        graph = Tracer(example).trace(model, concrete_args=defaults or None)
         _attention.drop_unread_weights(graph)
     except UnsupportedLayerError:
         raise
     except Exception as error:  # torch.fx raises many types for untraceable code
         raise UnsupportedLayerError(
-            f"model could not be traced with torch.fx.symbolic_trace ({type(error).__name__}: {error}); "
+            f"model could not be traced with torch.fx ({type(error).__name__}: {error}); "
             "LRP needs a model without data-dependent control flow"
         ) from error
     if isinstance(model, nn.Module):
-        _TRACES[model] = graph
+        _TRACES.setdefault(model, {})[key] = graph
     return graph
 
 
@@ -173,10 +175,17 @@ def _describe(node: fx.Node) -> str:
 
 
 def build_plan(
-    model: Any, composite: Composite, *, maxpool: str = "winner", merge_batchnorm: bool = True
+    model: Any,
+    composite: Composite,
+    *,
+    maxpool: str = "winner",
+    merge_batchnorm: bool = True,
+    example: torch.Tensor | None = None,
 ) -> Plan:
-    """Trace ``model`` and assign every node a kind and, for linear layers, a rule."""
-    graph = trace(model)
+    """Trace ``model`` (with ``example`` inputs run alongside, see ``trace``) and assign every node
+    a kind and, for linear layers, a rule. Nodes computed from metadata only (shapes, dtypes,
+    constants made like the input) are no steps: relevance never flows through them."""
+    graph = trace(model, example)
     placeholders = [node for node in graph.nodes if node.op == "placeholder"]
     if len(placeholders) != 1:
         raise UnsupportedLayerError(
@@ -202,8 +211,11 @@ def build_plan(
         if not sources:
             continue  # a constant: computed, carries no relevance
         variable.add(node)
+        if node.meta.get(DATA) is False or all(arg in meta for arg in sources):
+            meta.add(node)  # shape arithmetic, shape checks, tensors made from shapes: metadata
+            continue
         kind, module = _classify(node, model)
-        if kind == "meta" or all(arg in meta for arg in sources):
+        if kind == "meta":
             meta.add(node)
             continue
         name = (
@@ -221,7 +233,7 @@ def build_plan(
                 step.kind, step.layer = "pass", None  # fastxai.lrp.core checks the shapes agree
         elif kind in ("batchnorm", "pass", "avgpool", "adaptive_avgpool", "maxpool"):
             rule = composite.rule(name, module, False) if module is not None else None
-            step.rule = _check_simple_rule(name, kind, rule, composite)
+            step.rule = _check_simple_rule(name, kind, rule, composite, merge_batchnorm)
         if kind == "maxpool":
             step.extra["mode"] = maxpool
         steps[node] = step
@@ -230,9 +242,17 @@ def build_plan(
     return Plan(graph, model, steps, placeholders[0], output)
 
 
-def _check_simple_rule(name: str, kind: str, rule: Rule | None, composite: Composite) -> Rule:
+def _check_simple_rule(
+    name: str, kind: str, rule: Rule | None, composite: Composite, merge_batchnorm: bool = True
+) -> Rule:
     if rule is None:
-        return Pass() if kind == "pass" else Epsilon(composite.stabilizer)
+        # A BatchNorm that no Linear/Conv output feeds alone (after a concatenation, a sum, the
+        # input) is an element-wise affine map: with merging on it passes relevance on, which
+        # conserves it; epsilon would give each element s x / (s x + t) of its relevance, which
+        # blows up where s x + t is near 0 (DenseNet's norms after a concatenation).
+        if kind == "pass" or (kind == "batchnorm" and merge_batchnorm):
+            return Pass()
+        return Epsilon(composite.stabilizer)
     allowed: tuple[type, ...] = (Pass,) if kind == "pass" else (Epsilon,)
     if kind == "batchnorm":
         allowed = (Epsilon, Pass)
@@ -268,12 +288,19 @@ def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
     if node.op == "call_function":
         if node.target is builtins.getattr:
             attribute = node.args[1]
-            if attribute in ("shape", "dtype", "device", "ndim", "is_cuda"):
+            if attribute in _trace.METADATA_ATTRIBUTES:
                 return "meta", None
             if attribute in ("T", "mT"):
                 return "transpose", None
-        if node.target in ACTIVATION_FUNCTIONS:
+        if node.target in META_FUNCTIONS:
+            return "meta", None
+        if node.target in ACTIVATION_FUNCTIONS or _identity_in_eval(node):
             return "pass", None
+        if node.target in STRUCTURE_FUNCTIONS:
+            kind = STRUCTURE_FUNCTIONS[node.target]
+            if kind == "functional_batchnorm":
+                return "batchnorm", _batchnorm_module(node, root)
+            return kind, None
         if node.target in RESHAPE_FUNCTIONS:
             return "reshape", None
         if node.target in FUNCTION_KINDS:
@@ -288,7 +315,44 @@ def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
             return "reshape", None
         if target in METHOD_KINDS:
             return METHOD_KINDS[target], None
+        if target in STRUCTURE_METHODS:
+            return STRUCTURE_METHODS[target], None
     raise UnsupportedLayerError(f"LRP has no rule for {_describe(node)}")
+
+
+def _identity_in_eval(node: fx.Node) -> bool:
+    """``torchvision.ops.stochastic_depth`` (a node of its own: torchvision wraps it for torch.fx)
+    is the identity in eval mode (``training=False``), like dropout."""
+    target = node.target
+    if getattr(target, "__name__", None) != "stochastic_depth":
+        return False
+    if not str(getattr(target, "__module__", "")).startswith("torchvision."):
+        return False
+    probability = node.args[1] if len(node.args) > 1 else node.kwargs.get("p")
+    training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+    if training is True and probability != 0.0:
+        raise UnsupportedLayerError(
+            f"stochastic_depth in training mode (node {node.name!r}): call model.eval()"
+        )
+    return True
+
+
+def _batchnorm_module(node: fx.Node, root: Any) -> nn.Module:
+    """The BatchNorm module whose buffers a functional ``F.batch_norm`` reads (e.g. timm's
+    ``BatchNormAct2d``, a BatchNorm2d subclass that calls it): treated like that module."""
+    mean = node.args[1] if len(node.args) > 1 else node.kwargs.get("running_mean")
+    training = node.args[5] if len(node.args) > 5 else node.kwargs.get("training", False)
+    if training is not False:
+        raise UnsupportedLayerError(
+            f"F.batch_norm with batch statistics (node {node.name!r}): call model.eval()"
+        )
+    if isinstance(mean, fx.Node) and mean.op == "get_attr" and "." in str(mean.target):
+        owner = fetch_attr(root, str(mean.target).rsplit(".", 1)[0])
+        if isinstance(owner, nn.modules.batchnorm._BatchNorm):
+            return owner
+    raise UnsupportedLayerError(
+        f"F.batch_norm outside a BatchNorm module (node {node.name!r}): use an nn.BatchNorm module"
+    )
 
 
 def _classify_module(node: fx.Node, module: nn.Module) -> str:
@@ -313,6 +377,8 @@ def _classify_module(node: fx.Node, module: nn.Module) -> str:
         return "softmax"
     if isinstance(module, nn.LayerNorm):
         return "layer_norm"
+    if isinstance(module, nn.GroupNorm):
+        return "group_norm"
     if isinstance(module, nn.LocalResponseNorm):
         return "lrn"
     raise UnsupportedLayerError(

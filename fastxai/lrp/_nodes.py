@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import fx
 
 from fastxai import ops
-from fastxai.lrp import _linear
+from fastxai.lrp import _linear, _structure
+from fastxai.lrp._forward import run_node
 from fastxai.lrp._graph import Step, UnsupportedLayerError
 from fastxai.lrp.rules import Pass, ZBox
 
@@ -48,7 +49,11 @@ class Context:
     indices: dict[fx.Node, tuple[torch.Tensor, torch.Size]] = field(default_factory=dict)  # max pooling
 
     def value(self, arg: Any) -> Any:
-        return self.env[arg] if isinstance(arg, fx.Node) else arg
+        if isinstance(arg, fx.Node):
+            return self.env[arg]
+        if isinstance(arg, (tuple, list, slice, dict)):  # e.g. x[:, :H] with H a shape node
+            return fx.node.map_arg(arg, self.env.__getitem__)
+        return arg
 
     def wide(self, arg: Any) -> torch.Tensor:
         value = self.value(arg)
@@ -168,6 +173,9 @@ def permute(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
 def getitem(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
     node = step.node
     source, index = node.args[0], ctx.value(node.args[1])
+    pieces = ctx.value(source)
+    if isinstance(pieces, (tuple, list)):
+        return _structure.tuple_item(step, ctx, relevance, pieces)
     parts = index if isinstance(index, tuple) else (index,)
     if any(not (part is None or part is Ellipsis or isinstance(part, (int, slice))) for part in parts):
         raise UnsupportedLayerError(f"indexing with tensors or lists (node {node.name!r}); use slices")
@@ -379,6 +387,31 @@ def layer_norm(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributio
     return [(source, ctx.product(inputs, q - q.mean(dims, keepdim=True)))]
 
 
+def group_norm(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
+    """GroupNorm as LayerNorm over each group (AttnLRP): ``1/std`` per sample and group is a
+    constant, ``q = (w / std) R / (y + eps sign0(y))``, ``R_x = x * (q - mean_group(q))``."""
+    node = step.node
+    source = node.args[0]
+    inputs = ctx.wide(source)
+    if step.module is not None:
+        groups, weight, eps = step.module.num_groups, step.module.weight, step.module.eps
+    else:
+        groups, weight = argument(node, 1, "num_groups"), ctx.value(argument(node, 2, "weight"))
+        eps = argument(node, 4, "eps", 1e-5)
+        if ctx.variable(argument(node, 2, "weight")) or ctx.variable(argument(node, 3, "bias")):
+            raise UnsupportedLayerError(
+                f"group_norm with input-dependent weight or bias (node {node.name!r})"
+            )
+    shape = inputs.shape
+    grouped = inputs.reshape(shape[0], groups, -1)
+    std = torch.sqrt(grouped.var(-1, unbiased=False, keepdim=True) + eps)
+    q = ctx.divide(relevance, ctx.value(node))
+    if weight is not None:
+        q = q * weight.detach().to(ctx.dtype).view(1, -1, *([1] * (inputs.dim() - 2)))
+    q = q.reshape(shape[0], groups, -1) / std
+    return [(source, ctx.product(inputs, (q - q.mean(-1, keepdim=True)).reshape(shape)))]
+
+
 def lrn(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
     node = step.node
     source = node.args[0]
@@ -409,66 +442,9 @@ HANDLERS: dict[str, Callable[[Step, Context, torch.Tensor], Contributions]] = {
     "getitem": getitem, "cat": cat, "stack": cat, "add": add, "sub": add, "mul": mul, "div": mul,
     "matmul": matmul, "mean": reduction, "sum": reduction, "avgpool": avgpool,
     "adaptive_avgpool": adaptive_avgpool, "maxpool": maxpool, "adaptive_maxpool": maxpool,
-    "softmax": softmax, "layer_norm": layer_norm, "lrn": lrn,
+    "softmax": softmax, "layer_norm": layer_norm, "group_norm": group_norm, "lrn": lrn,
+    **_structure.HANDLERS,
 }  # fmt: skip
-
-
-def run_node(node: fx.Node, ctx: Context, root: Any, step: Step | None) -> Any:
-    """Evaluate one node of the forward pass (max pooling also keeps its argmax indices; a ReLU
-    marked ``inplace`` by the plan overwrites its input, a fresh value nothing else reads)."""
-    if step is not None and "inplace" in step.extra:
-        return torch.relu_(ctx.env[node.all_input_nodes[0]])
-    args = fx.node.map_arg(node.args, ctx.env.__getitem__)
-    kwargs = fx.node.map_arg(node.kwargs, ctx.env.__getitem__)
-    if node.op == "get_attr":
-        from fastxai.lrp._graph import fetch_attr
-
-        return fetch_attr(root, str(node.target))
-    if node.op == "call_module":
-        module = step.module if step is not None else None
-        if module is None:
-            from fastxai.lrp._graph import fetch_attr
-
-            module = fetch_attr(root, str(node.target))
-        if step is not None and step.kind in ("maxpool", "adaptive_maxpool"):
-            return _max_with_indices(node, ctx, module, args[0])
-        return module(*args, **kwargs)
-    if node.op == "call_function":
-        if step is not None and step.kind in ("maxpool", "adaptive_maxpool"):
-            position = 6 if step.kind == "maxpool" else 2  # of return_indices
-            if kwargs.get("return_indices") or (len(args) > position and args[position]):
-                raise UnsupportedLayerError(f"max pooling that returns indices (node {node.name!r})")
-            target: Any = node.target
-            output, indices = target(*args, **{**kwargs, "return_indices": True})
-            inputs: Any = args[0] if args else kwargs["input"]
-            ctx.indices[node] = indices, inputs.shape
-            return output
-        function: Any = node.target
-        return function(*args, **kwargs)
-    if node.op == "call_method":
-        subject = args[0]
-        if node.target == "view" and isinstance(subject, torch.Tensor) and _linear.is_channels_last(subject):
-            subject = subject.contiguous()  # the pass's layout (see ``lrp``), not the model's
-        return getattr(subject, str(node.target))(*args[1:], **kwargs)
-    raise AssertionError(node.op)
-
-
-def _max_with_indices(node: fx.Node, ctx: Context, module: Any, inputs: Any) -> torch.Tensor:
-    dims = inputs.dim() - 2
-    function: Any
-    if hasattr(module, "output_size"):
-        function = (F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d)[dims - 1]
-        output, indices = function(inputs, module.output_size, return_indices=True)
-    else:
-        if module.return_indices:
-            raise UnsupportedLayerError(f"max pooling that returns indices (module {node.target!r})")
-        function = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[dims - 1]
-        output, indices = function(
-            inputs, module.kernel_size, module.stride, module.padding, module.dilation,
-            ceil_mode=module.ceil_mode, return_indices=True,
-        )  # fmt: skip
-    ctx.indices[node] = indices, inputs.shape
-    return output
 
 
 __all__ = ["HANDLERS", "Context", "run_node"]

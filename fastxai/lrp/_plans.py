@@ -40,13 +40,22 @@ def _composite_key(composite: Composite) -> tuple[Any, ...]:
 
 
 def cached_plan(
-    model: Any, composite: Composite, *, maxpool: str = "winner", merge_batchnorm: bool = True
+    model: Any,
+    composite: Composite,
+    *,
+    maxpool: str = "winner",
+    merge_batchnorm: bool = True,
+    example: torch.Tensor | None = None,
 ) -> Plan:
-    """``build_plan``, cached per module and composite (the same rule objects in the same places)
-    while the model's submodules stay the same objects; parameters are read at every call."""
+    """``build_plan``, cached per module, composite (the same rule objects in the same places)
+    and per-sample input shape (``example``: a few input samples, traced alongside; see
+    ``fastxai.lrp._trace``) while the model's submodules stay the same objects; parameters are
+    read at every call."""
+    options: dict[str, Any] = {"maxpool": maxpool, "merge_batchnorm": merge_batchnorm, "example": example}
     if not isinstance(model, nn.Module):
-        return annotate(build_plan(model, composite, maxpool=maxpool, merge_batchnorm=merge_batchnorm))
-    key = (_composite_key(composite), maxpool, merge_batchnorm)
+        return annotate(build_plan(model, composite, **options))
+    shape = None if example is None else tuple(example.shape[1:])
+    key = (_composite_key(composite), maxpool, merge_batchnorm, shape)
     plans = _PLANS.setdefault(model, {})
     plan = plans.get(key)
     if plan is not None and plan.current():
@@ -54,7 +63,7 @@ def cached_plan(
     if plan is not None:  # a submodule was replaced: trace again
         plans.clear()
         _TRACES.pop(model, None)
-    plan = annotate(build_plan(model, composite, maxpool=maxpool, merge_batchnorm=merge_batchnorm))
+    plan = annotate(build_plan(model, composite, **options))
     plan.composite = composite
     if len(plans) >= 16:  # composites built per call (mappings) would otherwise pile up
         plans.clear()

@@ -103,7 +103,9 @@ def lrp(
     results: list[torch.Tensor] = []
     layers: dict[str, list[torch.Tensor]] = {}
     with _model.preserved_state(model, eval_mode=eval_mode), torch.no_grad():
-        plan = _plans.cached_plan(model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm)
+        plan = _plans.cached_plan(
+            model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm, example=x[:2]
+        )
         nonnegative = _graph.nonnegative_nodes(plan, bool(x.min() >= 0))
         gradient = _gradient_plan(plan, resolved) if functional == "gradient" else None
         x = x.contiguous(memory_format=_pass_layout(plan, x))
