@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -56,5 +57,27 @@ def timm() -> ModuleType:
     return importlib.import_module("timm")
 
 
+def _import_hub_kernels() -> None:
+    """transformers imports the Hugging Face ``kernels`` package (a dependency of it); this
+    repository's top-level ``kernels/`` folder (the Triton kernels, installed as
+    ``fastxai.kernels``) shadows it when the repository root is on ``sys.path`` (``python -m
+    pytest`` from the root, or ``PYTHONPATH=.``). Import the installed one first, looking past
+    the root, so ``sys.modules["kernels"]`` is the package transformers expects."""
+    if "kernels" in sys.modules:
+        return
+    root = Path(__file__).resolve().parents[1]
+    saved = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != root]
+    try:
+        importlib.import_module("kernels")
+    except ImportError:
+        pass  # not installed: transformers then runs without hub kernels
+    finally:
+        sys.path[:] = saved
+
+
 def transformers() -> ModuleType:
-    return pytest.importorskip("transformers", reason="transformers is not installed")
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed")
+    _import_hub_kernels()
+    return importlib.import_module("transformers")
