@@ -7,6 +7,7 @@
 
 from fastxai import certify, evaluation, global_views, lrp, ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
+from fastxai._output import select_output
 from fastxai.attacks import (
     adversarial_training_step,
     apgd,
@@ -101,6 +102,7 @@ __all__ = [
     "rules",
     "saliency",
     "score_cam",
+    "select_output",
     "set_backend",
     "shapley_value_sampling",
     "smoothgrad",

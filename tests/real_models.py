@@ -79,5 +79,7 @@ def _import_hub_kernels() -> None:
 def transformers() -> ModuleType:
     if importlib.util.find_spec("transformers") is None:
         pytest.skip("transformers is not installed")
+    if importlib.util.find_spec("torchvision") is not None:
+        _import_torchvision()  # transformers' image models import torchvision: make that import work first
     _import_hub_kernels()
     return importlib.import_module("transformers")

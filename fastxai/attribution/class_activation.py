@@ -133,10 +133,14 @@ def cam(
     def body(capture: LayerCapture, row: int, row_stop: int) -> None:
         capture.start(row_stop - row)
         with torch.enable_grad():
-            output = _model.logits(model, x[row:row_stop])
+            output = _model.outputs(model, x[row:row_stop])
             activation = capture.taken()
-            rows_target = output.argmax(1) if target_t is None else target_t[row:row_stop]
-            score = output.gather(1, rows_target.view(-1, 1)).sum()
+            if target_t is None:
+                _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
+                rows_target = output.argmax(1)
+            else:
+                rows_target = target_t[row:row_stop]
+            score = output.reshape(row_stop - row, -1).gather(1, rows_target.view(-1, 1)).sum()
             (grads,) = torch.autograd.grad(score, activation)
         parts.append(combine(capture.maps(activation.detach()), capture.maps(grads)))
 

@@ -74,9 +74,11 @@ def score_cam(
         with LayerCapture(module, reshape) as capture, torch.no_grad():
             for row in range(0, batch, chunk):
                 capture.start(min(batch, row + chunk) - row)
-                output = _model.logits(model, x[row : row + chunk])
+                output = _model.outputs(model, x[row : row + chunk])
                 parts.append(capture.maps(capture.taken().detach()))
-                predictions.append(output.argmax(1))
+                if target_t is None:
+                    _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
+                    predictions.append(output.argmax(1))
         activations = torch.cat(parts)
         if activations.dim() - 2 != len(size):
             raise ValueError(
@@ -95,8 +97,10 @@ def score_cam(
             masks, constant = _normalise(upsampled.view(count, row_stop - row, *size))
             masked = x[row:row_stop].unsqueeze(0) * masks.unsqueeze(2).to(x.dtype)  # [c, r, C, *S_in]
             with torch.no_grad():
-                output = _model.logits(model, masked.reshape(-1, *x.shape[1:]))
-            probabilities = output.float().softmax(1) if output.dtype != torch.float64 else output.softmax(1)
+                output = _model.outputs(model, masked.reshape(-1, *x.shape[1:]))
+            # Probabilities over the last dim (the classes of [B, C], the vocabulary of [B, T, V]).
+            output = output.float() if output.dtype != torch.float64 else output
+            probabilities = output.softmax(-1).reshape(output.shape[0], -1)
             scores = probabilities.gather(1, rows_target[row:row_stop].repeat(count).view(-1, 1))
             weights[channel:channel_stop, row:row_stop] = scores.view(count, -1).masked_fill(constant, 0)
 

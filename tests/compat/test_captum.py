@@ -213,7 +213,7 @@ def test_not_honoured_is_refused_and_bad_input_named() -> None:
         fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attr_dim_summation=False)
     with pytest.raises(NotImplementedError, match="attribute_to_layer_input"):
         fc.LayerGradCam(model, model.conv).attribute(inputs, 0, attribute_to_layer_input=True)
-    with pytest.raises(NotImplementedError, match="target tuple"):
+    with pytest.raises(ValueError, match="target has 2 indices per example"):
         fc.Saliency(model).attribute(inputs, target=(0, 1))
     with pytest.raises(NotImplementedError, match="return_convergence_delta"):
         fc.NoiseTunnel(fc.IntegratedGradients(model)).attribute(inputs, return_convergence_delta=True)
