@@ -22,7 +22,9 @@ from fastxai.attacks import (
     transfer_attack,
 )
 from fastxai.attribution import (
+    CamLayer,
     cam,
+    cam_layer,
     deconvnet,
     expected_gradients,
     feature_ablation,
@@ -59,6 +61,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",
+    "CamLayer",
     "__version__",
     "activation_maximisation",
     "adversarial_training_step",
@@ -67,6 +70,7 @@ __all__ = [
     "backends",
     "bim",
     "cam",
+    "cam_layer",
     "certified_accuracy",
     "certify",
     "cw_l2",

@@ -1,5 +1,6 @@
 """Attribution methods, written against ``fastxai.ops`` and never against a backend."""
 
+from fastxai.attribution.cam_layer import CamLayer, cam_layer
 from fastxai.attribution.class_activation import (
     cam,
     grad_cam,
@@ -20,7 +21,9 @@ from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
 from fastxai.attribution.smoothgrad import smoothgrad
 
 __all__ = [
+    "CamLayer",
     "cam",
+    "cam_layer",
     "deconvnet",
     "expected_gradients",
     "feature_ablation",

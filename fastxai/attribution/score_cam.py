@@ -13,8 +13,8 @@ from fastxai.attribution._layer_capture import (
     check_reshape,
     check_upsample,
     interpolate,
-    resolve_layer,
 )
+from fastxai.attribution.cam_layer import chosen_layer
 
 
 def _normalise(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def score_cam(
     inputs: torch.Tensor,
     target: object = None,
     *,
-    layer: object,
+    layer: object = None,
     relu: bool = True,
     upsample: bool | str = False,
     reshape: Reshape | None = None,
@@ -54,7 +54,6 @@ def score_cam(
     """
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
-    module = resolve_layer(model, layer)
     reshape = check_reshape(reshape)
     mode = check_upsample(upsample, inputs)
     if not isinstance(relu, bool):
@@ -63,6 +62,7 @@ def score_cam(
         raise ValueError(f"score_cam needs inputs [B, C, *spatial] to mask, got shape {tuple(inputs.shape)}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    module, reshape = chosen_layer(model, inputs, layer, reshape)
     x = inputs.detach()
     batch, size = x.shape[0], tuple(x.shape[2:])
     parts: list[torch.Tensor] = []
