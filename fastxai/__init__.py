@@ -23,6 +23,8 @@ from fastxai.attacks import (
 )
 from fastxai.attribution import (
     CamLayer,
+    attention_flow,
+    attention_rollout,
     cam,
     cam_layer,
     deconvnet,
@@ -66,6 +68,8 @@ __all__ = [
     "activation_maximisation",
     "adversarial_training_step",
     "apgd",
+    "attention_flow",
+    "attention_rollout",
     "attribute_dataset",
     "backends",
     "bim",

@@ -100,7 +100,7 @@ def _fits(grid: tuple[int, ...], spatial: tuple[int, ...]) -> bool:
     return max(strides) <= _ASPECT_SLACK * min(strides)
 
 
-def _token_grid(count: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, int]] | None:
+def token_grid(count: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, int]] | None:
     """(prefix tokens, (h, w)) with ``count = prefix + h*w`` a grid of the image, fewest prefix
     tokens first, the grid closest to the image's aspect ratio."""
     height, width = spatial
@@ -130,7 +130,7 @@ def _readings(output: torch.Tensor, spatial: tuple[int, ...]) -> list[tuple[str,
         if _fits(shape[1:-1], spatial):
             readings.append(("channels_last", shape[1:-1], 0))
     elif len(shape) == 3 and len(spatial) == 2:
-        tokens = _token_grid(shape[1], spatial)
+        tokens = token_grid(shape[1], spatial)
         if tokens is not None:
             readings.append(("tokens", tokens[1], tokens[0]))
     return readings
