@@ -177,3 +177,36 @@ def test_captum_tuple_targets_side_by_side() -> None:
                 ours(model).attribute(x, target=target, **kwargs),
                 theirs(model).attribute(x, target=target, **kwargs),
             )
+
+
+_MASK = torch.tensor([0, 0, 1, 1, 2, 2])
+EVERY_METHOD = {
+    "saliency": lambda m, x, t: fx.saliency(m, x, t),
+    "input_x_gradient": lambda m, x, t: fx.input_x_gradient(m, x, t),
+    "smoothgrad": lambda m, x, t: fx.smoothgrad(m, x, t, n_samples=3, seed=0),
+    "integrated_gradients": lambda m, x, t: fx.integrated_gradients(m, x, target=t, n_steps=4),
+    "gradient_shap": lambda m, x, t: fx.gradient_shap(m, x, t, baselines=torch.zeros(2, 6).double(), seed=0),
+    "expected_gradients": lambda m, x, t: fx.expected_gradients(
+        m, x, t, baselines=torch.zeros(2, 6).double(), seed=0
+    ),
+    "guided_backprop": lambda m, x, t: fx.guided_backprop(m, x, t),
+    "deconvnet": lambda m, x, t: fx.deconvnet(m, x, t),
+    "occlusion": lambda m, x, t: fx.occlusion(m, x, t, sliding_window_shapes=(2,)),
+    "feature_ablation": lambda m, x, t: fx.feature_ablation(m, x, t),
+    "lime": lambda m, x, t: fx.lime(m, x, t, feature_mask=_MASK, n_samples=16, seed=0),
+    "kernel_shap": lambda m, x, t: fx.kernel_shap(m, x, t, feature_mask=_MASK, n_samples=16, seed=0),
+    "shapley_value_sampling": lambda m, x, t: fx.shapley_value_sampling(m, x, t, feature_mask=_MASK, seed=0),
+}
+
+
+@pytest.mark.parametrize("method", EVERY_METHOD)
+def test_every_method_reads_a_tuple_target_as_the_flat_index(method: str) -> None:
+    """output[b, t, v] of a model returning [B, T, V] is output[b, t*V + v] of the same model
+    returning [B, T*V]: with the tuple target and the flat index the methods must agree."""
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 12)).double()
+    shaped = nn.Sequential(flat, nn.Unflatten(1, (3, 4)))
+    x = torch.randn(2, 6, dtype=torch.float64)
+    run = EVERY_METHOD[method]
+    torch.testing.assert_close(run(shaped, x, [(0, 3), (2, 1)]), run(flat, x, torch.tensor([3, 9])))
+    torch.testing.assert_close(run(shaped, x, (1, 2)), run(flat, x, 6))
