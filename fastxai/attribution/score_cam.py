@@ -41,7 +41,9 @@ def score_cam(
     """Score-CAM: ``relu(sum_k w_k A_k)`` with ``w_k = softmax(f(x * H_k))_target``, where
     ``H_k`` is channel ``k`` of the layer's activation ``A`` [B, K, *S], upsampled to the
     inputs' spatial size (bilinear for 2-d) and min-max normalised to [0, 1]; a constant
-    channel gets ``w_k = 0`` (as in the authors' code). No gradient is used.
+    channel gets ``w_k = 0`` (as in the authors' code). No gradient is used. For outputs with
+    more dims than [B, C] (a tuple ``target``) the softmax runs over the last dim (the
+    vocabulary of [B, T, V] language-model logits).
 
     Cost: one forward for the activations (and the predicted class when ``target=None``),
     then ``B * K`` masked forwards, batched: the masks of many channels and inputs go through

@@ -81,7 +81,7 @@ def test_a_cnn_takes_its_last_grid_layer_and_the_map_is_the_named_layers() -> No
     assert (found.name, found.layout, found.grid, found.reshape) == ("6", "channels_first", (4, 4), None)
     assert found.module is model[6]
     assert_same_state(before, model_state(model))
-    for method in ("grad_cam", "layer_cam", "score_cam"):
+    for method in ("grad_cam", "layer_cam"):  # (score_cam's softmax runs over the last dim: not flat)
         torch.testing.assert_close(
             fx.cam(model, x, 2, method=method), fx.cam(model, x, 2, layer="6", method=method)
         )
@@ -253,3 +253,18 @@ def test_the_command_line_names_the_layer_cam_layer_finds() -> None:
     assert "layer" not in method_kwargs("score_cam", ChannelsLast(), torch.randn(1, 3, 8, 8))
     with pytest.raises(CliError, match="grad_cam needs inputs"):
         method_kwargs("grad_cam", model, torch.randn(2, 64))
+
+
+def test_cam_methods_take_a_tuple_target_into_a_dense_output() -> None:
+    """A segmentation-like [B, K, H, W] output: (k, i, j) is the flat index k*H*W + i*W + j."""
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 1), nn.Flatten())
+    dense = nn.Sequential(flat, nn.Unflatten(1, (2, 8, 8)))
+    x = torch.randn(2, 3, 8, 8)
+    for method in ("grad_cam", "layer_cam"):  # (score_cam's softmax runs over the last dim: not flat)
+        torch.testing.assert_close(
+            fx.cam(dense, x, [(1, 2, 3), (0, 7, 7)], method=method),
+            fx.cam(flat, x, torch.tensor([64 + 19, 63]), method=method),
+        )
+    with pytest.raises(ValueError, match="target=None"):
+        fx.grad_cam(dense, x)
