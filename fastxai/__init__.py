@@ -7,6 +7,7 @@
 
 from fastxai import certify, evaluation, global_views, lrp, ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
+from fastxai._output import select_output
 from fastxai.attacks import (
     adversarial_training_step,
     apgd,
@@ -27,7 +28,11 @@ from fastxai.attacks import (
     transfer_attack,
 )
 from fastxai.attribution import (
+    CamLayer,
+    attention_flow,
+    attention_rollout,
     cam,
+    cam_layer,
     deconvnet,
     deeplift,
     deeplift_shap,
@@ -67,16 +72,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",
+    "CamLayer",
     "__version__",
     "activation_maximisation",
     "adversarial_training_step",
     "apgd",
     "apgd_targeted",
+    "attention_flow",
+    "attention_rollout",
     "attribute_dataset",
     "autoattack",
     "backends",
     "bim",
     "cam",
+    "cam_layer",
     "certified_accuracy",
     "certify",
     "cw_l2",
@@ -118,6 +127,7 @@ __all__ = [
     "rules",
     "saliency",
     "score_cam",
+    "select_output",
     "set_backend",
     "shapley_value_sampling",
     "smoothgrad",

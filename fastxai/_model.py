@@ -1,14 +1,18 @@
-"""Running a user's model without changing it: state guard, targets, target gradients."""
+"""Running a user's model without changing it: state guard, reading its output, targets,
+target gradients."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
+
+from fastxai._output import output_tensor
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -92,46 +96,107 @@ def inference_state(model: Model) -> Iterator[None]:
             module.training = True
 
 
-def logits(model: Model, inputs: torch.Tensor) -> torch.Tensor:
-    """Model output as [N, C]; a 1-d output [N] is one score per input and becomes [N, 1]."""
-    output = model(inputs)
+def _batch_output(output: Any, inputs: torch.Tensor) -> torch.Tensor:
+    """``output_tensor(output)`` checked to be [B, *O] for ``inputs`` [B, ...]; [B] becomes [B, 1]."""
     if not isinstance(output, torch.Tensor):
-        raise TypeError(f"model must return a tensor, got {type(output).__name__}")
-    if output.dim() == 1:
-        output = output.unsqueeze(1)
-    if output.dim() != 2 or output.shape[0] != inputs.shape[0]:
+        output = output_tensor(output)
+    if output.dim() == 0 or output.shape[0] != inputs.shape[0]:
         raise ValueError(
-            f"model must return [batch, classes] (or [batch]) for {inputs.shape[0]} inputs, "
-            f"got shape {tuple(output.shape)}"
+            f"model must return [batch, classes] (or [batch], or [batch, *dims] with a tuple target) "
+            f"for {inputs.shape[0]} inputs, got shape {tuple(output.shape)}"
+        )
+    return output.unsqueeze(1) if output.dim() == 1 else output
+
+
+def outputs(model: Model, inputs: torch.Tensor) -> torch.Tensor:
+    """Model output as [B, *O] (read by ``output_tensor``; a 1-d output [B] becomes [B, 1])."""
+    return _batch_output(model(inputs), inputs)
+
+
+def logits(model: Model, inputs: torch.Tensor) -> torch.Tensor:
+    """Model output as [N, C] (read by ``output_tensor``); a 1-d output [N] is one score per input
+    and becomes [N, 1]. For methods that need classes (attacks, predictions)."""
+    output = model(inputs)
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == inputs.shape[0]:
+        return output
+    output = _batch_output(output, inputs)
+    if output.dim() != 2:
+        raise ValueError(
+            f"model must return [batch, classes] (or [batch]) for {inputs.shape[0]} inputs, got shape "
+            f"{tuple(output.shape)}; the attribution methods take such outputs with a tuple target"
         )
     return output
 
 
+def flat_outputs(model: Model, inputs: torch.Tensor) -> torch.Tensor:
+    """Model output [B, *O] flattened to [B, prod(O)], which ``flat_target`` indices index."""
+    output = model(inputs)
+    if isinstance(output, torch.Tensor) and output.dim() == 2 and output.shape[0] == inputs.shape[0]:
+        return output
+    return _batch_output(output, inputs).reshape(inputs.shape[0], -1)
+
+
 def check_target(target: object, batch: int, device: torch.device) -> torch.Tensor | None:
-    """Normalise ``target`` (int, sequence or tensor of per-sample indices, None) to a LongTensor [B].
+    """Normalise ``target`` to a LongTensor: [B] class indices, or [B, k] indices into an output
+    [B, *O] with ``k = len(O)`` dimensions after the batch (Captum's forms):
 
-    A 0-d or one-element tensor is one class for every sample (Captum's reading).
+    - an int, or a 0-d / one-element tensor: that class for every sample;
+    - a list or a [B] tensor of ints: one class per sample;
+    - a tuple of ints ``(t, v)``: the element ``output[b, t, v]`` of every sample;
+    - a list of B such tuples, or a [B, k] tensor: one element per sample.
 
-    None stays None (the predicted class is used); the range is checked once the number of
-    classes is known (``check_target_range``).
+    None stays None (the predicted class is used). The ranges, and that ``k`` fits the output,
+    are checked once the output's shape is known (``flat_target``).
     """
     if target is None:
         return None
     if isinstance(target, bool):
-        raise TypeError("target must be an int, a tensor of class indices or None, got bool")
+        raise TypeError("target must be an int, a tuple, a tensor of class indices or None, got bool")
     if isinstance(target, int):
         return torch.full((batch,), target, dtype=torch.long, device=device)
+    if isinstance(target, tuple):
+        index = _index_tuple(target, "target")
+        return torch.tensor(index, dtype=torch.long, device=device).expand(batch, len(index))
+    if isinstance(target, list) and any(isinstance(item, tuple) for item in target):
+        rows = [_index_tuple(item, f"target[{i}]") for i, item in enumerate(target)]
+        if len(rows) != batch or len({len(row) for row in rows}) != 1:
+            raise ValueError(
+                f"a target list of tuples needs one tuple per example ({batch}), all of one length; "
+                f"got lengths {[len(row) for row in rows]}"
+            )
+        return torch.tensor(rows, dtype=torch.long, device=device)
     tensor = torch.as_tensor(target, device=device) if not isinstance(target, torch.Tensor) else target
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise TypeError(f"target must hold integer class indices, got {tensor.dtype}")
     if tensor.dim() == 0 or tensor.shape == (1,):
         tensor = tensor.reshape(()).expand(batch)  # one index for every sample, as Captum reads it
-    if tensor.shape != (batch,):
-        raise ValueError(f"target must be an int or have shape ({batch},), got {tuple(tensor.shape)}")
+    if tensor.shape != (batch,) and not (tensor.dim() == 2 and tensor.shape[0] == batch and tensor.shape[1]):
+        raise ValueError(
+            f"target must be an int or have shape ({batch},) (or ({batch}, k) for outputs with k dims "
+            f"after the batch), got {tuple(tensor.shape)}"
+        )
     return tensor.to(device=device, dtype=torch.long)
 
 
+def _index_tuple(item: object, name: str) -> tuple[int, ...]:
+    if not isinstance(item, tuple) or not item:
+        raise TypeError(f"{name} must be a non-empty tuple of ints, got {item!r}")
+    try:
+        if any(isinstance(index, bool) for index in item):
+            raise TypeError
+        return tuple(operator.index(index) for index in item)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple of ints, got {item!r}") from None
+
+
 def check_target_range(target: torch.Tensor, classes: int) -> None:
+    if target.dim() == 2:
+        if target.shape[1] != 1:
+            raise ValueError(
+                f"target has {target.shape[1]} indices per example, but the model output has one "
+                "dim after the batch ([batch, classes])"
+            )
+        target = target[:, 0]
     if not target.numel():
         return
     extremes = torch.aminmax(target)
@@ -143,45 +208,78 @@ def check_target_range(target: torch.Tensor, classes: int) -> None:
         )
 
 
+def flat_target(target: torch.Tensor | None, shape: Sequence[int]) -> torch.Tensor | None:
+    """``target`` from ``check_target`` as [B] indices into the output [B, *O] flattened to
+    [B, prod(O)] (``flat_outputs``), for ``shape = O``; ranges checked. None (the predicted
+    class) needs O = (C,)."""
+    dims = len(shape)
+    if target is None or target.dim() == 1 or (dims == 1 and target.shape[1] == 1):
+        if dims != 1:
+            given = "target=None (the predicted class)" if target is None else "a class index per example"
+            raise ValueError(
+                f"{given} needs a [batch, classes] output; the model returns [batch, "
+                f"{', '.join(map(str, shape))}]: give target as a tuple of {dims} indices "
+                "(or a list of tuples, one per example)"
+            )
+        if target is not None:
+            check_target_range(target, shape[0])
+            return target.view(-1)
+        return None
+    if target.shape[1] != dims:
+        raise ValueError(
+            f"target has {target.shape[1]} indices per example, the model output has {dims} dims "
+            f"after the batch: [batch, {', '.join(map(str, shape))}]"
+        )
+    low, high = target.amin(0).tolist(), target.amax(0).tolist()
+    for dim, size in enumerate(shape):
+        if low[dim] < 0 or high[dim] >= size:
+            raise ValueError(
+                f"target index {dim} must be in [0, {size}) for a model output [batch, "
+                f"{', '.join(map(str, shape))}], got values in [{low[dim]}, {high[dim]}]"
+            )
+    strides = torch.tensor(
+        [math.prod(shape[dim + 1 :]) for dim in range(dims)], dtype=torch.long, device=target.device
+    )
+    return (target * strides).sum(1)
+
+
 def resolve_target(
     model: Model, inputs: torch.Tensor, target: torch.Tensor | None, chunk_size: int
 ) -> torch.Tensor:
-    """Per-sample target indices; None means the predicted class. Checks the range (the number
-    of classes is read off one input's output when the target is given)."""
-    classes = None
-    predictions = []
+    """Per-sample indices into ``flat_outputs``; None means the predicted class. Checks the
+    target against the output's shape (read off one input's output when the target is given)."""
     with torch.no_grad():
+        if target is not None:
+            resolved = flat_target(target, outputs(model, inputs[:1]).shape[1:])
+            assert resolved is not None
+            return resolved
+        predictions = []
         for start in range(0, inputs.shape[0], chunk_size):
-            stop = start + 1 if target is not None else start + chunk_size
-            output = logits(model, inputs[start:stop])
-            classes = output.shape[1]
-            if target is not None:
-                break
+            output = outputs(model, inputs[start : start + chunk_size])
+            if output.dim() != 2:
+                flat_target(None, output.shape[1:])  # raises: no predicted class
             predictions.append(output.argmax(dim=1))
-    assert classes is not None
-    if target is None:
-        return torch.cat(predictions)
-    check_target_range(target, classes)
-    return target
+    return torch.cat(predictions)
 
 
 def target_gradients(
     model: Model, inputs: torch.Tensor, target: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``f_target`` w.r.t. each input, and the target scores: ([N, *F], [N])."""
+    """Gradients of ``f_target`` w.r.t. each input, and the target scores: ([N, *F], [N]);
+    ``target`` indexes ``flat_outputs`` (``resolve_target``)."""
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
-        scores = logits(model, leaf).gather(1, target.view(-1, 1)).squeeze(1)
+        scores = flat_outputs(model, leaf).gather(1, target.view(-1, 1)).squeeze(1)
         (grads,) = torch.autograd.grad(scores.sum(), leaf)
     return grads, scores.detach()
 
 
 def target_scores(model: Model, inputs: torch.Tensor, target: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """``f_target(inputs)`` without gradients, in chunks: [N]."""
+    """``f_target(inputs)`` without gradients, in chunks: [N]; ``target`` as in ``target_gradients``."""
     with torch.no_grad():
         return torch.cat(
             [
-                logits(model, inputs[start : start + chunk_size])
+                flat_outputs(model, inputs[start : start + chunk_size])
                 .gather(1, target[start : start + chunk_size].view(-1, 1))
                 .squeeze(1)
                 for start in range(0, inputs.shape[0], chunk_size)

@@ -186,16 +186,23 @@ MAIN_METHODS = (
 """What ``--method all`` runs: one or two of each family."""
 
 def method_kwargs(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
-    """METHOD_DEFAULTS[method] plus what depends on the model or the inputs: the CAM layer (the
-    last convolution) and the occlusion window (an eighth of each spatial side, half-overlapping)."""
+    """METHOD_DEFAULTS[method] plus what depends on the model or the inputs: the CAM layer (what
+    ``fastxai.cam_layer`` finds, as the CAM methods' ``layer=None`` does; named here so the run
+    records it, unless it needs a reshape, which each call then infers again) and the occlusion
+    window (an eighth of each spatial side, half-overlapping)."""
+    from fastxai.attribution.cam_layer import cam_layer
     from fastxai.runner import CAM_METHODS
 
     kwargs = dict(METHOD_DEFAULTS[method])
     if method in CAM_METHODS:
-        convolutions = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Conv2d)]
-        if not convolutions or inputs.dim() != 4:
-            raise CliError(f"{method} needs images [N, C, H, W] and a model with a Conv2d layer")
-        kwargs["layer"] = convolutions[-1]
+        if inputs.dim() < 3:
+            raise CliError(f"{method} needs inputs [N, C, *spatial], got shape {tuple(inputs.shape)}")
+        try:
+            found = cam_layer(model, inputs[:1])
+        except ValueError as error:
+            raise CliError(f"{method}: {error}") from None
+        if found.reshape is None:
+            kwargs["layer"] = found.name
     if method == "occlusion":
         spatial = [max(1, size // 8) for size in inputs.shape[2:]]
         kwargs["sliding_window_shapes"] = (inputs.shape[1], *spatial) if inputs.dim() > 2 else (1,)

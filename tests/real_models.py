@@ -57,20 +57,21 @@ def timm() -> ModuleType:
     return importlib.import_module("timm")
 
 
-def _installed_kernels() -> None:
-    """The repository's top-level ``kernels/`` folder (installed as ``fastxai.kernels``) shadows
-    the PyPI ``kernels`` package that transformers imports when the repository root is on
-    ``sys.path`` (``python -m pytest`` from the root): load the installed one first, if any."""
-    root = Path(__file__).resolve().parents[1]
-    loaded = sys.modules.get("kernels")
-    if loaded is not None and root not in Path(getattr(loaded, "__file__", "") or "/").resolve().parents:
+def _import_hub_kernels() -> None:
+    """transformers imports the Hugging Face ``kernels`` package (a dependency of it); this
+    repository's top-level ``kernels/`` folder (the Triton kernels, installed as
+    ``fastxai.kernels``) shadows it when the repository root is on ``sys.path`` (``python -m
+    pytest`` from the root, or ``PYTHONPATH=.``). Import the installed one first, looking past
+    the root, so ``sys.modules["kernels"]`` is the package transformers expects."""
+    if "kernels" in sys.modules:
         return
+    root = Path(__file__).resolve().parents[1]
     saved = list(sys.path)
-    sys.modules.pop("kernels", None)
     sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != root]
     try:
-        if importlib.util.find_spec("kernels") is not None:
-            importlib.import_module("kernels")
+        importlib.import_module("kernels")
+    except ImportError:
+        pass  # not installed: transformers then runs without hub kernels
     finally:
         sys.path[:] = saved
 
@@ -78,7 +79,7 @@ def _installed_kernels() -> None:
 def transformers() -> ModuleType:
     if importlib.util.find_spec("transformers") is None:
         pytest.skip("transformers is not installed")
-    _installed_kernels()
     if importlib.util.find_spec("torchvision") is not None:
-        _import_torchvision()  # transformers imports torchvision: make that import work first
+        _import_torchvision()  # transformers' image models import torchvision: make that import work first
+    _import_hub_kernels()
     return importlib.import_module("transformers")

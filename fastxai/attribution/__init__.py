@@ -1,5 +1,7 @@
 """Attribution methods, written against ``fastxai.ops`` and never against a backend."""
 
+from fastxai.attribution.attention_rollout import attention_flow, attention_rollout
+from fastxai.attribution.cam_layer import CamLayer, cam_layer
 from fastxai.attribution.class_activation import (
     cam,
     grad_cam,
@@ -22,7 +24,11 @@ from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
 from fastxai.attribution.smoothgrad import smoothgrad
 
 __all__ = [
+    "CamLayer",
+    "attention_flow",
+    "attention_rollout",
     "cam",
+    "cam_layer",
     "deconvnet",
     "deeplift",
     "deeplift_shap",

@@ -113,8 +113,13 @@ class RowForward:
         return (lambda head: self.model(head, *rest, *args, **kwargs)), tensors[0]
 
     def logits(self, rows: Rows, count: int, inputs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """The output flattened to [N, prod(O)], which ``resolve_target``'s indices index."""
         model, head = self.bound(rows, count, inputs)
-        return _model.logits(model, head)
+        return _model.flat_outputs(model, head)
+
+    def outputs(self, rows: Rows, count: int) -> torch.Tensor:
+        model, head = self.bound(rows, count)
+        return _model.outputs(model, head)
 
     def resolve_target(self, target: torch.Tensor | None, chunk: int) -> torch.Tensor:
         """``_model.resolve_target`` on rows: the predicted class for None, else the range checked."""
@@ -122,14 +127,16 @@ class RowForward:
             return _model.resolve_target(self.model, self.inputs[0], target, chunk)
         with torch.no_grad():
             if target is not None:
-                _model.check_target_range(target, self.logits(slice(0, 1), 1).shape[1])
-                return target
-            return torch.cat(
-                [
-                    self.logits(slice(start, start + chunk), 1).argmax(dim=1)
-                    for start in range(0, self.batch, chunk)
-                ]
-            )
+                resolved = _model.flat_target(target, self.outputs(slice(0, 1), 1).shape[1:])
+                assert resolved is not None
+                return resolved
+            predictions = []
+            for start in range(0, self.batch, chunk):
+                output = self.outputs(slice(start, start + chunk), 1)
+                if output.dim() != 2:
+                    _model.flat_target(None, output.shape[1:])  # raises: no predicted class
+                predictions.append(output.argmax(dim=1))
+            return torch.cat(predictions)
 
 
 def _target_gradients(

@@ -175,22 +175,24 @@ def perturbed_scores(
     if target is None and not first_is_input:
         target = _model.resolve_target(model, inputs, None, chunk)
     indices = torch.empty(batch, dtype=torch.long, device=inputs.device) if target is None else target
-    unchecked = [target is not None]
+    unchecked = [True]
     dtype = compute_dtype(inputs)
     blocks: list[torch.Tensor] = []  # the scores [P, B]: filled block by block, or the one block
     per_build = _copies_per_build(batch, features.numel(), chunk, inputs.is_cuda)
     rows_per_pass = (chunk // batch) * batch if per_build else chunk
 
     def body(p0: int, p1: int, r0: int, r1: int) -> None:
+        nonlocal indices
         rows, count = r1 - r0, p1 - p0
         flat = perturb(p0, p1, r0, r1).view(count * rows, *features)
         outputs = []
         for start in range(0, flat.shape[0], rows_per_pass):
-            outputs.append(_model.logits(model, flat[start : start + rows_per_pass]))
-            if unchecked[0]:
-                _model.check_target_range(indices, outputs[0].shape[1])
+            outputs.append(_model.outputs(model, flat[start : start + rows_per_pass]))
+            if unchecked[0]:  # the target against the output's shape [B, *O]: as flat indices
+                checked = _model.flat_target(None if predict else indices, outputs[0].shape[1:])
+                indices = indices if checked is None else checked
                 unchecked[0] = False
-        output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).view(count, rows, -1)
+        output = (torch.cat(outputs) if len(outputs) > 1 else outputs[0]).reshape(count, rows, -1)
         if predict and p0 == 0:
             indices[r0:r1] = output[0].argmax(dim=1)
         picked = output.gather(2, indices[r0:r1].view(1, rows, 1).expand(count, rows, 1)).view(count, rows)

@@ -20,9 +20,13 @@ class is read off that same forward. ``relu=False`` returns the signed map.
 Shapes: inputs [B, *F]; ``layer`` an ``nn.Module`` of the model or its dotted name, whose
 output is [B, K, *S] — or any shape that ``reshape`` (applied to activations and gradients
 alike, so it must only rearrange: drop a class token, transpose, view) turns into one, e.g.
-ViT tokens [B, T, D] -> [B, D, H, W]. Returns [B, 1, *S] in the inputs' dtype, or
-[B, 1, *spatial of inputs] with ``upsample`` (``True``: bilinear for 2-d, as Captum's
-``LayerAttribution.interpolate``; or an ``F.interpolate`` mode name).
+ViT tokens [B, T, D] -> [B, D, H, W]. ``layer=None`` (the default) takes the layer and
+reshape that ``fastxai.cam_layer(model, inputs)`` finds: the last layer whose output keeps the
+inputs' grid and reaches the score (channels first, channels last or ViT tokens; rules in
+``fastxai.attribution.cam_layer``), at the cost of one more forward and backward of one input.
+Returns [B, 1, *S] in the inputs' dtype, or [B, 1, *spatial of inputs] with ``upsample``
+(``True``: bilinear for 2-d, as Captum's ``LayerAttribution.interpolate``; or an
+``F.interpolate`` mode name).
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ from fastxai.attribution._layer_capture import (
     check_reshape,
     check_upsample,
     interpolate,
-    resolve_layer,
 )
+from fastxai.attribution.cam_layer import chosen_layer
 from fastxai.attribution.guided import guided_backprop
 from fastxai.attribution.score_cam import score_cam
 
@@ -98,7 +102,7 @@ def cam(
     inputs: torch.Tensor,
     target: object = None,
     *,
-    layer: object,
+    layer: object = None,
     method: str = "grad_cam",
     relu: bool = True,
     upsample: bool | str = False,
@@ -119,13 +123,13 @@ def cam(
         )
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
-    module = resolve_layer(model, layer)
     reshape = check_reshape(reshape)
     mode = check_upsample(upsample, inputs)
     if not isinstance(relu, bool):
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    module, reshape = chosen_layer(model, inputs, layer, reshape)
     x = inputs.detach()
     combine = _COMBINE[method]
     parts: list[torch.Tensor] = []
@@ -133,10 +137,14 @@ def cam(
     def body(capture: LayerCapture, row: int, row_stop: int) -> None:
         capture.start(row_stop - row)
         with torch.enable_grad():
-            output = _model.logits(model, x[row:row_stop])
+            output = _model.outputs(model, x[row:row_stop])
             activation = capture.taken()
-            rows_target = output.argmax(1) if target_t is None else target_t[row:row_stop]
-            score = output.gather(1, rows_target.view(-1, 1)).sum()
+            if target_t is None:
+                _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
+                rows_target = output.argmax(1)
+            else:
+                rows_target = target_t[row:row_stop]
+            score = output.reshape(row_stop - row, -1).gather(1, rows_target.view(-1, 1)).sum()
             (grads,) = torch.autograd.grad(score, activation)
         parts.append(combine(capture.maps(activation.detach()), capture.maps(grads)))
 
@@ -162,7 +170,7 @@ def _named(method: str, paper: str) -> Callable[..., torch.Tensor]:
         inputs: torch.Tensor,
         target: object = None,
         *,
-        layer: object,
+        layer: object = None,
         relu: bool = True,
         upsample: bool | str = False,
         reshape: Reshape | None = None,
@@ -194,7 +202,7 @@ def guided_grad_cam(
     inputs: torch.Tensor,
     target: object = None,
     *,
-    layer: object,
+    layer: object = None,
     upsample: str = "bilinear",
     reshape: Reshape | None = None,
     chunk_size: int | None = None,

@@ -13,8 +13,8 @@ from fastxai.attribution._layer_capture import (
     check_reshape,
     check_upsample,
     interpolate,
-    resolve_layer,
 )
+from fastxai.attribution.cam_layer import chosen_layer
 
 
 def _normalise(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,7 +32,7 @@ def score_cam(
     inputs: torch.Tensor,
     target: object = None,
     *,
-    layer: object,
+    layer: object = None,
     relu: bool = True,
     upsample: bool | str = False,
     reshape: Reshape | None = None,
@@ -41,7 +41,9 @@ def score_cam(
     """Score-CAM: ``relu(sum_k w_k A_k)`` with ``w_k = softmax(f(x * H_k))_target``, where
     ``H_k`` is channel ``k`` of the layer's activation ``A`` [B, K, *S], upsampled to the
     inputs' spatial size (bilinear for 2-d) and min-max normalised to [0, 1]; a constant
-    channel gets ``w_k = 0`` (as in the authors' code). No gradient is used.
+    channel gets ``w_k = 0`` (as in the authors' code). No gradient is used. For outputs with
+    more dims than [B, C] (a tuple ``target``) the softmax runs over the last dim (the
+    vocabulary of [B, T, V] language-model logits).
 
     Cost: one forward for the activations (and the predicted class when ``target=None``),
     then ``B * K`` masked forwards, batched: the masks of many channels and inputs go through
@@ -54,7 +56,6 @@ def score_cam(
     """
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
-    module = resolve_layer(model, layer)
     reshape = check_reshape(reshape)
     mode = check_upsample(upsample, inputs)
     if not isinstance(relu, bool):
@@ -63,6 +64,7 @@ def score_cam(
         raise ValueError(f"score_cam needs inputs [B, C, *spatial] to mask, got shape {tuple(inputs.shape)}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    module, reshape = chosen_layer(model, inputs, layer, reshape)
     x = inputs.detach()
     batch, size = x.shape[0], tuple(x.shape[2:])
     parts: list[torch.Tensor] = []
@@ -74,9 +76,11 @@ def score_cam(
         with LayerCapture(module, reshape) as capture, torch.no_grad():
             for row in range(0, batch, chunk):
                 capture.start(min(batch, row + chunk) - row)
-                output = _model.logits(model, x[row : row + chunk])
+                output = _model.outputs(model, x[row : row + chunk])
                 parts.append(capture.maps(capture.taken().detach()))
-                predictions.append(output.argmax(1))
+                if target_t is None:
+                    _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
+                    predictions.append(output.argmax(1))
         activations = torch.cat(parts)
         if activations.dim() - 2 != len(size):
             raise ValueError(
@@ -95,8 +99,10 @@ def score_cam(
             masks, constant = _normalise(upsampled.view(count, row_stop - row, *size))
             masked = x[row:row_stop].unsqueeze(0) * masks.unsqueeze(2).to(x.dtype)  # [c, r, C, *S_in]
             with torch.no_grad():
-                output = _model.logits(model, masked.reshape(-1, *x.shape[1:]))
-            probabilities = output.float().softmax(1) if output.dtype != torch.float64 else output.softmax(1)
+                output = _model.outputs(model, masked.reshape(-1, *x.shape[1:]))
+            # Probabilities over the last dim (the classes of [B, C], the vocabulary of [B, T, V]).
+            output = output.float() if output.dtype != torch.float64 else output
+            probabilities = output.softmax(-1).reshape(output.shape[0], -1)
             scores = probabilities.gather(1, rows_target[row:row_stop].repeat(count).view(-1, 1))
             weights[channel:channel_stop, row:row_stop] = scores.view(count, -1).masked_fill(constant, 0)
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
+from fastxai.compat._captum_targets import select_target as select_indices
 from fastxai.compat.captum import Attribution, check_target
 
 
@@ -112,6 +113,8 @@ def select_target(output: torch.Tensor, target: object) -> torch.Tensor:
     """Captum's ``_select_targets``: the output itself for None, else one column per row."""
     if target is None:
         return output
+    if isinstance(target, tuple) or (isinstance(target, list) and any(isinstance(t, tuple) for t in target)):
+        return select_indices(output, target)  # indices into the dims after the batch
     if output.dim() < 2:
         raise ValueError(
             f"target was given but the forward's output {tuple(output.shape)} has no class dimension"

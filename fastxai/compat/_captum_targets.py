@@ -3,8 +3,8 @@
 ``select_target(output, target)`` returns one score per example the way Captum selects it:
 
 - None: the output itself (then summed per row by the callers);
-- an int or a one-element tensor ``t``: ``output[:, ..., t]`` (the last dimension);
-- a tuple ``(i, j, ...)``: ``output[:, ..., i, j, ...]`` (the last dimensions);
+- an int or a one-element tensor ``t``: ``output[:, t]``;
+- a tuple ``(i, j, ...)``: ``output[:, i, j, ...]`` (the dimensions after the batch);
 - a tensor [B] or a list of B ints: ``output[b, t_b]`` for a [B, C] output;
 - a list of B tuples: ``output[b, *t_b]``.
 
@@ -37,14 +37,14 @@ def select_target(output: torch.Tensor, target: object) -> torch.Tensor:
     if isinstance(target, bool):
         raise TypeError("target must be an int, a tuple, a tensor or a list, got bool")
     if isinstance(target, int):
-        return output[..., target]
+        target = (target,)
     if isinstance(target, tuple):
         if len(target) > output.dim() - 1:
             raise CaptumArgumentError(
                 f"target {target} has more indices than the output {tuple(output.shape)} has dimensions "
                 "after the batch"
             )
-        return output[(Ellipsis, *target)]
+        return output[(slice(None), *target)]
     if isinstance(target, torch.Tensor):
         if target.dim() != 1 or target.numel() != batch:
             raise CaptumArgumentError(

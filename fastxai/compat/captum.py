@@ -88,9 +88,9 @@ def unsupported(what: str) -> NotImplementedError:
 
 
 def check_target(target: object) -> object:
-    """Captum's target forms that fastxai supports: int, [B] tensor, list of ints, None."""
-    if isinstance(target, tuple) or (isinstance(target, list) and any(isinstance(t, tuple) for t in target)):
-        raise unsupported("a target tuple (indexing an output with more than two dimensions)")
+    """Captum's target forms, all of which fastxai takes: int, [B] tensor, list of ints, None, and
+    for outputs with more than two dimensions a tuple (one element of every example's output)
+    or a list of tuples (one per example). Checked by ``fastxai._model.check_target``."""
     return target
 
 

@@ -255,7 +255,7 @@ def test_not_honoured_is_refused_and_bad_input_named() -> None:
         fc.LayerGradCam(model, model.conv).attribute(inputs, 0, grad_kwargs={"inputs": None})
     with pytest.raises(ValueError, match="interpolate_mode"):
         fc.GuidedGradCam(model, model.conv).attribute(inputs, 0, interpolate_mode="made_up")
-    with pytest.raises(NotImplementedError, match="target tuple"):
+    with pytest.raises(ValueError, match="target has 2 indices per example"):
         fc.Saliency(model).attribute(inputs, target=(0, 1))
     with pytest.raises(ValueError, match=r"inputs\[1\] has batch size 2"):
         fc.Saliency(model).attribute((inputs[0], inputs[1][:2]), target=0)

@@ -224,7 +224,6 @@ def test_model_state_restored_and_mode_kept() -> None:
             ValueError,
             "feature_mask",
         ),
-        (lambda m, x: FeatureAblation(m).attribute(x, target=(1, 2)), NotImplementedError, "target"),
         (
             lambda m, x: FeatureAblation(m).attribute(x, feature_mask=torch.zeros(1, 1, 4, 4)),
             TypeError,
