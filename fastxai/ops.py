@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import struct
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
@@ -545,8 +546,8 @@ def rescale_backward(
     x = _check_like("x", x, "grad", grad)
     eps = _check_real("eps", eps, grad.dtype, 0.0)
     negative_slope = _check_real("negative_slope", negative_slope, grad.dtype)
-    rounded = eps if grad.dtype == torch.float64 else float(torch.tensor(eps, dtype=torch.float32))
-    if not rounded > 0:
+    rounded = eps if grad.dtype == torch.float64 else struct.unpack("f", struct.pack("f", eps))[0]
+    if not rounded > 0:  # a positive eps that rounds to 0 in float32 would leave 0 / 0 where a == b
         raise ValueError(f"eps must be > 0 (in float32 for {grad.dtype}), got {eps}")
     return _dispatch_in_layout("rescale_backward", backend, (grad, x), eps, negative_slope, pairs=True)
 

@@ -680,3 +680,38 @@ def test_rescale_backward_rejects_bad_input() -> None:
         ops.rescale_backward(x, x, float("nan"))
     with pytest.raises(ValueError, match="negative_slope must be finite"):
         ops.rescale_backward(x, x, 1e-6, float("inf"))
+
+
+class _ReluNet(torch.nn.Module):
+    """relu as a module, in place, functional and leaky: every form DeepLIFT's fused path takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.linear = torch.nn.Linear(4 * 25, 6)
+        self.out = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.leaky_relu(self.act(self.conv(x)) - 0.1, 0.2)
+        return self.out(self.linear(h.flatten(1)).relu_())
+
+
+@pytest.mark.parametrize(("backend", "device"), backend_params(include_reference=True))
+def test_deeplift_relu_path_on_every_backend(backend: str, device: str) -> None:
+    """DeepLIFT through rescale_backward: the same attributions on every backend, summing to the
+    score difference (float32)."""
+    import fastxai
+
+    model = _ReluNet().to(device)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, 5, 5, generator=generator).to(device)
+    baseline = torch.randn(3, 2, 5, 5, generator=generator).to(device)
+    x[0, 0, 0, 0] = baseline[0, 0, 0, 0]  # one exact tie
+    with fastxai.use_backend("reference"):
+        want = fastxai.deeplift(model, x, 1, baseline)
+    with fastxai.use_backend(backend):
+        got, delta = fastxai.deeplift(model, x, 1, baseline, return_convergence_delta=True)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert delta.abs().max() < 1e-5
