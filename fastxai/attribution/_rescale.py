@@ -17,8 +17,10 @@ other activation modules (they call these functions), functional calls (``torch.
 paired with its own baseline rows. Captum hooks modules instead and so misses functional
 ReLUs and raises on reused modules (its issues 199, 578, 1082).
 
-- elementwise: relu, leaky_relu, elu, selu, celu, gelu, silu, mish, softplus, sigmoid,
-  tanh, hardtanh, relu6, hardsigmoid, hardswish, softsign, logsigmoid;
+- elementwise: relu and leaky_relu (their whole backward is one fused op,
+  ``fastxai.ops.rescale_backward``, on the saved pre-activation), elu, selu, celu, gelu,
+  silu, mish, softplus, sigmoid, tanh, hardtanh, relu6, hardsigmoid, hardswish, softsign,
+  logsigmoid;
 - max pooling (1d/2d/3d): Captum's rule, the difference of the pooled outputs split between
   the input's and the baseline's arg-max positions (overlapping windows add up where Captum's
   unpooling keeps one write);
