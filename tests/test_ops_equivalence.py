@@ -680,6 +680,26 @@ def test_rescale_backward_rejects_bad_input() -> None:
         ops.rescale_backward(x, x, float("nan"))
     with pytest.raises(ValueError, match="negative_slope must be finite"):
         ops.rescale_backward(x, x, 1e-6, float("inf"))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ops.rescale_backward(x, x, 1e-50)  # rounds to 0 in float32
+    for backend, device in [("reference", "cpu"), *kernel_backends()]:
+        empty = torch.empty(0, 3, device=device)
+        assert ops.rescale_backward(empty, empty, 1e-6, backend=backend).shape == (0, 3)
+
+
+def test_rescale_backward_native_checks_its_arguments() -> None:
+    """The C++ op validates too (it is callable as torch.ops.fastxai.rescale_backward)."""
+    from fastxai import _native
+
+    if not _native.available()[0]:
+        pytest.skip("native backend not built")
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="grad must be \\[2N"):
+        _native.rescale_backward(x[:3], x[:3], 1e-6)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _native.rescale_backward(x, x, 0.0)
+    with pytest.raises(TypeError, match="x must have the dtype of grad"):
+        _native.rescale_backward(x, x.half(), 1e-6)
 
 
 class _ReluNet(torch.nn.Module):
