@@ -735,3 +735,32 @@ def test_deeplift_relu_path_on_every_backend(backend: str, device: str) -> None:
         got, delta = fastxai.deeplift(model, x, 1, baseline, return_convergence_delta=True)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     assert delta.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("leaky", [False, True])
+def test_deeplift_in_place_relu_on_a_view_equals_out_of_place(leaky: bool) -> None:
+    """An in-place relu / leaky_relu on a slice of an activation (the fused path overwrites the
+    view and keeps a copy for the backward) gives the attributions of the out-of-place form."""
+    import fastxai
+
+    torch.manual_seed(1)
+    first, second = torch.nn.Linear(5, 6), torch.nn.Linear(6, 2)
+
+    def act(t: torch.Tensor, inplace: bool) -> torch.Tensor:
+        if leaky:
+            return torch.nn.functional.leaky_relu(t, 0.3, inplace=inplace)
+        return torch.nn.functional.relu(t, inplace=inplace)
+
+    def in_place(x: torch.Tensor) -> torch.Tensor:
+        h = first(x)
+        act(h[:, :4], True)
+        return second(h)
+
+    def out_of_place(x: torch.Tensor) -> torch.Tensor:
+        h = first(x)
+        return second(torch.cat([act(h[:, :4], False), h[:, 4:]], 1))
+
+    x, baseline = torch.randn(3, 5), torch.randn(3, 5)
+    got, delta = fastxai.deeplift(in_place, x, 0, baseline, return_convergence_delta=True)
+    torch.testing.assert_close(got, fastxai.deeplift(out_of_place, x, 0, baseline))
+    assert delta.abs().max() < 1e-5

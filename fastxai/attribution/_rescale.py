@@ -149,7 +149,9 @@ class _ReluRescale(torch.autograd.Function):
     """relu and leaky_relu (``f(v) = v`` for ``v > 0``, else ``negative_slope * v``): the forward
     keeps the pre-activation ``x``, the backward is one fused elementwise pass,
     ``fastxai.ops.rescale_backward`` (multiplier with its ``f'`` fallback, times the gradient,
-    both halves), instead of building and storing the multiplier in several passes."""
+    both halves), instead of building and storing the multiplier in several passes.
+    ``in_place``: the in-place form of the call, for an in-place call: x is copied for the
+    backward and overwritten (no new output and no copy back)."""
 
     @staticmethod
     def forward(
@@ -158,18 +160,27 @@ class _ReluRescale(torch.autograd.Function):
         call: Callable[[Tensor], Tensor],
         negative_slope: float,
         eps: float,
-        inplace: bool,
+        in_place: Callable[[Tensor], Tensor] | None,
     ) -> Tensor:
-        y = call(x)
-        # An in-place call overwrites x right after this returns: keep a copy then.
-        ctx.save_for_backward(x.clone() if inplace else x)
         ctx.negative_slope, ctx.eps = negative_slope, eps
-        return y
+        if in_place is None:
+            ctx.save_for_backward(x)
+            return call(x)
+        ctx.save_for_backward(x.clone())
+        ctx.mark_dirty(x)
+        return in_place(x)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors
         return ops.rescale_backward(grad, x, ctx.eps, ctx.negative_slope), None, None, None, None
+
+
+def _relu_in_place(func: Any, negative_slope: float) -> Callable[[Tensor], Tensor]:
+    """The in-place form of a relu / leaky_relu call (the same values, signed zeros included)."""
+    if func in (F.leaky_relu, F.leaky_relu_):
+        return lambda t: F.leaky_relu_(t, negative_slope)
+    return torch.relu_
 
 
 def _relu_slope(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
@@ -337,7 +348,8 @@ class RescaleMode(TorchFunctionMode):
             call, inplace = _out_of_place(func, args, kwargs)
             slope = _relu_slope(func, args, kwargs)
             if slope is not None and x.dtype in _FUSED_DTYPES:
-                output = _ReluRescale.apply(x, call, slope, self._eps(x), inplace)
+                in_place = _relu_in_place(func, slope) if inplace else None
+                return _ReluRescale.apply(x, call, slope, self._eps(x), in_place)  # x itself if in place
             else:
                 output = _ElementwiseRescale.apply(x, func, call, self._eps(x))
             return x.copy_(output) if inplace else output
