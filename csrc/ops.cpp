@@ -116,6 +116,14 @@ at::Tensor occlude_cpu(const at::Tensor& inputs, const at::Tensor& baselines, at
   return out;
 }
 
+at::Tensor rescale_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double eps, double negative_slope) {
+  const auto args = checks::check_rescale_backward(grad, x, eps, negative_slope, kCPU);
+  at::Tensor out = at::empty(grad.sizes(), grad.options());
+  cpu::rescale_backward(args.dtype, grad.const_data_ptr(), x.const_data_ptr(), out.mutable_data_ptr(), args.slope,
+                        args.eps, args.half);
+  return out;
+}
+
 }  // namespace
 }  // namespace fastxai
 
@@ -139,6 +147,7 @@ TORCH_LIBRARY(fastxai, m) {
   m.def(
       "occlude(Tensor inputs, Tensor baselines, int[] window, int[] strides, int start, int count, "
       "bool copy_major=False) -> Tensor");
+  m.def("rescale_backward(Tensor grad, Tensor x, float eps, float negative_slope=0.0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastxai, CPU, m) {
@@ -148,6 +157,7 @@ TORCH_LIBRARY_IMPL(fastxai, CPU, m) {
   m.impl("pgd_step", &fastxai::pgd_step_cpu);
   m.impl("weighted_path_accumulate", &fastxai::weighted_path_accumulate_cpu);
   m.impl("lrp_divide", &fastxai::lrp_divide_cpu);
+  m.impl("rescale_backward", &fastxai::rescale_backward_cpu);
   m.impl("lrp_product", &fastxai::lrp_product_cpu);
   m.impl("masked_blend", &fastxai::masked_blend_cpu);
   m.impl("occlude", &fastxai::occlude_cpu);

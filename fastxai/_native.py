@@ -141,6 +141,14 @@ def lrp_divide(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Te
     return out
 
 
+def rescale_backward(
+    grad: torch.Tensor, x: torch.Tensor, eps: float, negative_slope: float = 0.0
+) -> torch.Tensor:
+    """``grad`` times DeepLIFT's Rescale multiplier of each (input, baseline) pair of ``x`` (grad's dtype)."""
+    out: torch.Tensor = _ops().rescale_backward(grad, x, eps, negative_slope)
+    return out
+
+
 def lrp_product(
     activation: torch.Tensor,
     c: torch.Tensor,
@@ -238,6 +246,12 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastxai::lrp_divide")
     def _lrp_divide_fake(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
         return relevance.new_empty(relevance.shape)
+
+    @torch.library.register_fake("fastxai::rescale_backward")
+    def _rescale_backward_fake(
+        grad: torch.Tensor, x: torch.Tensor, eps: float, negative_slope: float = 0.0
+    ) -> torch.Tensor:
+        return grad.new_empty(grad.shape)
 
     @torch.library.register_fake("fastxai::lrp_product")
     def _lrp_product_fake(

@@ -19,6 +19,7 @@ from .moment_accumulate import moment_accumulate
 from .occlude import occlude
 from .path_points import path_points
 from .pgd_step import pgd_step
+from .rescale_backward import rescale_backward
 from .weighted_path_accumulate import weighted_path_accumulate
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "occlude",
     "path_points",
     "pgd_step",
+    "rescale_backward",
     "weighted_path_accumulate",
 ]

@@ -597,3 +597,170 @@ def test_unchecked_fast_path_passes_copy_major(backend: str, device: str) -> Non
     assert torch.equal(
         got, ops.occlude(inputs, baselines, (2, 3), (2, 3), 1, 2, copy_major=True, backend=backend)
     )
+
+
+def _pairs(shape_id: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = [inputs; baselines] ([2B, *F]) with exact ties, near ties (within eps = 1e-3), zeros on
+    either side and signs that differ, and a gradient of the same shape."""
+    a = _inputs(shape_id, torch.float32, "cpu", 1)
+    b = _inputs(shape_id, torch.float32, "cpu", 2)
+    flat_a, flat_b = a.view(-1), b.view(-1)
+    flat_b[::5] = flat_a[::5]  # a == b: the derivative
+    flat_b[1::7] = flat_a[1::7] + 1e-4  # |a - b| < eps: the derivative
+    flat_a[2::6] = 0.0
+    flat_b[3::6] = 0.0
+    flat_a[4::9], flat_b[4::9] = 0.0, 0.0  # 0 == 0: f'(0) = the slope
+    x = torch.cat([a, b]).to(device=device, dtype=dtype)
+    grad = torch.cat([_inputs(shape_id, dtype, device, 3), _inputs(shape_id, dtype, device, 4)])
+    return grad, x
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("negative_slope", [0.0, 0.01, -0.5])
+def test_rescale_backward(
+    backend: str, device: str, dtype: torch.dtype, shape_id: str, layout: str, negative_slope: float
+) -> None:
+    grad, x = _pairs(shape_id, dtype, device)
+    grad, x = _layout(grad, layout), _layout(x, "transposed" if layout == "channels_last" else layout)
+    got = ops.rescale_backward(grad, x, 1e-3, negative_slope, backend=backend)
+    want = reference.rescale_backward(grad.contiguous(), x.contiguous(), 1e-3, negative_slope)
+    assert got.shape == grad.shape and got.dtype == dtype and torch.isfinite(got).all()
+    assert got.stride() == grad.stride()  # the batch stays outermost: the op runs in grad's layout
+    oracle = reference.rescale_backward(grad.double(), x.double(), 1e-3, negative_slope)
+    _assert_as_accurate(got, want, oracle, dtype)
+
+
+def test_rescale_backward_closed_form() -> None:
+    """relu's multipliers by hand: both positive 1, both negative 0, a sign change the share of
+    [b, a] above 0, equal values (and |a - b| < eps) relu's derivative at a; leaky_relu's slope."""
+    a = torch.tensor([[3.0, -2.0, 2.0, -1.0, 1.5, 0.0, -0.5, 1.0]])
+    b = torch.tensor([[1.0, -1.0, -2.0, 3.0, 1.5, 0.0, -0.5, 1.0 + 2**-20]])
+    grad = torch.cat([torch.full_like(a, 2.0), torch.full_like(a, -4.0)])
+    relu = torch.tensor([1.0, 0.0, 0.5, 0.75, 1.0, 0.0, 0.0, 1.0])
+    leaky = torch.tensor([1.0, 0.1, 0.55, 0.775, 1.0, 0.1, 0.1, 1.0])
+    for backend, device in [("reference", "cpu"), *kernel_backends()]:
+        x = torch.cat([a, b]).to(device)
+        for slope, m in ((0.0, relu), (0.1, leaky)):
+            got = ops.rescale_backward(grad.to(device), x, 1e-6, slope, backend=backend).cpu()
+            torch.testing.assert_close(got, torch.stack([2.0 * m, -4.0 * m]), msg=f"{backend} {slope}")
+
+
+@pytest.mark.parametrize(("backend", "device"), BACKENDS)
+def test_rescale_backward_sums_to_delta_and_keeps_halves_paired(backend: str, device: str) -> None:
+    """With a gradient of ones, m * (a - b) = f(a) - f(b) per pair; a batch dimension that is not
+    outermost in memory still pairs row i with row N + i (the contiguous path)."""
+    grad, x = _pairs("image", torch.float32, device)
+    ones = torch.ones_like(grad)
+    multiplier = ops.rescale_backward(ones, x, 1e-6, 0.2, backend=backend)
+    a, b = x.chunk(2)
+    leaky = torch.nn.functional.leaky_relu
+    torch.testing.assert_close(multiplier[: a.shape[0]] * (a - b), leaky(a, 0.2) - leaky(b, 0.2))
+    batch_inner = x.transpose(0, 1).contiguous().transpose(0, 1)
+    grad_inner = grad.transpose(0, 1).contiguous().transpose(0, 1)
+    assert torch.equal(
+        ops.rescale_backward(grad_inner, batch_inner, 1e-6, backend=backend),
+        ops.rescale_backward(grad, x, 1e-6, backend=backend),
+    )
+
+
+def test_rescale_backward_rejects_bad_input() -> None:
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="grad must be \\[2N"):
+        ops.rescale_backward(torch.randn(3, 3), torch.randn(3, 3), 1e-6)
+    with pytest.raises(ValueError, match="x must have the shape of grad"):
+        ops.rescale_backward(x, x[:2], 1e-6)
+    with pytest.raises(TypeError, match="x must have the dtype of grad"):
+        ops.rescale_backward(x, x.half(), 1e-6)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ops.rescale_backward(x, x, 0.0)
+    with pytest.raises(ValueError, match="eps must be finite"):
+        ops.rescale_backward(x, x, float("nan"))
+    with pytest.raises(ValueError, match="negative_slope must be finite"):
+        ops.rescale_backward(x, x, 1e-6, float("inf"))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        ops.rescale_backward(x, x, 1e-50)  # rounds to 0 in float32
+    for backend, device in [("reference", "cpu"), *kernel_backends()]:
+        empty = torch.empty(0, 3, device=device)
+        assert ops.rescale_backward(empty, empty, 1e-6, backend=backend).shape == (0, 3)
+
+
+def test_rescale_backward_native_checks_its_arguments() -> None:
+    """The C++ op validates too (it is callable as torch.ops.fastxai.rescale_backward)."""
+    from fastxai import _native
+
+    if not _native.available()[0]:
+        pytest.skip("native backend not built")
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="grad must be \\[2N"):
+        _native.rescale_backward(x[:3], x[:3], 1e-6)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _native.rescale_backward(x, x, 0.0)
+    with pytest.raises(TypeError, match="x must have the dtype of grad"):
+        _native.rescale_backward(x, x.half(), 1e-6)
+
+
+class _ReluNet(torch.nn.Module):
+    """relu as a module, in place, functional and leaky: every form DeepLIFT's fused path takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.linear = torch.nn.Linear(4 * 25, 6)
+        self.out = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.leaky_relu(self.act(self.conv(x)) - 0.1, 0.2)
+        return self.out(self.linear(h.flatten(1)).relu_())
+
+
+@pytest.mark.parametrize(("backend", "device"), backend_params(include_reference=True))
+def test_deeplift_relu_path_on_every_backend(backend: str, device: str) -> None:
+    """DeepLIFT through rescale_backward: the same attributions on every backend, summing to the
+    score difference (float32)."""
+    import fastxai
+
+    model = _ReluNet().to(device)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, 5, 5, generator=generator).to(device)
+    baseline = torch.randn(3, 2, 5, 5, generator=generator).to(device)
+    x[0, 0, 0, 0] = baseline[0, 0, 0, 0]  # one exact tie
+    with fastxai.use_backend("reference"):
+        want = fastxai.deeplift(model, x, 1, baseline)
+    with fastxai.use_backend(backend):
+        got, delta = fastxai.deeplift(model, x, 1, baseline, return_convergence_delta=True)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert delta.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("leaky", [False, True])
+def test_deeplift_in_place_relu_on_a_view_equals_out_of_place(leaky: bool) -> None:
+    """An in-place relu / leaky_relu on a slice of an activation (the fused path overwrites the
+    view and keeps a copy for the backward) gives the attributions of the out-of-place form."""
+    import fastxai
+
+    torch.manual_seed(1)
+    first, second = torch.nn.Linear(5, 6), torch.nn.Linear(6, 2)
+
+    def act(t: torch.Tensor, inplace: bool) -> torch.Tensor:
+        if leaky:
+            return torch.nn.functional.leaky_relu(t, 0.3, inplace=inplace)
+        return torch.nn.functional.relu(t, inplace=inplace)
+
+    def in_place(x: torch.Tensor) -> torch.Tensor:
+        h = first(x)
+        act(h[:, :4], True)
+        return second(h)
+
+    def out_of_place(x: torch.Tensor) -> torch.Tensor:
+        h = first(x)
+        return second(torch.cat([act(h[:, :4], False), h[:, 4:]], 1))
+
+    x, baseline = torch.randn(3, 5), torch.randn(3, 5)
+    got, delta = fastxai.deeplift(in_place, x, 0, baseline, return_convergence_delta=True)
+    torch.testing.assert_close(got, fastxai.deeplift(out_of_place, x, 0, baseline))
+    assert delta.abs().max() < 1e-5

@@ -80,3 +80,17 @@ void occlude(int64_t element_size, const void* inputs, const void* baselines, vo
 
 }  // namespace cpu
 }  // namespace fastxai
+
+// ---- DeepLIFT's Rescale rule (csrc/cpu/rescale_kernels.cpp) ------------------------------------
+
+namespace fastxai {
+namespace cpu {
+
+// grad, x, out: [2 * half] (the inputs' half, then the baselines' half). For i < half, with
+// m = rescale::relu_multiplier(x[i], x[half + i], slope, eps) (csrc/rescale.h):
+// out[i] = grad[i] * m, out[half + i] = grad[half + i] * m.
+void rescale_backward(Dtype dtype, const void* grad, const void* x, void* out, float slope, float eps,
+                      int64_t half);
+
+}  // namespace cpu
+}  // namespace fastxai

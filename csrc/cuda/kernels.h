@@ -82,3 +82,17 @@ cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void*
 
 }  // namespace cuda
 }  // namespace fastxai
+
+// ---- DeepLIFT's Rescale rule (rescale_kernels.cu) ----------------------------------------------
+
+namespace fastxai {
+namespace cuda {
+
+// grad, x, out: [2 * half] (the inputs' half, then the baselines' half). For i < half, with
+// m = rescale::relu_multiplier(x[i], x[half + i], slope, eps) (csrc/rescale.h):
+// out[i] = grad[i] * m, out[half + i] = grad[half + i] * m.
+cudaError_t launch_rescale_backward(Dtype dtype, const void* grad, const void* x, void* out, float slope, float eps,
+                                    int64_t half, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace fastxai

@@ -17,8 +17,10 @@ other activation modules (they call these functions), functional calls (``torch.
 paired with its own baseline rows. Captum hooks modules instead and so misses functional
 ReLUs and raises on reused modules (its issues 199, 578, 1082).
 
-- elementwise: relu, leaky_relu, elu, selu, celu, gelu, silu, mish, softplus, sigmoid,
-  tanh, hardtanh, relu6, hardsigmoid, hardswish, softsign, logsigmoid;
+- elementwise: relu and leaky_relu (their whole backward is one fused op,
+  ``fastxai.ops.rescale_backward``, on the saved pre-activation), elu, selu, celu, gelu,
+  silu, mish, softplus, sigmoid, tanh, hardtanh, relu6, hardsigmoid, hardswish, softsign,
+  logsigmoid;
 - max pooling (1d/2d/3d): Captum's rule, the difference of the pooled outputs split between
   the input's and the baseline's arg-max positions (overlapping windows add up where Captum's
   unpooling keeps one write);
@@ -34,12 +36,15 @@ Any other operation passes its plain gradient; the rows of a batch must not inte
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+
+from fastxai import ops
 
 Tensor = torch.Tensor
 
@@ -96,6 +101,9 @@ _SOFTMAX = {
     Tensor.log_softmax: True,
 }
 
+# Dtypes the fused relu path takes (fastxai.ops.rescale_backward's); others keep the PyTorch one.
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
 _inplace_position: dict[Any, int | None] = {}
 
 
@@ -135,6 +143,55 @@ def _derivative(func: Any, call: Callable[[Tensor], Tensor], x: Tensor, y: Tenso
         leaf = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(call(leaf).sum(), leaf)
     return grad
+
+
+class _ReluRescale(torch.autograd.Function):
+    """relu and leaky_relu (``f(v) = v`` for ``v > 0``, else ``negative_slope * v``): the forward
+    keeps the pre-activation ``x``, the backward is one fused elementwise pass,
+    ``fastxai.ops.rescale_backward`` (multiplier with its ``f'`` fallback, times the gradient,
+    both halves), instead of building and storing the multiplier in several passes.
+    ``in_place``: the in-place form of the call, for an in-place call: x is copied for the
+    backward and overwritten (no new output and no copy back)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        call: Callable[[Tensor], Tensor],
+        negative_slope: float,
+        eps: float,
+        in_place: Callable[[Tensor], Tensor] | None,
+    ) -> Tensor:
+        ctx.negative_slope, ctx.eps = negative_slope, eps
+        if in_place is None:
+            ctx.save_for_backward(x)
+            return call(x)
+        ctx.save_for_backward(x.clone())
+        ctx.mark_dirty(x)
+        return in_place(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        (x,) = ctx.saved_tensors
+        return ops.rescale_backward(grad, x, ctx.eps, ctx.negative_slope), None, None, None, None
+
+
+def _relu_in_place(func: Any, negative_slope: float) -> Callable[[Tensor], Tensor]:
+    """The in-place form of a relu / leaky_relu call (the same values, signed zeros included)."""
+    if func in (F.leaky_relu, F.leaky_relu_):
+        return lambda t: F.leaky_relu_(t, negative_slope)
+    return torch.relu_
+
+
+def _relu_slope(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float | None:
+    """The negative slope of a relu / leaky_relu call (0 for relu), None for other functions."""
+    if func in _RELU or func in (torch.relu_, Tensor.relu_):
+        return 0.0
+    if func in (F.leaky_relu, F.leaky_relu_):
+        slope = args[1] if len(args) > 1 else kwargs.get("negative_slope", 0.01)
+        if isinstance(slope, (int, float)) and not isinstance(slope, bool) and math.isfinite(slope):
+            return float(slope)
+    return None
 
 
 class _ElementwiseRescale(torch.autograd.Function):
@@ -289,7 +346,12 @@ class RescaleMode(TorchFunctionMode):
         self.calls += 1
         if elementwise:
             call, inplace = _out_of_place(func, args, kwargs)
-            output = _ElementwiseRescale.apply(x, func, call, self._eps(x))
+            slope = _relu_slope(func, args, kwargs)
+            if slope is not None and x.dtype in _FUSED_DTYPES:
+                in_place = _relu_in_place(func, slope) if inplace else None
+                return _ReluRescale.apply(x, call, slope, self._eps(x), in_place)  # x itself if in place
+            else:
+                output = _ElementwiseRescale.apply(x, func, call, self._eps(x))
             return x.copy_(output) if inplace else output
         if func in _MAX_POOL:
             return self._max_pool(func, x, args, kwargs)
