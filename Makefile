@@ -1,5 +1,6 @@
 # Quick start:   make demo   (set up .venv, build, run `fastxai attribute` on the bundled digits CNN)
-#                make test   (set up .venv, build, lint, type-check, compile CUDA, run the tests)
+#                make test   (set up .venv, build, lint, type-check, compile CUDA, the peers' own
+#                             suites against the drop-in, then the test suite)
 # Also:          make bench  (benchmark suite and its ratio report)
 #                make gpu-check  (on a lent GPU: build for sm_90, test, sanitize, benchmark; README "GPU check")
 
@@ -31,6 +32,7 @@ lint: setup
 
 test: lint
 	bash scripts/compile_cuda.sh
+	bash scripts/peer_suites.sh $(BIN)/python
 	TRITON_INTERPRET=1 FASTXAI_REQUIRE_NATIVE=1 $(BIN)/python -m pytest tests
 
 # Captum's and torchattacks' own tests with fastxai's drop-in classes swapped in; fails below
