@@ -127,10 +127,14 @@ def test_model_restored_after_success(method: str) -> None:
 
 
 class FailingModel(CountingModel):
-    """Raises on its second call (the first with gradients), after adding a hook of its own."""
+    """Raises on its first call with gradients (or its second call, for methods that take none),
+    after adding a hook of its own."""
+
+    failed = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calls == 1:
+        if not self.failed and (torch.is_grad_enabled() or self.calls == 1):
+            self.failed = True
             self.inner[4].register_forward_hook(lambda module, inputs, output: None)
             raise RuntimeError("model failed")
         return super().forward(x)

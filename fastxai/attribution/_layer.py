@@ -89,6 +89,7 @@ class RowForward:
         self.inputs = tuple(tensor.detach() for tensor in inputs)
         self.kwargs = kwargs or {}
         self.batch = inputs[0].shape[0]
+        self.unchecked_target: torch.Tensor | None = None
         self.has_per_example = any(self._per_example(value) for value in (*args, *self.kwargs.values()))
 
     def _per_example(self, value: Any) -> bool:
@@ -113,9 +114,15 @@ class RowForward:
         return (lambda head: self.model(head, *rest, *args, **kwargs)), tensors[0]
 
     def logits(self, rows: Rows, count: int, inputs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """The output flattened to [N, prod(O)], which ``resolve_target``'s indices index."""
+        """The output flattened to [N, prod(O)], which ``resolve_target``'s indices index. The
+        first pass after ``resolve_target`` deferred its check checks the target on its output."""
         model, head = self.bound(rows, count, inputs)
-        return _model.flat_outputs(model, head)
+        if self.unchecked_target is None:
+            return _model.flat_outputs(model, head)
+        output = _model.outputs(model, head)
+        _model.flat_target(self.unchecked_target, output.shape[1:])  # raises on a bad target
+        self.unchecked_target = None
+        return output.reshape(output.shape[0], -1)
 
     def outputs(self, rows: Rows, count: int) -> torch.Tensor:
         model, head = self.bound(rows, count)
@@ -123,6 +130,11 @@ class RowForward:
 
     def resolve_target(self, target: torch.Tensor | None, chunk: int) -> torch.Tensor:
         """``_model.resolve_target`` on rows: the predicted class for None, else the range checked."""
+        if target is not None and target.dim() == 1 and self.batch <= chunk:
+            # One model pass holds every row: its output checks the target (``logits``) before
+            # any backward pass, instead of a probe forward that costs as much on a small model.
+            self.unchecked_target = target
+            return target
         if not self.args and not self.kwargs and len(self.inputs) == 1:
             return _model.resolve_target(self.model, self.inputs[0], target, chunk)
         with torch.no_grad():
