@@ -72,6 +72,20 @@ def mlp() -> nn.Module:
     ).eval()
 
 
+def digits_mlp() -> nn.Module:
+    """An MLP 64-64-10 on digits-size inputs [N, 1, 8, 8] (a forward of well under a millisecond)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+def digits_cnn_model() -> nn.Module:
+    """The CNN of fastxai.digits, random weights, eval mode."""
+    from fastxai.digits import digits_cnn
+
+    torch.manual_seed(0)
+    return digits_cnn().eval()
+
+
 CASES = {
     # name: (model factory, input shape of one sample, batch)
     "mlp": (mlp, (784,), 32),

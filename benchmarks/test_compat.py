@@ -20,28 +20,17 @@ from typing import Any
 
 import pytest
 import torch
-from models import small_resnet
+from models import digits_cnn_model, digits_mlp, small_resnet
 from torch import nn
 
 from fastxai.compat import captum as fc
-from fastxai.digits import digits_cnn
 
 captum_attr = pytest.importorskip("captum.attr")
 
 
-def _digits_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
-
-
-def _digits_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return digits_cnn().eval()
-
-
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
-    "digits-mlp": (_digits_mlp, (1, 8, 8), 32),
-    "digits-cnn": (_digits_cnn, (1, 8, 8), 32),
+    "digits-mlp": (digits_mlp, (1, 8, 8), 32),
+    "digits-cnn": (digits_cnn_model, (1, 8, 8), 32),
     "resnet": (small_resnet, (3, 32, 32), 8),
 }
 

@@ -20,32 +20,21 @@ from typing import Any
 import pytest
 import torch
 from conftest import implementations
-from models import PairedFloor, small_resnet
+from models import PairedFloor, digits_cnn_model, digits_mlp, small_resnet
 from torch import nn
 
 from fastxai.attribution.lime import lime
 from fastxai.attribution.perturbation import feature_ablation, occlusion
 from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
-from fastxai.digits import digits_cnn
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _digits_mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
-
-
-def _digits_cnn() -> nn.Module:
-    torch.manual_seed(0)
-    return digits_cnn().eval()
 
 
 CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
     # name: (model factory, input shape of one sample, batch)
     "resnet": (small_resnet, (3, 32, 32), 8),
-    "digits-cnn": (_digits_cnn, (1, 8, 8), 32),
-    "digits-mlp": (_digits_mlp, (1, 8, 8), 32),
+    "digits-cnn": (digits_cnn_model, (1, 8, 8), 32),
+    "digits-mlp": (digits_mlp, (1, 8, 8), 32),
 }
 ROUNDS = {"resnet": 5, "digits-cnn": 10, "digits-mlp": 20}
 CAPTUM_ROUNDS = 1
@@ -220,7 +209,7 @@ def test_compat_captum_defaults(benchmark, name: str, implementation: str) -> No
     captum_attr = pytest.importorskip("captum.attr")
     import fastxai.compat.captum as compat
 
-    model = _digits_mlp().to(DEVICE)
+    model = digits_mlp().to(DEVICE)
     generator = torch.Generator().manual_seed(1)
     x = torch.rand(32, 1, 8, 8, generator=generator).to(DEVICE)
     target = torch.randint(0, 10, (32,), generator=generator).to(DEVICE)
