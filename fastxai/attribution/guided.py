@@ -33,6 +33,7 @@ RULES = ("guided", "deconvnet")
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.Tensor.relu}
 _INPLACE_RELU_FUNCTIONS = {F.relu_, torch.relu_, torch.Tensor.relu_}
+_ANY_RELU = _RELU_FUNCTIONS | _INPLACE_RELU_FUNCTIONS
 
 
 class _ModifiedReluFunction(torch.autograd.Function):
@@ -69,9 +70,9 @@ class ModifiedRelu(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        inplace = func in _INPLACE_RELU_FUNCTIONS or (func is F.relu and bool(kwargs.get("inplace", False)))
-        if func not in _RELU_FUNCTIONS and func not in _INPLACE_RELU_FUNCTIONS:
+        if func not in _ANY_RELU:  # every other op of the forward: pass it on at once
             return func(*args, **kwargs)
+        inplace = func in _INPLACE_RELU_FUNCTIONS or (func is F.relu and bool(kwargs.get("inplace", False)))
         x = args[0]
         self.calls += 1
         output = _ModifiedReluFunction.apply(x, self.guided)
