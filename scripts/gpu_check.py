@@ -1,7 +1,7 @@
 """One call on a lent GPU: build fastxai's CUDA kernels, test, sanitize and benchmark them, and
 write one JSON and one text summary with the device, the versions and the raw numbers.
 
-    bash scripts/gpu_check.sh              # on the GPU machine (the device tool sets OUT)
+    bash scripts/gpu_check.sh              # on the GPU machine (results in $OUT or --out)
     bash scripts/gpu_check.sh --dry-run    # here: the same stages on the CPU, small sizes
 
 Stages, in order of value; each runs in its own process with its own timeout, inside one overall

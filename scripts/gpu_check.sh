@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The first command of a session with a lent GPU: build fastxai's CUDA kernels for sm_90, run the
+# The one command to validate a GPU machine: build fastxai's CUDA kernels for sm_90, run the
 # gpu-marked tests and the equivalence suite on cuda (native and Triton), compute-sanitizer on a
 # short equivalence run, the fused ops' bandwidth and the benchmarks; one JSON and one text
 # summary in $OUT, within 8 minutes on an H200. Stages and outputs: scripts/gpu_check.py.
 #
-#   bash scripts/gpu_check.sh                 # GPU run (device tool: carry [".whl"], timeout_s 600)
+#   bash scripts/gpu_check.sh                 # GPU run (the checkout copied there with .whl/)
 #   bash scripts/gpu_check.sh --dry-run       # the same stages on the CPU (what `make test` runs)
 #   bash scripts/gpu_check.sh --stages benchmarks --budget 300   # a second call on a warm machine
 #
@@ -41,7 +41,7 @@ elif (( ${#wheels[@]} )); then
     echo "gpu_check.sh: installing the wheels failed: the peers (Captum, torchattacks) will be missing"
   fi
 else
-  echo "gpu_check.sh: no wheels in .whl/ (run scripts/gpu_wheels.sh here and carry .whl): peers missing"
+  echo "gpu_check.sh: no wheels in .whl/ (run scripts/gpu_wheels.sh where there is a package index and copy .whl/ along): peers missing"
 fi
 
 exec "${python}" scripts/gpu_check.py "$@"

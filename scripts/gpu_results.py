@@ -2,7 +2,7 @@
 ``benchmarks/results/gpu-<device>-<date>.json`` (the whole summary, plus the commit it ran on)
 and ``.txt`` (the tables).
 
-    python scripts/gpu_results.py /work/.device/<...>/files    # the run's files_at folder
+    python scripts/gpu_results.py <folder>    # the folder holding the run's gpu-check.* files
     python scripts/gpu_results.py path/to/gpu-check.json --date 2026-12-03 --name h200
 
 A dry run's summary (CPU numbers) is refused unless ``--allow-dry-run``. ``render_text`` is also

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Download, here, the Python wheels that `scripts/gpu_check.sh` needs on the lent GPU machine and
 # that its image lacks (it has no package index): they go to the git-ignored .whl/ folder, which
-# the device call carries (`carry: [".whl"]`) and gpu_check.sh installs with pip --no-index.
+# that travels with the checkout to the GPU machine, where gpu_check.sh installs them with pip --no-index.
 #
 #   bash scripts/gpu_wheels.sh              # Python 3.12, x86-64 (the GPU image)
 #   PY_VERSION=3.13 bash scripts/gpu_wheels.sh
