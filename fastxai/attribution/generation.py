@@ -15,6 +15,7 @@ steps of several output steps and prompts together, within ``chunk_size``.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -70,6 +71,35 @@ def _check_mask(attention_mask: object, prompts: torch.Tensor) -> torch.Tensor |
     return mask
 
 
+def _check_baselines(baselines: object, layer: nn.Module) -> None:
+    """A number, a token id (an int) or one embedding vector [D]: the same for every position,
+    so it needs no rows of its own (per-example baselines are not taken)."""
+    if isinstance(baselines, bool) or not isinstance(baselines, (int, float, torch.Tensor)):
+        raise TypeError(
+            f"baselines must be a number, a token id or a tensor [D], got {type(baselines).__name__}"
+        )
+    if isinstance(baselines, torch.Tensor):
+        if not baselines.is_floating_point() or baselines.dim() != 1:
+            raise ValueError(
+                f"baselines as a tensor must be one float embedding vector [D], got {baselines.dtype} "
+                f"{tuple(baselines.shape)}; give a token id as an int"
+            )
+        if isinstance(layer, nn.Embedding) and baselines.shape[0] != layer.embedding_dim:
+            raise ValueError(
+                f"baselines must have the embedding size {layer.embedding_dim}, got {baselines.shape[0]}"
+            )
+        if not _model.all_finite(baselines):
+            raise ValueError("baselines contain NaN or infinity")
+    elif isinstance(baselines, float) and not math.isfinite(baselines):
+        raise ValueError(f"baselines must be finite, got {baselines}")
+    elif (
+        isinstance(baselines, int)
+        and isinstance(layer, nn.Embedding)
+        and not 0 <= baselines < layer.num_embeddings
+    ):
+        raise ValueError(f"baselines as a token id must be in [0, {layer.num_embeddings}), got {baselines}")
+
+
 def explain_generation(
     model: Model,
     prompts: torch.Tensor,
@@ -95,8 +125,8 @@ def explain_generation(
 
     - ``"integrated_gradients"`` (Sundararajan et al. 2017): ``(e - e') * integral grad f_j``
       along the straight path from the baseline embeddings ``e'`` of the *whole* sequence;
-      ``baselines``: 0.0 (default, the zero embedding, Captum's default) or a number, a float
-      tensor in the embedding space, or a token id (an int: the pad or eos id) for every
+      ``baselines``: 0.0 (default, the zero embedding, Captum's default), a number, one
+      embedding vector [D], or a token id (an int: the pad or eos id), the same at every
       position. ``n_steps`` points of the rule ``integration`` (as ``integrated_gradients``'s
       ``method``).
     - ``"saliency"`` (Simonyan et al. 2014): ``sum_d |d f_j / d e|``.
@@ -152,6 +182,8 @@ def explain_generation(
                     f"{name} must hold token ids in [0, {layer.num_embeddings}), "
                     f"got values in [{low}, {high}]"
                 )
+
+    _check_baselines(baselines, layer)
 
     batch, prompt_len = prompts.shape
     order = None

@@ -103,6 +103,20 @@ def test_token_id_baseline_and_batch_layout(gpt2: nn.Module) -> None:
     one = fx.explain_generation(gpt2, prompts[1:2], continuations[1:2], baselines=0, n_steps=8)
     torch.testing.assert_close(both[1:2], one, rtol=1e-9, atol=1e-12)
     assert not torch.allclose(both, fx.explain_generation(gpt2, prompts, continuations, n_steps=8))
+    vector = torch.full((16,), 0.1, dtype=torch.double)  # one embedding vector: the baseline everywhere
+    log_probs = fx.select_output(gpt2, lambda out: torch.log_softmax(out.logits, -1))
+    ids = torch.cat([prompts[:1], continuations[:1]], 1)
+    brute = fx.integrated_gradients(
+        log_probs,
+        ids,
+        baselines=vector,
+        target=(T_IN, int(continuations[0, 1])),
+        layer="transformer.wte",
+        n_steps=8,
+    )
+    got = fx.explain_generation(gpt2, prompts, continuations, baselines=vector, n_steps=8)
+    assert isinstance(brute, torch.Tensor)
+    torch.testing.assert_close(got[0, 1], brute.sum(-1)[0, :T_IN], rtol=1e-9, atol=1e-12)
 
 
 def _calls(model: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHandle]:
@@ -132,6 +146,10 @@ def _calls(model: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHand
         ({"forward_kwargs": {"attention_mask": torch.ones(2, 8)}}, ValueError),
         ({"chunk_size": 0}, ValueError),
         ({"n_steps": 0}, ValueError),
+        ({"baselines": torch.zeros(2, T_IN + T_OUT, 16)}, ValueError),
+        ({"baselines": torch.zeros(15)}, ValueError),
+        ({"baselines": VOCAB}, ValueError),
+        ({"baselines": "pad"}, TypeError),
         ({"integration": "simpson"}, ValueError),
         ({"forward_kwargs": [1]}, TypeError),
         ({"continuations": torch.full((2, T_OUT), VOCAB)}, ValueError),
