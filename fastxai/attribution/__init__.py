@@ -12,6 +12,7 @@ from fastxai.attribution.class_activation import (
     xgrad_cam,
 )
 from fastxai.attribution.deeplift import deeplift, deeplift_shap
+from fastxai.attribution.generation import explain_generation
 from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.gradient_shap import expected_gradients, gradient_shap
 from fastxai.attribution.guided import deconvnet, guided_backprop
@@ -33,6 +34,7 @@ __all__ = [
     "deeplift",
     "deeplift_shap",
     "expected_gradients",
+    "explain_generation",
     "feature_ablation",
     "grad_cam",
     "grad_cam_plus_plus",
