@@ -26,6 +26,11 @@ def check_model(model: object) -> Model:
 
 
 _HOOK_ATTRIBUTES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+# Hugging Face transformers installs its output-capturing hooks (attentions, hidden states) on the
+# first forward that asks for them and marks the model with this flag; when that first forward
+# runs inside ``preserved_state``, the hooks are removed after it and the flag must go too, or
+# the model would never install them again and silently return no attentions.
+_LAZY_HOOK_FLAGS = ("_output_capturing_hooks_installed",)
 
 
 @contextlib.contextmanager
@@ -51,6 +56,9 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
         for attr in _HOOK_ATTRIBUTES
         if (entries := getattr(module, attr, None))
     ]
+    flagged = {
+        (id(module), flag) for module in modules for flag in _LAZY_HOOK_FLAGS if flag in module.__dict__
+    }
     try:
         if eval_mode and any(training):
             model.eval()
@@ -70,6 +78,9 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
                 if current is not None and (len(current) != len(entries) or current.keys() != entries.keys()):
                     current.clear()
                     current.update(entries)
+            for flag in _LAZY_HOOK_FLAGS:
+                if flag in module.__dict__ and (id(module), flag) not in flagged:
+                    del module.__dict__[flag]  # its hooks were just removed: let the library reinstall them
         for parameter in frozen:
             parameter.requires_grad_(True)
 

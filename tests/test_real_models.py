@@ -147,3 +147,22 @@ def test_language_model_logits_with_position_and_token_targets() -> None:
     with pytest.raises(ValueError, match="give target as a tuple of 2 indices"):
         fx.saliency(model, embeddings, 3)
     assert_same_state(before, model_state(model))
+
+
+def test_attention_capture_installed_during_a_call_still_works_after_it() -> None:
+    """transformers installs its attention-capturing hooks on the first forward that asks for
+    attentions; if that forward runs inside a method, the hooks are removed afterwards and the
+    model must install them again (not silently return no attentions)."""
+    transformers = real_models.transformers()
+    config = transformers.BertConfig(
+        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_labels=2, attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(1, 30, (2, 5))
+    before = model_state(bert)
+    fx.saliency(bert, ids, target=1, forward_kwargs={"output_attentions": True})
+    assert_same_state(before, model_state(bert))
+    attentions = bert(ids, output_attentions=True).attentions
+    assert attentions is not None and len(attentions) == 1 and attentions[0].shape == (2, 2, 5, 5)
