@@ -57,7 +57,7 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
         if (entries := getattr(module, attr, None))
     ]
     flagged = {
-        (id(module), flag) for module in modules for flag in _LAZY_HOOK_FLAGS if flag in module.__dict__
+        (id(module), marker) for module in modules for marker in _LAZY_HOOK_FLAGS if marker in module.__dict__
     }
     try:
         if eval_mode and any(training):
@@ -78,9 +78,9 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
                 if current is not None and (len(current) != len(entries) or current.keys() != entries.keys()):
                     current.clear()
                     current.update(entries)
-            for flag in _LAZY_HOOK_FLAGS:
-                if flag in module.__dict__ and (id(module), flag) not in flagged:
-                    del module.__dict__[flag]  # its hooks were just removed: let the library reinstall them
+            for marker in _LAZY_HOOK_FLAGS:
+                if marker in module.__dict__ and (id(module), marker) not in flagged:
+                    del module.__dict__[marker]  # its hooks were just removed: let the library reinstall them
         for parameter in frozen:
             parameter.requires_grad_(True)
 
