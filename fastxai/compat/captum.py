@@ -6,16 +6,18 @@
 
 Constructors and ``attribute`` take Captum 0.9's arguments: tuple inputs,
 ``additional_forward_args`` (per-example tensors are matched to their rows, see
-``fastxai.compat._captum_inputs``), ``internal_batch_size`` / ``nt_samples_batch_size`` (the
-chunking), ``return_convergence_delta`` for ``IntegratedGradients`` (Captum's sign:
-``sum(attr) - (f(x) - f(baseline))``). Deterministic classes give Captum's numbers to float
-tolerance. Gradient classes: ``IntegratedGradients``, ``Saliency``, ``InputXGradient``,
-``GuidedBackprop``, ``Deconvolution``, ``GradientShap``, ``NoiseTunnel``; layer classes:
-``LayerGradCam``, ``GuidedGradCam`` (and ``LayerAttribution.interpolate``),
-``LayerIntegratedGradients``, ``LayerConductance``, ``LayerActivation``,
-``LayerGradientXActivation`` (``_captum_layer``); re-exported:
-``Occlusion``, ``FeatureAblation``, ``KernelShap``, ``Lime``, ``ShapleyValueSampling``, ``LRP``
-(and ``NoiseTunnel`` from ``_captum_noise_tunnel``), loaded on first use.
+``fastxai.compat._captum_inputs``), every target form (``_captum_targets``),
+``internal_batch_size`` / ``nt_samples_batch_size`` (the chunking), ``return_convergence_delta``
+and ``compute_convergence_delta`` (Captum's sign: ``sum(attr) - (f(x) - f(baseline))``),
+``multiply_by_inputs``. Deterministic classes give Captum's numbers to float tolerance. Defined
+here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
+``IntegratedGradients``, ``GradientShap``; one module per family, loaded on first use:
+``NoiseTunnel`` (``_captum_noise_tunnel``), ``LayerGradCam``, ``GuidedGradCam``,
+``LayerAttribution`` (``_captum_grad_cam``), ``LayerIntegratedGradients``, ``LayerConductance``,
+``LayerActivation``, ``LayerGradientXActivation`` (``_captum_layer``), ``DeepLift``,
+``DeepLiftShap`` (``_captum_deeplift``), ``Occlusion``, ``FeatureAblation``, ``KernelShap``,
+``ShapleyValueSampling`` (``_captum_perturbation``), ``Lime`` (``_captum_lime``),
+``LayerFeatureAblation`` (``_captum_layer_ablation``), ``LRP`` (``_captum_lrp``).
 
 Differences from Captum, on purpose:
 
@@ -27,8 +29,7 @@ Differences from Captum, on purpose:
   by ``seed`` (an extra keyword of ``attribute``; None draws one from torch's global
   generator): same distribution as Captum, not the same samples.
 - The model runs in the mode it is in (like Captum); hooks and ``requires_grad`` are put back.
-- Accepted but not honoured is refused with ``NotImplementedError``: ``device_ids``,
-  ``grad_kwargs``, ``attribute_to_layer_input=True``, ``attr_dim_summation=False``.
+- Accepted but not honoured is refused with ``NotImplementedError`` naming it (``device_ids``).
 - Where Captum checks an argument with ``assert``, the error raised is a ``ValueError`` or
   ``TypeError`` that is also an ``AssertionError`` (``fastxai.compat._captum_targets``).
 """
