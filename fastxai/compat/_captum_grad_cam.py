@@ -32,7 +32,7 @@ from fastxai.attribution._layer_capture import INTERPOLATE_MODES, interpolate
 from fastxai.attribution.guided import modified_relu_gradient
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
 from fastxai.compat._captum_targets import select_target
-from fastxai.compat.captum import Attribution, Forward, check_target, unsupported
+from fastxai.compat.captum import Attribution, Forward, check_device_ids, check_target
 
 
 class LayerAttribution:
@@ -46,11 +46,6 @@ class LayerAttribution:
     ) -> torch.Tensor:
         size = (interpolate_dims,) if isinstance(interpolate_dims, int) else tuple(interpolate_dims)
         return interpolate(layer_attribution, size, interpolate_mode)
-
-
-def _check_device_ids(device_ids: object) -> None:
-    if device_ids is not None:
-        raise unsupported("device_ids (DataParallel)")
 
 
 def _check_grad_kwargs(grad_kwargs: object) -> dict[str, Any]:
@@ -122,7 +117,7 @@ class LayerGradCam(Attribution):
 
     def __init__(self, forward_func: Forward, layer: nn.Module, device_ids: Any = None) -> None:
         super().__init__(forward_func)
-        _check_device_ids(device_ids)
+        check_device_ids(device_ids)
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
         self.layer = layer
@@ -171,7 +166,7 @@ class GuidedGradCam(Attribution):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         super().__init__(model)
-        _check_device_ids(device_ids)
+        check_device_ids(device_ids)
         self.model = model
         self.grad_cam = LayerGradCam(model, layer)
 

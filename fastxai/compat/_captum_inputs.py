@@ -36,7 +36,7 @@ from fastxai import _scheduling
 Forward = Callable[..., torch.Tensor]
 
 
-def _as_tuple(value: Any) -> tuple[Any, ...]:
+def as_tuple(value: Any) -> tuple[Any, ...]:
     return value if isinstance(value, tuple) else (value,)
 
 
@@ -49,7 +49,7 @@ class PackedInputs:
 
     def __init__(self, inputs: Any, *, name: str = "inputs") -> None:
         self.is_tuple = isinstance(inputs, tuple)
-        tensors = _as_tuple(inputs)
+        tensors = as_tuple(inputs)
         if len(tensors) == 0:
             raise ValueError(f"{name} must be a tensor or a non-empty tuple of tensors, got ()")
         for index, tensor in enumerate(tensors):
@@ -112,7 +112,7 @@ class PackedInputs:
         ``allow_scalar``), a tensor ``[*F_k]`` (one row) or ``[M, *F_k]``; every tensor in the
         tuple must agree on ``M``. Numbers and one-row tensors are repeated to ``M`` rows.
         """
-        parts = _as_tuple(values)
+        parts = as_tuple(values)
         if self.is_tuple != isinstance(values, tuple) and not (len(self.sizes) == 1 and len(parts) == 1):
             raise TypeError(f"{name} must be shaped like inputs (a tuple of {len(self.sizes)})")
         if len(parts) != len(self.sizes):
@@ -170,7 +170,7 @@ class PackedForward:
         self.packed = packed
         self.forward_func = forward_func
         extra = additional_forward_args
-        self.args: tuple[Any, ...] = () if extra is None else _as_tuple(extra)
+        self.args: tuple[Any, ...] = () if extra is None else as_tuple(extra)
         self.per_example = [
             index
             for index, arg in enumerate(self.args)
@@ -234,4 +234,4 @@ def chunk_rows(internal_batch_size: object, flat: torch.Tensor, *, whole_batches
     return batch * max(1, internal_batch_size // batch)
 
 
-__all__ = ["PackedForward", "PackedInputs", "chunk_rows"]
+__all__ = ["PackedForward", "PackedInputs", "as_tuple", "chunk_rows"]

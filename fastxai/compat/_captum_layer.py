@@ -38,18 +38,14 @@ from fastxai.attribution import _layer, quadrature
 from fastxai.attribution._layer_capture import resolve_layer
 from fastxai.attribution.integrated_gradients import fixed_path
 from fastxai.attribution.layer_conductance import conductance_at, end_scores
-from fastxai.compat._captum_inputs import PackedInputs
-from fastxai.compat.captum import Attribution, Forward, check_target, module_of, unsupported
+from fastxai.compat._captum_inputs import PackedInputs, as_tuple
+from fastxai.compat.captum import Attribution, Forward, check_device_ids, check_target, module_of, unsupported
 
 Layers = nn.Module | list[nn.Module]
 
 
-def _as_tuple(value: Any) -> tuple[Any, ...]:
-    return value if isinstance(value, tuple) else (value,)
-
-
 def _check_inputs(inputs: Any) -> tuple[torch.Tensor, ...]:
-    tensors = _as_tuple(inputs)
+    tensors = as_tuple(inputs)
     if not tensors:
         raise ValueError("inputs must be a tensor or a non-empty tuple of tensors, got ()")
     for index, tensor in enumerate(tensors):
@@ -66,7 +62,7 @@ def _check_inputs(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 def _input_baselines(baselines: Any, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """Captum's baselines in input space (None, a number, [*F], [1, *F] or [B, *F] per input) as [B, *F]."""
-    parts = (None,) * len(inputs) if baselines is None else _as_tuple(baselines)
+    parts = (None,) * len(inputs) if baselines is None else as_tuple(baselines)
     if len(parts) != len(inputs):
         raise ValueError(f"baselines must have {len(inputs)} entries like inputs, got {len(parts)}")
     result = []
@@ -112,8 +108,7 @@ class _LayerMethod(Attribution):
 
     def __init__(self, forward_func: Forward, layer: Layers, device_ids: Any = None) -> None:
         super().__init__(forward_func)
-        if device_ids is not None:
-            raise unsupported("device_ids (DataParallel)")
+        check_device_ids(device_ids)
         layers = layer if isinstance(layer, list) else [layer]
         if not layers:
             raise ValueError("layer must be an nn.Module or a non-empty list of them")
@@ -124,7 +119,7 @@ class _LayerMethod(Attribution):
     def _site(
         self, inputs: tuple[torch.Tensor, ...], additional_forward_args: Any, attribute_to_layer_input: bool
     ) -> _layer.LayerSite:
-        args = () if additional_forward_args is None else _as_tuple(additional_forward_args)
+        args = () if additional_forward_args is None else as_tuple(additional_forward_args)
         forward = _layer.RowForward(self.forward_func, inputs, args)
         return _layer.LayerSite(forward, self._layers, to_input=attribute_to_layer_input)
 

@@ -26,12 +26,9 @@ from torch import nn
 
 from fastxai import _model
 from fastxai.compat._captum_games import PerturbationAttribution
+from fastxai.compat._captum_inputs import as_tuple
 from fastxai.compat._captum_perturbation import FeatureAblation
-from fastxai.compat.captum import unsupported
-
-
-def _as_tuple(value: Any) -> tuple[Any, ...]:
-    return value if isinstance(value, tuple) else (value,)
+from fastxai.compat.captum import check_device_ids
 
 
 class LayerFeatureAblation(PerturbationAttribution):
@@ -43,8 +40,7 @@ class LayerFeatureAblation(PerturbationAttribution):
         super().__init__(forward_func)
         if not isinstance(layer, nn.Module):
             raise TypeError(f"layer must be an nn.Module, got {type(layer).__name__}")
-        if device_ids is not None:
-            raise unsupported("device_ids (DataParallel)")
+        check_device_ids(device_ids)
         self.layer = layer
 
     @property
@@ -61,8 +57,8 @@ class LayerFeatureAblation(PerturbationAttribution):
         attribute_to_layer_input: bool = False,
         perturbations_per_eval: int = 1,
     ) -> Any:
-        inputs_tuple = _as_tuple(inputs)
-        extra = () if additional_forward_args is None else _as_tuple(additional_forward_args)
+        inputs_tuple = as_tuple(inputs)
+        extra = () if additional_forward_args is None else as_tuple(additional_forward_args)
         batch = inputs_tuple[0].shape[0]
         module = self.forward_func if isinstance(self.forward_func, nn.Module) else None
         with _model.preserved_state(module, eval_mode=False) if module is not None else _nothing():
@@ -110,7 +106,7 @@ class LayerFeatureAblation(PerturbationAttribution):
         seen: list[tuple[torch.Tensor, ...]] = []
 
         def keep(values: Any) -> None:
-            seen.append(tuple(v.detach().clone() for v in _as_tuple(values) if isinstance(v, torch.Tensor)))
+            seen.append(tuple(v.detach().clone() for v in as_tuple(values) if isinstance(v, torch.Tensor)))
 
         if to_input:
             handle = self.layer.register_forward_pre_hook(lambda _, args: keep(args))

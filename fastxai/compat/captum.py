@@ -88,6 +88,12 @@ def unsupported(what: str) -> NotImplementedError:
     return NotImplementedError(f"fastxai.compat.captum: {what} is not implemented; use Captum itself for it")
 
 
+def check_device_ids(device_ids: object) -> None:
+    """Captum's ``device_ids`` (DataParallel) is refused: fastxai runs the model as given."""
+    if device_ids is not None:
+        raise unsupported("device_ids (DataParallel)")
+
+
 def check_target(target: object) -> object:
     """Captum's target forms, all of which fastxai takes: int, [B] tensor, list of ints, None, and
     for outputs with more than two dimensions a tuple (one element of every example's output)
@@ -305,9 +311,7 @@ class IntegratedGradients(_PathAttribution):
         result = packed.format(attributions)
         if not return_convergence_delta:
             return result
-        start = packed.format(baseline) if isinstance(baseline, torch.Tensor) else 0.0
-        if isinstance(start, float) and packed.is_tuple:
-            start = tuple(0.0 for _ in packed.sizes)
+        start = packed.format(baseline) if isinstance(baseline, torch.Tensor) else None  # None: zero
         return result, self._run(
             lambda: self.compute_convergence_delta(result, start, inputs, target, additional_forward_args)
         )
