@@ -222,7 +222,8 @@ class Attack:
 
     # --- calling --------------------------------------------------------------------------
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        # The base class, as torchattacks' Attack: every attack class defines its own forward.
+        raise NotImplementedError(f"{type(self).__name__} defines no forward: use an attack class")
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(inputs, torch.Tensor):
