@@ -25,7 +25,9 @@ are one site too: their tensors are flattened into one row per example ``[B, sum
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -151,12 +153,37 @@ class RowForward:
             return torch.cat(predictions)
 
 
+class GraphRule(Protocol):
+    """A change of the backward pass made on the autograd graph of each forward (Guided
+    Backpropagation's relu rule): ``apply`` hooks the graph's nodes and returns True, or
+    returns False where the graph hides what it must change (an in-place op on a view wraps
+    its node in a ``CopySlices``); the forward then runs again inside ``fallback()``."""
+
+    def apply(self, root: torch.Tensor) -> bool: ...
+
+    def fallback(self) -> AbstractContextManager[Any]: ...
+
+
+GRAPH_RULE: ContextVar[GraphRule | None] = ContextVar("fastxai_graph_rule", default=None)
+"""The rule every target gradient of this context is taken with (None: PyTorch's backward)."""
+
+
+def _target_scores(run: Callable[[], torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """``f_target`` of ``run()``'s output [N], with the context's ``GRAPH_RULE`` on its graph."""
+    scores = run().gather(1, target.view(-1, 1)).squeeze(1)
+    rule = GRAPH_RULE.get()
+    if rule is not None and not rule.apply(scores):
+        with rule.fallback():
+            scores = run().gather(1, target.view(-1, 1)).squeeze(1)
+    return scores
+
+
 def _target_gradients(
     run: Callable[[], torch.Tensor], leaves: Sequence[torch.Tensor], target: torch.Tensor
 ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """Gradients of ``f_target`` w.r.t. ``leaves`` (zeros for a leaf the output does not use)."""
     with torch.enable_grad():
-        scores = run().gather(1, target.view(-1, 1)).squeeze(1)
+        scores = _target_scores(run, target)
         grads = torch.autograd.grad(scores.sum(), list(leaves), allow_unused=True, materialize_grads=True)
     return tuple(grads), scores.detach()
 
@@ -268,12 +295,12 @@ class LayerSite:
         def run() -> torch.Tensor:
             with self.slots.hooked("grad"):
                 output = self.forward.logits(rows, count, inputs)
-            taken.extend(self.slots.collected())
+            taken[:] = self.slots.collected()
             self._check_one_tensor()
             return output
 
         with torch.enable_grad():
-            scores = run().gather(1, target.view(-1, 1)).squeeze(1)
+            scores = _target_scores(run, target)
             grads = torch.autograd.grad(scores.sum(), taken, allow_unused=True, materialize_grads=True)
         return self.slots.flatten(grads), self.slots.flatten([t.detach() for t in taken]), scores.detach()
 

@@ -10,12 +10,15 @@ methods replace that rule in every ReLU of the model:
 
 Which ReLUs. Every ReLU the forward pass applies is modified: ``nn.ReLU`` modules (also
 ``inplace=True``) and functional calls (``torch.relu``, ``F.relu``, ``Tensor.relu`` and their
-in-place forms), caught by a ``torch.overrides.TorchFunctionMode`` that is active only for
-the call. Captum hooks ``nn.ReLU`` modules only, so on models built from ``nn.ReLU`` modules
-the numbers are Captum's; on a model that also uses functional ReLUs (a ResNet block's
-``torch.relu``) Captum leaves those with the plain rule and fastxai does not. A model that
-applies no ReLU at all raises ``ValueError`` (the result would be the plain gradient).
-No hook is written onto the model; the mode is left on exit, also on error.
+in-place forms): all are PyTorch's relu, whose node in the autograd graph gets the rule as a
+hook after each forward (``ReluRule``; a relu in place on a view, which autograd hides inside
+a ``CopySlices`` node, is caught by a ``TorchFunctionMode`` instead). Captum hooks ``nn.ReLU``
+modules only, so on models built from ``nn.ReLU`` modules the numbers are Captum's; on a
+model that also uses functional ReLUs (a ResNet block's ``torch.relu``) Captum leaves those
+with the plain rule and fastxai does not. A model that applies no ReLU at all raises
+``ValueError`` (the result would be the plain gradient).
+No hook is written onto the model: the hooks are on the autograd graph of each call, gone
+with it, also on error.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from fastxai._model import Model
+from fastxai.attribution._layer import GRAPH_RULE
 from fastxai.attribution.gradient import target_gradient
 
 RULES = ("guided", "deconvnet")
@@ -36,35 +40,64 @@ _INPLACE_RELU_FUNCTIONS = {F.relu_, torch.relu_, torch.Tensor.relu_}
 _ANY_RELU = _RELU_FUNCTIONS | _INPLACE_RELU_FUNCTIONS
 
 
-class _ModifiedReluFunction(torch.autograd.Function):
-    """``max(x, 0)`` forward; backward ``max(g, 0)`` (times ``[x > 0]`` for ``guided``)."""
+def _guided_hook(grad_inputs: tuple[Any, ...], _grad_outputs: tuple[Any, ...]) -> Any:
+    """Guided rule on a relu's autograd node: its own gradient ``g * [x > 0]``, clamped at 0
+    (``max(g, 0) * [x > 0]`` = ``max(g * [x > 0], 0)``)."""
+    (grad,) = grad_inputs
+    return None if grad is None else (grad.clamp_min(0),)
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, guided: bool) -> torch.Tensor:
-        output = x.clamp_min(0)
-        ctx.guided = guided
-        if guided:
-            ctx.save_for_backward(output)
-        return output
 
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        grad = grad_output.clamp_min(0)
-        if ctx.guided:
-            (output,) = ctx.saved_tensors
-            grad = grad * (output > 0)
-        return grad, None
+def _deconvnet_hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> Any:
+    """DeconvNet rule on a relu's autograd node: ``max(g, 0)``, whatever the forward input."""
+    if grad_inputs[0] is None or grad_outputs[0] is None:
+        return None
+    return (grad_outputs[0].clamp_min(0),)
+
+
+class ReluRule:
+    """The modified rule on every relu node of each forward's autograd graph (``GraphRule``):
+    a walk from the target score finds the relu nodes (``nn.ReLU`` modules, in place too, and
+    functional calls alike: all are PyTorch's relu) and hooks them. The hooks live and die
+    with that graph: nothing is written onto the model, and the forward runs untouched.
+    Where the graph holds a ``CopySlices`` node (an in-place op on a view, whose own node autograd
+    keeps out of reach), the forward runs again inside ``ModifiedRelu``, which hooks each relu
+    call as it happens. ``calls``: the relu nodes hooked."""
+
+    def __init__(self, rule: str) -> None:
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        self.hook = _guided_hook if rule == "guided" else _deconvnet_hook
+        self.calls = 0
+
+    def apply(self, root: torch.Tensor) -> bool:
+        relus, seen, stack = [], set(), [root.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            name = node.name()
+            if name.endswith("CopySlices"):
+                return False
+            if name.startswith("ReluBackward"):
+                relus.append(node)
+            stack.extend(edge for edge, _ in node.next_functions)
+        for node in relus:
+            node.register_hook(self.hook)
+        self.calls += len(relus)
+        return True
+
+    def fallback(self) -> ModifiedRelu:
+        return ModifiedRelu(self)
 
 
 class ModifiedRelu(TorchFunctionMode):
-    """While active, every ReLU call runs with the modified backward rule; counts the calls."""
+    """While active, every relu call hooks its own autograd node with ``rule``'s hook (the
+    fallback of ``ReluRule``; it also catches a relu in place on a view)."""
 
-    def __init__(self, rule: str) -> None:
+    def __init__(self, rule: ReluRule) -> None:
         super().__init__()
-        if rule not in RULES:
-            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        self.guided = rule == "guided"
-        self.calls = 0
+        self.rule = rule
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -72,13 +105,19 @@ class ModifiedRelu(TorchFunctionMode):
         kwargs = kwargs or {}
         if func not in _ANY_RELU:  # every other op of the forward: pass it on at once
             return func(*args, **kwargs)
+        x = args[0] if args else kwargs.get("input")
         inplace = func in _INPLACE_RELU_FUNCTIONS or (func is F.relu and bool(kwargs.get("inplace", False)))
-        x = args[0]
-        self.calls += 1
-        output = _ModifiedReluFunction.apply(x, self.guided)
-        if inplace:
-            # The caller may rely on the side effect: write the result back, gradient included.
-            return x.copy_(output)
+        if inplace and isinstance(x, torch.Tensor) and x._is_view():
+            # In place on a view, the relu's node would hide inside the base's CopySlices: run it
+            # out of place and write the result back, gradient included.
+            return x.copy_(self._hooked(torch.relu(x)))
+        return self._hooked(func(*args, **kwargs))
+
+    def _hooked(self, output: Any) -> Any:
+        node = output.grad_fn if isinstance(output, torch.Tensor) else None
+        if node is not None:
+            node.register_hook(self.rule.hook)
+            self.rule.calls += 1
         return output
 
 
@@ -86,10 +125,13 @@ def modified_relu_gradient(
     model: Model, inputs: torch.Tensor, target: object, rule: str, chunk_size: int | None
 ) -> torch.Tensor:
     """``d f_target / d inputs`` with every ReLU's backward replaced by ``rule``: [B, *F]."""
-    mode = ModifiedRelu(rule)
-    with mode:
+    relu_rule = ReluRule(rule)
+    token = GRAPH_RULE.set(relu_rule)
+    try:
         grads = target_gradient(model, inputs, target, chunk_size)
-    if mode.calls == 0:
+    finally:
+        GRAPH_RULE.reset(token)
+    if relu_rule.calls == 0:
         raise ValueError(
             f"model applies no ReLU (neither nn.ReLU modules nor functional relu): {rule} "
             "backpropagation would be the plain gradient; use fastxai.saliency(..., abs=False) for that"

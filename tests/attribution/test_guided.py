@@ -69,6 +69,29 @@ def test_functional_and_inplace_relus_are_modified(function) -> None:
     torch.testing.assert_close(function(inplace, x, 3), function(modules, x, 3))
 
 
+class ReluOnViewNet(nn.Module):
+    """``small_cnn``'s maths with its first ReLU applied in place on a view: the relu node sits
+    inside ``CopySlices``, out of the graph walk's reach, so the rule falls back to hooking
+    each relu call."""
+
+    def __init__(self, reference: nn.Sequential) -> None:
+        super().__init__()
+        self.body = reference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = self.body
+        x = layers[1](layers[0](x))
+        F.relu(x[:, :], inplace=True)
+        return layers[9](layers[8](layers[7](layers[6](layers[5](layers[4](layers[3](x)))))))
+
+
+@pytest.mark.parametrize("function", [guided.guided_backprop, guided.deconvnet])
+def test_relu_in_place_on_a_view_is_modified(function) -> None:
+    modules = small_cnn(seed=6).eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(function(ReluOnViewNet(modules).eval(), x, 2), function(modules, x, 2))
+
+
 def test_model_without_relu_raises() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="no ReLU"):
@@ -96,4 +119,4 @@ def test_bad_input_named() -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         guided.guided_backprop(model, torch.randn(1, 1, 8, 8), chunk_size=0)
     with pytest.raises(ValueError, match="rule"):
-        guided.ModifiedRelu("sideways")
+        guided.ReluRule("sideways")
