@@ -253,6 +253,33 @@ def blend(
     return perturb
 
 
+def ablate(inputs: torch.Tensor, baselines: torch.Tensor, mask: torch.Tensor) -> Perturb:
+    """A ``Perturb`` for feature ablation: copy 0 is the input, copy ``p`` the input with group
+    ``p - 1`` taken from the baseline. Each block is the rows' inputs copied once per copy and
+    every element written from the baseline in the one copy that ablates its group (each
+    element is in one group): two PyTorch ops, exact (the kept elements are the input, the
+    ablated ones the baseline, bit for bit, as Captum's ``x * 1 + b * 0`` gives them), and on a
+    small model cheaper than a blend whose keep weights are as large as the copies."""
+    batch = inputs.shape[0]
+    x = inputs.reshape(batch, -1)
+    base = baselines.expand_as(inputs).reshape(batch, -1)
+    per_input = mask.dim() == inputs.dim()
+    copy_of = 1 + mask.reshape(batch if per_input else 1, -1)  # the copy that ablates each element
+
+    def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+        rows = r1 - r0
+        out = x.new_empty(p1 - p0, rows, x.shape[1]).copy_(x[r0:r1])  # a new tensor, also for one copy
+        copies = copy_of[r0:r1] if per_input else copy_of
+        row, column = ((copies >= p0) & (copies < p1)).nonzero(as_tuple=True)  # in this block
+        if per_input:
+            out[copies[row, column] - p0, row, column] = base[r0:r1][row, column]
+        else:
+            out[copies[0, column] - p0, :, column] = base[r0:r1][:, column].T
+        return out.view(p1 - p0, rows, *inputs.shape[1:])
+
+    return perturb
+
+
 def group_sums(values: torch.Tensor, mask: torch.Tensor, groups: int) -> torch.Tensor:
     """``sum_{i in group m} values[b, i]``: [B, *F] -> [B, M]."""
     batch = values.shape[0]
@@ -299,6 +326,6 @@ def prepare(
     """The checks every perturbation method starts with: model, inputs, target, chunk size."""
     model_checked = _model.check_model(model)
     x = _model.check_inputs(inputs).detach()
-    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
+    chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
     target_t = _model.check_target(target, x.shape[0], x.device)
     return model_checked, x.contiguous(), target_t, chunk

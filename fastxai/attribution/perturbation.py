@@ -1,5 +1,7 @@
 """Occlusion (Zeiler & Fergus 2014) and feature ablation: the score drop when parts of the input
-are replaced by a baseline, with Captum's semantics, every perturbed copy built by a fused op."""
+are replaced by a baseline, with Captum's semantics. Occlusion's copies are built by a fused op
+(``ops.occlude``); feature ablation's by copying the inputs and writing each element's
+baseline into the one copy that ablates it (``_perturbation.ablate``: exact, two PyTorch ops)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def feature_ablation(
     ``feature_mask`` holds int group ids 0..M-1 ([*F] shared, [B, *F] per input, size-1 dims
     broadcast; None: every element its own group); ``baselines``: None (0), a number, one
     input [*F] or [B, *F]. Costs ``B * (M + 1)`` model evaluations, in batches of at most
-    ``chunk_size``.
+    ``chunk_size``. ``backend`` is checked but has no work to choose: the copies are built by
+    PyTorch ops on the inputs' device (see the module docstring).
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32).
 
@@ -43,20 +46,9 @@ def feature_ablation(
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     if backend is not None:
         _backends.check_choice(backend)
-    dtype = _perturbation.compute_dtype(x)
-    # copy 0 is the input itself (keeps every group), copy p ablates group p - 1
-    keep_all = torch.cat(
-        [
-            torch.ones(1, groups, dtype=dtype, device=x.device),
-            1 - torch.eye(groups, dtype=dtype, device=x.device),
-        ]
-    )
-
-    def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
-        return keep_all[p0:p1].unsqueeze(0).expand(r1 - r0, -1, -1)
-
+    # copy 0 is the input itself, copy p ablates group p - 1
     with _model.inference_state(model):
-        perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+        perturb = _perturbation.ablate(x, baseline, mask)
         scores, _ = _perturbation.perturbed_scores(model, x, target_t, groups + 1, perturb, chunk)
     drops = scores[:, :1] - scores[:, 1:]
     return _perturbation.to_input_shape(drops, mask, x.shape).to(inputs.dtype)

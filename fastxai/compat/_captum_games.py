@@ -208,7 +208,7 @@ class Game:
         value is a ceiling on the copies of the batch per forward pass."""
         whole = self.forward.has_per_example_args
         if self.per_eval == 1:
-            return chunk_rows(None, self.packed.flat, whole_batches=whole)
+            return chunk_rows(None, self.packed.flat, whole_batches=whole, forward_only=True)
         return self.per_eval * self.packed.batch
 
     # per-example mode ---------------------------------------------------------------------------

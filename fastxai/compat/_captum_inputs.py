@@ -211,18 +211,21 @@ class PackedForward:
         return output
 
 
-def chunk_rows(internal_batch_size: object, flat: torch.Tensor, *, whole_batches: bool) -> int | None:
+def chunk_rows(
+    internal_batch_size: object, flat: torch.Tensor, *, whole_batches: bool, forward_only: bool = False
+) -> int | None:
     """fastxai's ``chunk_size`` for Captum's ``internal_batch_size`` (examples per forward pass).
 
     Like Captum, a pass holds whole copies of the batch when ``whole_batches`` (at least one,
-    ``internal_batch_size // batch`` copies otherwise); None keeps fastxai's automatic size,
-    rounded down to whole copies when needed.
+    ``internal_batch_size // batch`` copies otherwise); None keeps fastxai's automatic size
+    (for ``forward_only`` passes, the larger one of small inputs), rounded down to whole copies
+    when needed.
     """
     batch = flat.shape[0]
     if internal_batch_size is None:
         if not whole_batches:
             return None
-        return batch * max(1, _scheduling.auto_chunk_size(None, flat) // batch)
+        return batch * max(1, _scheduling.auto_chunk_size(None, flat, forward_only=forward_only) // batch)
     if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int):
         raise TypeError(
             f"internal_batch_size must be an int or None, got {type(internal_batch_size).__name__}"

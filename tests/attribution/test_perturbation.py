@@ -135,9 +135,11 @@ def test_feature_ablation_chunk_size_and_predicted_target() -> None:
     model = small_cnn(seed=7).eval()
     x = torch.randn(4, 1, 5, 5)
     predicted = model(x).argmax(1)
+    before = x.clone()
     reference = feature_ablation(model, x, predicted)
-    for chunk_size in (1, 3, 17):
+    for chunk_size in (1, 3, 17):  # 1: blocks of one copy, which must still be new tensors
         torch.testing.assert_close(feature_ablation(model, x, None, chunk_size=chunk_size), reference)
+        assert torch.equal(x, before)
 
 
 @pytest.mark.parametrize(("backend", "device"), backend_params())
@@ -280,9 +282,10 @@ def test_copies_built_by_the_op_implementation_directly() -> None:
 def test_copies_built_in_blocks_scored_in_whole_copy_batches(
     monkeypatch: pytest.MonkeyPatch, build_elements: int, per_build: int, method: str
 ) -> None:
-    """On the CPU one op call builds the copies of several model batches (up to BUILD_ELEMENTS
-    elements); the model still gets batches of whole copies, at most chunk_size rows, the same
-    batches whatever the build size, so the results are bit-identical."""
+    """On the CPU one op call (one build, for feature ablation) builds the copies of several
+    model batches (up to BUILD_ELEMENTS elements); the model still gets batches of whole
+    copies, at most chunk_size rows, the same batches whatever the build size, so the results
+    are bit-identical."""
     from fastxai.attribution import _perturbation
 
     monkeypatch.setattr(_perturbation, "BUILD_ELEMENTS", build_elements)
@@ -294,6 +297,13 @@ def test_copies_built_in_blocks_scored_in_whole_copy_batches(
         return original(self, *args, **options)
 
     monkeypatch.setattr(_perturbation.FusedOp, "__call__", counted)
+    original_ablate = _perturbation.ablate
+
+    def counted_ablate(*args: torch.Tensor) -> _perturbation.Perturb:  # feature ablation's builder
+        perturb = original_ablate(*args)
+        return lambda *block: (op_calls.append(1), perturb(*block))[1]
+
+    monkeypatch.setattr(_perturbation, "ablate", counted_ablate)
     model, calls = _counting_model()
     x = torch.randn(3, 1, 6, 6)  # 3 rows of 36 elements; chunk_size 7: two copies (6 rows) per batch
     kwargs: dict = {
