@@ -8,8 +8,15 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, channels_in: int, channels_out: int, stride: int) -> None:
+    """A ResNet basic block. ``module_relus``: its ReLUs as ``nn.ReLU`` modules (one per use)
+    instead of ``torch.relu`` calls; the same function, but a library that modifies only
+    ``nn.ReLU`` modules (Captum's GuidedBackprop, Deconvolution and DeepLift) then modifies
+    them all, so that it computes what fastxai computes."""
+
+    def __init__(self, channels_in: int, channels_out: int, stride: int, module_relus: bool = False) -> None:
         super().__init__()
+        self.relu1: nn.Module | None = nn.ReLU() if module_relus else None
+        self.relu2: nn.Module | None = nn.ReLU() if module_relus else None
         self.conv1 = nn.Conv2d(channels_in, channels_out, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels_out)
         self.conv2 = nn.Conv2d(channels_out, channels_out, 3, 1, 1, bias=False)
@@ -21,19 +28,21 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        relu1 = self.relu1 or torch.relu
+        relu2 = self.relu2 or torch.relu
+        out = relu1(self.bn1(self.conv1(x)))
+        return relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def small_resnet(classes: int = 10, width: int = 16) -> nn.Module:
+def small_resnet(classes: int = 10, width: int = 16, module_relus: bool = False) -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
         nn.Conv2d(3, width, 3, 1, 1, bias=False),
         nn.BatchNorm2d(width),
         nn.ReLU(),
-        BasicBlock(width, width, 1),
-        BasicBlock(width, 2 * width, 2),
-        BasicBlock(2 * width, 4 * width, 2),
+        BasicBlock(width, width, 1, module_relus),
+        BasicBlock(width, 2 * width, 2, module_relus),
+        BasicBlock(2 * width, 4 * width, 2, module_relus),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(4 * width, classes),

@@ -38,7 +38,7 @@ def report(path: str) -> str:
             paired[bench["group"]][implementation] = bench["stats"]["median"] / info["paired_floor_median"]
     for group, times in sorted(groups.items()):
         floor = times.get("floor")
-        ours = {k: v for k, v in times.items() if k.startswith("fastxai-")}
+        ours = {k: v for k, v in times.items() if k == "fastxai" or k.startswith("fastxai-")}
         best = min(ours.values()) if ours else None
         lines.append(f"\n{group}")
         columns = ("median s", "/ floor", "/ paired floor", "/ fastxai best")
