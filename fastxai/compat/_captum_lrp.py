@@ -136,7 +136,8 @@ class _Bound(nn.Module):
     [B, n_1 + n_2 + ...], sliced and reshaped back in the graph; the extra arguments are
     constants of the trace (tensors among them become attributes of this wrapper, never of the
     model), and the optional arguments of ``forward`` keep their defaults; ``index`` (an int or
-    tuple target) selects ``output[:, *index]`` in the graph."""
+    tuple target) selects ``output[:, *index]`` in the graph; ``keep_shape`` returns the output
+    [N, *O] as it is (a list of tuples indexes it per sample), else it is flattened to [N, K]."""
 
     def __init__(
         self,
@@ -144,11 +145,13 @@ class _Bound(nn.Module):
         packed: PackedInputs | None,
         extra: tuple[Any, ...],
         index: tuple[int, ...] | None,
+        keep_shape: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
         self.extra = extra
         self.index = index
+        self.keep_shape = keep_shape
         self.shapes = [] if packed is None else packed.shapes
         self.spans = [] if packed is None else packed.spans
 
@@ -163,6 +166,8 @@ class _Bound(nn.Module):
             output = self.model(*parts, *self.extra)
         if self.index is not None:
             output = output[(slice(None), *self.index)]
+        elif self.keep_shape:
+            return output  # [N, *O], for a list of tuples (one index of O per sample)
         return output.reshape(output.shape[0], -1)
 
 
@@ -237,16 +242,18 @@ class LRP(Attribution):
         self._cached = signature, composite
         return composite
 
-    def _wrapper(self, packed: PackedInputs | None, extra: tuple[Any, ...], index: Any) -> _Bound:
+    def _wrapper(
+        self, packed: PackedInputs | None, extra: tuple[Any, ...], index: Any, keep_shape: bool
+    ) -> _Bound:
         """A wrapper kept (with its trace) per target index and training flags when there is one
         input and no extra argument; a fresh one (traced again) otherwise."""
         if packed is not None or extra:
-            return _Bound(self.model, packed, extra, index)
-        key = (index, tuple(module.training for module in self.model.modules()))
+            return _Bound(self.model, packed, extra, index, keep_shape)
+        key = (index, keep_shape, tuple(module.training for module in self.model.modules()))
         if key not in self._wrappers:
             if len(self._wrappers) >= 8:
                 self._wrappers.clear()
-            self._wrappers[key] = _Bound(self.model, None, (), index)
+            self._wrappers[key] = _Bound(self.model, None, (), index, keep_shape)
         return self._wrappers[key]
 
     def attribute(
@@ -271,7 +278,8 @@ class LRP(Attribution):
         packed = PackedInputs(inputs) if isinstance(inputs, tuple) else None
         several = packed is not None and len(packed.shapes) > 1
         x: Any = inputs if packed is None else (packed.flat if several else inputs[0])
-        model = self._wrapper(packed if several else None, extra, index)
+        tuples = isinstance(per_sample, list) and any(isinstance(item, tuple) for item in per_sample)
+        model = self._wrapper(packed if several else None, extra, index, tuples)
         _check_reuse(model, rules)
         whole = (several or extra) and isinstance(x, torch.Tensor) and x.dim()
         chunk_size = max(1, x.shape[0]) if whole else None  # the extra arguments hold every row
@@ -312,9 +320,7 @@ def _split_target(target: Any) -> tuple[tuple[int, ...] | None, Any]:
         return target, None
     if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
         return (int(target.item()),), None
-    if isinstance(target, list) and target and isinstance(target[0], tuple):
-        raise NotImplementedError("fastxai.compat LRP: target as a list of tuples is not supported")
-    return None, target
+    return None, target  # a list of tuples too: one element of [B, *O] per sample (fastxai.lrp)
 
 
 def _check_reuse(model: nn.Module, rules: dict[str, Rule]) -> None:

@@ -246,19 +246,24 @@ def _propagate(
     if not isinstance(result, fx.Node) or result not in plan.steps:
         raise _graph.UnsupportedLayerError("the model must return one tensor computed from its input")
     output = ctx.env[result]
-    logits = output.unsqueeze(1) if output.dim() == 1 else output
+    if isinstance(output, torch.Tensor) and output.dim() > 2 and output.shape[0] == x.shape[0]:
+        # [batch, *O]: a tuple of indices per example (``_model.check_target``), flattened
+        target = _model.flat_target(target, output.shape[1:])  # raises for None: no class dim
+        logits = output.reshape(output.shape[0], -1)
+    else:
+        logits = output.unsqueeze(1) if isinstance(output, torch.Tensor) and output.dim() == 1 else output
     if (
         not isinstance(output, torch.Tensor)
         or logits.dim() != 2
         or (logits.shape[0] != x.shape[0] and not (any_rows and target is None))
     ):
         raise ValueError(
-            f"model must return [batch, classes] (or [batch]), got {getattr(output, 'shape', output)} "
-            f"for {x.shape[0]} inputs"
+            f"model must return [batch, classes], [batch] or [batch, *O] with a tuple target, got "
+            f"{getattr(output, 'shape', output)} for {x.shape[0]} inputs"
         )
     if target is None:
         target = logits.argmax(dim=1)
-    else:
+    elif output.dim() <= 2:
         _model.check_target_range(target, logits.shape[1])
     initial = torch.zeros_like(logits, dtype=dtype)
     initial.scatter_(1, target.view(-1, 1), logits.gather(1, target.view(-1, 1)).to(dtype))

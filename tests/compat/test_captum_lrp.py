@@ -190,3 +190,42 @@ def test_residual_block_as_captum_or_conserving() -> None:
     conserving, delta = LRP(model, functional="lrp").attribute(x, target=1, return_convergence_delta=True)
     torch.testing.assert_close(delta, torch.zeros_like(delta), atol=1e-6, rtol=0)
     assert not torch.allclose(conserving, LRP(model).attribute(x, target=1))
+
+
+class GridOutput(nn.Module):
+    """A [B, 2, 3] output (per-position scores): a target names one element per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.fc1, self.relu, self.fc2 = nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.relu(self.fc1(x))).view(-1, 2, 3)
+
+
+def test_list_of_tuples_target_matches_captum() -> None:
+    """One (row, column) of the [B, 2, 3] output per sample, as Captum's LRP takes it; the same
+    through fastxai.lrp, whose relevance of a bias-free net sums to that element."""
+    model = GridOutput().eval()
+    x = torch.rand(3, 4)
+    target = [(0, 1), (1, 2), (1, 0)]
+    ours, delta = LRP(model).attribute(x, target=target, return_convergence_delta=True)
+    with pytest.warns(UserWarning):
+        expected = captum_attr.LRP(model).attribute(x.clone(), target=target)
+    torch.testing.assert_close(ours, expected.detach(), rtol=1e-5, atol=1e-7)
+    output = model(x).detach()
+    picked = torch.stack([output[i][t] for i, t in enumerate(target)])
+    torch.testing.assert_close(delta, picked - ours.sum(1), rtol=1e-5, atol=1e-6)
+    import fastxai
+
+    with torch.no_grad():
+        model.fc1.bias.zero_()
+        model.fc2.bias.zero_()
+    relevance = fastxai.lrp(model, x, target=target, composite="epsilon", chunk_size=2)
+    picked = torch.stack([model(x).detach()[i][t] for i, t in enumerate(target)])
+    torch.testing.assert_close(relevance.sum(1), picked, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="target index 1"):
+        fastxai.lrp(model, x, target=[(0, 1), (1, 3), (1, 0)])
+    with pytest.raises(ValueError, match=r"\[batch, classes\] output"):
+        fastxai.lrp(model, x, target=None)
