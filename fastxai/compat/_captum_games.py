@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
-from fastxai.compat._captum_targets import select_target as select_indices
+from fastxai.compat._captum_targets import select_target
 from fastxai.compat.captum import Attribution, check_target
 
 
@@ -107,27 +107,6 @@ def parse_output(output: object, *, futures: bool) -> torch.Tensor:
     if isinstance(output, bool) or not isinstance(output, (int, float)):
         raise TypeError(f"forward_func must return a tensor, an int or a float, got {type(output).__name__}")
     return torch.tensor(output, dtype=torch.int64 if isinstance(output, int) else torch.float64)
-
-
-def select_target(output: torch.Tensor, target: object) -> torch.Tensor:
-    """Captum's ``_select_targets``: the output itself for None, else one column per row."""
-    if target is None:
-        return output
-    if isinstance(target, tuple) or (isinstance(target, list) and any(isinstance(t, tuple) for t in target)):
-        return select_indices(output, target)  # indices into the dims after the batch
-    if output.dim() < 2:
-        raise ValueError(
-            f"target was given but the forward's output {tuple(output.shape)} has no class dimension"
-        )
-    from fastxai._model import check_target as per_row
-    from fastxai._model import check_target_range
-
-    rows = per_row(target, output.shape[0], output.device)
-    assert rows is not None
-    check_target_range(rows, output.shape[1])
-    return output.gather(
-        1, rows.view(-1, *([1] * (output.dim() - 1))).expand(-1, 1, *output.shape[2:])
-    ).squeeze(1)
 
 
 class Game:

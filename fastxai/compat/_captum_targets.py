@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from fastxai._model import check_target_range
+
 
 class CaptumArgumentError(ValueError, AssertionError):
     """A bad argument, raised where Captum raises ``AssertionError``."""
@@ -44,15 +46,28 @@ def select_target(output: torch.Tensor, target: object) -> torch.Tensor:
                 f"target {target} has more indices than the output {tuple(output.shape)} has dimensions "
                 "after the batch"
             )
+        for dim, index in enumerate(target):
+            size = output.shape[dim + 1]
+            if isinstance(index, int) and not -size <= index < size:
+                raise CaptumArgumentError(
+                    f"target index {index} is out of range for dim {dim + 1} of the output "
+                    f"{tuple(output.shape)}"
+                )
         return output[(slice(None), *target)]
     if isinstance(target, torch.Tensor):
         if target.dim() != 1 or target.numel() != batch:
             raise CaptumArgumentError(
                 f"target must be one index or one per example ({batch}), got shape {tuple(target.shape)}"
             )
-        if output.dim() != 2:
-            raise CaptumArgumentError(f"a tensor of targets needs a [B, C] output, got {tuple(output.shape)}")
-        return output.gather(1, target.to(output.device, torch.long).view(-1, 1)).squeeze(1)
+        if output.dim() < 2:
+            raise CaptumArgumentError(
+                f"target was given but the forward's output {tuple(output.shape)} has no class dimension"
+            )
+        rows = target.to(output.device, torch.long)
+        check_target_range(rows, output.shape[1])
+        # one class per example along dim 1; the dims after it are kept, as Captum's gather does
+        index = rows.view(-1, *([1] * (output.dim() - 1))).expand(-1, 1, *output.shape[2:])
+        return output.gather(1, index).squeeze(1)
     if isinstance(target, list):
         if len(target) != batch:
             raise CaptumArgumentError(f"target list has {len(target)} entries for {batch} examples")
