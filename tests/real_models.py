@@ -1,7 +1,8 @@
 """Real architectures for the tests, random weights, nothing downloaded.
 
 ``torchvision()``, ``timm()``, ``transformers()`` and ``zennit()`` (the LRP peer, which imports
-torchvision) return the package or call ``pytest.skip`` when it is not installed, so a test that needs one skips instead of failing.
+torchvision) return the package or call ``pytest.skip`` when it is not installed, so a test that
+needs one skips instead of failing.
 
 The torchvision wheel that matches the pinned torch can be a CUDA build whose compiled ops do
 not load on a CPU machine; importing it then fails while registering the fake kernel of
