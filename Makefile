@@ -19,6 +19,9 @@ $(VENV)/.installed: $(SOURCES)
 	FASTXAI_REQUIRE_NATIVE=1 $(PIP) --no-build-isolation -e '.[triton,peers,test,viz,models]'
 	# torchattacks (peer tests): --no-deps, because its requirements would replace the pinned torch
 	$(PIP) --no-deps torchattacks==3.5.1
+	# zennit (LRP peer tests): --no-deps for the same reason (it requires an unpinned torch and
+	# torchvision); its other requirements, click, Pillow and numpy, come with the peers extra
+	$(PIP) --no-deps zennit==0.5.1
 	touch $@
 
 setup: $(VENV)/.installed

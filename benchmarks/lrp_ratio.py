@@ -11,13 +11,13 @@ Reported: best-of-rounds time / best-of-rounds floor, and the median of per-roun
 the time other processes hold the cores; run it with ``--threads 1`` then (OpenMP workers that
 spin-wait would count too).
 
-    .venv/bin/python benchmarks/lrp_ratio.py --rounds 40 --threads 1
-    /tmp/zvenv/bin/python benchmarks/lrp_ratio.py --rounds 40 --threads 1   # with Zennit importable
+    .venv/bin/python benchmarks/lrp_ratio.py --rounds 40 --threads 1   # Zennit: make setup installs it
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -27,7 +27,10 @@ from collections.abc import Callable
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+# appended, not prepended: tests/models.py must not shadow benchmarks/models.py
+sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+import real_models
 from models import case, floor, small_vgg
 
 import fastxai.lrp as lrp
@@ -54,6 +57,8 @@ def _implementations(
             functions["captum"] = lambda: explainer.attribute(x, target=target)
     except ImportError:
         pass
+    if importlib.util.find_spec("zennit") is not None:
+        real_models.zennit()  # zennit imports torchvision, whose CPU-machine import needs the workaround
     try:
         from zennit.attribution import Gradient
         from zennit.canonizers import SequentialMergeBatchNorm

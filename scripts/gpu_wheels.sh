@@ -21,7 +21,7 @@ wheels=(
   captum==0.9.0
   torchattacks==3.5.1
   parameterized==0.9.0
-  zennit==1.0.0
+  zennit==0.5.1
   pytest-benchmark==5.3.1
   py-cpuinfo2==10.1.1
   hypothesis==6.170.17

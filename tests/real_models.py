@@ -1,7 +1,8 @@
 """Real architectures for the tests, random weights, nothing downloaded.
 
-``torchvision()``, ``timm()`` and ``transformers()`` return the package or call
-``pytest.skip`` when it is not installed, so a test that needs one skips instead of failing.
+``torchvision()``, ``timm()``, ``transformers()`` and ``zennit()`` (the LRP peer, which imports
+torchvision) return the package or call ``pytest.skip`` when it is not installed, so a test that
+needs one skips instead of failing.
 
 The torchvision wheel that matches the pinned torch can be a CUDA build whose compiled ops do
 not load on a CPU machine; importing it then fails while registering the fake kernel of
@@ -55,6 +56,15 @@ def timm() -> ModuleType:
         pytest.skip("timm is not installed")
     torchvision()  # timm imports torchvision: make that import work first
     return importlib.import_module("timm")
+
+
+def zennit() -> ModuleType:
+    """Zennit (the LRP peer), or a skip when it is not installed; ``zennit.torchvision`` and its
+    canonizers import torchvision, so that import is made to work first."""
+    if importlib.util.find_spec("zennit") is None:
+        pytest.skip("zennit is not installed")
+    torchvision()
+    return importlib.import_module("zennit")
 
 
 def _import_hub_kernels() -> None:

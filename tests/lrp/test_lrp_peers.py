@@ -1,9 +1,10 @@
 """Peer checks: Captum's LRP (epsilon rule; models without residuals) against fastxai.lrp and the
-Captum-shaped ``fastxai.compat._captum_lrp.LRP``; Zennit when importable (opt-in)."""
+Captum-shaped ``fastxai.compat._captum_lrp.LRP``; Zennit's composites on the same models."""
 
 from __future__ import annotations
 
 import pytest
+import real_models
 import torch
 from torch import nn
 
@@ -256,7 +257,7 @@ def zennit_relevance(model: nn.Module, x: torch.Tensor, target: int, name: str) 
 @pytest.mark.parametrize("name", ZENNIT_COMPOSITES)
 @pytest.mark.parametrize("architecture", ["vgg", "resnet"])
 def test_zennit_composites_agree(architecture: str, name: str) -> None:
-    pytest.importorskip("zennit.composites", reason="zennit is not installed (opt-in peer)")
+    real_models.zennit()
     from zennit.layer import Sum
 
     model = zennit_vgg() if architecture == "vgg" else zennit_resnet(Sum)
