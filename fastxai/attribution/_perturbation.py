@@ -3,7 +3,14 @@
 A perturbation method asks the model for ``f_target`` at ``P`` perturbed copies of each of the
 ``B`` inputs. ``perturbed_scores`` lays those ``B * P`` copies out in model batches of at most
 ``chunk_size`` inputs (copy-major inside a batch: row ``b`` of copy ``p`` follows row ``b - 1``),
-builds each batch with one fused op call and returns the scores ``[B, P]``.
+builds each batch with one fused op call and returns the scores ``[B, P]``. Extra model
+arguments (``forward_kwargs``: an attention mask) go with every model batch, their per-example
+tensors repeated to the copies it holds (``_rows.RowForward``).
+
+Token ids are perturbed like any input (``integer_inputs``: a replacement id as the baseline,
+the model called on integer copies). ``feature_mask`` ids of -1 mark elements that are no
+feature (padding, special tokens): every copy keeps them as in the input and their
+attribution is 0 (``fixed_elements``).
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch
 
 from fastxai import _model, _scheduling, ops
 from fastxai._model import Model
+from fastxai.attribution._rows import RowForward, check_forward_kwargs
 
 Perturb = Callable[[int, int, int, int], torch.Tensor]
 """``perturb(p0, p1, r0, r1)``: the copies ``p0..p1`` of inputs ``r0..r1`` copy-major, [p1 - p0,
@@ -33,7 +41,10 @@ def check_feature_mask(feature_mask: object, inputs: torch.Tensor) -> tuple[torc
     broadcast, as in Captum (e.g. one superpixel map [1, 1, H, W] for all channels of
     [B, C, H, W]). The ids used must be exactly 0..M-1: a gap raises (Captum's FeatureAblation
     and Occlusion skip absent ids, its Lime/KernelShap count max + 1 features; renumber with
-    ``torch.unique(mask, return_inverse=True)[1]``).
+    ``torch.unique(mask, return_inverse=True)[1]``). Across a batch, that is: a per-input mask
+    may leave ids out of some rows (a shorter sentence has fewer words); such a group changes
+    nothing in those rows. An id of -1 marks an element that is no feature (see
+    ``fixed_elements``); the returned mask keeps those -1.
     """
     features = inputs.shape[1:]
     if feature_mask is None:
@@ -68,19 +79,47 @@ def check_feature_mask(feature_mask: object, inputs: torch.Tensor) -> tuple[torc
         raise ValueError("feature_mask is empty: inputs have no features")
     extremes = torch.aminmax(mask)
     low, groups = int(extremes.min), int(extremes.max) + 1
-    if low < 0:
-        raise ValueError(f"feature_mask ids must be >= 0, got {low}")
+    if low < -1:
+        raise ValueError(f"feature_mask ids must be >= 0 (or -1: not a feature), got {low}")
+    if groups == 0:
+        raise ValueError("feature_mask marks every element -1 (not a feature): there is nothing to attribute")
+    used = mask.flatten()
+    used = used[used >= 0] if low < 0 else used
     # more ids than elements leaves gaps for sure (and must not size a bincount)
-    complete = groups <= mask.numel() and bool(
-        torch.zeros(groups, dtype=torch.bool, device=mask.device).index_fill_(0, mask.flatten(), True).all()
+    complete = groups <= used.numel() and bool(
+        torch.zeros(groups, dtype=torch.bool, device=mask.device).index_fill_(0, used, True).all()
     )
     if not complete:
-        missing = _first_missing(torch.unique(mask).tolist(), 5)
+        missing = _first_missing([i for i in torch.unique(mask).tolist() if i >= 0], 5)
         raise ValueError(
             f"feature_mask ids must be 0..M-1 without gaps, but ids {missing} (of 0..{groups - 1}) are "
             "unused; renumber with torch.unique(feature_mask, return_inverse=True)[1]"
         )
     return mask, groups
+
+
+def fixed_elements(
+    mask: torch.Tensor, inputs: torch.Tensor, baselines: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Elements marked -1 in ``mask`` (``check_feature_mask``): no feature, kept as in the input.
+
+    They join group 0 with the input itself as their baseline, so every copy, whatever it
+    keeps of group 0, holds the input there (exactly: the copies take each element from the
+    input or the baseline), and nothing the methods compute from the input and the baseline
+    (LIME's distances) sees a change there. Returns the mask with ids >= 0, the baselines
+    [B, *F], and where the fixed elements are (None when there are none; the methods set
+    their attribution to 0 there). For text: -1 at padding and special tokens, so that a
+    padded row's words are explained as the same sentence alone.
+    """
+    fixed = mask < 0
+    if not bool(fixed.any()):
+        return mask, baselines, None
+    return mask.clamp(min=0), torch.where(fixed, inputs, baselines), fixed
+
+
+def zero_fixed(values: torch.Tensor, fixed: torch.Tensor | None) -> torch.Tensor:
+    """Attributions [B, *F] with 0 at the fixed elements (``fixed_elements``)."""
+    return values if fixed is None else values.masked_fill(fixed, 0)
 
 
 def _first_missing(used: list[int], count: int) -> list[int]:
@@ -156,6 +195,7 @@ def perturbed_scores(
     chunk: int,
     *,
     first_is_input: bool = False,
+    forward_kwargs: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``f_target`` at every perturbed copy: [B, P] in float32 (float64 for float64 inputs), and
     the per-input target indices [B].
@@ -167,13 +207,19 @@ def perturbed_scores(
     A given target's range is checked on the first model batch's output (no extra model call).
     ``target=None`` means the predicted class: read off copy 0 when ``first_is_input`` (copy 0
     is the input itself, exactly; the scheduler runs copy 0 of every row before any other copy
-    of it), else from one extra forward pass over the inputs. Run inside
-    ``_model.inference_state`` (or ``preserved_state``).
+    of it), else from one extra forward pass over the inputs. ``forward_kwargs`` (checked by
+    ``_rows.check_forward_kwargs``) go with every model call, per-example tensors cut to the
+    batch's rows and repeated to its copies. Run inside ``_model.inference_state`` (or
+    ``preserved_state``).
     """
     batch, features = inputs.shape[0], inputs.shape[1:]
     predict = target is None and first_is_input
+    forward = RowForward(model, (inputs,), (), forward_kwargs) if forward_kwargs else None
     if target is None and not first_is_input:
-        target = _model.resolve_target(model, inputs, None, chunk)
+        if forward is None:
+            target = _model.resolve_target(model, inputs, None, chunk)
+        else:
+            target = forward.resolve_target(None, chunk)
     indices = torch.empty(batch, dtype=torch.long, device=inputs.device) if target is None else target
     unchecked = [True]
     dtype = compute_dtype(inputs)
@@ -187,7 +233,12 @@ def perturbed_scores(
         flat = perturb(p0, p1, r0, r1).view(count * rows, *features)
         outputs = []
         for start in range(0, flat.shape[0], rows_per_pass):
-            outputs.append(_model.outputs(model, flat[start : start + rows_per_pass]))
+            part = flat[start : start + rows_per_pass]  # whole copies of rows r0..r1
+            if forward is None:
+                outputs.append(_model.outputs(model, part))
+            else:
+                call, head = forward.bound(slice(r0, r1), part.shape[0] // rows, (part,))
+                outputs.append(_model.outputs(call, head))
             if unchecked[0]:  # the target against the output's shape [B, *O]: as flat indices
                 checked = _model.flat_target(None if predict else indices, outputs[0].shape[1:])
                 indices = indices if checked is None else checked
@@ -314,18 +365,22 @@ def integer_inputs(model: Model, inputs: object, baselines: Any) -> tuple[Model,
         return model, as_float, baselines
     _model.check_model(model)
 
-    def cast(rows: torch.Tensor) -> torch.Tensor:
-        return model(rows.to(model_dtype))
+    call: Callable[..., torch.Tensor] = model
+
+    def cast(rows: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return call(rows.to(model_dtype), *args, **kwargs)  # extra arguments: forward_kwargs
 
     return cast, as_float, baselines
 
 
 def prepare(
-    model: object, inputs: object, target: object, chunk_size: object
-) -> tuple[Model, torch.Tensor, torch.Tensor | None, int]:
-    """The checks every perturbation method starts with: model, inputs, target, chunk size."""
+    model: object, inputs: object, target: object, chunk_size: object, forward_kwargs: object = None
+) -> tuple[Model, torch.Tensor, torch.Tensor | None, int, dict[str, Any]]:
+    """The checks every perturbation method starts with: model, inputs, target, chunk size,
+    extra model arguments."""
     model_checked = _model.check_model(model)
     x = _model.check_inputs(inputs).detach()
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
     target_t = _model.check_target(target, x.shape[0], x.device)
-    return model_checked, x.contiguous(), target_t, chunk
+    kwargs = check_forward_kwargs(forward_kwargs)
+    return model_checked, x.contiguous(), target_t, chunk, kwargs

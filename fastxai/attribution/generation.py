@@ -8,13 +8,21 @@ wanted: teacher forcing), the score of output step ``j`` is the log-probability 
 
 and ``explain_generation`` attributes every ``f_j`` to the prompt tokens' input embeddings,
 summed over the embedding dimension: [B, T_out, T_in]. All T_out steps of all B prompts are one
-batch of the gradient methods (each example repeated T_out times, row ``b * T_out + j`` with the
-target ``(T_in + j - 1, c[b, j])``), so the model batches of Integrated Gradients hold the path
+batch of the gradient methods (each example repeated T_out times, row ``b * T_out + j`` for the
+score ``f_j`` of example ``b``), so the model batches of Integrated Gradients hold the path
 steps of several output steps and prompts together, within ``chunk_size``.
+
+Each row needs one position's log-probability, so the log-softmax runs on that position's
+logits only: the row's position and token travel with it as per-example model arguments
+(repeated to the path points like an attention mask), and ``_TokenLogProb`` picks the row
+``logits[n, position]`` [V] before ``log_softmax``: the work and the memory kept for the
+backward grow with B * T_out * V, not B * T_out * T * V. A Hugging Face model that takes
+``logits_to_keep`` computes the logits of the last T_out + 1 positions only.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -31,14 +39,44 @@ from fastxai.attribution.integrated_gradients import integrated_gradients
 METHODS = ("integrated_gradients", "saliency", "input_x_gradient")
 
 
-def _log_probs(output: Any) -> torch.Tensor:
-    """The model's logits (``output_tensor``: a ``ModelOutput``'s ``.logits``) as log-probabilities."""
-    logits = output_tensor(output)
-    if logits.dim() != 3:
-        raise ValueError(
-            f"a causal language model returns logits [batch, tokens, vocab], got {tuple(logits.shape)}"
-        )
-    return torch.log_softmax(logits, dim=-1)
+_POSITION, _TOKEN = "_fastxai_position", "_fastxai_token"
+"""The per-row arguments ``_TokenLogProb`` takes off before calling the model."""
+
+
+class _TokenLogProb(SelectOutput):
+    """``model`` scoring each row's own continuation token: ``log_softmax(logits[n, p_n])[c_n]``
+    as [N, 1], for ``p_n``, ``c_n`` given per row (``_POSITION``, ``_TOKEN`` [N]), every
+    ``p_n >= first``. Keeps the model's module names and training flags (``SelectOutput``)."""
+
+    def __init__(self, model: Any, first: int) -> None:
+        super().__init__(model, output_tensor)
+        self.first = first
+
+    def forward(self, ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        position, token = kwargs.pop(_POSITION), kwargs.pop(_TOKEN)
+        logits = output_tensor(self.model(ids, *args, **kwargs))
+        if logits.dim() != 3:
+            raise ValueError(
+                f"a causal language model returns logits [batch, tokens, vocab], got {tuple(logits.shape)}"
+            )
+        skipped = ids.shape[1] - logits.shape[1]  # leading positions left out (``logits_to_keep``)
+        if skipped < 0 or skipped > self.first:
+            raise ValueError(
+                f"the model returned logits for {logits.shape[1]} of {ids.shape[1]} positions: the "
+                "continuation's positions are missing"
+            )
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        picked = logits[rows, position - skipped]  # [N, V]: the one position each row scores
+        return torch.log_softmax(picked, dim=-1).gather(1, token.view(-1, 1))
+
+
+def _keeps_logits(model: Any) -> bool:
+    """Whether ``model``'s forward takes Hugging Face's ``logits_to_keep`` (the last k positions)."""
+    forward = getattr(model, "forward", None) if isinstance(model, nn.Module) else None
+    try:
+        return forward is not None and "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 def _check_ids(ids: object, name: str) -> torch.Tensor:
@@ -195,7 +233,6 @@ def explain_generation(
     ids = torch.cat([prompts, continuations], dim=1)
     rows = ids.repeat_interleave(steps, dim=0)  # row b * T_out + j: example b, output step j
     positions = torch.arange(prompt_len - 1, prompt_len - 1 + steps, device=ids.device).repeat(batch)
-    target = torch.stack([positions, continuations.reshape(-1)], dim=1)  # [B * T_out, 2]
     kwargs = {  # tensors with one row per example follow their example into its T_out rows
         key: value.repeat_interleave(steps, dim=0)
         if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch
@@ -206,7 +243,12 @@ def explain_generation(
         full = torch.cat([mask, torch.ones_like(continuations, dtype=torch.long)], dim=1)
         kwargs["attention_mask"] = full.repeat_interleave(steps, dim=0)
         kwargs["position_ids"] = (full.cumsum(1) - 1).clamp(min=0).repeat_interleave(steps, dim=0)
-    log_probs = SelectOutput(model, _log_probs)  # keeps the model's module names and train flags
+    if "logits_to_keep" not in kwargs and _keeps_logits(model):
+        kwargs["logits_to_keep"] = steps + 1  # positions T_in - 1 .. T_in + T_out - 1
+    # each row's position and token: [B * T_out] per-row arguments, repeated to its path points
+    kwargs[_POSITION], kwargs[_TOKEN] = positions, continuations.reshape(-1)
+    log_probs = _TokenLogProb(model, prompt_len - 1)
+    target = torch.zeros_like(positions)  # the one score of each row
 
     common: dict[str, Any] = {"layer": layer, "forward_kwargs": kwargs, "chunk_size": chunk_size}
     if method == "integrated_gradients":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -86,6 +87,7 @@ def lime(
     similarity: Callable[[torch.Tensor], torch.Tensor] | None = None,
     seed: int | None = None,
     return_input_shape: bool = True,
+    forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -106,6 +108,9 @@ def lime(
     [B, P, M] bool returning the weights [B, P], instead of the kernel), ``interpretable_model``
     a function ``fit(z [B, P, M] float64, scores [B, P], weights [B, P]) -> coef [B, M]``.
 
+    ``feature_mask`` ids of -1 (elements left as in the input: they count in the distances
+    as unchanged), token ids and ``forward_kwargs`` as in ``feature_ablation``.
+
     These are Captum's ``Lime`` defaults (kernel width 1, cosine distance, alpha 0.01,
     25 samples: too few for a stable fit, ask for hundreds); Captum draws the samples and fits
     one input at a time with scikit-learn.
@@ -116,9 +121,12 @@ def lime(
     >>> coef = fastxai.lime(model, x, target=y, feature_mask=superpixels, n_samples=1000, seed=0)
     """
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
-    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    model, x, target_t, chunk, kwargs = _perturbation.prepare(
+        model, inputs, target, chunk_size, forward_kwargs
+    )
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
+    mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     custom_fit = callable(interpretable_model)
     if not custom_fit and interpretable_model not in INTERPRETABLE_MODELS:
         raise ValueError(
@@ -159,7 +167,9 @@ def lime(
 
     with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
-        scores, _ = _perturbation.perturbed_scores(model, x, target_t, n_samples, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(
+            model, x, target_t, n_samples, perturb, chunk, forward_kwargs=kwargs
+        )
     design = _perturbation.as_dtype(samples, torch.float64)
     if similarity is None:
         weights = _similarities(x, baseline, mask, groups, design, distance_mode, float(kernel_width))
@@ -177,8 +187,9 @@ def lime(
     else:
         coef, _ = surrogate.weighted_least_squares(design, scores, weights)
     coef = coef.to(dtype)
-    result = _perturbation.to_input_shape(coef, mask, x.shape) if return_input_shape else coef
-    return result.to(inputs.dtype)
+    if return_input_shape:
+        coef = _perturbation.zero_fixed(_perturbation.to_input_shape(coef, mask, x.shape), fixed)
+    return coef.to(inputs.dtype)
 
 
 def _check_samples(samples: object, batch: int, groups: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 
@@ -23,6 +24,7 @@ def feature_ablation(
     *,
     baselines: float | torch.Tensor | None = None,
     feature_mask: torch.Tensor | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -30,28 +32,38 @@ def feature_ablation(
 
     Every element of a group gets the group's score drop (Captum's ``FeatureAblation``).
     ``feature_mask`` holds int group ids 0..M-1 ([*F] shared, [B, *F] per input, size-1 dims
-    broadcast; None: every element its own group); ``baselines``: None (0), a number, one
-    input [*F] or [B, *F]. Costs ``B * (M + 1)`` model evaluations, in batches of at most
+    broadcast; None: every element its own group; -1: not a feature, kept as in the input,
+    attribution 0); ``baselines``: None (0), a number, one input [*F] or [B, *F].
+    ``forward_kwargs``: keyword arguments to the model, tensors with one row per example (an
+    attention mask) repeated to each model batch of copies. Token ids [B, T] are ablated to
+    ``baselines`` (an int: the replacement id; the model gets integer ids), words as groups
+    of ``feature_mask``. Costs ``B * (M + 1)`` model evaluations, in batches of at most
     ``chunk_size``. ``backend`` is checked but has no work to choose: the copies are built by
     PyTorch ops on the inputs' device (see the module docstring).
 
-    inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32).
+    inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32; float for ids).
 
     >>> superpixels = torch.arange(16).view(4, 4).repeat_interleave(7, 0).repeat_interleave(7, 1)
     >>> a = fastxai.feature_ablation(model, x, target=y, feature_mask=superpixels)  # x: [B, 1, 28, 28]
     """
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
-    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    model, x, target_t, chunk, kwargs = _perturbation.prepare(
+        model, inputs, target, chunk_size, forward_kwargs
+    )
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
+    mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     if backend is not None:
         _backends.check_choice(backend)
     # copy 0 is the input itself, copy p ablates group p - 1
     with _model.inference_state(model):
         perturb = _perturbation.ablate(x, baseline, mask)
-        scores, _ = _perturbation.perturbed_scores(model, x, target_t, groups + 1, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(
+            model, x, target_t, groups + 1, perturb, chunk, forward_kwargs=kwargs
+        )
     drops = scores[:, :1] - scores[:, 1:]
-    return _perturbation.to_input_shape(drops, mask, x.shape).to(inputs.dtype)
+    result = _perturbation.to_input_shape(drops, mask, x.shape)
+    return _perturbation.zero_fixed(result, fixed).to(inputs.dtype)
 
 
 def _check_window(
@@ -148,6 +160,7 @@ def occlusion(
     sliding_window_shapes: tuple[int, ...],
     strides: int | tuple[int, ...] | None = None,
     baselines: float | torch.Tensor | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -157,14 +170,18 @@ def occlusion(
     ``strides`` (an int or one per dim; None: 1) along each dim, ``ceil((F_d - w_d) / s_d) + 1``
     positions, the last ones clipped to the input: Captum's ``Occlusion`` grid, which needs
     ``s_d <= w_d`` wherever ``w_d < F_d`` so that every element is covered. ``baselines``:
-    None (0), a number, one input [*F] or [B, *F]. Costs ``B * (windows + 1)`` model evaluations.
+    None (0), a number, one input [*F] or [B, *F]. ``forward_kwargs`` as in ``feature_ablation``
+    (token ids: windows of ``(w,)`` tokens replaced by the id ``baselines``). Costs
+    ``B * (windows + 1)`` model evaluations.
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32).
 
     >>> a = fastxai.occlusion(model, x, target=y, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))
     """
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
-    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    model, x, target_t, chunk, kwargs = _perturbation.prepare(
+        model, inputs, target, chunk_size, forward_kwargs
+    )
     features = tuple(x.shape[1:])
     window, stride = check_grid(x, sliding_window_shapes, strides)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
@@ -208,7 +225,7 @@ def occlusion(
 
     with _model.inference_state(model):
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, grid.total + 1, perturb, chunk, first_is_input=True
+            model, x, target_t, grid.total + 1, perturb, chunk, first_is_input=True, forward_kwargs=kwargs
         )
     drops = scores[:, :1] - scores[:, 1:]  # [B, K] over the window grid, row-major
     spread = _spread(features, window, stride, x.device, dtype)

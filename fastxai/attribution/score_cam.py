@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -14,6 +16,7 @@ from fastxai.attribution._layer_capture import (
     check_upsample,
     interpolate,
 )
+from fastxai.attribution._rows import RowForward, check_forward_kwargs
 from fastxai.attribution.cam_layer import chosen_layer
 
 
@@ -36,6 +39,7 @@ def score_cam(
     relu: bool = True,
     upsample: bool | str = False,
     reshape: Reshape | None = None,
+    forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Score-CAM: ``relu(sum_k w_k A_k)`` with ``w_k = softmax(f(x * H_k))_target``, where
@@ -47,7 +51,9 @@ def score_cam(
 
     Cost: one forward for the activations (and the predicted class when ``target=None``),
     then ``B * K`` masked forwards, batched: the masks of many channels and inputs go through
-    the model together, at most ``chunk_size`` inputs per pass.
+    the model together, at most ``chunk_size`` inputs per pass. ``forward_kwargs``: keyword
+    arguments to the model, tensors with one row per example repeated to each pass's masked
+    copies (``_rows.RowForward``); they need a named ``layer``.
 
     inputs: [B, C, *S_in] with as many spatial dims as the (reshaped) layer output; layer,
     reshape, relu, upsample and the result as in ``fastxai.attribution.class_activation``: [B, 1, *S].
@@ -64,6 +70,13 @@ def score_cam(
         raise ValueError(f"score_cam needs inputs [B, C, *spatial] to mask, got shape {tuple(inputs.shape)}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    kwargs = check_forward_kwargs(forward_kwargs)
+    if kwargs and layer is None:
+        raise ValueError(
+            "score_cam with forward_kwargs needs layer=: the search for a layer (layer=None) runs the "
+            "model without them"
+        )
+    forward = RowForward(model, (inputs,), (), kwargs)
     module, reshape = chosen_layer(model, inputs, layer, reshape)
     x = inputs.detach()
     batch, size = x.shape[0], tuple(x.shape[2:])
@@ -72,11 +85,11 @@ def score_cam(
 
     with _model.preserved_state(model):
         if target_t is not None:
-            target_t = _model.resolve_target(model, x, target_t, chunk)
+            target_t = _model.resolve_target(*forward.bound(slice(0, 1), 1), target_t, chunk)
         with LayerCapture(module, reshape) as capture, torch.no_grad():
             for row in range(0, batch, chunk):
                 capture.start(min(batch, row + chunk) - row)
-                output = _model.outputs(model, x[row : row + chunk])
+                output = _model.outputs(*forward.bound(slice(row, row + chunk), 1))
                 parts.append(capture.maps(capture.taken().detach()))
                 if target_t is None:
                     _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
@@ -98,8 +111,9 @@ def score_cam(
             upsampled = F.interpolate(maps.reshape(-1, 1, *maps.shape[2:]), size=size, mode=smooth)
             masks, constant = _normalise(upsampled.view(count, row_stop - row, *size))
             masked = x[row:row_stop].unsqueeze(0) * masks.unsqueeze(2).to(x.dtype)  # [c, r, C, *S_in]
-            with torch.no_grad():
-                output = _model.outputs(model, masked.reshape(-1, *x.shape[1:]))
+            call, head = forward.bound(slice(row, row_stop), count, (masked.reshape(-1, *x.shape[1:]),))
+            with torch.no_grad():  # copies channel-major: the rows' per-example arguments repeat alike
+                output = _model.outputs(call, head)
             # Probabilities over the last dim (the classes of [B, C], the vocabulary of [B, T, V]).
             output = output.float() if output.dtype != torch.float64 else output
             probabilities = output.softmax(-1).reshape(output.shape[0], -1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import torch
 
@@ -108,6 +109,7 @@ def kernel_shap(
     n_samples: int | None = None,
     seed: int | None = None,
     return_input_shape: bool = True,
+    forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -120,7 +122,8 @@ def kernel_shap(
     fewer than M + 1 the regression is underdetermined and the minimum-norm solution is taken,
     as Captum's least squares does with its default of 25); when ``2**M - 2 <= n_samples``
     every coalition is used and the values are exact. On a model linear in the input,
-    ``phi_m = sum_{i in m} w_i (x_i - baseline_i)``.
+    ``phi_m = sum_{i in m} w_i (x_i - baseline_i)``. ``feature_mask`` ids of -1, token ids and
+    ``forward_kwargs`` as in ``feature_ablation``.
     Same seed, same result for any ``chunk_size``.
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
@@ -129,9 +132,12 @@ def kernel_shap(
     >>> phi = fastxai.kernel_shap(model, x, target=y, feature_mask=superpixels, n_samples=512, seed=0)
     """
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
-    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    model, x, target_t, chunk, kwargs = _perturbation.prepare(
+        model, inputs, target, chunk_size, forward_kwargs
+    )
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
+    mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     if n_samples is None:
         n_samples = 2 * groups + _DEFAULT_EXTRA_SAMPLES
     n_samples = _perturbation.check_count("n_samples", n_samples, 1)
@@ -159,7 +165,7 @@ def kernel_shap(
     with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, coalitions.shape[1] + 2, perturb, chunk
+            model, x, target_t, coalitions.shape[1] + 2, perturb, chunk, forward_kwargs=kwargs
         )
     value_input, value_baseline = scores[:, 0], scores[:, 1]
     phi = surrogate.constrained_least_squares(
@@ -168,8 +174,9 @@ def kernel_shap(
         weights,
         value_input - value_baseline,
     ).to(dtype)
-    result = _perturbation.to_input_shape(phi, mask, x.shape) if return_input_shape else phi
-    return result.to(inputs.dtype)
+    if return_input_shape:
+        phi = _perturbation.zero_fixed(_perturbation.to_input_shape(phi, mask, x.shape), fixed)
+    return phi.to(inputs.dtype)
 
 
 def shapley_value_sampling(
@@ -182,6 +189,7 @@ def shapley_value_sampling(
     n_samples: int = 25,
     seed: int | None = None,
     return_input_shape: bool = True,
+    forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -195,6 +203,7 @@ def shapley_value_sampling(
     are batched. Unbiased; exact on models additive over the groups (e.g. linear models:
     ``phi_m = sum_{i in m} w_i (x_i - baseline_i)``); ``sum phi = v(1) - v(0)`` always.
     Orders are drawn on the device from ``seed``; results do not depend on ``chunk_size``.
+    ``feature_mask`` ids of -1, token ids and ``forward_kwargs`` as in ``feature_ablation``.
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
     ``return_input_shape``.
@@ -202,9 +211,12 @@ def shapley_value_sampling(
     >>> phi = fastxai.shapley_value_sampling(model, x, target=y, feature_mask=superpixels, seed=0)
     """
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
-    model, x, target_t, chunk = _perturbation.prepare(model, inputs, target, chunk_size)
+    model, x, target_t, chunk, kwargs = _perturbation.prepare(
+        model, inputs, target, chunk_size, forward_kwargs
+    )
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
+    mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     n_samples = _perturbation.check_count("n_samples", n_samples, 1)
     seed = _perturbation.check_seed(seed)
     if backend is not None:
@@ -243,7 +255,9 @@ def shapley_value_sampling(
             perturb = _walks(x, baseline, mask, rank, steps)
         else:
             perturb = _perturbation.blend(x, baseline, mask, keep, backend)
-        scores, _ = _perturbation.perturbed_scores(model, x, target_t, 2 + n_samples * steps, perturb, chunk)
+        scores, _ = _perturbation.perturbed_scores(
+            model, x, target_t, 2 + n_samples * steps, perturb, chunk, forward_kwargs=kwargs
+        )
     path = torch.cat(
         [
             scores[:, 1:2].expand(batch, n_samples).unsqueeze(-1),
@@ -255,8 +269,9 @@ def shapley_value_sampling(
     contributions = path[:, :, 1:] - path[:, :, :-1]  # [B, S, M], of group order[b, s, t]
     phi = torch.zeros(batch, groups, dtype=dtype, device=x.device)
     phi.scatter_add_(1, order.reshape(batch, -1), contributions.reshape(batch, -1)).div_(n_samples)
-    result = _perturbation.to_input_shape(phi, mask, x.shape) if return_input_shape else phi
-    return result.to(inputs.dtype)
+    if return_input_shape:
+        phi = _perturbation.zero_fixed(_perturbation.to_input_shape(phi, mask, x.shape), fixed)
+    return phi.to(inputs.dtype)
 
 
 def _walks(

@@ -184,3 +184,23 @@ def test_model_left_as_found(gpt2: nn.Module) -> None:
     finally:
         gpt2.eval()
         gpt2.transformer.h[0].mlp.c_fc.weight.requires_grad_(True)
+
+
+def test_scores_read_one_position_per_row_with_or_without_logits_to_keep(gpt2: nn.Module) -> None:
+    """A Hugging Face model is asked for the last T_out + 1 positions' logits only; a model that
+    takes no ``logits_to_keep`` (a wrapper returning all T positions as a plain tensor) gives the
+    same attributions, and so does the brute-force loop over the full log-softmax."""
+    seen: list[object] = []
+    handle = gpt2.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs.get("logits_to_keep")), with_kwargs=True
+    )
+    prompts, continuations = _ids(2, T_IN, 11), _ids(2, T_OUT, 12)
+    try:
+        kept = fx.explain_generation(gpt2, prompts, continuations, n_steps=8, chunk_size=7)
+    finally:
+        handle.remove()
+    assert seen and set(seen) == {T_OUT + 1}
+    plain = fx.select_output(gpt2, "logits")  # forward(*args, **kwargs): all positions
+    every = fx.explain_generation(plain, prompts, continuations, n_steps=8, chunk_size=7)
+    torch.testing.assert_close(kept, every, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(kept, _brute_force(gpt2, prompts, continuations, "integrated_gradients"))
