@@ -262,8 +262,13 @@ def _relevance(
     target: torch.Tensor | None, rows: slice, module: nn.Module | None,
 ) -> torch.Tensor:  # fmt: skip
     def forward(x: torch.Tensor) -> Any:
-        with mode:
-            return run(x)
+        try:
+            with mode:
+                return run(x)
+        except Exception:
+            if mode.failure is not None:  # raised, maybe turned into another error (see RuleMode)
+                raise mode.failure from None
+            raise
 
     output = _model.outputs(forward, head)
     if len(leaves) != 1:

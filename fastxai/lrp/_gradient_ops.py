@@ -21,8 +21,12 @@ methods):
 - ``F.scaled_dot_product_attention``: run as plain ops (``fastxai.lrp._attention``) so the
   rules above apply; boolean and causal masks become additive ``finfo.min`` masks (a row with
   every key masked then stays finite, as in the fused kernel);
-- sums, differences, products and quotients by constants, reductions, moves (view, cat,
-  indexing, ...), dropout: the plain gradient, which is the proportional / epsilon-0 rule.
+- ``sum``/``mean``: the epsilon rule with the stabiliser (as the traced engine);
+- sums, differences, products and quotients by constants, moves (view, cat, indexing, ...),
+  dropout: the plain gradient, which is the proportional rule. The traced engine stabilises
+  ``x + y`` with the composite's stabiliser; here, with ``R = z * g``, ``R_x = x * g`` needs
+  no division by ``z``, so nothing to stabilise (the two differ where ``|x + y|`` is about
+  the stabiliser).
 
 Any other differentiable call on a relevance-carrying tensor raises ``UnsupportedLayerError``
 naming the model's source line. "Relevance-carrying" is ``requires_grad``: the pass freezes the
@@ -31,8 +35,6 @@ parameters, so only values computed from the start layer require gradients.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -43,7 +45,7 @@ from torch.overrides import TorchFunctionMode
 
 from fastxai import ops
 from fastxai.lrp import _attention
-from fastxai.lrp._errors import UnsupportedLayerError
+from fastxai.lrp._errors import UnsupportedLayerError, call_site
 
 Tensor = torch.Tensor
 
@@ -165,21 +167,10 @@ _PLAIN = _functions(
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     # sums and linear reductions (the proportional / epsilon-0 rule)
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "subtract", "__sub__", "__rsub__",
-    "__isub__", "neg", "negative", "__neg__", "__pos__", "sum", "mean", "cumsum",
+    "__isub__", "neg", "negative", "__neg__", "__pos__", "cumsum",
 )  # fmt: skip
+_REDUCTIONS = _functions("sum", "mean")
 _SDPA = F.scaled_dot_product_attention
-
-_ROOTS = tuple(os.path.dirname(module.__file__ or "") + os.sep for module in (torch, sys.modules["fastxai"]))
-
-
-def call_site() -> str:
-    """The innermost frame outside torch and fastxai: the model's line that made the call."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if not frame.f_code.co_filename.startswith(_ROOTS):
-            return f"{frame.f_code.co_filename}:{frame.f_lineno} (in {frame.f_code.co_name})"
-        frame = frame.f_back  # type: ignore[assignment]
-    return "an unknown line"
 
 
 def _name(func: Any) -> str:
@@ -187,7 +178,7 @@ def _name(func: Any) -> str:
     return f"{module}.{getattr(func, '__name__', repr(func))}"
 
 
-def refuse(func: Any, reason: str) -> UnsupportedLayerError:
+def _refusal(func: Any, reason: str) -> UnsupportedLayerError:
     return UnsupportedLayerError(
         f"LRP (gradient engine) has no rule for {_name(func)} {reason}, called at {call_site()}. "
         "Rules exist for Linear/Conv/matmul (epsilon), products of two activations (uniform), "
@@ -209,6 +200,9 @@ class RuleMode(TorchFunctionMode):
         self.stabilizer, self.backend = stabilizer, backend
         self.epsilons: list[float] = []
         self.ledger = LEDGER.get()
+        # torch turns a TypeError (UnsupportedLayerError is one) raised in a binary operator
+        # (``x / y``) into NotImplemented and then "unsupported operand": the engine re-raises this
+        self.failure: UnsupportedLayerError | None = None
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -228,13 +222,15 @@ class RuleMode(TorchFunctionMode):
         if func in _MATMUL:
             factors = args[1:3] if func in _ADD_MATMUL else args[1:] if func is torch.einsum else args[:2]
             return self._epsilon(func(*args, **kwargs), self.stabilizer, len(variables(factors)) > 1)
+        if func in _REDUCTIONS:
+            return self._epsilon(func(*args, **kwargs), self.stabilizer, False)
         if func in _MUL:
             output = func(*args, **kwargs)
             return _scale_gradient(output, 0.5) if len(variables(args[:2])) > 1 else output
         if func in _DIV or func in _RDIV:
             divisor = args[0] if func in _RDIV else args[1] if len(args) > 1 else kwargs.get("other")
             if variables(divisor):
-                raise refuse(func, "with a relevance-carrying divisor")
+                raise self.refuse(func, "with a relevance-carrying divisor")
             return func(*args, **kwargs)
         if func in _ELEMENTWISE or func in _IN_PLACE:
             return self._identity(func, args, kwargs)
@@ -248,8 +244,12 @@ class RuleMode(TorchFunctionMode):
             return self._attention(*args, **kwargs)
         output = func(*args, **kwargs)
         if variables(output) and getattr(func, "__name__", "") != "__get__":  # .T, .mT are moves
-            raise refuse(func, "on a relevance-carrying tensor")
+            raise self.refuse(func, "on a relevance-carrying tensor")
         return output
+
+    def refuse(self, func: Any, reason: str) -> UnsupportedLayerError:
+        self.failure = _refusal(func, reason)
+        return self.failure
 
     def _epsilon(self, z: Tensor, eps: float, product: bool) -> Tensor:
         factor = ops.lrp_divide(z.detach(), z.detach(), eps, backend=self.backend)
@@ -257,7 +257,7 @@ class RuleMode(TorchFunctionMode):
 
     def _identity(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
         if variables(args[1:]) or variables(kwargs):
-            raise refuse(func, "with a relevance-carrying parameter")
+            raise self.refuse(func, "with a relevance-carrying parameter")
         base, rest = _IN_PLACE.get(func, func), list(args[1:])
         if "inplace" in kwargs:  # computed out of place: the model reads the returned tensor
             kwargs = {**kwargs, "inplace": False}
@@ -271,7 +271,7 @@ class RuleMode(TorchFunctionMode):
         eps: float = 1e-5,
     ) -> Tensor:  # fmt: skip
         if variables([weight, bias]):
-            raise refuse(func, "with a relevance-carrying weight or bias")
+            raise self.refuse(func, "with a relevance-carrying weight or bias")
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         return _LayerNorm.apply(a, shape, weight, bias, eps, self.stabilizer, self.backend)
 
@@ -305,4 +305,4 @@ def identity_rule(a: Tensor, output: Tensor, backend: str | None = None) -> Tens
     return _Identity.apply(a, lambda _: output, backend)
 
 
-__all__ = ["LEDGER", "RuleMode", "call_site", "identity_rule", "refuse", "variables"]
+__all__ = ["LEDGER", "RuleMode", "identity_rule", "variables"]
