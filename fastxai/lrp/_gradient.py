@@ -18,9 +18,9 @@ Where the rule of a step is not an op's: module hooks, removed after the call.
   the module returns carry none;
 - Linear/Conv modules: their Epsilon rule's epsilon, for the op they run.
 
-Where both engines run a model (plain PyTorch models of the traced engine's ops), they give
-the same relevance up to the stabilisers of sums (the traced engine stabilises ``x + y`` with
-the composite's epsilon, the gradient is the epsilon-0 proportional rule) and rounding.
+Where both engines run a model (plain PyTorch models of the traced engine's ops, torchvision's
+ViT), they give the same relevance to rounding: the rules are the same, only their form differs
+(tests/lrp/test_lrp_gradient_engine.py).
 """
 
 from __future__ import annotations

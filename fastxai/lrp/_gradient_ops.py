@@ -21,12 +21,13 @@ methods):
 - ``F.scaled_dot_product_attention``: run as plain ops (``fastxai.lrp._attention``) so the
   rules above apply; boolean and causal masks become additive ``finfo.min`` masks (a row with
   every key masked then stays finite, as in the fused kernel);
-- ``sum``/``mean``: the epsilon rule with the stabiliser (as the traced engine);
-- sums, differences, products and quotients by constants, moves (view, cat, indexing, ...),
-  dropout: the plain gradient, which is the proportional rule. The traced engine stabilises
-  ``x + y`` with the composite's stabiliser; here, with ``R = z * g``, ``R_x = x * g`` needs
-  no division by ``z``, so nothing to stabilise (the two differ where ``|x + y|`` is about
-  the stabiliser).
+- sums and differences (``x + y``, also with a constant: a bias, a position embedding, a
+  mask), ``sum``, ``mean``: in proportion to the summands, stabilised as in the traced engine,
+  ``R_x = x R_z / (z + eps sign0(z))``: the gradient scaled by ``z / (z + eps sign0(z))``,
+  ``eps`` the composite's stabiliser (with ``R = z * g`` the plain gradient is this rule with
+  ``eps = 0``; the stabiliser keeps the two engines' results equal);
+- products and quotients by constants, moves (view, cat, indexing, ...), dropout: the plain
+  gradient.
 
 Any other differentiable call on a relevance-carrying tensor raises ``UnsupportedLayerError``
 naming the model's source line. "Relevance-carrying" is ``requires_grad``: the pass freezes the
@@ -66,6 +67,8 @@ def variables(value: Any) -> list[Tensor]:
 
 
 def _scale_gradient(z: Tensor, factor: Tensor | float) -> Tensor:
+    if not z.requires_grad:  # e.g. computed under torch.no_grad() by the model
+        return z
     z.register_hook(lambda grad: grad * factor)  # fires for z's own version, also after in-place ops
     return z
 
@@ -75,6 +78,7 @@ class _Identity(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, a: Tensor, call: Callable[[Tensor], Tensor], backend: str | None) -> Tensor:
+        a = a.detach()  # the forward may run under RuleMode (from a module hook): plain ops here
         y = call(a)
         if y.shape != a.shape:
             raise UnsupportedLayerError(
@@ -97,6 +101,7 @@ class _LayerNorm(torch.autograd.Function):
         ctx: Any, a: Tensor, shape: tuple[int, ...], weight: Tensor | None, bias: Tensor | None,
         eps: float, stabilizer: float, backend: str | None,
     ) -> Tensor:  # fmt: skip
+        a = a.detach()
         y = F.layer_norm(a, shape, weight, bias, eps)
         dims = tuple(range(a.dim() - len(shape), a.dim()))
         std = torch.sqrt(a.var(dims, unbiased=False, keepdim=True) + eps)
@@ -119,7 +124,7 @@ class _Softmax(torch.autograd.Function):
     def forward(
         ctx: Any, a: Tensor, dim: int, call: Callable[[Tensor], Tensor], ledger: list[Tensor]
     ) -> Tensor:
-        y = call(a)
+        y = call(a.detach())
         ctx.dim, ctx.ledger = dim, ledger
         ctx.save_for_backward(a, y)
         return y
@@ -165,11 +170,12 @@ _PLAIN = _functions(
     "repeat_interleave", "tile", "pad", "to", "type", "type_as", "float", "double", "half", "bfloat16",
     "clone", "detach", "requires_grad_", "masked_fill", "masked_fill_", "where", "index_put_",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    # sums and linear reductions (the proportional / epsilon-0 rule)
-    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "subtract", "__sub__", "__rsub__",
-    "__isub__", "neg", "negative", "__neg__", "__pos__", "cumsum",
+    "neg", "negative", "__neg__", "__pos__", "cumsum",
 )  # fmt: skip
-_REDUCTIONS = _functions("sum", "mean")
+_SUMS = _functions(
+    "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "subtract", "__sub__", "__rsub__",
+    "__isub__", "sum", "mean",
+)  # fmt: skip
 _SDPA = F.scaled_dot_product_attention
 
 
@@ -222,7 +228,7 @@ class RuleMode(TorchFunctionMode):
         if func in _MATMUL:
             factors = args[1:3] if func in _ADD_MATMUL else args[1:] if func is torch.einsum else args[:2]
             return self._epsilon(func(*args, **kwargs), self.stabilizer, len(variables(factors)) > 1)
-        if func in _REDUCTIONS:
+        if func in _SUMS:
             return self._epsilon(func(*args, **kwargs), self.stabilizer, False)
         if func in _MUL:
             output = func(*args, **kwargs)
@@ -252,6 +258,8 @@ class RuleMode(TorchFunctionMode):
         return self.failure
 
     def _epsilon(self, z: Tensor, eps: float, product: bool) -> Tensor:
+        if not z.requires_grad:
+            return z
         factor = ops.lrp_divide(z.detach(), z.detach(), eps, backend=self.backend)
         return _scale_gradient(z, factor * 0.5 if product else factor)
 
