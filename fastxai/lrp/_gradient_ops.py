@@ -299,8 +299,8 @@ class RuleMode(TorchFunctionMode):
             attn_mask = None
         if masked is not None:
             low = torch.finfo(query.dtype).min
-            additive = query.new_zeros(masked.shape).masked_fill(masked, low)
-            attn_mask = additive if attn_mask is None else attn_mask + additive
+            base = query.new_zeros(()) if attn_mask is None else attn_mask
+            attn_mask = torch.where(masked, low, base)  # not base + low: that overflows to -inf
         with self:  # the plain ops, each under its rule
             return _attention.scaled_dot_product_attention(
                 query, key, value, attn_mask, dropout_p, False, scale, False

@@ -308,3 +308,32 @@ def test_control_flow_needs_the_gradient_engine_and_the_traced_error_says_so() -
         r = torch.zeros(1, 3, dtype=torch.float64)
         r[0, 1] = model.linear(a)[0, 1]
         torch.testing.assert_close(relevance, _epsilon_linear(model.linear, a, r, 0.1), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "bool", "float", "gqa"])
+def test_attention_runs_as_plain_ops_with_the_fused_kernels_values(mask: str) -> None:
+    """F.scaled_dot_product_attention under the rules computes what the fused kernel does:
+    boolean / causal masks (a fully masked row included), additive masks, grouped key heads."""
+    from fastxai.lrp._gradient_ops import RuleMode
+
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, generator=generator, dtype=torch.float64)
+    heads = 2 if mask == "gqa" else 4
+    k, v = (torch.randn(2, heads, 5, 8, generator=generator, dtype=torch.float64) for _ in range(2))
+    options: dict = {
+        "none": {},
+        "causal": {"is_causal": True},
+        "bool": {"attn_mask": (torch.rand(2, 1, 5, 5, generator=generator) > 0.4) | torch.eye(5).bool()},
+        "float": {"attn_mask": torch.randn(5, 5, generator=generator, dtype=torch.float64)},
+        "gqa": {"enable_gqa": True, "scale": 0.3},
+    }[mask]
+    if mask == "bool":
+        options["attn_mask"][0, 0, 2] = False  # a query that may read no key
+    expected = F.scaled_dot_product_attention(q, k, v, **options)
+    with RuleMode(0.0):
+        got = F.scaled_dot_product_attention(q.requires_grad_(True), k, v, **options)
+    if mask == "bool":  # the fused kernel gives the fully masked row zeros, the plain ops a mean of v
+        assert torch.isfinite(got).all()
+        expected[0, :, 2], got = 0.0, got.detach().clone()
+        got[0, :, 2] = 0.0
+    torch.testing.assert_close(got.detach(), expected, rtol=1e-12, atol=1e-12)
