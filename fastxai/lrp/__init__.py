@@ -5,8 +5,13 @@ beside it: ``fastxai.lrp.rules`` (Epsilon, Gamma, AlphaBeta, ZPlus, ZBox, Flat, 
 ``fastxai.lrp.composites`` (named composites, ``Composite``), ``fastxai.lrp.conservation`` and
 the ``MergeBatchNorm`` canonizer.
 
+Hugging Face ``transformers`` models (and token ids, ``forward_kwargs``, ``layer=``) run on the
+gradient engine (``engine="gradient"``: AttnLRP as a modified gradient, no tracing), other
+models on the traced one (``engine="fx"``); see ``fastxai.lrp.lrp``.
+
 >>> R = fastxai.lrp(model, x, target=y, composite="epsilon_plus_flat")
 >>> R, layers = fastxai.lrp(model, x, target=y, return_layer_relevances=True)
+>>> R = fastxai.lrp(bert, ids, target=y, forward_kwargs={"attention_mask": mask})  # [B, T]
 """
 
 from __future__ import annotations

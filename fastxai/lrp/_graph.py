@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from fastxai.lrp import _attention, _trace
-from fastxai.lrp._errors import UnsupportedLayerError
+from fastxai.lrp._errors import UnsupportedLayerError, model_line
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES, LinearLayer
 from fastxai.lrp._trace import DATA, Tracer
 from fastxai.lrp.composites import Composite
@@ -152,8 +152,9 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
         raise
     except Exception as error:  # torch.fx raises many types for untraceable code
         raise UnsupportedLayerError(
-            f"model could not be traced with torch.fx ({type(error).__name__}: {error}); "
-            "LRP needs a model without data-dependent control flow"
+            f"model could not be traced with torch.fx ({type(error).__name__}: {error}) at "
+            f"{model_line(error)}; the traced engine needs a model without data-dependent control "
+            "flow: use engine='gradient', which runs the model's own forward (no tracing)"
         ) from error
     if isinstance(model, nn.Module):
         _TRACES.setdefault(model, {})[key] = graph

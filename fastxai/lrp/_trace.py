@@ -303,7 +303,8 @@ def _control_flow_error(tracer: fx.Tracer, use: str, unknown: bool) -> Unsupport
         f"LRP traces the model with torch.fx, and {where} uses {what} in {use}: data-dependent "
         "control flow, which one traced graph cannot hold. Rewrite it with tensor ops "
         "(torch.where, masks), move the decision out of forward, or wrap the function with "
-        "torch.fx.wrap so it stays one node (LRP then needs a rule for that node)"
+        "torch.fx.wrap so it stays one node (LRP then needs a rule for that node); or pass "
+        "engine='gradient', which runs the model's own forward and needs no trace"
     )
 
 

@@ -19,7 +19,7 @@ from torch import fx
 
 from fastxai import _backends, _model, _scheduling
 from fastxai._model import Model
-from fastxai.lrp import _graph, _nodes, _plans
+from fastxai.lrp import _gradient, _graph, _nodes, _plans
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES
 from fastxai.lrp.composites import Composite, resolve_composite
 
@@ -32,7 +32,7 @@ def lrp(
     inputs: torch.Tensor,
     target: object = None,
     *,
-    composite: object = "epsilon_plus_flat",
+    composite: object = None,
     maxpool: str = "winner",
     merge_batchnorm: bool = True,
     return_layer_relevances: bool = False,
@@ -40,6 +40,9 @@ def lrp(
     backend: str | None = None,
     eval_mode: bool = True,
     functional: str = "lrp",
+    forward_kwargs: dict[str, Any] | None = None,
+    layer: object = None,
+    engine: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Layer-wise Relevance Propagation (Bach et al. 2015; Montavon et al. 2019).
 
@@ -72,10 +75,44 @@ def lrp(
     ``return_layer_relevances`` also ``{node name: relevance of that node's output}`` (float32;
     module nodes are named by their dotted module name) for ``fastxai.lrp.conservation``.
 
+    Two engines (``engine=``). ``"fx"``, the traced engine above. ``"gradient"``: the model's own
+    forward runs with each op's backward replaced by its rule (AttnLRP as a modified gradient,
+    ``fastxai.lrp._gradient``), ``R_h = h * grad_h``; no tracing, so it runs stock Hugging Face
+    ``transformers`` classes (BERT, RoBERTa, GPT-2, Llama-style decoders, ViT) and any control
+    flow; an op without a rule raises ``UnsupportedLayerError`` naming the model's line. It has
+    the epsilon rule for Linear/Conv (composite default ``"epsilon"``; other rules are refused),
+    identity for element-wise activations and RMSNorm, and the same AttnLRP rules; on models
+    both run, the two agree (tests/lrp/test_lrp_gradient_engine.py). ``"auto"`` (default) takes
+    the gradient engine for a transformers ``PreTrainedModel``, token-id inputs, ``forward_kwargs``
+    or ``layer``, else the traced one. Gradient engine only: ``forward_kwargs`` (extra model
+    arguments, e.g. ``{"attention_mask": mask}``; per-example tensors follow the chunks) and
+    ``layer`` (a module or dotted name: relevance of its output, [B, *A]); token ids [B, T] start
+    at the input embedding (``model.get_input_embeddings()``) and return per-token relevance
+    [B, T] (summed over the hidden dim). ``composite=None``: ``"epsilon_plus_flat"`` for the
+    traced engine, ``"epsilon"`` for the gradient engine. Outputs as every method reads them
+    (``.logits`` of a ``ModelOutput``), targets as there: a tuple ``(t, v)`` picks
+    ``logits[b, t, v]`` of a causal LM's [B, T, V].
+
     >>> R = fastxai.lrp(model, x, target=y, composite="epsilon_plus_flat")
     >>> R, layers = fastxai.lrp(model, x, target=y, return_layer_relevances=True)
+    >>> R = fastxai.lrp(bert, ids, target=y, forward_kwargs={"attention_mask": mask})  # [B, T]
     """
     model = _model.check_model(model)
+    if _gradient.choose_engine(engine, model, inputs, forward_kwargs, layer) == "gradient":
+        _gradient.check_fx_options(
+            maxpool=maxpool != "winner",
+            merge_batchnorm=merge_batchnorm is not True,
+            return_layer_relevances=return_layer_relevances is not False,
+            functional=functional != "lrp",
+        )
+        if not isinstance(eval_mode, bool):
+            raise TypeError(f"eval_mode must be a bool, got {type(eval_mode).__name__}")
+        if backend is not None:
+            _backends.check_choice(backend)
+        resolved = resolve_composite("epsilon" if composite is None else composite)
+        return _gradient.gradient_lrp(
+            model, inputs, target, resolved, forward_kwargs, layer, chunk_size, backend, eval_mode
+        )
     inputs = _model.check_inputs(inputs)
     if maxpool not in MAXPOOL_MODES:
         raise ValueError(f"maxpool must be one of {MAXPOOL_MODES}, got {maxpool!r}")
@@ -93,7 +130,7 @@ def lrp(
         _backends.check_choice(backend)
     if not eval_mode:
         _check_batchnorm_mode(model)
-    resolved = resolve_composite(composite)
+    resolved = resolve_composite("epsilon_plus_flat" if composite is None else composite)
     resolved.check_names(model)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
