@@ -9,9 +9,9 @@ import torch
 
 from fastxai import _backends, _model, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution import _layer, quadrature
+from fastxai.attribution import _layer, exact_path, quadrature
 
-METHODS = (*quadrature.FIXED_METHODS, "adaptive")
+METHODS = (*quadrature.FIXED_METHODS, "adaptive", "exact")
 _ROMBERG_ORDER = 2
 """Richardson steps on top of the trapezoid rule (2: Simpson, then Boole)."""
 _SMOOTH_RATIO = 3.0
@@ -66,6 +66,7 @@ def integrated_gradients(
     tolerance: float = 1e-3,
     max_steps: int = 1025,
     return_evaluations: bool = False,
+    max_pieces: int = 4096,
     multiply_by_inputs: bool = True,
     layer: object = None,
     forward_kwargs: dict | None = None,
@@ -107,7 +108,10 @@ def integrated_gradients(
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method != "adaptive":
+    if method == "exact":
+        if isinstance(max_pieces, bool) or not isinstance(max_pieces, int) or max_pieces < 1:
+            raise ValueError(f"max_pieces must be an int >= 1, got {max_pieces!r}")
+    elif method != "adaptive":
         low = quadrature.minimum_steps(method)
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < low:
             raise ValueError(f"n_steps must be an int >= {low} for method {method!r}, got {n_steps!r}")
@@ -136,12 +140,28 @@ def integrated_gradients(
         )
         target_t = site.forward.resolve_target(target_t, chunk)
         delta: torch.Tensor | None
-        if method == "adaptive":
+        if method == "exact":
+            integral, evaluations = exact_path.exact_path(site, model, baseline, target_t, chunk, max_pieces)
+            attributions = (x.to(torch.float64) - baseline.to(torch.float64)) * integral
+            ends = _layer.chunk_scores(site, torch.stack([x, baseline]), target_t, chunk)
+            delta = _PathRun.delta(attributions, ends[0] - ends[1])
+            exact_path.check_complete(delta, ends, x.dtype)
+            delta = delta.to(x.dtype)
+            if not multiply_by_inputs:
+                attributions = integral
+        elif method == "adaptive":
             run = _PathRun(site, baseline, target_t, chunk, backend)
             attributions, delta, evaluations = run.adaptive(float(tolerance), max_steps)
         else:
             attributions, delta = fixed_path(
-                site, baseline, target_t, method, n_steps, chunk, backend, return_convergence_delta,
+                site,
+                baseline,
+                target_t,
+                method,
+                n_steps,
+                chunk,
+                backend,
+                return_convergence_delta,
                 multiply_by_inputs=multiply_by_inputs,
             )
             evaluations = torch.full((x.shape[0],), n_steps + 2 * return_convergence_delta, dtype=torch.long)
