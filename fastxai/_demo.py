@@ -100,7 +100,13 @@ def run_demo(samples: int = 256, points: int = 32, repeats: int = 5, seed: int =
     with warnings.catch_warnings(record=True) as caught:  # reported below instead
         warnings.simplefilter("always")
         _, adaptive_delta, evaluations = fx.integrated_gradients(
-            model, x, target=target, method="adaptive", tolerance=1e-2, return_evaluations=True
+            model,
+            x,
+            target=target,
+            method="adaptive",
+            tolerance=1e-2,
+            return_convergence_delta=True,
+            return_evaluations=True,
         )
     with torch.no_grad():
         scores = model(x).gather(1, target.view(-1, 1)).squeeze(1)

@@ -18,6 +18,7 @@ METHODS = {
     "adaptive_ig": lambda model, x, **kw: fx.integrated_gradients(
         model, x, method="adaptive", max_steps=9, **kw
     ),
+    "exact_ig": lambda model, x, **kw: fx.integrated_gradients(model, x, method="exact", **kw),
 }
 
 
@@ -95,6 +96,7 @@ SPECIFIC = [
     (lambda m, x: fx.integrated_gradients(m, x, float("nan")), ValueError, "baselines contain NaN"),
     (lambda m, x: fx.integrated_gradients(m, x, method="simpson"), ValueError, "method must be one of"),
     (lambda m, x: fx.integrated_gradients(m, x, n_steps=0), ValueError, "n_steps"),
+    (lambda m, x: fx.integrated_gradients(m, x, method="exact", max_pieces=0), ValueError, "max_pieces"),
     (
         lambda m, x: fx.integrated_gradients(m, x, n_steps=1, method="riemann_trapezoid"),
         ValueError,

@@ -9,6 +9,7 @@ from models import LinearModel, QuadraticModel, small_cnn
 from torch import nn
 
 import fastxai as fx
+from fastxai.attribution.integrated_gradients import NotConverged
 
 FIXED = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
 
@@ -100,7 +101,13 @@ def test_adaptive_meets_the_tolerance_for_every_sample_and_reports_evaluations()
     x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     tolerance = 1e-4
     attributions, delta, evaluations = fx.integrated_gradients(
-        model, x, target=2, method="adaptive", tolerance=tolerance, return_evaluations=True
+        model,
+        x,
+        target=2,
+        method="adaptive",
+        tolerance=tolerance,
+        return_convergence_delta=True,
+        return_evaluations=True,
     )
     with torch.no_grad():
         difference = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]
@@ -111,8 +118,11 @@ def test_adaptive_meets_the_tolerance_for_every_sample_and_reports_evaluations()
     accurate = fx.integrated_gradients(model, x, target=2, n_steps=512)
     error = (attributions - accurate).flatten(1).abs().sum(1)
     assert (error <= 20 * tolerance * difference.abs()).all()
-    # Smooth integrands converge after a handful of evaluations thanks to Romberg extrapolation.
-    assert evaluations.float().mean() < 40
+    assert evaluations.float().mean() < 60
+    # Without the options: the attributions alone, as every other method returns.
+    alone = fx.integrated_gradients(model, x, target=2, method="adaptive", tolerance=tolerance)
+    assert isinstance(alone, torch.Tensor)
+    torch.testing.assert_close(alone, attributions)
 
 
 def test_adaptive_refines_only_unconverged_samples() -> None:
@@ -121,11 +131,11 @@ def test_adaptive_refines_only_unconverged_samples() -> None:
     relu_net = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2)).double()
     x = torch.randn(2, 4, dtype=torch.float64)
     x[1] = 0.0  # at the baseline the path is a point: converged from the start
-    with pytest.warns(RuntimeWarning, match="did not reach tolerance"):
-        _, _delta, evaluations = fx.integrated_gradients(
+    with pytest.warns(RuntimeWarning, match="1 stopped at max_steps=33"):
+        _, evaluations = fx.integrated_gradients(
             relu_net, x, target=0, method="adaptive", tolerance=1e-12, max_steps=33, return_evaluations=True
         )
-    assert evaluations[1] == 5  # the minimum level: 0, 1/4, 1/2, 3/4, 1
+    assert evaluations[1] == 5  # the first round: 1/6, 1/2, 5/6 and the two end values
     assert evaluations[0] == 33
 
 
@@ -144,4 +154,39 @@ def test_adaptive_on_every_backend(backend: str, device: str) -> None:
     x = torch.randn(2, 1, 8, 8, device=device)
     expected = fx.integrated_gradients(model, x, target=1, method="adaptive", backend="reference")
     got = fx.integrated_gradients(model, x, target=1, method="adaptive", backend=backend)
-    torch.testing.assert_close(got[0], expected[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_adaptive_reports_what_it_did_not_reach() -> None:
+    """A pipeline can check: ``on_unconverged="raise"`` raises, and the delta says how far."""
+    model = small_cnn(seed=14).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(NotConverged, match="max_steps=7"):
+        fx.integrated_gradients(
+            model, x, target=0, method="adaptive", tolerance=1e-9, max_steps=7, on_unconverged="raise"
+        )
+    with pytest.warns(RuntimeWarning, match="rounding floor"):  # float32 cannot resolve 1e-12
+        fx.integrated_gradients(model, x, target=0, method="adaptive", tolerance=1e-12, max_steps=4001)
+
+
+class _SquareRoot(nn.Module):
+    """``f(x) = sum sqrt(x)``: the gradient is infinite at the baseline 0, IG = sqrt(x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sqrt().sum(1, keepdim=True)
+
+
+def test_adaptive_never_evaluates_the_gradient_at_the_baseline() -> None:
+    x = torch.rand(3, 5, dtype=torch.float64) + 0.1
+    attributions, delta = fx.integrated_gradients(
+        _SquareRoot(),
+        x,
+        target=0,
+        method="adaptive",
+        tolerance=1e-4,
+        return_convergence_delta=True,
+        max_steps=4001,
+    )
+    assert torch.isfinite(attributions).all()
+    assert (delta.abs() <= 1e-4 * x.sqrt().sum(1)).all()
+    torch.testing.assert_close(attributions, x.sqrt(), rtol=1e-2, atol=1e-3)

@@ -255,8 +255,6 @@ def test_forward_kwargs_at_the_input(method: str) -> None:
         )
         for i in range(4)
     ]
-    if method == "adaptive":
-        batched, singles = batched[0], [single[0] for single in singles]
     torch.testing.assert_close(batched, torch.cat(singles), rtol=1e-3, atol=1e-5)
     grads = fx.saliency(model, x, target, abs=False, forward_kwargs={"scale": scale}, chunk_size=3)
     expected = model.head.weight[target].detach() * scale.view(-1, 1)  # d f / d h, times d h / d x:
