@@ -211,14 +211,14 @@ def check_index(index: Any, index_file: Path) -> list[dict[str, Any]]:
     if not isinstance(index, dict) or not isinstance(index.get("run"), dict) or "shards" not in index:
         raise ValueError(f"{index_file} is not a runner index (it needs 'run' and 'shards')")
     run, records = index["run"], index["shards"]
+    # format 1 (before runs were fingerprinted) had no run nor inputs hash in its shard records
+    keys = DONE_KEYS if run.get("format", 1) > 1 else frozenset({"shard", "start", "stop", "files"})
     stop = 0
     fields: list[str] | None = None
     for number, record in enumerate(records):
-        if not isinstance(record, dict) or set(record) != DONE_KEYS:
-            raise ValueError(
-                f"{index_file}: shard record {number} does not have the fields {sorted(DONE_KEYS)}"
-            )
-        if record["shard"] != number or record["start"] != stop or record["run"] != run:
+        if not isinstance(record, dict) or set(record) != keys:
+            raise ValueError(f"{index_file}: shard record {number} does not have the fields {sorted(keys)}")
+        if record["shard"] != number or record["start"] != stop or record.get("run", run) != run:
             raise ValueError(
                 f"{index_file}: shard record {number} is not the next shard of the run "
                 f"(shard {record['shard']}, rows from {record['start']}, expected {number} from {stop})"

@@ -221,6 +221,8 @@ def _run(
         for index, start in enumerate(range(0, total, shard_size))
     ]
     mine = [shard for shard in shards if shard[0] % world == rank]
+    if len(set(_any_rank([json.dumps(run, sort_keys=True)], world))) > 1:
+        raise ValueError("the ranks disagree on the run (another model, data or setting on some rank)")
     complete: set[int] = set()
     changed: list[str] = []
     for index, start, stop in mine if resume else []:

@@ -262,3 +262,19 @@ def test_a_plain_callable_cannot_be_verified_and_is_not_resumed(tmp_path: Path) 
     assert (
         fx.attribute_dataset(wrapped, x, "saliency", tmp_path / "wrapped", **OPTIONS)["shards_skipped"] == 3
     )
+
+
+def test_a_finished_run_of_the_first_format_still_loads(tmp_path: Path) -> None:
+    model = small_cnn(seed=1).eval()
+    x, y = _data()
+    fx.attribute_dataset(model, (x, y), "saliency", tmp_path, **OPTIONS)
+    expected = fx.load_attributions(tmp_path)
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["run"] = {"format": 1, "method": "saliency", "items": 23}  # as format 1 wrote it (in part)
+    for record in index["shards"]:
+        del record["run"], record["inputs_sha256"]
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    loaded = fx.load_attributions(tmp_path)
+    assert loaded.keys() == expected.keys()
+    for field, array in loaded.items():
+        np.testing.assert_array_equal(array, expected[field])
