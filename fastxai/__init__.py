@@ -8,6 +8,7 @@
 from fastxai import certify, evaluation, global_views, lrp, ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 from fastxai._output import select_output
+from fastxai._version import __version__
 from fastxai.attacks import (
     adversarial_training_step,
     apgd,
@@ -68,8 +69,6 @@ from fastxai.certify import (
 from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
 from fastxai.lrp import rules
 from fastxai.runner import attribute_dataset, load_attributions
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BackendInfo",

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-import fastxai as fx
+from fastxai import _backends
 
 
 def _best_of(function: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.Tensor]:
@@ -34,8 +34,7 @@ def reference_timings(
     """For each method that runs on fused ops (it takes ``backend=``): the best time with the
     automatic backend and with the reference backend over the same inputs, the speed-up, and
     the largest difference between the two results relative to the largest attribution."""
-    backend = fx.get_backend()
-    chosen = fx._backends.resolve(backend, inputs.device, inputs.dtype)
+    chosen = _backends.resolve(_backends.get_backend(), inputs.device, inputs.dtype)
     rows = []
     for name, (function, kwargs) in methods.items():
         if "backend" not in function.__code__.co_varnames:

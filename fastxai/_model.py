@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -33,6 +35,35 @@ _HOOK_ATTRIBUTES = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "
 _LAZY_HOOK_FLAGS = ("_output_capturing_hooks_installed",)
 
 
+# One re-entrant lock per model (by id, dropped when the model is collected): the state guards
+# hold it for the whole call, so calls on one model from several threads run one after another
+# (each sees the model in eval mode, with only its own hooks, and the last one out restores what
+# the first one found), while calls on different models run in parallel.
+_MODEL_LOCKS: dict[int, tuple[weakref.ref[nn.Module], threading.RLock]] = {}
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _forget_lock(reference: weakref.ref[nn.Module], key: int) -> None:
+    # runs when the model is collected, possibly while this thread holds the guard: no lock here
+    entry = _MODEL_LOCKS.get(key)
+    if entry is not None and entry[0] is reference:
+        _MODEL_LOCKS.pop(key, None)
+
+
+def model_lock(model: nn.Module) -> threading.RLock:
+    """The re-entrant lock that serialises fastxai's calls on ``model`` across threads."""
+    entry = _MODEL_LOCKS.get(id(model))
+    if entry is not None and entry[0]() is model:
+        return entry[1]
+    with _MODEL_LOCKS_GUARD:
+        entry = _MODEL_LOCKS.get(id(model))
+        if entry is None or entry[0]() is not model:
+            key = id(model)
+            entry = (weakref.ref(model, lambda reference: _forget_lock(reference, key)), threading.RLock())
+            _MODEL_LOCKS[key] = entry
+        return entry[1]
+
+
 @contextlib.contextmanager
 def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
     """Run a block with the model in eval mode and frozen parameters, then put back exactly
@@ -43,10 +74,19 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
     pass takes well under a millisecond): only non-empty hook dictionaries are copied, only
     parameters that require gradients are touched, and ``eval()`` is skipped when no module
     is training.
+
+    Thread-safe per model: the block holds the model's re-entrant lock (``model_lock``), so a
+    second thread's call on the same model waits for this one (nested guards in one thread do
+    not); a plain callable is not guarded.
     """
     if not isinstance(model, nn.Module):
         yield
         return
+    with model_lock(model):
+        yield from _preserved(model, eval_mode)
+
+
+def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
     modules = list(model.modules())
     training = [module.training for module in modules]
     frozen = [parameter for parameter in model.parameters() if parameter.requires_grad]
@@ -92,11 +132,16 @@ def inference_state(model: Model) -> Iterator[None]:
     submodule's ``training`` flag is put back after it, also if it raises. Parameters'
     ``requires_grad`` and the hooks are not touched, so there is nothing else to restore; this
     costs one walk over the modules, which matters for models whose forward pass takes well
-    under a millisecond.
+    under a millisecond. Holds the model's lock like ``preserved_state``.
     """
     if not isinstance(model, nn.Module):
         yield
         return
+    with model_lock(model):
+        yield from _inference(model)
+
+
+def _inference(model: nn.Module) -> Iterator[None]:
     training = [module for module in model.modules() if module.training]
     try:
         if training:

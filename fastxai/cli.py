@@ -185,13 +185,14 @@ MAIN_METHODS = (
 )
 """What ``--method all`` runs: one or two of each family."""
 
+
 def method_kwargs(method: str, model: torch.nn.Module, inputs: torch.Tensor) -> dict[str, Any]:
     """METHOD_DEFAULTS[method] plus what depends on the model or the inputs: the CAM layer (what
     ``fastxai.cam_layer`` finds, as the CAM methods' ``layer=None`` does; named here so the run
     records it, unless it needs a reshape, which each call then infers again) and the occlusion
     window (an eighth of each spatial side, half-overlapping)."""
+    from fastxai._registry import CAM_METHODS
     from fastxai.attribution.cam_layer import cam_layer
-    from fastxai.runner import CAM_METHODS
 
     kwargs = dict(METHOD_DEFAULTS[method])
     if method in CAM_METHODS:
@@ -263,10 +264,10 @@ def _compare(
     the runner wrote to ``out`` (for the targets it used), printed and returned."""
     import fastxai as fx
     from fastxai import _jobs
+    from fastxai._registry import DATASET_METHODS
     from fastxai.evaluation import report
-    from fastxai.runner import _methods
 
-    functions = _methods()
+    functions = DATASET_METHODS
     stored = {method: fx.load_attributions(out / method) for method in methods}
     targets = torch.from_numpy(np.asarray(stored[methods[0]]["targets"])).long()
     timings = _jobs.reference_timings(
@@ -352,15 +353,15 @@ def command_attack(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
+    from fastxai._registry import DATASET_METHODS
     from fastxai.evaluation import report
-    from fastxai.runner import _methods
 
     if args.n_steps < 1:
         raise CliError(f"--n-steps must be >= 1, got {args.n_steps}")
     model, inputs, labels = _model_and_data(args)
     predictions = _predictions(model, inputs)
     names = list(MAIN_METHODS) if args.method == "all" else [args.method]
-    functions = _methods()
+    functions = DATASET_METHODS
 
     def explainer(name: str) -> report.Explainer:
         return _explainer(functions[name], method_kwargs(name, model, inputs))

@@ -6,27 +6,37 @@ On-disk format (``out/``), chosen so that anyone can read it with numpy alone:
 - ``shard-00000.attributions.npy``, ``shard-00000.targets.npy``, ... : one ``.npy`` file per
   field and shard (``np.load(path, mmap_mode="r")`` maps it without reading it). ``.npy`` is
   numpy's own documented format: no extra dependency, memory-mappable, exact dtypes.
-- ``shard-00000.done.json``: written last, atomically; its presence (with matching sha256
-  checksums) is what makes a shard complete.
-- ``run.json``: method, parameters and data set size of the run, written before any shard;
-  a later run with other settings in the same ``out`` is refused.
+- ``shard-00000.done.json``: written last, atomically; the shard is complete when it is whole
+  (every field, ``fastxai._run_store.read_done``), belongs to this run, its files match their
+  sha256, and the inputs the shard read then hash as the data's items do now.
+- ``run.json``: the run's identity, written (under the lock) once the arguments are checked:
+  method and arguments, target, item count, batch and shard size, the model's class and the
+  sha256 of its parameters and buffers, the inputs' dtype and item shape, device type and the
+  backend the fused ops resolve to. Each ``done.json`` carries a copy, so a shard stays bound
+  to its run even if ``run.json`` is deleted.
 - ``index.json``: written when every shard is complete: the run, the versions, and per
-  shard its rows and the sha256 of each file.
+  shard its record.
+- ``.lock``: held (``flock``) by the run writing the folder.
+
+The identity rule: ``resume=True`` reuses a shard only when its run equals this one in every
+field above and its inputs hash equal; a folder holding shards of another run is refused with
+the fields that differ (start afresh with ``resume=False``, or write to another ``out``).
 
 Every file is written to a temporary name in ``out`` and renamed into place, so a killed run
-leaves only complete files (and temporaries, which the next run ignores and overwrites);
-``resume=True`` skips the complete shards and redoes the others. Results are a function of
-each item alone (SmoothGrad noise is keyed by the item's index), so any split into shards and
-ranks, and any interruption, gives the same bytes.
+leaves only complete files (and temporaries, which the next run removes); ``resume=True``
+skips the complete shards and redoes the others. Results are a function of each item alone
+(SmoothGrad noise is keyed by the item's index), so any split into shards and ranks, and any
+interruption, gives the same bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,147 +45,64 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastxai import _model
+from fastxai import _backends, _fingerprint, _model, _run_store
+from fastxai._items import Items, hash_batch
 from fastxai._model import Model
+from fastxai._registry import CAM_METHODS, DATASET_METHODS, METHODS
+from fastxai._version import __version__
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+__all__ = ["CAM_METHODS", "METHODS", "attribute_dataset", "load_attributions"]
 
-
-def _methods() -> dict[str, Callable[..., Any]]:
-    import fastxai as fx
-
-    # fx.lrp is the callable package; the runner (and its callers) want the function itself.
-    return {name: fx.lrp.lrp if name == "lrp" else getattr(fx, name) for name in METHODS}
-
-
-CAM_METHODS = (
-    "grad_cam",
-    "grad_cam_plus_plus",
-    "xgrad_cam",
-    "hires_cam",
-    "layer_cam",
-    "score_cam",
-    "guided_grad_cam",
-)
-"""The CAM family: each needs the ``layer`` to explain."""
-
-METHODS = (
-    "saliency",
-    "input_x_gradient",
-    "smoothgrad",
-    "integrated_gradients",
-    "guided_backprop",
-    "deconvnet",
-    "lrp",
-    "occlusion",
-    "feature_ablation",
-    *CAM_METHODS,
-)
-"""Methods the runner can apply: those whose result for an item does not depend on which other
-items share its batch (SmoothGrad keys its noise by the item's index). The sampled perturbation
-methods (KernelSHAP, LIME, Shapley sampling, GradientSHAP) draw per batch and are left out."""
-
-
-class _Items:
-    """Uniform access to (inputs, labels or None) by index range over the supported data kinds."""
-
-    def __init__(self, data: object) -> None:
-        if isinstance(data, torch.utils.data.DataLoader):
-            data = data.dataset
-        self.tensors: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        if isinstance(data, torch.Tensor):
-            self.tensors = (data, None)
-        elif (
-            isinstance(data, (tuple, list))
-            and len(data) == 2
-            and all(isinstance(t, torch.Tensor) for t in data)
-        ):
-            if data[0].shape[0] != data[1].shape[0]:
-                raise ValueError(f"data holds {data[0].shape[0]} inputs but {data[1].shape[0]} labels")
-            self.tensors = (data[0], data[1])
-        elif not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
-            raise TypeError(
-                "data must be a tensor of inputs, (inputs, labels) tensors, a map-style Dataset "
-                f"or a DataLoader over one, got {type(data).__name__}"
-            )
-        self.data = data
-
-    def __len__(self) -> int:
-        return int(self.tensors[0].shape[0]) if self.tensors is not None else len(self.data)
-
-    def slice(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.tensors is not None:
-            inputs, labels = self.tensors
-            return inputs[start:stop], None if labels is None else labels[start:stop]
-        items = [self.data[index] for index in range(start, stop)]
-        if isinstance(items[0], (tuple, list)):
-            return torch.stack([torch.as_tensor(i[0]) for i in items]), torch.as_tensor(
-                [int(i[1]) for i in items]
-            )
-        return torch.stack([torch.as_tensor(i) for i in items]), None
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return {"tensor": value.tolist(), "dtype": str(value.dtype)}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(
-        f"method_kwargs values must be numbers, strings, lists or tensors, got {type(value).__name__}"
-    )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomically(path: Path, write: Callable[[Any], None], binary: bool) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb" if binary else "w") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+_SET_BY_THE_RUNNER = ("target", "return_convergence_delta", "row_offset")
 
 
 def _save_array(stream: Any, array: np.ndarray) -> None:
     np.save(stream, array)
 
 
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    _write_atomically(path, lambda stream: json.dump(content, stream, indent=1, sort_keys=True), binary=False)
-
-
-def _shard_complete(out: Path, name: str) -> dict[str, Any] | None:
-    marker = out / f"{name}.done.json"
-    if not marker.exists():
-        return None
-    try:
-        record = json.loads(marker.read_text())
-        for entry in record["files"].values():
-            if _sha256(out / entry["file"]) != entry["sha256"]:
-                return None
-    except (OSError, ValueError, KeyError):
-        return None
-    return record
-
-
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def _check_method_kwargs(method: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a name the method does not take (``n_stepz``) before anything is written."""
+    parameters = inspect.signature(DATASET_METHODS[method]).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    accepted = [
+        name
+        for name, p in list(parameters.items())[2:]  # after (model, inputs)
+        if p.kind in keyword and name not in _SET_BY_THE_RUNNER
+    ]
+    for name in kwargs:
+        if name in _SET_BY_THE_RUNNER:
+            raise ValueError(f"method_kwargs must not set {name!r}: the runner sets it")
+        if name not in accepted:
+            raise TypeError(f"method_kwargs: {method} takes no argument {name!r}; it takes {accepted}")
+
+
+def _share(problem: BaseException | None, world: int) -> BaseException | None:
+    """Rank 0's outcome of a step only it runs, on every rank (so that none waits at a barrier)."""
+    if world == 1:
+        return problem
+    message = [None if problem is None else (type(problem), str(problem))]
+    torch.distributed.broadcast_object_list(message, src=0)
+    if message[0] is None or problem is not None:
+        return problem
+    kind, text = message[0]
+    return kind(text)
+
+
+def _any_rank(messages: list[str], world: int) -> list[str]:
+    if world == 1:
+        return messages
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, messages)
+    return [message for part in gathered for message in part]
 
 
 def attribute_dataset(
@@ -200,6 +127,12 @@ def attribute_dataset(
       ``seed`` is required, so that a resumed run reproduces the noise).
     - ``target``: ``"predicted"`` (the model's class) or ``"label"`` (the data set's labels).
     - ``shard_size``: items per shard file (default ``16 * batch_size``).
+    - ``resume``: keep the complete shards of the same run (same model parameters and class,
+      same data, dtype, backend, method, arguments, target, batch and shard size) and redo the
+      rest; a folder holding shards of another run is refused, naming what differs.
+      ``resume=False`` discards whatever run the folder holds and starts afresh.
+    - One run at a time holds ``out`` (an OS lock on ``out/.lock``): a second one started on it
+      raises at once.
     - Under ``torch.distributed`` shards are dealt round-robin to the ranks, and rank 0 writes
       the index once every rank is done.
 
@@ -213,9 +146,7 @@ def attribute_dataset(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     kwargs = dict(method_kwargs or {})
-    for reserved in ("target", "return_convergence_delta", "row_offset"):
-        if reserved in kwargs:
-            raise ValueError(f"method_kwargs must not set {reserved!r}: the runner sets it")
+    _check_method_kwargs(method, kwargs)
     if method == "smoothgrad" and kwargs.get("seed") is None:
         raise ValueError(
             "smoothgrad over a data set needs method_kwargs['seed'] so that a resumed run is identical"
@@ -225,7 +156,9 @@ def attribute_dataset(
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if target not in ("predicted", "label"):
         raise ValueError(f"target must be 'predicted' or 'label', got {target!r}")
-    items = _Items(data)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be a bool, got {type(resume).__name__}")
+    items = Items(data)
     total = len(items)
     if total == 0:
         raise ValueError("data is empty")
@@ -234,69 +167,129 @@ def attribute_dataset(
     if target == "label" and first_labels is None:
         raise ValueError("target='label' needs data with labels")
     shard_size = shard_size or 16 * batch_size
+    run_device = torch.device(device) if device is not None else first_inputs.device
     run = {
         "format": FORMAT_VERSION,
         "method": method,
-        "method_kwargs": _jsonable(kwargs),
+        "method_kwargs": _fingerprint.jsonable(kwargs),
         "target": target,
         "items": total,
         "shard_size": shard_size,
+        "batch_size": batch_size,
+        "model": _fingerprint.model_fingerprint(model),
+        "inputs": {"dtype": str(first_inputs.dtype), "shape": list(first_inputs.shape[1:])},
+        "labels": first_labels is not None,
+        "device": run_device.type,
+        "backend": _backends.resolve(None, run_device, first_inputs.dtype),
     }
+    fields = ["attributions", "targets", "predictions"]
+    fields += ["labels"] if first_labels is not None else []
+    fields += ["deltas"] if method == "integrated_gradients" else []
     out_path = Path(out)
     rank, world = _distributed()
     out_path.mkdir(parents=True, exist_ok=True)
-    run_file = out_path / "run.json"
-    if run_file.exists():
-        existing = json.loads(run_file.read_text())
-        if existing != run:
-            raise ValueError(
-                f"{out_path} holds a run with other settings ({existing}); use another out or delete it"
-            )
-        if not resume and rank == 0:
-            for stale in out_path.glob("shard-*"):
-                stale.unlink()
-    elif rank == 0:
-        _write_json(run_file, run)
-    if world > 1:
-        torch.distributed.barrier()
+    with contextlib.ExitStack() as held:
+        problem: BaseException | None = None
+        if rank == 0:
+            try:
+                held.enter_context(_run_store.folder_lock(out_path))
+                _run_store.prepare(out_path, run, resume)
+            except (RuntimeError, ValueError) as error:
+                problem = error
+        problem = _share(problem, world)
+        if problem is not None:
+            raise problem
+        return _run(model, items, method, kwargs, run, fields, out_path, resume, device, progress)
 
-    attribution_method = _methods()[method]
+
+def _run(
+    model: Model,
+    items: Items,
+    method: str,
+    kwargs: dict[str, Any],
+    run: dict[str, Any],
+    fields: list[str],
+    out: Path,
+    resume: bool,
+    device: torch.device | str | None,
+    progress: bool | None,
+) -> dict[str, float]:
+    rank, world = _distributed()
+    total, shard_size, batch_size = run["items"], run["shard_size"], run["batch_size"]
     shards = [
         (index, start, min(start + shard_size, total))
         for index, start in enumerate(range(0, total, shard_size))
     ]
     mine = [shard for shard in shards if shard[0] % world == rank]
+    if len(set(_any_rank([json.dumps(run, sort_keys=True)], world))) > 1:
+        raise ValueError("the ranks disagree on the run (another model, data or setting on some rank)")
+    complete: set[int] = set()
+    changed: list[str] = []
+    for index, start, stop in mine if resume else []:
+        record = _run_store.read_done(out, index, start, stop, run, fields)
+        if record is None:
+            continue
+        digest = hashlib.sha256()
+        for batch_start in range(start, stop, batch_size):
+            hash_batch(digest, *items.slice(batch_start, min(batch_start + batch_size, stop)))
+        if digest.hexdigest() != record["inputs_sha256"]:
+            changed.append(f"shard {index} (items {start}:{stop})")
+        complete.add(index)
+    changed = _any_rank(changed, world)
+    if changed:
+        raise ValueError(
+            f"{out} holds shards computed from other inputs: {', '.join(changed)} read other data than "
+            "now; write to another out, or pass resume=False to discard them and start afresh"
+        )
+    problem: BaseException | None = None
+    if rank == 0:
+        try:
+            _run_store.start(out, run, resume)
+        except OSError as error:
+            problem = error
+    problem = _share(problem, world)
+    if problem is not None:
+        raise problem
     written = skipped = 0
     started = time.perf_counter()
     bar = _progress_bar(total=sum(stop - start for _, start, stop in mine), enabled=progress, rank=rank)
+    method_function = DATASET_METHODS[method]
     for index, start, stop in mine:
-        name = f"shard-{index:05d}"
-        if resume and _shard_complete(out_path, name) is not None:
+        if index in complete:
             skipped += 1
             bar.update(stop - start)
             continue
-        fields = _attribute_shard(
-            model, items, attribution_method, method, kwargs, target, start, stop, batch_size, device, bar
-        )
+        digest = hashlib.sha256()
+        arrays = _attribute_shard(
+            model, items, method_function, method, kwargs, run["target"], (start, stop), batch_size, device,
+            bar, digest,
+        )  # fmt: skip
+        name = f"shard-{index:05d}"
         files = {}
-        for field, array in fields.items():
-            path = out_path / f"{name}.{field}.npy"
-            _write_atomically(path, functools.partial(_save_array, array=array), binary=True)
+        for field, array in arrays.items():
+            path = out / f"{name}.{field}.npy"
+            _run_store.write_atomically(path, functools.partial(_save_array, array=array), binary=True)
             files[field] = {
                 "file": path.name,
-                "sha256": _sha256(path),
+                "sha256": _run_store.sha256_file(path),
                 "dtype": str(array.dtype),
                 "shape": list(array.shape),
             }
-        _write_json(
-            out_path / f"{name}.done.json", {"shard": index, "start": start, "stop": stop, "files": files}
-        )
+        record = {
+            "shard": index,
+            "start": start,
+            "stop": stop,
+            "run": run,
+            "inputs_sha256": digest.hexdigest(),
+            "files": files,
+        }
+        _run_store.write_json(out / f"{name}.done.json", record)
         written += 1
     bar.close()
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        _write_index(out_path, run, shards)
+        _write_index(out, run, shards, fields)
     seconds = time.perf_counter() - started
     processed = sum(stop - start for _, start, stop in mine)
     return {
@@ -328,21 +321,23 @@ def _progress_bar(total: int, enabled: bool | None, rank: int) -> Any:
 
 def _attribute_shard(
     model: Model,
-    items: _Items,
+    items: Items,
     attribution_method: Callable[..., Any],
     method: str,
     kwargs: dict[str, Any],
     target: str,
-    start: int,
-    stop: int,
+    rows: tuple[int, int],
     batch_size: int,
     device: torch.device | str | None,
     bar: Any,
+    digest: Any,
 ) -> dict[str, np.ndarray]:
+    start, stop = rows
     parts: dict[str, list[np.ndarray]] = {}
     for batch_start in range(start, stop, batch_size):
         batch_stop = min(batch_start + batch_size, stop)
         inputs, labels = items.slice(batch_start, batch_stop)
+        hash_batch(digest, inputs, labels)
         if device is not None:
             inputs = inputs.to(device)
             labels = None if labels is None else labels.to(device)
@@ -369,38 +364,44 @@ def _attribute_shard(
     return {field: np.concatenate(chunks) for field, chunks in parts.items()}
 
 
-def _write_index(out: Path, run: dict[str, Any], shards: Sequence[tuple[int, int, int]]) -> None:
-    import fastxai
-
+def _write_index(
+    out: Path, run: dict[str, Any], shards: Sequence[tuple[int, int, int]], fields: list[str]
+) -> None:
     records = []
-    for index, _start, _stop in shards:
-        record = _shard_complete(out, f"shard-{index:05d}")
+    for index, start, stop in shards:
+        record = _run_store.read_done(out, index, start, stop, run, fields)
         if record is None:
             raise RuntimeError(f"shard {index} of {out} is not complete; run again with resume=True")
         records.append(record)
     content: dict[str, Any] = {
         "run": run,
-        "versions": {"fastxai": fastxai.__version__, "torch": torch.__version__, "numpy": np.__version__},
+        "versions": {"fastxai": __version__, "torch": torch.__version__, "numpy": np.__version__},
         "shards": records,
     }
-    _write_json(out / "index.json", content)
+    _run_store.write_json(out / "index.json", content)
 
 
 def load_attributions(out: str | os.PathLike[str], *, verify: bool = True) -> dict[str, np.ndarray]:
     """Read a finished run back in data set order: ``{"attributions": [N, *F], "targets": [N], ...}``.
 
-    With ``verify`` every file's sha256 is checked against the index first.
+    The index is checked to tile the data set's rows with shards of one run and the same fields;
+    with ``verify`` every file's sha256 is checked against the index too.
     """
     out_path = Path(out)
     index_file = out_path / "index.json"
     if not index_file.exists():
         raise FileNotFoundError(f"{index_file} not found: the run in {out_path} is missing or unfinished")
-    index = json.loads(index_file.read_text())
+    records = _run_store.check_index(json.loads(index_file.read_text()), index_file)
     fields: dict[str, list[np.ndarray]] = {}
-    for record in index["shards"]:
+    for record in records:
         for field, entry in record["files"].items():
             path = out_path / entry["file"]
-            if verify and _sha256(path) != entry["sha256"]:
+            if verify and _run_store.sha256_file(path) != entry["sha256"]:
                 raise ValueError(f"{path} does not match its checksum in {index_file}")
-            fields.setdefault(field, []).append(np.load(path, mmap_mode="r"))
+            array = np.load(path, mmap_mode="r")
+            if array.shape[:1] != (record["stop"] - record["start"],):
+                raise ValueError(
+                    f"{path} holds {array.shape[:1]} rows, its shard {record['stop'] - record['start']}"
+                )
+            fields.setdefault(field, []).append(array)
     return {field: np.concatenate(arrays) for field, arrays in fields.items()}

@@ -12,12 +12,14 @@ faster than in the contiguous layout a model's batch usually comes in."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import fx
 
-from fastxai import _backends, _model, _scheduling
+from fastxai import _backends, _model, _output, _scheduling
 from fastxai._model import Model
 from fastxai.lrp import _gradient, _graph, _nodes, _plans
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES
@@ -140,20 +142,40 @@ def lrp(
     results: list[torch.Tensor] = []
     layers: dict[str, list[torch.Tensor]] = {}
     with _model.preserved_state(model, eval_mode=eval_mode), torch.no_grad():
-        plan = _plans.cached_plan(
-            model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm, example=x[:2]
-        )
-        nonnegative = _graph.nonnegative_nodes(plan, bool(x.min() >= 0))
-        gradient = _gradient_plan(plan, resolved) if functional == "gradient" else None
-        x = x.contiguous(memory_format=_pass_layout(plan, x))
         any_rows = target_t is None and chunk >= x.shape[0]
+        nonnegative_input = bool(x.min() >= 0)
+
+        def setup(retrace: bool) -> tuple[_graph.Plan, set[fx.Node], _Gradient | None, torch.Tensor]:
+            plan = _plans.cached_plan(
+                model, resolved, maxpool=maxpool, merge_batchnorm=merge_batchnorm, example=x[:2],
+                retrace=retrace,
+            )  # fmt: skip
+            gradient = _gradient_plan(plan, resolved) if functional == "gradient" else None
+            layout = x.contiguous(memory_format=_pass_layout(plan, x))
+            return plan, _graph.nonnegative_nodes(plan, nonnegative_input), gradient, layout
+
+        plan, nonnegative, gradient, x_pass = setup(retrace=False)
+        # a cached plan is checked once per call against the model's own output (see _Stale)
+        first_check = _same_output(model, any_rows) if _plan_may_be_stale(model) else None
+        check = first_check
         for start in range(0, x.shape[0], chunk):
             stop = min(start + chunk, x.shape[0])
             chunk_target = None if target_t is None else target_t[start:stop]
-            relevance, chunk_layers = _propagate(
-                plan, x[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
-                return_layer_relevances, gradient, any_rows,
-            )  # fmt: skip
+            try:
+                relevance, chunk_layers = _propagate(
+                    plan, x_pass[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
+                    return_layer_relevances, gradient, any_rows,
+                    None if check is None else functools.partial(check, x[start:stop]),
+                )  # fmt: skip
+            except _Stale:
+                assert first_check is not None
+                plan, nonnegative, gradient, x_pass = setup(retrace=True)
+                final_check = functools.partial(first_check, x[start:stop], final=True)
+                relevance, chunk_layers = _propagate(
+                    plan, x_pass[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
+                    return_layer_relevances, gradient, any_rows, final_check,
+                )  # fmt: skip
+            check = None
             results.append(relevance)
             for name, value in chunk_layers.items():
                 layers.setdefault(name, []).append(value)
@@ -161,6 +183,57 @@ def lrp(
     if not return_layer_relevances:
         return relevance
     return relevance, {name: torch.cat(parts) for name, parts in layers.items()}
+
+
+class _Stale(Exception):
+    """The plan's forward output is not the model's: the cached trace followed another Python
+    branch (``forward`` reads an attribute, a global, a flag that changed since the trace)."""
+
+
+def _plan_may_be_stale(model: Model) -> bool:
+    """Whether a cached plan serves this call and can be checked: an ``nn.Module`` (plain callables
+    are traced at every call) with no module in training mode (a Dropout would make the model's
+    own output random; such modules run only with ``eval_mode=False``)."""
+    return isinstance(model, torch.nn.Module) and not any(module.training for module in model.modules())
+
+
+def _same_output(model: Model, any_rows: bool) -> Callable[..., None]:
+    """The check ``_propagate`` runs on the plan's output for the first chunk ``x`` (in the
+    caller's layout, made contiguous: the pass may run channels-last, the model may not): the
+    model's own output on the chunk's first row must equal the plan's up to rounding (BatchNorm
+    merged into the convolutions, another summation order): 1e-3 of the output's largest
+    magnitude, 3e-2 in half precision. All rows are compared when the output's rows are not the
+    inputs' (pooled over the batch, or a forward closing over per-example tensors). One row costs
+    a forward of one sample, not of the batch. Raises ``_Stale``, or with ``final`` (after a
+    fresh trace) UnsupportedLayerError."""
+
+    def check(x: torch.Tensor, output: torch.Tensor, *, final: bool = False) -> None:
+        rows = x.shape[0] if any_rows or output.shape[0] != x.shape[0] else 1
+        expected = _output.output_tensor(model(x[:rows].contiguous()))  # the layout models take
+        if expected.shape[:1] != (rows,) and rows < x.shape[0]:
+            # rows that do not follow the inputs' (a forward closing over per-example tensors)
+            rows = x.shape[0]
+            expected = _output.output_tensor(model(x.contiguous()))
+        got = output[:rows]
+        if expected.shape == got.shape:
+            expected, got = expected.double(), got.double()
+            low = x.dtype in (torch.float16, torch.bfloat16) or expected.dtype in (
+                torch.float16,
+                torch.bfloat16,
+            )
+            scale = float(expected.abs().max()) if expected.numel() else 0.0
+            difference = (got - expected).abs().nan_to_num(nan=float("inf")).max() if got.numel() else 0.0
+            if float(difference) <= (3e-2 if low else 1e-3) * scale + 1e-6 or torch.equal(got, expected):
+                return
+        if not final:
+            raise _Stale
+        raise _graph.UnsupportedLayerError(
+            "the traced graph does not reproduce the model's output (shape "
+            f"{tuple(expected.shape)} vs {tuple(got.shape)} for the first row, or values): forward hooks "
+            "that change outputs, randomness, or Python control flow the trace cannot follow"
+        )
+
+    return check
 
 
 def _check_batchnorm_mode(model: Model) -> None:
@@ -264,6 +337,7 @@ def _propagate(
     keep_layers: bool,
     gradient: _Gradient | None,
     any_rows: bool,
+    check: Callable[[torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     ctx = _nodes.Context({}, dtype, stabilizer, backend, nonnegative, steps=plan.steps)
     root = plan.root
@@ -283,6 +357,8 @@ def _propagate(
     if not isinstance(result, fx.Node) or result not in plan.steps:
         raise _graph.UnsupportedLayerError("the model must return one tensor computed from its input")
     output = ctx.env[result]
+    if check is not None and isinstance(output, torch.Tensor):
+        check(output)  # before the relevance pass: a stale plan costs its forward only
     if isinstance(output, torch.Tensor) and output.dim() > 2 and output.shape[0] == x.shape[0]:
         # [batch, *O]: a tuple of indices per example (``_model.check_target``), flattened
         target = _model.flat_target(target, output.shape[1:])  # raises for None: no class dim
