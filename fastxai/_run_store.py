@@ -85,6 +85,10 @@ else:
         return True
 
 
+class FolderInUseError(RuntimeError):
+    """Another run holds the output folder's lock."""
+
+
 @contextlib.contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
     """Hold ``out/.lock`` exclusively for the block; a RuntimeError at once if another run (in this
@@ -93,7 +97,7 @@ def folder_lock(out: Path) -> Iterator[None]:
         if not _try_lock(handle.fileno()):
             handle.seek(0)
             holder = handle.read().strip() or "a process"
-            raise RuntimeError(
+            raise FolderInUseError(
                 f"another run holds {out} ({holder}): two runs must not write one folder; wait for "
                 "it to finish, or write to another out"
             )

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastxai._run_store import FolderInUseError
+
 DEFAULT_CACHE = Path.home() / ".cache" / "fastxai"
 
 
@@ -501,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as error:
         print(f"fastxai: {error}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, ImportError, FileNotFoundError) as error:
+    except (ValueError, TypeError, ImportError, FileNotFoundError, FolderInUseError) as error:
         print(f"fastxai: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

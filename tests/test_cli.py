@@ -129,3 +129,16 @@ def test_evaluate_prints_a_faithfulness_table_against_random(capsys: pytest.Capt
 def test_evaluate_rejects_bad_steps(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--n-steps", "0"]) == 2
     assert "--n-steps must be >= 1" in capsys.readouterr().err
+
+
+def test_a_folder_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Another run holds the output folder: the CLI says so in one line, exit code 2, no traceback."""
+    from fastxai import _run_store
+
+    folder = tmp_path / "out" / "saliency"
+    folder.mkdir(parents=True)
+    with _run_store.folder_lock(folder):
+        code = main(["attribute", "--limit", "8", "--method", "saliency", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert error.startswith("fastxai: another run holds") and error.count("\n") == 1, error
