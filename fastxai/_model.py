@@ -86,10 +86,31 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
         yield from _preserved(model, eval_mode)
 
 
+def _trainable(modules: list[nn.Module]) -> list[nn.Parameter]:
+    """The parameters that require gradients, each once (``model.parameters()`` without its
+    recursive generator walk, which costs a 35-module ResNet 30 us per call)."""
+    seen: set[int] = set()
+    found = []
+    for module in modules:
+        for parameter in module._parameters.values():
+            if parameter is not None and parameter.requires_grad and id(parameter) not in seen:
+                seen.add(id(parameter))
+                found.append(parameter)
+    return found
+
+
+def _restore_training(modules: list[nn.Module], training: list[bool]) -> None:
+    """Put back each module's ``training`` flag, writing only those that changed
+    (``nn.Module.__setattr__`` costs about 1 us a module; reading the flag is free)."""
+    for module, flag in zip(modules, training, strict=True):
+        if module.training != flag:
+            module.training = flag
+
+
 def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
     modules = list(model.modules())
     training = [module.training for module in modules]
-    frozen = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    frozen = _trainable(modules)
     hooks = [
         (module, attr, dict(entries))
         for module in modules
@@ -106,8 +127,7 @@ def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
             parameter.requires_grad_(False)
         yield
     finally:
-        for module, flag in zip(modules, training, strict=True):
-            module.training = flag
+        _restore_training(modules, training)
         saved = {(id(module), attr): entries for module, attr, entries in hooks}
         for module in modules:
             for attr in _HOOK_ATTRIBUTES:
