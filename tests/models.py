@@ -113,3 +113,17 @@ def assert_same_state(before: tuple, after: tuple) -> None:
     assert before[:4] == after[:4]
     for old, new in zip(before[4], after[4], strict=True):
         assert torch.equal(old, new)
+
+
+def fail_at_call(model: nn.Module, call: int) -> torch.utils.hooks.RemovableHandle:
+    """A crash (RuntimeError "crash") at the model's ``call``-th forward. A hook, not a wrapper
+    module: a wrapper is another model to the runner (its class and parameter names), whose
+    shards a resumed run of the plain model would refuse."""
+    calls = [0]
+
+    def hook(_module: nn.Module, _args: object) -> None:
+        calls[0] += 1
+        if calls[0] == call:
+            raise RuntimeError("crash")
+
+    return model.register_forward_pre_hook(hook)

@@ -19,6 +19,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -93,3 +94,15 @@ def transformers() -> ModuleType:
         _import_torchvision()  # transformers' image models import torchvision: make that import work first
     _import_hub_kernels()
     return importlib.import_module("transformers")
+
+
+def tiny_bert(pad_token_id: int = 0, **config: Any) -> Any:
+    """A one-layer BertForSequenceClassification (vocabulary 50, width 16, 2 heads), random
+    weights seeded 0, in eval mode; ``config`` overrides BertConfig fields."""
+    tf = transformers()
+    torch.manual_seed(0)
+    options = {
+        "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 32, "pad_token_id": pad_token_id, **config,
+    }  # fmt: skip
+    return tf.BertForSequenceClassification(tf.BertConfig(**options)).eval()

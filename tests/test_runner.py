@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import small_cnn
+from models import fail_at_call, small_cnn
 
 import fastxai as fx
 
@@ -65,20 +65,6 @@ def test_results_equal_one_call_over_the_whole_data(tmp_path: Path, method: str,
     assert np.load(tmp_path / first["file"]).shape == (10, *expected.shape[1:])  # plain numpy reads it
 
 
-def _fail_at(model: torch.nn.Module, call: int) -> torch.utils.hooks.RemovableHandle:
-    """A crash at the model's ``call``-th forward. A hook, not a wrapper module: a wrapper is
-    another model to the runner (its class and parameter names), whose shards a resumed run of
-    the plain model would refuse."""
-    calls = [0]
-
-    def hook(_module: torch.nn.Module, _args: object) -> None:
-        calls[0] += 1
-        if calls[0] == call:
-            raise RuntimeError("crash")
-
-    return model.register_forward_pre_hook(hook)
-
-
 def test_interrupted_run_resumes_to_identical_files(tmp_path: Path) -> None:
     model = small_cnn(seed=2).eval()
     x, y = _data()
@@ -87,7 +73,7 @@ def test_interrupted_run_resumes_to_identical_files(tmp_path: Path) -> None:
     # two model calls per batch of 4 (the predictions, then the 3 noisy copies), 4 per shard of 8
     for fail_at in (2, 6, 11):  # during the first, second and third shard
         out = tmp_path / f"crash{fail_at}"
-        handle = _fail_at(model, fail_at)
+        handle = fail_at_call(model, fail_at)
         with pytest.raises(RuntimeError, match="crash"):
             fx.attribute_dataset(model, (x, y), "smoothgrad", out, **options)
         handle.remove()

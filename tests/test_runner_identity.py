@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from models import small_cnn
+from models import fail_at_call, small_cnn
 
 import fastxai as fx
 from fastxai.digits import digits_cnn
@@ -55,22 +55,10 @@ def test_another_model_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     )
 
 
-def _fail_on_call(model: torch.nn.Module, call: int) -> torch.utils.hooks.RemovableHandle:
-    """A crash at the model's ``call``-th forward, without changing the model's class or weights."""
-    calls = [0]
-
-    def hook(_module: torch.nn.Module, _args: object) -> None:
-        calls[0] += 1
-        if calls[0] == call:
-            raise RuntimeError("crash")
-
-    return model.register_forward_pre_hook(hook)
-
-
 def test_a_partly_finished_run_is_not_completed_by_another_model(tmp_path: Path) -> None:
     model_a, model_b = small_cnn(seed=1).eval(), small_cnn(seed=2).eval()
     x, _ = _data()
-    handle = _fail_on_call(model_a, 5)  # two calls per batch, two batches per shard: in shard 2
+    handle = fail_at_call(model_a, 5)  # two calls per batch, two batches per shard: in shard 2
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="crash"):
         fx.attribute_dataset(model_a, x, "saliency", out, **OPTIONS)
@@ -239,7 +227,7 @@ def test_the_lock_is_exclusive_within_one_process_and_released_on_error(tmp_path
         with pytest.raises(RuntimeError, match="another run holds"):
             fx.attribute_dataset(small_cnn(seed=1).eval(), _data()[0], "saliency", tmp_path, **OPTIONS)
     model = small_cnn(seed=1).eval()
-    handle = _fail_on_call(model, 1)
+    handle = fail_at_call(model, 1)
     with pytest.raises(RuntimeError, match="crash"):
         fx.attribute_dataset(model, _data()[0], "saliency", tmp_path, **OPTIONS)
     handle.remove()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from models import assert_same_state, model_state
-from real_models import transformers
+from real_models import tiny_bert
 from torch import nn
 
 import fastxai as fx
@@ -28,17 +28,7 @@ class Logits(nn.Module):
 
 @pytest.fixture(scope="module")
 def bert() -> Logits:
-    tf = transformers()
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        pad_token_id=0,
-    )
-    return Logits(tf.BertForSequenceClassification(config))
+    return Logits(tiny_bert(pad_token_id=0))
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor]:

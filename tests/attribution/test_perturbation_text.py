@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 from models import assert_same_state, model_state
-from real_models import transformers
+from real_models import tiny_bert
 from torch import nn
 
 import fastxai as fx
@@ -29,17 +29,7 @@ TARGET = torch.tensor([0, 1, 1])
 
 @pytest.fixture(scope="module")
 def bert() -> nn.Module:
-    tf = transformers()
-    torch.manual_seed(0)
-    config = tf.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        pad_token_id=PAD,
-    )
-    return tf.BertForSequenceClassification(config).eval()
+    return tiny_bert(pad_token_id=PAD)
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
