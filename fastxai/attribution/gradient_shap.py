@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastxai import _backends, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer
 from fastxai.attribution.smoothgrad import _check_seed, _check_stdevs
@@ -89,6 +89,11 @@ def gradient_shap(
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    # the draws (baseline choice, stratum, position: ~56 bytes) and the deltas, per sample and row
+    _budget.check_fits(
+        "n_samples", n_samples, n_samples * inputs.shape[0] * (64 + 16 * bool(return_convergence_delta)),
+        "the random draws" + (" and deltas" if return_convergence_delta is True else ""), inputs.device,
+    )  # fmt: skip
     for flag, value in (("multiply_by_inputs", multiply_by_inputs),
                         ("return_convergence_delta", return_convergence_delta)):
         if not isinstance(value, bool):
@@ -103,6 +108,8 @@ def gradient_shap(
     else:
         _layer.check_layer_baselines(baselines, inputs)
     sigma = _check_stdevs(stdevs, inputs)
+    if bool((sigma > 0).any()):
+        _budget.check_philox_samples("n_samples", n_samples)
     seed = _check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from fastxai import _backends, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path, exact_path, quadrature
 
@@ -113,9 +113,11 @@ def integrated_gradients(
         if isinstance(max_pieces, bool) or not isinstance(max_pieces, int) or max_pieces < 1:
             raise ValueError(f"max_pieces must be an int >= 1, got {max_pieces!r}")
     elif method != "adaptive":
-        low = quadrature.minimum_steps(method)
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < low:
-            raise ValueError(f"n_steps must be an int >= {low} for method {method!r}, got {n_steps!r}")
+        quadrature.check_steps(method, n_steps)
+        _budget.check_fits(
+            "n_steps", n_steps, n_steps * quadrature.bytes_per_step(inputs.shape[0]),
+            "the quadrature points, weights and per-step scores", inputs.device,
+        )  # fmt: skip
     else:
         if not isinstance(tolerance, (int, float)) or not tolerance > 0:
             raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")

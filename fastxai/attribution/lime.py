@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _model
+from fastxai import _backends, _budget, _model
 from fastxai._model import Model
 from fastxai.attribution import _perturbation, surrogate
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -148,6 +148,13 @@ def lime(
         )
     else:
         n_samples = _perturbation.check_count("n_samples", n_samples, 1)
+    if samples is None:
+        # per sample and row: the random bits (int64), the coin flips as bool, the model's dtype
+        # and the float64 design, a score and a similarity
+        _budget.check_fits(
+            "n_samples", n_samples, n_samples * x.shape[0] * (25 * groups + 16),
+            "the coin flips and the surrogate's design", x.device,
+        )  # fmt: skip
     if isinstance(kernel_width, bool) or not isinstance(kernel_width, (int, float)) or not kernel_width > 0:
         raise ValueError(f"kernel_width must be a number > 0, got {kernel_width!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0 or math.isinf(alpha):

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _model
+from fastxai import _backends, _budget, _model
 from fastxai._model import Model
 from fastxai.attribution import _perturbation, surrogate
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -141,6 +141,13 @@ def kernel_shap(
     if n_samples is None:
         n_samples = 2 * groups + _DEFAULT_EXTRA_SAMPLES
     n_samples = _perturbation.check_count("n_samples", n_samples, 1)
+    # per coalition and row: its members (bool, drawn, complement, joined), as the model's dtype
+    # and as the float64 design of the regression, and a score and a weight
+    coalitions_held = min(n_samples, 2**groups - 2) if groups < 62 else n_samples
+    _budget.check_fits(
+        "n_samples", n_samples, coalitions_held * x.shape[0] * (20 * groups + 32),
+        "the coalitions and their regression design", x.device,
+    )  # fmt: skip
     seed = _perturbation.check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)
@@ -218,6 +225,11 @@ def shapley_value_sampling(
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     n_samples = _perturbation.check_count("n_samples", n_samples, 1)
+    # per order and row: the draws, the orders and their inverse (int64), a score per step
+    _budget.check_fits(
+        "n_samples", n_samples, n_samples * x.shape[0] * 48 * groups,
+        "the random orders and their scores", x.device,
+    )  # fmt: skip
     seed = _perturbation.check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)

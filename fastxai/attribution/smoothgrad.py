@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fastxai import _backends, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer
 
@@ -86,6 +86,7 @@ def smoothgrad(
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+    _budget.check_philox_samples("n_samples", n_samples)
     if nt_type not in NT_TYPES:
         raise ValueError(f"nt_type must be one of {NT_TYPES}, got {nt_type!r}")
     sigma = _check_stdevs(stdevs, inputs)

@@ -221,12 +221,7 @@ class LayerIntegratedGradients(_LayerMethod):
         _check_grad_kwargs(grad_kwargs)
         if method not in quadrature.FIXED_METHODS:
             raise ValueError(f"method must be one of {quadrature.FIXED_METHODS}, got {method!r}")
-        if (
-            isinstance(n_steps, bool)
-            or not isinstance(n_steps, int)
-            or n_steps < quadrature.minimum_steps(method)
-        ):
-            raise ValueError(f"n_steps must be an int >= {quadrature.minimum_steps(method)}, got {n_steps!r}")
+        quadrature.check_steps(method, n_steps)
         tensors = _check_inputs(inputs)
         starts = _input_baselines(baselines, tensors)
         site = self._site(tensors, additional_forward_args, attribute_to_layer_input)
@@ -285,6 +280,11 @@ class LayerConductance(_LayerMethod):
             raise ValueError(f"method must be one of {quadrature.FIXED_METHODS}, got {method!r}")
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
             raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
+        if method == "gausslegendre" and n_steps + 1 > quadrature.GAUSS_LEGENDRE_MAX_STEPS:
+            raise ValueError(
+                f"n_steps={n_steps}: Gauss-Legendre takes at most {quadrature.GAUSS_LEGENDRE_MAX_STEPS - 1} "
+                "steps here (n_steps + 1 points); use fewer steps or a riemann_* method"
+            )
         packed = PackedInputs(inputs)  # the path runs in input space: floating-point inputs only
         tensors = _check_inputs(inputs)
         base = _input_baselines(baselines, tensors)

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastxai import _model, _scheduling, ops
+from fastxai import _budget, _model, _scheduling, ops
 from fastxai._checks import check_count
 from fastxai._model import Model
 
@@ -148,6 +148,11 @@ def _curve(
     inputs = _model.check_inputs(inputs)
     attributions = _check_attributions(attributions, inputs)
     n_steps = check_count("n_steps", n_steps)
+    # held for the whole curve: the step sizes (two int64 per step) and the scores [B, n_steps + 1]
+    _budget.check_fits(
+        "n_steps", n_steps, (n_steps + 1) * (16 + 4 * inputs.shape[0]), "the curve's steps and scores",
+        inputs.device,
+    )  # fmt: skip
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
@@ -308,6 +313,7 @@ def infidelity(
         ):
             raise ValueError(f"noise_std must be a finite float > 0, got {noise_std!r}")
         seed_value = _check_seed(seed)
+        _budget.check_philox_samples("n_perturb_samples", n_perturb_samples)
     elif not callable(perturb_func):
         raise TypeError(f"perturb_func must be callable, got {type(perturb_func).__name__}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
