@@ -45,9 +45,15 @@ class BackendInfo:
 
 
 def check_choice(name: object) -> str:
-    """``name`` if it is a backend choice (``"auto"`` or a backend's name), else a ValueError."""
+    """``name`` if it is a backend choice (``"auto"`` or a backend's name), else a ValueError;
+    a backend not available on this machine is a RuntimeError saying why."""
     if not isinstance(name, str) or name not in _CHOICES:
         raise ValueError(f"backend must be one of {_CHOICES}, got {name!r}")
+    if name in ("triton", "native"):
+        # said here, with the arguments, not at the first fused op (after model calls)
+        info = _triton_info() if name == "triton" else _native_info()
+        if not info.available:
+            raise RuntimeError(f"backend {name!r} is not available: {info.reason}")
     return name
 
 

@@ -22,3 +22,11 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A bool: ``return_evaluations=1`` is refused rather than read as true (a typo's 0/1, or a
+    number passed to the wrong keyword, should not silently change the result's form)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value

@@ -226,8 +226,11 @@ def check_target(target: object, batch: int, device: torch.device) -> torch.Tens
     """
     if target is None:
         return None
-    if isinstance(target, bool):
-        raise TypeError("target must be an int, a tuple, a tensor of class indices or None, got bool")
+    if isinstance(target, (bool, str, bytes, float)):
+        raise TypeError(
+            f"target must be an int, a tuple, a tensor of class indices or None, got {type(target).__name__} "
+            f"{target!r}"
+        )
     if isinstance(target, int):
         return torch.full((batch,), target, dtype=torch.long, device=device)
     if isinstance(target, tuple):
@@ -396,6 +399,8 @@ def check_inputs(inputs: Any, *, allow_integer: bool = False, layer_option: bool
         raise TypeError(f"inputs must be a floating-point tensor, got {inputs.dtype}{hint}")
     if inputs.dim() < 1 or inputs.shape[0] < 1:
         raise ValueError(f"inputs must be [batch, ...] with batch >= 1, got shape {tuple(inputs.shape)}")
+    if inputs.device.type == "meta":
+        raise ValueError("inputs are on the meta device (shapes without values); move them to 'cpu' or 'cuda'")
     if inputs.is_floating_point() and not all_finite(inputs):
         raise ValueError("inputs contain NaN or infinity")
     return inputs

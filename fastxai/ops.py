@@ -115,11 +115,9 @@ def gaussian_perturb(
     if x.dim() < 1:
         raise ValueError("x must have a batch dimension, got a 0-d tensor")
     batch = x.shape[0]
-    sigma_t = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
-    if sigma_t.dim() == 0:
-        sigma_t = sigma_t.expand(batch)
-    if sigma_t.shape != (batch,):
-        raise ValueError(f"sigma must be a scalar or have shape ({batch},), got {tuple(sigma_t.shape)}")
+    if batch < 1:
+        raise ValueError(f"x must have batch >= 1, got shape {tuple(x.shape)}")
+    sigma_t = _nonnegative_per_row("sigma", sigma, batch, torch.float32, x.device)
     _check_int("seed", seed, 0, _SEED_LIMIT)
     _check_int("sample_offset", sample_offset, 0, 2**32)
     _check_int("n_samples", n_samples, 1)
@@ -240,11 +238,9 @@ def pgd_step(
     batch = x_adv.shape[0]
     per_sample = []
     for name, value in (("step_size", step_size), ("eps", eps)):
-        tensor = torch.as_tensor(value, dtype=_accumulator_dtype(x_adv.dtype), device=x_adv.device)
-        if tensor.dim() == 0:
-            tensor = tensor.expand(batch)
-        if tensor.shape != (batch,):
-            raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(tensor.shape)}")
+        tensor = _nonnegative_per_row(
+            name, value, batch, _accumulator_dtype(x_adv.dtype), x_adv.device, check_cuda=False
+        )
         per_sample.append(tensor.contiguous())
     return _dispatch(
         "pgd_step",
@@ -300,6 +296,28 @@ def _dispatch_in_layout(
 
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _nonnegative_per_row(
+    name: str, value: object, batch: int, dtype: torch.dtype, device: torch.device, check_cuda: bool = True
+) -> torch.Tensor:
+    """A number or a [B] tensor of finite values >= 0, as [B] of ``dtype``: a NaN would pass
+    every comparison in the kernels and spread through the result without an error."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+    if isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value}")
+    tensor = torch.as_tensor(value, dtype=dtype, device=device)
+    if tensor.dim() == 0:
+        tensor = tensor.expand(batch)
+    if tensor.shape != (batch,):
+        raise ValueError(f"{name} must be a scalar or have shape ({batch},), got {tuple(tensor.shape)}")
+    # A tensor's values cost a device sync to read: done on the CPU, and on CUDA where asked (not
+    # in the attack loop's pgd_step, whose callers check eps once; never inside a graph capture).
+    read = device.type == "cpu" or (check_cuda and not torch.cuda.is_current_stream_capturing())
+    if isinstance(value, torch.Tensor) and read and not bool((torch.isfinite(tensor) & (tensor >= 0)).all()):
+        raise ValueError(f"{name} must be finite and >= 0, got values in [{float(tensor.min())}, {float(tensor.max())}]")
+    return tensor
 
 
 def _check_real(name: str, value: object, dtype: torch.dtype, minimum: float | None = None) -> float:

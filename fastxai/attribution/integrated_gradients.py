@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from fastxai import _backends, _budget, _model, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path, exact_path, quadrature
 
@@ -42,7 +42,14 @@ def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
         )
     if not _model.all_finite(baselines):
         raise ValueError("baselines contain NaN or infinity")
-    return baselines.to(device=inputs.device, dtype=inputs.dtype).expand(inputs.shape).contiguous()
+    converted = baselines.to(device=inputs.device, dtype=inputs.dtype)
+    if converted.dtype != baselines.dtype and not _model.all_finite(converted):
+        # finite in float64, out of range of the inputs' float32 (or half) where the model runs
+        raise ValueError(
+            f"baselines overflow in the inputs' dtype {inputs.dtype} (finite as {baselines.dtype}, "
+            f"largest magnitude {float(baselines.abs().max()):.3g})"
+        )
+    return converted.expand(inputs.shape).contiguous()
 
 
 def integrated_gradients(
@@ -109,6 +116,12 @@ def integrated_gradients(
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    for flag, value in (
+        ("return_convergence_delta", return_convergence_delta),
+        ("return_evaluations", return_evaluations),
+        ("multiply_by_inputs", multiply_by_inputs),
+    ):
+        _checks.check_flag(flag, value)
     if method == "exact":
         if isinstance(max_pieces, bool) or not isinstance(max_pieces, int) or max_pieces < 1:
             raise ValueError(f"max_pieces must be an int >= 1, got {max_pieces!r}")
