@@ -52,6 +52,9 @@ BAD_COMMON = [
     ("target", lambda x: {"target": torch.tensor([1, 2])}, ValueError, "target must be an int or have shape"),
     ("target", lambda x: {"target": torch.tensor([0.5, 1.0, 2.0])}, TypeError, "integer class indices"),
     ("chunk_size", lambda x: {"chunk_size": 0}, ValueError, "chunk_size must be >= 1"),
+    ("inputs", lambda x: {"x": torch.empty(x.shape, device="meta")}, ValueError, "meta device"),
+    ("target", lambda x: {"target": "3"}, TypeError, "target must be an int.*got str '3'"),
+    ("target", lambda x: {"target": 3.0}, TypeError, "target must be an int.*got float"),
 ]
 
 
@@ -105,7 +108,44 @@ SPECIFIC = [
     (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", tolerance=0), ValueError, "tolerance"),
     (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", max_steps=2), ValueError, "max_steps"),
     (lambda m, x: fx.saliency("model", x), TypeError, "model must be an nn.Module or a callable"),
+    (  # finite in float64, infinite in the inputs' float32, where the model runs
+        lambda m, x: fx.integrated_gradients(m, x, torch.full((1, 8, 8), 1e300, dtype=torch.float64), target=1),
+        ValueError,
+        "baselines overflow in the inputs' dtype torch.float32",
+    ),
+    (lambda m, x: fx.integrated_gradients(m, x, target=1, return_evaluations=1), TypeError, "return_evaluations"),
+    (
+        lambda m, x: fx.integrated_gradients(m, x, target=1, return_convergence_delta=1),
+        TypeError,
+        "return_convergence_delta must be a bool",
+    ),
+    (lambda m, x: fx.integrated_gradients(m, x, target=1, multiply_by_inputs=0), TypeError, "multiply_by_inputs"),
 ]
+
+
+def _unavailable_backend() -> str | None:
+    absent = [name for name in ("triton", "native") if not fx.backends()[name].available]
+    return absent[0] if absent else None
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x, b: fx.evaluation.deletion(m, x, x, backend=b),  # target None: the model ran first
+        lambda m, x, b: fx.integrated_gradients(m, x, n_steps=3, backend=b),
+        lambda m, x, b: fx.smoothgrad(m, x, n_samples=2, backend=b),
+        lambda m, x, b: fx.occlusion(m, x, sliding_window_shapes=(1, 2, 2), backend=b),
+        lambda m, x, b: fx.evaluation.infidelity(m, x, x, backend=b),
+    ],
+)
+def test_unavailable_backend_refused_before_the_model_runs(call) -> None:
+    backend = _unavailable_backend()
+    if backend is None:
+        pytest.skip("every backend is available here")
+    model = _training_model_with_a_hook()
+    with pytest.raises(RuntimeError, match=f"backend '{backend}' is not available"):
+        call(model, torch.randn(3, 1, 8, 8), backend)
+    assert model.calls == 0
 
 
 @pytest.mark.parametrize(("call", "error", "message"), SPECIFIC)
@@ -194,6 +234,21 @@ BAD_OPS = [
     (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 0, 1, copy_major="yes"), TypeError, _NOT_BOOL),
     (lambda: fx.ops.occlude(_X, _X, (2, 2), (1, 1), 0, 1, copy_major=_X.bool()), TypeError, _NOT_BOOL),
     (lambda: fx.ops.occlusion_window_count((3, 4), (4, 1), (1, 1)), ValueError, "window .* is larger"),
+    (lambda: fx.ops.gaussian_perturb(_X, float("nan"), 0), ValueError, "sigma must be finite and >= 0"),
+    (lambda: fx.ops.gaussian_perturb(_X, -0.5, 0), ValueError, "sigma must be finite and >= 0"),
+    (
+        lambda: fx.ops.gaussian_perturb(_X, torch.tensor([0.1, float("nan")]), 0),
+        ValueError,
+        "sigma must be finite and >= 0",
+    ),
+    (lambda: fx.ops.gaussian_perturb(_X[:0], 0.1, 0), ValueError, "x must have batch >= 1"),
+    (lambda: fx.ops.pgd_step(_X, _X, _X, 0.1, float("nan")), ValueError, "eps must be finite and >= 0"),
+    (lambda: fx.ops.pgd_step(_X, _X, _X, float("nan"), 0.1), ValueError, "step_size must be finite"),
+    (
+        lambda: fx.ops.pgd_step(_X, _X, _X, 0.1, torch.tensor([0.1, float("nan")])),
+        ValueError,
+        "eps must be finite and >= 0",
+    ),
 ]
 
 

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastxai import _budget, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _scheduling, ops
 from fastxai._checks import check_count
 from fastxai._model import Model
 
@@ -155,6 +155,8 @@ def _curve(
     )  # fmt: skip
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if backend is not None:
+        _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     mask, groups = _feature_groups(inputs, feature_mask, per_pixel)
     removed = replacement_values(inputs, replacement, blur_sigma)
@@ -316,6 +318,8 @@ def infidelity(
         _budget.check_philox_samples("n_perturb_samples", n_perturb_samples)
     elif not callable(perturb_func):
         raise TypeError(f"perturb_func must be callable, got {type(perturb_func).__name__}")
+    if backend is not None:
+        _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     batch = inputs.shape[0]
