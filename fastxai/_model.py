@@ -400,7 +400,9 @@ def check_inputs(inputs: Any, *, allow_integer: bool = False, layer_option: bool
     if inputs.dim() < 1 or inputs.shape[0] < 1:
         raise ValueError(f"inputs must be [batch, ...] with batch >= 1, got shape {tuple(inputs.shape)}")
     if inputs.device.type == "meta":
-        raise ValueError("inputs are on the meta device (shapes without values); move them to 'cpu' or 'cuda'")
+        raise ValueError(
+            "inputs are on the meta device (shapes without values); move them to 'cpu' or 'cuda'"
+        )
     if inputs.is_floating_point() and not all_finite(inputs):
         raise ValueError("inputs contain NaN or infinity")
     return inputs

@@ -316,7 +316,9 @@ def _nonnegative_per_row(
     # in the attack loop's pgd_step, whose callers check eps once; never inside a graph capture).
     read = device.type == "cpu" or (check_cuda and not torch.cuda.is_current_stream_capturing())
     if isinstance(value, torch.Tensor) and read and not bool((torch.isfinite(tensor) & (tensor >= 0)).all()):
-        raise ValueError(f"{name} must be finite and >= 0, got values in [{float(tensor.min())}, {float(tensor.max())}]")
+        raise ValueError(
+            f"{name} must be finite and >= 0, got values in [{float(tensor.min())}, {float(tensor.max())}]"
+        )
     return tensor
 
 

@@ -109,17 +109,27 @@ SPECIFIC = [
     (lambda m, x: fx.integrated_gradients(m, x, method="adaptive", max_steps=2), ValueError, "max_steps"),
     (lambda m, x: fx.saliency("model", x), TypeError, "model must be an nn.Module or a callable"),
     (  # finite in float64, infinite in the inputs' float32, where the model runs
-        lambda m, x: fx.integrated_gradients(m, x, torch.full((1, 8, 8), 1e300, dtype=torch.float64), target=1),
+        lambda m, x: fx.integrated_gradients(
+            m, x, torch.full((1, 8, 8), 1e300, dtype=torch.float64), target=1
+        ),
         ValueError,
         "baselines overflow in the inputs' dtype torch.float32",
     ),
-    (lambda m, x: fx.integrated_gradients(m, x, target=1, return_evaluations=1), TypeError, "return_evaluations"),
+    (
+        lambda m, x: fx.integrated_gradients(m, x, target=1, return_evaluations=1),
+        TypeError,
+        "return_evaluations",
+    ),
     (
         lambda m, x: fx.integrated_gradients(m, x, target=1, return_convergence_delta=1),
         TypeError,
         "return_convergence_delta must be a bool",
     ),
-    (lambda m, x: fx.integrated_gradients(m, x, target=1, multiply_by_inputs=0), TypeError, "multiply_by_inputs"),
+    (
+        lambda m, x: fx.integrated_gradients(m, x, target=1, multiply_by_inputs=0),
+        TypeError,
+        "multiply_by_inputs",
+    ),
 ]
 
 

@@ -40,10 +40,22 @@ def model() -> Counting:
 X = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
 HUGE = [
-    ("integrated_gradients", lambda m: fx.integrated_gradients(m, X, target=1, n_steps=10**12, method="riemann_left"), "n_steps"),  # noqa: E501
-    ("gradient_shap", lambda m: fx.gradient_shap(m, X, target=1, baselines=torch.zeros(3, 1, 8, 8), n_samples=10**12), "n_samples"),  # noqa: E501
+    (
+        "integrated_gradients",
+        lambda m: fx.integrated_gradients(m, X, target=1, n_steps=10**12, method="riemann_left"),
+        "n_steps",
+    ),
+    (
+        "gradient_shap",
+        lambda m: fx.gradient_shap(m, X, target=1, baselines=torch.zeros(3, 1, 8, 8), n_samples=10**12),
+        "n_samples",
+    ),
     ("kernel_shap", lambda m: fx.kernel_shap(m, X, target=1, n_samples=10**12), "n_samples"),
-    ("shapley_value_sampling", lambda m: fx.shapley_value_sampling(m, X, target=1, n_samples=10**12), "n_samples"),  # noqa: E501
+    (
+        "shapley_value_sampling",
+        lambda m: fx.shapley_value_sampling(m, X, target=1, n_samples=10**12),
+        "n_samples",
+    ),
     ("lime", lambda m: fx.lime(m, X, target=1, n_samples=10**12), "n_samples"),
     ("deletion", lambda m: faithfulness.deletion(m, X, X, target=1, n_steps=10**12), "n_steps"),
 ]
@@ -52,7 +64,9 @@ HUGE = [
 @pytest.mark.parametrize(("call", "argument"), [case[1:] for case in HUGE], ids=[case[0] for case in HUGE])
 def test_sizes_beyond_any_machine_refused_before_work(model: Counting, call, argument: str) -> None:
     """Before: the allocator failed on terabytes (or the OOM killer ended the process)."""
-    with pytest.raises(ValueError, match=rf"{argument}=1000000000000: .* need [\d.]+ [TP]iB .*available about"):
+    with pytest.raises(
+        ValueError, match=rf"{argument}=1000000000000: .* need [\d.]+ [TP]iB .*available about"
+    ):
         call(model)
     assert model.calls == 0
 
@@ -60,7 +74,9 @@ def test_sizes_beyond_any_machine_refused_before_work(model: Counting, call, arg
 def test_the_estimate_follows_the_memory_available(model: Counting, monkeypatch) -> None:
     """100000 IG steps hold ~13 MB of points, weights and scores: refused with 1 MiB available."""
     monkeypatch.setattr(_budget, "available_bytes", lambda device: 1 << 20)
-    with pytest.raises(ValueError, match=r"n_steps=100000: .* need 10\.7 MiB on cpu; available about 1\.0 MiB"):
+    with pytest.raises(
+        ValueError, match=r"n_steps=100000: .* need 10\.7 MiB on cpu; available about 1\.0 MiB"
+    ):
         fx.integrated_gradients(model, X, target=1, n_steps=100_000, method="riemann_left")
     with pytest.raises(ValueError, match=r"n_samples=100000: .* need [\d.]+ MiB"):
         fx.kernel_shap(model, X, target=1, n_samples=100_000)
@@ -84,7 +100,9 @@ def test_kernel_shap_counts_only_the_coalitions_it_holds(model: Counting) -> Non
     "call",
     [
         lambda m: fx.smoothgrad(m, X, target=1, n_samples=2**33, seed=0),
-        lambda m: fx.gradient_shap(m, X, target=1, baselines=torch.zeros(3, 1, 8, 8), n_samples=2**32 + 1, stdevs=0.1),
+        lambda m: fx.gradient_shap(
+            m, X, target=1, baselines=torch.zeros(3, 1, 8, 8), n_samples=2**32 + 1, stdevs=0.1
+        ),
         lambda m: faithfulness.infidelity(m, X, X, target=1, n_perturb_samples=2**33),
     ],
     ids=["smoothgrad", "gradient_shap", "infidelity"],
@@ -93,7 +111,9 @@ def test_noise_counter_limit_refused_before_work(model: Counting, call, monkeypa
     """Before: SmoothGrad streamed 2**32 samples of work, then failed at the Philox counter limit.
     (Memory is assumed plentiful here: the counter, not the draws, is what is tested.)"""
     monkeypatch.setattr(_budget, "available_bytes", lambda device: 1 << 62)
-    with pytest.raises(ValueError, match=r"n_(perturb_)?samples=\d+: the noise generator numbers at most 2\*\*32"):
+    with pytest.raises(
+        ValueError, match=r"n_(perturb_)?samples=\d+: the noise generator numbers at most 2\*\*32"
+    ):
         call(model)
     assert model.calls == 0
 
@@ -138,7 +158,9 @@ def test_gauss_legendre_cap_refused_before_work(model: Counting) -> None:
 def test_check_fits_names_argument_and_estimate(monkeypatch) -> None:
     monkeypatch.setattr(_budget, "available_bytes", lambda device: 3 * 2**30)
     _budget.check_fits("n_steps", 10, 2**30, "the points", torch.device("cpu"))
-    with pytest.raises(ValueError, match=r"^n_steps=10: the points need 74\.5 GiB on cpu; available about 3\.0 GiB"):
+    with pytest.raises(
+        ValueError, match=r"^n_steps=10: the points need 74\.5 GiB on cpu; available about 3\.0 GiB"
+    ):
         _budget.check_fits("n_steps", 10, 80_000_000_000, "the points", torch.device("cpu"))
     assert _budget.available_bytes.__name__ == "<lambda>"
     monkeypatch.undo()

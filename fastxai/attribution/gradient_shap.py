@@ -94,8 +94,10 @@ def gradient_shap(
         "n_samples", n_samples, n_samples * inputs.shape[0] * (64 + 16 * bool(return_convergence_delta)),
         "the random draws" + (" and deltas" if return_convergence_delta is True else ""), inputs.device,
     )  # fmt: skip
-    for flag, value in (("multiply_by_inputs", multiply_by_inputs),
-                        ("return_convergence_delta", return_convergence_delta)):
+    for flag, value in (
+        ("multiply_by_inputs", multiply_by_inputs),
+        ("return_convergence_delta", return_convergence_delta),
+    ):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     distribution = None
