@@ -273,6 +273,30 @@ def test_model_and_parameter_gradients_untouched_after_attacks() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+PLAIN_CALLABLE_ATTACKS = {
+    "pgd": lambda f, x, y: fx.pgd(f, x, y, steps=2),
+    "fgsm": lambda f, x, y: fx.fgsm(f, x, y),
+    "bim": lambda f, x, y: fx.bim(f, x, y, steps=2),
+    "mifgsm": lambda f, x, y: fx.mifgsm(f, x, y, steps=2),
+    "cw_l2": lambda f, x, y: fx.cw_l2(f, x, y, steps=2, binary_search_steps=1),
+    "deepfool": lambda f, x, y: fx.deepfool(f, x, y, steps=2),
+    "apgd": lambda f, x, y: fx.apgd(f, x, y, steps=2),
+    "fab": lambda f, x, y: fx.fab(f, x, y, steps=2),
+    "square_attack": lambda f, x, y: fx.square_attack(f, x, y, n_queries=4),
+    "robust_accuracy": lambda f, x, y: fx.robust_accuracy(f, (x, y), steps=2),
+}
+
+
+@pytest.mark.parametrize("name", list(PLAIN_CALLABLE_ATTACKS))
+def test_a_plain_callable_around_a_model_gets_no_parameter_gradients(name: str) -> None:
+    """``attack(lambda x: net(x), ...)``: the state guard cannot see the module, so its parameters
+    still require gradients; an attack must differentiate w.r.t. its own variables only
+    (cw_l2's ``cost.backward()`` filled ``.grad`` of every parameter)."""
+    model, x, y = _setup()
+    PLAIN_CALLABLE_ATTACKS[name](lambda inputs: model(inputs), x, y)
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == []
+
+
 def test_compat_refuses_options_it_does_not_implement() -> None:
     model, _, _ = _setup()
     with pytest.raises(NotImplementedError, match="eot_iter"):
