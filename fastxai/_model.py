@@ -120,6 +120,10 @@ def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
     flagged = {
         (id(module), marker) for module in modules for marker in _LAZY_HOOK_FLAGS if marker in module.__dict__
     }
+    # Run as found (the Captum-shaped classes keep train mode, as Captum does): a training
+    # BatchNorm then normalises with batch statistics, as it should, but also folds them into its
+    # running statistics; those are put back so the call leaves the model as found.
+    statistics = [] if eval_mode else _running_statistics(modules)
     try:
         if eval_mode and any(training):
             model.eval()
@@ -143,6 +147,23 @@ def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
                     del module.__dict__[marker]  # its hooks were just removed: let the library reinstall them
         for parameter in frozen:
             parameter.requires_grad_(True)
+        if statistics:
+            with torch.no_grad():
+                for tensor, value in statistics:
+                    tensor.copy_(value)
+
+
+def _running_statistics(modules: list[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(buffer, copy) for the running statistics of every training norm layer that tracks them."""
+    return [
+        (tensor, tensor.detach().clone())
+        for module in modules
+        if module.training
+        and isinstance(module, nn.modules.batchnorm._NormBase)
+        and module.track_running_stats
+        for tensor in (module.running_mean, module.running_var, module.num_batches_tracked)
+        if tensor is not None
+    ]
 
 
 @contextlib.contextmanager

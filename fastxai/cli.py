@@ -11,21 +11,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
+from fastxai._cli_data import CliError, load_data, one_line
+from fastxai._output import output_tensor
 from fastxai._run_store import FolderInUseError
 
 DEFAULT_CACHE = Path.home() / ".cache" / "fastxai"
 
 
-class CliError(Exception):
-    """An error the command reports in one line."""
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command's error contract: a usage error is one line on stderr and exit
+    code 2 (argparse's own prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: {one_line(message)} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def load_model(spec: str | None, weights: str | None) -> torch.nn.Module:
@@ -79,71 +87,42 @@ def digits_model(cache: Path = DEFAULT_CACHE) -> torch.nn.Module:
     return model
 
 
-def load_data(spec: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if spec is None or spec == "digits":
-        from fastxai.digits import load_digits
-
-        _, (x_test, y_test) = load_digits()
-        return x_test, y_test
-    path = Path(spec)
-    if not path.exists():
-        raise CliError(f"data not found: {spec} (a .npy/.pt file, a folder of images, or 'digits')")
-    if path.is_dir():
-        return _image_folder(path), None
-    if path.suffix == ".npy":
-        return torch.from_numpy(np.load(path)).float(), None
-    if path.suffix == ".pt":
-        content = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(content, torch.Tensor):
-            return content.float(), None
-        if isinstance(content, (tuple, list)) and len(content) == 2:
-            return content[0].float(), content[1].long()
-        if isinstance(content, dict) and "inputs" in content:
-            labels = content.get("labels")
-            return content["inputs"].float(), None if labels is None else labels.long()
-        raise CliError(f"{spec} must hold a tensor, (inputs, labels) or {{'inputs', 'labels'}}")
-    raise CliError(f"unsupported data file {spec}: use .npy, .pt or a folder of images")
-
-
-def _image_folder(path: Path) -> torch.Tensor:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise CliError("reading a folder of images needs Pillow: pip install pillow") from None
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not files:
-        raise CliError(f"no images (.png, .jpg, .bmp) in {path}")
-    arrays = [np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255.0 for file in files]
-    if len({a.shape for a in arrays}) != 1:
-        raise CliError(f"images in {path} differ in size; resize them to one size first")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
 def _model_and_data(
     args: argparse.Namespace, labels_needed_by: str | None = None
 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor | None]:
     """The model, the inputs and labels (cut to ``--limit``), checked to fit each other; with
     ``labels_needed_by``, data without labels is refused before the model is run."""
+    if args.limit is not None and args.limit < 1:  # a negative slice bound means "all but the last N"
+        raise CliError(f"--limit must be >= 1, got {args.limit}")
     model = load_model(args.model, args.weights)
     inputs, labels = load_data(args.data)
+    if labels is not None and labels.shape[0] != inputs.shape[0]:
+        raise CliError(f"data holds {inputs.shape[0]} inputs but {labels.shape[0]} labels")
     if labels_needed_by is not None and labels is None:
         raise CliError(f"{labels_needed_by} needs data with labels (.pt with (inputs, labels), or 'digits')")
     if args.limit is not None:
         inputs, labels = inputs[: args.limit], None if labels is None else labels[: args.limit]
-    _check_fit(model, inputs)
+    classes = _check_fit(model, inputs)
+    if labels is not None and labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise CliError(
+            f"labels must be class indices in [0, {classes}) for this model, "
+            f"got values in [{int(labels.min())}, {int(labels.max())}]"
+        )
     return model, inputs, labels
 
 
 def _predictions(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """The model's predicted class for every input, 256 at a time."""
     with torch.no_grad():
-        return torch.cat([model(inputs[i : i + 256]).argmax(1) for i in range(0, len(inputs), 256)])
+        return torch.cat(
+            [output_tensor(model(inputs[i : i + 256])).argmax(1) for i in range(0, len(inputs), 256)]
+        )
 
 
 def _check_fit(model: torch.nn.Module, inputs: torch.Tensor) -> int:
     try:
         with torch.no_grad():
-            output = model(inputs[:1])
+            output = output_tensor(model(inputs[:1]))  # a tuple or dict is read as every method reads it
     except Exception as error:
         raise CliError(
             f"the model does not accept inputs of shape {tuple(inputs.shape[1:])}: "
@@ -222,6 +201,7 @@ def command_attribute(args: argparse.Namespace) -> int:
     methods = list(MAIN_METHODS) if args.method == "all" else [args.method]
     data = (inputs, labels) if labels is not None else inputs
     out = Path(args.out)
+    _check_out(out)
     print(f"{len(inputs)} inputs of shape {tuple(inputs.shape[1:])}; writing to {out}/")
     rows = []
     for method in methods:
@@ -257,6 +237,18 @@ def command_attribute(args: argparse.Namespace) -> int:
         report = _report(out, inputs, methods, tables)
         print(f"report: {report}")
     return 0
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder that can be written, checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CliError(f"cannot create --out {out}: {error.strerror or error}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out} is not writable")
 
 
 def _compare(
@@ -432,9 +424,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fastxai", description="Fast, verified explainability and robustness."
-    )
+    parser = _Parser(prog="fastxai", description="Fast, verified explainability and robustness.")
     commands = parser.add_subparsers(dest="command")
 
     def model_and_data(sub: argparse.ArgumentParser) -> None:
@@ -495,16 +485,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["demo", *(argv or [])])
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            args = parser.parse_args(["demo", *(argv or [])])
+    except SystemExit as done:  # --help (0), or a usage error already reported in one line (2)
+        return done.code if isinstance(done.code, int) else 2
     try:
         return int(args.handler(args))
-    except CliError as error:
-        print(f"fastxai: {error}", file=sys.stderr)
+    except (CliError, ValueError, TypeError, ImportError, FolderInUseError) as error:
+        print(f"fastxai: {one_line(error)}", file=sys.stderr)
         return 2
-    except (ValueError, TypeError, ImportError, FileNotFoundError, FolderInUseError) as error:
-        print(f"fastxai: {error}", file=sys.stderr)
+    except OSError as error:  # the output folder turned read-only, a full disk, a file vanished
+        where = f": {error.filename}" if error.filename else ""
+        print(f"fastxai: {one_line(error.strerror or error)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastxai: interrupted", file=sys.stderr)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +144,148 @@ def test_a_folder_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.C
     error = capsys.readouterr().err
     assert code == 2
     assert error.startswith("fastxai: another run holds") and error.count("\n") == 1, error
+
+
+# The error contract: every user error below is one line on stderr and exit code 2, no traceback.
+
+FACTORY = """
+import torch
+
+
+class PairOutput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)), x  # (logits, extra), as many models return
+
+
+def linear():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+
+
+def pair():
+    torch.manual_seed(0)
+    return PairOutput()
+"""
+
+
+@pytest.fixture
+def user_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model factory module (``cli_contract_models``) and data files in ``tmp_path``."""
+    (tmp_path / "cli_contract_models.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "good.npy", rng.random((7, 3, 4), dtype=np.float32))
+    torch.save((torch.rand(7, 3, 4), torch.randint(0, 3, (7,))), tmp_path / "good.pt")
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a torch file")
+    np.save(tmp_path / "text.npy", np.array([["a", "b"]]))
+    torch.save({"inputs": 3}, tmp_path / "not_a_tensor.pt")
+    torch.save((torch.rand(7, 3, 4), torch.rand(7)), tmp_path / "float_labels.pt")
+    torch.save((torch.rand(7, 3, 4), torch.full((7,), 10)), tmp_path / "label_10.pt")
+    torch.save((torch.rand(7, 3, 4), torch.zeros(5, dtype=torch.long)), tmp_path / "five_labels.pt")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "a_file").write_text("not a folder")
+    return tmp_path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    code = main(argv)
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert message in error, error
+    assert error.startswith("fastxai") and error.count("\n") == 1 and "Traceback" not in error, error
+
+
+LINEAR = ["--model", "cli_contract_models:linear"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["attribute", *LINEAR, "--data", "good.npy", "--out", "a_file"], "is a file, not a folder"),
+        (["attribute", *LINEAR, "--data", "corrupt.npy"], "cannot read corrupt.npy"),
+        (["attribute", *LINEAR, "--data", "corrupt.pt"], "cannot read corrupt.pt"),  # torch's is 5 lines
+        (["attribute", *LINEAR, "--data", "images"], "cannot read image"),
+        (["attribute", *LINEAR, "--data", "text.npy"], "inputs must be numbers"),
+        (["attribute", *LINEAR, "--data", "not_a_tensor.pt"], "inputs must be a real tensor"),
+        (["attribute", *LINEAR, "--data", "float_labels.pt"], "labels must be a 1-d tensor of integer"),
+        (["attribute", *LINEAR, "--data", "five_labels.pt"], "7 inputs but 5 labels"),
+        (["attack", *LINEAR, "--data", "label_10.pt"], "labels must be class indices in [0, 3)"),
+        (["attack", *LINEAR, "--data", "good.pt", "--eps", "-1"], "eps must be a finite number >= 0"),
+        (["attribute", *LINEAR, "--data", "good.npy", "--limit", "-3"], "--limit must be >= 1, got -3"),
+        (["attribute", *LINEAR, "--data", "good.npy", "--limit", "0"], "--limit must be >= 1, got 0"),
+        (["attribute", "--method", "no_such_method"], "invalid choice"),  # argparse's, without usage
+        (["attack", "--limit", "three"], "invalid int value"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    user_files: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.chdir(user_files)
+    _one_line_error(
+        capsys, [*argv, "--out", "out"] if argv[0] == "attribute" and "--out" not in argv else argv, message
+    )
+    assert not (user_files / "out").exists()  # refused before any work
+
+
+def test_a_read_only_out_folder_is_one_line_and_exit_2(
+    user_files: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = user_files / "read_only"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.access(out, os.W_OK):  # root writes anyway: answer as the kernel does for other users
+        monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    try:
+        argv = ["attribute", *LINEAR, "--data", str(user_files / "good.npy"), "--out", str(out)]
+        _one_line_error(capsys, argv, "is not writable")
+    finally:
+        out.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("code", "message"), [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")]
+)
+def test_a_write_failing_mid_run_is_one_line_and_exit_2(
+    user_files: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    message: str,
+) -> None:
+    """A full disk, or a folder made read-only after the check, fails the shard write itself."""
+    from fastxai import runner
+
+    def fail(stream: object, array: object) -> None:
+        raise OSError(code, os.strerror(code), "shard.npy")
+
+    monkeypatch.setattr(runner, "_save_array", fail)
+    argv = ["attribute", *LINEAR, "--data", str(user_files / "good.npy"), "--method", "saliency"]
+    _one_line_error(capsys, [*argv, "--out", str(user_files / "out"), "--no-report"], message)
+
+
+def test_a_model_returning_a_tuple_is_read_as_every_method_reads_it(
+    user_files: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its first element is the logits (``fastxai`` reads tuples so): same results as the plain model."""
+    data = str(user_files / "good.pt")
+    for name in ("linear", "pair"):
+        argv = ["attribute", "--model", f"cli_contract_models:{name}", "--data", data]
+        assert main([*argv, "--method", "saliency", "--out", str(user_files / name), "--no-report"]) == 0
+        assert main(["attack", "--model", f"cli_contract_models:{name}", "--data", data, "--steps", "2"]) == 0
+    plain, pair = (
+        np.asarray(fx.load_attributions(user_files / n / "saliency")["attributions"])
+        for n in ("linear", "pair")
+    )
+    np.testing.assert_array_equal(plain, pair)
+    attacks = [line for line in capsys.readouterr().out.splitlines() if "clean accuracy" in line]
+    assert len(attacks) == 2 and attacks[0].split(" in ")[0] == attacks[1].split(" in ")[0]

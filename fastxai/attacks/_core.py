@@ -123,6 +123,37 @@ def random_start(x: torch.Tensor, threat: ThreatModel, generator: torch.Generato
     return torch.clamp(x + delta.to(x.dtype), *threat.bounds)
 
 
+def check_options(
+    *,
+    eps: object,
+    alpha: object,
+    steps: object,
+    norm: object,
+    restarts: object,
+    loss: object,
+    bounds: object,
+    momentum_decay: float | None,
+    seed: object,
+    backend: str | None,
+) -> tuple[ThreatModel, float, int, int]:
+    """The iterative attack's settings checked, without inputs (``robust_accuracy`` checks them
+    before the first batch, also when no sample is ever attacked): the threat model, the step
+    size, the step and restart counts."""
+    threat = check_threat_model(eps, norm, tuple(bounds) if isinstance(bounds, (list, tuple)) else bounds)
+    step_size = check_positive("alpha", alpha)
+    step_count = check_count("steps", steps)
+    restart_count = check_count("restarts", restarts)
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if momentum_decay is not None and (not math.isfinite(momentum_decay) or momentum_decay < 0):
+        raise ValueError(f"decay must be a finite number >= 0, got {momentum_decay!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
+    if backend is not None:
+        _backends.check_choice(backend)
+    return threat, step_size, step_count, restart_count
+
+
 def iterative_attack(
     model: Model,
     inputs: object,
@@ -146,18 +177,18 @@ def iterative_attack(
 ) -> torch.Tensor:
     """Run the attack; see ``fastxai.attacks.pgd`` for the meaning of every argument."""
     model = _model.check_model(model)
-    threat = check_threat_model(eps, norm, tuple(bounds) if isinstance(bounds, (list, tuple)) else bounds)
-    step_size = check_positive("alpha", alpha)
-    steps = check_count("steps", steps)
-    restarts = check_count("restarts", restarts)
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if momentum_decay is not None and (not math.isfinite(momentum_decay) or momentum_decay < 0):
-        raise ValueError(f"decay must be a finite number >= 0, got {momentum_decay!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
-    if backend is not None:
-        _backends.check_choice(backend)
+    threat, step_size, steps, restarts = check_options(
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        norm=norm,
+        restarts=restarts,
+        loss=loss,
+        bounds=bounds,
+        momentum_decay=momentum_decay,
+        seed=seed,
+        backend=backend,
+    )
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
     graphed = _cuda_graph.check_cuda_graph(cuda_graph, x, early_stop)
     batch = x.shape[0]

@@ -102,8 +102,9 @@ def cw_l2(
                     distance = (adversarial.float() - x.float()).flatten(1).pow(2).sum(1)
                     logits = forward(adversarial)
                     cost = (distance + constant * cw_margin(logits, label_t, kappa, targeted)).sum()
-                    optimizer.zero_grad(set_to_none=True)
-                    cost.backward()
+                    # the gradient of w alone: backward() would also fill .grad of the parameters
+                    # of a model wrapped in a plain callable, which the state guard cannot freeze
+                    (w.grad,) = torch.autograd.grad(cost, w)
                 optimizer.step()
                 fooled = succeeded(logits.detach(), label_t, targeted)
                 if kappa > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 
 from fastxai import _model
 from fastxai._model import Model
+from fastxai.attacks import _core
 from fastxai.attacks.gradient_attacks import pgd
 
 Attack = Callable[[Model, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -28,6 +30,49 @@ def _batches(data: object, batch_size: int) -> Iterable[tuple[torch.Tensor, torc
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise TypeError("each batch of data must be (inputs, labels, ...)")
         yield batch[0], batch[1]
+
+
+def _check_pgd_options(options: dict[str, Any]) -> None:
+    """The default PGD's keyword arguments checked before the first batch: a bad ``eps`` must not
+    pass unnoticed because no sample happened to be classified correctly (and so attacked)."""
+    signature = inspect.signature(pgd)
+    try:
+        bound = signature.bind_partial(**options)
+    except TypeError as error:
+        raise TypeError(f"attack_kwargs for the default PGD: {error}") from None
+    settings = {name: p.default for name, p in signature.parameters.items() if p.kind is p.KEYWORD_ONLY}
+    settings.update(bound.arguments)
+    _core.check_options(
+        eps=settings["eps"],
+        alpha=settings["alpha"],
+        steps=settings["steps"],
+        norm=settings["norm"],
+        restarts=settings["restarts"],
+        loss=settings["loss"],
+        bounds=settings["bounds"],
+        momentum_decay=None,
+        seed=settings["seed"],
+        backend=settings["backend"],
+    )
+
+
+def _check_labels(labels: object, batch: int, classes: int, offset: int) -> torch.Tensor:
+    """A batch's labels as [batch] class indices in [0, classes): a label the model cannot
+    output would silently count as a clean error."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != batch:
+        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(
+            f"labels must be a tensor [{batch}] of class indices for {batch} inputs, got {shape}"
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must hold integer class indices, got {labels.dtype}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        raise ValueError(
+            f"labels must be in [0, {classes}) for a model with {classes} outputs, got values in "
+            f"[{low}, {high}] (in the batch starting at sample {offset})"
+        )
+    return labels.long()
 
 
 def robust_accuracy(
@@ -62,6 +107,7 @@ def robust_accuracy(
         )
     if attack is None:
         options = {"early_stop": not attack_kwargs.get("cuda_graph", False), **attack_kwargs}
+        _check_pgd_options(options)
 
         def attack(model_: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return pgd(model_, x, y, **options)
@@ -72,7 +118,9 @@ def robust_accuracy(
             if device is not None:
                 inputs, labels = inputs.to(device), labels.to(device)
             with torch.no_grad():
-                correct = _model.logits(model, inputs).argmax(1) == labels
+                logits = _model.logits(model, inputs)
+            labels = _check_labels(labels, inputs.shape[0], logits.shape[1], samples)
+            correct = logits.argmax(1) == labels
             samples += labels.shape[0]
             clean_correct += int(correct.sum())
             if not bool(correct.any()):

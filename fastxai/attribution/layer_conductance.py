@@ -50,7 +50,10 @@ def conductance_at(
         values = values.view(count, row_stop - row, *shape).to(acc_dtype)
         if step > 0:  # the step from the previous block's last point to this block's first
             total[rows] += last_grad[rows] * (values[0] - last_value[rows])
-        total[rows] += (grads[:-1] * (values[1:] - values[:-1])).sum(0)
+        # one step at a time, in path order: summing a block first would make the result's
+        # last bits depend on how the steps were blocked, i.e. on chunk_size
+        for k in range(count - 1):
+            total[rows] += grads[k] * (values[k + 1] - values[k])
         last_grad[rows], last_value[rows] = grads[-1], values[-1]
 
     _scheduling.for_each_block(len(alphas), batch, chunk, body)

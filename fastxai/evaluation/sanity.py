@@ -105,25 +105,47 @@ def randomization_check(
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     with _model.preserved_state(model):
         target_t = _model.resolve_target(model, inputs, target_t, 512)
-    saved = {name: tensor.detach().clone() for name, tensor in model.state_dict(keep_vars=True).items()}
-    state = model.state_dict(keep_vars=True)
+    saved = _snapshot(model)
     generator = torch.Generator().manual_seed(seed)
     steps = []
     try:
         original = explain(model, inputs, target_t).detach()
         for name, module in chosen:
             if not cascading:
-                _restore(state, saved)
+                _restore(saved)
             with torch.no_grad():
                 _randomise(module, generator)
             explanation = explain(model, inputs, target_t).detach()
             steps.append(RandomizationStep(name, compare(original, explanation)))
     finally:
-        _restore(state, saved)
+        _restore(saved)
     return steps
 
 
-def _restore(state: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+Snapshot = list[tuple[nn.Module, str, dict[str, torch.Tensor | None], dict[str, torch.Tensor]]]
+
+
+def _snapshot(model: nn.Module) -> Snapshot:
+    """Every module's parameter and buffer dictionaries (the objects themselves, and a copy of
+    each value): a ``reset_parameters`` may assign new ``Parameter`` objects rather than write
+    into the old ones, and the model must end up holding its own objects again."""
+    saved: Snapshot = []
+    for module in model.modules():
+        for kind in ("_parameters", "_buffers"):
+            entries = dict(getattr(module, kind))
+            values = {name: tensor.detach().clone() for name, tensor in entries.items() if tensor is not None}
+            saved.append((module, kind, entries, values))
+    return saved
+
+
+def _restore(saved: Snapshot) -> None:
     with torch.no_grad():
-        for name, tensor in state.items():
-            tensor.copy_(saved[name])
+        for module, kind, entries, values in saved:
+            current = getattr(module, kind)
+            if current.keys() != entries.keys() or any(current[n] is not t for n, t in entries.items()):
+                current.clear()
+                current.update(entries)
+            for name, value in values.items():
+                tensor = entries[name]
+                assert tensor is not None
+                tensor.copy_(value)

@@ -191,6 +191,32 @@ def test_robust_accuracy(digits) -> None:
     assert no_attack["robust_accuracy"] == no_attack["clean_accuracy"]
 
 
+ROBUST_BAD = [
+    (dict(labels=lambda y: torch.full_like(y, 10)), ValueError, r"labels must be in \[0, 10\)"),
+    (dict(labels=lambda y: y - 1 - y.max()), ValueError, r"labels must be in \[0, 10\)"),
+    (dict(labels=lambda y: y.float()), TypeError, "labels must hold integer class indices"),
+    (dict(eps=-1.0, labels=lambda y: (y + 1) % 10), ValueError, "eps must be a finite number >= 0"),
+    (dict(alpha=0.0, labels=lambda y: (y + 1) % 10), ValueError, "alpha must be a finite number > 0"),
+    (dict(norm="l1", labels=lambda y: (y + 1) % 10), ValueError, "norm must be one of"),
+    (dict(epsilon=0.1), TypeError, "attack_kwargs for the default PGD"),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "message"), ROBUST_BAD, ids=[m for _, _, m in ROBUST_BAD])
+def test_robust_accuracy_refuses_bad_labels_and_settings(change: dict, error: type, message: str) -> None:
+    """Labels outside the model's classes used to count as clean errors ("clean accuracy 0.755"
+    with label 10 on 10 classes), and a bad eps passed unchecked when no sample was correct (and
+    so none attacked): the labels [wrong on purpose, (y + 1) % 10] make every sample misclassified."""
+    model, x, _ = _setup()
+    y = model(x).argmax(1)
+    change = dict(change)
+    labels = change.pop("labels", lambda y: y)(y)
+    counted = CountingModel(model)
+    with pytest.raises(error, match=message):
+        fx.robust_accuracy(counted, (x, labels), batch_size=4, **change)
+    assert counted.rows <= 4  # at most the first batch's clean pass, no attack
+
+
 @pytest.mark.parametrize(("backend", "device"), backend_params())
 def test_same_attack_on_every_backend(backend: str, device: str) -> None:
     model, x, y = _setup(seed=8)
@@ -245,6 +271,30 @@ def test_model_and_parameter_gradients_untouched_after_attacks() -> None:
     fx.robust_accuracy(model, (x, y), steps=2)
     assert_same_state(before, model_state(model))
     assert all(p.grad is None for p in model.parameters())
+
+
+PLAIN_CALLABLE_ATTACKS = {
+    "pgd": lambda f, x, y: fx.pgd(f, x, y, steps=2),
+    "fgsm": lambda f, x, y: fx.fgsm(f, x, y),
+    "bim": lambda f, x, y: fx.bim(f, x, y, steps=2),
+    "mifgsm": lambda f, x, y: fx.mifgsm(f, x, y, steps=2),
+    "cw_l2": lambda f, x, y: fx.cw_l2(f, x, y, steps=2, binary_search_steps=1),
+    "deepfool": lambda f, x, y: fx.deepfool(f, x, y, steps=2),
+    "apgd": lambda f, x, y: fx.apgd(f, x, y, steps=2),
+    "fab": lambda f, x, y: fx.fab(f, x, y, steps=2),
+    "square_attack": lambda f, x, y: fx.square_attack(f, x, y, n_queries=4),
+    "robust_accuracy": lambda f, x, y: fx.robust_accuracy(f, (x, y), steps=2),
+}
+
+
+@pytest.mark.parametrize("name", list(PLAIN_CALLABLE_ATTACKS))
+def test_a_plain_callable_around_a_model_gets_no_parameter_gradients(name: str) -> None:
+    """``attack(lambda x: net(x), ...)``: the state guard cannot see the module, so its parameters
+    still require gradients; an attack must differentiate w.r.t. its own variables only
+    (cw_l2's ``cost.backward()`` filled ``.grad`` of every parameter)."""
+    model, x, y = _setup()
+    PLAIN_CALLABLE_ATTACKS[name](lambda inputs: model(inputs), x, y)
+    assert [n for n, p in model.named_parameters() if p.grad is not None] == []
 
 
 def test_compat_refuses_options_it_does_not_implement() -> None:

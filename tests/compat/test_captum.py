@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -74,8 +75,12 @@ def test_integrated_gradients_matches_captum(method: str) -> None:
     model, inputs, scale = _two_inputs()
     baselines = (0.1, torch.randn(1, 4))
     kwargs = dict(
-        baselines=baselines, target=torch.tensor([1, 0, 2]), additional_forward_args=(scale,),
-        n_steps=7, method=method, return_convergence_delta=True,
+        baselines=baselines,
+        target=torch.tensor([1, 0, 2]),
+        additional_forward_args=(scale,),
+        n_steps=7,
+        method=method,
+        return_convergence_delta=True,
     )
     expected, expected_delta = captum_attr.IntegratedGradients(model).attribute(inputs, **kwargs)
     for internal_batch_size in (None, 4, 9):
@@ -170,7 +175,13 @@ def test_local_attributions_deltas_and_futures() -> None:
         ig.compute_convergence_delta(attributions, baseline.repeat(3, 1), x, target=1)
     tunnel = fc.NoiseTunnel(ig)
     smoothed, deltas = tunnel.attribute(
-        x, nt_samples=3, stdevs=0.1, baselines=baseline, target=1, n_steps=4, return_convergence_delta=True,
+        x,
+        nt_samples=3,
+        stdevs=0.1,
+        baselines=baseline,
+        target=1,
+        n_steps=4,
+        return_convergence_delta=True,
         seed=0,
     )
     assert deltas.shape == (12,)
@@ -225,8 +236,14 @@ def test_noise_tunnel_draws_baselines_from_a_distribution() -> None:
     model = LinearModel(4, 2, dtype=torch.float32)
     x, distribution = torch.randn(2, 4), torch.randn(5, 4)
     got = fc.NoiseTunnel(fc.IntegratedGradients(model)).attribute(
-        x, nt_samples=1000, stdevs=0.0, draw_baseline_from_distrib=True, baselines=distribution, target=1,
-        seed=0, n_steps=2,
+        x,
+        nt_samples=1000,
+        stdevs=0.0,
+        draw_baseline_from_distrib=True,
+        baselines=distribution,
+        target=1,
+        seed=0,
+        n_steps=2,
     )
     w = model.weight.detach()[1]
     spread = 5 * (w * distribution).std(0) / 1000**0.5
@@ -292,6 +309,48 @@ def test_model_state_is_kept_and_mode_is_not_switched() -> None:
         with pytest.raises(ValueError):
             fc.Saliency(model).attribute(x, target=12)
     assert_same_state(before, model_state(model))
+
+
+TRAIN_MODE_CLASSES = [
+    (lambda m: fc.Saliency(m), {}),
+    (lambda m: fc.InputXGradient(m), {}),
+    (lambda m: fc.GuidedBackprop(m), {}),
+    (lambda m: fc.IntegratedGradients(m), {"n_steps": 3}),
+    (lambda m: fc.DeepLift(m), {}),
+    (lambda m: fc.LayerGradCam(m, m[4]), {}),
+    (lambda m: fc.LayerIntegratedGradients(m, m[0]), {"n_steps": 3}),
+    (lambda m: fc.NoiseTunnel(fc.Saliency(m)), {"nt_samples": 2}),
+    (lambda m: fc.Occlusion(m), {"sliding_window_shapes": (1, 4, 4), "strides": 4}),
+    (lambda m: fc.FeatureAblation(m), {}),
+    (lambda m: fc.LayerFeatureAblation(m, m[0]), {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "kwargs"), TRAIN_MODE_CLASSES, ids=lambda v: "" if isinstance(v, dict) else None
+)
+def test_a_train_mode_batchnorm_keeps_its_running_statistics(make, kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Like Captum, the classes run a train-mode model as it is (BatchNorm normalises with batch
+    statistics); unlike Captum, the running statistics it folds in are put back afterwards."""
+    model = small_cnn(seed=7).train()
+    before = model_state(model)
+    x = torch.randn(3, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        make(model).attribute(x, target=1, **kwargs)
+    assert model.training
+    assert_same_state(before, model_state(model))
+
+
+def test_a_train_mode_batchnorm_still_normalises_with_batch_statistics() -> None:
+    """Putting the statistics back does not change the numbers: Saliency equals Captum's on a copy."""
+    model = small_cnn(seed=7).train()
+    peer = copy.deepcopy(model)
+    x = torch.randn(3, 1, 8, 8)
+    ours = fc.Saliency(model).attribute(x, target=1, abs=False)
+    theirs = captum_attr.Saliency(peer).attribute(x, target=1, abs=False)
+    torch.testing.assert_close(ours, theirs)
+    assert not torch.equal(peer[1].running_mean, model[1].running_mean)  # Captum's copy moved
 
 
 def test_lazy_reexports_resolve() -> None:

@@ -224,6 +224,38 @@ def test_randomization_check_restores_the_model_on_error() -> None:
         assert torch.equal(tensor, before[name]), name
 
 
+class FreshParameters(nn.Module):
+    """A layer whose ``reset_parameters`` assigns new ``Parameter`` objects (as many hand-written
+    layers do) instead of writing into the old ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(3, 12))
+
+    def reset_parameters(self) -> None:
+        self.weight = nn.Parameter(torch.randn(3, 12))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight.t()
+
+
+@pytest.mark.parametrize("cascading", [True, False])
+def test_randomization_check_restores_a_layer_that_replaces_its_parameters(cascading: bool) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(FreshParameters(), nn.ReLU(), nn.Linear(3, 2))
+    weight = model[0].weight
+    weight.requires_grad_(False)  # a frozen layer stays frozen: the object itself comes back
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    x = torch.rand(4, 12)
+    steps = ev.randomization_check(
+        model, x, lambda m, inputs, t: fx.saliency(m, inputs, t), cascading=cascading, layers=["0"]
+    )
+    assert float(steps[0].similarity.mean()) < 1  # the new weights did change the explanation
+    assert model[0].weight is weight and not weight.requires_grad
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
