@@ -5,6 +5,8 @@ APGDT, FAB, Square, AutoAttack (Croce and Hein 2020; Andriushchenko et al. 2020)
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from fastxai.attacks import auto_pgd
@@ -201,43 +203,21 @@ class FAB(Attack):
         self.supported_mode = ["default", "targeted"]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        model, normalize = self._attack_model(), self._normalize_pair()
+        common: dict[str, Any] = {
+            "norm": self._norm, "eps": self.eps, "steps": self.steps, "restarts": self.n_restarts,
+            "alpha_max": self.alpha_max, "eta": self.eta, "beta": self.beta,
+            "normalize": self._normalize_pair(), "seed": self.seed,
+        }  # fmt: skip
         if self.multi_targeted:
-            return fab_targeted(
-                model,
-                images,
-                labels,
-                norm=self._norm,
-                eps=self.eps,
-                steps=self.steps,
-                n_target_classes=self.n_classes - 1,
-                restarts=self.n_restarts,
-                alpha_max=self.alpha_max,
-                eta=self.eta,
-                beta=self.beta,
-                normalize=normalize,
-                seed=self.seed,
-            )
+            classes = self.n_classes - 1
+            return fab_targeted(self._attack_model(), images, labels, n_target_classes=classes, **common)
         targets = None
         if self.targeted:
             targets = self.get_target_label(images, labels)
             if self.attack_mode == "targeted(label)":
                 labels = None  # the labels are the targets: the true class is the prediction
         return fab(
-            model,
-            images,
-            labels,
-            norm=self._norm,
-            eps=self.eps,
-            steps=self.steps,
-            restarts=self.n_restarts,
-            alpha_max=self.alpha_max,
-            eta=self.eta,
-            beta=self.beta,
-            targeted=self.targeted,
-            target_labels=targets,
-            normalize=normalize,
-            seed=self.seed,
+            self._attack_model(), images, labels, targeted=self.targeted, target_labels=targets, **common
         )
 
 
