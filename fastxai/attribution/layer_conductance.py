@@ -79,6 +79,19 @@ def end_scores(
     return torch.cat(parts)
 
 
+def check_path(method: object, n_steps: object) -> None:
+    """The path of ``n_steps`` steps (``n_steps + 1`` points of rule ``method``); a ValueError
+    naming the argument otherwise."""
+    quadrature.check_method(method)
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
+    if method == "gausslegendre" and n_steps + 1 > quadrature.GAUSS_LEGENDRE_MAX_STEPS:
+        raise ValueError(
+            f"n_steps={n_steps}: Gauss-Legendre takes at most {quadrature.GAUSS_LEGENDRE_MAX_STEPS - 1} "
+            "steps here (n_steps + 1 points); use fewer steps or a riemann_* method"
+        )
+
+
 def layer_conductance(
     model: Model,
     inputs: torch.Tensor,
@@ -110,10 +123,7 @@ def layer_conductance(
     """
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
-    if method not in quadrature.FIXED_METHODS:
-        raise ValueError(f"method must be one of {quadrature.FIXED_METHODS}, got {method!r}")
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-        raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
+    check_path(method, n_steps)
     if backend is not None:
         _backends.check_choice(backend)
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)

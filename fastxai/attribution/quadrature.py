@@ -28,6 +28,13 @@ def minimum_steps(method: str) -> int:
     return 2 if method == "riemann_trapezoid" else 1
 
 
+def check_method(method: object) -> str:
+    """``method``, one of the fixed rules; a ValueError naming it otherwise."""
+    if method not in FIXED_METHODS:
+        raise ValueError(f"method must be one of {FIXED_METHODS}, got {method!r}")
+    return str(method)
+
+
 def check_steps(method: str, n_steps: object) -> int:
     """``n_steps`` for a fixed rule: an int >= ``minimum_steps(method)``, and for
     ``gausslegendre`` at most ``GAUSS_LEGENDRE_MAX_STEPS``; a ValueError naming it otherwise."""

@@ -37,7 +37,7 @@ from fastxai import _model, _scheduling
 from fastxai.attribution import _layer, quadrature
 from fastxai.attribution._layer_capture import resolve_layer
 from fastxai.attribution.integrated_gradients import fixed_path
-from fastxai.attribution.layer_conductance import conductance_at, end_scores
+from fastxai.attribution.layer_conductance import check_path, conductance_at, end_scores
 from fastxai.compat._captum_inputs import PackedInputs, as_tuple
 from fastxai.compat.captum import Attribution, Forward, check_device_ids, check_target, module_of, unsupported
 
@@ -219,8 +219,7 @@ class LayerIntegratedGradients(_LayerMethod):
         grad_kwargs: Any = None,
     ) -> Any:
         _check_grad_kwargs(grad_kwargs)
-        if method not in quadrature.FIXED_METHODS:
-            raise ValueError(f"method must be one of {quadrature.FIXED_METHODS}, got {method!r}")
+        quadrature.check_method(method)
         quadrature.check_steps(method, n_steps)
         tensors = _check_inputs(inputs)
         starts = _input_baselines(baselines, tensors)
@@ -276,15 +275,7 @@ class LayerConductance(_LayerMethod):
         grad_kwargs: Any = None,
     ) -> Any:
         _check_grad_kwargs(grad_kwargs)
-        if method not in quadrature.FIXED_METHODS:
-            raise ValueError(f"method must be one of {quadrature.FIXED_METHODS}, got {method!r}")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise ValueError(f"n_steps must be an int >= 1, got {n_steps!r}")
-        if method == "gausslegendre" and n_steps + 1 > quadrature.GAUSS_LEGENDRE_MAX_STEPS:
-            raise ValueError(
-                f"n_steps={n_steps}: Gauss-Legendre takes at most {quadrature.GAUSS_LEGENDRE_MAX_STEPS - 1} "
-                "steps here (n_steps + 1 points); use fewer steps or a riemann_* method"
-            )
+        check_path(method, n_steps)
         packed = PackedInputs(inputs)  # the path runs in input space: floating-point inputs only
         tensors = _check_inputs(inputs)
         base = _input_baselines(baselines, tensors)

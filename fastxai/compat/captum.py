@@ -290,8 +290,7 @@ class IntegratedGradients(_PathAttribution):
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
     ) -> Any:
-        if method not in quadrature.FIXED_METHODS:
-            raise ValueError(f"method must be one of {quadrature.FIXED_METHODS}, got {method!r}")
+        quadrature.check_method(method)
         packed, forward, chunk = self._prepare(inputs, additional_forward_args, internal_batch_size)
         target = check_target(target)
         baseline = 0.0 if baselines is None else packed.pack(baselines, name="baselines")
