@@ -381,23 +381,22 @@ inline OccludeArgs check_occlude(const at::Tensor& inputs, const at::Tensor& bas
 
 struct RescaleArgs {
   Dtype dtype;
-  int64_t half;  // elements in each half (inputs, baselines)
+  int64_t numel;
   float slope;
   float eps;
 };
 
-inline RescaleArgs check_rescale_backward(const at::Tensor& grad, const at::Tensor& x, double eps,
-                                          double negative_slope, c10::DeviceType device_type) {
+inline RescaleArgs check_rescale_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& reference,
+                                          double eps, double negative_slope, c10::DeviceType device_type) {
   const Dtype dtype = element_dtype(grad, "grad");
-  TORCH_CHECK_VALUE(grad.dim() >= 1 && grad.size(0) % 2 == 0,
-                    "fastxai: grad must be [2N, ...] (inputs, then baselines), got shape ", grad.sizes());
   check_device(grad, "grad", grad.device(), device_type);
   check_contiguous(grad, "grad");
   check_like(x, "x", grad, "grad", device_type);
+  check_like(reference, "reference", grad, "grad", device_type);
   const float slope = check_float_scalar(negative_slope, "negative_slope", /*non_negative=*/false);
   const float rounded_eps = check_float_scalar(eps, "eps", /*non_negative=*/true);
   TORCH_CHECK_VALUE(rounded_eps > 0.0f, "fastxai: eps must be > 0 (in float32), got ", eps);
-  return {dtype, grad.numel() / 2, slope, rounded_eps};
+  return {dtype, grad.numel(), slope, rounded_eps};
 }
 
 }  // namespace checks

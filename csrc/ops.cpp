@@ -116,11 +116,12 @@ at::Tensor occlude_cpu(const at::Tensor& inputs, const at::Tensor& baselines, at
   return out;
 }
 
-at::Tensor rescale_backward_cpu(const at::Tensor& grad, const at::Tensor& x, double eps, double negative_slope) {
-  const auto args = checks::check_rescale_backward(grad, x, eps, negative_slope, kCPU);
+at::Tensor rescale_backward_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& reference, double eps,
+                                double negative_slope) {
+  const auto args = checks::check_rescale_backward(grad, x, reference, eps, negative_slope, kCPU);
   at::Tensor out = at::empty(grad.sizes(), grad.options());
-  cpu::rescale_backward(args.dtype, grad.const_data_ptr(), x.const_data_ptr(), out.mutable_data_ptr(), args.slope,
-                        args.eps, args.half);
+  cpu::rescale_backward(args.dtype, grad.const_data_ptr(), x.const_data_ptr(), reference.const_data_ptr(),
+                        out.mutable_data_ptr(), args.slope, args.eps, args.numel);
   return out;
 }
 
@@ -147,7 +148,7 @@ TORCH_LIBRARY(fastxai, m) {
   m.def(
       "occlude(Tensor inputs, Tensor baselines, int[] window, int[] strides, int start, int count, "
       "bool copy_major=False) -> Tensor");
-  m.def("rescale_backward(Tensor grad, Tensor x, float eps, float negative_slope=0.0) -> Tensor");
+  m.def("rescale_backward(Tensor grad, Tensor x, Tensor reference, float eps, float negative_slope=0.0) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fastxai, CPU, m) {

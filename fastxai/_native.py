@@ -142,10 +142,10 @@ def lrp_divide(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Te
 
 
 def rescale_backward(
-    grad: torch.Tensor, x: torch.Tensor, eps: float, negative_slope: float = 0.0
+    grad: torch.Tensor, x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
 ) -> torch.Tensor:
-    """``grad`` times DeepLIFT's Rescale multiplier of each (input, baseline) pair of ``x`` (grad's dtype)."""
-    out: torch.Tensor = _ops().rescale_backward(grad, x, eps, negative_slope)
+    """``grad`` times DeepLIFT's Rescale multiplier of each pair ``(x, reference)`` (grad's dtype)."""
+    out: torch.Tensor = _ops().rescale_backward(grad, x, reference, eps, negative_slope)
     return out
 
 
@@ -249,7 +249,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("fastxai::rescale_backward")
     def _rescale_backward_fake(
-        grad: torch.Tensor, x: torch.Tensor, eps: float, negative_slope: float = 0.0
+        grad: torch.Tensor, x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
     ) -> torch.Tensor:
         return grad.new_empty(grad.shape)
 

@@ -271,9 +271,7 @@ def _check_like(name: str, tensor: object, like_name: str, like: torch.Tensor) -
     return tensor
 
 
-def _dispatch_in_layout(
-    op: str, backend: str | None, tensors: Sequence[torch.Tensor], *rest: Any, pairs: bool = False
-) -> Any:
+def _dispatch_in_layout(op: str, backend: str | None, tensors: Sequence[torch.Tensor], *rest: Any) -> Any:
     """``_dispatch`` for element-wise ops, in the memory order of ``tensors[0]``.
 
     When the first tensor is dense but not contiguous (channels-last activations), the op runs
@@ -287,8 +285,8 @@ def _dispatch_in_layout(
     if first.dim() >= 2 and not first.is_contiguous():
         strides = first.stride()
         order = tuple(sorted(range(first.dim()), key=lambda d: (-strides[d], d)))
-        if not first.permute(order).is_contiguous() or (pairs and order[0] != 0):
-            order = None  # not dense (e.g. broadcast), or the halves would interleave: the contiguous path
+        if not first.permute(order).is_contiguous():
+            order = None  # not dense (e.g. broadcast): the contiguous path
     if order is None:
         return _dispatch(op, backend, first, *(t.contiguous() for t in tensors), *rest)
     out = _dispatch(op, backend, first, *(t.permute(order).contiguous() for t in tensors), *rest)
@@ -540,6 +538,7 @@ def occlude(
 def rescale_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
+    reference: torch.Tensor,
     eps: float,
     negative_slope: float = 0.0,
     *,
@@ -547,29 +546,24 @@ def rescale_backward(
 ) -> torch.Tensor:
     """DeepLIFT's Rescale rule for ``relu`` / ``leaky_relu``: ``grad`` times each pair's multiplier.
 
-    grad, x: [2N, *F], same dtype (rows ``0..N-1`` the inputs, ``N..2N-1`` their baselines; ``x`` the
-    nonlinearity's argument). With ``a = x[i]``, ``b = x[N + i]`` and
-    ``f(v) = v if v > 0 else negative_slope * v``, the multiplier is
+    grad, x, reference: the same shape and dtype (``x`` the nonlinearity's argument in the
+    inputs' pass, ``reference`` the same element in the baselines' pass). With ``a = x[i]``,
+    ``b = reference[i]`` and ``f(v) = v if v > 0 else negative_slope * v``, the multiplier is
     ``m = (f(a) - f(b)) / (a - b)``, or ``f'(a) = (1 if a > 0 else negative_slope)`` where
-    ``|a - b| < eps``; returns ``grad[i] * m`` and ``grad[N + i] * m`` ([2N, *F], grad's dtype),
-    computed in float32 (float64 for float64). eps: finite, > 0. Shrikumar et al. 2017; see
-    ``fastxai.reference.rescale``.
+    ``|a - b| < eps``; returns ``grad * m`` (grad's shape and dtype), computed in float32 (float64
+    for float64). eps: finite, > 0. Shrikumar et al. 2017; see ``fastxai.reference.rescale``.
 
-    >>> g = fastxai.ops.rescale_backward(grad_out, torch.cat([pre, pre_baseline]), 1e-10)
+    >>> g = fastxai.ops.rescale_backward(grad_out, pre, pre_baseline, 1e-10)
     """
     grad = _floating("grad", grad)
-    if grad.dim() < 1 or grad.shape[0] % 2:
-        raise ValueError(
-            f"grad must be [2N, ...] (inputs, then baselines) with an even first dimension, "
-            f"got shape {tuple(grad.shape)}"
-        )
     x = _check_like("x", x, "grad", grad)
+    reference = _check_like("reference", reference, "grad", grad)
     eps = _check_real("eps", eps, grad.dtype, 0.0)
     negative_slope = _check_real("negative_slope", negative_slope, grad.dtype)
     rounded = eps if grad.dtype == torch.float64 else struct.unpack("f", struct.pack("f", eps))[0]
     if not rounded > 0:  # a positive eps that rounds to 0 in float32 would leave 0 / 0 where a == b
         raise ValueError(f"eps must be > 0 (in float32 for {grad.dtype}), got {eps}")
-    return _dispatch_in_layout("rescale_backward", backend, (grad, x), eps, negative_slope, pairs=True)
+    return _dispatch_in_layout("rescale_backward", backend, (grad, x, reference), eps, negative_slope)
 
 
 __all__ = [

@@ -277,8 +277,12 @@ def test_lrp_product(backend: str, device: str, dtype: torch.dtype, shape_id: st
     _assert_as_accurate(got, want, oracle, dtype)
 
 
-ELEMENTWISE_LAYOUTS = [("channels_last",) * 3, ("channels_last", "contiguous", "transposed"),
-                       ("contiguous", "channels_last", "channels_last"), ("transposed",) * 3]
+ELEMENTWISE_LAYOUTS = [
+    ("channels_last",) * 3,
+    ("channels_last", "contiguous", "transposed"),
+    ("contiguous", "channels_last", "channels_last"),
+    ("transposed",) * 3,
+]
 
 
 @pytest.mark.parametrize(("backend", "device"), BACKENDS)
@@ -599,9 +603,9 @@ def test_unchecked_fast_path_passes_copy_major(backend: str, device: str) -> Non
     )
 
 
-def _pairs(shape_id: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """x = [inputs; baselines] ([2B, *F]) with exact ties, near ties (within eps = 1e-3), zeros on
-    either side and signs that differ, and a gradient of the same shape."""
+def _pairs(shape_id: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A gradient, pre-activations x and their baselines' (each [B, *F]) with exact ties, near ties
+    (within eps = 1e-3), zeros on either side and signs that differ."""
     a = _inputs(shape_id, torch.float32, "cpu", 1)
     b = _inputs(shape_id, torch.float32, "cpu", 2)
     flat_a, flat_b = a.view(-1), b.view(-1)
@@ -610,9 +614,8 @@ def _pairs(shape_id: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor
     flat_a[2::6] = 0.0
     flat_b[3::6] = 0.0
     flat_a[4::9], flat_b[4::9] = 0.0, 0.0  # 0 == 0: f'(0) = the slope
-    x = torch.cat([a, b]).to(device=device, dtype=dtype)
-    grad = torch.cat([_inputs(shape_id, dtype, device, 3), _inputs(shape_id, dtype, device, 4)])
-    return grad, x
+    grad = _inputs(shape_id, dtype, device, 3)
+    return grad, a.to(device=device, dtype=dtype), b.to(device=device, dtype=dtype)
 
 
 @pytest.mark.parametrize(("backend", "device"), BACKENDS)
@@ -623,13 +626,16 @@ def _pairs(shape_id: str, dtype: torch.dtype, device: str) -> tuple[torch.Tensor
 def test_rescale_backward(
     backend: str, device: str, dtype: torch.dtype, shape_id: str, layout: str, negative_slope: float
 ) -> None:
-    grad, x = _pairs(shape_id, dtype, device)
-    grad, x = _layout(grad, layout), _layout(x, "transposed" if layout == "channels_last" else layout)
-    got = ops.rescale_backward(grad, x, 1e-3, negative_slope, backend=backend)
-    want = reference.rescale_backward(grad.contiguous(), x.contiguous(), 1e-3, negative_slope)
+    grad, x, ref = _pairs(shape_id, dtype, device)
+    other = "transposed" if layout == "channels_last" else layout
+    grad, x, ref = _layout(grad, layout), _layout(x, other), _layout(ref, layout)
+    got = ops.rescale_backward(grad, x, ref, 1e-3, negative_slope, backend=backend)
+    want = reference.rescale_backward(
+        grad.contiguous(), x.contiguous(), ref.contiguous(), 1e-3, negative_slope
+    )
     assert got.shape == grad.shape and got.dtype == dtype and torch.isfinite(got).all()
-    assert got.stride() == grad.stride()  # the batch stays outermost: the op runs in grad's layout
-    oracle = reference.rescale_backward(grad.double(), x.double(), 1e-3, negative_slope)
+    assert got.stride() == grad.stride()  # the op runs in grad's layout
+    oracle = reference.rescale_backward(grad.double(), x.double(), ref.double(), 1e-3, negative_slope)
     _assert_as_accurate(got, want, oracle, dtype)
 
 
@@ -638,53 +644,56 @@ def test_rescale_backward_closed_form() -> None:
     [b, a] above 0, equal values (and |a - b| < eps) relu's derivative at a; leaky_relu's slope."""
     a = torch.tensor([[3.0, -2.0, 2.0, -1.0, 1.5, 0.0, -0.5, 1.0]])
     b = torch.tensor([[1.0, -1.0, -2.0, 3.0, 1.5, 0.0, -0.5, 1.0 + 2**-20]])
-    grad = torch.cat([torch.full_like(a, 2.0), torch.full_like(a, -4.0)])
-    relu = torch.tensor([1.0, 0.0, 0.5, 0.75, 1.0, 0.0, 0.0, 1.0])
-    leaky = torch.tensor([1.0, 0.1, 0.55, 0.775, 1.0, 0.1, 0.1, 1.0])
+    grad = torch.full_like(a, -4.0)
+    relu = torch.tensor([[1.0, 0.0, 0.5, 0.75, 1.0, 0.0, 0.0, 1.0]])
+    leaky = torch.tensor([[1.0, 0.1, 0.55, 0.775, 1.0, 0.1, 0.1, 1.0]])
     for backend, device in [("reference", "cpu"), *kernel_backends()]:
-        x = torch.cat([a, b]).to(device)
         for slope, m in ((0.0, relu), (0.1, leaky)):
-            got = ops.rescale_backward(grad.to(device), x, 1e-6, slope, backend=backend).cpu()
-            torch.testing.assert_close(got, torch.stack([2.0 * m, -4.0 * m]), msg=f"{backend} {slope}")
+            got = ops.rescale_backward(
+                grad.to(device), a.to(device), b.to(device), 1e-6, slope, backend=backend
+            )
+            torch.testing.assert_close(got.cpu(), -4.0 * m, msg=f"{backend} {slope}")
 
 
 @pytest.mark.parametrize(("backend", "device"), BACKENDS)
-def test_rescale_backward_sums_to_delta_and_keeps_halves_paired(backend: str, device: str) -> None:
-    """With a gradient of ones, m * (a - b) = f(a) - f(b) per pair; a batch dimension that is not
-    outermost in memory still pairs row i with row N + i (the contiguous path)."""
-    grad, x = _pairs("image", torch.float32, device)
+def test_rescale_backward_sums_to_delta(backend: str, device: str) -> None:
+    """With a gradient of ones, m * (a - b) = f(a) - f(b) per element, in any layout."""
+    grad, a, b = _pairs("image", torch.float32, device)
     ones = torch.ones_like(grad)
-    multiplier = ops.rescale_backward(ones, x, 1e-6, 0.2, backend=backend)
-    a, b = x.chunk(2)
+    multiplier = ops.rescale_backward(ones, a, b, 1e-6, 0.2, backend=backend)
     leaky = torch.nn.functional.leaky_relu
-    torch.testing.assert_close(multiplier[: a.shape[0]] * (a - b), leaky(a, 0.2) - leaky(b, 0.2))
-    batch_inner = x.transpose(0, 1).contiguous().transpose(0, 1)
-    grad_inner = grad.transpose(0, 1).contiguous().transpose(0, 1)
+    torch.testing.assert_close(multiplier * (a - b), leaky(a, 0.2) - leaky(b, 0.2))
+
+    def batch_inner(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(0, 1).contiguous().transpose(0, 1)
+
     assert torch.equal(
-        ops.rescale_backward(grad_inner, batch_inner, 1e-6, backend=backend),
-        ops.rescale_backward(grad, x, 1e-6, backend=backend),
+        ops.rescale_backward(batch_inner(grad), batch_inner(a), b, 1e-6, backend=backend),
+        ops.rescale_backward(grad, a, b, 1e-6, backend=backend),
     )
 
 
 def test_rescale_backward_rejects_bad_input() -> None:
     x = torch.randn(4, 3)
-    with pytest.raises(ValueError, match="grad must be \\[2N"):
-        ops.rescale_backward(torch.randn(3, 3), torch.randn(3, 3), 1e-6)
     with pytest.raises(ValueError, match="x must have the shape of grad"):
-        ops.rescale_backward(x, x[:2], 1e-6)
+        ops.rescale_backward(x, x[:2], x, 1e-6)
+    with pytest.raises(ValueError, match="reference must have the shape of grad"):
+        ops.rescale_backward(x, x, x[:2], 1e-6)
     with pytest.raises(TypeError, match="x must have the dtype of grad"):
-        ops.rescale_backward(x, x.half(), 1e-6)
+        ops.rescale_backward(x, x.half(), x, 1e-6)
+    with pytest.raises(TypeError, match="reference must have the dtype of grad"):
+        ops.rescale_backward(x, x, x.double(), 1e-6)
     with pytest.raises(ValueError, match="eps must be > 0"):
-        ops.rescale_backward(x, x, 0.0)
+        ops.rescale_backward(x, x, x, 0.0)
     with pytest.raises(ValueError, match="eps must be finite"):
-        ops.rescale_backward(x, x, float("nan"))
+        ops.rescale_backward(x, x, x, float("nan"))
     with pytest.raises(ValueError, match="negative_slope must be finite"):
-        ops.rescale_backward(x, x, 1e-6, float("inf"))
+        ops.rescale_backward(x, x, x, 1e-6, float("inf"))
     with pytest.raises(ValueError, match="eps must be > 0"):
-        ops.rescale_backward(x, x, 1e-50)  # rounds to 0 in float32
+        ops.rescale_backward(x, x, x, 1e-50)  # rounds to 0 in float32
     for backend, device in [("reference", "cpu"), *kernel_backends()]:
         empty = torch.empty(0, 3, device=device)
-        assert ops.rescale_backward(empty, empty, 1e-6, backend=backend).shape == (0, 3)
+        assert ops.rescale_backward(empty, empty, empty, 1e-6, backend=backend).shape == (0, 3)
 
 
 def test_rescale_backward_native_checks_its_arguments() -> None:
@@ -694,12 +703,12 @@ def test_rescale_backward_native_checks_its_arguments() -> None:
     if not _native.available()[0]:
         pytest.skip("native backend not built")
     x = torch.randn(4, 3)
-    with pytest.raises(ValueError, match="grad must be \\[2N"):
-        _native.rescale_backward(x[:3], x[:3], 1e-6)
+    with pytest.raises(ValueError, match="reference must have shape"):
+        _native.rescale_backward(x, x, x[:3], 1e-6)
     with pytest.raises(ValueError, match="eps must be > 0"):
-        _native.rescale_backward(x, x, 0.0)
+        _native.rescale_backward(x, x, x, 0.0)
     with pytest.raises(TypeError, match="x must have the dtype of grad"):
-        _native.rescale_backward(x, x.half(), 1e-6)
+        _native.rescale_backward(x, x.half(), x, 1e-6)
 
 
 class _ReluNet(torch.nn.Module):

@@ -88,11 +88,11 @@ cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void*
 namespace fastxai {
 namespace cuda {
 
-// grad, x, out: [2 * half] (the inputs' half, then the baselines' half). For i < half, with
-// m = rescale::relu_multiplier(x[i], x[half + i], slope, eps) (csrc/rescale.h):
-// out[i] = grad[i] * m, out[half + i] = grad[half + i] * m.
-cudaError_t launch_rescale_backward(Dtype dtype, const void* grad, const void* x, void* out, float slope, float eps,
-                                    int64_t half, cudaStream_t stream);
+// grad, x, reference, out: [numel] each (x the input's pre-activation, reference its baseline's).
+// With m = rescale::relu_multiplier(x[i], reference[i], slope, eps) (csrc/rescale.h):
+// out[i] = grad[i] * m.
+cudaError_t launch_rescale_backward(Dtype dtype, const void* grad, const void* x, const void* reference, void* out,
+                                    float slope, float eps, int64_t numel, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace fastxai

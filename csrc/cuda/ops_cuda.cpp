@@ -150,13 +150,14 @@ at::Tensor occlude_cuda(const at::Tensor& inputs, const at::Tensor& baselines, a
   return out;
 }
 
-at::Tensor rescale_backward_cuda(const at::Tensor& grad, const at::Tensor& x, double eps, double negative_slope) {
-  const auto args = checks::check_rescale_backward(grad, x, eps, negative_slope, kCUDA);
+at::Tensor rescale_backward_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& reference,
+                                 double eps, double negative_slope) {
+  const auto args = checks::check_rescale_backward(grad, x, reference, eps, negative_slope, kCUDA);
   const c10::cuda::CUDAGuard guard(grad.device());
   at::Tensor out = at::empty(grad.sizes(), grad.options());
   check_launch(cuda::launch_rescale_backward(args.dtype, grad.const_data_ptr(), x.const_data_ptr(),
-                                             out.mutable_data_ptr(), args.slope, args.eps, args.half,
-                                             c10::cuda::getCurrentCUDAStream().stream()),
+                                             reference.const_data_ptr(), out.mutable_data_ptr(), args.slope,
+                                             args.eps, args.numel, c10::cuda::getCurrentCUDAStream().stream()),
                "rescale_backward");
   return out;
 }

@@ -8,7 +8,7 @@ import torch
 
 from fastxai import _model, _scheduling
 from fastxai._model import Model
-from fastxai.attribution._rescale import RescaleMode
+from fastxai.attribution._rescale import PairedMode, RecordMode
 from fastxai.attribution.gradient_shap import _check_distribution
 
 
@@ -58,29 +58,32 @@ def _check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
 def rescale_multipliers(
     model: Model, inputs: torch.Tensor, baselines: torch.Tensor, target: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One pass over ``2N`` rows ``[inputs; baselines]`` (both [N, *F], target [N] or None for
-    the predicted class): the DeepLIFT multipliers ``m`` [N, *F] of ``f_target`` and the score
-    differences ``f(x) - f(x')`` [N].
+    """The DeepLIFT multipliers ``m`` [N, *F] of ``f_target`` and the score differences
+    ``f(x) - f(x')`` [N], for inputs and baselines [N, *F] and target [N] (None: the predicted
+    class). Two model passes (``fastxai.attribution._rescale``): the baselines' without autograd,
+    recording each nonlinearity's argument, then the inputs' with the Rescale rule on each call
+    and one backward over ``N`` rows.
 
-    The target's range is checked on this pass's output, before the backward (no probe call:
-    a one-row forward costs a ResNet a few percent of the whole method); the predicted class
-    is read off the inputs' rows of the same output (the Rescale forward gives the model's
-    own outputs)."""
-    rows = inputs.shape[0]
+    The target's range is checked on the inputs' output, before the backward (no probe call:
+    a one-row forward costs a ResNet a few percent of the whole method); the predicted class is
+    read off the same output."""
+    record = RecordMode()
+    with torch.no_grad(), record:
+        reference_output = _model.logits(model, baselines)
     leaf = inputs.detach().requires_grad_(True)
-    mode = RescaleMode(2 * rows, eps)
     with torch.enable_grad():
-        with mode:
-            output = _model.logits(model, torch.cat([leaf, baselines]))
+        paired = PairedMode(record.calls, eps)
+        with paired:
+            output = _model.logits(model, leaf)
+        paired.finish()
         if target is None:
-            target = output[:rows].detach().argmax(1)
+            target = output.detach().argmax(1)
         else:
             _model.check_target_range(target, output.shape[1])
-        scores = output.gather(1, target.repeat(2).view(-1, 1)).squeeze(1)
-        # Only the inputs' scores: the baselines' rows need no gradient of their own.
-        (multipliers,) = torch.autograd.grad(scores[:rows].sum(), leaf)
-    scores = scores.detach()
-    return multipliers, scores[:rows] - scores[rows:]
+        index = target.view(-1, 1)
+        scores = output.gather(1, index).squeeze(1)
+        (multipliers,) = torch.autograd.grad(scores.sum(), leaf)
+    return multipliers, scores.detach() - reference_output.gather(1, index).squeeze(1)
 
 
 def _accumulator(inputs: torch.Tensor) -> torch.dtype:
@@ -108,16 +111,17 @@ def deeplift(
         attribution = m * (x - x'),   m = d~ f_target / d x   (the modified chain rule),
 
     and the attributions of an input sum to ``f_target(x) - f_target(x')`` (summation-to-delta)
-    for networks built from linear maps and the supported nonlinearities. Inputs and baselines
-    run as one model batch of ``2N`` rows (inputs first), one forward and one backward per
-    chunk; nonlinearities are caught as modules and as functional calls (``torch.relu``,
-    ``F.relu``), also when a module is used several times. The model runs in eval mode and
-    is left as found.
+    for networks built from linear maps and the supported nonlinearities. Per chunk, the model
+    runs on the baselines (no autograd), then on the inputs with one backward (half the
+    backward of a joint pass over both); nonlinearities are caught as modules and as
+    functional calls (``torch.relu``, ``F.relu``), also when a module is used several times.
+    The model runs in eval mode and is left as found.
 
     inputs: [B, *F]; baselines: a number, [*F], [1, *F] or [B, *F]; target: int, [B] indices or
     None (the predicted class); ``multiply_by_inputs=False`` returns the multipliers ``m``;
-    ``chunk_size``: most model rows per pass (two per input). Returns [B, *F] in the inputs'
-    dtype, and with ``return_convergence_delta`` also ``sum(attribution) - (f(x) - f(x'))`` [B].
+    ``chunk_size``: most model rows per chunk, both passes together (two per input). Returns
+    [B, *F] in the inputs' dtype, and with ``return_convergence_delta`` also
+    ``sum(attribution) - (f(x) - f(x'))`` [B].
 
     >>> a = fastxai.deeplift(model, x, target=y, baselines=0.0)
     >>> a, delta = fastxai.deeplift(model, x, target=y, return_convergence_delta=True)
@@ -168,8 +172,8 @@ def deeplift_shap(
         attribution = mean_k m_k * (x - x'_k),
 
     which sums to ``f_target(x) - mean_k f_target(x'_k)``. The ``B * K`` (input, baseline) pairs
-    run baseline-major (``K`` copies of the batch) as ``2 * B * K`` model rows in chunks of at
-    most ``chunk_size`` rows; see ``deeplift`` for the rule.
+    run baseline-major (``K`` copies of the batch), ``2 * B * K`` model rows over both passes in
+    chunks of at most ``chunk_size`` rows; see ``deeplift`` for the rule.
 
     inputs: [B, *F]; baselines: [K, *F] (or one baseline [*F]); target: int, [B] or None (the
     predicted class of each input). Returns [B, *F] in the inputs' dtype, and with

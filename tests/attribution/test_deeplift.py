@@ -212,13 +212,65 @@ def test_bad_input_raises_before_the_model_runs(kwargs: dict, error: type[Except
     assert model.calls == 0
 
 
-def test_batch_mixing_layout_is_refused() -> None:
-    class SequenceFirst(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(x.t()).t()  # the batch is no longer the first dimension
+def test_a_layout_without_the_batch_first_equals_the_batch_first_model() -> None:
+    """Calls are paired between the baselines' and the inputs' passes, not by rows of one batch:
+    a model that moves the batch out of the first dimension gets the same attributions."""
 
-    with pytest.raises(ValueError, match="first dimension"):
-        deeplift(SequenceFirst(), torch.randn(3, 5), 0)
+    class BatchFirst(nn.Module):
+        def __init__(self, transpose: bool) -> None:
+            super().__init__()
+            torch.manual_seed(3)
+            self.l1, self.l2, self.transpose = nn.Linear(5, 7), nn.Linear(7, 2), transpose
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.l1(x)
+            if self.transpose:  # features first: [7, B]
+                return self.l2(torch.relu(h.t()).softmax(0).t())
+            return self.l2(torch.relu(h).softmax(1))
+
+    x, baseline = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    want, want_delta = deeplift(BatchFirst(False).double(), x, 1, baseline, return_convergence_delta=True)
+    got, delta = deeplift(BatchFirst(True).double(), x, 1, baseline, return_convergence_delta=True)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert delta.abs().max() < 1e-12 and want_delta.abs().max() < 1e-12
+
+
+def test_a_model_that_takes_another_path_for_the_baselines_is_refused() -> None:
+    class Gate(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(x)
+            if bool(x.sum() > 0):  # the path depends on the values
+                h = torch.sigmoid(h)
+            return h[:, :2]
+
+    x = torch.ones(2, 4)
+    with pytest.raises(ValueError, match="same path"):
+        deeplift(Gate(), x, 0, -x)
+    with pytest.raises(ValueError, match="same path"):
+        deeplift(Gate(), -x, 0, x)
+
+
+def test_an_argument_written_in_place_after_the_call_keeps_its_recorded_value() -> None:
+    """``h.mul_(torch.sigmoid(h))`` (an in-place SiLU) overwrites sigmoid's argument after the call:
+    the baselines' record must keep the value sigmoid saw (copy on write)."""
+
+    class Swish(nn.Module):
+        def __init__(self, in_place: bool) -> None:
+            super().__init__()
+            torch.manual_seed(4)
+            self.l1, self.l2, self.in_place = nn.Linear(4, 6), nn.Linear(6, 2), in_place
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.l1(x)
+            if self.in_place:
+                return self.l2(
+                    h.clone().mul_(torch.sigmoid(h)) if h.requires_grad else h.mul_(torch.sigmoid(h))
+                )
+            return self.l2(h * torch.sigmoid(h))
+
+    x, baseline = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+    want = deeplift(Swish(False).double(), x, 0, baseline)
+    torch.testing.assert_close(deeplift(Swish(True).double(), x, 0, baseline), want, rtol=1e-12, atol=1e-12)
 
 
 def test_model_state_is_left_as_found_also_on_error() -> None:
