@@ -1,9 +1,11 @@
 """DeepLIFT against its floor, interleaved, one thread, CPU time of this thread (steadier than
 wall time on a shared machine):
-``PYTHONPATH=. python benchmarks/deeplift_ratio.py [rounds] [--mlp-batches 8,32,128,512]``.
+``PYTHONPATH=. python benchmarks/deeplift_ratio.py [rounds] [--mlp-batches 8,32,128,512] [--captum]``.
 
 The floor is one forward and one backward over ``[x; baseline]`` in one batch. ``--mlp-batches``
-adds the MLP at other batch sizes (the default cases: MLP batch 32, ResNet batch 8)."""
+adds the MLP at other batch sizes (the default cases: MLP batch 32, ResNet batch 8).
+``--captum`` also times Captum's ``DeepLift`` / ``DeepLiftShap`` against fastxai.compat's on the
+cases of benchmarks/test_compat.py (Captum's defaults), interleaved the same way."""
 
 from __future__ import annotations
 
@@ -40,6 +42,44 @@ def ratio(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rounds: int) 
     return statistics.median(times["floor"]), statistics.median(times["fastxai"])
 
 
+def captum_ratios(rounds: int) -> None:
+    """Captum's time over fastxai.compat's for DeepLift and DeepLiftShap (16 baselines)."""
+    import warnings
+
+    import captum.attr as captum_attr
+    from test_compat import CASES
+
+    from fastxai.compat import captum as fc
+
+    warnings.filterwarnings("ignore")  # Captum's notice about hooks on every call
+    for name, (factory, shape, batch) in CASES.items():
+        model = factory()
+        generator = torch.Generator().manual_seed(0)
+        x = torch.rand(batch, *shape, generator=generator)
+        target = torch.randint(0, 10, (batch,), generator=generator)
+        background = torch.rand(16, *shape, generator=generator)
+        for cls, kwargs in (("DeepLift", {}), ("DeepLiftShap", {"baselines": background})):
+            ours, theirs = getattr(fc, cls)(model), getattr(captum_attr, cls)(model)
+            runs: dict[str, Callable[[], object]] = {
+                "fastxai": lambda: ours.attribute(x, target=target, **kwargs),  # noqa: B023
+                "captum": lambda: theirs.attribute(x, target=target, **kwargs),  # noqa: B023
+            }
+            times: dict[str, list[float]] = {key: [] for key in runs}
+            for _ in range(2):
+                for run in runs.values():
+                    run()
+            for _ in range(rounds if name != "resnet" else max(3, rounds // 3)):
+                for key, run in runs.items():
+                    start = time.thread_time()
+                    run()
+                    times[key].append(time.thread_time() - start)
+            a, c = statistics.median(times["fastxai"]), statistics.median(times["captum"])
+            print(
+                f"{name:11s} {cls:13s} fastxai {a * 1e3:7.2f} ms  captum {c * 1e3:7.2f} ms  "
+                f"captum/fastxai {c / a:.2f}"
+            )
+
+
 def main(rounds: int, mlp_batches: list[int]) -> None:
     torch.set_num_threads(1)
     for name in ("mlp", "resnet"):
@@ -66,5 +106,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rounds", type=int, nargs="?", default=80)
     parser.add_argument("--mlp-batches", default="", help="comma-separated MLP batch sizes")
+    parser.add_argument("--captum", action="store_true", help="also Captum's DeepLift / DeepLiftShap")
     args = parser.parse_args()
     main(args.rounds, [int(b) for b in args.mlp_batches.split(",") if b])
+    if args.captum:
+        captum_ratios(max(10, args.rounds // 3))
