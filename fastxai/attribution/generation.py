@@ -195,7 +195,7 @@ def explain_generation(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method != "integrated_gradients" and (not isinstance(baselines, float) or baselines != 0.0):
-        raise NotImplementedError(f"baselines is only used by method='integrated_gradients', not {method!r}")
+        raise ValueError(f"baselines is only used by method='integrated_gradients', not {method!r}")
     mask = _check_mask(attention_mask, prompts)
     kwargs = _layer.check_forward_kwargs(forward_kwargs)
     if "attention_mask" in kwargs:

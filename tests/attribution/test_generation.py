@@ -142,7 +142,7 @@ def _calls(model: nn.Module) -> tuple[list[int], torch.utils.hooks.RemovableHand
         ({"attention_mask": torch.ones(2, T_IN)}, TypeError),
         ({"attention_mask": torch.zeros(2, T_IN, dtype=torch.long)}, ValueError),
         ({"attention_mask": torch.full((2, T_IN), 2)}, ValueError),
-        ({"method": "saliency", "baselines": 3}, NotImplementedError),
+        ({"method": "saliency", "baselines": 3}, ValueError),
         ({"forward_kwargs": {"attention_mask": torch.ones(2, 8)}}, ValueError),
         ({"chunk_size": 0}, ValueError),
         ({"n_steps": 0}, ValueError),
