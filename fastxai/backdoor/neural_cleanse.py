@@ -59,23 +59,19 @@ def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     return deviation / mad
 
 
-def _check_classes(classes: object, count: int) -> list[int]:
+def _check_classes(classes: object) -> list[int] | None:
     if classes is None:
-        return list(range(count))
+        return None
     if (
         not isinstance(classes, Sequence)
         or isinstance(classes, str)
         or len(classes) < 3
-        or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes)
         or len(set(classes)) != len(classes)
     ):
         raise ValueError(
-            "classes must be None or at least 3 distinct class indices (a median needs them), "
+            "classes must be None or at least 3 distinct class indices >= 0 (a median needs them), "
             f"got {classes!r}"
-        )
-    if min(classes) < 0 or max(classes) >= count:
-        raise ValueError(
-            f"classes must be in [0, {count}) for a model with {count} classes, got {list(classes)}"
         )
     return list(classes)
 
@@ -85,12 +81,12 @@ def neural_cleanse(
     inputs: torch.Tensor,
     *,
     classes: Sequence[int] | None = None,
-    steps: int = 300,
+    steps: int = 400,
     lr: float = 0.1,
-    batch_size: int = 64,
+    batch_size: int = 32,
     init_cost: float = 1e-3,
     cost_multiplier: float = 1.5,
-    patience: int = 10,
+    patience: int = 5,
     attack_threshold: float = 0.99,
     bounds: tuple[float, float] = (0.0, 1.0),
     threshold: float = 2.0,
@@ -110,7 +106,7 @@ def neural_cleanse(
 
     inputs: [N, C, *spatial] (or [N, F]) clean inputs in ``bounds``.
 
-    >>> found = neural_cleanse(model, x_test[:128], steps=300, seed=0); found.flagged
+    >>> found = neural_cleanse(model, x_test[:128], seed=0); found.flagged
     """
     model = _model.check_model(model)
     x = _model.check_inputs(inputs).detach()
@@ -126,13 +122,19 @@ def neural_cleanse(
     lo, hi = check_bounds(bounds)
     threshold = check_positive("threshold", threshold)
     generator = torch.Generator().manual_seed(check_seed(seed))
+    chosen = _check_classes(classes)
     if float(x.min()) < lo or float(x.max()) > hi:
         raise ValueError(
             f"inputs must lie in bounds {(lo, hi)}, got values in [{float(x.min())}, {float(x.max())}]"
         )
     mask_shape = (1, *x.shape[2:]) if x.dim() > 2 else tuple(x.shape[1:])
     with _model.preserved_state(model):
-        examined = _check_classes(classes, model_classes(model, x))
+        count = model_classes(model, x)
+        examined = list(range(count)) if chosen is None else chosen
+        if max(examined) >= count:
+            raise ValueError(
+                f"classes must be in [0, {count}) for a model with {count} classes, got {examined}"
+            )
         k = len(examined)
         targets = torch.tensor(examined, device=x.device)
         mask_logit = (

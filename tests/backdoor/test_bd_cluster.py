@@ -19,11 +19,14 @@ def _blobs(seed: int = 0) -> torch.Tensor:
 
 def test_principal_components_match_sklearn() -> None:
     decomposition = pytest.importorskip("sklearn.decomposition")
-    points = torch.randn(60, 7, generator=torch.Generator().manual_seed(1)).double() @ torch.randn(
-        7, 7, generator=torch.Generator().manual_seed(2)
-    ).double()
+    points = (
+        torch.randn(60, 7, generator=torch.Generator().manual_seed(1)).double()
+        @ torch.randn(7, 7, generator=torch.Generator().manual_seed(2)).double()
+    )
     ours = _cluster.principal_components(points, 3)
-    theirs = torch.from_numpy(decomposition.PCA(n_components=3, svd_solver="full").fit_transform(points.numpy()))
+    theirs = torch.from_numpy(
+        decomposition.PCA(n_components=3, svd_solver="full").fit_transform(points.numpy())
+    )
     # each component is defined up to its sign
     torch.testing.assert_close(ours.abs(), theirs.abs(), rtol=1e-9, atol=1e-9)
     white = _cluster.principal_components(points, 3, whiten=True)
@@ -36,10 +39,14 @@ def test_ica_distances_are_those_of_the_whitened_components() -> None:
     variance convention, one global scale)."""
     decomposition = pytest.importorskip("sklearn.decomposition")
     points = _blobs()
-    ica = decomposition.FastICA(n_components=3, whiten="unit-variance", random_state=0, max_iter=1000, tol=1e-6)
+    ica = decomposition.FastICA(
+        n_components=3, whiten="unit-variance", random_state=0, max_iter=1000, tol=1e-6
+    )
     sources = torch.from_numpy(ica.fit_transform(points.numpy()))
-    ours = torch.cdist(_cluster.principal_components(points, 3, whiten=True), _cluster.principal_components(
-        points, 3, whiten=True))
+    ours = torch.cdist(
+        _cluster.principal_components(points, 3, whiten=True),
+        _cluster.principal_components(points, 3, whiten=True),
+    )
     theirs = torch.cdist(sources, sources)
     scale = float(theirs.sum() / ours.sum())
     torch.testing.assert_close(ours * scale, theirs, rtol=1e-6, atol=1e-6)

@@ -70,7 +70,10 @@ def test_activation_clustering_flags_exactly_the_planted_cluster(reduction: str)
 
 
 def test_precision_recall_by_hand() -> None:
-    assert bd.precision_recall(torch.tensor([1, 2, 3, 4]), torch.tensor([2, 4, 9])) == (0.5, pytest.approx(2 / 3))
+    assert bd.precision_recall(torch.tensor([1, 2, 3, 4]), torch.tensor([2, 4, 9])) == (
+        0.5,
+        pytest.approx(2 / 3),
+    )
     assert bd.precision_recall(torch.tensor([], dtype=torch.long), torch.tensor([1])) == (0.0, 0.0)
 
 
@@ -82,7 +85,9 @@ def test_detectors_find_the_poisoned_digits() -> None:
     share = truth.numel() / int((y == case.target).sum())
     base_rate = truth.numel() / y.numel()
 
-    spectral = fx.spectral_signatures(case.model, x, y, poison_fraction=share, layer=CONV, classes=[case.target])
+    spectral = fx.spectral_signatures(
+        case.model, x, y, poison_fraction=share, layer=CONV, classes=[case.target]
+    )
     precision, recall = bd.precision_recall(spectral.flagged, truth)
     assert recall >= 0.9 and precision >= 0.6, (precision, recall)  # 1 / 1.5 is the most the rule allows
 
@@ -116,15 +121,31 @@ def test_model_left_as_found() -> None:
 
 BAD = [
     (lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0), ValueError, "poison_fraction"),
-    (lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0.1, multiplier=-1), ValueError, "multiplier"),
-    (lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0.1, classes=[7]), ValueError, "classes"),
-    (lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0.1, classes="0"), ValueError, "classes"),
+    (
+        lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0.1, multiplier=-1),
+        ValueError,
+        "multiplier",
+    ),
+    (
+        lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0.1, classes=[7]),
+        ValueError,
+        "classes",
+    ),
+    (
+        lambda m, x, y: fx.spectral_signatures(m, x, y, poison_fraction=0.1, classes="0"),
+        ValueError,
+        "classes",
+    ),
     (lambda m, x, y: fx.spectral_signatures(m, x, y[:5], poison_fraction=0.1), ValueError, "labels"),
     (lambda m, x, y: fx.spectral_signatures(nn.Flatten(), x, y, poison_fraction=0.1), ValueError, "layer="),
     (lambda m, x, y: fx.activation_clustering(m, x, y, reduction="tsne"), ValueError, "reduction"),
     (lambda m, x, y: fx.activation_clustering(m, x, y, n_components=0), ValueError, "n_components"),
     (lambda m, x, y: fx.activation_clustering(m, x, y, size_threshold=1.5), ValueError, "size_threshold"),
-    (lambda m, x, y: fx.activation_clustering(m, x, y, silhouette_threshold=2), ValueError, "silhouette_threshold"),
+    (
+        lambda m, x, y: fx.activation_clustering(m, x, y, silhouette_threshold=2),
+        ValueError,
+        "silhouette_threshold",
+    ),
     (lambda m, x, y: fx.activation_clustering(m, x, y, n_init=0), ValueError, "n_init"),
     (lambda m, x, y: fx.activation_clustering(m, x, y, seed=-1), ValueError, "seed"),
     (lambda m, x, y: fx.activation_clustering(m, x, y, chunk_size=0), ValueError, "chunk_size"),

@@ -10,7 +10,6 @@ import torch
 from poisoned_digits import clean_model, model_state, planted
 
 import fastxai as fx
-from fastxai import backdoor as bd
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +31,9 @@ def test_patch_trigger_stamps_the_corner_and_nothing_else() -> None:
 def test_blend_trigger_is_the_convex_mix() -> None:
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     trigger = fx.blend_trigger((1, 8, 8), alpha=0.3, seed=5)
-    torch.testing.assert_close(fx.apply_trigger(x, trigger), 0.7 * x + 0.3 * trigger.pattern, rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        fx.apply_trigger(x, trigger), 0.7 * x + 0.3 * trigger.pattern, rtol=0, atol=1e-6
+    )
     assert torch.equal(trigger.pattern, fx.blend_trigger((1, 8, 8), alpha=0.3, seed=5).pattern)
     assert not torch.equal(trigger.pattern, fx.blend_trigger((1, 8, 8), alpha=0.3, seed=6).pattern)
     assert 0 <= float(trigger.pattern.min()) and float(trigger.pattern.max()) <= 1
@@ -67,7 +68,9 @@ def test_backdoor_is_planted_on_the_digits() -> None:
         assert accuracy(case.model, case.x_test, case.y_test) > 0.9
         asr = fx.attack_success_rate(case.model, case.x_test, case.y_test, case.trigger, target=case.target)
         assert asr > 0.9, (name, asr)
-        clean = fx.attack_success_rate(clean_model(), case.x_test, case.y_test, case.trigger, target=case.target)
+        clean = fx.attack_success_rate(
+            clean_model(), case.x_test, case.y_test, case.trigger, target=case.target
+        )
         assert clean < 0.3, (name, clean)  # the trigger alone does not make a 0
 
 
@@ -122,8 +125,11 @@ BAD = [
     (lambda x, y, t: fx.poison_dataset(x, y, t, rate=0.1, target=0, source=[0]), ValueError, "source"),
     (lambda x, y, t: fx.poison_dataset(x * float("nan"), y, t, rate=0.1, target=0), ValueError, "NaN"),
     (lambda x, y, t: fx.attack_success_rate("m", x, y, t, target=0), TypeError, "model"),
-    (lambda x, y, t: fx.attack_success_rate(torch.nn.Flatten(), x, y, t, target=0, chunk_size=0), ValueError,
-     "chunk_size"),
+    (
+        lambda x, y, t: fx.attack_success_rate(torch.nn.Flatten(), x, y, t, target=0, chunk_size=0),
+        ValueError,
+        "chunk_size",
+    ),
 ]
 
 

@@ -46,7 +46,9 @@ def _planted(name: str) -> Planted:
     (x_train, y_train), (x_test, y_test) = _data()
     trigger = make_trigger()
     poisoned = bd.poison_dataset(x_train, y_train, trigger, rate=rate, target=target, seed=0)
-    return Planted(train_digits_cnn(poisoned.inputs, poisoned.labels), trigger, target, poisoned, x_test, y_test)
+    return Planted(
+        train_digits_cnn(poisoned.inputs, poisoned.labels), trigger, target, poisoned, x_test, y_test
+    )
 
 
 @functools.cache
@@ -76,5 +78,7 @@ def digits() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, tor
 
 def model_state(model: nn.Module) -> tuple[list[bool], list[bool], list[int]]:
     """Training flags, requires_grad flags and hook counts: what a method must leave as found."""
-    hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()]
+    hooks = [
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+    ]
     return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()], hooks
