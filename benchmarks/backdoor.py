@@ -22,6 +22,7 @@ import torch
 import fastxai as fx
 from fastxai import backdoor as bd
 from fastxai.digits import accuracy, load_digits, train_digits_cnn
+from fastxai.evaluation import auroc
 from fastxai.privacy import inversion_scores, model_inversion
 
 SCENARIOS = {
@@ -70,6 +71,13 @@ def scenario_rows(name: str, targets: list[int], data: tuple) -> list[dict[str, 
                 )
                 p, r = bd.precision_recall(found.flagged, poisoned.indices)
                 row[f"spectral {label} {scope} P"], row[f"spectral {label} {scope} R"] = p, r
+            in_class = poisoned.labels == target
+            is_poisoned = torch.zeros_like(in_class)
+            is_poisoned[poisoned.indices] = True
+            scores = found.scores  # of the target class, from the last run
+            row[f"spectral {label} AUROC"] = auroc(
+                scores[in_class & ~is_poisoned], scores[in_class & is_poisoned]
+            )
             for reduction in ("pca", "ica"):
                 clusters = bd.activation_clustering(
                     model, poisoned.inputs, poisoned.labels, layer=layer, reduction=reduction
@@ -122,6 +130,11 @@ def print_scenario(name: str, rows: list[dict[str, float]]) -> None:
             key = f"spectral {label} {scope}"
             p, r = _mean(rows, f"{key} P"), _mean(rows, f"{key} R")
             print(f"| spectral signatures ({scope} classes) | {label} | {p:.2f} | {r:.2f} | |")
+        area = _mean(rows, f"spectral {label} AUROC")
+        print(
+            f"| spectral score AUROC, poisoned vs clean items of the target class | {label} "
+            f"| {area:.3f} | | |"
+        )
         for reduction in ("pca", "ica"):
             key = f"AC {label} {reduction}"
             p, r, flagged = _mean(rows, f"{key} P"), _mean(rows, f"{key} R"), _mean(rows, f"{key} classes")
@@ -181,6 +194,15 @@ def inversion_report(data: tuple) -> None:
     print(
         f"| all-zero image (control) | 0 | | {chance.recognition:.2f} | {chance.nearest_mean:.2f} | "
         f"{chance.distance:.2f} | {chance.other_distance:.2f} | |"
+    )
+    _, (x_test, y_test) = data
+    per_class = min(int((y_test == c).sum()) for c in classes)
+    real = torch.stack([x_test[y_test == c][:per_class] for c in classes])
+    real_scores = inversion_scores(real, classes, judge=judge, reference=(x_train, y_train))
+    print(
+        f"| test digits ({per_class} per class, reference) | | | {real_scores.recognition:.2f} "
+        f"| {real_scores.nearest_mean:.2f} | {real_scores.distance:.2f} "
+        f"| {real_scores.other_distance:.2f} | |"
     )
     mean_scores = inversion_scores(means.unsqueeze(1), classes, judge=judge, reference=(x_train, y_train))
     print(f"| the class means themselves (upper reference) | | | {mean_scores.recognition:.2f} | | | | |")

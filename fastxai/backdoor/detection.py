@@ -83,7 +83,8 @@ def activation_clustering(
     gives the trigger's direction no more weight than each noise direction (on 3 Gaussian
     classes with 20 planted outliers, PCA finds exactly them; ICA 19 of them and 6 clean items).
 
-    inputs: [N, *F] the (possibly poisoned) training set; labels: [N] its labels.
+    inputs: [N, *F] the (possibly poisoned) training set; labels: [N] its labels; layer: whose
+    output to read (a module or its dotted name; None: the input of the last ``nn.Linear``).
 
     >>> found = activation_clustering(model, x_train, y_train)   # found.flagged, found.suspicious
     """
@@ -148,7 +149,7 @@ def spectral_signatures(
     poisoned share of a class; the poisoned class holds them all, so each clean class examined
     gives up that many clean items too.
 
-    inputs: [N, *F]; labels: [N].
+    inputs: [N, *F]; labels: [N]; layer: as in ``activation_clustering``.
 
     >>> found = spectral_signatures(model, x_train, y_train, poison_fraction=0.3, classes=[0])
     """
