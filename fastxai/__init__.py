@@ -5,7 +5,7 @@
 >>> fx.backends()
 """
 
-from fastxai import certify, evaluation, global_views, lrp, ops
+from fastxai import backdoor, certify, evaluation, global_views, lrp, ops, privacy
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 from fastxai._output import select_output
 from fastxai._version import __version__
@@ -59,6 +59,17 @@ from fastxai.attribution import (
     smoothgrad,
     xgrad_cam,
 )
+from fastxai.backdoor import (
+    activation_clustering,
+    apply_trigger,
+    attack_success_rate,
+    blend_trigger,
+    neural_cleanse,
+    patch_trigger,
+    poison_dataset,
+    spectral_signatures,
+    trigger_localisation,
+)
 from fastxai.certify import (
     certified_accuracy,
     lipschitz_bound,
@@ -68,22 +79,28 @@ from fastxai.certify import (
 )
 from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
 from fastxai.lrp import rules
+from fastxai.privacy import model_inversion
 from fastxai.runner import attribute_dataset, load_attributions
 
 __all__ = [
     "BackendInfo",
     "CamLayer",
     "__version__",
+    "activation_clustering",
     "activation_maximisation",
     "adversarial_training_step",
     "apgd",
     "apgd_targeted",
+    "apply_trigger",
+    "attack_success_rate",
     "attention_flow",
     "attention_rollout",
     "attribute_dataset",
     "autoattack",
+    "backdoor",
     "backends",
     "bim",
+    "blend_trigger",
     "cam",
     "cam_layer",
     "certified_accuracy",
@@ -120,10 +137,15 @@ __all__ = [
     "load_attributions",
     "lrp",
     "mifgsm",
+    "model_inversion",
+    "neural_cleanse",
     "neuron_importance",
     "occlusion",
     "ops",
+    "patch_trigger",
     "pgd",
+    "poison_dataset",
+    "privacy",
     "robust_accuracy",
     "rules",
     "saliency",
@@ -134,11 +156,13 @@ __all__ = [
     "smoothgrad",
     "smoothing_certify",
     "smoothing_predict",
+    "spectral_signatures",
     "square_attack",
     "tcav",
     "train_cav",
     "train_substitute",
     "transfer_attack",
+    "trigger_localisation",
     "use_backend",
     "xgrad_cam",
 ]
