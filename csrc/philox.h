@@ -12,95 +12,31 @@
 //
 // All floating-point work is float32. The logarithm and sine/cosine are evaluated here with
 // fixed polynomials (no libm), using only correctly rounded +, -, *, / and sqrt with no FMA
-// contraction, so the CPU and CUDA kernels produce bit-identical noise, the loops
+// contraction (csrc/float32.h), so the CPU and CUDA kernels produce bit-identical noise, the loops
 // auto-vectorise on the CPU, and the result is within ~1 ulp of the reference's libm.
 // Domains used here: log on (0, 1] (u = k * 2^-24, k >= 1), sin/cos on [0, 2 pi].
 #pragma once
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define FASTXAI_HD __host__ __device__ __forceinline__
-#elif defined(__GNUC__) || defined(__clang__)
-#define FASTXAI_HD inline __attribute__((always_inline))
-#else
-#define FASTXAI_HD inline
-#endif
-
-#if !defined(__CUDA_ARCH__)
-#include <string.h>
-#endif
+#include "float32.h"
 
 namespace fastxai {
 namespace philox {
+
+using float32::bits_float;
+using float32::fadd;
+using float32::float_bits;
+using float32::fdiv;
+using float32::fmul;
+using float32::fsqrt;
+using float32::fsub;
 
 constexpr uint32_t kM0 = 0xD2511F53u;
 constexpr uint32_t kM1 = 0xCD9E8D57u;
 constexpr uint32_t kW0 = 0x9E3779B9u;
 constexpr uint32_t kW1 = 0xBB67AE85u;
 constexpr int kRounds = 10;
-
-// ---- correctly rounded float32 arithmetic, never contracted into an FMA ---------------------
-
-FASTXAI_HD float fmul(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-FASTXAI_HD float fadd(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-FASTXAI_HD float fsub(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-
-FASTXAI_HD float fdiv(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-
-FASTXAI_HD float fsqrt(float a) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(a);
-#else
-  return __builtin_sqrtf(a);  // compile with -fno-math-errno so this is one instruction
-#endif
-}
-
-FASTXAI_HD uint32_t float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  memcpy(&u, &f, sizeof(u));
-  return u;
-#endif
-}
-
-FASTXAI_HD float bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  memcpy(&f, &u, sizeof(f));
-  return f;
-#endif
-}
 
 // ---- Philox 4x32-10 -------------------------------------------------------------------------
 
@@ -227,14 +163,22 @@ FASTXAI_HD void box_muller(uint32_t radius_word, uint32_t angle_word, float& z_c
   z_sin = fmul(radius, s);
 }
 
-// The four normals of counter (group, sample, row, 0) under key (k0, k1): elements
-// 4 * group + 0..3 of that sample and batch row.
-FASTXAI_HD void normal4(uint32_t group, uint32_t sample, uint32_t row, uint32_t k0, uint32_t k1,
-                        float& z0, float& z1, float& z2, float& z3) {
-  uint32_t c0 = group, c1 = sample, c2 = row, c3 = 0u;
-  philox4x32_10(c0, c1, c2, c3, k0, k1);
-  box_muller(c0, c1, z0, z1);
-  box_muller(c2, c3, z2, z3);
+// The key of a 64-bit seed: (seed & 0xffffffff, seed >> 32).
+FASTXAI_HD void key_words(uint64_t seed, uint32_t& k0, uint32_t& k1) {
+  k0 = static_cast<uint32_t>(seed & 0xffffffffu);
+  k1 = static_cast<uint32_t>(seed >> 32);
+}
+
+// The four words of counter (group, sample, row, 0) under key (k0, k1), for elements
+// 4 * group + 0..3 of that sample and batch row. Their normals are box_muller(w0, w1) (elements
+// 0 and 1) and box_muller(w2, w3) (elements 2 and 3).
+FASTXAI_HD void draw4(uint32_t group, uint32_t sample, uint32_t row, uint32_t k0, uint32_t k1, uint32_t& w0,
+                      uint32_t& w1, uint32_t& w2, uint32_t& w3) {
+  w0 = group;
+  w1 = sample;
+  w2 = row;
+  w3 = 0u;
+  philox4x32_10(w0, w1, w2, w3, k0, k1);
 }
 
 }  // namespace philox

@@ -2,8 +2,10 @@
 // See kernels.h for the contract and kernels.cpp for the layout of the work: blocks of at most
 // kBlock contiguous output elements, handed to threads by at::parallel_for, converted to float32
 // arrays, computed with branch-free loops the compiler vectorises (multiversioned for AVX2 and
-// AVX-512 on x86-64), in the float32 operations and order of the reference (no FMA contraction).
-// occlude only copies elements, so it works on bytes and is exact in every dtype.
+// AVX-512 on x86-64), in the float32 operations and order of the reference (no FMA contraction):
+// the per-element arithmetic is csrc/elementwise.h's, which the CUDA kernels call too.
+// occlude only copies elements, so it works on bytes and is exact in every dtype; which elements
+// a window covers is csrc/occlusion.h's, shared with the CUDA kernel as well.
 
 #include <ATen/Parallel.h>
 
@@ -13,6 +15,8 @@
 
 #include "cpu/element_types.h"
 #include "cpu/kernels.h"
+#include "elementwise.h"
+#include "occlusion.h"
 
 namespace fastxai {
 namespace cpu {
@@ -30,11 +34,7 @@ FASTXAI_INLINE void lrp_divide_span(const typename D::Storage* relevance, const 
   const float* FASTXAI_RESTRICT r = as_float<D>(relevance, relevance_buffer, count);
   const float* FASTXAI_RESTRICT zs = as_float<D>(z, z_buffer, count);
   float* FASTXAI_RESTRICT o = output_row<D>(out, out_buffer);
-  for (int64_t i = 0; i < count; ++i) {
-    const float denominator = zs[i] >= 0.0f ? zs[i] + eps : zs[i] - eps;
-    const float quotient = r[i] / denominator;
-    o[i] = denominator == 0.0f ? 0.0f : quotient;
-  }
+  for (int64_t i = 0; i < count; ++i) o[i] = lrp::divide(r[i], zs[i], eps);
   flush<D>(out_buffer, out, count);
 }
 
@@ -50,10 +50,10 @@ FASTXAI_INLINE void lrp_product_span(const typename D::Storage* activation, cons
   const float* FASTXAI_RESTRICT cs = as_float<D>(c, c_buffer, count);
   float* FASTXAI_RESTRICT o = output_row<D>(out, out_buffer);
   if (c_neg == nullptr) {
-    for (int64_t i = 0; i < count; ++i) o[i] = a[i] * cs[i];
+    for (int64_t i = 0; i < count; ++i) o[i] = lrp::product(a[i], cs[i]);
   } else {
     const float* FASTXAI_RESTRICT cn = as_float<D>(c_neg, c_neg_buffer, count);
-    for (int64_t i = 0; i < count; ++i) o[i] = a[i] * (alpha * cs[i] - beta * cn[i]);
+    for (int64_t i = 0; i < count; ++i) o[i] = lrp::product(a[i], lrp::alpha_beta(cs[i], cn[i], alpha, beta));
   }
   flush<D>(out_buffer, out, count);
 }
@@ -66,7 +66,7 @@ FASTXAI_INLINE void masked_blend_span(const typename D::Storage* inputs, const t
                                       typename D::Storage* out, int64_t n, int64_t groups, int64_t stride,
                                       int64_t count) {
   alignas(64) float start[kBlock];
-  alignas(64) float step[kBlock];
+  alignas(64) float difference[kBlock];
   alignas(64) float x_buffer[kBlock];
   alignas(64) float baseline_buffer[kBlock];
   alignas(64) float out_buffer[kBlock];
@@ -74,12 +74,12 @@ FASTXAI_INLINE void masked_blend_span(const typename D::Storage* inputs, const t
   const float* FASTXAI_RESTRICT bf = as_float<D>(baselines, baseline_buffer, count);
   for (int64_t i = 0; i < count; ++i) {
     start[i] = bf[i];
-    step[i] = xf[i] - bf[i];
+    difference[i] = path::step(xf[i], bf[i]);
   }
   for (int64_t p = 0; p < n; ++p) {
     const float* FASTXAI_RESTRICT weights = keep + p * groups;
     float* FASTXAI_RESTRICT o = output_row<D>(out + p * stride, out_buffer);
-    for (int64_t i = 0; i < count; ++i) o[i] = start[i] + weights[mask[i]] * step[i];
+    for (int64_t i = 0; i < count; ++i) o[i] = path::point(start[i], weights[mask[i]], difference[i]);
     flush<D>(out_buffer, out + p * stride, count);
   }
 }
@@ -238,7 +238,7 @@ void occlude(int64_t element_size, const void* inputs, const void* baselines, vo
   for (int64_t d = ndim - 1, p = 1; d >= 0; --d) {
     pitch[d] = p;
     p *= sizes[d];
-    positions[d] = (sizes[d] - window[d]) / strides[d] + 1;
+    positions[d] = occlusion::positions(sizes[d], window[d], strides[d]);
   }
   const int64_t run_bytes = window[ndim - 1] * element_size;  // one contiguous run of the window
   // Element offsets, computed once per call rather than per copy: of each window's first element
@@ -250,8 +250,7 @@ void occlude(int64_t element_size, const void* inputs, const void* baselines, vo
     int64_t number = start + p;
     int64_t origin = 0;
     for (int64_t d = ndim - 1; d >= 0; --d) {
-      origin += (number % positions[d]) * strides[d] * pitch[d];
-      number /= positions[d];
+      origin += occlusion::peel_start(number, positions[d], strides[d]) * pitch[d];
     }
     origins[static_cast<size_t>(p)] = origin;
   }

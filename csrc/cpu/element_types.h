@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "philox.h"
+#include "float32.h"
 
 // Function multiversioning (x86-64 + glibc ifunc, GCC >= 12): every block kernel exists for
 // baseline x86-64 (SSE2), x86-64-v3 (AVX2, F16C) and x86-64-v4 (AVX-512); the loader picks
@@ -42,8 +42,8 @@ namespace fastxai {
 namespace cpu {
 namespace {
 
-using philox::bits_float;
-using philox::float_bits;
+using float32::bits_float;
+using float32::float_bits;
 
 // Elements per block: the working set of one block (a few float32 arrays of this size) stays
 // in L1/L2 while it is reused across samples or steps.

@@ -8,29 +8,29 @@
 // x86-64, x86-64-v3 (AVX2) and x86-64-v4 (AVX-512) and the best one is picked at load time.
 //
 // Every output element sees exactly the float32 operations of the reference, in the same
-// order (this file is compiled with -ffp-contract=off: no FMA contraction). The one exception
-// is the l2 pgd_step's row norms: float32 sums in a fixed order of our own (sum_squares), not
-// torch's, so they agree with the reference to rounding.
+// order: the per-element and per-row arithmetic is the functions of csrc/philox.h,
+// csrc/elementwise.h and csrc/pgd.h, which the CUDA kernels call too (this file is compiled
+// with -ffp-contract=off: no FMA contraction). The one exception is the l2 pgd_step's row
+// norms: float32 sums in a fixed order of our own (sum_squares), not torch's nor the GPU's, so
+// they agree with the reference to rounding.
 
 #include "cpu/kernels.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #include "cpu/element_types.h"
+#include "elementwise.h"
+#include "pgd.h"
 #include "philox.h"
 
 namespace fastxai {
 namespace cpu {
 namespace {
-
-using philox::bits_float;
-using philox::float_bits;
 
 // ---- block kernels (templates, inlined into the multiversioned entry points below) -----------
 
@@ -51,12 +51,12 @@ FASTXAI_INLINE void gaussian_span(const typename D::Storage* x, typename D::Stor
     const int64_t count = std::min<int64_t>(4 * kGroups, end - start);
     const int groups = static_cast<int>((count + 3) / 4);  // a partial last group is drawn whole
     for (int i = 0; i < groups; ++i) {
-      uint32_t c0 = first_group + static_cast<uint32_t>(i), c1 = sample, c2 = row, c3 = 0u;
-      philox::philox4x32_10(c0, c1, c2, c3, k0, k1);
-      radius_word[2 * i] = c0;
-      angle_word[2 * i] = c1;
-      radius_word[2 * i + 1] = c2;
-      angle_word[2 * i + 1] = c3;
+      uint32_t w0, w1, w2, w3;
+      philox::draw4(first_group + static_cast<uint32_t>(i), sample, row, k0, k1, w0, w1, w2, w3);
+      radius_word[2 * i] = w0;
+      angle_word[2 * i] = w1;
+      radius_word[2 * i + 1] = w2;
+      angle_word[2 * i + 1] = w3;
     }
     for (int p = 0; p < 2 * groups; ++p) {
       float zc, zs;
@@ -67,7 +67,7 @@ FASTXAI_INLINE void gaussian_span(const typename D::Storage* x, typename D::Stor
     const float* FASTXAI_RESTRICT xs = as_float<D>(x + start, x_buffer, count);
     float* FASTXAI_RESTRICT os = output_row<D>(out + start, out_buffer);
     for (int64_t i = 0; i < count; ++i) {
-      os[i] = xs[i] + sigma * z[i];
+      os[i] = noise::perturbed(xs[i], sigma, z[i]);
     }
     flush<D>(out_buffer, out + start, count);
   }
@@ -92,9 +92,9 @@ FASTXAI_INLINE void moment_span(const typename D::Storage* values, const typenam
         kMultiplier ? as_float<D>(multiplier + s * stride, multiplier_buffer, count) : nullptr;
     for (int64_t i = 0; i < count; ++i) {
       float a = v[i];
-      if (kMultiplier) a = a * m[i];
-      sum[i] = sum[i] + a;
-      if (kSquares) sum_sq[i] = sum_sq[i] + a * a;
+      if (kMultiplier) a = moments::term(a, m[i]);
+      sum[i] = moments::add(sum[i], a);
+      if (kSquares) sum_sq[i] = moments::add_square(sum_sq[i], a);
     }
   }
   for (int64_t i = 0; i < count; ++i) {
@@ -125,7 +125,7 @@ FASTXAI_INLINE void path_span(const typename D::Storage* x, const typename D::St
                               const float* FASTXAI_RESTRICT alphas, typename D::Storage* out, int64_t steps,
                               int64_t stride, int64_t count) {
   alignas(64) float start[kBlock];
-  alignas(64) float step[kBlock];
+  alignas(64) float difference[kBlock];
   alignas(64) float x_buffer[kBlock];
   alignas(64) float baseline_buffer[kBlock];
   alignas(64) float out_buffer[kBlock];
@@ -133,13 +133,13 @@ FASTXAI_INLINE void path_span(const typename D::Storage* x, const typename D::St
   const float* FASTXAI_RESTRICT bf = as_float<D>(baseline, baseline_buffer, count);
   for (int64_t i = 0; i < count; ++i) {
     start[i] = bf[i];
-    step[i] = xf[i] - bf[i];
+    difference[i] = path::step(xf[i], bf[i]);
   }
   for (int64_t k = 0; k < steps; ++k) {
     const float alpha = alphas[k];
     float* FASTXAI_RESTRICT o = output_row<D>(out + k * stride, out_buffer);
     for (int64_t i = 0; i < count; ++i) {
-      o[i] = start[i] + alpha * step[i];
+      o[i] = path::point(start[i], alpha, difference[i]);
     }
     flush<D>(out_buffer, out + k * stride, count);
   }
@@ -157,21 +157,13 @@ FASTXAI_INLINE void weighted_span(const typename D::Storage* grads, const float*
     const float w = weights[k * weight_stride];
     const float* FASTXAI_RESTRICT g = as_float<D>(grads + k * stride, grad_buffer, count);
     for (int64_t i = 0; i < count; ++i) {
-      sum[i] = sum[i] + w * g[i];
+      sum[i] = path::accumulate(sum[i], w, g[i]);
     }
   }
   for (int64_t i = 0; i < count; ++i) acc[i] = sum[i];
 }
 
 // ---- pgd_step -----------------------------------------------------------------------------------
-
-// max / min that return a NaN first operand, as torch.maximum, torch.minimum and torch.clamp do
-// for the value being clamped (the bounds are never NaN). Selects, so they vectorise.
-FASTXAI_INLINE float max_keep_nan(float a, float b) { return a < b ? b : a; }
-FASTXAI_INLINE float min_keep_nan(float a, float b) { return b < a ? b : a; }
-
-// torch.sign: 1, -1, or +0 for +-0 and NaN.
-FASTXAI_INLINE float sign_of(float g) { return static_cast<float>(g > 0.0f) - static_cast<float>(g < 0.0f); }
 
 // Running sums of a sum of squares: lane l adds the elements i = l (mod kLanes) in order, then the
 // lanes are added pairwise. A fixed order (the same in every multiversioned clone) that vectorises.
@@ -181,11 +173,11 @@ FASTXAI_INLINE float sum_squares(const float* FASTXAI_RESTRICT v, int64_t n) {
   alignas(64) float lane[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lane[l] = lane[l] + v[i + l] * v[i + l];
+    for (int l = 0; l < kLanes; ++l) lane[l] = pgd::add_square(lane[l], v[i + l]);
   }
-  for (int l = 0; i + l < n; ++l) lane[l] = lane[l] + v[i + l] * v[i + l];
+  for (int l = 0; i + l < n; ++l) lane[l] = pgd::add_square(lane[l], v[i + l]);
   for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int l = 0; l < width; ++l) lane[l] = lane[l] + lane[l + width];
+    for (int l = 0; l < width; ++l) lane[l] = pgd::add(lane[l], lane[l + width]);
   }
   return lane[0];
 }
@@ -194,12 +186,7 @@ FASTXAI_INLINE float sum_squares(const float* FASTXAI_RESTRICT v, int64_t n) {
 FASTXAI_INLINE void pgd_linf_elements(const float* FASTXAI_RESTRICT adv, const float* FASTXAI_RESTRICT grad,
                                       const float* FASTXAI_RESTRICT orig, float* FASTXAI_RESTRICT out,
                                       float alpha, float radius, float lower, float upper, int64_t n) {
-  const float neg_radius = -radius;
-  for (int64_t i = 0; i < n; ++i) {
-    const float stepped = adv[i] + alpha * sign_of(grad[i]);
-    const float delta = min_keep_nan(max_keep_nan(stepped - orig[i], neg_radius), radius);
-    out[i] = min_keep_nan(max_keep_nan(orig[i] + delta, lower), upper);
-  }
+  for (int64_t i = 0; i < n; ++i) out[i] = pgd::linf(adv[i], grad[i], orig[i], alpha, radius, lower, upper);
 }
 
 // linf step of the flat elements [begin, end) (end - begin <= kBlock) of [rows, features] arrays;
@@ -239,7 +226,7 @@ FASTXAI_INLINE float pgd_l2_grad_span(const typename D::Storage* grad, int64_t c
 FASTXAI_INLINE void pgd_l2_delta(const float* FASTXAI_RESTRICT adv, const float* FASTXAI_RESTRICT grad,
                                  const float* FASTXAI_RESTRICT orig, float* FASTXAI_RESTRICT delta, float alpha,
                                  float grad_norm, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) delta[i] = (adv[i] + alpha * (grad[i] / grad_norm)) - orig[i];
+  for (int64_t i = 0; i < n; ++i) delta[i] = pgd::l2_delta(adv[i], grad[i], orig[i], alpha, grad_norm);
 }
 
 // l2, pass 2: d for count (<= kBlock) elements of a row, written to `delta`; returns the sum of d^2.
@@ -265,7 +252,7 @@ FASTXAI_INLINE void pgd_l2_apply_span(const float* FASTXAI_RESTRICT delta, const
   const float* FASTXAI_RESTRICT orig = as_float<D>(x_orig, orig_buffer, count);
   float* FASTXAI_RESTRICT o = output_row<D>(out, out_buffer);
   for (int64_t i = 0; i < count; ++i) {
-    o[i] = min_keep_nan(max_keep_nan(orig[i] + delta[i] * factor, lower), upper);
+    o[i] = pgd::l2_apply(orig[i], delta[i], factor, lower, upper);
   }
   flush<D>(out_buffer, out, count);
 }
@@ -343,8 +330,8 @@ void gaussian_driver(const BlockKernels<S>& kernels, const S* x, const float* si
   const int64_t rows = n_samples * batch;
   if (rows == 0 || features == 0) return;
   const int64_t chunks = (features + kBlock - 1) / kBlock;  // kBlock is a multiple of 4
-  const uint32_t k0 = static_cast<uint32_t>(seed & 0xffffffffu);
-  const uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+  uint32_t k0, k1;
+  philox::key_words(seed, k0, k1);
   // Noise costs ~10x a plain elementwise op per element.
   const int64_t grain = grain_for(10 * std::min(features, kBlock));
   at::parallel_for(0, rows * chunks, grain, [&](int64_t first, int64_t last) {
@@ -438,13 +425,8 @@ void pgd_l2_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad
                    const float* step_size, const float* eps, S* out, float lower, float upper, int64_t batch,
                    int64_t features) {
   if (batch == 0 || features == 0) return;
-  const float division_eps = static_cast<float>(1e-10);  // float32(1e-10) as the reference adds it
   const int64_t chunks = (features + kBlock - 1) / kBlock;
   const auto chunk_count = [features](int64_t chunk) { return std::min(kBlock, features - chunk * kBlock); };
-  const auto factor_for = [](float delta_sq, float radius) {
-    const float delta_norm = std::sqrt(delta_sq);
-    return delta_norm > radius ? radius / delta_norm : 1.0f;
-  };
   if (chunks == 1 || batch >= 4 * static_cast<int64_t>(at::get_num_threads())) {
     at::parallel_for(0, batch, grain_for(3 * features), [&](int64_t first, int64_t last) {
       const std::unique_ptr<float[]> delta(new float[features]);  // uninitialised
@@ -452,16 +434,17 @@ void pgd_l2_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad
         const int64_t offset = row * features;
         float grad_sq = 0.0f;
         for (int64_t c = 0; c < chunks; ++c) {
-          grad_sq = grad_sq + kernels.pgd_l2_grad(grad + offset + c * kBlock, chunk_count(c));
+          grad_sq = pgd::add(grad_sq, kernels.pgd_l2_grad(grad + offset + c * kBlock, chunk_count(c)));
         }
-        const float grad_norm = std::sqrt(grad_sq) + division_eps;
+        const float grad_norm = pgd::grad_norm(grad_sq);
         float delta_sq = 0.0f;
         for (int64_t c = 0; c < chunks; ++c) {
           const int64_t pos = offset + c * kBlock;
-          delta_sq = delta_sq + kernels.pgd_l2_delta(x_adv + pos, grad + pos, x_orig + pos, delta.get() + c * kBlock,
-                                                     step_size[row], grad_norm, chunk_count(c));
+          delta_sq = pgd::add(delta_sq, kernels.pgd_l2_delta(x_adv + pos, grad + pos, x_orig + pos,
+                                                             delta.get() + c * kBlock, step_size[row], grad_norm,
+                                                             chunk_count(c)));
         }
-        const float factor = factor_for(delta_sq, eps[row]);
+        const float factor = pgd::l2_factor(delta_sq, eps[row]);
         for (int64_t c = 0; c < chunks; ++c) {
           const int64_t pos = offset + c * kBlock;
           kernels.pgd_l2_apply(delta.get() + c * kBlock, x_orig + pos, out + pos, factor, lower, upper,
@@ -479,7 +462,7 @@ void pgd_l2_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad
   const std::unique_ptr<float[]> delta(new float[batch * features]);  // uninitialised
   const auto row_sum = [&](int64_t row) {
     float total = 0.0f;
-    for (int64_t c = 0; c < chunks; ++c) total = total + partial[row * chunks + c];
+    for (int64_t c = 0; c < chunks; ++c) total = pgd::add(total, partial[row * chunks + c]);
     return total;
   };
   at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
@@ -488,7 +471,7 @@ void pgd_l2_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad
                                           chunk_count(task % chunks));
     }
   });
-  for (int64_t row = 0; row < batch; ++row) grad_norm[row] = std::sqrt(row_sum(row)) + division_eps;
+  for (int64_t row = 0; row < batch; ++row) grad_norm[row] = pgd::grad_norm(row_sum(row));
   at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
       const int64_t row = task / chunks;
@@ -497,7 +480,7 @@ void pgd_l2_driver(const BlockKernels<S>& kernels, const S* x_adv, const S* grad
                                            step_size[row], grad_norm[row], chunk_count(task % chunks));
     }
   });
-  for (int64_t row = 0; row < batch; ++row) factor[row] = factor_for(row_sum(row), eps[row]);
+  for (int64_t row = 0; row < batch; ++row) factor[row] = pgd::l2_factor(row_sum(row), eps[row]);
   at::parallel_for(0, tasks, grain, [&](int64_t first, int64_t last) {
     for (int64_t task = first; task < last; ++task) {
       const int64_t row = task / chunks;

@@ -31,7 +31,7 @@ FASTXAI_INLINE void rescale_backward_span(const typename D::Storage* grad, const
   const float* FASTXAI_RESTRICT b = as_float<D>(reference, b_buffer, count);
   const float* FASTXAI_RESTRICT g = as_float<D>(grad, g_buffer, count);
   float* FASTXAI_RESTRICT o = output_row<D>(out, o_buffer);
-  for (int64_t i = 0; i < count; ++i) o[i] = g[i] * rescale::relu_multiplier(a[i], b[i], slope, eps);
+  for (int64_t i = 0; i < count; ++i) o[i] = rescale::backward(g[i], a[i], b[i], slope, eps);
   flush<D>(o_buffer, out, count);
 }
 

@@ -1,13 +1,15 @@
 // CUDA kernels of the LRP and perturbation ops (lrp_divide, lrp_product, masked_blend,
 // occlude). See kernels.h for the contract.
 //
-// Grid-stride loops with 32-bit indices when every index fits, 64-bit ones otherwise; float32
-// arithmetic through the correctly rounded intrinsics (__fadd_rn, __fdiv_rn, ...), so no FMA
-// contraction or approximate division changes a result: outputs equal the reference's bit for
-// bit. masked_blend and occlude give each thread one element of one input for a run of
-// kPerturbationsPerThread consecutive perturbations: the input is read once for the run, and
-// small inputs with many perturbations still fill the GPU. occlude copies elements (as 16- or
-// 32-bit words), so it is exact in every dtype.
+// Grid-stride loops with 32-bit indices when every index fits, 64-bit ones otherwise. The
+// float32 arithmetic is csrc/elementwise.h's, shared with the CPU kernels (correctly rounded
+// intrinsics here, so no FMA contraction or approximate division changes a result: outputs
+// equal the reference's bit for bit), and which elements an occlusion window covers follows
+// csrc/occlusion.h; this file only indexes, loads, stores and launches. masked_blend and
+// occlude give each thread one element of one input for a run of kPerturbationsPerThread
+// consecutive perturbations: the input is read once for the run, and small inputs with many
+// perturbations still fill the GPU. occlude copies elements (as 16- or 32-bit words), so it is
+// exact in every dtype.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,16 +19,12 @@
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
-#include "philox.h"
+#include "elementwise.h"
+#include "occlusion.h"
 
 namespace fastxai {
 namespace cuda {
 namespace {
-
-using philox::fadd;
-using philox::fdiv;
-using philox::fmul;
-using philox::fsub;
 
 constexpr int64_t kPerturbationsPerThread = 8;
 
@@ -36,10 +34,7 @@ __global__ void __launch_bounds__(kThreads)
                       Index n) {
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index i = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const float zi = Elem<T>::load(z[i]);
-    const float denominator = zi >= 0.0f ? fadd(zi, eps) : fsub(zi, eps);
-    const float quotient = fdiv(Elem<T>::load(relevance[i]), denominator);
-    out[i] = Elem<T>::store(denominator == 0.0f ? 0.0f : quotient);
+    out[i] = Elem<T>::store(lrp::divide(Elem<T>::load(relevance[i]), Elem<T>::load(z[i]), eps));
   }
 }
 
@@ -50,8 +45,8 @@ __global__ void __launch_bounds__(kThreads)
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index i = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
     float factor = Elem<T>::load(c[i]);
-    if (kNegative) factor = fsub(fmul(alpha, factor), fmul(beta, Elem<T>::load(c_neg[i])));
-    out[i] = Elem<T>::store(fmul(Elem<T>::load(activation[i]), factor));
+    if (kNegative) factor = lrp::alpha_beta(factor, Elem<T>::load(c_neg[i]), alpha, beta);
+    out[i] = Elem<T>::store(lrp::product(Elem<T>::load(activation[i]), factor));
   }
 }
 
@@ -70,7 +65,7 @@ __global__ void __launch_bounds__(kThreads)
     const Index run = block % runs;
     const Index b = block / runs;
     const float start = Elem<T>::load(baselines[b * features + i]);
-    const float step = fsub(Elem<T>::load(inputs[b * features + i]), start);
+    const float difference = path::step(Elem<T>::load(inputs[b * features + i]), start);
     const int64_t group = mask[b * mask_batch_stride + i];
     const bool valid = group >= 0 && group < static_cast<int64_t>(groups);
     const Index p_begin = run * static_cast<Index>(kPerturbationsPerThread);
@@ -78,7 +73,7 @@ __global__ void __launch_bounds__(kThreads)
     for (Index p = p_begin; p < p_end; ++p) {
       const Index row = b * perturbations + p;
       const float weight = valid ? keep[row * groups + static_cast<Index>(group)] : __int_as_float(0x7fc00000);
-      out[b * out_batch_stride + p * out_copy_stride + i] = Elem<T>::store(fadd(start, fmul(weight, step)));
+      out[b * out_batch_stride + p * out_copy_stride + i] = Elem<T>::store(path::point(start, weight, difference));
     }
   }
 }
@@ -120,9 +115,8 @@ __global__ void __launch_bounds__(kThreads)
       Index number = start + p;
       bool inside = true;
       for (int d = geometry.ndim - 1; d >= 0; --d) {
-        const Index positions = static_cast<Index>(geometry.positions[d]);
-        const Index low = (number % positions) * static_cast<Index>(geometry.strides[d]);
-        number /= positions;
+        const Index low = occlusion::peel_start(number, static_cast<Index>(geometry.positions[d]),
+                                                static_cast<Index>(geometry.strides[d]));
         inside = inside && coord[d] >= low && coord[d] < low + static_cast<Index>(geometry.window[d]);
       }
       out[b * out_batch_stride + p * out_copy_stride + i] = inside ? replacement : value;
@@ -304,7 +298,7 @@ cudaError_t launch_occlude(int64_t element_size, const void* inputs, const void*
     geometry.sizes[k] = sizes[d];
     geometry.window[k] = window[d];
     geometry.strides[k] = strides[d];
-    geometry.positions[k] = (sizes[d] - window[d]) / strides[d] + 1;
+    geometry.positions[k] = occlusion::positions(sizes[d], window[d], strides[d]);
   }
   if (batch == 0 || count == 0 || features == 0) return cudaSuccess;
   if (element_size == 4) {

@@ -1,13 +1,14 @@
 // CUDA kernels of the fused ops. See kernels.h for the contract.
 //
 // One thread per output element (per group of four elements for the noise), grid-stride
-// loops, 32-bit indices when every index fits and 64-bit ones otherwise. Sequential sums
-// (over samples or steps) run inside one thread in order, so results equal the reference's
-// up to rounding of the same float32 operations; arithmetic uses __fadd_rn / __fmul_rn so no
-// FMA contraction changes it. The l2 pgd_step is the exception: one block per row, whose
-// norms are block reductions (a different summation order than torch's, same float32 ops
-// otherwise). The noise uses csrc/philox.h, shared with the CPU kernels:
-// both backends draw bit-identical normals.
+// loops, 32-bit indices when every index fits and 64-bit ones otherwise. Every float32
+// operation is a function of csrc/philox.h, csrc/elementwise.h or csrc/pgd.h, shared with the
+// CPU kernels; on the device those use the correctly rounded intrinsics (csrc/float32.h), so no
+// FMA contraction changes a result. This file only indexes, loads, stores and launches.
+// Sequential sums (over samples or steps) run inside one thread in order, as on the CPU, so both
+// backends give the same bits.
+// The l2 pgd_step is the exception: one block per row, whose norms are block reductions (a
+// summation order of its own, neither torch's nor the CPU kernel's; same float32 ops otherwise).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,17 +18,13 @@
 
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
+#include "elementwise.h"
+#include "pgd.h"
 #include "philox.h"
 
 namespace fastxai {
 namespace cuda {
 namespace {
-
-using philox::fadd;
-using philox::fdiv;
-using philox::fmul;
-using philox::fsqrt;
-using philox::fsub;
 
 // Four consecutive elements, loaded and stored as one 8- or 16-byte access.
 template <typename T>
@@ -50,9 +47,12 @@ __global__ void __launch_bounds__(kThreads)
     const Index g = idx - r * groups;
     const Index s = r / batch;
     const Index b = r - s * batch;
+    uint32_t w[4];
+    philox::draw4(static_cast<uint32_t>(g), sample_offset + static_cast<uint32_t>(s),
+                  batch_offset + static_cast<uint32_t>(b), k0, k1, w[0], w[1], w[2], w[3]);
     float z[4];
-    philox::normal4(static_cast<uint32_t>(g), sample_offset + static_cast<uint32_t>(s),
-                    batch_offset + static_cast<uint32_t>(b), k0, k1, z[0], z[1], z[2], z[3]);
+    philox::box_muller(w[0], w[1], z[0], z[1]);
+    philox::box_muller(w[2], w[3], z[2], z[3]);
     const float sg = sigma[b];
     const Index j = 4 * g;
     const T* xr = x + b * features;
@@ -62,14 +62,14 @@ __global__ void __launch_bounds__(kThreads)
       Vec4<T> result;
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
-        result.v[l] = Elem<T>::store(fadd(Elem<T>::load(in.v[l]), fmul(sg, z[l])));
+        result.v[l] = Elem<T>::store(noise::perturbed(Elem<T>::load(in.v[l]), sg, z[l]));
       }
       *reinterpret_cast<Vec4<T>*>(outr + j) = result;
     } else {
 #pragma unroll
       for (int l = 0; l < 4; ++l) {
         if (j + l < features) {
-          outr[j + l] = Elem<T>::store(fadd(Elem<T>::load(xr[j + l]), fmul(sg, z[l])));
+          outr[j + l] = Elem<T>::store(noise::perturbed(Elem<T>::load(xr[j + l]), sg, z[l]));
         }
       }
     }
@@ -89,9 +89,9 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll 4
     for (Index s = 0; s < n; ++s) {
       float a = Elem<T>::load(v[s * elements]);
-      if (kMultiplier) a = fmul(a, Elem<T>::load(m[s * elements]));
-      sum = fadd(sum, a);
-      if (kSquares) sum_sq = fadd(sum_sq, fmul(a, a));
+      if (kMultiplier) a = moments::term(a, Elem<T>::load(m[s * elements]));
+      sum = moments::add(sum, a);
+      if (kSquares) sum_sq = moments::add_square(sum_sq, a);
     }
     total[e] = sum;
     if (kSquares) total_sq[e] = sum_sq;
@@ -105,10 +105,10 @@ __global__ void __launch_bounds__(kThreads)
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index e = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; e < elements; e += stride) {
     const float start = Elem<T>::load(baseline[e]);
-    const float step = fsub(Elem<T>::load(x[e]), start);
+    const float difference = path::step(Elem<T>::load(x[e]), start);
 #pragma unroll 4
     for (Index k = 0; k < steps; ++k) {
-      out[k * elements + e] = Elem<T>::store(fadd(start, fmul(alphas[k], step)));
+      out[k * elements + e] = Elem<T>::store(path::point(start, alphas[k], difference));
     }
   }
 }
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
     float sum = acc[e];
 #pragma unroll 4
     for (Index k = 0; k < steps; ++k) {
-      sum = fadd(sum, fmul(weights[k * batch + b], Elem<T>::load(grads[k * elements + e])));
+      sum = path::accumulate(sum, weights[k * batch + b], Elem<T>::load(grads[k * elements + e]));
     }
     acc[e] = sum;
   }
@@ -134,21 +134,6 @@ __global__ void __launch_bounds__(kThreads)
 
 constexpr int kRowThreads = 256;  // l2: threads of the block that owns a row
 constexpr int kRowWarps = kRowThreads / 32;
-constexpr float kL2DivisionEps = static_cast<float>(1e-10);  // float32(1e-10), as the reference adds it
-
-// max / min that return a NaN first operand, as torch.maximum / torch.minimum / torch.clamp do
-// for the value being clamped (fmaxf / fminf would drop it).
-__device__ __forceinline__ float max_keep_nan(float a, float b) { return a < b ? b : a; }
-__device__ __forceinline__ float min_keep_nan(float a, float b) { return b < a ? b : a; }
-
-// torch.sign: 1, -1, or +0 for +-0 and NaN.
-__device__ __forceinline__ float sign_of(float g) {
-  return fsub(static_cast<float>(g > 0.0f), static_cast<float>(g < 0.0f));
-}
-
-__device__ __forceinline__ float clamp_to(float value, float lower, float upper) {
-  return min_keep_nan(max_keep_nan(value, lower), upper);
-}
 
 template <typename T, typename Index>
 __global__ void __launch_bounds__(kThreads)
@@ -158,35 +143,26 @@ __global__ void __launch_bounds__(kThreads)
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index e = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; e < elements; e += stride) {
     const Index b = e / features;
-    const float radius = eps[b];
-    const float orig = Elem<T>::load(x_orig[e]);
-    const float stepped = fadd(Elem<T>::load(x_adv[e]), fmul(step_size[b], sign_of(Elem<T>::load(grad[e]))));
-    const float delta = min_keep_nan(max_keep_nan(fsub(stepped, orig), -radius), radius);
-    out[e] = Elem<T>::store(clamp_to(fadd(orig, delta), lower, upper));
+    out[e] = Elem<T>::store(pgd::linf(Elem<T>::load(x_adv[e]), Elem<T>::load(grad[e]), Elem<T>::load(x_orig[e]),
+                                      step_size[b], eps[b], lower, upper));
   }
 }
 
 // Sum of `value` over the block (kRowThreads threads), the same bits in every thread: a
-// butterfly within each warp, then the warp sums in order. `scratch` (kRowWarps floats of
-// shared memory) is free again on return.
+// butterfly within each warp, then the warp sums in order (each addition pgd::add). `scratch`
+// (kRowWarps floats of shared memory) is free again on return.
 __device__ __forceinline__ float block_sum(float value, float* scratch) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
-    value = fadd(value, __shfl_xor_sync(0xffffffffu, value, offset));
+    value = pgd::add(value, __shfl_xor_sync(0xffffffffu, value, offset));
   }
   if ((threadIdx.x & 31u) == 0) scratch[threadIdx.x >> 5] = value;
   __syncthreads();
   float total = scratch[0];
 #pragma unroll
-  for (int w = 1; w < kRowWarps; ++w) total = fadd(total, scratch[w]);
+  for (int w = 1; w < kRowWarps; ++w) total = pgd::add(total, scratch[w]);
   __syncthreads();
   return total;
-}
-
-// d = (x_adv + alpha * (grad / grad_norm)) - x_orig, the l2 step before projection.
-template <typename T>
-__device__ __forceinline__ float l2_delta(T adv, T g, float orig, float alpha, float grad_norm) {
-  return fsub(fadd(Elem<T>::load(adv), fmul(alpha, fdiv(Elem<T>::load(g), grad_norm))), orig);
 }
 
 // One block per row (grid-stride over rows), three passes over the row: ||grad||, ||d||, the
@@ -205,24 +181,20 @@ __global__ void __launch_bounds__(kRowThreads)
     const T* orig = x_orig + offset;
     T* o = out + offset;
     float grad_sq = 0.0f;
-    for (Index j = first; j < features; j += kRowThreads) {
-      const float v = Elem<T>::load(g[j]);
-      grad_sq = fadd(grad_sq, fmul(v, v));
-    }
-    const float grad_norm = fadd(fsqrt(block_sum(grad_sq, scratch)), kL2DivisionEps);
+    for (Index j = first; j < features; j += kRowThreads) grad_sq = pgd::add_square(grad_sq, Elem<T>::load(g[j]));
+    const float grad_norm = pgd::grad_norm(block_sum(grad_sq, scratch));
     const float alpha = step_size[row];
     float delta_sq = 0.0f;
     for (Index j = first; j < features; j += kRowThreads) {
-      const float d = l2_delta(adv[j], g[j], Elem<T>::load(orig[j]), alpha, grad_norm);
-      delta_sq = fadd(delta_sq, fmul(d, d));
+      const float d = pgd::l2_delta(Elem<T>::load(adv[j]), Elem<T>::load(g[j]), Elem<T>::load(orig[j]), alpha,
+                                    grad_norm);
+      delta_sq = pgd::add_square(delta_sq, d);
     }
-    const float delta_norm = fsqrt(block_sum(delta_sq, scratch));
-    const float radius = eps[row];
-    const float factor = delta_norm > radius ? fdiv(radius, delta_norm) : 1.0f;
+    const float factor = pgd::l2_factor(block_sum(delta_sq, scratch), eps[row]);
     for (Index j = first; j < features; j += kRowThreads) {
       const float base = Elem<T>::load(orig[j]);
-      const float d = l2_delta(adv[j], g[j], base, alpha, grad_norm);
-      o[j] = Elem<T>::store(clamp_to(fadd(base, fmul(d, factor)), lower, upper));
+      const float d = pgd::l2_delta(Elem<T>::load(adv[j]), Elem<T>::load(g[j]), base, alpha, grad_norm);
+      o[j] = Elem<T>::store(pgd::l2_apply(base, d, factor, lower, upper));
     }
   }
 }
@@ -238,8 +210,8 @@ cudaError_t gaussian_typed(const T* x, const float* sigma, T* out, int64_t batch
   unsigned int blocks = 0;
   const cudaError_t err = grid_for(items, &blocks);
   if (err != cudaSuccess) return err;
-  const uint32_t k0 = static_cast<uint32_t>(seed & 0xffffffffu);
-  const uint32_t k1 = static_cast<uint32_t>(seed >> 32);
+  uint32_t k0, k1;
+  philox::key_words(seed, k0, k1);
   const bool aligned = features % 4 == 0 && reinterpret_cast<uintptr_t>(x) % (4 * sizeof(T)) == 0 &&
                        reinterpret_cast<uintptr_t>(out) % (4 * sizeof(T)) == 0;
   const bool small = fits_int32(n_samples * batch * features) && fits_int32(items);

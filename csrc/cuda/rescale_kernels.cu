@@ -1,5 +1,5 @@
 // CUDA kernel of rescale_backward (DeepLIFT's Rescale rule on the ReLU family). See kernels.h for
-// the contract. The per-element multiplier is csrc/rescale.h's, shared with the CPU kernel and
+// the contract. The per-element arithmetic is csrc/rescale.h's, shared with the CPU kernel and
 // computed with the correctly rounded intrinsics (no FMA contraction), so both give the same bits.
 // One grid-stride thread per element: the gradient, the input's pre-activation and its
 // baseline's read once, the output written once; 32-bit indices when every index fits.
@@ -24,8 +24,8 @@ __global__ void __launch_bounds__(kThreads)
                             T* __restrict__ out, float slope, float eps, Index numel) {
   const Index stride = static_cast<Index>(gridDim.x) * kThreads;
   for (Index i = static_cast<Index>(blockIdx.x) * kThreads + threadIdx.x; i < numel; i += stride) {
-    const float m = rescale::relu_multiplier(Elem<T>::load(x[i]), Elem<T>::load(reference[i]), slope, eps);
-    out[i] = Elem<T>::store(philox::fmul(Elem<T>::load(grad[i]), m));
+    out[i] = Elem<T>::store(
+        rescale::backward(Elem<T>::load(grad[i]), Elem<T>::load(x[i]), Elem<T>::load(reference[i]), slope, eps));
   }
 }
 
