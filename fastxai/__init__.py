@@ -5,7 +5,7 @@
 >>> fx.backends()
 """
 
-from fastxai import certify, evaluation, global_views, lrp, ops
+from fastxai import certify, defences, evaluation, global_views, lrp, ops
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 from fastxai._output import select_output
 from fastxai._version import __version__
@@ -66,13 +66,34 @@ from fastxai.certify import (
     smoothing_certify,
     smoothing_predict,
 )
+from fastxai.defences import (
+    BitDepthReduction,
+    InputTransformDefence,
+    JpegCompression,
+    MedianSmoothing,
+    RandomResizePad,
+    SqueezingDetector,
+    fit_squeezing_detector,
+    jpeg_compress,
+    median_smooth,
+    random_resize_pad,
+    reduce_bit_depth,
+    squeezing_scores,
+    straight_through,
+)
 from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
 from fastxai.lrp import rules
 from fastxai.runner import attribute_dataset, load_attributions
 
 __all__ = [
     "BackendInfo",
+    "BitDepthReduction",
     "CamLayer",
+    "InputTransformDefence",
+    "JpegCompression",
+    "MedianSmoothing",
+    "RandomResizePad",
+    "SqueezingDetector",
     "__version__",
     "activation_maximisation",
     "adversarial_training_step",
@@ -93,6 +114,7 @@ __all__ = [
     "deepfool",
     "deeplift",
     "deeplift_shap",
+    "defences",
     "evaluation",
     "expected_gradients",
     "explain_generation",
@@ -100,6 +122,7 @@ __all__ = [
     "fab_targeted",
     "feature_ablation",
     "fgsm",
+    "fit_squeezing_detector",
     "get_backend",
     "global_views",
     "grad_cam",
@@ -110,6 +133,7 @@ __all__ = [
     "hires_cam",
     "input_x_gradient",
     "integrated_gradients",
+    "jpeg_compress",
     "jsma",
     "kernel_shap",
     "layer_cam",
@@ -119,11 +143,14 @@ __all__ = [
     "lipschitz_radius",
     "load_attributions",
     "lrp",
+    "median_smooth",
     "mifgsm",
     "neuron_importance",
     "occlusion",
     "ops",
     "pgd",
+    "random_resize_pad",
+    "reduce_bit_depth",
     "robust_accuracy",
     "rules",
     "saliency",
@@ -135,6 +162,8 @@ __all__ = [
     "smoothing_certify",
     "smoothing_predict",
     "square_attack",
+    "squeezing_scores",
+    "straight_through",
     "tcav",
     "train_cav",
     "train_substitute",
