@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional
 
 import fastxai as fx
@@ -199,3 +200,21 @@ def test_straight_through_is_the_identity_backward() -> None:
     assert torch.equal(grad, weight)
     with pytest.raises(ValueError, match="keeps the shape"):
         fx.straight_through(x, rounded[:2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_transforms_on_cuda_match_the_cpu() -> None:
+    x = torch.rand(4, 3, 9, 10, generator=torch.Generator().manual_seed(0))
+    on = x.cuda()
+    assert torch.equal(fx.reduce_bit_depth(on, 3).cpu(), fx.reduce_bit_depth(x, 3))
+    assert torch.equal(fx.median_smooth(on, 3).cpu(), fx.median_smooth(x, 3))
+    torch.testing.assert_close(
+        fx.jpeg_compress(on, 60).cpu(), fx.jpeg_compress(x, 60), rtol=0, atol=1.01 / 255
+    )
+    # the draws come from a CPU generator wherever the inputs are: the same placements
+    first, second = (
+        fx.RandomResizePad(nn.Identity(), 12, seed=1),
+        fx.RandomResizePad(nn.Identity(), 12, seed=1),
+    )
+    assert torch.equal(first.transform(on).cpu(), second.transform(x))
