@@ -11,12 +11,15 @@ half's clean images against the attacks' successful examples of it:
 - CW: L2, c = 1, 100 Adam steps, 5 binary-search steps;
 - JSMA: target (y + 1) mod 10, theta 1, gamma 0.25 (at most 16 of the 64 pixels).
 
-AUROC (adversarial positive) per detector and attack; "confidence" is the baseline score
+AUROC (adversarial positive) per detector and attack; "random witnesses" is the steered
+detector with each class's witnesses replaced by as many units drawn at random (seed 0), to see
+whether the attribution that picks them matters; "confidence" is the baseline score
 ``1 - max softmax`` (Hendrycks and Gimpel 2017), which needs no detector at all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -38,6 +41,10 @@ def main() -> None:
         model, fit_x, fx.pgd(model, fit_x, fit_y, seed=0, **pgd)
     )
     steered = fx.evaluation.fit_steered_detector(model, fit_x, fit_y, layer="6")
+    # the same number of witnesses per class, picked at random: does the attribution matter?
+    generator = torch.Generator().manual_seed(0)
+    shuffled = torch.stack([row[torch.randperm(len(row), generator=generator)] for row in steered.witnesses])
+    random_steered = dataclasses.replace(steered, witnesses=shuffled)
     squeezing = fx.fit_squeezing_detector(
         model, fit_x, squeezers=[functools.partial(fx.reduce_bit_depth, bits=2)], fpr=0.05
     )
@@ -49,6 +56,7 @@ def main() -> None:
     detectors = {
         "attribution (supervised, PGD)": attribution.score,
         "AmI-style steered": steered.scores,
+        "steered, random witnesses": random_steered.scores,
         "squeezing (bit depth 2)": squeezing.scores,
         "confidence baseline": confidence,
     }
