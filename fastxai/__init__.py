@@ -5,7 +5,7 @@
 >>> fx.backends()
 """
 
-from fastxai import backdoor, certify, evaluation, global_views, lrp, ops, privacy
+from fastxai import backdoor, certify, defences, evaluation, global_views, lrp, ops, privacy
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 from fastxai._output import select_output
 from fastxai._version import __version__
@@ -77,6 +77,21 @@ from fastxai.certify import (
     smoothing_certify,
     smoothing_predict,
 )
+from fastxai.defences import (
+    BitDepthReduction,
+    InputTransformDefence,
+    JpegCompression,
+    MedianSmoothing,
+    RandomResizePad,
+    SqueezingDetector,
+    fit_squeezing_detector,
+    jpeg_compress,
+    median_smooth,
+    random_resize_pad,
+    reduce_bit_depth,
+    squeezing_scores,
+    straight_through,
+)
 from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
 from fastxai.lrp import rules
 from fastxai.privacy import model_inversion
@@ -84,7 +99,13 @@ from fastxai.runner import attribute_dataset, load_attributions
 
 __all__ = [
     "BackendInfo",
+    "BitDepthReduction",
     "CamLayer",
+    "InputTransformDefence",
+    "JpegCompression",
+    "MedianSmoothing",
+    "RandomResizePad",
+    "SqueezingDetector",
     "__version__",
     "activation_clustering",
     "activation_maximisation",
@@ -110,6 +131,7 @@ __all__ = [
     "deepfool",
     "deeplift",
     "deeplift_shap",
+    "defences",
     "evaluation",
     "expected_gradients",
     "explain_generation",
@@ -117,6 +139,7 @@ __all__ = [
     "fab_targeted",
     "feature_ablation",
     "fgsm",
+    "fit_squeezing_detector",
     "get_backend",
     "global_views",
     "grad_cam",
@@ -127,6 +150,7 @@ __all__ = [
     "hires_cam",
     "input_x_gradient",
     "integrated_gradients",
+    "jpeg_compress",
     "jsma",
     "kernel_shap",
     "layer_cam",
@@ -136,6 +160,7 @@ __all__ = [
     "lipschitz_radius",
     "load_attributions",
     "lrp",
+    "median_smooth",
     "mifgsm",
     "model_inversion",
     "neural_cleanse",
@@ -146,6 +171,8 @@ __all__ = [
     "pgd",
     "poison_dataset",
     "privacy",
+    "random_resize_pad",
+    "reduce_bit_depth",
     "robust_accuracy",
     "rules",
     "saliency",
@@ -158,6 +185,8 @@ __all__ = [
     "smoothing_predict",
     "spectral_signatures",
     "square_attack",
+    "squeezing_scores",
+    "straight_through",
     "tcav",
     "train_cav",
     "train_substitute",

@@ -135,6 +135,7 @@ def check_options(
     momentum_decay: float | None,
     seed: object,
     backend: str | None,
+    eot_samples: object = 1,
 ) -> tuple[ThreatModel, float, int, int]:
     """The iterative attack's settings checked, without inputs (``robust_accuracy`` checks them
     before the first batch, also when no sample is ever attacked): the threat model, the step
@@ -151,7 +152,37 @@ def check_options(
         raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
     if backend is not None:
         _backends.check_choice(backend)
+    check_count("eot_samples", eot_samples)
     return threat, step_size, step_count, restart_count
+
+
+def expected_gradient(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    point: torch.Tensor,
+    samples: int,
+    value: Callable[[torch.Tensor, int], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits [N, C], values [N], gradient of ``values.sum()`` w.r.t. ``point`` [N, *F]), the
+    expectation over ``samples`` forward/backward passes: EOT (Athalye et al. 2018) against a
+    model that draws randomness at each call. ``value(logits, repeats)`` is the per-row
+    objective of logits for ``repeats`` stacked copies of the rows.
+
+    One pass when ``samples == 1`` (bit for bit the plain gradient); otherwise the copies run as
+    one batch of ``samples x N`` rows (each copy gets its own draws) and logits, values and
+    gradient are their means.
+    """
+    with torch.enable_grad():
+        if samples == 1:
+            logits = forward(point)
+            values = value(logits, 1)
+            (grad,) = torch.autograd.grad(values.sum(), point)
+            return logits, values, grad
+        rows = point.shape[0]
+        logits = forward(point.repeat(samples, *([1] * (point.dim() - 1))))
+        values = value(logits, samples)
+        (grad,) = torch.autograd.grad(values.sum(), point)
+    mean_logits = logits.detach().view(samples, rows, -1).mean(dim=0)
+    return mean_logits, values.detach().view(samples, rows).mean(dim=0), grad / samples
 
 
 def iterative_attack(
@@ -174,6 +205,7 @@ def iterative_attack(
     seed: int | None = None,
     backend: str | None = None,
     cuda_graph: bool = False,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """Run the attack; see ``fastxai.attacks.pgd`` for the meaning of every argument."""
     model = _model.check_model(model)
@@ -188,7 +220,13 @@ def iterative_attack(
         momentum_decay=momentum_decay,
         seed=seed,
         backend=backend,
+        eot_samples=eot_samples,
     )
+    if cuda_graph is True and eot_samples > 1:
+        raise ValueError(
+            "cuda_graph=True replays the draws recorded once, which defeats eot_samples > 1 (fresh "
+            "draws at every step): use one or the other"
+        )
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
     graphed = _cuda_graph.check_cuda_graph(cuda_graph, x, early_stop)
     batch = x.shape[0]
@@ -216,9 +254,11 @@ def iterative_attack(
         rows = adv.shape[0]
 
         def gradient(point: torch.Tensor, labels_now: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with torch.enable_grad():
-                logits = forward(point)
-                (grad,) = torch.autograd.grad(objective(logits, labels_now, loss, targeted).sum(), point)
+            def value(logits: torch.Tensor, repeats: int) -> torch.Tensor:
+                stacked = labels_now if repeats == 1 else labels_now.repeat(repeats)
+                return objective(logits, stacked, loss, targeted)
+
+            logits, _, grad = expected_gradient(forward, point, eot_samples, value)
             return logits, grad
 
         def with_momentum(grad: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from fastxai.attacks._core import (
     check_count,
     check_labels,
     check_threat_model,
+    expected_gradient,
     normalizer,
     random_start,
     succeeded,
@@ -76,6 +77,7 @@ def apgd(
     normalize: tuple[object, object] | None = None,
     seed: int | None = None,
     backend: str | None = None,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """APGD: from a random start, steps of size ``eta`` (initially ``2 eps``) with momentum 0.75;
     at checkpoints (22%, 41%, 57%, ... of ``steps``) a sample's ``eta`` halves, and it restarts
@@ -86,12 +88,16 @@ def apgd(
     - ``targeted``: with ``labels`` the true classes and ``target_labels`` the targets.
     - Returns, per sample, the first point found that is adversarial, else the point of highest
       loss. inputs: [B, *F] within ``bounds``; one forward+backward per step.
+    - ``eot_samples``: against a randomised model, the loss, its gradient and the logits that
+      decide success are means over that many draws per step (EOT, Athalye et al. 2018; the
+      "rand" version of AutoAttack uses 20); 1 is the plain APGD.
 
     >>> x_adv = fastxai.apgd(model, x, y, eps=8/255, steps=100, loss="dlr", seed=0)
     """
     model = _model.check_model(model)
     threat = check_threat_model(eps, norm, tuple(bounds) if isinstance(bounds, (list, tuple)) else bounds)
     steps = check_count("steps", steps, 2)
+    eot_samples = check_count("eot_samples", eot_samples)
     if loss not in APGD_LOSSES:
         raise ValueError(f"loss must be one of {APGD_LOSSES}, got {loss!r}")
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
@@ -131,10 +137,17 @@ def apgd(
 
         def evaluate(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             leaf = points.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = forward(leaf)
-                values = apgd_loss(logits, loss_labels, loss, targeted)  # type: ignore[arg-type]
-                (grad,) = torch.autograd.grad(values.sum(), leaf)
+
+            def value(logits: torch.Tensor, repeats: int) -> torch.Tensor:
+                if repeats == 1:
+                    return apgd_loss(logits, loss_labels, loss, targeted)  # type: ignore[arg-type]
+                # EOT's stacked copies: each copy's rows keep their labels
+                if targets is not None:
+                    pair = (targets.repeat(repeats), true_labels.repeat(repeats))
+                    return apgd_loss(logits, pair, loss, targeted)  # type: ignore[arg-type]
+                return apgd_loss(logits, true_labels.repeat(repeats), loss, targeted)
+
+            logits, values, grad = expected_gradient(forward, leaf, eot_samples, value)
             return values.detach(), grad, succeeded(logits.detach(), success_labels, targeted)
 
         def project(points: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,7 @@ def pgd(
     seed: int | None = None,
     backend: str | None = None,
     cuda_graph: bool = False,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): ``steps`` ascent steps on the loss of
     size ``alpha`` (sign of the gradient for ``linf``, gradient / ||gradient||_2 for ``l2``),
@@ -49,6 +50,11 @@ def pgd(
       graph and replay it ``steps`` times: no launch or Python cost per operation, which
       dominates small models on a GPU. The model must be capturable (no host synchronisation,
       fixed shapes); not with ``early_stop`` (see ``fastxai.attacks._cuda_graph``).
+    - ``eot_samples``: expectation over transformation (Athalye et al. 2018) against a model
+      that draws randomness at each call (``fastxai.RandomResizePad``): each step's gradient is
+      the mean over that many draws, run as one batch of ``eot_samples x B``; success checks use
+      the mean logits. 1 (default) is the plain gradient. For a non-differentiable defence use
+      its ``bpda=True`` (straight-through gradient) form.
 
     inputs: [B, *F] within ``bounds``; returns adversarial examples [B, *F]. The model is left
     as found: mode, ``requires_grad``, hooks, and no gradients in its parameters.
@@ -73,6 +79,7 @@ def pgd(
         seed=seed,
         backend=backend,
         cuda_graph=cuda_graph,
+        eot_samples=eot_samples,
     )
 
 
@@ -87,6 +94,7 @@ def fgsm(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     backend: str | None = None,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): ``clamp(x + eps * sign(grad), bounds)``.
 
@@ -106,6 +114,7 @@ def fgsm(
         bounds=bounds,
         normalize=normalize,
         backend=backend,
+        eot_samples=eot_samples,
     )
 
 
@@ -124,6 +133,7 @@ def bim(
     normalize: tuple[object, object] | None = None,
     backend: str | None = None,
     cuda_graph: bool = False,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """Basic iterative method / I-FGSM (Kurakin et al. 2017): L-inf PGD from the input itself.
 
@@ -143,6 +153,7 @@ def bim(
         normalize=normalize,
         backend=backend,
         cuda_graph=cuda_graph,
+        eot_samples=eot_samples,
     )
 
 
@@ -162,6 +173,7 @@ def mifgsm(
     normalize: tuple[object, object] | None = None,
     backend: str | None = None,
     cuda_graph: bool = False,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """Momentum iterative FGSM (Dong et al. 2018): ``g <- grad / mean|grad| + decay * g``, then an
     L-inf step along ``sign(g)``, projected and clamped.
@@ -183,4 +195,5 @@ def mifgsm(
         momentum_decay=decay,
         backend=backend,
         cuda_graph=cuda_graph,
+        eot_samples=eot_samples,
     )

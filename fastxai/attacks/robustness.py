@@ -53,6 +53,7 @@ def _check_pgd_options(options: dict[str, Any]) -> None:
         momentum_decay=None,
         seed=settings["seed"],
         backend=settings["backend"],
+        eot_samples=settings["eot_samples"],
     )
 
 

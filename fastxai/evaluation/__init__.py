@@ -1,5 +1,6 @@
 """Trust in explanations: faithfulness metrics, the randomisation sanity check, similarity of
-explanations (fragility of explanations and adversarial detection live beside them).
+explanations (fragility of explanations and adversarial detection, from attribution statistics or by
+attribute steering, live beside them).
 
 >>> from fastxai import evaluation as ev
 >>> curve, auc = ev.deletion(model, x, attributions, target=y, replacement="blur")
@@ -32,6 +33,7 @@ from fastxai.evaluation.fragility import (
 )
 from fastxai.evaluation.sanity import RandomizationStep, randomization_check
 from fastxai.evaluation.similarity import cosine, rank_correlation, topk_intersection
+from fastxai.evaluation.steering import SteeredDetector, fit_steered_detector, unit_attributions
 
 __all__ = [
     "AttributionDetector",
@@ -40,6 +42,7 @@ __all__ = [
     "FragilityReport",
     "JointAttackReport",
     "RandomizationStep",
+    "SteeredDetector",
     "attribution_features",
     "auroc",
     "completeness_error",
@@ -47,6 +50,7 @@ __all__ = [
     "deletion",
     "explanation_map",
     "fit_attribution_detector",
+    "fit_steered_detector",
     "infidelity",
     "insertion",
     "interpretation_attack",
@@ -58,4 +62,5 @@ __all__ = [
     "sensitivity_max",
     "similarity",
     "topk_intersection",
+    "unit_attributions",
 ]
