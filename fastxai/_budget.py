@@ -47,14 +47,17 @@ def describe(nbytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def check_fits(name: str, value: object, nbytes: float, what: str, device: torch.device) -> None:
+def check_fits(
+    name: str, value: object, nbytes: float, what: str, device: torch.device, advice: str | None = None
+) -> None:
     """Raise a ValueError naming ``name=value`` when ``nbytes`` (what it makes the method hold
-    for the whole run: ``what``) exceed the memory available on ``device``."""
+    for the whole run: ``what``) exceed the memory available on ``device``; ``advice`` (default
+    ``use a smaller <name>``) ends the message."""
     available = available_bytes(device)
     if nbytes > available:
         raise ValueError(
             f"{name}={value!r}: {what} need {describe(nbytes)} on {device.type}; "
-            f"available about {describe(available)}; use a smaller {name}"
+            f"available about {describe(available)}; {advice or f'use a smaller {name}'}"
         )
 
 

@@ -133,6 +133,15 @@ def test_evaluate_rejects_bad_steps(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--n-steps must be >= 1" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_steps_that_cannot_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 21: ``--n-steps 1000000000`` grew to 23 GB until the out-of-memory killer ended it.
+    Now the curves' estimate (``(n_steps + 1) * (16 + 4 B)`` bytes) is refused in one line."""
+    assert main(["evaluate", "--limit", "24", "--n-steps", str(10**12)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("fastxai: n_steps=1000000000000: the curve's steps and scores need"), error
+    assert error.count("\n") == 1
+
+
 def test_a_folder_in_use_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Another run holds the output folder: the CLI says so in one line, exit code 2, no traceback."""
     from fastxai import _run_store

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional
 
-from fastxai import _backends, _model, ops
+from fastxai import _backends, _budget, _model, ops
 from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
 from fastxai.attacks import _cuda_graph
@@ -185,6 +185,16 @@ def expected_gradient(
     return mean_logits, values.detach().view(samples, rows).mean(dim=0), grad / samples
 
 
+def check_restarts_fit(restarts: int, x: torch.Tensor, momentum: bool = False) -> None:
+    """Refuse, before any model call, restarts that cannot fit: they run as one batch of
+    ``restarts x B`` inputs, whose start points, iterates, gradients and steps (4 copies of the
+    inputs, and MI-FGSM's float32 momentum) are held for the whole attack; the model's
+    activations for that batch come on top. (``steps`` are a loop: many are only slow.)"""
+    nbytes = restarts * x.numel() * (4 * x.element_size() + 4 * momentum)
+    what = f"{restarts} restarts of {x.shape[0]} inputs, run as one batch,"
+    _budget.check_fits("restarts", restarts, nbytes, what, x.device, "use fewer restarts")
+
+
 def iterative_attack(
     model: Model,
     inputs: object,
@@ -228,6 +238,8 @@ def iterative_attack(
             "draws at every step): use one or the other"
         )
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    check_restarts_fit(restarts, x, momentum_decay is not None)
+    _backends.resolve(backend, x.device, x.dtype)  # a backend that cannot step x, before the model runs
     graphed = _cuda_graph.check_cuda_graph(cuda_graph, x, early_stop)
     batch = x.shape[0]
     label_t = check_labels(labels, batch, x.device)

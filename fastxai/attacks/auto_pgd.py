@@ -107,6 +107,7 @@ def apgd(
     if backend is not None:
         _backends.check_choice(backend)
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    _backends.resolve(backend, x.device, x.dtype)  # a backend that cannot step x, before the model runs
     batch = x.shape[0]
     true_labels = check_labels(labels, batch, x.device)
     targets = check_labels(target_labels, batch, x.device) if targeted else None

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fastxai import _model
+from fastxai import _budget, _model
 from fastxai._model import Model
 from fastxai.attacks._core import check_attack_inputs, check_labels, normalizer
 
@@ -56,6 +56,13 @@ def jsma(
     features = x[0].numel()
     if features < 2:
         raise ValueError("JSMA changes features in pairs: inputs need at least 2 features")
+    # each iteration scores every pair of features of every active sample at once: the sums,
+    # masks and scores [B, F, F] (about 24 bytes a pair) and the [F, F] diagonal mask
+    _budget.check_fits(
+        "inputs", tuple(x.shape), (24 * batch + 1) * features**2,
+        f"the pair scores of JSMA's search over {features} features", x.device,
+        "JSMA's pairwise search is for inputs of up to a few thousand features; pass fewer samples per call",
+    )  # fmt: skip
     targets = check_labels(target_labels, batch, x.device)
     if targets is None:
         raise ValueError("target_labels are required: JSMA is a targeted attack")

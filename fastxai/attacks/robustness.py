@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _model
+from fastxai import _backends, _model
 from fastxai._model import Model
 from fastxai.attacks import _core
 from fastxai.attacks.gradient_attacks import pgd
@@ -32,9 +32,10 @@ def _batches(data: object, batch_size: int) -> Iterable[tuple[torch.Tensor, torc
         yield batch[0], batch[1]
 
 
-def _check_pgd_options(options: dict[str, Any]) -> None:
+def _check_pgd_options(options: dict[str, Any]) -> dict[str, Any]:
     """The default PGD's keyword arguments checked before the first batch: a bad ``eps`` must not
-    pass unnoticed because no sample happened to be classified correctly (and so attacked)."""
+    pass unnoticed because no sample happened to be classified correctly (and so attacked).
+    Returns every setting, defaults included."""
     signature = inspect.signature(pgd)
     try:
         bound = signature.bind_partial(**options)
@@ -55,6 +56,7 @@ def _check_pgd_options(options: dict[str, Any]) -> None:
         backend=settings["backend"],
         eot_samples=settings["eot_samples"],
     )
+    return settings
 
 
 def _check_labels(labels: object, batch: int, classes: int, offset: int) -> torch.Tensor:
@@ -106,9 +108,10 @@ def robust_accuracy(
         raise ValueError(
             f"attack_kwargs {sorted(attack_kwargs)} are for the default PGD; pass them to your attack"
         )
+    settings: dict[str, Any] | None = None
     if attack is None:
         options = {"early_stop": not attack_kwargs.get("cuda_graph", False), **attack_kwargs}
-        _check_pgd_options(options)
+        settings = _check_pgd_options(options)
 
         def attack(model_: Model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             return pgd(model_, x, y, **options)
@@ -118,6 +121,10 @@ def robust_accuracy(
         for inputs, labels in _batches(data, batch_size):
             if device is not None:
                 inputs, labels = inputs.to(device), labels.to(device)
+            if settings is not None and isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+                # what the default PGD would refuse on this batch, said before its clean pass
+                _core.check_restarts_fit(settings["restarts"], inputs)
+                _backends.resolve(settings["backend"], inputs.device, inputs.dtype)
             with torch.no_grad():
                 logits = _model.logits(model, inputs)
             labels = _check_labels(labels, inputs.shape[0], logits.shape[1], samples)

@@ -3,13 +3,14 @@ your own on the target's answers only, then attack the substitute and transfer."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from fastxai import _model
+from fastxai import _budget, _model
 from fastxai._model import Model
 from fastxai.attacks.gradient_attacks import pgd
 
@@ -53,7 +54,16 @@ def train_substitute(
         raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
     if not isinstance(step, (int, float)) or isinstance(step, bool) or step <= 0:
         raise ValueError(f"step must be a number > 0, got {step!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     data = _model.check_inputs(seed_inputs).detach()
+    # the data set doubles each round; growing it to N * 2**rounds points holds it, the points
+    # added, their gradient and the concatenated copy: about 3 copies of the final set
+    final_points = data.shape[0] * float(2 ** min(rounds, 64))
+    _budget.check_fits(
+        "rounds", rounds, final_points * (3 * math.prod(data.shape[1:]) * data.element_size() + 8),
+        f"the augmented data set ({data.shape[0]} x 2**{rounds} points) and its copies", data.device,
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(seed)
     with _model.preserved_state(oracle):
         labels = _oracle_labels(oracle, data, batch_size)

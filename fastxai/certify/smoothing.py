@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _scheduling, ops
 from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
 
@@ -69,6 +69,7 @@ def smoothing_predict(
     """
     model, x, sigma, seed, chunk = _check_common(model, x, sigma, alpha, batch_size, seed, backend)
     n = check_count("n", n)
+    _budget.check_philox_samples("n", n)
     with _model.preserved_state(model):
         counts = _class_counts(model, x, sigma, seed, 0, n, chunk, backend)
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
@@ -109,6 +110,7 @@ def smoothing_certify(
     model, x, sigma, seed, chunk = _check_common(model, x, sigma, alpha, batch_size, seed, backend)
     n0 = check_count("n0", n0)
     n = check_count("n", n)
+    _budget.check_philox_samples("n0 + n", n0 + n)  # the votes use noise samples 0 .. n0 + n - 1
     with _model.preserved_state(model):
         guess = _class_counts(model, x, sigma, seed, 0, n0, chunk, backend).argmax(dim=1)
         counts = _class_counts(model, x, sigma, seed, n0, n, chunk, backend)
@@ -167,6 +169,7 @@ def _check_common(
         x = _model.check_inputs(x).detach().contiguous()
     except (TypeError, ValueError) as error:
         raise type(error)(str(error).replace("inputs", "x", 1)) from None
+    _backends.resolve(backend, x.device, x.dtype)  # a backend that cannot draw x's noise: before the model
     sigma_value = check_positive("sigma", sigma)
     _check_alpha(alpha)
     if batch_size is not None:

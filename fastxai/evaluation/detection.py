@@ -13,7 +13,7 @@ import torch
 
 from fastxai import _model, _scheduling
 from fastxai._model import Model
-from fastxai.evaluation.fragility import ExplanationConfig, _check_config, _map
+from fastxai.evaluation.fragility import ExplanationConfig, _check_config, _map, check_map_fits
 from fastxai.evaluation.similarity import _average_ranks
 
 FEATURES = (
@@ -51,6 +51,7 @@ def attribution_features(
     x = _model.check_inputs(inputs).detach()
     config = _check_config(config)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
+    check_map_fits(config, x, min(chunk, x.shape[0]))
     rows = []
     with _model.preserved_state(model):
         for start in range(0, x.shape[0], chunk):
@@ -146,6 +147,9 @@ def fit_attribution_detector(
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
     config = _check_config(config)
+    for part in (clean, adversarial):  # both sets checked before the model runs on either
+        chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), part)
+        check_map_fits(config, part, min(chunk, part.shape[0]))
     features = torch.cat(
         [
             attribution_features(model, clean, config=config, chunk_size=chunk_size),

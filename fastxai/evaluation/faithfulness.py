@@ -25,6 +25,8 @@ from fastxai._model import Model
 
 REPLACEMENTS = ("zero", "mean", "blur")
 SCORES = ("probability", "logit")
+_SEED_STRIDE = 1_000_003
+"""sensitivity_max draws perturbation s of seed k from a generator seeded with k * stride + s."""
 
 
 class Curve(NamedTuple):
@@ -155,8 +157,7 @@ def _curve(
     )  # fmt: skip
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if backend is not None:
-        _backends.check_choice(backend)
+    _backends.resolve(backend, inputs.device, inputs.dtype)  # one that cannot blend them: before the model
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     mask, groups = _feature_groups(inputs, feature_mask, per_pixel)
     removed = replacement_values(inputs, replacement, blur_sigma)
@@ -318,7 +319,9 @@ def infidelity(
         _budget.check_philox_samples("n_perturb_samples", n_perturb_samples)
     elif not callable(perturb_func):
         raise TypeError(f"perturb_func must be callable, got {type(perturb_func).__name__}")
-    if backend is not None:
+    if perturb_func is None:  # a backend that cannot draw the noise in the inputs' dtype: before the model
+        _backends.resolve(backend, inputs.device, inputs.dtype)
+    elif backend is not None:
         _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
@@ -399,6 +402,12 @@ def sensitivity_max(
         raise ValueError(f"perturb_radius must be a finite float > 0, got {perturb_radius!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if seed * _SEED_STRIDE + n_perturb_samples > 2**64:  # else torch fails at the first draw, late
+        raise ValueError(
+            f"seed must be at most {(2**64 - n_perturb_samples) // _SEED_STRIDE} with "
+            f"n_perturb_samples={n_perturb_samples} (perturbation s is drawn with the 64-bit "
+            f"seed seed * {_SEED_STRIDE} + s), got {seed!r}"
+        )
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     batch = inputs.shape[0]
@@ -423,7 +432,7 @@ def sensitivity_max(
     worst = torch.zeros(batch, device=inputs.device, dtype=torch.float64)
 
     def noise(sample: int) -> torch.Tensor:
-        generator = torch.Generator(device=inputs.device).manual_seed(seed * 1_000_003 + sample)
+        generator = torch.Generator(device=inputs.device).manual_seed(seed * _SEED_STRIDE + sample)
         uniform = torch.rand(inputs.shape, generator=generator, device=inputs.device, dtype=torch.float32)
         return ((2 * uniform - 1) * perturb_radius).to(inputs.dtype)
 

@@ -12,6 +12,7 @@ the model then). Labels and the reported explanations always use the real model.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from fastxai import _model, ops
+from fastxai import _backends, _budget, _model, ops
 from fastxai._model import Model
 from fastxai.attacks import pgd
 from fastxai.attacks._core import (
@@ -61,6 +62,7 @@ def explanation_map(
     model = _model.check_model(model)
     x = _model.check_inputs(inputs).detach()
     config = _check_config(config)
+    check_map_fits(config, x, x.shape[0])
     target_t = _model.check_target(target, x.shape[0], x.device)
     with _model.preserved_state(model):
         target_t = _model.resolve_target(model, x, target_t, x.shape[0])
@@ -135,6 +137,8 @@ def interpretation_attack(
     if surrogate is not None:
         _model.check_model(surrogate)
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    check_map_fits(config, x, x.shape[0])
+    _backends.resolve(backend, x.device, x.dtype)  # the PGD step's backend, before the model runs
     target_t = _model.check_target(target, x.shape[0], x.device)
     with _model.preserved_state(model), _model.preserved_state(surrogate if surrogate is not None else model):
         labels = _predict(model, x)
@@ -258,6 +262,8 @@ def joint_attack(
     if surrogate is not None:
         _model.check_model(surrogate)
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    check_map_fits(config, x, x.shape[0])
+    _backends.resolve(backend, x.device, x.dtype)  # the PGD step's backend, before the model runs
     label_t = _model.check_target(labels, x.shape[0], x.device)
     with _model.preserved_state(model), _model.preserved_state(surrogate if surrogate is not None else model):
         label_t = _model.resolve_target(model, x, label_t, x.shape[0])
@@ -331,9 +337,27 @@ def _check_config(config: ExplanationConfig | None) -> ExplanationConfig:
     check_count("n_samples", config.n_samples)
     check_positive("stdevs", config.stdevs)
     check_count("n_steps", config.n_steps)
+    if config.explanation == "smoothgrad":
+        _budget.check_philox_samples("n_samples", config.n_samples)
+    if config.explanation == "integrated_gradients":
+        quadrature.check_steps("gausslegendre", config.n_steps)
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**63:
         raise ValueError(f"seed must be an int in [0, 2**63), got {config.seed!r}")
     return config
+
+
+def check_map_fits(config: ExplanationConfig, x: torch.Tensor, rows: int) -> None:
+    """Refuse, before any model call, a SmoothGrad or IG map that cannot fit: ``_map`` sends all
+    ``n`` noisy (or path) copies of ``rows`` inputs through the model as one batch, since the
+    attacks differentiate through all of them at once, and holds the copies, the model batch and
+    its input gradient (3 copies; the model's own activations come on top)."""
+    if config.explanation == "saliency":
+        return
+    smooth = config.explanation == "smoothgrad"
+    name, count = ("n_samples", config.n_samples) if smooth else ("n_steps", config.n_steps)
+    nbytes = 3 * count * rows * math.prod(x.shape[1:]) * x.element_size()
+    what = f"the {config.explanation} map's {count} copies of {rows} inputs (one model batch)"
+    _budget.check_fits(name, count, nbytes, what, x.device)
 
 
 def _predict(model: Model, x: torch.Tensor) -> torch.Tensor:

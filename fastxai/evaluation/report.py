@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from fastxai._checks import check_count
 from fastxai._model import Model
 from fastxai.evaluation.faithfulness import deletion, insertion, random_attributions
 
@@ -38,8 +39,7 @@ def faithfulness_table(
     ``methods`` maps a name to an explainer ``(model, inputs, targets) -> attributions`` (timed:
     ``seconds``) or to attributions already computed for these inputs and targets (shape of the
     inputs; ``seconds`` is NaN), e.g. read back from ``fastxai.attribute_dataset``'s output."""
-    if random_seeds < 1:
-        raise ValueError(f"random_seeds must be >= 1, got {random_seeds}")
+    check_count("random_seeds", random_seeds)
     for name, explain in methods.items():
         if isinstance(explain, torch.Tensor) and explain.shape != inputs.shape:
             raise ValueError(

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _model, _scheduling
+from fastxai import _backends, _model, _scheduling
 from fastxai._model import Model
 from fastxai.attribution import _layer
 from fastxai.attribution._layer_capture import resolve_layer
@@ -230,6 +230,11 @@ def gradient_lrp(
             )
     inputs = _model.check_inputs(inputs, allow_integer=start is not None, layer_option=True)
     module = None if start is None else resolve_layer(model, start)
+    # the rules' fused ops run in the inputs' dtype (the embedding's for token ids): a backend that
+    # cannot, said before the model runs rather than at the first op
+    weight = getattr(module, "weight", None)
+    anchor = inputs if inputs.is_floating_point() or not isinstance(weight, torch.Tensor) else weight
+    _backends.resolve(backend, anchor.device, anchor.dtype)
     composite.check_names(model)
     epsilons = linear_epsilons(model, composite)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
