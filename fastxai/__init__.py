@@ -5,7 +5,7 @@
 >>> fx.backends()
 """
 
-from fastxai import certify, evaluation, global_views, lrp, ops
+from fastxai import certify, counterfactual, evaluation, global_views, lrp, ops, surrogate
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 from fastxai._output import select_output
 from fastxai._version import __version__
@@ -66,9 +66,11 @@ from fastxai.certify import (
     smoothing_certify,
     smoothing_predict,
 )
+from fastxai.counterfactual import cem, wachter
 from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
 from fastxai.lrp import rules
 from fastxai.runner import attribute_dataset, load_attributions
+from fastxai.surrogate import distill
 
 __all__ = [
     "BackendInfo",
@@ -86,13 +88,16 @@ __all__ = [
     "bim",
     "cam",
     "cam_layer",
+    "cem",
     "certified_accuracy",
     "certify",
+    "counterfactual",
     "cw_l2",
     "deconvnet",
     "deepfool",
     "deeplift",
     "deeplift_shap",
+    "distill",
     "evaluation",
     "expected_gradients",
     "explain_generation",
@@ -135,10 +140,12 @@ __all__ = [
     "smoothing_certify",
     "smoothing_predict",
     "square_attack",
+    "surrogate",
     "tcav",
     "train_cav",
     "train_substitute",
     "transfer_attack",
     "use_backend",
+    "wachter",
     "xgrad_cam",
 ]
