@@ -211,6 +211,9 @@ def search_round(
         best_distance[index] = torch.where(better, distance, best_distance[index])
         best[index] = torch.where(better.view(-1, *[1] * (points.dim() - 1)), points, best[index])
 
+    if momentum:  # FISTA checks the iterates, not the extrapolated points: check the start too
+        with torch.no_grad():
+            record(active, start, forward(start))
     for k in range(steps):
         step = lr * math.sqrt(1 - k / steps)
         a_anchor, a_low, a_high = anchor[active], low[active], high[active]

@@ -46,10 +46,11 @@ def test_pertinent_negative_of_a_linear_model_is_the_elastic_net_minimum(directi
     assert result.valid.sum() >= 4
 
 
-def test_pertinent_positive_of_a_linear_model_is_the_smallest_part_of_the_input() -> None:
+@pytest.mark.parametrize("pp_start", ["background", "input"])
+def test_pertinent_positive_of_a_linear_model_is_the_smallest_part_of_the_input(pp_start: str) -> None:
     model, x, weight, bias, predicted = _linear(seed=4, batch=16)
     beta = 0.1
-    result = cem(model, x, "pp", beta=beta, background=0.0, bounds=(0.0, 1.0), **FAST)
+    result = cem(model, x, "pp", beta=beta, background=0.0, bounds=(0.0, 1.0), pp_start=pp_start, **FAST)
     checked = 0
     for i in range(len(x)):
         t0 = int(predicted[i])
@@ -141,6 +142,7 @@ class Counting(nn.Module):
 BAD = [
     ({"mode": "pq"}, ValueError, "mode must be one of"),
     ({"direction": "up"}, ValueError, "direction must be one of"),
+    ({"pp_start": "zero"}, ValueError, "pp_start must be one of"),
     ({"kappa": -1.0}, ValueError, "kappa must be a finite number >= 0"),
     ({"beta": -0.1}, ValueError, "beta must be a finite number >= 0"),
     ({"gamma": 1.0}, ValueError, "gamma > 0 needs an autoencoder"),
