@@ -51,7 +51,7 @@ def wachter(
     target (or of the likeliest other class).
 
     The lambda schedule follows the paper ("iteratively solving for x' and increasing lambda
-    until a sufficiently close solution is found") and Alibi's two phases: each round runs
+    until a sufficiently close solution is found"), then narrows it: each round runs
     ``steps`` proximal-gradient steps (ISTA, or FISTA with ``momentum``; the L1 term and the box
     by the shrinkage-thresholding operator); while a sample has no valid x' its lambda grows by
     ``lam_factor`` (at most ``lam_steps`` rounds, each continuing where the last ended), then
