@@ -5,7 +5,18 @@
 >>> fx.backends()
 """
 
-from fastxai import backdoor, certify, defences, evaluation, global_views, lrp, ops, privacy
+from fastxai import (
+    backdoor,
+    certify,
+    counterfactual,
+    defences,
+    evaluation,
+    global_views,
+    lrp,
+    ops,
+    privacy,
+    surrogate,
+)
 from fastxai._backends import BackendInfo, backends, get_backend, set_backend, use_backend
 from fastxai._output import select_output
 from fastxai._version import __version__
@@ -77,6 +88,7 @@ from fastxai.certify import (
     smoothing_certify,
     smoothing_predict,
 )
+from fastxai.counterfactual import cem, wachter
 from fastxai.defences import (
     BitDepthReduction,
     InputTransformDefence,
@@ -96,6 +108,7 @@ from fastxai.global_views import activation_maximisation, neuron_importance, tca
 from fastxai.lrp import rules
 from fastxai.privacy import model_inversion
 from fastxai.runner import attribute_dataset, load_attributions
+from fastxai.surrogate import distill
 
 __all__ = [
     "BackendInfo",
@@ -124,14 +137,17 @@ __all__ = [
     "blend_trigger",
     "cam",
     "cam_layer",
+    "cem",
     "certified_accuracy",
     "certify",
+    "counterfactual",
     "cw_l2",
     "deconvnet",
     "deepfool",
     "deeplift",
     "deeplift_shap",
     "defences",
+    "distill",
     "evaluation",
     "expected_gradients",
     "explain_generation",
@@ -187,11 +203,13 @@ __all__ = [
     "square_attack",
     "squeezing_scores",
     "straight_through",
+    "surrogate",
     "tcav",
     "train_cav",
     "train_substitute",
     "transfer_attack",
     "trigger_localisation",
     "use_backend",
+    "wachter",
     "xgrad_cam",
 ]
