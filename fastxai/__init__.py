@@ -51,6 +51,7 @@ from fastxai.attribution import (
     kernel_shap,
     layer_cam,
     layer_conductance,
+    lemna,
     lime,
     occlusion,
     saliency,
@@ -66,7 +67,16 @@ from fastxai.certify import (
     smoothing_certify,
     smoothing_predict,
 )
-from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
+from fastxai.global_views import (
+    activation_maximisation,
+    concept_dataset,
+    feature_inversion,
+    layer_activations,
+    network_dissection,
+    neuron_importance,
+    tcav,
+    train_cav,
+)
 from fastxai.lrp import rules
 from fastxai.runner import attribute_dataset, load_attributions
 
@@ -88,6 +98,7 @@ __all__ = [
     "cam_layer",
     "certified_accuracy",
     "certify",
+    "concept_dataset",
     "cw_l2",
     "deconvnet",
     "deepfool",
@@ -99,6 +110,7 @@ __all__ = [
     "fab",
     "fab_targeted",
     "feature_ablation",
+    "feature_inversion",
     "fgsm",
     "get_backend",
     "global_views",
@@ -112,14 +124,17 @@ __all__ = [
     "integrated_gradients",
     "jsma",
     "kernel_shap",
+    "layer_activations",
     "layer_cam",
     "layer_conductance",
+    "lemna",
     "lime",
     "lipschitz_bound",
     "lipschitz_radius",
     "load_attributions",
     "lrp",
     "mifgsm",
+    "network_dissection",
     "neuron_importance",
     "occlusion",
     "ops",
