@@ -15,11 +15,8 @@ from fastxai.global_views import _layers, activations
 from fastxai.global_views.activations import InputAdapter
 from fastxai.global_views.concepts import ConceptDataset, concept_dataset
 
-_EXACT_FLOAT32_COUNT = 2**24
-"""Counts up to this size are exact in float32: one GEMM's sum over rows x positions stays below."""
-
-_UPSAMPLED_ELEMENTS = 2**25
-"""Upsampled maps held at once (128 MiB of float32): rows per step are cut to fit."""
+_UPSAMPLED_ELEMENTS = 2**24
+"""Mask elements gathered at once (64 MiB of float32): (image, unit) pairs per step are cut to fit."""
 
 
 @dataclass(frozen=True)
@@ -97,28 +94,31 @@ def _overlap_counts(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sums over the images of |M_u|, |L_k| and |M_u & L_k|: [U], [K], [U, K] in float64.
 
-    ``M_u`` is the map upsampled (bilinear) to the masks' size and thresholded, ``S_u > T_u``;
-    the intersections of all units with all concepts are one matrix product of the flattened
-    binary maps [U, n P] with the flattened masks [n P, K] per block of ``n`` images.
+    ``M_u`` is the map upsampled (bilinear) to the masks' size and thresholded, ``S_u > T_u``.
+    A bilinear value is a convex combination of map values, so a map whose largest value is at
+    most ``T_u`` marks no pixel: only the (image, unit) pairs whose peak exceeds the threshold
+    (a few percent of them at the paper's 0.5%) are upsampled, in blocks, and their overlaps
+    with all K masks of their image are one batched product [a, K, P] @ [a, P, 1], added to
+    their unit's row.
     """
-    count, units = maps.shape[:2]
+    units, concepts = maps.shape[1], masks.shape[1]
     height, width = masks.shape[2:]
     positions = height * width
-    rows = max(1, min(_EXACT_FLOAT32_COUNT // positions, _UPSAMPLED_ELEMENTS // (units * positions)))
+    concept_area = masks.sum((0, 2, 3)).to(device=maps.device, dtype=torch.float64)
     unit_area = torch.zeros(units, dtype=torch.float64, device=maps.device)
-    concept_area = torch.zeros(masks.shape[1], dtype=torch.float64, device=maps.device)
-    intersection = torch.zeros(units, masks.shape[1], dtype=torch.float64, device=maps.device)
-    level = thresholds.view(1, -1, 1, 1)
-    for start in range(0, count, rows):
-        block = maps[start : start + rows].float()
-        upsampled = functional.interpolate(block, size=(height, width), mode="bilinear", align_corners=False)
-        on = (upsampled > level).to(torch.float32)
-        labels = masks[start : start + rows].to(device=maps.device, dtype=torch.float32)
-        on_flat = on.transpose(0, 1).reshape(units, -1)
-        labels_flat = labels.transpose(0, 1).reshape(labels.shape[1], -1)
-        intersection += (on_flat @ labels_flat.T).double()
-        unit_area += on_flat.sum(1, dtype=torch.float64)
-        concept_area += labels_flat.sum(1, dtype=torch.float64)
+    intersection = torch.zeros(units, concepts, dtype=torch.float64, device=maps.device)
+    pairs = (maps.flatten(2).amax(2) > thresholds.view(1, -1)).nonzero()  # [A, 2]: (image, unit)
+    block = max(1, _UPSAMPLED_ELEMENTS // (concepts * positions))
+    for start in range(0, pairs.shape[0], block):
+        image, unit = pairs[start : start + block].unbind(1)
+        upsampled = functional.interpolate(
+            maps[image, unit].unsqueeze(1).float(), size=(height, width), mode="bilinear", align_corners=False
+        )
+        on = (upsampled.flatten(1) > thresholds[unit].view(-1, 1)).to(torch.float32)  # [a, P]
+        labels = masks[image.to(masks.device)].to(device=maps.device, dtype=torch.float32).flatten(2)
+        overlap = (labels @ on.unsqueeze(-1)).squeeze(-1)  # [a, K], exact: at most P < 2**24
+        intersection.index_add_(0, unit, overlap.double())
+        unit_area.index_add_(0, unit, on.sum(1, dtype=torch.float64))
     return unit_area, concept_area, intersection
 
 
@@ -153,7 +153,8 @@ def network_dissection(
     names])``. input_adapter: applied to each batch of images before the model, e.g.
     ``lambda x: torch.nn.functional.interpolate(x, size=8, mode="area")`` for an 8 x 8 model.
     Activations of ``batch_size`` images per pass are kept (N x U x h x w floats) for the
-    quantiles; the upsampling and the IoU counts are batched tensor operations. The model is
+    quantiles; the upsampling and the IoU counts are batched tensor operations over the maps
+    that reach the threshold (``_overlap_counts``). The model is
     left as found. Returns a ``Dissection``.
 
     >>> result = fastxai.network_dissection(model, fastxai.concept_dataset(512), layer="4")
