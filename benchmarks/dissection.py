@@ -1,6 +1,6 @@
 """Network dissection of the bundled digits CNN against the same CNN with random weights.
 
-``PYTHONPATH=. python benchmarks/dissection.py`` (CPU, 2 threads, about a minute). The concept
+``PYTHONPATH=. python benchmarks/dissection.py`` (CPU, 1 thread, about a minute). The concept
 set is ``fastxai.concept_dataset(512, seed=0)`` (32 x 32, textures of period 4), seen by the CNN
 (trained on 8 x 8 digits, fully convolutional) through an input adapter that area-pools it to
 16 x 16 (strokes of one or two pixels, as the digits' are), and at 32 x 32 as it is. Per layer
@@ -47,7 +47,7 @@ def loop_counts(maps: torch.Tensor, thresholds: torch.Tensor, masks: torch.Tenso
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # small ops: a second thread only waits on a busy CPU
     (x_train, y_train), (x_test, y_test) = load_digits()
     trained = train_digits_cnn(x_train, y_train)
     torch.manual_seed(0)

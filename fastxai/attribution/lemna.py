@@ -84,8 +84,9 @@ def mixture_regression(
     distinct values, so without a floor EM ends in components that fit one level each
     (Hathaway 1985's constrained maximum likelihood bounds the variances for this reason);
     ``pi_k = mean_p r_kp``. Start: one fused-lasso fit to all samples, its residuals' quantiles
-    split the samples into K equal groups (deterministic). Stops when the mean log-likelihood
-    gains less than ``tol`` (relative) on every input, or after ``n_iter`` rounds.
+    split the samples into K equal groups (deterministic). An input stops (and leaves the batch)
+    when its mean log-likelihood changes by less than ``tol`` (relative); all stop after
+    ``n_iter`` rounds.
     """
     z, y = z.double(), y.double()
     batch, samples, features = z.shape
@@ -95,29 +96,35 @@ def mixture_regression(
     residual = y - intercept - (coef @ z.mT).squeeze(1)
     rank = residual.argsort(1).argsort(1)
     group = torch.div(rank * components, samples, rounding_mode="floor")
-    responsibility = torch.nn.functional.one_hot(group, components).to(z.dtype).mT  # [B, K, P]
+    responsibility = torch.nn.functional.one_hot(group, components).to(z.dtype).mT.contiguous()  # [B, K, P]
     floor = min_variance * y.var(1, correction=0).clamp_min(1e-300).view(-1, 1)
-    start = coef.expand(batch, components, features)
-    previous = torch.full((batch,), -math.inf, dtype=z.dtype, device=z.device)
-    log_likelihood = previous
+    coef = coef.expand(batch, components, features).clone()
+    intercept = intercept.expand(batch, components).clone()
+    variance = floor.expand(batch, components).clone()
+    weights = torch.full((batch, components), 1 / components, dtype=z.dtype, device=z.device)
+    log_likelihood = torch.full((batch,), -math.inf, dtype=z.dtype, device=z.device)
+    active = torch.arange(batch, device=z.device)  # inputs whose EM has not converged
     for _ in range(n_iter):
-        coef, intercept, variance = _component_fits(z, y, responsibility, penalty, start)
-        variance = torch.maximum(variance, floor)
-        weights = responsibility.mean(2).clamp_min(_RESPONSIBILITY_FLOOR)
-        weights = weights / weights.sum(1, keepdim=True)
-        residual = y.unsqueeze(1) - intercept.unsqueeze(-1) - coef @ z.mT
+        zs, ys = z[active], y[active]
+        fit, offset, spread = _component_fits(zs, ys, responsibility[active], penalty, coef[active])
+        spread = torch.maximum(spread, floor[active])
+        share = responsibility[active].mean(2).clamp_min(_RESPONSIBILITY_FLOOR)
+        share = share / share.sum(1, keepdim=True)
+        residual = ys.unsqueeze(1) - offset.unsqueeze(-1) - fit @ zs.mT
         log_density = (
-            weights.log().unsqueeze(-1)
-            - 0.5 * (2 * math.pi * variance).log().unsqueeze(-1)
-            - residual.square() / (2 * variance.unsqueeze(-1))
+            share.log().unsqueeze(-1)
+            - 0.5 * (2 * math.pi * spread).log().unsqueeze(-1)
+            - residual.square() / (2 * spread.unsqueeze(-1))
         )
-        total = torch.logsumexp(log_density, dim=1)  # [B, P]
-        responsibility = (log_density - total.unsqueeze(1)).exp()
-        log_likelihood = total.mean(1)
-        start = coef
-        if bool(((log_likelihood - previous).abs() <= tol * log_likelihood.abs().clamp_min(1.0)).all()):
+        total = torch.logsumexp(log_density, dim=1)  # [A, P]
+        likelihood = total.mean(1)
+        converged = (likelihood - log_likelihood[active]).abs() <= tol * likelihood.abs().clamp_min(1.0)
+        coef[active], intercept[active], variance[active], weights[active] = fit, offset, spread, share
+        responsibility[active] = (log_density - total.unsqueeze(1)).exp()
+        log_likelihood[active] = likelihood
+        active = active[~converged]
+        if not active.numel():
             break
-        previous = log_likelihood
     return Mixture(coef, intercept, variance, weights, log_likelihood)
 
 
