@@ -59,7 +59,7 @@ def chance_iou(concepts: fx.global_views.ConceptDataset, quantile: float) -> flo
     return float((quantile * coverage / (quantile + coverage - quantile * coverage)).max())
 
 
-@pytest.mark.parametrize(("quantile", "bound"), [(0.005, 3.0), (0.04, 5.0)])
+@pytest.mark.parametrize(("quantile", "bound"), [(0.005, 4.0), (0.04, 10.0)])
 def test_planted_detectors_get_their_concept_and_noise_gets_chance(
     concepts: fx.global_views.ConceptDataset, quantile: float, bound: float
 ) -> None:
@@ -67,7 +67,7 @@ def test_planted_detectors_get_their_concept_and_noise_gets_chance(
     chance = chance_iou(concepts, quantile)
     assert result.labels[:5] == PLANTED
     assert bool((result.best_iou[:5] > bound * chance).all()), (result.best_iou, chance)
-    assert float(result.best_iou[5]) < 1.5 * chance, (result.best_iou[5], chance)
+    assert float(result.best_iou[5]) < chance, (result.best_iou[5], chance)
     assert result.iou.shape == (6, len(CONCEPTS)) and result.concepts == CONCEPTS
     if quantile == 0.04:  # the threshold near the concepts' coverage: the planted maps segment them
         assert bool((result.best_iou[:5] > 0.35).all()), result.best_iou
