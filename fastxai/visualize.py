@@ -1,5 +1,6 @@
-"""Pictures of attributions: sign-aware heatmaps, overlays, a methods x samples grid, and a
-self-contained HTML report. Needs matplotlib (imported on first use).
+"""Pictures of attributions: sign-aware heatmaps, overlays, a methods x samples grid, a
+self-contained HTML report, and a layer's activation maps as an inputs x units grid. Needs
+matplotlib (imported on first use).
 
 Relevance is drawn red for positive and blue for negative, white at zero, on a colour scale
 symmetric about zero and set by the largest magnitude (or its 99.5th percentile, so a single
