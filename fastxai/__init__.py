@@ -62,6 +62,7 @@ from fastxai.attribution import (
     kernel_shap,
     layer_cam,
     layer_conductance,
+    lemna,
     lime,
     occlusion,
     saliency,
@@ -104,7 +105,16 @@ from fastxai.defences import (
     squeezing_scores,
     straight_through,
 )
-from fastxai.global_views import activation_maximisation, neuron_importance, tcav, train_cav
+from fastxai.global_views import (
+    activation_maximisation,
+    concept_dataset,
+    feature_inversion,
+    layer_activations,
+    network_dissection,
+    neuron_importance,
+    tcav,
+    train_cav,
+)
 from fastxai.lrp import rules
 from fastxai.privacy import model_inversion
 from fastxai.runner import attribute_dataset, load_attributions
@@ -140,6 +150,7 @@ __all__ = [
     "cem",
     "certified_accuracy",
     "certify",
+    "concept_dataset",
     "counterfactual",
     "cw_l2",
     "deconvnet",
@@ -154,6 +165,7 @@ __all__ = [
     "fab",
     "fab_targeted",
     "feature_ablation",
+    "feature_inversion",
     "fgsm",
     "fit_squeezing_detector",
     "get_backend",
@@ -169,8 +181,10 @@ __all__ = [
     "jpeg_compress",
     "jsma",
     "kernel_shap",
+    "layer_activations",
     "layer_cam",
     "layer_conductance",
+    "lemna",
     "lime",
     "lipschitz_bound",
     "lipschitz_radius",
@@ -179,6 +193,7 @@ __all__ = [
     "median_smooth",
     "mifgsm",
     "model_inversion",
+    "network_dissection",
     "neural_cleanse",
     "neuron_importance",
     "occlusion",

@@ -1,4 +1,4 @@
-"""The ``fastxai`` command: attribute, attack, evaluate, bench, backends, demo.
+"""The ``fastxai`` command: attribute, attack, evaluate, visualize-layer, bench, backends, demo.
 
 A model is ``package.module:factory`` (a callable returning an ``nn.Module``) plus an
 optional ``--weights`` state dict (loaded with ``weights_only=True``). Data is a ``.npy`` or
@@ -378,6 +378,51 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_png(out: Path) -> None:
+    """``--out`` of ``visualize-layer``: a .png file whose folder exists and can be written."""
+    if out.suffix.lower() != ".png":
+        raise CliError(f"--out must be a .png file, got {str(out)!r}")
+    if out.is_dir():
+        raise CliError(f"--out {out} is a folder, not a .png file")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise CliError(f"--out {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CliError(f"--out {out}: folder {folder} is not writable")
+
+
+def _parse_units(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        units = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise CliError(f"--units must be comma-separated unit indices, e.g. 0,3,7; got {text!r}") from None
+    if not units or min(units) < 0:
+        raise CliError(f"--units must be unit indices >= 0, got {text!r}")
+    return units
+
+
+def command_visualize_layer(args: argparse.Namespace) -> int:
+    from fastxai import visualize
+    from fastxai.global_views._layers import resolve_layer
+
+    for name in ("max_units", "max_samples"):
+        if getattr(args, name) < 1:
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    units = _parse_units(args.units)
+    out = Path(args.out)
+    _check_png(out)
+    visualize._pyplot()  # matplotlib missing: say so before the model is loaded
+    model, inputs, _ = _model_and_data(args)
+    _, name = resolve_layer(model, args.layer)
+    path = visualize.save_layer_grid(
+        out, model, args.layer, inputs, units=units, max_units=args.max_units, max_samples=args.max_samples
+    )
+    print(f"{path}: activation maps of layer {name!r} for {min(len(inputs), args.max_samples)} inputs")
+    return 0
+
+
 def command_bench(args: argparse.Namespace) -> int:
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks").is_dir():
@@ -467,6 +512,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n-steps", type=int, default=16, help="deletion/insertion steps (default 16)")
     evaluate.add_argument("--replacement", default="zero", choices=["zero", "mean", "blur"])
     evaluate.set_defaults(handler=command_evaluate)
+
+    visualize_layer = commands.add_parser(
+        "visualize-layer", help="a PNG grid of a layer's activation maps (inputs x units)"
+    )
+    model_and_data(visualize_layer)
+    visualize_layer.add_argument("--layer", required=True, help="dotted module name, e.g. 2 or features.3")
+    visualize_layer.add_argument("--out", default="layer.png", help="PNG file to write (default layer.png)")
+    visualize_layer.add_argument("--units", help="comma-separated units to show (default: the strongest)")
+    visualize_layer.add_argument("--max-units", type=int, default=16, help="units shown (default 16)")
+    visualize_layer.add_argument("--max-samples", type=int, default=8, help="inputs shown (default 8)")
+    visualize_layer.set_defaults(handler=command_visualize_layer)
 
     bench = commands.add_parser("bench", help="run the benchmark suite (source checkout) and print ratios")
     bench.add_argument("-k", dest="select", help="pytest -k expression to select benchmarks")

@@ -1,5 +1,6 @@
-"""Pictures of attributions: sign-aware heatmaps, overlays, a methods x samples grid, and a
-self-contained HTML report. Needs matplotlib (imported on first use).
+"""Pictures of attributions: sign-aware heatmaps, overlays, a methods x samples grid, a
+self-contained HTML report, and a layer's activation maps as an inputs x units grid. Needs
+matplotlib (imported on first use).
 
 Relevance is drawn red for positive and blue for negative, white at zero, on a colour scale
 symmetric about zero and set by the largest magnitude (or its 99.5th percentile, so a single
@@ -191,3 +192,104 @@ def png_bytes(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _strip(values: np.ndarray) -> np.ndarray:
+    """A map to draw: [H, W] as it is, [L] as one row [1, L]."""
+    return values if values.ndim == 2 else values.reshape(1, -1)
+
+
+def shown_units(activation: torch.Tensor, units: Sequence[int] | None, max_units: int) -> list[int]:
+    """``units`` checked against the layer's [N, U, ...] output, or the ``max_units`` units with
+    the largest mean |activation| over the inputs, in index order."""
+    if units is not None:
+        if max(units) >= activation.shape[1]:
+            raise ValueError(f"units must be in [0, {activation.shape[1]}) (the layer's), got {max(units)}")
+        return list(units)
+    strength = activation.abs().flatten(2).mean(2).mean(0)
+    return sorted(strength.topk(min(max_units, activation.shape[1])).indices.tolist())
+
+
+def save_layer_grid(
+    path: str | Path,
+    model: Any,
+    layer: Any,
+    inputs: torch.Tensor,
+    *,
+    units: Sequence[int] | None = None,
+    max_units: int = 16,
+    max_samples: int = 8,
+    cell_inches: float = 1.2,
+) -> Path:
+    """A PNG grid of a layer's activation maps: one row per input (its picture first), one
+    column per unit. ``layer``: a module of ``model`` or its dotted name; its output [N, C, H, W]
+    gives each unit a map, [N, C, L] a strip, [N, F] one strip of all F units per input.
+
+    ``units``: the units to show, else the ``max_units`` with the largest mean |activation| over
+    the inputs shown (in index order). Each unit has one colour scale over all rows, so rows
+    compare: viridis from its lowest to its highest value, or red/blue about zero where it
+    takes both signs. The activations come from ``fastxai.layer_activations`` (the model is left
+    as found). Returns the path.
+
+    >>> from fastxai import visualize
+    >>> visualize.save_layer_grid("layer.png", model, "2", x[:6], max_units=8)
+    """
+    from fastxai.global_views.activations import layer_activations
+
+    for name, value in (("max_units", max_units), ("max_samples", max_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if units is not None and (
+        isinstance(units, (str, bytes))
+        or len(units) == 0
+        or not all(isinstance(u, int) and not isinstance(u, bool) and u >= 0 for u in units)
+    ):
+        raise ValueError(f"units must be None or a non-empty sequence of ints >= 0, got {units!r}")
+    plt = _pyplot()
+    shown = inputs[:max_samples]
+    activation = layer_activations(model, shown, layer=layer)
+    if activation.dim() > 4:
+        raise ValueError(
+            f"layer output must be [N, C, H, W], [N, C, L] or [N, F] to draw, got {tuple(activation.shape)}"
+        )
+    dense = activation.dim() == 2
+    if dense:
+        activation = activation.unsqueeze(1)  # one "unit": the whole vector as a strip
+        chosen = [0]
+    else:
+        chosen = shown_units(activation, units, max_units)
+    values = _array(activation[:, chosen])
+    rows, columns = values.shape[0], 1 + len(chosen)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(cell_inches * columns, cell_inches * rows), squeeze=False
+    )
+    for row in range(rows):
+        picture = _array(shown[row])
+        if picture.ndim == 3 and picture.shape[0] in (1, 3):
+            image = to_image(picture)
+        else:
+            image = _strip(picture.reshape(picture.shape[-2:]) if picture.ndim > 2 else picture)
+        axes[row, 0].imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest")
+        for column, unit in enumerate(chosen, start=1):
+            maps = values[:, column - 1]
+            low, high = float(maps.min()), float(maps.max())
+            if low < 0 < high:
+                limit = max(-low, high)
+                style: dict[str, Any] = {"cmap": SIGNED_COLORMAP, "vmin": -limit, "vmax": limit}
+            else:
+                style = {"cmap": "viridis", "vmin": low, "vmax": high if high > low else low + 1}
+            axes[row, column].imshow(_strip(maps[row]), interpolation="nearest", aspect="auto", **style)
+            if row == 0:
+                label = f"{values.shape[-1]} units" if dense else f"unit {unit}"
+                axes[0, column].set_title(label, fontsize=8)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    axes[0, 0].set_title("input", fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

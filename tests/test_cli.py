@@ -298,3 +298,92 @@ def test_a_model_returning_a_tuple_is_read_as_every_method_reads_it(
     np.testing.assert_array_equal(plain, pair)
     attacks = [line for line in capsys.readouterr().out.splitlines() if "clean accuracy" in line]
     assert len(attacks) == 2 and attacks[0].split(" in ")[0] == attacks[1].split(" in ")[0]
+
+
+CONV_FACTORY = """
+import torch
+
+
+def conv():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 16, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3),
+    )
+"""
+
+
+@pytest.fixture
+def conv_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small conv model factory (``cli_layer_models:conv``) and 6 images [1, 8, 8] in ``tmp_path``."""
+    (tmp_path / "cli_layer_models.py").write_text(CONV_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "images.npy", np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32))
+    return tmp_path
+
+
+CONV = ["--model", "cli_layer_models:conv", "--data", "images.npy"]
+
+
+def test_visualize_layer_writes_the_grid(conv_files: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    out = conv_files / "layer.png"
+    argv = [
+        "visualize-layer",
+        *CONV,
+        "--layer",
+        "2",
+        "--out",
+        str(out),
+        "--max-units",
+        "4",
+        "--max-samples",
+        "3",
+    ]
+    assert main(argv) == 0
+    assert f"{out}: activation maps of layer '2' for 3 inputs" in capsys.readouterr().out
+    assert Image.open(out).size == (600, 360)  # 5 columns x 3 rows of 1.2 inch at 100 dpi
+    assert (
+        main(["visualize-layer", *CONV, "--layer", "0", "--units", "0,5", "--limit", "2", "--out", str(out)])
+        == 0
+    )
+    assert Image.open(out).size == (360, 240)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["visualize-layer", *CONV, "--out", "l.png"], "the following arguments are required: --layer"),
+        (["visualize-layer", *CONV, "--layer", "nope", "--out", "l.png"], "layer 'nope' is not a submodule"),
+        (["visualize-layer", *CONV, "--layer", "2", "--out", "l.jpg"], "--out must be a .png file"),
+        (["visualize-layer", *CONV, "--layer", "2", "--out", "no_such_folder/l.png"], "does not exist"),
+        (
+            ["visualize-layer", *CONV, "--layer", "2", "--max-units", "0", "--out", "l.png"],
+            "--max-units must be >= 1",
+        ),
+        (
+            ["visualize-layer", *CONV, "--layer", "2", "--units", "a,b", "--out", "l.png"],
+            "--units must be comma",
+        ),
+        (
+            ["visualize-layer", *CONV, "--layer", "2", "--units", "0,99", "--out", "l.png"],
+            "units must be in [0, 16)",
+        ),
+        (
+            ["visualize-layer", *CONV, "--layer", "1", "--limit", "0", "--out", "l.png"],
+            "--limit must be >= 1",
+        ),
+        (
+            ["visualize-layer", *CONV, "--layer", "1", "--weights", "w.pt", "--out", "l.png"],
+            "weights file not found",
+        ),
+    ],
+)
+def test_visualize_layer_errors_are_one_line_and_exit_2(
+    conv_files: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    _one_line_error(capsys, argv, message)
+    assert not (conv_files / "l.png").exists()

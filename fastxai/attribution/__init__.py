@@ -18,6 +18,7 @@ from fastxai.attribution.gradient_shap import expected_gradients, gradient_shap
 from fastxai.attribution.guided import deconvnet, guided_backprop
 from fastxai.attribution.integrated_gradients import integrated_gradients
 from fastxai.attribution.layer_conductance import layer_conductance
+from fastxai.attribution.lemna import lemna
 from fastxai.attribution.lime import lime
 from fastxai.attribution.perturbation import feature_ablation, occlusion
 from fastxai.attribution.score_cam import score_cam
@@ -47,6 +48,7 @@ __all__ = [
     "kernel_shap",
     "layer_cam",
     "layer_conductance",
+    "lemna",
     "lime",
     "occlusion",
     "saliency",
