@@ -148,13 +148,7 @@ def gradient_shap(
             layer_values = _layer.layer_distribution(site, baselines, inputs, chunk)
             distribution = _check_distribution(layer_values, x)
         batch, view, unit = x.shape[0], (-1, *x.shape[1:]), [1] * (x.dim() - 1)
-        generator = torch.Generator().manual_seed(seed)
-        choices = torch.randint(0, distribution.shape[0], (n_samples, batch), generator=generator)
-        # Stratified positions: sample s of an input falls in its own stratum [k/n, (k+1)/n) (k a
-        # random permutation per input). Each alpha is still U(0, 1), so the expectation is
-        # unchanged, but the path integral's sampling error falls like 1/n instead of 1/sqrt(n).
-        strata = torch.rand(n_samples, batch, generator=generator).argsort(dim=0).to(torch.float64)
-        alphas = (strata + torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)) / n_samples
+        choices, alphas = draws(distribution.shape[0], n_samples, batch, seed)
         choices, alphas = choices.to(x.device), alphas.to(device=x.device, dtype=x.dtype)
         noisy_inputs = bool((sigma > 0).any())
         if method == "adaptive":
@@ -221,6 +215,19 @@ def gradient_shap(
         per_path = 1 + 2 * return_convergence_delta
         result.append(torch.full((batch, n_samples), per_path, dtype=torch.long, device=x.device))
     return result[0] if len(result) == 1 else tuple(result)
+
+
+def draws(baselines: int, n_samples: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline index [n_samples, B] (uniform over ``baselines``) and path position
+    [n_samples, B] (float64) of each sample, from a CPU generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    choices = torch.randint(0, baselines, (n_samples, batch), generator=generator)
+    # Stratified positions: sample s of an input falls in its own stratum [k/n, (k+1)/n) (k a
+    # random permutation per input). Each alpha is still U(0, 1), so the expectation is
+    # unchanged, but the path integral's sampling error falls like 1/n instead of 1/sqrt(n).
+    strata = torch.rand(n_samples, batch, generator=generator).argsort(dim=0).to(torch.float64)
+    alphas = (strata + torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)) / n_samples
+    return choices, alphas
 
 
 class _Paths:
