@@ -1,4 +1,6 @@
-"""Locally adaptive path integral for Integrated Gradients: refine where the error is.
+"""The previous adaptive IG rule, kept as a baseline for ``adaptive_ig.py``: midpoint panels.
+
+Replaced in ``fastxai.attribution.adaptive_path`` by nested Gauss panels; as it was:
 
 The path ``[0, 1]`` is cut into panels, each integrated by its midpoint (the 1-point
 Gauss-Legendre rule), so no gradient is ever taken at ``a = 0`` or ``a = 1``: a gradient that
