@@ -3,21 +3,27 @@
 ``PYTHONPATH=. python benchmarks/adaptive_ig.py`` (CPU, about a minute). Per model and input
 set (6 inputs, baseline 0, predicted class): the fewest Gauss-Legendre points (from a 1.5x
 ladder) that bring every sample's completeness error ``|sum(attr) - (f(x) - f(0))| / |f(x) -
-f(0)|`` to 1e-3, the adaptive rule's evaluations at ``tolerance=1e-3`` (gradient points + the
-two end values), exact IG's pieces (ReLU nets), and the attribution error (relative L1, worst
-sample) against a 4096-point Gauss-Legendre reference, of adaptive and of Gauss-Legendre with
-as many points as adaptive used on average.
+f(0)|`` to 1e-3; the evaluations at ``tolerance=1e-3`` (gradient points + the two end values)
+of the previous midpoint rule (``adaptive_midpoint``) and of the Gauss-panel rule
+(``method="adaptive"``); exact IG's pieces (ReLU nets); and attribution errors (relative L1)
+against a 4096-point Gauss-Legendre reference: the worst sample's, against Gauss-Legendre's
+worst with as many points as the adaptive rule used on average, and per sample against
+Gauss-Legendre with that sample's own number of evaluations (the ratio's max and geometric mean).
 """
 
 from __future__ import annotations
 
+import adaptive_midpoint
 import torch
 from models import small_resnet
 from torch import nn
 
 import fastxai as fx
+from fastxai import _model
+from fastxai.attribution import _layer
 
 TOLERANCE = 1e-3
+CHUNK = 256
 LADDER = [
     2,
     3,
@@ -60,8 +66,30 @@ def cnn(activation: type[nn.Module], pool: type[nn.Module]) -> nn.Module:
     return model.eval()
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a - b).flatten(1).abs().sum(1) / b.flatten(1).abs().sum(1)).max())
+def relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Relative L1 error per sample [B]."""
+    return (a - b).flatten(1).abs().sum(1) / b.flatten(1).abs().sum(1)
+
+
+def midpoint(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous adaptive rule (midpoint panels cut in three): attributions and evaluations."""
+    site, _ = _layer.site_for(model, x, None, None)
+    with _model.preserved_state(model):
+        site.prepare(CHUNK)
+        outcome = adaptive_midpoint.adaptive_path(site, torch.zeros_like(x), target, CHUNK, TOLERANCE, 1025)
+    return x * outcome.integral, outcome.evaluations
+
+
+def at_equal(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, evaluations: torch.Tensor
+) -> tuple[int, torch.Tensor]:
+    """Gauss-Legendre with as many points as the adaptive rule's mean evaluations: (points, attributions)."""
+    equal = max(2, round(float(evaluations.float().mean())))
+    return equal, fx.integrated_gradients(model, x, target=target, n_steps=equal)
+
+
+def own_budget(model: nn.Module, x: torch.Tensor, target: torch.Tensor, points: int) -> torch.Tensor:
+    return fx.integrated_gradients(model, x, target=target, n_steps=points)
 
 
 def row(name: str, model: nn.Module, x: torch.Tensor, exact: bool) -> str:
@@ -74,13 +102,20 @@ def row(name: str, model: nn.Module, x: torch.Tensor, exact: bool) -> str:
         if bool((delta.abs() <= TOLERANCE * difference).all()):
             needed = n
             break
+    reference = fx.integrated_gradients(model, x, target=target, n_steps=4096)
+    old, old_evaluations = midpoint(model, x, target)
+    old_equal, old_gl = at_equal(model, x, target, old_evaluations)
     attributions, delta, evaluations = fx.integrated_gradients(
         model, x, target=target, method="adaptive", tolerance=TOLERANCE,
         return_convergence_delta=True, return_evaluations=True, on_unconverged="ignore",
     )  # fmt: skip
-    reference = fx.integrated_gradients(model, x, target=target, n_steps=4096)
-    equal = max(2, round(float(evaluations.float().mean())))
-    same_budget = fx.integrated_gradients(model, x, target=target, n_steps=equal)
+    equal, same_budget = at_equal(model, x, target, evaluations)
+    error = relative(attributions, reference)
+    # each sample against Gauss-Legendre with that sample's own number of evaluations
+    own = torch.stack(
+        [own_budget(model, x[i : i + 1], target[i : i + 1], int(evaluations[i])) for i in range(x.shape[0])]
+    )
+    own = relative(own.squeeze(1), reference)
     pieces = "-"
     if exact:
         _, exact_delta, count = fx.integrated_gradients(
@@ -89,9 +124,12 @@ def row(name: str, model: nn.Module, x: torch.Tensor, exact: bool) -> str:
         pieces = f"{int(count.sum())} ({float((exact_delta.abs() / difference).max()):.0e})"
     gl_total = "not reached" if needed is None else str(needed * x.shape[0])
     return (
-        f"| {name} | {gl_total} | {int(evaluations.sum())} | {float((delta.abs() / difference).max()):.1e} | "
-        f"{pieces} | {relative(attributions, reference):.1e} | "
-        f"{relative(same_budget, reference):.1e} ({equal}) |"
+        f"| {name} | {gl_total} | {int(old_evaluations.sum())} | {float(relative(old, reference).max()):.1e} "
+        f"({float(relative(old_gl, reference).max()):.1e} at {old_equal}) | "
+        f"{int(evaluations.sum())} ({int(evaluations.sum()) - 2 * x.shape[0]}) | "
+        f"{float((delta.abs() / difference).max()):.1e} | {float(error.max()):.1e} | "
+        f"{float(relative(same_budget, reference).max()):.1e} ({equal}) | "
+        f"{float((error / own).max()):.2f} ({float((error / own).log().mean().exp()):.2f}) | {pieces} |"
     )
 
 
@@ -103,11 +141,12 @@ def main() -> None:
         "GELU CNN, BN + avg pool": (cnn(nn.GELU, nn.AvgPool2d), False),
     }
     print(
-        "| model, input set | GL evaluations | adaptive evaluations | adaptive max completeness | "
-        "exact pieces (max completeness) | adaptive error vs GL-4096 | "
-        "GL error at equal evaluations (points) |"
+        "| model, input set | GL evaluations | midpoint adaptive evaluations | midpoint error vs GL-4096 "
+        "(GL at equal evaluations) | Gauss adaptive evaluations (gradients) | Gauss max completeness | "
+        "Gauss error vs GL-4096 | GL error at equal evaluations (points) | Gauss / GL at each sample's "
+        "own evaluations, max (geo. mean) | exact pieces (max completeness) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, (model, exact) in models.items():
         for seed in (0, 1):
             x = torch.randn(6, 3, 13, 17, generator=torch.Generator().manual_seed(seed))

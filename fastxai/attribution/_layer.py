@@ -209,6 +209,20 @@ class LayerSite:
 Site = InputSite | LayerSite
 
 
+class PathSite(Protocol):
+    """What a path integral needs of a site (``InputSite``, ``LayerSite``, or paths over their
+    rows): the origin [N, *A], and the gradients and scores at points of rows."""
+
+    @property
+    def origin(self) -> torch.Tensor: ...
+
+    def gradients(
+        self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor: ...
+
+
 def site_for(model: Model, inputs: Any, layer: object, forward_kwargs: object) -> tuple[Site, torch.Tensor]:
     """The site of a functional method: the input, or ``layer``'s output. Integer inputs take
     the model's input embedding when ``layer`` is None (refused, naming ``layer=``, when the
@@ -272,7 +286,7 @@ def layer_distribution(
     return site.activations((ids,), chunk)
 
 
-def chunk_scores(site: Site, points: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunk_scores(site: PathSite, points: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
     """``f_target`` at points [K, B, *A] (K points per example), in chunks: [K, B]."""
     count_total, batch = points.shape[0], points.shape[1]
     result = torch.empty(count_total, batch, dtype=torch.float64, device=points.device)
@@ -290,6 +304,7 @@ def chunk_scores(site: Site, points: torch.Tensor, target: torch.Tensor, chunk: 
 __all__ = [
     "InputSite",
     "LayerSite",
+    "PathSite",
     "RowForward",
     "Rows",
     "Site",

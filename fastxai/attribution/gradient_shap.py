@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from fastxai import _backends, _budget, _model, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _model, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution import _layer
+from fastxai.attribution import _layer, adaptive_path
+from fastxai.attribution._rows import Rows
 from fastxai.attribution.smoothgrad import _check_seed, _check_stdevs
+
+METHODS = ("sampled", "adaptive")
 
 
 def _check_distribution(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
@@ -42,11 +45,16 @@ def gradient_shap(
     seed: int | None = None,
     multiply_by_inputs: bool = True,
     return_convergence_delta: bool = False,
+    method: str = "sampled",
+    tolerance: float = 1e-3,
+    max_steps: int = 1025,
+    on_unconverged: str = "warn",
+    return_evaluations: bool = False,
     layer: object = None,
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """GradientSHAP (Lundberg & Lee 2017; Captum's ``GradientShap``), which is Expected
     Gradients (Erion et al. 2021) when ``stdevs=0``.
 
@@ -72,6 +80,15 @@ def gradient_shap(
     of that sample's term, ``sum(grad_s * (x_s - x'_s)) - (f(x_s) - f(x'_s))``, as [B, n_samples]
     (two extra forward passes over the samples' end points, without gradients).
 
+    ``method="adaptive"`` replaces the random position by the whole path: each sample's term is
+    Integrated Gradients from ``x'_s`` to ``x_s``, integrated by ``adaptive_path`` (nested Gauss
+    panels, per-path ``tolerance`` on completeness, ``max_steps`` evaluations per path, the
+    floor and ``on_unconverged`` as for ``integrated_gradients(method="adaptive")``), all paths'
+    points batched together; with ``stdevs=0`` that is Expected Gradients over the drawn
+    baselines without the sampling error along the path. Same seed, same baselines and noise
+    as ``"sampled"``. ``return_evaluations=True`` appends the model evaluations per input and
+    sample [B, n_samples] (``"sampled"``: 1, or 3 with the delta).
+
     At a layer: ``layer`` (a module of the model or its dotted name) puts ``x`` above at the
     layer's output ``h`` [B, *A] (noise, baselines and path points live there; the model runs
     on the inputs with the layer's output replaced); ``baselines`` are then [K, *A] in the
@@ -84,6 +101,7 @@ def gradient_shap(
     one row per example are repeated with the rows of each model batch.
 
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=20, seed=0)
+    >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=8, method="adaptive")
     """
     model = _model.check_model(model)
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
@@ -97,9 +115,13 @@ def gradient_shap(
     for flag, value in (
         ("multiply_by_inputs", multiply_by_inputs),
         ("return_convergence_delta", return_convergence_delta),
+        ("return_evaluations", return_evaluations),
     ):
-        if not isinstance(value, bool):
-            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+        _checks.check_flag(flag, value)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "adaptive":
+        adaptive_path.check_options(tolerance, max_steps, on_unconverged)
     distribution = None
     if isinstance(site, _layer.InputSite):
         distribution = _check_distribution(baselines, inputs)
@@ -126,15 +148,29 @@ def gradient_shap(
             layer_values = _layer.layer_distribution(site, baselines, inputs, chunk)
             distribution = _check_distribution(layer_values, x)
         batch, view, unit = x.shape[0], (-1, *x.shape[1:]), [1] * (x.dim() - 1)
-        generator = torch.Generator().manual_seed(seed)
-        choices = torch.randint(0, distribution.shape[0], (n_samples, batch), generator=generator)
-        # Stratified positions: sample s of an input falls in its own stratum [k/n, (k+1)/n) (k a
-        # random permutation per input). Each alpha is still U(0, 1), so the expectation is
-        # unchanged, but the path integral's sampling error falls like 1/n instead of 1/sqrt(n).
-        strata = torch.rand(n_samples, batch, generator=generator).argsort(dim=0).to(torch.float64)
-        alphas = (strata + torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)) / n_samples
+        choices, alphas = draws(distribution.shape[0], n_samples, batch, seed)
         choices, alphas = choices.to(x.device), alphas.to(device=x.device, dtype=x.dtype)
         noisy_inputs = bool((sigma > 0).any())
+        if method == "adaptive":
+            ends = (
+                ops.gaussian_perturb(x, sigma, seed, 0, n_samples, 0, backend=backend)
+                if noisy_inputs
+                else x.unsqueeze(0).expand(n_samples, *x.shape)
+            )
+            target_t = site.forward.resolve_target(target_t, chunk)
+            starts = distribution[choices]
+            outcome = _adaptive_paths(site, ends, starts, target_t, chunk, tolerance, max_steps)
+            adaptive_path.report_unconverged(
+                outcome, float(tolerance), max_steps, on_unconverged, "adaptive gradient SHAP paths"
+            )
+            integral = outcome.integral.view(ends.shape)
+            terms = (ends - starts).to(integral.dtype) * integral if multiply_by_inputs else integral
+            result = [terms.mean(0).to(x.dtype)]
+            if return_convergence_delta:
+                result.append(outcome.delta.view(n_samples, batch).t().to(integral.dtype).contiguous())
+            if return_evaluations:
+                result.append(outcome.evaluations.view(n_samples, batch).t().contiguous())
+            return result[0] if len(result) == 1 else tuple(result)
         acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
         delta = None
@@ -174,9 +210,60 @@ def gradient_shap(
         _scheduling.for_each_block(n_samples, batch, chunk, body, halve_on_oom=x.is_cuda)
 
     attributions = total.div_(n_samples).to(x.dtype)
-    if delta is None:
-        return attributions
-    return attributions, delta.t().contiguous()
+    result = [attributions] if delta is None else [attributions, delta.t().contiguous()]
+    if return_evaluations:
+        per_path = 1 + 2 * return_convergence_delta
+        result.append(torch.full((batch, n_samples), per_path, dtype=torch.long, device=x.device))
+    return result[0] if len(result) == 1 else tuple(result)
+
+
+def draws(baselines: int, n_samples: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The baseline index [n_samples, B] (uniform over ``baselines``) and path position
+    [n_samples, B] (float64) of each sample, from a CPU generator seeded by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    choices = torch.randint(0, baselines, (n_samples, batch), generator=generator)
+    # Stratified positions: sample s of an input falls in its own stratum [k/n, (k+1)/n) (k a
+    # random permutation per input). Each alpha is still U(0, 1), so the expectation is
+    # unchanged, but the path integral's sampling error falls like 1/n instead of 1/sqrt(n).
+    strata = torch.rand(n_samples, batch, generator=generator).argsort(dim=0).to(torch.float64)
+    alphas = (strata + torch.rand(n_samples, batch, generator=generator, dtype=torch.float64)) / n_samples
+    return choices, alphas
+
+
+class _Paths:
+    """Many paths per row of a site: path ``p`` (origin ``origin[p]``) runs the model on row
+    ``rows_of[p]`` of the site's inputs (and its per-example arguments)."""
+
+    def __init__(self, site: _layer.Site, origin: torch.Tensor, rows_of: torch.Tensor) -> None:
+        self.site, self.origin, self.rows_of = site, origin, rows_of
+
+    def gradients(
+        self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.site.gradients(points, self.rows_of[rows], count, target)
+
+    def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor:
+        return self.site.scores(points, self.rows_of[rows], count, target)
+
+
+def _adaptive_paths(
+    site: _layer.Site,
+    ends: torch.Tensor,
+    starts: torch.Tensor,
+    target: torch.Tensor,
+    chunk: int,
+    tolerance: float,
+    max_steps: int,
+) -> adaptive_path.AdaptiveResult:
+    """``adaptive_path`` over the S x B paths ``starts[s, b] -> ends[s, b]`` ([S, B, *A]), path
+    ``s * B + b`` on input row ``b``."""
+    samples, batch = ends.shape[:2]
+    flat = (samples * batch, *ends.shape[2:])
+    rows_of = torch.arange(batch, device=ends.device).repeat(samples)
+    paths = _Paths(site, ends.reshape(flat).contiguous(), rows_of)
+    return adaptive_path.adaptive_path(
+        paths, starts.reshape(flat).contiguous(), target.repeat(samples), chunk, float(tolerance), max_steps
+    )
 
 
 expected_gradients = gradient_shap

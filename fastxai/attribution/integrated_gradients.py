@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 
@@ -12,6 +11,7 @@ from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path, exact_path, quadrature
 
 METHODS = (*quadrature.FIXED_METHODS, "adaptive", "exact")
+NotConverged = adaptive_path.NotConverged
 
 
 def check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
@@ -76,12 +76,14 @@ def integrated_gradients(
 
     Fixed rules (``riemann_left/right/middle``, ``riemann_trapezoid``, ``gausslegendre``)
     use ``n_steps`` points placed as in Captum. ``method="adaptive"`` (``adaptive_path``)
-    integrates midpoint panels and cuts in three those where a free local error indicator
-    (the trapezoid defect of the forward values) is largest, many samples' new points per
-    model batch, never evaluating a gradient at ``a = 0`` or ``1``, until the completeness
-    error ``|sum(attr) - (f(x) - f(x'))|`` is at most ``tolerance * |f(x) - f(x')|`` per
-    sample. A sample that stops at ``max_steps`` points, or at the rounding floor of the scores
-    ``8 eps (|f(x)| + |f(x')|)``, is reported per ``on_unconverged``: ``"warn"`` (a
+    integrates nested Gauss panels (midpoint -> 3-point Gauss-Legendre -> 7-point Kronrod,
+    nodes interior: no gradient at ``a = 0`` or ``1``) and refines those where free local error
+    indicators (misfits of the forward values, gradient jumps) are largest, many samples' new
+    points per model batch, until the completeness error ``|sum(attr) - (f(x) - f(x'))|`` is at
+    most ``tolerance * |f(x) - f(x')|`` per sample, with the misfits' root-sum-square within
+    2x that and the attributions' estimated L1 error within ``10 * tolerance`` of their L1
+    norm. A sample that stops at ``max_steps`` evaluations, or at the rounding floor of the
+    scores ``8 eps (|f(x)| + |f(x')|)``, is reported per ``on_unconverged``: ``"warn"`` (a
     RuntimeWarning), ``"raise"`` (``NotConverged``) or ``"ignore"``; its delta says how far.
     ``method="exact"``, for piecewise-linear networks (linear, convolution, eval batch norm,
     pooling, ReLU family, max pooling, residual sums), sums the gradient over the linear pieces
@@ -132,12 +134,7 @@ def integrated_gradients(
             "the quadrature points, weights and per-step scores", inputs.device,
         )  # fmt: skip
     else:
-        if not isinstance(tolerance, (int, float)) or not tolerance > 0:
-            raise ValueError(f"tolerance must be a number > 0, got {tolerance!r}")
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 5:
-            raise ValueError(f"max_steps must be an int >= 5, got {max_steps!r}")
-        if on_unconverged not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_unconverged must be 'warn', 'raise' or 'ignore', got {on_unconverged!r}")
+        adaptive_path.check_options(tolerance, max_steps, on_unconverged)
     if backend is not None:
         _backends.check_choice(backend)
     input_baseline = None
@@ -169,7 +166,9 @@ def integrated_gradients(
             outcome = adaptive_path.adaptive_path(
                 site, baseline, target_t, chunk, float(tolerance), max_steps
             )
-            _report_unconverged(outcome, float(tolerance), max_steps, on_unconverged)
+            adaptive_path.report_unconverged(
+                outcome, float(tolerance), max_steps, on_unconverged, "adaptive integrated gradients"
+            )
             attributions = _PathRun(site, baseline, target_t, chunk, backend).attributions(outcome.integral)
             delta, evaluations = outcome.delta.to(x.dtype), outcome.evaluations
             if not multiply_by_inputs:
@@ -299,31 +298,3 @@ class _PathRun:
     @staticmethod
     def delta(attributions: torch.Tensor, score_difference: torch.Tensor) -> torch.Tensor:
         return attributions.flatten(1).sum(1) - score_difference.to(attributions.dtype)
-
-
-class NotConverged(RuntimeError):
-    """Adaptive IG did not reach the tolerance for some samples (``on_unconverged="raise"``)."""
-
-
-def _report_unconverged(
-    result: adaptive_path.AdaptiveResult, tolerance: float, max_steps: int, on_unconverged: str
-) -> None:
-    short = result.unconverged | result.at_floor
-    if on_unconverged == "ignore" or not bool(short.any()):
-        return
-    parts = []
-    if bool(result.unconverged.any()):
-        parts.append(f"{int(result.unconverged.sum())} stopped at max_steps={max_steps}")
-    if bool(result.at_floor.any()):
-        parts.append(
-            f"{int(result.at_floor.sum())} at the rounding floor of the scores (8 eps (|f(x)| + |f(x')|)), "
-            "below which the completeness error cannot be resolved"
-        )
-    message = (
-        f"adaptive integrated gradients: of {short.numel()} samples, {' and '.join(parts)}, without reaching "
-        f"tolerance {tolerance} (samples {short.nonzero().flatten().tolist()[:10]}); "
-        "return_convergence_delta=True gives each sample's delta"
-    )
-    if on_unconverged == "raise":
-        raise NotConverged(message)
-    warnings.warn(message, RuntimeWarning, stacklevel=4)

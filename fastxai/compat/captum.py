@@ -25,6 +25,9 @@ Differences from Captum, on purpose:
 - ``GuidedBackprop``, ``Deconvolution``, ``GuidedGradCam`` modify every ReLU, also functional
   ones (``torch.relu``, ``F.relu``); Captum only ``nn.ReLU`` modules. A model without any
   ReLU raises ``ValueError``.
+- ``IntegratedGradients.attribute`` also takes ``method="adaptive"`` and ``method="exact"``
+  (extensions, with keyword-only ``tolerance``, ``max_steps``, ``on_unconverged``,
+  ``max_pieces``); Captum refuses them.
 - Random methods (``GradientShap``, ``NoiseTunnel``) draw from a counter-based generator keyed
   by ``seed`` (an extra keyword of ``attribute``; None draws one from torch's global
   generator): same distribution as Captum, not the same samples.
@@ -53,6 +56,8 @@ from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_row
 from fastxai.compat._captum_targets import CaptumArgumentError, CaptumTypeError, select_target
 
 Forward = Callable[..., torch.Tensor]
+EXTRA_IG_METHODS = ("adaptive", "exact")
+"""``IntegratedGradients.attribute``'s methods beyond Captum's five rules."""
 
 _LAZY = {
     "LayerAttribution": "fastxai.compat._captum_grad_cam",
@@ -277,7 +282,17 @@ class _PathAttribution(Attribution):
 
 class IntegratedGradients(_PathAttribution):
     """Captum's ``IntegratedGradients``: the five fixed rules with Captum's points and weights
-    (also Captum's ``riemann_trapezoid``, whose weights sum to (n-1)/n)."""
+    (also Captum's ``riemann_trapezoid``, whose weights sum to (n-1)/n).
+
+    Extension: ``method="adaptive"`` (nested Gauss panels refined until the completeness error
+    is within ``tolerance``, ``n_steps`` unused: see ``fastxai.integrated_gradients``) and
+    ``method="exact"`` (piecewise-linear networks: the sum over the path's linear pieces), with
+    the keyword-only ``tolerance``, ``max_steps``, ``on_unconverged`` and ``max_pieces``.
+
+    >>> ig = IntegratedGradients(model)
+    >>> attr, delta = ig.attribute(x, target=y, method="adaptive", tolerance=1e-3,
+    ...                            return_convergence_delta=True)
+    """
 
     def attribute(
         self,
@@ -289,8 +304,15 @@ class IntegratedGradients(_PathAttribution):
         method: str = "gausslegendre",
         internal_batch_size: int | None = None,
         return_convergence_delta: bool = False,
+        *,
+        tolerance: float = 1e-3,
+        max_steps: int = 1025,
+        on_unconverged: str = "warn",
+        max_pieces: int = 4096,
     ) -> Any:
-        quadrature.check_method(method)
+        methods = (*quadrature.FIXED_METHODS, *EXTRA_IG_METHODS)
+        if method not in methods:
+            raise ValueError(f"method must be one of {methods}, got {method!r}")
         packed, forward, chunk = self._prepare(inputs, additional_forward_args, internal_batch_size)
         target = check_target(target)
         baseline = 0.0 if baselines is None else packed.pack(baselines, name="baselines")
@@ -300,7 +322,8 @@ class IntegratedGradients(_PathAttribution):
         def run() -> Any:
             return integrated_gradients(
                 forward, packed.flat, baseline, target, n_steps=n_steps, method=method,
-                multiply_by_inputs=self._multiply_by_inputs, chunk_size=chunk,
+                multiply_by_inputs=self._multiply_by_inputs, chunk_size=chunk, tolerance=tolerance,
+                max_steps=max_steps, on_unconverged=on_unconverged, max_pieces=max_pieces,
             )
 
         attributions = self._run(run)

@@ -135,8 +135,8 @@ def test_adaptive_refines_only_unconverged_samples() -> None:
         _, evaluations = fx.integrated_gradients(
             relu_net, x, target=0, method="adaptive", tolerance=1e-12, max_steps=33, return_evaluations=True
         )
-    assert evaluations[1] == 5  # the first round: 1/6, 1/2, 5/6 and the two end values
-    assert evaluations[0] == 33
+    assert evaluations[1] == 5  # the first round: 3 Gauss-Legendre points and the two end values
+    assert 29 <= evaluations[0] <= 33  # a raise adds 2 or 4 points; none fits past 33
 
 
 @pytest.mark.parametrize(("backend", "device"), backend_params())
