@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import (
     LayerCapture,
@@ -121,7 +121,7 @@ def cam(
             model, inputs, target, layer=layer, relu=relu, upsample=upsample, reshape=reshape,
             chunk_size=chunk_size,
         )
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     reshape = check_reshape(reshape)
     mode = check_upsample(upsample, inputs)
