@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastxai._compile import original
 from fastxai._output import output_tensor
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -77,12 +78,13 @@ def preserved_state(model: Model, *, eval_mode: bool = True) -> Iterator[None]:
 
     Thread-safe per model: the block holds the model's re-entrant lock (``model_lock``), so a
     second thread's call on the same model waits for this one (nested guards in one thread do
-    not); a plain callable is not guarded.
+    not); a plain callable is not guarded. A compiled model (``torch.compile(model)``) holds the
+    lock of the module it wraps: both change the same submodules.
     """
     if not isinstance(model, nn.Module):
         yield
         return
-    with model_lock(model):
+    with model_lock(original(model)):
         yield from _preserved(model, eval_mode)
 
 
@@ -178,7 +180,7 @@ def inference_state(model: Model) -> Iterator[None]:
     if not isinstance(model, nn.Module):
         yield
         return
-    with model_lock(model):
+    with model_lock(original(model)):
         yield from _inference(model)
 
 

@@ -191,8 +191,98 @@ def occlude(
     return out
 
 
+def _gaussian_perturb(
+    x: torch.Tensor, sigma: torch.Tensor, seed: int, sample_offset: int, n_samples: int, batch_offset: int
+) -> torch.Tensor:
+    return x.new_empty((n_samples, *x.shape))
+
+
+def _moment_accumulate(
+    values: torch.Tensor, total: torch.Tensor, total_sq: torch.Tensor | None, multiplier: torch.Tensor | None
+) -> None:
+    return None
+
+
+def _path_points(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((alphas.shape[0], *x.shape))
+
+
+def _pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    step_size: torch.Tensor,
+    eps: torch.Tensor,
+    lower: float,
+    upper: float,
+    norm: str,
+) -> torch.Tensor:
+    return x_adv.new_empty(x_adv.shape)
+
+
+def _weighted_path_accumulate(grads: torch.Tensor, weights: torch.Tensor, acc: torch.Tensor) -> None:
+    return None
+
+
+def _lrp_divide(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
+    return relevance.new_empty(relevance.shape)
+
+
+def _lrp_product(
+    activation: torch.Tensor, c: torch.Tensor, c_neg: torch.Tensor | None, alpha: float, beta: float
+) -> torch.Tensor:
+    return activation.new_empty(activation.shape)
+
+
+def _masked_blend(
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    feature_mask: torch.Tensor,
+    keep: torch.Tensor,
+    copy_major: bool = False,
+) -> torch.Tensor:
+    copies = (keep.shape[1], inputs.shape[0]) if copy_major else (inputs.shape[0], keep.shape[1])
+    return inputs.new_empty((*copies, *inputs.shape[1:]))
+
+
+def _occlude(
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    window: list[int],
+    strides: list[int],
+    start: int,
+    count: int,
+    copy_major: bool = False,
+) -> torch.Tensor:
+    copies = (count, inputs.shape[0]) if copy_major else (inputs.shape[0], count)
+    return inputs.new_empty((*copies, *inputs.shape[1:]))
+
+
+def _rescale_backward(
+    grad: torch.Tensor, x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
+) -> torch.Tensor:
+    return grad.new_empty(grad.shape)
+
+
+FAKES = {
+    "gaussian_perturb": _gaussian_perturb,
+    "moment_accumulate": _moment_accumulate,
+    "path_points": _path_points,
+    "pgd_step": _pgd_step,
+    "weighted_path_accumulate": _weighted_path_accumulate,
+    "lrp_divide": _lrp_divide,
+    "lrp_product": _lrp_product,
+    "masked_blend": _masked_blend,
+    "occlude": _occlude,
+    "rescale_backward": _rescale_backward,
+}
+"""Each op's fake (shape-only) implementation, for torch.compile / FakeTensor: outputs of the op's
+shape and dtype, in-place ops return None. Defined here, the module ``fastxai._C`` names for them
+(``set_python_module``); ``fastxai._triton`` registers them for its operators too."""
+
+
 def _register_fakes() -> None:
-    """Shape-only implementations, so the ops trace under torch.compile / FakeTensor.
+    """Register ``FAKES`` for the operators ``fastxai::*``, so they trace under torch.compile.
 
     ``fastxai._C`` names this module as the home of its fake implementations
     (``set_python_module``), so torch imports it when it needs them.
@@ -201,87 +291,8 @@ def _register_fakes() -> None:
     if _fakes_registered:
         return
     _fakes_registered = True
-
-    @torch.library.register_fake("fastxai::gaussian_perturb")
-    def _gaussian_perturb_fake(
-        x: torch.Tensor,
-        sigma: torch.Tensor,
-        seed: int,
-        sample_offset: int,
-        n_samples: int,
-        batch_offset: int,
-    ) -> torch.Tensor:
-        return x.new_empty((n_samples, *x.shape))
-
-    @torch.library.register_fake("fastxai::path_points")
-    def _path_points_fake(x: torch.Tensor, baseline: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-        return x.new_empty((alphas.shape[0], *x.shape))
-
-    @torch.library.register_fake("fastxai::pgd_step")
-    def _pgd_step_fake(
-        x_adv: torch.Tensor,
-        grad: torch.Tensor,
-        x_orig: torch.Tensor,
-        step_size: torch.Tensor,
-        eps: torch.Tensor,
-        lower: float,
-        upper: float,
-        norm: str,
-    ) -> torch.Tensor:
-        return x_adv.new_empty(x_adv.shape)
-
-    @torch.library.register_fake("fastxai::moment_accumulate")
-    def _moment_accumulate_fake(
-        values: torch.Tensor,
-        total: torch.Tensor,
-        total_sq: torch.Tensor | None,
-        multiplier: torch.Tensor | None,
-    ) -> None:
-        return None
-
-    @torch.library.register_fake("fastxai::weighted_path_accumulate")
-    def _weighted_path_accumulate_fake(grads: torch.Tensor, weights: torch.Tensor, acc: torch.Tensor) -> None:
-        return None
-
-    @torch.library.register_fake("fastxai::lrp_divide")
-    def _lrp_divide_fake(relevance: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
-        return relevance.new_empty(relevance.shape)
-
-    @torch.library.register_fake("fastxai::rescale_backward")
-    def _rescale_backward_fake(
-        grad: torch.Tensor, x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
-    ) -> torch.Tensor:
-        return grad.new_empty(grad.shape)
-
-    @torch.library.register_fake("fastxai::lrp_product")
-    def _lrp_product_fake(
-        activation: torch.Tensor, c: torch.Tensor, c_neg: torch.Tensor | None, alpha: float, beta: float
-    ) -> torch.Tensor:
-        return activation.new_empty(activation.shape)
-
-    @torch.library.register_fake("fastxai::masked_blend")
-    def _masked_blend_fake(
-        inputs: torch.Tensor,
-        baselines: torch.Tensor,
-        feature_mask: torch.Tensor,
-        keep: torch.Tensor,
-        copy_major: bool = False,
-    ) -> torch.Tensor:
-        copies = (keep.shape[1], inputs.shape[0]) if copy_major else (inputs.shape[0], keep.shape[1])
-        return inputs.new_empty((*copies, *inputs.shape[1:]))
-
-    @torch.library.register_fake("fastxai::occlude")
-    def _occlude_fake(
-        inputs: torch.Tensor,
-        baselines: torch.Tensor,
-        window: list[int],
-        strides: list[int],
-        start: int,
-        count: int,
-        copy_major: bool = False,
-    ) -> torch.Tensor:
-        copies = (count, inputs.shape[0]) if copy_major else (inputs.shape[0], count)
-        return inputs.new_empty((*copies, *inputs.shape[1:]))
+    for name, fake in FAKES.items():
+        torch.library.register_fake(f"fastxai::{name}")(fake)
 
 
 # torch imports this module when it needs the fake implementations of ops that fastxai._C

@@ -31,7 +31,7 @@ def _implementation(backend: str) -> ModuleType:
 
         return _native
     if backend == "triton":
-        return importlib.import_module("fastxai.kernels")
+        return importlib.import_module("fastxai._triton")  # fastxai.kernels, traceable
     raise ValueError(f"unknown backend {backend!r}")
 
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import Slots, resolve_layer
 from fastxai.attribution._rows import RowForward, Rows, check_forward_kwargs, is_integer, repeat_rows
@@ -112,6 +112,47 @@ class InputSite:
     def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.forward.logits(rows, count, (points,)).gather(1, target.view(-1, 1)).squeeze(1)
+
+    def check_target(self) -> None:
+        """Check a target ``resolve_target`` left to the first model pass (``RowForward.logits``)
+        now, on one row: a compiled step calls the model without that check."""
+        if self.forward.unchecked_target is not None:
+            with torch.no_grad():
+                self.forward.logits(slice(0, 1), 1)
+
+
+def point_gradients(
+    model: Callable[..., Any],
+    dtype: torch.dtype | None,
+    points: torch.Tensor,
+    target: torch.Tensor,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``d f_target / d points`` and ``f_target(points)`` [N], as ``InputSite.gradients`` gives
+    them for ``model(points, **kwargs)`` (under autocast ``dtype``), by ``torch.func.grad``: the
+    form a compiled step (``_compile.Step``) traces, where ``torch.autograd.grad`` breaks the graph.
+    ``target`` indexes the flattened output; ``kwargs`` are the model batch's (``RowForward.extras``)."""
+
+    def total(leaf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _precision.autocast(dtype, leaf.device.type):
+            output = _model.flat_outputs(lambda head: model(head, **kwargs), leaf)
+        scores = output.gather(1, target.view(-1, 1)).squeeze(1)
+        return scores.sum(), scores
+
+    grads, scores = torch.func.grad(total, has_aux=True)(points)
+    return grads, scores.detach()
+
+
+def check_compile(site: Site | None, compile: object) -> str | None:
+    """``compile=`` of a gradient method (``_compile.check_compile``): the compiled step takes
+    attributions at the input (``site`` an ``InputSite``; None when the method has no layer)."""
+    backend = _compile.check_compile(compile)
+    if backend is not None and site is not None and not isinstance(site, InputSite):
+        raise ValueError(
+            "compile=True compiles the step of attributions at the input; with layer= the model runs "
+            "with hooks on the layer, uncompiled: pass compile=False"
+        )
+    return backend
 
 
 class LayerSite:
@@ -223,17 +264,24 @@ class PathSite(Protocol):
     def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor: ...
 
 
-def site_for(model: Model, inputs: Any, layer: object, forward_kwargs: object) -> tuple[Site, torch.Tensor]:
+def site_for(
+    model: Model, inputs: Any, layer: object, forward_kwargs: object, dtype: object = None
+) -> tuple[Site, torch.Tensor]:
     """The site of a functional method: the input, or ``layer``'s output. Integer inputs take
     the model's input embedding when ``layer`` is None (refused, naming ``layer=``, when the
-    model has none). Returns (site, checked inputs)."""
+    model has none). At a layer a compiled model runs as its original module (its hooks go on
+    that module's layers; ``_compile``). ``dtype``: the model's precision (``_precision``).
+    Returns (site, checked inputs)."""
     kwargs = check_forward_kwargs(forward_kwargs)
     if layer is None and isinstance(inputs, torch.Tensor) and is_integer(inputs):
+        model = _compile.original(model)
         layer = input_embedding(model)
     inputs = _model.check_inputs(inputs, allow_integer=layer is not None, layer_option=True)
-    forward = RowForward(model, (inputs,), (), kwargs)
+    checked_dtype = _precision.check_dtype(dtype, inputs.device)
     if layer is None:
-        return InputSite(forward), inputs
+        return InputSite(RowForward(model, (inputs,), (), kwargs, dtype=checked_dtype)), inputs
+    model = _compile.original(model)
+    forward = RowForward(model, (inputs,), (), kwargs, dtype=checked_dtype)
     return LayerSite(forward, [resolve_layer(model, layer)], one_tensor=True), inputs
 
 
@@ -308,12 +356,14 @@ __all__ = [
     "RowForward",
     "Rows",
     "Site",
+    "check_compile",
     "check_forward_kwargs",
     "check_layer_baselines",
     "chunk_scores",
     "input_embedding",
     "is_integer",
     "layer_distribution",
+    "point_gradients",
     "repeat_rows",
     "site_for",
     "token_id_baselines",

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastxai._compile import original
 from fastxai._model import Model
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
@@ -25,7 +26,9 @@ _SMOOTH_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def resolve_layer(model: Model, layer: object) -> nn.Module:
-    """``layer`` as a module of ``model``: a submodule or the dotted name of one."""
+    """``layer`` as a module of ``model``: a submodule or the dotted name of one (names of a
+    compiled model are its original module's: ``"layer4"``, not ``"_orig_mod.layer4"``)."""
+    model = original(model)
     if isinstance(layer, str):
         if not isinstance(model, nn.Module):
             raise TypeError(

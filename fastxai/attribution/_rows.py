@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _model
+from fastxai import _compile, _model, _precision
 
 Rows = slice | torch.Tensor
 """Rows of the batch: a slice, or a LongTensor of row indices."""
@@ -50,7 +50,10 @@ def check_forward_kwargs(forward_kwargs: object) -> dict[str, Any]:
 
 class RowForward:
     """The model on rows of the batch, each row repeated ``count`` times copy-major, with the
-    per-example extra arguments repeated alike."""
+    per-example extra arguments repeated alike. With ``dtype`` (``_precision``) every call runs
+    under autocast. ``plain`` is what a compiled step (``_compile.Step``) calls: the model
+    without autocast (the step autocasts itself), a compiled model's original module (the step
+    is compiled as a whole)."""
 
     def __init__(
         self,
@@ -58,8 +61,11 @@ class RowForward:
         inputs: tuple[torch.Tensor, ...],
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
+        *,
+        dtype: torch.dtype | None = None,
     ) -> None:
-        self.model, self.args = model, args
+        self.plain, self.dtype, self.args = _compile.original(model), dtype, args
+        self.model = _precision.autocast_model(model, dtype, inputs[0].device.type)
         self.inputs = tuple(tensor.detach() for tensor in inputs)
         self.kwargs = kwargs or {}
         self.batch = inputs[0].shape[0]
@@ -71,6 +77,12 @@ class RowForward:
 
     def _extra(self, value: Any, rows: Rows, count: int) -> Any:
         return repeat_rows(value, rows, count) if self._per_example(value) else value
+
+    def extras(self, rows: Rows, count: int) -> dict[str, Any]:
+        """The keyword arguments of the model batch of ``rows`` x ``count`` (per-example ones
+        cut and repeated), for a model that takes one input and no extra positional arguments."""
+        assert not self.args and len(self.inputs) == 1
+        return {key: self._extra(value, rows, count) for key, value in self.kwargs.items()}
 
     def bound(
         self, rows: Rows, count: int, inputs: Sequence[torch.Tensor] | None = None

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _model
+from fastxai import _compile, _model
 from fastxai.attribution._max_flow import max_flow
 from fastxai.attribution.cam_layer import token_grid
 
@@ -158,6 +158,7 @@ def attentions_of(
     """Every attention layer's weights [B, H, N, N], first layer first, from one forward pass of
     ``model(inputs, attention_mask=..., **forward_kwargs)`` without gradients; the model is left
     as found (mode, hooks, attention implementation)."""
+    model = _compile.original(model)  # its attention modules are hooked: a compiled model's module
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be an nn.Module to read its attention weights, got {type(model).__name__}"

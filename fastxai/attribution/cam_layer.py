@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _model
+from fastxai import _compile, _model
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import Reshape, resolve_layer
 
@@ -211,6 +211,7 @@ def cam_layer(model: Model, inputs: torch.Tensor) -> CamLayer:
     >>> found = fastxai.cam_layer(model, x)  # CamLayer(name='layer4', layout='channels_first', ...)
     >>> heat = fastxai.grad_cam(model, x, layer=found.module, reshape=found.reshape)
     """
+    model = _compile.original(model)  # hooks go on the layers of a compiled model's module
     if not isinstance(model, nn.Module):
         raise TypeError(f"choosing a layer needs an nn.Module model, got {type(model).__name__}; pass layer=")
     inputs = _model.check_inputs(inputs)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import (
     LayerCapture,
@@ -118,10 +118,16 @@ def cam(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "score_cam":
         return score_cam(
-            model, inputs, target, layer=layer, relu=relu, upsample=upsample, reshape=reshape,
+            model,
+            inputs,
+            target,
+            layer=layer,
+            relu=relu,
+            upsample=upsample,
+            reshape=reshape,
             chunk_size=chunk_size,
         )
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     reshape = check_reshape(reshape)
     mode = check_upsample(upsample, inputs)
@@ -177,15 +183,22 @@ def _named(method: str, paper: str) -> Callable[..., torch.Tensor]:
         chunk_size: int | None = None,
     ) -> torch.Tensor:
         return cam(
-            model, inputs, target, layer=layer, method=method, relu=relu, upsample=upsample,
-            reshape=reshape, chunk_size=chunk_size,
+            model,
+            inputs,
+            target,
+            layer=layer,
+            method=method,
+            relu=relu,
+            upsample=upsample,
+            reshape=reshape,
+            chunk_size=chunk_size,
         )
 
     function.__name__ = function.__qualname__ = method
     function.__doc__ = (
         f"{paper}: ``cam(..., method={method!r})``; formula and shapes in\n"
         "    ``fastxai.attribution.class_activation``.\n\n"
-        f"    >>> heat = fastxai.{method}(model, x, target=y, layer=\"layer4\", upsample=True)\n"
+        f'    >>> heat = fastxai.{method}(model, x, target=y, layer="layer4", upsample=True)\n'
     )
     return function
 
@@ -219,7 +232,14 @@ def guided_grad_cam(
     if not isinstance(upsample, str):
         raise TypeError(f"upsample must be an interpolation mode name, got {type(upsample).__name__}")
     heat = cam(
-        model, inputs, target, layer=layer, method="grad_cam", relu=True, upsample=upsample,
-        reshape=reshape, chunk_size=chunk_size,
+        model,
+        inputs,
+        target,
+        layer=layer,
+        method="grad_cam",
+        relu=True,
+        upsample=upsample,
+        reshape=reshape,
+        chunk_size=chunk_size,
     )
     return guided_backprop(model, inputs, target, chunk_size=chunk_size) * heat

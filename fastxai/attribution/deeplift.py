@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._rescale import PairedMode, RecordMode
 from fastxai.attribution.gradient_shap import _check_distribution
@@ -126,7 +126,7 @@ def deeplift(
     >>> a = fastxai.deeplift(model, x, target=y, baselines=0.0)
     >>> a, delta = fastxai.deeplift(model, x, target=y, return_convergence_delta=True)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
     reference = _check_baselines(baselines, inputs)
@@ -182,7 +182,7 @@ def deeplift_shap(
 
     >>> a = fastxai.deeplift_shap(model, x, target=y, baselines=background)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
     if baselines is None:

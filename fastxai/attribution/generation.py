@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai._output import SelectOutput, output_tensor
 from fastxai.attribution import _layer
@@ -184,7 +184,7 @@ def explain_generation(
     >>> a = fastxai.explain_generation(gpt2, ids, out[:, ids.shape[1]:], attention_mask=mask)
     >>> a.shape   # [B, 8, T_in]: a[b, j, i], prompt token i's share in generated token j
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     prompts = _check_ids(prompts, "prompts")
     continuations = _check_ids(continuations, "continuations")
     if continuations.shape[0] != prompts.shape[0]:

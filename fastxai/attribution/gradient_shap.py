@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from fastxai import _backends, _budget, _checks, _model, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _compile, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path
 from fastxai.attribution._rows import Rows
@@ -54,6 +57,8 @@ def gradient_shap(
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
+    compile: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """GradientSHAP (Lundberg & Lee 2017; Captum's ``GradientShap``), which is Expected
     Gradients (Erion et al. 2021) when ``stdevs=0``.
@@ -100,11 +105,19 @@ def gradient_shap(
     ``forward_kwargs``: extra keyword arguments to the model (an attention mask); tensors with
     one row per example are repeated with the rows of each model batch.
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the path points and the differences
+    ``x_s - x'_s`` go to the model and the fused op in that dtype, the model runs under autocast,
+    and the products are summed in float32 (``fastxai._precision``). ``compile=True`` (or a
+    ``torch.compile`` backend's name) compiles one chunk's path points, forward, backward and
+    fused accumulation as one graph, once per call (``fastxai._compile``; attributions at the
+    input; the noise and the deltas run outside it).
+
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=20, seed=0)
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=8, method="adaptive")
     """
     model = _model.check_model(model)
-    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
+    compile_backend = _layer.check_compile(site, compile)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     # the draws (baseline choice, stratum, position: ~56 bytes) and the deltas, per sample and row
@@ -122,6 +135,11 @@ def gradient_shap(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "adaptive":
         adaptive_path.check_options(tolerance, max_steps, on_unconverged)
+        if compile_backend is not None or dtype is not None:
+            raise ValueError(
+                f"{'compile' if compile_backend is not None else 'dtype'} applies to "
+                "method='sampled'; with method='adaptive' leave compile=False and dtype=None"
+            )
     distribution = None
     if isinstance(site, _layer.InputSite):
         distribution = _check_distribution(baselines, inputs)
@@ -171,12 +189,19 @@ def gradient_shap(
             if return_evaluations:
                 result.append(outcome.evaluations.view(n_samples, batch).t().contiguous())
             return result[0] if len(result) == 1 else tuple(result)
-        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        points_dtype = _precision.points_dtype(x, site.forward.dtype)
+        acc_dtype = _precision.accumulator_dtype(points_dtype)
         total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
         delta = None
         if return_convergence_delta:
             delta = torch.zeros(n_samples, batch, dtype=acc_dtype, device=x.device)
         target_t = site.forward.resolve_target(target_t, chunk)
+        step: Callable[..., torch.Tensor] | None = None
+        if compile_backend is not None:
+            assert isinstance(site, _layer.InputSite)
+            site.check_target()
+            step = _compile.Step(_expectation_step, compile_backend)
+            accumulate = ops._unchecked("moment_accumulate", backend, x.to(points_dtype))
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             count = sample_stop - sample
@@ -187,19 +212,27 @@ def gradient_shap(
             else:
                 ends = x[row:row_stop].unsqueeze(0).expand(count, *x[row:row_stop].shape)
             starts = distribution[choices[sample:sample_stop, row:row_stop]]
-            differences = ends - starts
-            alpha = alphas[sample:sample_stop, row:row_stop].reshape(*differences.shape[:2], *unit)
-            points = starts + alpha * differences
+            alpha = alphas[sample:sample_stop, row:row_stop].reshape(count, row_stop - row, *unit)
             rows_target = target_t[row:row_stop].repeat(count)
-            grads = site.gradients(points.reshape(view), slice(row, row_stop), count, rows_target)[0]
-            ops.moment_accumulate(
-                grads.reshape(differences.shape),
-                total[row:row_stop],
-                None,
-                differences if multiply_by_inputs else None,
-                backend=backend,
-            )
+            if step is not None:
+                forward, rows = site.forward, slice(row, row_stop)
+                grads = step(
+                    forward.plain, forward.dtype, accumulate, starts, ends, alpha, total[rows],
+                    multiply_by_inputs, rows_target, forward.extras(rows, count),
+                )  # fmt: skip
+            else:
+                differences = ends - starts
+                points = (starts + alpha * differences).to(points_dtype)
+                grads = site.gradients(points.reshape(view), slice(row, row_stop), count, rows_target)[0]
+                ops.moment_accumulate(
+                    grads.reshape(differences.shape),
+                    total[row:row_stop],
+                    None,
+                    differences.to(points_dtype) if multiply_by_inputs else None,
+                    backend=backend,
+                )
             if delta is not None:
+                differences = ends - starts
                 products = (grads.reshape(differences.shape) * differences).flatten(2).sum(2)
                 rows = slice(row, row_stop)
                 end_scores = site.scores(ends.reshape(view), rows, count, rows_target)
@@ -264,6 +297,36 @@ def _adaptive_paths(
     return adaptive_path.adaptive_path(
         paths, starts.reshape(flat).contiguous(), target.repeat(samples), chunk, float(tolerance), max_steps
     )
+
+
+def _expectation_step(
+    model: Callable[..., Any],
+    dtype: torch.dtype | None,
+    accumulate: Callable[..., None],
+    starts: torch.Tensor,
+    ends: torch.Tensor,
+    alpha: torch.Tensor,
+    total: torch.Tensor,
+    multiply_by_inputs: bool,
+    target: torch.Tensor,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """One chunk of GradientSHAP as one graph (``_compile.Step``): the points ``starts + alpha *
+    (ends - starts)`` [n, B, *F] (in the model's precision ``dtype``), the target's gradients
+    there, ``total += sum_s grad_s * (ends_s - starts_s)`` by the fused op's implementation
+    ``accumulate`` (``ops._unchecked``). Returns the gradients [n * B, *F] (for the deltas)."""
+    differences = ends - starts
+    points = starts + alpha * differences
+    if dtype is not None:
+        points, differences = points.to(dtype), differences.to(dtype)
+    grads, _ = _layer.point_gradients(model, dtype, points.reshape(-1, *points.shape[2:]), target, kwargs)
+    accumulate(
+        grads.reshape(points.shape).contiguous(),
+        total,
+        None,
+        differences.contiguous() if multiply_by_inputs else None,
+    )
+    return grads
 
 
 expected_gradients = gradient_shap

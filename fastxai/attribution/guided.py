@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from fastxai import _compile
 from fastxai._model import Model
 from fastxai.attribution._layer import GRAPH_RULE
 from fastxai.attribution.gradient import target_gradient
@@ -126,6 +127,7 @@ def modified_relu_gradient(
 ) -> torch.Tensor:
     """``d f_target / d inputs`` with every ReLU's backward replaced by ``rule``: [B, *F]."""
     relu_rule = ReluRule(rule)
+    model = _compile.original(model)  # a mode over the forward: a compiled model's module
     token = GRAPH_RULE.set(relu_rule)
     try:
         grads = target_gradient(model, inputs, target, chunk_size)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _checks, _model, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _compile, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path, exact_path, quadrature
 
@@ -71,6 +73,8 @@ def integrated_gradients(
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
+    compile: bool | str = False,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Integrated Gradients: ``(x - x') * integral_0^1 grad f_target(x' + a (x - x')) da``.
 
@@ -110,14 +114,33 @@ def integrated_gradients(
     ``a.sum(-1)``. ``forward_kwargs``: extra keyword arguments to the model (an attention
     mask); tensors with one row per example are repeated with the rows of each model batch.
 
+    Fixed rules only: ``dtype=torch.bfloat16`` (or ``torch.float16``) runs the model in that
+    precision (the path points in it, every model call under autocast, the gradients summed in
+    float32 by the fused op: ``fastxai._precision``; the delta is then of the model run so).
+    ``compile=True`` (or a ``torch.compile`` backend's name) compiles one chunk's step, path
+    points, forward, backward and fused accumulation, as one graph once and reuses it
+    (``fastxai._compile``; attributions at the input). A compiled model (``torch.compile(model)``)
+    runs compiled as given, except for ``layer=`` and ``method="exact"``, which hook and trace
+    its original module.
+
     >>> a, delta = fastxai.integrated_gradients(model, x, target=y, return_convergence_delta=True)
+    >>> a = fastxai.integrated_gradients(model, x, target=y, dtype=torch.bfloat16, compile=True)
     >>> a = fastxai.integrated_gradients(bert, ids, baselines=pad_id, target=1,
     ...                                  forward_kwargs={"attention_mask": mask})   # [B, T, D]
     """
     model = _model.check_model(model)
-    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
+    if method == "exact":
+        model = _compile.original(model)  # forward-mode AD under a mode: a compiled model's module
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    compile_backend = _layer.check_compile(site, compile)
+    if method in ("adaptive", "exact") and (compile_backend is not None or dtype is not None):
+        raise ValueError(
+            f"{'compile' if compile_backend is not None else 'dtype'} applies to the fixed rules; "
+            f"method={method!r} integrates to a tolerance (or exactly) with its own model passes: "
+            "leave compile=False and dtype=None"
+        )
     for flag, value in (
         ("return_convergence_delta", return_convergence_delta),
         ("return_evaluations", return_evaluations),
@@ -184,6 +207,7 @@ def integrated_gradients(
                 backend,
                 return_convergence_delta,
                 multiply_by_inputs=multiply_by_inputs,
+                compile_backend=compile_backend,
             )
             evaluations = torch.full((x.shape[0],), n_steps + 2 * return_convergence_delta, dtype=torch.long)
 
@@ -218,12 +242,14 @@ def fixed_path(
     *,
     captum_trapezoid: bool = False,
     multiply_by_inputs: bool = True,
+    compile_backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """IG with a fixed rule at a site (inside the model's state guard): attributions [B, *A]
-    (the path integral alone without ``multiply_by_inputs``) and the delta [B] or None."""
+    (the path integral alone without ``multiply_by_inputs``) and the delta [B] or None. The
+    model's precision is the site's (``RowForward.dtype``); ``compile_backend`` compiles the step."""
     x = site.origin
     alphas, weights = quadrature.points_and_weights(method, n_steps, captum_trapezoid=captum_trapezoid)
-    run = _PathRun(site, baseline, target, chunk, backend)
+    run = _PathRun(site, baseline, target, chunk, backend, compile_backend)
     run.accumulate(torch.arange(x.shape[0], device=x.device), alphas.tolist(), weights.tolist())
     attributions = run.attributions(run.acc) if multiply_by_inputs else run.acc
     if not return_convergence_delta:
@@ -233,7 +259,11 @@ def fixed_path(
 
 
 class _PathRun:
-    """The state of one IG computation: inputs, baselines, targets and the gradient sums."""
+    """The state of one IG computation: inputs, baselines, targets and the gradient sums.
+
+    The path's ends are also kept in the precision the model runs in (``ends``: the inputs'
+    dtype, or the site's ``dtype``), where the path points are built; the sums are float32
+    (float64 for float64 points)."""
 
     def __init__(
         self,
@@ -242,12 +272,20 @@ class _PathRun:
         target: torch.Tensor,
         chunk: int,
         backend: str | None,
+        compile_backend: str | None = None,
     ) -> None:
         x = site.origin
         self.site, self.x, self.baseline, self.target = site, x, baseline, target
         self.chunk, self.backend = chunk, backend
-        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        points = _precision.points_dtype(x, site.forward.dtype)
+        self.ends = (x.to(points), baseline.to(points))
+        acc_dtype = _precision.accumulator_dtype(points)
         self.acc = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+        self.step: Callable[..., torch.Tensor] | None = None
+        if compile_backend is not None:
+            assert isinstance(site, _layer.InputSite)
+            site.check_target()
+            self.step = _compile.Step(_path_step, compile_backend)
 
     def accumulate(
         self, rows: torch.Tensor, alphas: list[float], weights: list[float], acc: torch.Tensor | None = None
@@ -258,13 +296,37 @@ class _PathRun:
         """
         acc = self.acc if acc is None else acc
         subset = rows.numel() != self.x.shape[0]
-        x = self.x[rows] if subset else self.x
-        baseline = self.baseline[rows] if subset else self.baseline
+        x = self.ends[0][rows] if subset else self.ends[0]
+        baseline = self.ends[1][rows] if subset else self.ends[1]
         target = self.target[rows] if subset else self.target
         sub_acc = acc[rows] if subset else acc
         alpha_t = torch.tensor(alphas, dtype=sub_acc.dtype, device=x.device)
         weight_t = torch.tensor(weights, dtype=sub_acc.dtype, device=x.device)
         scores = torch.empty(len(alphas), x.shape[0], dtype=sub_acc.dtype, device=x.device)
+
+        if self.step is not None:
+            fused = (
+                ops._unchecked("path_points", self.backend, x),
+                ops._unchecked("weighted_path_accumulate", self.backend, x),
+            )
+
+        def compiled(step: int, step_stop: int, row: int, row_stop: int) -> None:
+            assert self.step is not None
+            count = step_stop - step
+            weights = weight_t[step:step_stop].view(count, 1).expand(count, row_stop - row).contiguous()
+            values = self.step(
+                self.site.forward.plain,
+                self.site.forward.dtype,
+                *fused,
+                x[row:row_stop],
+                baseline[row:row_stop],
+                alpha_t[step:step_stop],
+                weights,
+                sub_acc[row:row_stop],
+                target[row:row_stop].repeat(count),
+                self.site.forward.extras(rows[row:row_stop] if subset else slice(row, row_stop), count),
+            )
+            scores[step:step_stop, row:row_stop] = values.view(count, -1)
 
         def body(step: int, step_stop: int, row: int, row_stop: int) -> None:
             points = ops.path_points(
@@ -285,7 +347,8 @@ class _PathRun:
             )
             scores[step:step_stop, row:row_stop] = values.view(count, -1)
 
-        _scheduling.for_each_block(len(alphas), x.shape[0], self.chunk, body, halve_on_oom=x.is_cuda)
+        run = body if self.step is None else compiled
+        _scheduling.for_each_block(len(alphas), x.shape[0], self.chunk, run, halve_on_oom=x.is_cuda)
         if subset:
             acc[rows] = sub_acc
         return scores
@@ -298,3 +361,27 @@ class _PathRun:
     @staticmethod
     def delta(attributions: torch.Tensor, score_difference: torch.Tensor) -> torch.Tensor:
         return attributions.flatten(1).sum(1) - score_difference.to(attributions.dtype)
+
+
+def _path_step(
+    model: Callable[..., Any],
+    dtype: torch.dtype | None,
+    path_points: Callable[..., torch.Tensor],
+    accumulate: Callable[..., None],
+    x: torch.Tensor,
+    baseline: torch.Tensor,
+    alphas: torch.Tensor,
+    weights: torch.Tensor,
+    acc: torch.Tensor,
+    target: torch.Tensor,
+    kwargs: dict[str, Any],
+) -> torch.Tensor:
+    """One chunk of IG as one graph (``_compile.Step``): the path points [K, n, *F] of ``x`` and
+    ``baseline`` [n, *F] at ``alphas`` [K], the target's gradients there, ``acc += sum_k
+    weights[k] * grad_k`` (weights [K, n]); returns the scores [K * n]. ``path_points`` and
+    ``accumulate`` are the fused ops' implementations (``ops._unchecked``), called with
+    arguments in the form the public ops hand on."""
+    points = path_points(x, baseline, alphas)
+    grads, scores = _layer.point_gradients(model, dtype, points.view(-1, *x.shape[1:]), target, kwargs)
+    accumulate(grads.reshape(points.shape).contiguous(), weights, acc)
+    return scores

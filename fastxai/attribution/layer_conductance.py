@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fastxai import _backends, _model, _scheduling, ops
+from fastxai import _backends, _compile, _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, quadrature
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -121,7 +121,7 @@ def layer_conductance(
 
     >>> c = fastxai.attribution.layer_conductance(model, x, target=y, layer="4", n_steps=100)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     check_path(method, n_steps)
     if backend is not None:

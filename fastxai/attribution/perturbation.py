@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _model
+from fastxai import _backends, _model, _precision
 from fastxai._model import Model
 from fastxai.attribution import _perturbation
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -163,6 +163,7 @@ def occlusion(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Occlusion: ``R_i = mean over windows W containing i of f_t(x) - f_t(x with W := baseline)``.
 
@@ -176,8 +177,14 @@ def occlusion(
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32).
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the copies are built in that dtype (token
+    ids stay exact) and the model scores them under autocast; the score drops and their means
+    are float32 (``fastxai._precision``). A drop smaller than the scores' half-precision spacing
+    (``2**-8`` of their magnitude for bfloat16) is lost: the README's "bf16" table measures it.
+
     >>> a = fastxai.occlusion(model, x, target=y, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))
     """
+    floating = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk, kwargs = _perturbation.prepare(
         model, inputs, target, chunk_size, forward_kwargs
@@ -187,6 +194,11 @@ def occlusion(
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     if backend is not None:
         _backends.check_choice(backend)
+    model_dtype = _precision.check_dtype(dtype, x.device)
+    scored = _precision.autocast_model(model, model_dtype, x.device.type)
+    ends = x, baseline  # the copies' sources, in the precision the model runs in
+    if floating and model_dtype is not None:
+        ends = x.to(model_dtype), baseline.to(model_dtype)
     grid = _WindowGrid(features, window, stride)
     dtype = _perturbation.compute_dtype(x)
     perturb: _perturbation.Perturb
@@ -196,11 +208,12 @@ def occlusion(
 
         def occlude(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
             # copy 0 is the input itself; copy p occludes window p - 1
-            first = max(p0, 1)
+            first, (source, replacement) = max(p0, 1), ends
             occluded = fused(
-                x[r0:r1], baseline[r0:r1], window_list, stride_list, first - 1, p1 - first, copy_major=True
-            )
-            return occluded if p0 > 0 else torch.cat([x[r0:r1].unsqueeze(0), occluded])
+                source[r0:r1], replacement[r0:r1], window_list, stride_list, first - 1, p1 - first,
+                copy_major=True,
+            )  # fmt: skip
+            return occluded if p0 > 0 else torch.cat([source[r0:r1].unsqueeze(0), occluded])
 
         perturb = occlude
 
@@ -221,12 +234,13 @@ def occlusion(
             occluded = occluded.reshape(p1 - p0, -1) * (positions >= 0).to(dtype).view(-1, 1)
             return (1 - occluded).unsqueeze(0).expand(r1 - r0, -1, -1)
 
-        perturb = _perturbation.blend(x, baseline, cell_ids, keep, backend)
+        perturb = _perturbation.blend(*ends, cell_ids, keep, backend)
 
     with _model.inference_state(model):
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, grid.total + 1, perturb, chunk, first_is_input=True, forward_kwargs=kwargs
-        )
+            scored, ends[0], target_t, grid.total + 1, perturb, chunk, first_is_input=True,
+            forward_kwargs=kwargs,
+        )  # fmt: skip
     drops = scores[:, :1] - scores[:, 1:]  # [B, K] over the window grid, row-major
     spread = _spread(features, window, stride, x.device, dtype)
     if isinstance(spread, torch.Tensor):

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import (
     LayerCapture,
@@ -60,7 +60,7 @@ def score_cam(
 
     >>> heat = fastxai.score_cam(model, x, target=y, layer="layer4", chunk_size=256)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     reshape = check_reshape(reshape)
     mode = check_upsample(upsample, inputs)

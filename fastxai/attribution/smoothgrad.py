@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from fastxai import _backends, _budget, _model, _scheduling, ops
+from fastxai import _backends, _budget, _compile, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer
 
@@ -55,6 +58,8 @@ def smoothgrad(
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
+    compile: bool | str = False,
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017) and its squared / variance forms (Adebayo et al. 2018).
 
@@ -80,10 +85,18 @@ def smoothgrad(
     ``a.sum(-1)``. ``forward_kwargs``: extra keyword arguments to the model (an attention
     mask); tensors with one row per example are repeated with the rows of each model batch.
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the noisy points are made in that dtype and
+    the model runs under autocast; the fused op sums the half-precision gradients in float32
+    (``fastxai._precision``). ``compile=True`` (or a ``torch.compile`` backend's name) compiles
+    one chunk's forward, backward and fused accumulation as one graph, once per call
+    (``fastxai._compile``; attributions at the input; the noise is drawn outside it).
+
     >>> a = fastxai.smoothgrad(model, x, target=y, n_samples=50, stdevs=0.15, seed=0)
+    >>> a = fastxai.smoothgrad(model, x, target=y, seed=0, dtype=torch.bfloat16, compile=True)
     """
     model = _model.check_model(model)
-    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
+    compile_backend = _layer.check_compile(site, compile)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     _budget.check_philox_samples("n_samples", n_samples)
@@ -100,25 +113,34 @@ def smoothgrad(
 
     with _model.preserved_state(model):
         site.prepare(chunk)
-        x = site.origin
-        acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
+        origin = site.origin
+        x = origin.to(_precision.points_dtype(origin, site.forward.dtype))  # the noisy points' dtype
+        total = torch.zeros(x.shape, dtype=_precision.accumulator_dtype(x.dtype), device=x.device)
         total_sq = torch.zeros_like(total) if nt_type != "smoothgrad" else None
         target_t = site.forward.resolve_target(target_t, chunk)
+        step: Callable[..., None] | None = None
+        if compile_backend is not None:
+            assert isinstance(site, _layer.InputSite)
+            site.check_target()
+            step = _compile.Step(_noise_step, compile_backend)
+            accumulate = ops._unchecked("moment_accumulate", backend, x)
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             count = sample_stop - sample
             noisy = ops.gaussian_perturb(
                 x[row:row_stop], sigma[row:row_stop], seed, sample, count, row_offset + row, backend=backend
             )
+            rows, rows_target = slice(row, row_stop), target_t[row:row_stop].repeat(count)
+            sums = total[rows], None if total_sq is None else total_sq[rows]
+            if step is not None:
+                forward = site.forward
+                step(forward.plain, forward.dtype, accumulate, noisy, *sums, multiply_by_inputs, rows_target,
+                     forward.extras(rows, count))  # fmt: skip
+                return
             flat = noisy.view(count * (row_stop - row), *x.shape[1:])
-            grads = site.gradients(flat, slice(row, row_stop), count, target_t[row:row_stop].repeat(count))[0]
+            grads = site.gradients(flat, rows, count, rows_target)[0]
             ops.moment_accumulate(
-                grads.reshape(noisy.shape),
-                total[row:row_stop],
-                None if total_sq is None else total_sq[row:row_stop],
-                noisy if multiply_by_inputs else None,
-                backend=backend,
+                grads.reshape(noisy.shape), *sums, noisy if multiply_by_inputs else None, backend=backend
             )
 
         _scheduling.for_each_block(n_samples, x.shape[0], chunk, body, halve_on_oom=x.is_cuda)
@@ -130,4 +152,24 @@ def smoothgrad(
         assert total_sq is not None
         mean_sq = total_sq.div_(n_samples)
         result = mean_sq if nt_type == "smoothgrad_sq" else mean_sq.sub_(mean * mean)
-    return result.to(x.dtype)
+    return result.to(origin.dtype)
+
+
+def _noise_step(
+    model: Callable[..., Any],
+    dtype: torch.dtype | None,
+    accumulate: Callable[..., None],
+    noisy: torch.Tensor,
+    total: torch.Tensor,
+    total_sq: torch.Tensor | None,
+    multiply_by_inputs: bool,
+    target: torch.Tensor,
+    kwargs: dict[str, Any],
+) -> None:
+    """One chunk of SmoothGrad as one graph (``_compile.Step``): the target's gradients at the
+    noisy points [n, B, *F], summed into ``total`` (and their squares into ``total_sq``) by the
+    fused op's implementation ``accumulate`` (``ops._unchecked``)."""
+    grads, _ = _layer.point_gradients(model, dtype, noisy.view(-1, *noisy.shape[2:]), target, kwargs)
+    accumulate(
+        grads.reshape(noisy.shape).contiguous(), total, total_sq, noisy if multiply_by_inputs else None
+    )

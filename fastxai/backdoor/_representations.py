@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -66,6 +66,7 @@ def representations(
 
 def read(model: Model, inputs: torch.Tensor, layer: object, chunk_size: int | None) -> torch.Tensor:
     """``representations`` under the state guard, with the layer resolved and checked first."""
+    model = _compile.original(model)  # hooked: a compiled model's module
     site = resolve_site(model, layer)
     with _model.preserved_state(model):
         return representations(model, inputs, site, _scheduling.check_chunk_size(chunk_size))

@@ -16,7 +16,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._checks import check_positive
 from fastxai._model import Model
 
@@ -94,6 +94,7 @@ def lipschitz_bound(model: nn.Module, input_shape: Sequence[int] | None = None) 
     >>> L = fastxai.certify.lipschitz_bound(model, input_shape=(1, 8, 8))
     >>> radius = fastxai.certify.lipschitz_radius(model, x, bound=L)
     """
+    model = _compile.original(model)  # torch.fx cannot trace a compiled model: its module
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be an nn.Module (it is traced with torch.fx), got {type(model).__name__}"
@@ -151,7 +152,7 @@ def lipschitz_radius(
 
     >>> radius = fastxai.certify.lipschitz_radius(model, x)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     x = _model.check_inputs(inputs).detach()
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
     if bound is None:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import resolve_layer
 
@@ -133,7 +133,7 @@ def fit_steered_detector(
     >>> detector = fit_steered_detector(model, x_train, y_train, layer="6", witnesses=0.25)
     >>> detector.scores(x)  # [B], high for adversarial inputs
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))  # hooked: a compiled model's module
     module = resolve_layer(model, layer)
     if isinstance(witnesses, bool) or not isinstance(witnesses, (int, float)) or not 0 < witnesses <= 1:
         raise ValueError(f"witnesses must be a fraction in (0, 1], got {witnesses!r}")

@@ -9,13 +9,16 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from fastxai._compile import original
 from fastxai._model import Model
 
 _NAMES_SHOWN = 8
 
 
 def resolve_layer(model: Model, layer: object) -> tuple[nn.Module, str]:
-    """The submodule ``layer`` (a module of ``model`` or its dotted name) and its name."""
+    """The submodule ``layer`` (a module of ``model`` or its dotted name) and its name; a
+    compiled model's layers are named as in its original module."""
+    model = original(model)
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"layer needs model to be an nn.Module (to find the layer in), got {type(model).__name__}"

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -159,7 +159,7 @@ def activation_maximisation(
     >>> x, act = fastxai.global_views.activation_maximisation(model, unit=[3, 7], input_shape=(1, 8, 8),
     ...                                                       bounds=(0, 1), batch=4, seed=0)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     units, single = _check_units(unit)
     shape = _check_input_shape(input_shape)
     n_steps = _check_int("n_steps", n_steps, 1)

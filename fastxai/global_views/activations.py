@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from fastxai import _model
+from fastxai import _compile, _model
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -79,7 +79,7 @@ def layer_activations(
     >>> maps = fastxai.layer_activations(model, x, layer="2")      # [N, 16, 8, 8] for the digits CNN
     >>> maps.flatten(2).amax(2).topk(3)                           # each input's strongest units
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))  # hooked: a compiled model's module
     x = _model.check_inputs(inputs).detach()
     adapter = check_adapter(input_adapter)
     batch_size = check_batch_size(batch_size)

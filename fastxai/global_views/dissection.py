@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional
 
-from fastxai import _model
+from fastxai import _compile, _model
 from fastxai._model import Model
 from fastxai.global_views import _layers, activations
 from fastxai.global_views.activations import InputAdapter
@@ -160,7 +160,7 @@ def network_dissection(
     >>> result = fastxai.network_dissection(model, fastxai.concept_dataset(512), layer="4")
     >>> result.labels[:3], result.best_iou[:3], result.counts()
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))  # hooked: a compiled model's module
     layer_module, layer_name = _layers.resolve_layer(model, layer)
     if concepts is None:
         concepts = concept_dataset()

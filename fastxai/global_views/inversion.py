@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.global_views import _layers
 from fastxai.global_views.activation_maximisation import _check_bounds, _check_int, _check_number
@@ -87,7 +87,7 @@ def feature_inversion(
     >>> rec, err = fastxai.feature_inversion(model, x, layer="8", lambda_tv=0.05, bounds=(0, 1), seed=0)
     >>> model(rec).argmax(1) == model(x).argmax(1)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))  # hooked: a compiled model's module
     x0 = _model.check_inputs(inputs).detach()
     n_steps = _check_int("n_steps", n_steps, 1)
     lr = _check_number("lr", lr, strict=True)

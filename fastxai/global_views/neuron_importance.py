@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastxai import _model
+from fastxai import _compile, _model
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -155,7 +155,7 @@ def neuron_importance(
     >>> importance = fastxai.global_views.neuron_importance(model, (x, y), layer="4")
     >>> importance["mean_abs"].topk(5)
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     names = _check_statistics(statistic)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")

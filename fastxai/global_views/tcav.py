@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
 from fastxai.global_views import _layers, _stats
 from fastxai.global_views.cav import CAV, CLASSIFIERS, check_regularization, train_cav
@@ -176,7 +176,7 @@ def tcav(
     ...                                     concepts={"stripes": stripes}, random_concepts=randoms)
     >>> results["stripes"].mean, results["stripes"].p_value
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
     layer_module, layer_name = _layers.resolve_layer(model, layer)
     if classifier not in CLASSIFIERS:

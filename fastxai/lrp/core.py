@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from fastxai import _backends, _model, _output, _scheduling
+from fastxai import _backends, _compile, _model, _output, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.lrp import _gradient, _graph, _nodes, _plans
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES
@@ -45,6 +45,7 @@ def lrp(
     forward_kwargs: dict[str, Any] | None = None,
     layer: object = None,
     engine: str = "auto",
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Layer-wise Relevance Propagation (Bach et al. 2015; Montavon et al. 2019).
 
@@ -95,12 +96,22 @@ def lrp(
     (``.logits`` of a ``ModelOutput``), targets as there: a tuple ``(t, v)`` picks
     ``logits[b, t, v]`` of a causal LM's [B, T, V].
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``; traced engine): the forward pass runs in that
+    precision (inputs rounded to it, the plan's layers under autocast) and the relevance pass in
+    float32 as always, from the half-precision activations (``fastxai._precision``). A compiled
+    model (``torch.compile(model)``) is traced as its original module (``fastxai._compile``).
+
     >>> R = fastxai.lrp(model, x, target=y, composite="epsilon_plus_flat")
     >>> R, layers = fastxai.lrp(model, x, target=y, return_layer_relevances=True)
     >>> R = fastxai.lrp(bert, ids, target=y, forward_kwargs={"attention_mask": mask})  # [B, T]
     """
-    model = _model.check_model(model)
+    model = _compile.original(_model.check_model(model))
     if _gradient.choose_engine(engine, model, inputs, forward_kwargs, layer) == "gradient":
+        if dtype is not None:
+            raise ValueError(
+                "dtype applies to the traced engine (engine='fx'); the gradient engine (chosen for "
+                "transformers models, token ids, forward_kwargs or layer) runs in the model's own dtype"
+            )
         _gradient.check_fx_options(
             maxpool=maxpool != "winner",
             merge_batchnorm=merge_batchnorm is not True,
@@ -130,6 +141,7 @@ def lrp(
         raise ValueError(f"functional must be one of {FUNCTIONAL_MODES}, got {functional!r}")
     if backend is not None:
         _backends.check_choice(backend)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     if not eval_mode:
         _check_batchnorm_mode(model)
     resolved = resolve_composite("epsilon_plus_flat" if composite is None else composite)
@@ -151,7 +163,7 @@ def lrp(
                 retrace=retrace,
             )  # fmt: skip
             gradient = _gradient_plan(plan, resolved) if functional == "gradient" else None
-            layout = x.contiguous(memory_format=_pass_layout(plan, x))
+            layout = x.to(model_dtype or x.dtype).contiguous(memory_format=_pass_layout(plan, x))
             return plan, _graph.nonnegative_nodes(plan, nonnegative_input), gradient, layout
 
         plan, nonnegative, gradient, x_pass = setup(retrace=False)
@@ -165,7 +177,7 @@ def lrp(
                 relevance, chunk_layers = _propagate(
                     plan, x_pass[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
                     return_layer_relevances, gradient, any_rows,
-                    None if check is None else functools.partial(check, x[start:stop]),
+                    None if check is None else functools.partial(check, x[start:stop]), model_dtype,
                 )  # fmt: skip
             except _Stale:
                 assert first_check is not None
@@ -173,7 +185,7 @@ def lrp(
                 final_check = functools.partial(first_check, x[start:stop], final=True)
                 relevance, chunk_layers = _propagate(
                     plan, x_pass[start:stop], chunk_target, resolved.stabilizer, dtype, nonnegative, backend,
-                    return_layer_relevances, gradient, any_rows, final_check,
+                    return_layer_relevances, gradient, any_rows, final_check, model_dtype,
                 )  # fmt: skip
             check = None
             results.append(relevance)
@@ -338,27 +350,31 @@ def _propagate(
     gradient: _Gradient | None,
     any_rows: bool,
     check: Callable[[torch.Tensor], None] | None = None,
+    model_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One chunk: the plan's forward pass (under autocast ``model_dtype``), then the relevance
+    pass in ``dtype``."""
     ctx = _nodes.Context({}, dtype, stabilizer, backend, nonnegative, steps=plan.steps)
     root = plan.root
-    for node in plan.graph.nodes:
-        if node.op == "placeholder":
-            ctx.env[node] = x
-        elif node.op != "output":
-            step = plan.steps.get(node)
-            ctx.env[node] = _nodes.run_node(node, ctx, root, step)
-            if step is not None and step.kind == "pass" and isinstance(step.module, LINEAR_TYPES):
-                _check_identity(step, ctx.env[node], ctx.env[node.all_input_nodes[0]])
-            if gradient is not None:
-                continue  # gradients re-run steps on their inputs: every value is kept
-            for value in plan.release.get(node, ()):
-                del ctx.env[value]  # read by no later node and no relevance handler
-    result = plan.output.args[0]
-    if not isinstance(result, fx.Node) or result not in plan.steps:
-        raise _graph.UnsupportedLayerError("the model must return one tensor computed from its input")
-    output = ctx.env[result]
-    if check is not None and isinstance(output, torch.Tensor):
-        check(output)  # before the relevance pass: a stale plan costs its forward only
+    with _precision.autocast(model_dtype, x.device.type):
+        for node in plan.graph.nodes:
+            if node.op == "placeholder":
+                ctx.env[node] = x
+            elif node.op != "output":
+                step = plan.steps.get(node)
+                ctx.env[node] = _nodes.run_node(node, ctx, root, step)
+                if step is not None and step.kind == "pass" and isinstance(step.module, LINEAR_TYPES):
+                    _check_identity(step, ctx.env[node], ctx.env[node.all_input_nodes[0]])
+                if gradient is not None:
+                    continue  # gradients re-run steps on their inputs: every value is kept
+                for value in plan.release.get(node, ()):
+                    del ctx.env[value]  # read by no later node and no relevance handler
+        result = plan.output.args[0]
+        if not isinstance(result, fx.Node) or result not in plan.steps:
+            raise _graph.UnsupportedLayerError("the model must return one tensor computed from its input")
+        output = ctx.env[result]
+        if check is not None and isinstance(output, torch.Tensor):
+            check(output)  # before the relevance pass: a stale plan costs its forward only
     if isinstance(output, torch.Tensor) and output.dim() > 2 and output.shape[0] == x.shape[0]:
         # [batch, *O]: a tuple of indices per example (``_model.check_target``), flattened
         target = _model.flat_target(target, output.shape[1:])  # raises for None: no class dim
