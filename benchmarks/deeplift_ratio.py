@@ -2,7 +2,9 @@
 wall time on a shared machine):
 ``PYTHONPATH=. python benchmarks/deeplift_ratio.py [rounds] [--mlp-batches 8,32,128,512] [--captum]``.
 
-The floor is one forward and one backward over ``[x; baseline]`` in one batch. ``--mlp-batches``
+The floor is one forward and one backward over ``[x; baseline]`` in one batch, with random
+baselines (one per input) and with zero baselines (Captum's default, which fastxai runs as one
+row). ``--mlp-batches``
 adds the MLP at other batch sizes (the default cases: MLP batch 32, ResNet batch 8).
 ``--captum`` also times Captum's ``DeepLift`` / ``DeepLiftShap`` against fastxai.compat's on the
 cases of benchmarks/test_compat.py (Captum's defaults), interleaved the same way."""
@@ -23,9 +25,16 @@ from torch import nn
 import fastxai as fx
 
 
-def ratio(model: nn.Module, x: torch.Tensor, target: torch.Tensor, rounds: int) -> tuple[float, float]:
-    """Median floor and fastxai times (seconds) over ``rounds`` interleaved rounds."""
-    baseline = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
+def ratio(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, rounds: int, baselines: str = "random"
+) -> tuple[float, float]:
+    """Median floor and fastxai times (seconds) over ``rounds`` interleaved rounds; ``baselines``:
+    ``"random"`` (one per input) or ``"zero"`` (Captum's default: all equal, so fastxai runs
+    them as one row)."""
+    if baselines == "zero":
+        baseline = torch.zeros_like(x)
+    else:
+        baseline = torch.rand(x.shape, generator=torch.Generator().manual_seed(2))
     runs: dict[str, Callable[[], object]] = {
         "floor": lambda: pair_floor(model, x, baseline, target),
         "fastxai": lambda: fx.deeplift(model, x, target, baseline, chunk_size=2 * x.shape[0]),
@@ -82,23 +91,24 @@ def captum_ratios(rounds: int) -> None:
 
 def main(rounds: int, mlp_batches: list[int]) -> None:
     torch.set_num_threads(1)
-    for name in ("mlp", "resnet"):
-        model, x, target = case(name)
-        floor, ours = ratio(model, x, target, rounds if name == "mlp" else max(3, rounds // 4))
-        print(
-            f"{name:7s} batch {x.shape[0]:4d}  floor {floor * 1e3:7.2f} ms  fastxai {ours * 1e3:7.2f} ms  "
-            f"ratio {ours / floor:.2f}"
-        )
-    model, x, target = case("mlp")
-    generator = torch.Generator().manual_seed(3)
-    for batch in mlp_batches:
-        inputs = torch.rand(batch, *x.shape[1:], generator=generator)
-        targets = torch.randint(0, 10, (batch,), generator=generator)
-        floor, ours = ratio(model, inputs, targets, max(10, rounds * 32 // batch))
-        print(
-            f"mlp     batch {batch:4d}  floor {floor * 1e3:7.2f} ms  fastxai {ours * 1e3:7.2f} ms  "
-            f"ratio {ours / floor:.2f}"
-        )
+    for baselines in ("random", "zero"):
+        for name in ("mlp", "resnet"):
+            model, x, target = case(name)
+            floor, ours = ratio(model, x, target, rounds if name == "mlp" else max(3, rounds // 4), baselines)
+            print(
+                f"{name:7s} batch {x.shape[0]:4d} baselines {baselines:6s}  floor {floor * 1e3:7.2f} ms  "
+                f"fastxai {ours * 1e3:7.2f} ms  ratio {ours / floor:.2f}"
+            )
+        model, x, target = case("mlp")
+        generator = torch.Generator().manual_seed(3)
+        for batch in mlp_batches:
+            inputs = torch.rand(batch, *x.shape[1:], generator=generator)
+            targets = torch.randint(0, 10, (batch,), generator=generator)
+            floor, ours = ratio(model, inputs, targets, max(10, rounds * 32 // batch), baselines)
+            print(
+                f"mlp     batch {batch:4d} baselines {baselines:6s}  floor {floor * 1e3:7.2f} ms  "
+                f"fastxai {ours * 1e3:7.2f} ms  ratio {ours / floor:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -168,15 +168,46 @@ class RecordMode(TorchFunctionMode):
                 self._shared.setdefault(id(tensor), []).append((record, name))
 
 
+class Unpaired(ValueError):
+    """The inputs' pass made a nonlinearity call the baselines' pass did not make."""
+
+
+def _broadcast(record: _Call, x: Tensor) -> _Call | None:
+    """A one-row baselines' record spread over the inputs' rows: each dimension where the
+    record's argument has size 1 and ``x`` does not (the batch, wherever the model put it)
+    takes ``x``'s size, in the record's output and arg-max too. None when the shapes do not
+    line up that way."""
+    shape = record.x.shape
+    if len(shape) != x.dim() or any(r != d and r != 1 for r, d in zip(shape, x.shape, strict=True)):
+        return None
+    spread = [i for i, (r, d) in enumerate(zip(shape, x.shape, strict=True)) if r != d]
+
+    def grow(t: Tensor | None) -> Tensor | None:
+        if t is None:
+            return None
+        if t.dim() != x.dim() or any(t.shape[i] != 1 for i in spread):
+            raise Unpaired(f"a recorded output of {_name(record.func)} does not spread over the batch")
+        size = list(t.shape)
+        for i in spread:
+            size[i] = x.shape[i]
+        return t.new_empty(size).copy_(t)  # one broadcasting copy (expand + contiguous costs two calls)
+
+    spread_x = x.new_empty(x.shape).copy_(record.x)
+    if record.y is None and record.indices is None:  # relu and the softmax family: the argument only
+        return _Call(record.func, x=spread_x)
+    return _Call(record.func, x=spread_x, y=grow(record.y), indices=grow(record.indices))
+
+
 class PairedMode(TorchFunctionMode):
     """The inputs' pass: each supported nonlinearity call takes the next record of ``calls``
     (the baselines' pass) and, when its argument needs a gradient, runs with its Rescale rule.
-    Raises a ValueError when the passes differ; ``finish()`` checks that every record was used.
-    Counts the rescaled calls."""
+    Raises ``Unpaired`` (a ValueError) when the passes differ; ``finish()`` checks that every
+    record was used. Counts the rescaled calls. ``broadcast``: the baselines' pass ran one row
+    (all baselines equal), and each record is spread over the inputs' rows (``_broadcast``)."""
 
-    def __init__(self, calls: list[_Call], eps: float) -> None:
+    def __init__(self, calls: list[_Call], eps: float, broadcast: bool = False) -> None:
         super().__init__()
-        self.records, self.eps = calls, eps
+        self.records, self.eps, self.broadcast = calls, eps, broadcast
         self.used = 0
         self.calls = 0
 
@@ -187,7 +218,7 @@ class PairedMode(TorchFunctionMode):
 
     def _next(self, func: Any, x: Tensor) -> _Call:
         if self.used == len(self.records):
-            raise ValueError(
+            raise Unpaired(
                 f"model called {_name(func)} on a tensor of shape {tuple(x.shape)} for the inputs after its "
                 f"last nonlinearity for the baselines ({len(self.records)} calls); DeepLIFT pairs each "
                 "nonlinearity call of the inputs with the same call for the baselines, so the model must "
@@ -195,8 +226,12 @@ class PairedMode(TorchFunctionMode):
             )
         record = self.records[self.used]
         self.used += 1
-        if record.func is not func or record.x.shape != x.shape or record.x.dtype != x.dtype:
-            raise ValueError(
+        spread = None
+        if self.broadcast and record.func is func and record.x.dtype == x.dtype and record.x.shape != x.shape:
+            spread = _broadcast(record, x)
+        shapes_differ = record.x.shape != x.shape and spread is None
+        if record.func is not func or shapes_differ or record.x.dtype != x.dtype:
+            raise Unpaired(
                 f"nonlinearity call {self.used} differs between the passes: {_name(func)} on "
                 f"{tuple(x.shape)} {x.dtype} for the inputs, {_name(record.func)} on {tuple(record.x.shape)} "
                 f"{record.x.dtype} for the baselines; DeepLIFT pairs the calls in order, so the model "
@@ -208,11 +243,11 @@ class PairedMode(TorchFunctionMode):
                 "through a view after the call; DeepLIFT needs the values the nonlinearity saw for the "
                 "baselines"
             )
-        return record
+        return record if spread is None else spread
 
     def finish(self) -> None:
         if self.used != len(self.records):
-            raise ValueError(
+            raise Unpaired(
                 f"model made {len(self.records)} nonlinearity calls for the baselines but {self.used} for "
                 "the inputs; DeepLIFT pairs the calls in order, so the model must take the same path for both"
             )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from fastxai import _compile, _model, _scheduling
 from fastxai._model import Model
-from fastxai.attribution._rescale import PairedMode, RecordMode
+from fastxai.attribution._rescale import PairedMode, RecordMode, Unpaired
 from fastxai.attribution.gradient_shap import _check_distribution
 
 
@@ -55,8 +56,21 @@ def _check_baselines(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
     return baselines.detach().to(device=inputs.device, dtype=inputs.dtype).expand_as(inputs)
 
 
+def rows_independent(model: Model) -> bool:
+    """Whether the model computes each row from that row alone, so that equal baselines give
+    equal rows whatever their position: an ``nn.Module`` (the methods' contract: rows of a batch
+    must not interact), or a callable that says so (``_fastxai_rows_independent``, as the
+    drop-in classes' wrappers do when no extra argument has one row per example)."""
+    return isinstance(model, nn.Module) or getattr(model, "_fastxai_rows_independent", False) is True
+
+
 def rescale_multipliers(
-    model: Model, inputs: torch.Tensor, baselines: torch.Tensor, target: torch.Tensor | None, eps: float
+    model: Model,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    target: torch.Tensor | None,
+    eps: float,
+    share_equal_baselines: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The DeepLIFT multipliers ``m`` [N, *F] of ``f_target`` and the score differences
     ``f(x) - f(x')`` [N], for inputs and baselines [N, *F] and target [N] (None: the predicted
@@ -64,15 +78,55 @@ def rescale_multipliers(
     recording each nonlinearity's argument, then the inputs' with the Rescale rule on each call
     and one backward over ``N`` rows.
 
+    With ``share_equal_baselines`` (a model whose rows are independent, ``rows_independent``),
+    baselines whose rows are all equal (a number, one baseline for the batch, ``zeros_like``:
+    the common case) run as one row, and each record is broadcast over the inputs' rows where
+    the inputs' pass needs it: the baselines' pass then costs one row instead of ``N``. Where a
+    one-row pass does not line up with the inputs' (a model that folds the batch into another
+    dimension, or fails on one row), the baselines run again with all their rows.
+
     The target's range is checked on the inputs' output, before the backward (no probe call:
     a one-row forward costs a ResNet a few percent of the whole method); the predicted class is
     read off the same output."""
+    rows = baselines.shape[0]
+    equal = share_equal_baselines and rows > 1
+    if equal and baselines.stride(0) != 0:
+        equal = bool((baselines == baselines[:1]).all())
+    if equal:
+        try:
+            record, reference_output = _reference_pass(model, baselines[:1])
+        except Exception:  # a model that cannot run one row runs the full batch below
+            record = None
+        if record is not None and reference_output.dim() == 2 and reference_output.shape[0] == 1:
+            try:
+                return _inputs_pass(
+                    model, inputs, record, reference_output.expand(rows, -1), target, eps, broadcast=True
+                )
+            except Unpaired:
+                pass
+    record, reference_output = _reference_pass(model, baselines)
+    return _inputs_pass(model, inputs, record, reference_output, target, eps)
+
+
+def _reference_pass(model: Model, baselines: torch.Tensor) -> tuple[RecordMode, torch.Tensor]:
     record = RecordMode()
     with torch.no_grad(), record:
         reference_output = _model.logits(model, baselines)
+    return record, reference_output
+
+
+def _inputs_pass(
+    model: Model,
+    inputs: torch.Tensor,
+    record: RecordMode,
+    reference_output: torch.Tensor,
+    target: torch.Tensor | None,
+    eps: float,
+    broadcast: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
-        paired = PairedMode(record.calls, eps)
+        paired = PairedMode(record.calls, eps, broadcast)
         with paired:
             output = _model.logits(model, leaf)
         paired.finish()
@@ -137,17 +191,20 @@ def deeplift(
     result = torch.empty_like(x)
     delta = torch.empty(batch, dtype=_accumulator(x), device=x.device)
 
+    share = rows_independent(model)
     with _model.preserved_state(model):
 
         def body(_sample: int, _sample_stop: int, row: int, row_stop: int) -> None:
             rows_target = None if target_t is None else target_t[row:row_stop]
             multipliers, difference = rescale_multipliers(
-                model, x[row:row_stop], reference[row:row_stop], rows_target, eps
+                model, x[row:row_stop], reference[row:row_stop], rows_target, eps, share
             )
+            out = result[row:row_stop]
             if multiply_by_inputs:
-                multipliers = multipliers * (x[row:row_stop] - reference[row:row_stop])
-            result[row:row_stop] = multipliers
-            total = multipliers.reshape(row_stop - row, -1).sum(1, dtype=delta.dtype)
+                torch.mul(multipliers, torch.sub(x[row:row_stop], reference[row:row_stop]), out=out)
+            else:
+                out.copy_(multipliers)
+            total = out.reshape(row_stop - row, -1).sum(1, dtype=delta.dtype)
             delta[row:row_stop] = total - difference.to(delta.dtype)
 
         _scheduling.for_each_block(1, batch, max(1, chunk // 2), body, halve_on_oom=x.is_cuda)

@@ -111,6 +111,8 @@ class DeepLift(Attribution):
         packed_forward = packed.forward(self.model, additional_forward_args)
         probe = packed.forward(self.model, additional_forward_args)
         forward, target = _target_form(packed, probe, packed_forward, target)
+        # no extra argument with one row per example: equal baselines give equal rows
+        forward._fastxai_rows_independent = not packed_forward.has_per_example_args  # type: ignore[attr-defined]
         pairs = chunk_rows(None, packed.flat, whole_batches=packed_forward.has_per_example_args)
         return forward, target, None if pairs is None else 2 * pairs
 

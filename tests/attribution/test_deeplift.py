@@ -305,3 +305,94 @@ def test_bfloat16_rows_equal_to_their_baseline_stay_finite() -> None:
     attr, delta = deeplift(model, x, 0, base, return_convergence_delta=True)
     assert torch.isfinite(attr).all() and delta.abs().max() < 0.05
     assert (attr[:, 2:] == 0).all()
+
+
+class _Rows(nn.Module):
+    """``inner`` and the number of rows of each call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.rows = inner, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows.append(x.shape[0])
+        return self.inner(x)
+
+
+class _BatchLast(nn.Module):
+    """relu and softmax on [features, B]: the batch is the last dimension there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.l1, self.l2 = nn.Linear(5, 7), nn.Linear(7, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l2(torch.relu(self.l1(x).t()).softmax(0).t())
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: TwoLayer(), (6,)),
+        (lambda: TwoLayer(nn.GELU, reuse=True), (6,)),
+        (lambda: PoolNet(), (2, 8, 8)),
+        (lambda: PoolNet("softmax"), (2, 8, 8)),
+        (_BatchLast, (5,)),
+    ],
+    ids=["relu", "gelu-reused", "max-pool", "softmax", "batch-last"],
+)
+@pytest.mark.parametrize("baselines", ["zero", "one-row", "equal-rows"])
+def test_equal_baselines_run_as_one_row_with_the_same_result(make, shape, baselines: str) -> None:  # type: ignore[no-untyped-def]
+    """Baselines whose rows are all equal run once, as one row, broadcast over the inputs' rows
+    wherever the model puts the batch; the result is the per-row pass's (float64: to 1e-12)."""
+    torch.manual_seed(5)
+    x = torch.randn(4, *shape, dtype=torch.float64)
+    row = torch.randn(1, *shape, dtype=torch.float64)
+    given = {"zero": 0.0, "one-row": row, "equal-rows": row.repeat(4, *([1] * len(shape)))}[baselines]
+    model = _Rows(make().double())
+    got, delta = deeplift(model, x, 1, given, return_convergence_delta=True)
+    assert model.rows == [1, 4]  # the baselines' pass on one row, then the inputs'
+    per_row = model.inner
+    want, want_delta = deeplift(
+        lambda t: per_row(t), x, 1, given, return_convergence_delta=True
+    )  # a callable: not shared
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(delta, want_delta, rtol=0, atol=1e-12)
+    assert delta.abs().max() < 1e-12
+
+
+def test_different_baselines_run_with_all_their_rows() -> None:
+    model = _Rows(TwoLayer())
+    deeplift(model, torch.randn(3, 6), 0, torch.randn(3, 6))
+    assert model.rows == [3, 3]
+
+
+def test_a_model_that_cannot_run_one_row_falls_back_to_every_row() -> None:
+    """A model that folds the batch into another dimension (its one-row pass does not line up
+    with the inputs'), or that fails on one row, runs the baselines again with every row."""
+
+    class Folds(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(6)
+            self.l1, self.l2 = nn.Linear(6, 4), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.l1(x).reshape(1, -1))  # the batch folded into the features
+            return self.l2(h.reshape(x.shape[0], -1))
+
+    class NeedsThree(TwoLayer):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] != 3:
+                raise RuntimeError("this model takes batches of 3")
+            return super().forward(x)
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    for inner in (Folds(), NeedsThree()):
+        model = _Rows(inner.double())
+        got, delta = deeplift(model, x, 2, 0.0, return_convergence_delta=True)
+        assert model.rows[0] == 1 and model.rows[-2:] == [3, 3], model.rows
+        want = deeplift(lambda t, m=model.inner: m(t), x, 2, 0.0)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert delta.abs().max() < 1e-12
