@@ -27,7 +27,8 @@ Differences from Captum, on purpose:
   ReLU raises ``ValueError``.
 - ``IntegratedGradients.attribute`` also takes ``method="adaptive"`` and ``method="exact"``
   (extensions, with keyword-only ``tolerance``, ``max_steps``, ``on_unconverged``,
-  ``max_pieces``); Captum refuses them.
+  ``max_pieces``); Captum refuses them. ``GradientShap.attribute`` takes keyword-only
+  ``method="adaptive"`` (with ``tolerance``, ``max_steps``, ``on_unconverged``).
 - Random methods (``GradientShap``, ``NoiseTunnel``) draw from a counter-based generator keyed
   by ``seed`` (an extra keyword of ``attribute``; None draws one from torch's global
   generator): same distribution as Captum, not the same samples.
@@ -353,7 +354,16 @@ def baseline_distribution(baselines: Any, inputs: Any) -> Any:
 
 
 class GradientShap(_PathAttribution):
-    """Captum's ``GradientShap`` on ``fastxai.gradient_shap``."""
+    """Captum's ``GradientShap`` on ``fastxai.gradient_shap``.
+
+    Extension: ``method="adaptive"`` replaces each sample's random point on its path by the
+    whole path, integrated by adaptive IG to ``tolerance`` (``max_steps``, ``on_unconverged``;
+    see ``fastxai.gradient_shap``): with ``stdevs=0`` that is Expected Gradients over the drawn
+    baselines without the sampling error along the path.
+
+    >>> gs = GradientShap(model)
+    >>> attr = gs.attribute(x, baselines=background, n_samples=8, target=y, method="adaptive")
+    """
 
     def attribute(
         self,
@@ -366,6 +376,10 @@ class GradientShap(_PathAttribution):
         return_convergence_delta: bool = False,
         *,
         seed: int | None = None,
+        method: str = "sampled",
+        tolerance: float = 1e-3,
+        max_steps: int = 1025,
+        on_unconverged: str = "warn",
     ) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
@@ -376,7 +390,8 @@ class GradientShap(_PathAttribution):
             lambda: gradient_shap(
                 forward, packed.flat, target, baselines=distribution, n_samples=n_samples, stdevs=sigma,
                 seed=seed, multiply_by_inputs=self._multiply_by_inputs,
-                return_convergence_delta=return_convergence_delta, chunk_size=chunk,
+                return_convergence_delta=return_convergence_delta, chunk_size=chunk, method=method,
+                tolerance=tolerance, max_steps=max_steps, on_unconverged=on_unconverged,
             )
         )
         if not return_convergence_delta:

@@ -259,3 +259,31 @@ def test_captum_drop_in_names_every_method_it_takes() -> None:
 
     with pytest.raises(ValueError, match="'adaptive', 'exact'"):
         fc.IntegratedGradients(small_cnn(seed=0).eval()).attribute(torch.randn(1, 1, 8, 8), method="simpson")
+
+
+def test_captum_drop_in_gradient_shap_takes_the_adaptive_method() -> None:
+    """``fc.GradientShap(...).attribute(..., method="adaptive")`` is ``fx.gradient_shap``'s
+    adaptive method on the same draws, with Captum's delta order (example-major), and close to
+    the mean of closed-form IG over the drawn baselines on a one-hidden-layer ReLU net."""
+    from fastxai.compat import captum as fc
+
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x = torch.randn(3, 5, dtype=torch.float64)
+    background = torch.randn(4, 5, dtype=torch.float64)
+    target = torch.tensor([2, 0, 1])
+    got, delta = fc.GradientShap(net).attribute(
+        x, background, n_samples=6, target=target, return_convergence_delta=True, seed=5,
+        method="adaptive", tolerance=1e-5,
+    )  # fmt: skip
+    want, want_delta = fx.gradient_shap(
+        net, x, target, baselines=background, n_samples=6, seed=5, method="adaptive", tolerance=1e-5,
+        return_convergence_delta=True,
+    )  # fmt: skip
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(delta, want_delta.reshape(-1))
+    starts, ends = _drawn_paths(x, background, 6, 5)
+    exact = _one_hidden_layer_ig(net, ends, starts, target.repeat(6)).view(6, *x.shape).mean(0)
+    torch.testing.assert_close(got, exact, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="method must be one of"):
+        fc.GradientShap(net).attribute(x, background, target=target, method="riemann_left")
