@@ -11,11 +11,13 @@ import fastxai as fx
 
 STEPS = 32
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GRAPH_STEPS = 4
+"""Points per input in one graphed chunk (``cuda_graph=True`` replays one graph per chunk)."""
 DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("implementation", implementations(graphed=True))
 @pytest.mark.parametrize("model_name", list(CASES))
 def test_integrated_gradients(benchmark, model_name: str, implementation: str, dtype: torch.dtype) -> None:
     model, x, target = case(model_name)
@@ -30,8 +32,15 @@ def test_integrated_gradients(benchmark, model_name: str, implementation: str, d
         explainer = IntegratedGradients(model)
         function = lambda: explainer.attribute(x, target=target, n_steps=STEPS, method="gausslegendre")  # noqa: E731
     else:
-        backend = implementation.removeprefix("fastxai-")
-        function = lambda: fx.integrated_gradients(model, x, target=target, n_steps=STEPS, backend=backend)  # noqa: E731
+        backend = implementation.removeprefix("fastxai-").removesuffix("-graphed")
+        graphed = (
+            {"cuda_graph": True, "chunk_size": GRAPH_STEPS * x.shape[0]}
+            if implementation.endswith("-graphed")
+            else {}
+        )
+        function = lambda: fx.integrated_gradients(  # noqa: E731
+            model, x, target=target, n_steps=STEPS, backend=backend, **graphed
+        )
     if DEVICE == "cuda":
         inner = function
         function = lambda: (inner(), torch.cuda.synchronize())  # noqa: E731

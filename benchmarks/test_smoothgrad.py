@@ -12,11 +12,13 @@ import fastxai as fx
 SAMPLES = 32
 STDEV = 0.15
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+GRAPH_STEPS = 4
+"""Points per input in one graphed chunk (``cuda_graph=True`` replays one graph per chunk)."""
 DTYPES = [torch.float32, torch.bfloat16] if DEVICE == "cuda" else [torch.float32]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("implementation", implementations(graphed=True))
 @pytest.mark.parametrize("model_name", list(CASES))
 def test_smoothgrad(benchmark, model_name: str, implementation: str, dtype: torch.dtype) -> None:
     model, x, target = case(model_name)
@@ -33,9 +35,14 @@ def test_smoothgrad(benchmark, model_name: str, implementation: str, dtype: torc
             x, nt_type="smoothgrad", nt_samples=SAMPLES, stdevs=STDEV, target=target, abs=False
         )
     else:
-        backend = implementation.removeprefix("fastxai-")
+        backend = implementation.removeprefix("fastxai-").removesuffix("-graphed")
+        graphed = (
+            {"cuda_graph": True, "chunk_size": GRAPH_STEPS * x.shape[0]}
+            if implementation.endswith("-graphed")
+            else {}
+        )
         function = lambda: fx.smoothgrad(  # noqa: E731
-            model, x, target=target, n_samples=SAMPLES, stdevs=STDEV, seed=0, backend=backend
+            model, x, target=target, n_samples=SAMPLES, stdevs=STDEV, seed=0, backend=backend, **graphed
         )
     if DEVICE == "cuda":
         inner = function

@@ -45,10 +45,12 @@ def check_dtype(dtype: object, device: torch.device) -> torch.dtype | None:
 
 
 def autocast(dtype: torch.dtype | None, device_type: str) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast(device_type, dtype)``, or nothing for ``dtype=None``."""
+    """``torch.autocast(device_type, dtype)``, or nothing for ``dtype=None``. Without autocast's
+    weight cache: a CUDA graph requires it off (``_graphs``), and it saves nothing here (one
+    forward per region; the backward runs outside it)."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type, dtype=dtype)
+    return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
 
 
 def autocast_model(
@@ -60,7 +62,7 @@ def autocast_model(
         return model
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type, dtype=dtype):
+        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
             return model(*args, **kwargs)
 
     return run

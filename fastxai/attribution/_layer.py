@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from fastxai import _compile, _model, _precision, _scheduling
+from fastxai import _compile, _graphs, _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.attribution._layer_capture import Slots, resolve_layer
 from fastxai.attribution._rows import RowForward, Rows, check_forward_kwargs, is_integer, repeat_rows
@@ -141,6 +141,20 @@ def point_gradients(
 
     grads, scores = torch.func.grad(total, has_aux=True)(points)
     return grads, scores.detach()
+
+
+def check_graph(
+    site: Site | None, cuda_graph: object, inputs: torch.Tensor, compile_backend: str | None
+) -> bool:
+    """``cuda_graph=`` of a gradient method (``_graphs.check_cuda_graph``): like ``compile=``,
+    the graphed step takes attributions at the input."""
+    graphed = _graphs.check_cuda_graph(cuda_graph, inputs, compile_backend)
+    if graphed and site is not None and not isinstance(site, InputSite):
+        raise ValueError(
+            "cuda_graph=True graphs the step of attributions at the input; with layer= the model runs "
+            "with hooks on the layer: pass cuda_graph=False"
+        )
+    return graphed
 
 
 def check_compile(site: Site | None, compile: object) -> str | None:
@@ -358,6 +372,7 @@ __all__ = [
     "Site",
     "check_compile",
     "check_forward_kwargs",
+    "check_graph",
     "check_layer_baselines",
     "chunk_scores",
     "input_embedding",

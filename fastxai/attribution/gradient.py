@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _compile, _model, _precision, _scheduling
+from fastxai import _graphs, _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.attribution import _layer
 
@@ -28,14 +28,17 @@ def gradient_and_values(
     forward_kwargs: object = None,
     dtype: object = None,
     compile: object = False,
+    cuda_graph: object = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``d f_target / d v`` for every input, in chunks, and the values ``v`` it is taken at:
     the inputs [B, *F], or the layer's output [B, *A] (one forward and backward per chunk).
     ``dtype``: the model's precision (``_precision``); ``compile``: compile the chunk's forward
-    and backward (``_compile``; at the input)."""
+    and backward (``_compile``; at the input); ``cuda_graph``: capture it as a CUDA graph
+    (``_graphs``; at the input)."""
     model = _model.check_model(model)
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
     compile_backend = _layer.check_compile(site, compile)
+    graphed = _layer.check_graph(site, cuda_graph, inputs, compile_backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     with _model.preserved_state(model):
@@ -44,10 +47,11 @@ def gradient_and_values(
             values = site.origin
             points = values.to(_precision.points_dtype(values, site.forward.dtype))
             grads = torch.empty_like(values, memory_format=torch.contiguous_format)
-            step: Callable[..., torch.Tensor] | None = None
-            if compile_backend is not None:
+            step: Callable[..., torch.Tensor] | None = _graphs.make_step(
+                _gradient_step, compile_backend, graphed
+            )
+            if step is not None:
                 site.check_target()
-                step = _compile.Step(_gradient_step, compile_backend)
 
             def body(_s0: int, _s1: int, row: int, row_stop: int) -> None:
                 rows = slice(row, row_stop)
@@ -77,7 +81,7 @@ def _gradient_step(
     target: torch.Tensor,
     kwargs: dict[str, Any],
 ) -> torch.Tensor:
-    """One chunk's target gradients [n, *F] as one graph (``_compile.Step``)."""
+    """One chunk's target gradients [n, *F] as one graph (``_compile.Step``, ``_graphs.GraphedStep``)."""
     return _layer.point_gradients(model, dtype, points, target, kwargs)[0]
 
 
@@ -92,6 +96,7 @@ def saliency(
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str = False,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Saliency (Simonyan et al. 2014): ``|d f_target / d x|`` (the signed gradient with ``abs=False``).
 
@@ -105,12 +110,16 @@ def saliency(
     ``dtype=torch.bfloat16`` (or ``torch.float16``): the model runs in that precision on the
     inputs rounded to it, under autocast (``fastxai._precision``); ``compile=True`` (or a
     ``torch.compile`` backend's name) compiles a chunk's forward and backward as one graph, once
-    per call (``fastxai._compile``; at the input). The result is in the inputs' dtype.
+    per call (``fastxai._compile``; at the input); ``cuda_graph=True`` (inputs on a CUDA device)
+    captures it as a CUDA graph once and replays it per chunk (``fastxai._graphs``; at the input).
+    The result is in the inputs' dtype.
 
     >>> a = fastxai.saliency(model, x, target=y)
     >>> a = fastxai.saliency(bert, ids, target=1, forward_kwargs={"attention_mask": mask})  # [B, T, D]
     """
-    grads, _ = gradient_and_values(model, inputs, target, chunk_size, layer, forward_kwargs, dtype, compile)
+    grads, _ = gradient_and_values(
+        model, inputs, target, chunk_size, layer, forward_kwargs, dtype, compile, cuda_graph
+    )
     return grads.abs() if abs else grads
 
 
@@ -124,17 +133,18 @@ def input_x_gradient(
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str = False,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Input x Gradient (Shrikumar et al. 2016): ``x * d f_target / d x``; shapes as ``saliency``.
 
     With ``layer``: ``h * d f_target / d h`` for the layer's output ``h`` [B, *A] (Captum's
-    ``LayerGradientXActivation``); ``layer``, integer inputs, ``forward_kwargs``, ``dtype`` and
-    ``compile`` as ``saliency``.
+    ``LayerGradientXActivation``); ``layer``, integer inputs, ``forward_kwargs``, ``dtype``,
+    ``compile`` and ``cuda_graph`` as ``saliency``.
 
     >>> a = fastxai.input_x_gradient(model, x, target=y)
     >>> per_token = fastxai.input_x_gradient(bert, ids, target=1).sum(-1)   # [B, T]
     """
     grads, values = gradient_and_values(
-        model, inputs, target, chunk_size, layer, forward_kwargs, dtype, compile
+        model, inputs, target, chunk_size, layer, forward_kwargs, dtype, compile, cuda_graph
     )
     return values * grads

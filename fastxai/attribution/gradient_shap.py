@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _checks, _compile, _model, _precision, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _graphs, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path
 from fastxai.attribution._rows import Rows
@@ -59,6 +59,7 @@ def gradient_shap(
     backend: str | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str = False,
+    cuda_graph: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """GradientSHAP (Lundberg & Lee 2017; Captum's ``GradientShap``), which is Expected
     Gradients (Erion et al. 2021) when ``stdevs=0``.
@@ -110,7 +111,9 @@ def gradient_shap(
     and the products are summed in float32 (``fastxai._precision``). ``compile=True`` (or a
     ``torch.compile`` backend's name) compiles one chunk's path points, forward, backward and
     fused accumulation as one graph, once per call (``fastxai._compile``; attributions at the
-    input; the noise and the deltas run outside it).
+    input; the noise and the deltas run outside it). ``cuda_graph=True`` (inputs on a CUDA
+    device) captures that step as a CUDA graph once and replays it per chunk
+    (``fastxai._graphs``; at the input, method ``"sampled"``).
 
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=20, seed=0)
     >>> a = fastxai.gradient_shap(model, x, target=y, baselines=background, n_samples=8, method="adaptive")
@@ -118,6 +121,7 @@ def gradient_shap(
     model = _model.check_model(model)
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
     compile_backend = _layer.check_compile(site, compile)
+    graphed = _layer.check_graph(site, cuda_graph, inputs, compile_backend)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     # the draws (baseline choice, stratum, position: ~56 bytes) and the deltas, per sample and row
@@ -135,10 +139,12 @@ def gradient_shap(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "adaptive":
         adaptive_path.check_options(tolerance, max_steps, on_unconverged)
-        if compile_backend is not None or dtype is not None:
+        given = [name for name, on in (("compile", compile_backend is not None), ("dtype", dtype is not None),
+                                       ("cuda_graph", graphed)) if on]  # fmt: skip
+        if given:
             raise ValueError(
-                f"{'compile' if compile_backend is not None else 'dtype'} applies to "
-                "method='sampled'; with method='adaptive' leave compile=False and dtype=None"
+                f"{given[0]} applies to method='sampled'; with method='adaptive' leave compile=False, "
+                "dtype=None and cuda_graph=False"
             )
     distribution = None
     if isinstance(site, _layer.InputSite):
@@ -196,11 +202,12 @@ def gradient_shap(
         if return_convergence_delta:
             delta = torch.zeros(n_samples, batch, dtype=acc_dtype, device=x.device)
         target_t = site.forward.resolve_target(target_t, chunk)
-        step: Callable[..., torch.Tensor] | None = None
-        if compile_backend is not None:
+        step: Callable[..., torch.Tensor] | None = _graphs.make_step(
+            _expectation_step, compile_backend, graphed
+        )
+        if step is not None:
             assert isinstance(site, _layer.InputSite)
             site.check_target()
-            step = _compile.Step(_expectation_step, compile_backend)
             accumulate = ops._unchecked("moment_accumulate", backend, x.to(points_dtype))
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _checks, _compile, _model, _precision, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _compile, _graphs, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer, adaptive_path, exact_path, quadrature
 
@@ -75,6 +75,7 @@ def integrated_gradients(
     backend: str | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str = False,
+    cuda_graph: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Integrated Gradients: ``(x - x') * integral_0^1 grad f_target(x' + a (x - x')) da``.
 
@@ -119,7 +120,9 @@ def integrated_gradients(
     float32 by the fused op: ``fastxai._precision``; the delta is then of the model run so).
     ``compile=True`` (or a ``torch.compile`` backend's name) compiles one chunk's step, path
     points, forward, backward and fused accumulation, as one graph once and reuses it
-    (``fastxai._compile``; attributions at the input). A compiled model (``torch.compile(model)``)
+    (``fastxai._compile``; attributions at the input). ``cuda_graph=True`` (inputs on a CUDA
+    device) captures that step as a CUDA graph once and replays it per chunk (``fastxai._graphs``;
+    at the input). A compiled model (``torch.compile(model)``)
     runs compiled as given, except for ``layer=`` and ``method="exact"``, which hook and trace
     its original module.
 
@@ -135,11 +138,13 @@ def integrated_gradients(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     compile_backend = _layer.check_compile(site, compile)
-    if method in ("adaptive", "exact") and (compile_backend is not None or dtype is not None):
+    graphed = _layer.check_graph(site, cuda_graph, inputs, compile_backend)
+    given = [name for name, on in (("compile", compile_backend is not None), ("dtype", dtype is not None),
+                                   ("cuda_graph", graphed)) if on]  # fmt: skip
+    if method in ("adaptive", "exact") and given:
         raise ValueError(
-            f"{'compile' if compile_backend is not None else 'dtype'} applies to the fixed rules; "
-            f"method={method!r} integrates to a tolerance (or exactly) with its own model passes: "
-            "leave compile=False and dtype=None"
+            f"{given[0]} applies to the fixed rules; method={method!r} integrates to a tolerance (or "
+            "exactly) with its own model passes: leave compile=False, dtype=None and cuda_graph=False"
         )
     for flag, value in (
         ("return_convergence_delta", return_convergence_delta),
@@ -208,6 +213,7 @@ def integrated_gradients(
                 return_convergence_delta,
                 multiply_by_inputs=multiply_by_inputs,
                 compile_backend=compile_backend,
+                cuda_graph=graphed,
             )
             evaluations = torch.full((x.shape[0],), n_steps + 2 * return_convergence_delta, dtype=torch.long)
 
@@ -243,13 +249,15 @@ def fixed_path(
     captum_trapezoid: bool = False,
     multiply_by_inputs: bool = True,
     compile_backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """IG with a fixed rule at a site (inside the model's state guard): attributions [B, *A]
     (the path integral alone without ``multiply_by_inputs``) and the delta [B] or None. The
-    model's precision is the site's (``RowForward.dtype``); ``compile_backend`` compiles the step."""
+    model's precision is the site's (``RowForward.dtype``); ``compile_backend`` compiles the step,
+    ``cuda_graph`` captures it as a CUDA graph."""
     x = site.origin
     alphas, weights = quadrature.points_and_weights(method, n_steps, captum_trapezoid=captum_trapezoid)
-    run = _PathRun(site, baseline, target, chunk, backend, compile_backend)
+    run = _PathRun(site, baseline, target, chunk, backend, compile_backend, cuda_graph)
     run.accumulate(torch.arange(x.shape[0], device=x.device), alphas.tolist(), weights.tolist())
     attributions = run.attributions(run.acc) if multiply_by_inputs else run.acc
     if not return_convergence_delta:
@@ -273,6 +281,7 @@ class _PathRun:
         chunk: int,
         backend: str | None,
         compile_backend: str | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         x = site.origin
         self.site, self.x, self.baseline, self.target = site, x, baseline, target
@@ -281,11 +290,12 @@ class _PathRun:
         self.ends = (x.to(points), baseline.to(points))
         acc_dtype = _precision.accumulator_dtype(points)
         self.acc = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
-        self.step: Callable[..., torch.Tensor] | None = None
-        if compile_backend is not None:
+        self.step: Callable[..., torch.Tensor] | None = _graphs.make_step(
+            _path_step, compile_backend, cuda_graph
+        )
+        if self.step is not None:
             assert isinstance(site, _layer.InputSite)
             site.check_target()
-            self.step = _compile.Step(_path_step, compile_backend)
 
     def accumulate(
         self, rows: torch.Tensor, alphas: list[float], weights: list[float], acc: torch.Tensor | None = None

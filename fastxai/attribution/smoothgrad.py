@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _compile, _model, _precision, _scheduling, ops
+from fastxai import _backends, _budget, _graphs, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import _layer
 
@@ -60,6 +60,7 @@ def smoothgrad(
     backend: str | None = None,
     dtype: torch.dtype | None = None,
     compile: bool | str = False,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017) and its squared / variance forms (Adebayo et al. 2018).
 
@@ -90,6 +91,8 @@ def smoothgrad(
     (``fastxai._precision``). ``compile=True`` (or a ``torch.compile`` backend's name) compiles
     one chunk's forward, backward and fused accumulation as one graph, once per call
     (``fastxai._compile``; attributions at the input; the noise is drawn outside it).
+    ``cuda_graph=True`` (inputs on a CUDA device) captures that step as a CUDA graph once and
+    replays it per chunk (``fastxai._graphs``; at the input).
 
     >>> a = fastxai.smoothgrad(model, x, target=y, n_samples=50, stdevs=0.15, seed=0)
     >>> a = fastxai.smoothgrad(model, x, target=y, seed=0, dtype=torch.bfloat16, compile=True)
@@ -97,6 +100,7 @@ def smoothgrad(
     model = _model.check_model(model)
     site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
     compile_backend = _layer.check_compile(site, compile)
+    graphed = _layer.check_graph(site, cuda_graph, inputs, compile_backend)
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
     _budget.check_philox_samples("n_samples", n_samples)
@@ -118,11 +122,10 @@ def smoothgrad(
         total = torch.zeros(x.shape, dtype=_precision.accumulator_dtype(x.dtype), device=x.device)
         total_sq = torch.zeros_like(total) if nt_type != "smoothgrad" else None
         target_t = site.forward.resolve_target(target_t, chunk)
-        step: Callable[..., None] | None = None
-        if compile_backend is not None:
+        step: Callable[..., None] | None = _graphs.make_step(_noise_step, compile_backend, graphed)
+        if step is not None:
             assert isinstance(site, _layer.InputSite)
             site.check_target()
-            step = _compile.Step(_noise_step, compile_backend)
             accumulate = ops._unchecked("moment_accumulate", backend, x)
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
