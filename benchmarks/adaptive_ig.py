@@ -19,8 +19,7 @@ from models import small_resnet
 from torch import nn
 
 import fastxai as fx
-from fastxai import _model
-from fastxai.attribution import _layer
+from fastxai import _layer, _model
 
 TOLERANCE = 1e-3
 CHUNK = 256

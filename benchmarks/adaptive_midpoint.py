@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fastxai.attribution import _layer
+from fastxai import _layer
 
 MIN_POINTS = 3
 """The first round's points, 1/6, 1/2 and 5/6; a sample stops only when its summed local

@@ -23,7 +23,7 @@ import torch
 
 from fastxai import _model, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution._rows import RowForward, check_forward_kwargs
+from fastxai._rows import RowForward, check_forward_kwargs
 
 Perturb = Callable[[int, int, int, int], torch.Tensor]
 """``perturb(p0, p1, r0, r1)``: the copies ``p0..p1`` of inputs ``r0..r1`` copy-major, [p1 - p0,

@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fastxai.attribution import _layer, _panels
+from fastxai import _layer
+from fastxai.attribution import _panels
 
 MARK_FRACTION = 0.8
 """Marking most of the indicator each round keeps the points spread (the indicators of a path with

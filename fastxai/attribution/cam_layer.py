@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from fastxai import _compile, _model
+from fastxai._layer_capture import Reshape, resolve_layer
 from fastxai._model import Model
-from fastxai.attribution._layer_capture import Reshape, resolve_layer
 
 LAYOUTS = ("channels_first", "channels_last", "tokens")
 _ASPECT_SLACK = 1.5

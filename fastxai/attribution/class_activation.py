@@ -37,14 +37,14 @@ import torch
 import torch.nn.functional as F
 
 from fastxai import _compile, _model, _scheduling
-from fastxai._model import Model
-from fastxai.attribution._layer_capture import (
+from fastxai._layer_capture import (
     LayerCapture,
     Reshape,
     check_reshape,
     check_upsample,
     interpolate,
 )
+from fastxai._model import Model
 from fastxai.attribution.cam_layer import chosen_layer
 from fastxai.attribution.guided import guided_backprop
 from fastxai.attribution.score_cam import score_cam

@@ -26,7 +26,7 @@ import math
 import torch
 import torch.autograd.forward_ad as fwad
 
-from fastxai.attribution import _layer
+from fastxai import _layer
 from fastxai.attribution._kinks import KinkMode, ModuleNames, NotPiecewiseLinear
 
 __all__ = ["NotPiecewiseLinear", "exact_path"]

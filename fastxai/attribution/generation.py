@@ -29,10 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _layer, _model, _scheduling
 from fastxai._model import Model
 from fastxai._output import SelectOutput, output_tensor
-from fastxai.attribution import _layer
 from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.integrated_gradients import integrated_gradients
 

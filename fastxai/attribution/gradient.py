@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from fastxai import _graphs, _model, _precision, _scheduling
+from fastxai import _graphs, _layer, _model, _precision, _scheduling
 from fastxai._model import Model
-from fastxai.attribution import _layer
 
 
 def target_gradient(

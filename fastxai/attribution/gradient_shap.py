@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _checks, _graphs, _model, _precision, _scheduling, ops
+from fastxai import _backends, _budget, _checks, _graphs, _layer, _model, _precision, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution import _layer, adaptive_path
-from fastxai.attribution._rows import Rows
+from fastxai._rows import Rows
+from fastxai.attribution import adaptive_path
 from fastxai.attribution.smoothgrad import _check_seed, _check_stdevs
 
 METHODS = ("sampled", "adaptive")

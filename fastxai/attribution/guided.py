@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from fastxai import _compile
+from fastxai._layer import GRAPH_RULE
 from fastxai._model import Model
-from fastxai.attribution._layer import GRAPH_RULE
 from fastxai.attribution.gradient import target_gradient
 
 RULES = ("guided", "deconvnet")

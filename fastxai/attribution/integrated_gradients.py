@@ -8,9 +8,20 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _checks, _compile, _graphs, _model, _precision, _scheduling, ops
+from fastxai import (
+    _backends,
+    _budget,
+    _checks,
+    _compile,
+    _graphs,
+    _layer,
+    _model,
+    _precision,
+    _scheduling,
+    ops,
+)
 from fastxai._model import Model
-from fastxai.attribution import _layer, adaptive_path, exact_path, quadrature
+from fastxai.attribution import adaptive_path, exact_path, quadrature
 
 METHODS = (*quadrature.FIXED_METHODS, "adaptive", "exact")
 NotConverged = adaptive_path.NotConverged

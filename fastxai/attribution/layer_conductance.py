@@ -6,9 +6,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fastxai import _backends, _compile, _model, _scheduling, ops
+from fastxai import _backends, _compile, _layer, _model, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution import _layer, quadrature
+from fastxai.attribution import quadrature
 from fastxai.attribution.integrated_gradients import check_baselines
 
 ToInputs = Callable[[torch.Tensor], Sequence[torch.Tensor]]

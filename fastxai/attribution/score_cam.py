@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from fastxai import _compile, _model, _scheduling
-from fastxai._model import Model
-from fastxai.attribution._layer_capture import (
+from fastxai._layer_capture import (
     LayerCapture,
     Reshape,
     check_reshape,
     check_upsample,
     interpolate,
 )
-from fastxai.attribution._rows import RowForward, check_forward_kwargs
+from fastxai._model import Model
+from fastxai._rows import RowForward, check_forward_kwargs
 from fastxai.attribution.cam_layer import chosen_layer
 
 

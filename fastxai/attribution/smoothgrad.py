@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _graphs, _model, _precision, _scheduling, ops
+from fastxai import _backends, _budget, _graphs, _layer, _model, _precision, _scheduling, ops
 from fastxai._model import Model
-from fastxai.attribution import _layer
 
 NT_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 

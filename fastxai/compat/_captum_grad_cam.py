@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastxai.attribution._layer_capture import INTERPOLATE_MODES, interpolate
+from fastxai._layer_capture import INTERPOLATE_MODES, interpolate
 from fastxai.attribution.guided import modified_relu_gradient
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
 from fastxai.compat._captum_targets import select_target

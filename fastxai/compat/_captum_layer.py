@@ -1,4 +1,4 @@
-"""Captum's layer attribution classes on fastxai's layer sites (``fastxai.attribution._layer``).
+"""Captum's layer attribution classes on fastxai's layer sites (``fastxai._layer``).
 
     from fastxai.compat import captum as fc
     lig = fc.LayerIntegratedGradients(model, model.bert.embeddings)
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _model, _scheduling
-from fastxai.attribution import _layer, quadrature
-from fastxai.attribution._layer_capture import resolve_layer
+from fastxai import _layer, _model, _scheduling
+from fastxai._layer_capture import resolve_layer
+from fastxai.attribution import quadrature
 from fastxai.attribution.integrated_gradients import fixed_path
 from fastxai.attribution.layer_conductance import check_path, conductance_at, end_scores
 from fastxai.compat._captum_inputs import PackedInputs, as_tuple

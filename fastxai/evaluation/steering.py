@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from fastxai import _compile, _model, _scheduling
+from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
-from fastxai.attribution._layer_capture import resolve_layer
 
 
 def _check_factor(name: str, value: object) -> float:

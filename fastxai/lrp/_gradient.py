@@ -33,10 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _backends, _model, _scheduling
+from fastxai import _backends, _layer, _model, _scheduling
+from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
-from fastxai.attribution import _layer
-from fastxai.attribution._layer_capture import resolve_layer
 from fastxai.lrp import _attention
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._gradient_ops import RuleMode, identity_rule, variables

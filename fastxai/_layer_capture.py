@@ -2,7 +2,7 @@
 
 ``LayerCapture`` keeps one layer's map for the class activation methods; ``Slots`` captures,
 takes gradients at or replaces the outputs (or inputs) of one or several layers for the
-attribution sites of ``fastxai.attribution._layer``."""
+attribution sites of ``fastxai._layer``."""
 
 from __future__ import annotations
 

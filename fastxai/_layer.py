@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from fastxai import _compile, _graphs, _model, _precision, _scheduling
+from fastxai._layer_capture import Slots, resolve_layer
 from fastxai._model import Model
-from fastxai.attribution._layer_capture import Slots, resolve_layer
-from fastxai.attribution._rows import RowForward, Rows, check_forward_kwargs, is_integer, repeat_rows
+from fastxai._rows import RowForward, Rows, check_forward_kwargs, is_integer, repeat_rows
 
 
 def input_embedding(model: Model) -> nn.Module | None:
