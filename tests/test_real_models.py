@@ -155,8 +155,13 @@ def test_attention_capture_installed_during_a_call_still_works_after_it() -> Non
     model must install them again (not silently return no attentions)."""
     transformers = real_models.transformers()
     config = transformers.BertConfig(
-        vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-        num_labels=2, attn_implementation="eager",
+        vocab_size=30,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_labels=2,
+        attn_implementation="eager",
     )
     torch.manual_seed(0)
     bert = transformers.BertForSequenceClassification(config).eval()
@@ -166,3 +171,46 @@ def test_attention_capture_installed_during_a_call_still_works_after_it() -> Non
     assert_same_state(before, model_state(bert))
     attentions = bert(ids, output_attentions=True).attentions
     assert attentions is not None and len(attentions) == 1 and attentions[0].shape == (2, 2, 5, 5)
+
+
+_SUMS_EXACTLY = {"tv-resnet18", "timm-resnet18"}  # ReLU, max pooling, batch norm, residual sums only
+
+
+@pytest.mark.parametrize(("make", "size"), ZOO)
+def test_deeplift_on_real_models(
+    request: pytest.FixtureRequest, make: Callable[[], nn.Module], size: int
+) -> None:
+    """DeepLIFT on the zoo: every nonlinearity of every architecture paired between the passes,
+    Captum's zero baselines run as one row and broadcast (equal to the pass with every row), a
+    baseline per input, DeepLiftShap, and the model left as found. On the ReLU ResNets the
+    attributions sum to ``f(x) - f(x')`` (float64); elsewhere (LayerNorm, attention, squeeze-and-
+    excitation products: not Rescale-exact) the delta is only finite."""
+    torch.manual_seed(0)
+    model = make().double().train()
+    before = model_state(model)
+    x = torch.rand(3, 3, size, size, dtype=torch.float64)
+    target = torch.tensor([1, 3, 0])
+
+    shared, delta = fx.deeplift(model, x, target, 0.0, return_convergence_delta=True)
+    assert (
+        shared.shape == x.shape and bool(torch.isfinite(shared).all()) and bool(torch.isfinite(delta).all())
+    )
+    model.eval()  # a plain callable runs the model as it is: in eval mode, as the method runs it
+    every_row = fx.deeplift(lambda t: model(t), x, target, 0.0)  # a callable: baselines with every row
+    model.train()
+    torch.testing.assert_close(shared, every_row, rtol=1e-7, atol=1e-9 * float(every_row.abs().max()))
+
+    baselines = torch.rand_like(x)
+    per_input, per_input_delta = fx.deeplift(model, x, target, baselines, return_convergence_delta=True)
+    assert bool(torch.isfinite(per_input).all())
+    shap = fx.deeplift_shap(model, x, target, baselines[:2])
+    assert shap.shape == x.shape and bool(torch.isfinite(shap).all())
+    if request.node.callspec.id in _SUMS_EXACTLY:
+        with torch.no_grad():
+            model.eval()
+            scores = fx._model.flat_outputs(model, torch.cat([x, baselines]))
+            model.train()
+        ends = scores.gather(1, target.repeat(2).view(-1, 1)).view(2, 3)
+        torch.testing.assert_close(per_input.flatten(1).sum(1), ends[0] - ends[1], rtol=1e-9, atol=1e-9)
+        assert float(delta.abs().max()) < 1e-9 and float(per_input_delta.abs().max()) < 1e-9
+    assert_same_state(before, model_state(model))
