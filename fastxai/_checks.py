@@ -17,6 +17,20 @@ def check_positive(name: str, value: object) -> float:
     return float(value)
 
 
+def check_number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
+    """A finite int or float >= ``minimum`` (> with ``strict``), not a bool, returned as a float."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < minimum
+        or (strict and value == minimum)
+    ):
+        relation = ">" if strict else ">="
+        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
+    return float(value)
+
+
 def check_count(name: str, value: object, minimum: int = 1) -> int:
     """An int (not a bool) >= ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

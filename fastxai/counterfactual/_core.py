@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 
 from fastxai import _model
-from fastxai._checks import check_count, check_flag
+from fastxai._checks import check_count, check_flag, check_number
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 LOSSES = ("hinge", "squared")
@@ -46,20 +46,6 @@ class CounterfactualResult(NamedTuple):
     predictions: torch.Tensor
     original: torch.Tensor
     lam: torch.Tensor
-
-
-def check_number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
-    """A finite int or float >= ``minimum`` (> with ``strict``), not a bool."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-        or (strict and value == minimum)
-    ):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
-    return float(value)
 
 
 def check_feature_tensor(

@@ -9,7 +9,7 @@ import math
 import torch
 
 from fastxai import _model
-from fastxai._checks import check_count
+from fastxai._checks import check_count, check_number
 from fastxai._model import Model
 from fastxai.counterfactual import _core
 from fastxai.counterfactual._core import CounterfactualResult
@@ -84,14 +84,14 @@ def cem(
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if pp_start not in PP_STARTS:
         raise ValueError(f"pp_start must be one of {PP_STARTS}, got {pp_start!r}")
-    kappa = _core.check_number("kappa", kappa)
-    beta = _core.check_number("beta", beta)
-    gamma = _core.check_number("gamma", gamma)
+    kappa = check_number("kappa", kappa)
+    beta = check_number("beta", beta)
+    gamma = check_number("gamma", gamma)
     if ae is not None and not callable(ae):
         raise TypeError(f"ae must be None or a callable autoencoder, got {type(ae).__name__}")
     if gamma > 0 and ae is None:
         raise ValueError("gamma > 0 needs an autoencoder: pass ae=")
-    c = _core.check_number("c", c, strict=True)
+    c = check_number("c", c, strict=True)
     search_steps = check_count("search_steps", search_steps)
     steps, lr, momentum = _core.check_schedule(steps, lr, momentum)
     refine_steps = check_count("refine_steps", refine_steps, minimum=0)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from fastxai import _model
-from fastxai._checks import check_count
+from fastxai._checks import check_count, check_number
 from fastxai._model import Model
 from fastxai.counterfactual import _core
 from fastxai.counterfactual._core import CounterfactualResult
@@ -83,13 +83,13 @@ def wachter(
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     if loss not in _core.LOSSES:
         raise ValueError(f"loss must be one of {_core.LOSSES}, got {loss!r}")
-    beta = _core.check_number("beta", beta)
-    kappa = _core.check_number("kappa", kappa)
-    target_proba = _core.check_number("target_proba", target_proba)
+    beta = check_number("beta", beta)
+    kappa = check_number("kappa", kappa)
+    target_proba = check_number("target_proba", target_proba)
     if target_proba > 1:
         raise ValueError(f"target_proba must be in [0, 1], got {target_proba!r}")
-    lam = _core.check_number("lam", lam, strict=True)
-    lam_factor = _core.check_number("lam_factor", lam_factor, minimum=1.0, strict=True)
+    lam = check_number("lam", lam, strict=True)
+    lam_factor = check_number("lam_factor", lam_factor, minimum=1.0, strict=True)
     lam_steps = check_count("lam_steps", lam_steps)
     lam_bisections = check_count("lam_bisections", lam_bisections, minimum=0)
     steps, lr, momentum = _core.check_schedule(steps, lr, momentum)
@@ -164,7 +164,7 @@ def mad(data: torch.Tensor, *, minimum: float = 1e-6) -> torch.Tensor:
     >>> result = fastxai.wachter(model, x, distance="l1", scale=fastxai.counterfactual.mad(x_train))
     """
     data = _model.check_inputs(data)
-    minimum = _core.check_number("minimum", minimum, strict=True)
+    minimum = check_number("minimum", minimum, strict=True)
     median = data.median(0).values
     return (data - median).abs().median(0).values.clamp_min(minimum)
 

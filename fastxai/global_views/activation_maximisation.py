@@ -10,6 +10,7 @@ import torch
 from torch.nn import functional
 
 from fastxai import _compile, _model, _scheduling
+from fastxai._checks import check_count, check_number
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -24,25 +25,6 @@ class MaximisationResult(NamedTuple):
 
     inputs: torch.Tensor
     activations: torch.Tensor
-
-
-def _check_number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-        or (strict and value == minimum)
-    ):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
-    return float(value)
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _check_units(unit: object) -> tuple[list[int], bool]:
@@ -162,14 +144,14 @@ def activation_maximisation(
     model = _compile.original(_model.check_model(model))
     units, single = _check_units(unit)
     shape = _check_input_shape(input_shape)
-    n_steps = _check_int("n_steps", n_steps, 1)
-    lr = _check_number("lr", lr, strict=True)
-    l2 = _check_number("l2", l2)
-    jitter = _check_int("jitter", jitter, 0)
-    blur_every = _check_int("blur_every", blur_every, 0)
-    blur_sigma = _check_number("blur_sigma", blur_sigma, strict=True)
+    n_steps = check_count("n_steps", n_steps, 1)
+    lr = check_number("lr", lr, strict=True)
+    l2 = check_number("l2", l2)
+    jitter = check_count("jitter", jitter, 0)
+    blur_every = check_count("blur_every", blur_every, 0)
+    blur_sigma = check_number("blur_sigma", blur_sigma, strict=True)
     box = _check_bounds(bounds)
-    restarts = _check_int("batch", batch, 1)
+    restarts = check_count("batch", batch, 1)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"seed must be None or an int >= 0, got {seed!r}")
     if (jitter or blur_every) and len(shape) < 2:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fastxai._checks import check_count
+
 SHAPES = ("square", "disc", "horizontal_bar", "vertical_bar")
 INTENSITIES = ("dim", "bright")
 TEXTURES = ("horizontal_stripes", "vertical_stripes", "checkerboard")
@@ -38,12 +40,6 @@ class ConceptDataset:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 def _uniform(generator: torch.Generator, count: int, low: float, high: float) -> torch.Tensor:
@@ -128,15 +124,15 @@ def concept_dataset(
     >>> concepts = fastxai.concept_dataset(256, seed=0)
     >>> fastxai.network_dissection(model, concepts, layer="4").labels[:4]
     """
-    n_images = _check_int("n_images", n_images, 1)
-    size = _check_int("size", size, 8)
-    period = _check_int("period", period, 2)
+    n_images = check_count("n_images", n_images, 1)
+    size = check_count("size", size, 8)
+    period = check_count("period", period, 2)
     if period > size:
         raise ValueError(f"period must be at most size ({size}), got {period}")
-    max_objects = _check_int("max_objects", max_objects, 1)
+    max_objects = check_count("max_objects", max_objects, 1)
     if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 1:
         raise ValueError(f"noise must be a number in [0, 1), got {noise!r}")
-    seed = _check_int("seed", seed, 0)
+    seed = check_count("seed", seed, 0)
     generator = torch.Generator().manual_seed(seed)
     ys = torch.arange(size, dtype=torch.float32) + 0.5
     xs = ys

@@ -8,9 +8,10 @@ from typing import NamedTuple
 import torch
 
 from fastxai import _compile, _model, _scheduling
+from fastxai._checks import check_count, check_number
 from fastxai._model import Model
 from fastxai.global_views import _layers
-from fastxai.global_views.activation_maximisation import _check_bounds, _check_int, _check_number
+from fastxai.global_views.activation_maximisation import _check_bounds
 
 _TV_EPSILON = 1e-8
 """Added under the TV root, whose gradient at a flat patch is infinite for beta < 2."""
@@ -89,12 +90,12 @@ def feature_inversion(
     """
     model = _compile.original(_model.check_model(model))  # hooked: a compiled model's module
     x0 = _model.check_inputs(inputs).detach()
-    n_steps = _check_int("n_steps", n_steps, 1)
-    lr = _check_number("lr", lr, strict=True)
-    alpha = _check_number("alpha", alpha, minimum=1.0)
-    lambda_alpha = _check_number("lambda_alpha", lambda_alpha)
-    beta = _check_number("beta", beta, minimum=1.0)
-    lambda_tv = _check_number("lambda_tv", lambda_tv)
+    n_steps = check_count("n_steps", n_steps, 1)
+    lr = check_number("lr", lr, strict=True)
+    alpha = check_number("alpha", alpha, minimum=1.0)
+    lambda_alpha = check_number("lambda_alpha", lambda_alpha)
+    beta = check_number("beta", beta, minimum=1.0)
+    lambda_tv = check_number("lambda_tv", lambda_tv)
     if lambda_tv and x0.dim() < 3:
         raise ValueError(
             f"lambda_tv needs inputs with spatial dimensions [B, C, *spatial], got shape {tuple(x0.shape)}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -36,22 +34,3 @@ def as_features(value: object, *, name: str = "inputs") -> torch.Tensor:
     except (TypeError, ValueError) as error:
         raise type(error)(str(error).replace("inputs", name, 1)) from None
     return tensor.detach().reshape(len(tensor), -1)
-
-
-def check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: object, *, minimum: float = 0.0, strict: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-        or (strict and value == minimum)
-    ):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
-    return float(value)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from fastxai import _checks
 from fastxai.surrogate import _data
 
 ACTIVATIONS = ("relu", "exu")
@@ -47,8 +48,8 @@ class AdditiveModel(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        features = _data.check_int("features", features, 1)
-        outputs = _data.check_int("outputs", outputs, 1)
+        features = _checks.check_count("features", features, 1)
+        outputs = _checks.check_count("outputs", outputs, 1)
         if (
             not isinstance(hidden, Sequence)
             or not hidden
@@ -147,13 +148,13 @@ def fit_additive(
         goal = functional.one_hot(targets, int(targets.max()) + 1).float()
     else:
         goal = _data.as_features(targets.reshape(len(targets), -1), name="targets").float()
-    steps = _data.check_int("steps", steps, 1)
-    lr = _data.check_number("lr", lr, strict=True)
+    steps = _checks.check_count("steps", steps, 1)
+    lr = _checks.check_number("lr", lr, strict=True)
     if batch_size is not None:
-        batch_size = _data.check_int("batch_size", batch_size, 1)
-    weight_decay = _data.check_number("weight_decay", weight_decay)
-    output_penalty = _data.check_number("output_penalty", output_penalty)
-    feature_dropout = _data.check_number("feature_dropout", feature_dropout)
+        batch_size = _checks.check_count("batch_size", batch_size, 1)
+    weight_decay = _checks.check_number("weight_decay", weight_decay)
+    output_penalty = _checks.check_number("output_penalty", output_penalty)
+    feature_dropout = _checks.check_number("feature_dropout", feature_dropout)
     if feature_dropout >= 1:
         raise ValueError(f"feature_dropout must be in [0, 1), got {feature_dropout!r}")
     model = AdditiveModel(data.shape[1], goal.shape[1], hidden, activation=activation, seed=seed)
@@ -216,7 +217,7 @@ def plot_shape_functions(
     features = data.shape[1]
     if feature_names is not None and len(feature_names) != features:
         raise ValueError(f"feature_names must have {features} names, got {len(feature_names)}")
-    columns = _data.check_int("columns", columns, 1)
+    columns = _checks.check_count("columns", columns, 1)
     shapes = model.shape_functions(data)[:, :, output]
     grid_rows = math.ceil(features / columns)
     figure, axes = plt.subplots(

@@ -9,9 +9,8 @@ from typing import Any, NamedTuple
 import torch
 from torch.nn import functional
 
-from fastxai import _model
+from fastxai import _checks, _model
 from fastxai._model import Model
-from fastxai.surrogate import _data
 from fastxai.surrogate.additive import fit_additive
 from fastxai.surrogate.linear import fit_sparse_linear
 from fastxai.surrogate.tree import fit_tree
@@ -88,10 +87,10 @@ def distill(
     x = _model.check_inputs(inputs).detach()
     if student not in STUDENTS:
         raise ValueError(f"student must be one of {STUDENTS}, got {student!r}")
-    alpha = _data.check_number("alpha", alpha)
+    alpha = _checks.check_number("alpha", alpha)
     if alpha > 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    temperature = _data.check_number("temperature", temperature, strict=True)
+    temperature = _checks.check_number("temperature", temperature, strict=True)
     if labels is not None:
         if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.shape != (len(x),):
             raise ValueError(f"labels must be None or [{len(x)}] integer classes, got {labels!r:.80}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fastxai import _checks
 from fastxai.surrogate import _data
 
 
@@ -81,9 +82,9 @@ def fit_sparse_linear(
         raise ValueError(f"targets must have one row per input ({len(features)}), got {len(q)}")
     if bool((q < 0).any()) or not torch.allclose(q.sum(1), torch.ones(len(q), dtype=q.dtype), atol=1e-6):
         raise ValueError("targets must be probabilities: rows >= 0 that sum to 1")
-    l1 = _data.check_number("l1", l1)
-    steps = _data.check_int("steps", steps, 1)
-    tolerance = _data.check_number("tolerance", tolerance)
+    l1 = _checks.check_number("l1", l1)
+    steps = _checks.check_count("steps", steps, 1)
+    tolerance = _checks.check_number("tolerance", tolerance)
     if not isinstance(standardize, bool):
         raise TypeError(f"standardize must be a bool, got {type(standardize).__name__}")
     n, classes = q.shape

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fastxai import _checks
 from fastxai.surrogate import _data
 
 
@@ -135,9 +136,9 @@ def fit_tree(
     values = _data.as_matrix(targets, name="targets")
     if len(values) != len(data):
         raise ValueError(f"targets must have one row per input ({len(data)}), got {len(values)}")
-    max_depth = _data.check_int("max_depth", max_depth, 0)
-    min_samples_leaf = _data.check_int("min_samples_leaf", min_samples_leaf, 1)
-    min_gain = _data.check_number("min_gain", min_gain)
+    max_depth = _checks.check_count("max_depth", max_depth, 0)
+    min_samples_leaf = _checks.check_count("min_samples_leaf", min_samples_leaf, 1)
+    min_gain = _checks.check_number("min_gain", min_gain)
     feature, threshold, left, right, value, samples = [], [], [], [], [], []
     # breadth-first, first in first out: a node's id (given when it is queued) is its position
     # in the arrays, and children come after their parent
