@@ -65,6 +65,11 @@ from fastxai.compat.captum import (
 Selector = int | tuple[Any, ...] | Callable[..., torch.Tensor]
 
 
+class NeuronSelectorError(ValueError, AssertionError):
+    """``neuron_selector`` does not fit the layer's output. Also an ``AssertionError``, which is
+    what Captum raises there (code written against Captum catches it unchanged)."""
+
+
 class _Stop(Exception):
     """Raised by the neuron hook once the layer's value is taken: the rest of the pass is not needed."""
 
@@ -72,7 +77,7 @@ class _Stop(Exception):
 def check_selector(selector: object) -> Selector:
     """An int, a tuple of ints and slices, or a callable; a TypeError naming the argument otherwise."""
     if callable(selector):
-        return selector  # type: ignore[return-value]
+        return selector
     if isinstance(selector, int) and not isinstance(selector, bool):
         return selector
     if (
@@ -87,39 +92,53 @@ def check_selector(selector: object) -> Selector:
     )
 
 
-def select(values: list[torch.Tensor], selector: Selector) -> torch.Tensor:
+def select(values: list[torch.Tensor], selector: Selector, scalar: list[bool] | None = None) -> torch.Tensor:
     """The selected neuron of each example [N]: a unit (or the sum of a selection) of the
     layer's one tensor, or the callable's value on it (on the tuple for several tensors)."""
     if callable(selector):
         chosen = selector(values[0] if len(values) == 1 else tuple(values))
         if not isinstance(chosen, torch.Tensor):
             raise TypeError(f"neuron_selector returned {type(chosen).__name__}, expected a tensor [batch]")
+        if chosen.dim() == 0 and scalar is not None:
+            scalar.append(True)
+        if chosen.dim() == 0 and values[0].shape[0] > 1:
+            # One number for the batch (``torch.sum(h)``): the selector on each example alone,
+            # which for a sum over examples gives the per-example share of Captum's gradients.
+            chosen = torch.func.vmap(lambda *row: selector(_one(row)))(*values)
+        elif chosen.dim() == 0:
+            chosen = chosen.reshape(1)
     else:
         if len(values) != 1:
-            raise ValueError(
+            raise NeuronSelectorError(
                 f"the layer gives {len(values)} tensors: an index neuron_selector needs one; pass a "
                 "callable on the tuple instead"
             )
         index = (selector,) if isinstance(selector, int) else selector
         value = values[0]
         if len(index) > value.dim() - 1:
-            raise ValueError(
+            raise NeuronSelectorError(
                 f"neuron_selector {selector!r} has {len(index)} indices; the layer's output has shape "
                 f"{tuple(value.shape[1:])} per example"
             )
         for i, (position, size) in enumerate(zip(index, value.shape[1:], strict=False)):
             if isinstance(position, int) and not -size <= position < size:
-                raise ValueError(
+                raise NeuronSelectorError(
                     f"neuron_selector index {position} (dimension {i}) is out of range for the layer's "
                     f"output of shape {tuple(value.shape[1:])} per example"
                 )
         chosen = value[(slice(None), *index)]
     if chosen.dim() == 0 or chosen.shape[0] != values[0].shape[0]:
-        raise ValueError(
+        raise NeuronSelectorError(
             f"neuron_selector must give one value per example [{values[0].shape[0]}], got shape "
             f"{tuple(chosen.shape)}"
         )
     return chosen.reshape(chosen.shape[0], -1).sum(1)
+
+
+def _one(row: tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """One example's layer values with a batch dimension of 1, as the selector takes them."""
+    batched = tuple(tensor.unsqueeze(0) for tensor in row)
+    return batched[0] if len(batched) == 1 else batched
 
 
 class LayerTap:
@@ -186,6 +205,7 @@ class NeuronForward(nn.Module):
         self.model = module_of(forward_func)  # a child: the state guard covers it
         self.__dict__["call"] = forward_func
         self.layer, self.selector, self.to_input = layer, selector, to_input
+        self.scalar: list[bool] = []  # the callable selector gave one number for the batch
 
     def forward(self, *args: Any) -> torch.Tensor:
         with LayerTap(self.layer, self.to_input, stop=True) as tap:
@@ -193,7 +213,7 @@ class NeuronForward(nn.Module):
                 self.__dict__["call"](*args)
             except _Stop:
                 pass
-        return select(tap.taken(), self.selector).unsqueeze(1)
+        return select(tap.taken(), self.selector, self.scalar).unsqueeze(1)
 
 
 class _NeuronMethod:
@@ -211,6 +231,10 @@ class _NeuronMethod:
         self.device_ids = device_ids
 
     def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
         return False
 
     def _neuron(self, neuron_selector: object, attribute_to_neuron_input: object) -> NeuronForward:
@@ -336,7 +360,12 @@ class NeuronDeepLiftShap(NeuronDeepLift):
 
 
 class NeuronFeatureAblation(_NeuronMethod):
-    """Captum's ``NeuronFeatureAblation``: the neuron's drop when each feature (group) is set to its baseline."""
+    """Captum's ``NeuronFeatureAblation``: the neuron's change when each feature (group) is set
+    to its baseline."""
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
 
     def attribute(
         self,
@@ -349,9 +378,15 @@ class NeuronFeatureAblation(_NeuronMethod):
         perturbations_per_eval: int = 1,
     ) -> Any:
         neuron = self._neuron(neuron_selector, attribute_to_neuron_input)
-        return FeatureAblation(neuron).attribute(
+        result = FeatureAblation(neuron).attribute(
             inputs, baselines, 0, additional_forward_args, feature_mask, perturbations_per_eval
         )
+        if not neuron.scalar:
+            return result
+        # A selector that sums over the batch (one number): Captum ablates each feature in all
+        # examples at once, one row of attributions; with independent rows that is the sum.
+        parts = tuple(part.sum(0, keepdim=True) for part in as_tuple(result))
+        return parts if isinstance(result, tuple) else parts[0]
 
 
 class _ConductanceSite:
@@ -367,7 +402,7 @@ class _ConductanceSite:
         leaf = points.detach().requires_grad_(True)
         with torch.enable_grad():
             with self.tap:
-                output = self.forward.logits(rows, count, self.packed.unpack(leaf))
+                output = self.forward.logits(rows, count, (leaf,))
             values = self.tap.taken()
             scores = output.gather(1, target.view(-1, 1)).squeeze(1)
             layer_grads = torch.autograd.grad(
@@ -382,7 +417,7 @@ class _ConductanceSite:
 
     def scores(self, points: torch.Tensor, rows: Rows, count: int, target: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            output = self.forward.logits(rows, count, self.packed.unpack(points))
+            output = self.forward.logits(rows, count, (points,))
         return output.gather(1, target.view(-1, 1)).squeeze(1)
 
 
