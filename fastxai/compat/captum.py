@@ -86,7 +86,7 @@ _LAZY = {
     "NeuronDeepLift": "fastxai.compat._captum_neuron",
     "NeuronDeepLiftShap": "fastxai.compat._captum_neuron",
     "NeuronFeatureAblation": "fastxai.compat._captum_neuron",
-    "NeuronConductance": "fastxai.compat._captum_neuron",
+    "NeuronConductance": "fastxai.compat._captum_neuron_conductance",
 }
 
 
