@@ -164,7 +164,7 @@ def test_layer_gradient_shap() -> None:
     ).abs().max() < 0.15 * expected.abs().max()
 
 
-def test_layer_gradient_shap_per_example_args_and_tuple_layer() -> None:
+def test_layer_gradient_shap_tuple_inputs_per_example_args() -> None:
     net = TwoInputNet().eval()
     inputs = (torch.randn(3, 4), torch.randn(3, 3))
     scale = torch.tensor([1.0, -2.0, 0.5])
