@@ -78,6 +78,15 @@ _LAZY = {
     "LayerConductance": "fastxai.compat._captum_layer",
     "LayerActivation": "fastxai.compat._captum_layer",
     "LayerGradientXActivation": "fastxai.compat._captum_layer",
+    "LayerGradientShap": "fastxai.compat._captum_layer_paths",
+    "InternalInfluence": "fastxai.compat._captum_layer_paths",
+    "NeuronGradient": "fastxai.compat._captum_neuron",
+    "NeuronIntegratedGradients": "fastxai.compat._captum_neuron",
+    "NeuronGradientShap": "fastxai.compat._captum_neuron",
+    "NeuronDeepLift": "fastxai.compat._captum_neuron",
+    "NeuronDeepLiftShap": "fastxai.compat._captum_neuron",
+    "NeuronFeatureAblation": "fastxai.compat._captum_neuron",
+    "NeuronConductance": "fastxai.compat._captum_neuron_conductance",
 }
 
 
