@@ -98,6 +98,10 @@ METHODS: dict[str, Method] = {
     "shapley_value_sampling": lambda m, c: fx.shapley_value_sampling(
         m, X, T, feature_mask=MASK, n_samples=2, seed=0, chunk_size=c
     ),
+    "shapley_values": lambda m, c: fx.shapley_values(m, X, T, feature_mask=MASK, chunk_size=c),
+    "feature_permutation": lambda m, c: fx.feature_permutation(
+        m, X, T, feature_mask=MASK, seed=0, chunk_size=c
+    ),
     "kernel_shap": lambda m, c: fx.kernel_shap(
         m, X, T, feature_mask=MASK, n_samples=16, seed=0, chunk_size=c
     ),

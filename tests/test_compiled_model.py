@@ -68,6 +68,11 @@ CALLS = {
         lambda m: fx.shapley_value_sampling(m, _X, target=_Y, n_samples=2, seed=0, feature_mask=_GROUPS),
         True,
     ),
+    "shapley_values": (lambda m: fx.shapley_values(m, _X, target=_Y, feature_mask=_GROUPS), True),
+    "feature_permutation": (
+        lambda m: fx.feature_permutation(m, _X, target=_Y, seed=0, feature_mask=_GROUPS),
+        True,
+    ),
     "lrp": (lambda m: fx.lrp.lrp(m, _X, target=_Y), False),
     "fgsm": (lambda m: fx.fgsm(m, _X, _Y), True),
     "pgd": (lambda m: fx.pgd(m, _X, _Y, steps=2, random_start=False), True),

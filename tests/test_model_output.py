@@ -196,6 +196,8 @@ EVERY_METHOD = {
     "lime": lambda m, x, t: fx.lime(m, x, t, feature_mask=_MASK, n_samples=16, seed=0),
     "kernel_shap": lambda m, x, t: fx.kernel_shap(m, x, t, feature_mask=_MASK, n_samples=16, seed=0),
     "shapley_value_sampling": lambda m, x, t: fx.shapley_value_sampling(m, x, t, feature_mask=_MASK, seed=0),
+    "shapley_values": lambda m, x, t: fx.shapley_values(m, x, t, feature_mask=_MASK),
+    "feature_permutation": lambda m, x, t: fx.feature_permutation(m, x, t, seed=0),
 }
 
 

@@ -12,6 +12,7 @@ from fastxai.attribution.class_activation import (
     xgrad_cam,
 )
 from fastxai.attribution.deeplift import deeplift, deeplift_shap
+from fastxai.attribution.exact_shapley import shapley_values
 from fastxai.attribution.generation import explain_generation
 from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.gradient_shap import expected_gradients, gradient_shap
@@ -20,6 +21,7 @@ from fastxai.attribution.integrated_gradients import integrated_gradients
 from fastxai.attribution.layer_conductance import layer_conductance
 from fastxai.attribution.lemna import lemna
 from fastxai.attribution.lime import lime
+from fastxai.attribution.permutation import feature_permutation
 from fastxai.attribution.perturbation import feature_ablation, occlusion
 from fastxai.attribution.score_cam import score_cam
 from fastxai.attribution.shapley import kernel_shap, shapley_value_sampling
@@ -37,6 +39,7 @@ __all__ = [
     "expected_gradients",
     "explain_generation",
     "feature_ablation",
+    "feature_permutation",
     "grad_cam",
     "grad_cam_plus_plus",
     "gradient_shap",
@@ -54,6 +57,7 @@ __all__ = [
     "saliency",
     "score_cam",
     "shapley_value_sampling",
+    "shapley_values",
     "smoothgrad",
     "xgrad_cam",
 ]
