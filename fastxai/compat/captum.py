@@ -17,7 +17,12 @@ here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 ``LayerActivation``, ``LayerGradientXActivation`` (``_captum_layer``), ``DeepLift``,
 ``DeepLiftShap`` (``_captum_deeplift``), ``Occlusion``, ``FeatureAblation``, ``KernelShap``,
 ``ShapleyValueSampling`` (``_captum_perturbation``), ``Lime`` (``_captum_lime``),
-``LayerFeatureAblation`` (``_captum_layer_ablation``), ``LRP`` (``_captum_lrp``).
+``LayerFeatureAblation`` (``_captum_layer_ablation``), ``LRP`` (``_captum_lrp``),
+``LayerGradientShap``, ``InternalInfluence`` (``_captum_layer_paths``), ``NeuronGradient``,
+``NeuronIntegratedGradients``, ``NeuronGradientShap``, ``NeuronDeepLift``,
+``NeuronDeepLiftShap``, ``NeuronFeatureAblation`` (``_captum_neuron``), ``NeuronConductance``
+(``_captum_neuron_conductance``), ``FeaturePermutation``, ``ShapleyValues``
+(``_captum_permutation``).
 
 Differences from Captum, on purpose:
 
