@@ -22,7 +22,7 @@ here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 ``NeuronIntegratedGradients``, ``NeuronGradientShap``, ``NeuronDeepLift``,
 ``NeuronDeepLiftShap``, ``NeuronFeatureAblation`` (``_captum_neuron``), ``NeuronConductance``
 (``_captum_neuron_conductance``), ``FeaturePermutation``, ``ShapleyValues``
-(``_captum_permutation``).
+(``_captum_permutation``), ``LayerDeepLift``, ``LayerDeepLiftShap`` (``_captum_layer_deeplift``).
 
 Differences from Captum, on purpose:
 
@@ -94,6 +94,8 @@ _LAZY = {
     "NeuronDeepLiftShap": "fastxai.compat._captum_neuron",
     "NeuronFeatureAblation": "fastxai.compat._captum_neuron",
     "NeuronConductance": "fastxai.compat._captum_neuron_conductance",
+    "LayerDeepLift": "fastxai.compat._captum_layer_deeplift",
+    "LayerDeepLiftShap": "fastxai.compat._captum_layer_deeplift",
 }
 
 
