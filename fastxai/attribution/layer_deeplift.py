@@ -72,7 +72,10 @@ def layer_multipliers(
         if index is None:
             index = output.detach().argmax(1)
         scores = output.gather(1, index.view(-1, 1)).squeeze(1)
-        grads = torch.autograd.grad(scores.sum(), values, allow_unused=True, materialize_grads=True)
+        if scores.requires_grad:
+            grads = torch.autograd.grad(scores.sum(), values, allow_unused=True, materialize_grads=True)
+        else:  # the output does not use the layer (nor anything else that needs a gradient)
+            grads = tuple(torch.zeros_like(value) for value in values)
     difference = scores.detach() - reference.gather(1, index.view(-1, 1)).squeeze(1)
     return list(grads), [value.detach() for value in values], reference_values, difference
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from models import assert_same_state, mlp, model_state, small_cnn
 from torch import nn
 
 from fastxai.compat import captum as fc
-from tests.models import assert_same_state, mlp, model_state, small_cnn
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -197,3 +197,22 @@ def test_model_left_as_found_also_on_error() -> None:
     with pytest.raises(ValueError, match="target"):
         dl.attribute(torch.randn(2, 1, 6, 6), target=7)
     assert_same_state(before, model_state(model))
+
+
+def test_unused_layer_gives_zeros() -> None:
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(5)
+            self.used, self.unused = nn.Linear(4, 3), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.unused(x)
+            return self.used(x).relu()
+
+    model = Unused()
+    x = torch.randn(2, 4)
+    attr, delta = fc.LayerDeepLift(model, model.unused).attribute(x, target=0, return_convergence_delta=True)
+    assert attr.shape == (2, 2) and not attr.any()
+    with torch.no_grad():  # nothing reaches the output through the layer: delta = -(f(x) - f(0))
+        torch.testing.assert_close(delta, model(torch.zeros_like(x))[:, 0] - model(x)[:, 0])
