@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
 from fastxai import _model
 from fastxai._layer_capture import Slots
@@ -80,4 +81,44 @@ def layer_multipliers(
     return list(grads), [value.detach() for value in values], reference_values, difference
 
 
-__all__ = ["layer_multipliers"]
+def layer_pairs(
+    model: Callable[[Tensor], Tensor],
+    layer: nn.Module,
+    inputs: Tensor,
+    baselines: Tensor,
+    target: Tensor | None,
+    eps: float,
+    multiply_by_inputs: bool,
+    chunk: int,
+) -> tuple[Tensor, Tensor]:
+    """``fastxai.deeplift(..., layer=)``: row ``i`` of ``inputs`` against row ``i`` of
+    ``baselines`` (both [N, *F]) in chunks of at most ``chunk`` pairs: the attributions at the
+    layer's output ``m_h * (h - h')`` (``m_h`` without ``multiply_by_inputs``) [N, *A] and the
+    deltas ``sum - (f(x) - f(x'))`` [N] (float64 for float64 inputs, else float32). The caller
+    holds the model's state guard."""
+    slots = Slots([layer])
+    parts, deltas = [], []
+    accumulate = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    for start in range(0, inputs.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        grads, values, references, difference = layer_multipliers(
+            lambda tensors: model(tensors[0]),
+            (inputs[rows],),
+            (baselines[rows],),
+            slots,
+            None if target is None else target[rows],
+            eps,
+        )
+        if len(values) != 1:
+            raise ValueError(
+                f"layer ({type(layer).__name__}) outputs {len(values)} tensors; layer= takes a layer "
+                "with one output tensor (fastxai.compat.captum.LayerDeepLift takes tuple outputs)"
+            )
+        part = grads[0] * (values[0] - references[0]) if multiply_by_inputs else grads[0]
+        parts.append(part)
+        total = part.reshape(part.shape[0], -1).sum(1, dtype=accumulate)
+        deltas.append(total - difference.to(accumulate))
+    return torch.cat(parts), torch.cat(deltas)
+
+
+__all__ = ["layer_multipliers", "layer_pairs"]
