@@ -8,9 +8,11 @@ import torch
 from torch import nn
 
 from fastxai import _compile, _model, _scheduling
+from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
 from fastxai.attribution._rescale import PairedMode, RecordMode, Unpaired
 from fastxai.attribution.gradient_shap import _check_distribution
+from fastxai.attribution.layer_deeplift import layer_pairs
 
 
 def _check_options(multiply_by_inputs: object, return_convergence_delta: object, eps: object) -> float:
@@ -154,6 +156,7 @@ def deeplift(
     return_convergence_delta: bool = False,
     chunk_size: int | None = None,
     eps: float = 1e-10,
+    layer: object = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Captum's ``DeepLift``).
 
@@ -177,7 +180,14 @@ def deeplift(
     [B, *F] in the inputs' dtype, and with ``return_convergence_delta`` also
     ``sum(attribution) - (f(x) - f(x'))`` [B].
 
+    ``layer`` (a module of the model or its dotted name, with one output tensor): DeepLIFT at
+    that layer's output ``h``, ``m_h * (h - h')`` [B, *A] with ``h'`` its value at the
+    baselines and ``m_h`` the Rescale multipliers downstream of it (Captum's
+    ``LayerDeepLift``; ``fastxai.attribution.layer_deeplift``); the baselines then run row by
+    row, not shared.
+
     >>> a = fastxai.deeplift(model, x, target=y, baselines=0.0)
+    >>> a = fastxai.deeplift(model, x, target=y, layer="layer3")          # [B, *A]
     >>> a, delta = fastxai.deeplift(model, x, target=y, return_convergence_delta=True)
     """
     model = _compile.original(_model.check_model(model))
@@ -187,6 +197,14 @@ def deeplift(
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     x = inputs.detach()
+    if layer is not None:
+        module = resolve_layer(model, layer)
+        with _model.preserved_state(model):
+            result, delta = layer_pairs(
+                model, module, x, reference, target_t, eps, multiply_by_inputs, max(1, chunk // 2)
+            )
+        result = result.to(inputs.dtype)
+        return (result, delta) if return_convergence_delta else result
     batch = x.shape[0]
     result = torch.empty_like(x)
     delta = torch.empty(batch, dtype=_accumulator(x), device=x.device)
@@ -222,6 +240,7 @@ def deeplift_shap(
     return_convergence_delta: bool = False,
     chunk_size: int | None = None,
     eps: float = 1e-10,
+    layer: object = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """DeepLiftShap (Lundberg & Lee 2017; Captum's ``DeepLiftShap``): DeepLIFT against each of
     ``K`` baselines ``x'_k`` of a background distribution, averaged,
@@ -235,7 +254,8 @@ def deeplift_shap(
     inputs: [B, *F]; baselines: [K, *F] (or one baseline [*F]); target: int, [B] or None (the
     predicted class of each input). Returns [B, *F] in the inputs' dtype, and with
     ``return_convergence_delta`` the per-pair ``sum(m_k (x - x'_k)) - (f(x) - f(x'_k))`` [B * K],
-    ordered by input, then baseline (Captum's order).
+    ordered by input, then baseline (Captum's order). ``layer``: at that layer's output, as
+    ``deeplift`` (Captum's ``LayerDeepLiftShap``), [B, *A].
 
     >>> a = fastxai.deeplift_shap(model, x, target=y, baselines=background)
     """
@@ -251,6 +271,21 @@ def deeplift_shap(
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     x = inputs.detach()
     batch, count = x.shape[0], distribution.shape[0]
+    if layer is not None:
+        module = resolve_layer(model, layer)
+        with _model.preserved_state(model):
+            pairs, pair_delta = layer_pairs(
+                model,
+                module,
+                x.repeat_interleave(count, dim=0),
+                distribution.repeat(batch, *([1] * (x.dim() - 1))),
+                None if target_t is None else target_t.repeat_interleave(count, dim=0),
+                eps,
+                multiply_by_inputs,
+                max(1, chunk // 2),
+            )
+        mean = pairs.view(batch, count, *pairs.shape[1:]).mean(1).to(inputs.dtype)
+        return (mean, pair_delta) if return_convergence_delta else mean
     acc_dtype = _accumulator(x)
     total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
     delta = torch.empty(count, batch, dtype=acc_dtype, device=x.device)

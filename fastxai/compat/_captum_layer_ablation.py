@@ -11,6 +11,8 @@ many ablations go through one forward pass, as for input features::
     from fastxai.compat.captum import LayerFeatureAblation
     attr = LayerFeatureAblation(model, model.conv2).attribute(x, target=y, layer_mask=channel_ids)
 
+``LayerFeaturePermutation`` runs ``FeaturePermutation`` on the layer's output the same way.
+
 ``R_j = f_t(x) - f_t(x with layer value group g(j) := baseline)``, in the layer's shape.
 ``layer_baselines``: None (0), a number, or tensors shaped like one example's layer values.
 The hooks are removed and the model left as found, also when a call raises.
@@ -27,6 +29,7 @@ from torch import nn
 from fastxai import _model
 from fastxai.compat._captum_games import PerturbationAttribution
 from fastxai.compat._captum_inputs import as_tuple
+from fastxai.compat._captum_permutation import FeaturePermutation
 from fastxai.compat._captum_perturbation import FeatureAblation
 from fastxai.compat.captum import check_device_ids
 
@@ -57,6 +60,29 @@ class LayerFeatureAblation(PerturbationAttribution):
         attribute_to_layer_input: bool = False,
         perturbations_per_eval: int = 1,
     ) -> Any:
+        return self._on_layer(
+            inputs,
+            additional_forward_args,
+            attribute_to_layer_input,
+            lambda forward, values: FeatureAblation(forward).attribute(
+                values,
+                baselines=layer_baselines,
+                target=target,
+                feature_mask=layer_mask,
+                perturbations_per_eval=perturbations_per_eval,
+            ),
+        )
+
+    def _on_layer(
+        self,
+        inputs: Any,
+        additional_forward_args: Any,
+        attribute_to_layer_input: bool,
+        method: Callable[[Callable[..., Any], Any], Any],
+    ) -> Any:
+        """``method(forward, values)``: an input-space method run on the layer's values, with
+        ``forward(*layer_rows)`` the model on the inputs (repeated copy-major to the rows'
+        count) with the layer's values replaced by ``layer_rows``."""
         inputs_tuple = as_tuple(inputs)
         extra = () if additional_forward_args is None else as_tuple(additional_forward_args)
         batch = inputs_tuple[0].shape[0]
@@ -87,14 +113,7 @@ class LayerFeatureAblation(PerturbationAttribution):
             else:
                 handle = self.layer.register_forward_hook(swap_output)
             try:
-                ablation = FeatureAblation(forward)
-                result = ablation.attribute(
-                    values if len(values) > 1 else values[0],
-                    baselines=layer_baselines,
-                    target=target,
-                    feature_mask=layer_mask,
-                    perturbations_per_eval=perturbations_per_eval,
-                )
+                result = method(forward, values if len(values) > 1 else values[0])
             finally:
                 handle.remove()
         return result
@@ -122,6 +141,34 @@ class LayerFeatureAblation(PerturbationAttribution):
         return seen[0]
 
 
+class LayerFeaturePermutation(LayerFeatureAblation):
+    """Captum's ``LayerFeaturePermutation(forward_func, layer)``: ``FeaturePermutation`` of the
+    layer's output, ``R_j = f_t(x) - f_t(x with layer group g(j) permuted across the batch)``,
+    the permuted copies batched as for ``LayerFeatureAblation``."""
+
+    progress_name = "Layer Feature Permutation"
+
+    def attribute(  # type: ignore[override]
+        self,
+        inputs: Any,
+        target: Any = None,
+        additional_forward_args: Any = None,
+        layer_mask: Any = None,
+        perturbations_per_eval: int = 1,
+    ) -> Any:
+        return self._on_layer(
+            inputs,
+            additional_forward_args,
+            False,
+            lambda forward, values: FeaturePermutation(forward).attribute(
+                values,
+                target=target,
+                feature_mask=layer_mask,
+                perturbations_per_eval=perturbations_per_eval,
+            ),
+        )
+
+
 def _repeat(value: Any, copies: int, batch: int) -> Any:
     """A per-example tensor repeated for ``copies`` copies of the batch (copy-major); anything
     else as given."""
@@ -138,4 +185,4 @@ class _nothing:
         return None
 
 
-__all__ = ["LayerFeatureAblation"]
+__all__ = ["LayerFeatureAblation", "LayerFeaturePermutation"]

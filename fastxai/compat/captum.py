@@ -17,12 +17,12 @@ here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 ``LayerActivation``, ``LayerGradientXActivation`` (``_captum_layer``), ``DeepLift``,
 ``DeepLiftShap`` (``_captum_deeplift``), ``Occlusion``, ``FeatureAblation``, ``KernelShap``,
 ``ShapleyValueSampling`` (``_captum_perturbation``), ``Lime`` (``_captum_lime``),
-``LayerFeatureAblation`` (``_captum_layer_ablation``), ``LRP`` (``_captum_lrp``),
+``LayerFeatureAblation``, ``LayerFeaturePermutation`` (``_captum_layer_ablation``), ``LRP`` (``_captum_lrp``),
 ``LayerGradientShap``, ``InternalInfluence`` (``_captum_layer_paths``), ``NeuronGradient``,
 ``NeuronIntegratedGradients``, ``NeuronGradientShap``, ``NeuronDeepLift``,
 ``NeuronDeepLiftShap``, ``NeuronFeatureAblation`` (``_captum_neuron``), ``NeuronConductance``
 (``_captum_neuron_conductance``), ``FeaturePermutation``, ``ShapleyValues``
-(``_captum_permutation``).
+(``_captum_permutation``), ``LayerDeepLift``, ``LayerDeepLiftShap`` (``_captum_layer_deeplift``).
 
 Differences from Captum, on purpose:
 
@@ -77,6 +77,7 @@ _LAZY = {
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
     "ShapleyValues": "fastxai.compat._captum_permutation",
     "LayerFeatureAblation": "fastxai.compat._captum_layer_ablation",
+    "LayerFeaturePermutation": "fastxai.compat._captum_layer_ablation",
     "LRP": "fastxai.compat._captum_lrp",
     "NoiseTunnel": "fastxai.compat._captum_noise_tunnel",
     "DeepLift": "fastxai.compat._captum_deeplift",
@@ -94,6 +95,8 @@ _LAZY = {
     "NeuronDeepLiftShap": "fastxai.compat._captum_neuron",
     "NeuronFeatureAblation": "fastxai.compat._captum_neuron",
     "NeuronConductance": "fastxai.compat._captum_neuron_conductance",
+    "LayerDeepLift": "fastxai.compat._captum_layer_deeplift",
+    "LayerDeepLiftShap": "fastxai.compat._captum_layer_deeplift",
 }
 
 
