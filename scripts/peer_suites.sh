@@ -27,7 +27,8 @@ extra_files=(
   tests/attr/neuron/test_neuron_gradient.py tests/attr/neuron/test_neuron_integrated_gradients.py
   tests/attr/neuron/test_neuron_gradient_shap.py tests/attr/neuron/test_neuron_deeplift.py
   tests/attr/neuron/test_neuron_ablation.py tests/attr/neuron/test_neuron_conductance.py
-  tests/attr/test_feature_permutation.py
+  tests/attr/test_feature_permutation.py tests/attr/layer/test_layer_deeplift.py
+  tests/attr/layer/test_layer_feature_permutation.py
 )
 
 captum_log="$(mktemp)"; extra_log="$(mktemp)"; ta_log="$(mktemp)"
