@@ -271,6 +271,22 @@ class LRP(Attribution):
             raise TypeError("return_convergence_delta must be a bool")
         if not isinstance(verbose, bool):
             raise TypeError("verbose must be a bool")
+        relevance, layers, packed, _ = self._relevances(
+            inputs, target, additional_forward_args, return_convergence_delta, verbose
+        )
+        # a tuple comes back as a tuple (of one, or split from the flat input)
+        result = relevance if packed is None else packed.format(relevance.reshape(relevance.shape[0], -1))
+        if not return_convergence_delta:
+            return result
+        output = next(reversed(layers.values())).flatten(1).sum(1)  # the target outputs, [N]
+        return result, self.compute_convergence_delta(result, output.to(relevance.dtype))
+
+    def _relevances(
+        self, inputs: Any, target: Any, additional_forward_args: Any, keep_layers: bool, verbose: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], PackedInputs | None, _Bound]:
+        """The input relevance, ``{node name: relevance of its output}`` (with ``keep_layers``;
+        the model's modules named ``model.<name>``, the last entry the target outputs), the
+        packing of tuple inputs and the traced wrapper (``LayerLRP`` finds its layers in it)."""
         index, per_sample = _split_target(target)
         rules = self._rules(verbose)
         extra = () if additional_forward_args is None else additional_forward_args
@@ -286,16 +302,11 @@ class LRP(Attribution):
         eval_mode = not any(module.training for module in self.model.modules())
         both: Any = core.lrp(
             model, x, per_sample, composite=self._composite(rules, "model"), merge_batchnorm=False,
-            chunk_size=chunk_size, return_layer_relevances=return_convergence_delta, backend=self.backend,
+            chunk_size=chunk_size, return_layer_relevances=keep_layers, backend=self.backend,
             eval_mode=eval_mode, functional=self.functional,
         )  # fmt: skip
-        relevance, layers = both if return_convergence_delta else (both, {})
-        # a tuple comes back as a tuple (of one, or split from the flat input)
-        result = relevance if packed is None else packed.format(relevance.reshape(relevance.shape[0], -1))
-        if not return_convergence_delta:
-            return result
-        output = next(reversed(layers.values())).flatten(1).sum(1)  # the target outputs, [N]
-        return result, self.compute_convergence_delta(result, output.to(relevance.dtype))
+        relevance, layers = both if keep_layers else (both, {})
+        return relevance, layers, packed, model
 
     def compute_convergence_delta(  # type: ignore[override]  # Captum's LRP takes (attributions, output)
         self, attributions: Any, output: torch.Tensor
