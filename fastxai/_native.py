@@ -149,6 +149,15 @@ def rescale_backward(
     return out
 
 
+def relu_rescale(
+    x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
+) -> torch.Tensor:
+    """``relu(x)`` (``leaky_relu`` with ``negative_slope``) whose backward is ``rescale_backward``: one
+    C++ autograd op (``csrc/relu_rescale.cpp``), no Python per call or in its backward."""
+    out: torch.Tensor = _ops().relu_rescale(x, reference, eps, negative_slope)
+    return out
+
+
 def lrp_product(
     activation: torch.Tensor,
     c: torch.Tensor,

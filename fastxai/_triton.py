@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fastxai import _native
+from fastxai.reference.rescale import RescaledRelu
 
 kernels = importlib.import_module("fastxai.kernels")
 
@@ -109,4 +110,13 @@ masked_blend = _traceable("masked_blend")
 occlude = _traceable("occlude")
 rescale_backward = _traceable("rescale_backward")
 
-__all__ = list(SCHEMAS)
+
+def relu_rescale(
+    x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
+) -> torch.Tensor:
+    """relu whose backward is this backend's ``rescale_backward`` (``fastxai.reference.rescale``)."""
+    out: torch.Tensor = RescaledRelu.apply(x, reference, eps, negative_slope, rescale_backward)
+    return out
+
+
+__all__ = [*SCHEMAS, "relu_rescale"]

@@ -535,6 +535,16 @@ def occlude(
     )
 
 
+def _rescale_scalars(eps: object, negative_slope: object, dtype: torch.dtype) -> tuple[float, float]:
+    """The Rescale ops' ``eps`` (finite, > 0 also once rounded to the kernels' float32) and slope."""
+    eps = _check_real("eps", eps, dtype, 0.0)
+    slope = _check_real("negative_slope", negative_slope, dtype)
+    rounded = eps if dtype == torch.float64 else struct.unpack("f", struct.pack("f", eps))[0]
+    if not rounded > 0:  # a positive eps that rounds to 0 in float32 would leave 0 / 0 where a == b
+        raise ValueError(f"eps must be > 0 (in float32 for {dtype}), got {eps}")
+    return eps, slope
+
+
 def rescale_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
@@ -558,12 +568,34 @@ def rescale_backward(
     grad = _floating("grad", grad)
     x = _check_like("x", x, "grad", grad)
     reference = _check_like("reference", reference, "grad", grad)
-    eps = _check_real("eps", eps, grad.dtype, 0.0)
-    negative_slope = _check_real("negative_slope", negative_slope, grad.dtype)
-    rounded = eps if grad.dtype == torch.float64 else struct.unpack("f", struct.pack("f", eps))[0]
-    if not rounded > 0:  # a positive eps that rounds to 0 in float32 would leave 0 / 0 where a == b
-        raise ValueError(f"eps must be > 0 (in float32 for {grad.dtype}), got {eps}")
+    eps, negative_slope = _rescale_scalars(eps, negative_slope, grad.dtype)
     return _dispatch_in_layout("rescale_backward", backend, (grad, x, reference), eps, negative_slope)
+
+
+def relu_rescale(
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    eps: float,
+    negative_slope: float = 0.0,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``relu(x)`` (``leaky_relu`` with ``negative_slope``) whose backward is DeepLIFT's Rescale rule:
+    the gradient with respect to ``x`` is ``rescale_backward(grad, x, reference, eps, negative_slope)``.
+
+    x, reference: the same shape and dtype (the pre-activations of the inputs' and the baselines'
+    passes); eps > 0 (in float32 for other dtypes than float64). Returns x's shape and dtype; no
+    gradient flows to ``reference``. The native backend runs it as one C++ autograd op (no
+    Python per call or in the backward); the others as an autograd function around their
+    ``rescale_backward``. This is what ``fastxai.deeplift`` applies to every relu.
+
+    >>> y = fastxai.ops.relu_rescale(pre.requires_grad_(), pre_baseline, 1e-10)
+    """
+    x = _floating("x", x)
+    reference = _check_like("reference", reference, "x", x)
+    eps, negative_slope = _rescale_scalars(eps, negative_slope, x.dtype)
+    out: torch.Tensor = _dispatch("relu_rescale", backend, x, x, reference, eps, negative_slope)
+    return out
 
 
 __all__ = [
@@ -576,6 +608,7 @@ __all__ = [
     "occlusion_window_count",
     "path_points",
     "pgd_step",
+    "relu_rescale",
     "rescale_backward",
     "weighted_path_accumulate",
 ]

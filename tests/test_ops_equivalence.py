@@ -673,6 +673,47 @@ def test_rescale_backward_sums_to_delta(backend: str, device: str) -> None:
     )
 
 
+@pytest.mark.parametrize(("backend", "device"), [("reference", "cpu"), *BACKENDS])
+@pytest.mark.parametrize("dtype", list(DTYPES), ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("negative_slope", [0.0, 0.01])
+def test_relu_rescale(
+    backend: str, device: str, dtype: torch.dtype, layout: str, negative_slope: float
+) -> None:
+    """The differentiable op: its forward is relu / leaky_relu exactly, its gradient the backend's
+    rescale_backward of the incoming gradient (and as accurate as the reference's); none flows
+    to the reference."""
+    grad, x, ref = _pairs("image", dtype, device)
+    x, ref = _layout(x, layout), _layout(ref, "transposed" if layout == "channels_last" else layout)
+    leaf = x.detach().requires_grad_(True)
+    reference_leaf = ref.detach().requires_grad_(True)
+    out = ops.relu_rescale(leaf, reference_leaf, 1e-3, negative_slope, backend=backend)
+    assert torch.equal(out, torch.nn.functional.leaky_relu(x, negative_slope))
+    (got, got_reference) = torch.autograd.grad(out, (leaf, reference_leaf), grad, allow_unused=True)
+    assert got_reference is None or not got_reference.any()
+    assert torch.equal(got, ops.rescale_backward(grad, x, ref, 1e-3, negative_slope, backend=backend))
+    want = reference.rescale_backward(
+        grad.contiguous(), x.contiguous(), ref.contiguous(), 1e-3, negative_slope
+    )
+    oracle = reference.rescale_backward(grad.double(), x.double(), ref.double(), 1e-3, negative_slope)
+    _assert_as_accurate(got.contiguous(), want, oracle, dtype)
+
+
+def test_relu_rescale_rejects_bad_input() -> None:
+    x = torch.randn(4, 3, requires_grad=True)
+    for backend in ["reference", *(name for name, _device in kernel_backends())]:
+        with pytest.raises(ValueError, match="reference must have the shape of x"):
+            ops.relu_rescale(x, x[:2], 1e-6, backend=backend)
+        with pytest.raises(TypeError, match="reference must have the dtype of x"):
+            ops.relu_rescale(x, x.double(), 1e-6, backend=backend)
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            ops.relu_rescale(x, x, 1e-300, backend=backend)
+        with pytest.raises(ValueError, match="negative_slope must be finite"):
+            ops.relu_rescale(x, x, 1e-6, float("inf"), backend=backend)
+        with pytest.raises(TypeError, match="x must be a floating-point tensor"):
+            ops.relu_rescale(torch.ones(3, dtype=torch.long), torch.ones(3), 1e-6, backend=backend)
+
+
 def test_rescale_backward_rejects_bad_input() -> None:
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="x must have the shape of grad"):

@@ -21,8 +21,10 @@ other activation modules (they call these functions), functional calls (``torch.
 paired with its own baseline call. Captum hooks modules instead and so misses functional
 ReLUs and raises on reused modules (its issues 199, 578, 1082).
 
-- elementwise: relu and leaky_relu (their whole backward is one fused op,
-  ``fastxai.ops.rescale_backward``, on the saved pre-activations), elu, selu, celu, gelu,
+- elementwise: relu and leaky_relu (each call one fused op, ``fastxai.ops.relu_rescale``: the
+  relu, and a backward that is one elementwise pass, ``rescale_backward``, over the saved
+  pre-activations; a C++ autograd op on the native backend, so no Python runs per call in the
+  backward; in-place calls keep a Python autograd function), elu, selu, celu, gelu,
   silu, mish, softplus, sigmoid, tanh, hardtanh, relu6, hardsigmoid, hardswish, softsign,
   logsigmoid;
 - max pooling (1d/2d/3d): Captum's rule, the difference of the pooled outputs split between
@@ -47,6 +49,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from fastxai import ops
 from fastxai.attribution import _rescale_rules as rules
 
 Tensor = torch.Tensor
@@ -133,6 +136,12 @@ class RecordMode(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         first = _first(args, kwargs)
+        if func in rules.RELU and not kwargs.get("inplace") and isinstance(first, Tensor):
+            # The common call (nn.ReLU, F.relu, torch.relu), out of place: the fused rule needs
+            # its argument only, which no call writes into (checked at pairing by its version).
+            output = func(*args, **kwargs)
+            self._keep(_Call(func, first), shared=("x",))
+            return output
         kind = _KINDS.get(func)
         inplace = kind == "elementwise" and rules.out_of_place(func, args, kwargs)[1]
         if self._shared and isinstance(first, Tensor) and id(first) in self._shared:
@@ -210,6 +219,15 @@ class PairedMode(TorchFunctionMode):
         self.records, self.eps, self.broadcast = calls, eps, broadcast
         self.used = 0
         self.calls = 0
+        self._backend: dict[tuple[torch.device, torch.dtype], Any] = {}
+
+    def _relu_rescale(self, x: Tensor) -> Any:
+        """The backend's ``relu_rescale`` for tensors like ``x``, resolved once per device and dtype."""
+        key = (x.device, x.dtype)
+        implementation = self._backend.get(key)
+        if implementation is None:
+            implementation = self._backend[key] = ops._unchecked("relu_rescale", None, x)
+        return implementation
 
     def _eps(self, x: Tensor) -> float:
         # At least the dtype's smallest normal number: a half-precision eps of 1e-10 would
@@ -256,8 +274,18 @@ class PairedMode(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        kind = _KINDS.get(func)
         x = _first(args, kwargs)
+        if (
+            func in rules.RELU
+            and not kwargs.get("inplace")
+            and isinstance(x, Tensor)
+            and x.requires_grad
+            and x.dtype in rules.FUSED_DTYPES
+        ):  # the common call, out of place: straight to the fused op
+            record = self._next(func, x)
+            self.calls += 1
+            return self._relu_rescale(x)(x, record.x, self._eps(x), 0.0)
+        kind = _KINDS.get(func)
         if kind is None or not isinstance(x, Tensor):
             return func(*args, **kwargs)
         if kind == "softmax":
@@ -271,6 +299,10 @@ class PairedMode(TorchFunctionMode):
             call, inplace = rules.out_of_place(func, args, kwargs)
             slope = rules.relu_slope(func, args, kwargs)
             if slope is not None and x.dtype in rules.FUSED_DTYPES:
+                if not inplace:
+                    # The fused op: the relu, and the Rescale backward in one pass (on the native
+                    # backend one C++ autograd op). Checked here: same shape, dtype and device.
+                    return self._relu_rescale(x)(x, record.x, eps, slope)
                 in_place = rules.relu_in_place(func, slope) if inplace else None
                 return rules.ReluRescale.apply(
                     x, record.x, call, slope, eps, in_place

@@ -93,7 +93,7 @@ def rescale_multipliers(
     rows = baselines.shape[0]
     equal = share_equal_baselines and rows > 1
     if equal and baselines.stride(0) != 0:
-        equal = bool((baselines == baselines[:1]).all())
+        equal = torch.equal(baselines, baselines[:1].expand_as(baselines))  # no temporary, stops early
     if equal:
         try:
             record, reference_output = _reference_pass(model, baselines[:1])

@@ -10,7 +10,7 @@ from fastxai.reference.ops import (
 )
 from fastxai.reference.perturbation import masked_blend, occlude
 from fastxai.reference.philox import philox4x32_10, philox_normal
-from fastxai.reference.rescale import rescale_backward
+from fastxai.reference.rescale import relu_rescale, rescale_backward
 
 __all__ = [
     "gaussian_perturb",
@@ -23,6 +23,7 @@ __all__ = [
     "pgd_step",
     "philox4x32_10",
     "philox_normal",
+    "relu_rescale",
     "rescale_backward",
     "weighted_path_accumulate",
 ]

@@ -15,6 +15,9 @@ inputs; ``negative_slope`` and ``eps`` rounded to float32 otherwise) and returne
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 
@@ -39,3 +42,42 @@ def rescale_backward(
     derivative = torch.where(a > 0, torch.ones_like(a), slope)
     multiplier = torch.where(gap.abs() < threshold, derivative, (f_a - f_b) / gap)
     return (grad.to(compute) * multiplier).to(grad.dtype)
+
+
+class RescaledRelu(torch.autograd.Function):
+    """``relu`` / ``leaky_relu`` whose backward is ``backward(grad, x, reference, eps, slope)``, a
+    backend's ``rescale_backward`` (this module's for the reference backend). Every backend but
+    the native one (a C++ autograd op, ``csrc/relu_rescale.cpp``) builds ``relu_rescale`` on it."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: torch.Tensor,
+        reference: torch.Tensor,
+        eps: float,
+        negative_slope: float,
+        backward: Callable[..., torch.Tensor],
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x, reference)
+        ctx.eps, ctx.negative_slope, ctx.rescale = eps, negative_slope, backward
+        return torch.nn.functional.leaky_relu(x, negative_slope) if negative_slope != 0 else torch.relu(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, reference = ctx.saved_tensors
+        tensors = (grad.contiguous(), x.contiguous(), reference.contiguous())
+        return ctx.rescale(*tensors, ctx.eps, ctx.negative_slope), None, None, None, None
+
+
+def relu_rescale(
+    x: torch.Tensor, reference: torch.Tensor, eps: float, negative_slope: float = 0.0
+) -> torch.Tensor:
+    """``relu(x)`` (``leaky_relu`` with ``negative_slope``) whose gradient with respect to ``x`` is
+    ``rescale_backward(grad, x, reference, eps, negative_slope)``: DeepLIFT's Rescale rule as one
+    differentiable op. x, reference: the same shape and dtype; returns x's shape and dtype.
+
+    >>> x = torch.tensor([2.0, -1.0], requires_grad=True)
+    >>> relu_rescale(x, torch.tensor([0.0, 1.0]), 1e-10).sum().backward()  # x.grad = [1, 0.5]
+    """
+    out: torch.Tensor = RescaledRelu.apply(x, reference, eps, negative_slope, rescale_backward)
+    return out
