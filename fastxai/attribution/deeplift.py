@@ -222,8 +222,9 @@ def deeplift(
                 torch.mul(multipliers, torch.sub(x[row:row_stop], reference[row:row_stop]), out=out)
             else:
                 out.copy_(multipliers)
-            total = out.reshape(row_stop - row, -1).sum(1, dtype=delta.dtype)
-            delta[row:row_stop] = total - difference.to(delta.dtype)
+            if return_convergence_delta:  # a reduction over every attribution: only when asked
+                total = out.reshape(row_stop - row, -1).sum(1, dtype=delta.dtype)
+                delta[row:row_stop] = total - difference.to(delta.dtype)
 
         _scheduling.for_each_block(1, batch, max(1, chunk // 2), body, halve_on_oom=x.is_cuda)
 
