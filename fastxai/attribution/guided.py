@@ -36,6 +36,12 @@ from fastxai.attribution.gradient import target_gradient
 
 RULES = ("guided", "deconvnet")
 
+
+class NoReluError(ValueError):
+    """The backward pass met no ReLU: the modified rule would change nothing (the plain gradient).
+    Its own class so that callers that cut the forward short (a neuron's) can say where."""
+
+
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.Tensor.relu}
 _INPLACE_RELU_FUNCTIONS = {F.relu_, torch.relu_, torch.Tensor.relu_}
 _ANY_RELU = _RELU_FUNCTIONS | _INPLACE_RELU_FUNCTIONS
@@ -134,7 +140,7 @@ def modified_relu_gradient(
     finally:
         GRAPH_RULE.reset(token)
     if relu_rule.calls == 0:
-        raise ValueError(
+        raise NoReluError(
             f"model applies no ReLU (neither nn.ReLU modules nor functional relu): {rule} "
             "backpropagation would be the plain gradient; use fastxai.saliency(..., abs=False) for that"
         )

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
-from fastxai.compat._captum_targets import select_target
+from fastxai.compat._captum_targets import CaptumTypeError, select_target
 from fastxai.compat.captum import Attribution, check_target
 
 
@@ -166,6 +166,13 @@ class Game:
         self.forward.calls = 0  # the class-count probe of a one-row call is allowed again
 
     def _float_baselines(self, baselines: Any) -> Any:
+        parts = baselines if isinstance(baselines, tuple) else (baselines,)
+        for index, part in enumerate(parts):
+            if part is not None and not isinstance(part, (int, float, torch.Tensor)):
+                # Captum's perturbation classes take no callable either (ProductBaselines is
+                # for LLMAttribution's text templates): refused before torch meets the object.
+                label = f"baselines[{index}]" if isinstance(baselines, tuple) else "baselines"
+                raise CaptumTypeError(f"{label} must be a number or a tensor, got {type(part).__name__}")
         if isinstance(baselines, tuple):
             return tuple(_as_number_or_float(b, self.dtype) for b in baselines)
         return _as_number_or_float(baselines, self.dtype)

@@ -26,7 +26,8 @@ A callable that returns one number for the whole batch (``lambda h: torch.sum(h[
 Captum's tests write) is applied to each example alone (``torch.func.vmap``): for a sum over the
 examples that gives Captum's gradients; ``NeuronFeatureAblation`` then sums its rows into one, as
 Captum's ablation of all examples at once does. ``NeuronConductance`` lives in
-``_captum_neuron_conductance``.
+``_captum_neuron_conductance``, ``NeuronGuidedBackprop`` / ``NeuronDeconvolution`` in
+``_captum_neuron_guided``.
 
 Differences from Captum, on purpose: those of the classes underneath (``target=None`` never
 arises: the neuron is the output); ``NeuronGradientShap``'s draws come from ``seed=``

@@ -23,7 +23,9 @@ here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 ``NeuronIntegratedGradients``, ``NeuronGradientShap``, ``NeuronDeepLift``,
 ``NeuronDeepLiftShap``, ``NeuronFeatureAblation`` (``_captum_neuron``), ``NeuronConductance``
 (``_captum_neuron_conductance``), ``FeaturePermutation``, ``ShapleyValues``
-(``_captum_permutation``), ``LayerDeepLift``, ``LayerDeepLiftShap`` (``_captum_layer_deeplift``).
+(``_captum_permutation``), ``LayerDeepLift``, ``LayerDeepLiftShap`` (``_captum_layer_deeplift``),
+``NeuronGuidedBackprop``, ``NeuronDeconvolution`` (``_captum_neuron_guided``); the baseline
+helpers ``TokenReferenceBase``, ``ProductBaselines`` (``_captum_baselines``).
 
 Differences from Captum, on purpose:
 
@@ -99,6 +101,10 @@ _LAZY = {
     "NeuronConductance": "fastxai.compat._captum_neuron_conductance",
     "LayerDeepLift": "fastxai.compat._captum_layer_deeplift",
     "LayerDeepLiftShap": "fastxai.compat._captum_layer_deeplift",
+    "NeuronGuidedBackprop": "fastxai.compat._captum_neuron_guided",
+    "NeuronDeconvolution": "fastxai.compat._captum_neuron_guided",
+    "TokenReferenceBase": "fastxai.compat._captum_baselines",
+    "ProductBaselines": "fastxai.compat._captum_baselines",
 }
 
 
