@@ -71,6 +71,9 @@ CALLS: dict[str, Call] = {
         backend="reference",
         **k,
     ),
+    "shapley_values": lambda m, x, y, **k: fx.shapley_values(
+        m, x, y, baselines=BASE.to(x.device), feature_mask=PER_INPUT, **k
+    ),
     "feature_permutation": lambda m, x, y, **k: fx.feature_permutation(
         m, x, y, feature_mask=SHARED, seed=4, **k
     ),
