@@ -7,6 +7,9 @@ with its defaults: ``perturbations_per_eval=1`` (one copy of the batch per forwa
 Occlusion and FeatureAblation, KernelShap / Lime / ShapleyValueSampling with the same number of
 samples as fastxai (Captum fits one example at a time).
 
+On a GPU each backend also runs graphed (``fastxai-<backend>-graphed``: ``cuda_graph=True``,
+``GRAPH_COPIES`` copies of the batch per model batch, one CUDA graph replayed per batch).
+
 Cases: the small ResNet on 3x32x32 (benchmarks/models.py, width 16), and digits-size models on
 1x8x8 (the CNN of fastxai.digits and an MLP 64-64-10).
 """
@@ -39,6 +42,9 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], int]] = {
 ROUNDS = {"resnet": 5, "digits-cnn": 10, "digits-mlp": 20}
 CAPTUM_ROUNDS = 1
 """Captum's per-copy and per-example loops are slow: one timed round is enough to see them."""
+GRAPH_COPIES = 8
+"""Perturbed copies of the batch in one graphed model batch (``cuda_graph=True`` replays one
+graph per model batch; the automatic chunk on a GPU would hold every copy in one batch)."""
 
 
 def _superpixels(shape: tuple[int, ...], size: int) -> torch.Tensor:
@@ -146,7 +152,7 @@ CAPTUM = {
 }
 
 
-@pytest.mark.parametrize("implementation", implementations())
+@pytest.mark.parametrize("implementation", implementations(graphed=True))
 @pytest.mark.parametrize("method", list(FASTXAI))
 @pytest.mark.parametrize("model_name", list(CASES))
 def test_perturbation(benchmark, model_name: str, method: str, implementation: str) -> None:
@@ -177,9 +183,11 @@ def test_perturbation(benchmark, model_name: str, method: str, implementation: s
         function = lambda: explainer.attribute(x, target=target, **kwargs)  # noqa: E731
         rounds = CAPTUM_ROUNDS
     else:
-        backend = implementation.removeprefix("fastxai-")
+        backend = implementation.removeprefix("fastxai-").removesuffix("-graphed")
         method_function = FASTXAI[method]
-        seeded = {"seed": 0} if method in SEEDED else {}
+        seeded: dict[str, Any] = {"seed": 0} if method in SEEDED else {}
+        if implementation.endswith("-graphed"):
+            seeded.update(cuda_graph=True, chunk_size=GRAPH_COPIES * batch)
         function = lambda: method_function(model, x, target, backend=backend, **kwargs, **seeded)  # noqa: E731
     if DEVICE == "cuda":
         inner = function

@@ -143,6 +143,8 @@ class GraphedStep:
         device = self.buffers[0].device if self.buffers else torch.device("cuda")
         try:
             self.replay, self.outputs = self.capture.record(run, device)
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a refusal: the caller halves its chunk, and calls of these shapes run eagerly
         except RuntimeError as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise RuntimeError(

@@ -15,6 +15,7 @@ attribution is 0 (``fixed_elements``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from fastxai import _model, _scheduling, ops
 from fastxai._model import Model
 from fastxai._rows import RowForward, check_forward_kwargs
+from fastxai.attribution._graphed_scores import Blocks, Scorer
 
 Perturb = Callable[[int, int, int, int], torch.Tensor]
 """``perturb(p0, p1, r0, r1)``: the copies ``p0..p1`` of inputs ``r0..r1`` copy-major, [p1 - p0,
@@ -196,6 +198,7 @@ def perturbed_scores(
     *,
     first_is_input: bool = False,
     forward_kwargs: dict[str, Any] | None = None,
+    cuda_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``f_target`` at every perturbed copy: [B, P] in float32 (float64 for float64 inputs), and
     the per-input target indices [B].
@@ -209,8 +212,10 @@ def perturbed_scores(
     is the input itself, exactly; the scheduler runs copy 0 of every row before any other copy
     of it), else from one extra forward pass over the inputs. ``forward_kwargs`` (checked by
     ``_rows.check_forward_kwargs``) go with every model call, per-example tensors cut to the
-    batch's rows and repeated to its copies. Run inside ``_model.inference_state`` (or
-    ``preserved_state``).
+    batch's rows and repeated to its copies. ``cuda_graph`` (checked by
+    ``_graphs.check_cuda_graph``; ``perturb`` then a ``_graphed_scores.Blocks``): every model
+    batch after the first is built, scored and gathered by one replayed CUDA graph
+    (``_graphed_scores``). Run inside ``_model.inference_state`` (or ``preserved_state``).
     """
     batch, features = inputs.shape[0], inputs.shape[1:]
     predict = target is None and first_is_input
@@ -224,12 +229,20 @@ def perturbed_scores(
     unchecked = [True]
     dtype = compute_dtype(inputs)
     blocks: list[torch.Tensor] = []  # the scores [P, B]: filled block by block, or the one block
-    per_build = _copies_per_build(batch, features.numel(), chunk, inputs.is_cuda)
+    graphed = Scorer(model, perturb, n_perturbations, batch, forward) if cuda_graph else None
+    # graphed: one model batch per block (as on CUDA), so every block has the captured shape
+    per_build = 0 if graphed else _copies_per_build(batch, features.numel(), chunk, inputs.is_cuda)
     rows_per_pass = (chunk // batch) * batch if per_build else chunk
 
     def body(p0: int, p1: int, r0: int, r1: int) -> None:
         nonlocal indices
         rows, count = r1 - r0, p1 - p0
+        if graphed is not None:
+            if graphed.full is None:
+                graphed.full = (count, rows)  # the first block: the fullest, and run eagerly
+            elif not (predict and p0 == 0):  # the target checked; copy 0 read the prediction
+                blocks[0][p0:p1, r0:r1] = graphed.score(p0, p1, r0, r1, indices).to(dtype)
+                return
         flat = perturb(p0, p1, r0, r1).view(count * rows, *features)
         outputs = []
         for start in range(0, flat.shape[0], rows_per_pass):
@@ -288,20 +301,19 @@ def blend(
     mask: torch.Tensor,
     keep: KeepBlock,
     backend: str | None,
-) -> Perturb:
+) -> Blocks:
     """A ``Perturb`` that builds copies with ``ops.masked_blend`` (copy-major) from a block of keep
-    weights."""
+    weights; as ``Blocks`` (the blend is the build), so a CUDA graph can capture it."""
     per_input = mask.dim() == inputs.dim()
     dtype = compute_dtype(inputs)
     inputs, baselines, mask = inputs.contiguous(), baselines.contiguous(), mask.contiguous()
-    fused = FusedOp("masked_blend", backend)
+    fused = functools.partial(FusedOp("masked_blend", backend), copy_major=True)
 
-    def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+    def arguments(p0: int, p1: int, r0: int, r1: int) -> tuple[torch.Tensor, ...]:
         rows_mask = mask[r0:r1] if per_input else mask
-        weights = keep(p0, p1, r0, r1).to(dtype).contiguous()
-        return fused(inputs[r0:r1], baselines[r0:r1], rows_mask, weights, copy_major=True)
+        return inputs[r0:r1], baselines[r0:r1], rows_mask, keep(p0, p1, r0, r1).to(dtype).contiguous()
 
-    return perturb
+    return Blocks(arguments, fused)
 
 
 def ablate(inputs: torch.Tensor, baselines: torch.Tensor, mask: torch.Tensor) -> Perturb:

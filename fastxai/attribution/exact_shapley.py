@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _model
+from fastxai import _backends, _budget, _graphs, _model
 from fastxai._model import Model
-from fastxai.attribution import _perturbation
+from fastxai.attribution import _graphed_scores, _perturbation
 from fastxai.attribution.integrated_gradients import check_baselines
 
 MAX_GROUPS = 20
@@ -59,6 +59,7 @@ def shapley_values(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Exact Shapley values ``phi_m = sum_{S not containing m} |S|!(M-|S|-1)!/M! (v(S+m) - v(S))``.
 
@@ -70,6 +71,8 @@ def shapley_values(
     ``ShapleyValues``, which walks them all: ``B * M * M!`` evaluations). Efficiency holds:
     ``sum_m phi_m = f_t(x) - f_t(baseline)``; scores are combined in float64.
     ``feature_mask`` ids of -1, token ids and ``forward_kwargs`` as in ``feature_ablation``.
+    ``cuda_graph=True`` (inputs on a CUDA device): each model batch's coalitions, blend, forward
+    and gather are one replayed CUDA graph (``_graphed_scores``).
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
     ``return_input_shape``, in the inputs' dtype (float for ids).
@@ -93,20 +96,28 @@ def shapley_values(
     )  # fmt: skip
     if backend is not None:
         _backends.check_choice(backend)
+    graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
     dtype = _perturbation.compute_dtype(x)
     bits = torch.arange(groups, device=x.device)
 
+    def kept(codes: torch.Tensor) -> torch.Tensor:
+        """Copy p keeps the groups whose bit in p is 0 (copy 0 is the input itself): [1, P', M]."""
+        return _perturbation.as_dtype(((codes.unsqueeze(1) >> bits) & 1) == 0, dtype).unsqueeze(0)
+
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
-        # copy p keeps the groups whose bit in p is 0: copy 0 is the input itself
-        codes = torch.arange(p0, p1, device=x.device).unsqueeze(1)
-        kept = ((codes >> bits) & 1) == 0
-        return _perturbation.as_dtype(kept, dtype).unsqueeze(0).expand(r1 - r0, -1, -1)
+        return kept(torch.arange(p0, p1, device=x.device)).expand(r1 - r0, -1, -1)
 
     with _model.inference_state(model):
-        perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+        perturb: _perturbation.Perturb
+        if graphed:  # the coalitions' keep weights made inside the graph, then the same blend
+            blend = functools.partial(_perturbation.FusedOp("masked_blend", backend), copy_major=True)
+            perturb = _graphed_scores.group_blocks(x, baseline, mask, kept, blend)
+        else:
+            perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, coalitions, perturb, chunk, first_is_input=True, forward_kwargs=kwargs
-        )
+            model, x, target_t, coalitions, perturb, chunk, first_is_input=True, forward_kwargs=kwargs,
+            cuda_graph=graphed,
+        )  # fmt: skip
     # scores[:, p] is v of the coalition with bit code (2**M - 1) - p
     phi = combine(scores.flip(1).double(), groups).to(dtype)
     if return_input_shape:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _model
+from fastxai import _backends, _budget, _graphs, _model
 from fastxai._model import Model
 from fastxai.attribution import _perturbation, surrogate
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -90,6 +90,7 @@ def lime(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """LIME: the coefficients of a weighted linear surrogate of the coalition game
     ``v(z) = f_t(baseline + z[mask] * (x - baseline))``.
@@ -114,6 +115,9 @@ def lime(
     These are Captum's ``Lime`` defaults (kernel width 1, cosine distance, alpha 0.01,
     25 samples: too few for a stable fit, ask for hundreds); Captum draws the samples and fits
     one input at a time with scikit-learn.
+
+    ``cuda_graph=True`` (inputs on a CUDA device): each model batch's blend, forward and gather
+    is one replayed CUDA graph (``_graphed_scores``).
 
     inputs: [B, *F]; returns beta as [B, *F] (each element its group's coefficient) or [B, M]
     when not ``return_input_shape``.
@@ -162,6 +166,7 @@ def lime(
     seed = _perturbation.check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)
+    graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
     dtype = _perturbation.compute_dtype(x)
     rng = _perturbation.generator(seed, x.device)
     if samples is None:
@@ -175,7 +180,7 @@ def lime(
     with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, n_samples, perturb, chunk, forward_kwargs=kwargs
+            model, x, target_t, n_samples, perturb, chunk, forward_kwargs=kwargs, cuda_graph=graphed
         )
     design = _perturbation.as_dtype(samples, torch.float64)
     if similarity is None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _model, _precision
+from fastxai import _backends, _graphs, _model, _precision
 from fastxai._model import Model
-from fastxai.attribution import _perturbation
+from fastxai.attribution import _graphed_scores, _perturbation
 from fastxai.attribution.integrated_gradients import check_baselines
 
 
@@ -27,6 +27,7 @@ def feature_ablation(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Feature ablation: ``R_i = f_t(x) - f_t(x with group g(i) replaced by the baseline)``.
 
@@ -39,7 +40,9 @@ def feature_ablation(
     ``baselines`` (an int: the replacement id; the model gets integer ids), words as groups
     of ``feature_mask``. Costs ``B * (M + 1)`` model evaluations, in batches of at most
     ``chunk_size``. ``backend`` is checked but has no work to choose: the copies are built by
-    PyTorch ops on the inputs' device (see the module docstring).
+    PyTorch ops on the inputs' device (see the module docstring). ``cuda_graph=True`` (inputs on
+    a CUDA device): each model batch's build, forward and gather is one replayed CUDA graph
+    (``_graphed_scores``; the copies picked by one select, the same values).
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32; float for ids).
 
@@ -55,12 +58,14 @@ def feature_ablation(
     mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     if backend is not None:
         _backends.check_choice(backend)
+    graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
     # copy 0 is the input itself, copy p ablates group p - 1
     with _model.inference_state(model):
-        perturb = _perturbation.ablate(x, baseline, mask)
+        make = _graphed_scores.ablation_blocks if graphed else _perturbation.ablate
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, groups + 1, perturb, chunk, forward_kwargs=kwargs
-        )
+            model, x, target_t, groups + 1, make(x, baseline, mask), chunk, forward_kwargs=kwargs,
+            cuda_graph=graphed,
+        )  # fmt: skip
     drops = scores[:, :1] - scores[:, 1:]
     result = _perturbation.to_input_shape(drops, mask, x.shape)
     return _perturbation.zero_fixed(result, fixed).to(inputs.dtype)
@@ -164,6 +169,7 @@ def occlusion(
     chunk_size: int | None = None,
     backend: str | None = None,
     dtype: torch.dtype | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Occlusion: ``R_i = mean over windows W containing i of f_t(x) - f_t(x with W := baseline)``.
 
@@ -181,6 +187,8 @@ def occlusion(
     ids stay exact) and the model scores them under autocast; the score drops and their means
     are float32 (``fastxai._precision``). A drop smaller than the scores' half-precision spacing
     (``2**-8`` of their magnitude for bfloat16) is lost: the README's "bf16" table measures it.
+    ``cuda_graph=True`` (inputs on a CUDA device): each model batch's build, forward and gather
+    is one replayed CUDA graph (``_graphed_scores``; the copies are the same values).
 
     >>> a = fastxai.occlusion(model, x, target=y, sliding_window_shapes=(3, 8, 8), strides=(3, 4, 4))
     """
@@ -195,6 +203,7 @@ def occlusion(
     if backend is not None:
         _backends.check_choice(backend)
     model_dtype = _precision.check_dtype(dtype, x.device)
+    graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
     scored = _precision.autocast_model(model, model_dtype, x.device.type)
     ends = x, baseline  # the copies' sources, in the precision the model runs in
     if floating and model_dtype is not None:
@@ -202,7 +211,7 @@ def occlusion(
     grid = _WindowGrid(features, window, stride)
     dtype = _perturbation.compute_dtype(x)
     perturb: _perturbation.Perturb
-    if grid.tiles:
+    if grid.tiles and not graphed:
         fused = _perturbation.FusedOp("occlude", backend)
         window_list, stride_list = list(window), list(stride)
 
@@ -221,25 +230,36 @@ def occlusion(
         cell_ids, members = grid.cells(x.device, dtype)
         cell_counts = [member.shape[1] for member in members]
 
-        def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
-            positions = torch.arange(p0, p1, device=x.device) - 1
-            occluded = torch.ones(p1 - p0, *([1] * len(members)), dtype=dtype, device=x.device)
+        def kept_cells(copies: torch.Tensor) -> torch.Tensor:
+            """Which cells the copies of indices ``copies`` [P'] keep, [1, P', C] (copy p occludes
+            window p - 1): tensor ops alone, so a CUDA graph computes them too."""
+            positions = copies - 1
+            occluded = torch.ones(copies.shape[0], *([1] * len(members)), dtype=dtype, device=x.device)
             remaining = positions.clamp(min=0)
             for dim in reversed(range(len(members))):
                 k = remaining % grid.counts[dim]
                 remaining = remaining // grid.counts[dim]
-                shape = [p1 - p0] + [1] * len(members)
+                shape = [copies.shape[0]] + [1] * len(members)
                 shape[dim + 1] = cell_counts[dim]
                 occluded = occluded * members[dim][k].view(shape)
-            occluded = occluded.reshape(p1 - p0, -1) * (positions >= 0).to(dtype).view(-1, 1)
-            return (1 - occluded).unsqueeze(0).expand(r1 - r0, -1, -1)
+            occluded = occluded.reshape(copies.shape[0], -1) * (positions >= 0).to(dtype).view(-1, 1)
+            return (1 - occluded).unsqueeze(0)
 
-        perturb = _perturbation.blend(*ends, cell_ids, keep, backend)
+        if graphed:  # tiles: each element the input's or the baseline's, as ops.occlude copies
+            blend = None if grid.tiles else functools.partial(_perturbation.FusedOp("masked_blend", backend),
+                                                               copy_major=True)  # fmt: skip
+            perturb = _graphed_scores.group_blocks(*ends, cell_ids, kept_cells, blend)
+        else:
+
+            def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
+                return kept_cells(torch.arange(p0, p1, device=x.device)).expand(r1 - r0, -1, -1)
+
+            perturb = _perturbation.blend(*ends, cell_ids, keep, backend)
 
     with _model.inference_state(model):
         scores, _ = _perturbation.perturbed_scores(
             scored, ends[0], target_t, grid.total + 1, perturb, chunk, first_is_input=True,
-            forward_kwargs=kwargs,
+            forward_kwargs=kwargs, cuda_graph=graphed,
         )  # fmt: skip
     drops = scores[:, :1] - scores[:, 1:]  # [B, K] over the window grid, row-major
     spread = _spread(features, window, stride, x.device, dtype)

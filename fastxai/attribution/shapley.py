@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _model
+from fastxai import _backends, _budget, _graphs, _model
 from fastxai._model import Model
-from fastxai.attribution import _perturbation, surrogate
+from fastxai.attribution import _graphed_scores, _perturbation, surrogate
 from fastxai.attribution.integrated_gradients import check_baselines
 
 _DEFAULT_EXTRA_SAMPLES = 2048
@@ -112,6 +112,7 @@ def kernel_shap(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """KernelSHAP: the Shapley values of the M feature groups, estimated by weighted regression.
 
@@ -124,7 +125,8 @@ def kernel_shap(
     every coalition is used and the values are exact. On a model linear in the input,
     ``phi_m = sum_{i in m} w_i (x_i - baseline_i)``. ``feature_mask`` ids of -1, token ids and
     ``forward_kwargs`` as in ``feature_ablation``.
-    Same seed, same result for any ``chunk_size``.
+    Same seed, same result for any ``chunk_size``. ``cuda_graph=True`` (inputs on a CUDA device):
+    each model batch's blend, forward and gather is one replayed CUDA graph (``_graphed_scores``).
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
     ``return_input_shape``; float32 (float64 for float64 inputs) in the inputs' dtype.
@@ -151,6 +153,7 @@ def kernel_shap(
     seed = _perturbation.check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)
+    graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
     batch = x.shape[0]
     dtype = _perturbation.compute_dtype(x)
     weights: torch.Tensor | None
@@ -172,8 +175,9 @@ def kernel_shap(
     with _model.inference_state(model):
         perturb = _perturbation.blend(x, baseline, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, coalitions.shape[1] + 2, perturb, chunk, forward_kwargs=kwargs
-        )
+            model, x, target_t, coalitions.shape[1] + 2, perturb, chunk, forward_kwargs=kwargs,
+            cuda_graph=graphed,
+        )  # fmt: skip
     value_input, value_baseline = scores[:, 0], scores[:, 1]
     phi = surrogate.constrained_least_squares(
         coalitions,
@@ -199,6 +203,7 @@ def shapley_value_sampling(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Shapley value sampling: ``phi_m = mean over n_samples random orders pi of v(S_pi,m + m) - v(S_pi,m)``,
     ``S_pi,m`` the groups before m in pi (Castro et al. 2009; Captum's ``ShapleyValueSampling``).
@@ -210,6 +215,8 @@ def shapley_value_sampling(
     are batched. Unbiased; exact on models additive over the groups (e.g. linear models:
     ``phi_m = sum_{i in m} w_i (x_i - baseline_i)``); ``sum phi = v(1) - v(0)`` always.
     Orders are drawn on the device from ``seed``; results do not depend on ``chunk_size``.
+    ``cuda_graph=True`` (inputs on a CUDA device): each model batch's build, forward and gather
+    is one replayed CUDA graph (``_graphed_scores``; the same copies).
     ``feature_mask`` ids of -1, token ids and ``forward_kwargs`` as in ``feature_ablation``.
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
@@ -233,6 +240,7 @@ def shapley_value_sampling(
     seed = _perturbation.check_seed(seed)
     if backend is not None:
         _backends.check_choice(backend)
+    graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
     batch = x.shape[0]
     dtype = _perturbation.compute_dtype(x)
     rng = _perturbation.generator(seed, x.device)
@@ -263,13 +271,15 @@ def shapley_value_sampling(
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     with _model.inference_state(model):
-        if backend is None:
-            perturb = _walks(x, baseline, mask, rank, steps)
-        else:
+        perturb: _perturbation.Perturb
+        if backend is not None:
             perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+        else:
+            perturb = (_walk_blocks if graphed else _walks)(x, baseline, mask, rank, steps)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, 2 + n_samples * steps, perturb, chunk, forward_kwargs=kwargs
-        )
+            model, x, target_t, 2 + n_samples * steps, perturb, chunk, forward_kwargs=kwargs,
+            cuda_graph=graphed,
+        )  # fmt: skip
     path = torch.cat(
         [
             scores[:, 1:2].expand(batch, n_samples).unsqueeze(-1),
@@ -297,14 +307,8 @@ def _walks(
     backend is named.)"""
     batch = x.shape[0]
     flat_x, flat_b = x.reshape(batch, -1), baseline.reshape(batch, -1)
-    index = mask.reshape(1, -1).expand(batch, -1) if mask.dim() == x.dim() - 1 else mask.reshape(batch, -1)
-    # element ranks, order-major: [S, B, N]
-    # ranks in the narrowest integer type: the compare reads them once per step (uint8 halves
-    # the whole build against int64 at 64 groups)
-    narrow = torch.uint8 if steps < 255 else torch.int16 if steps < 2**15 else torch.int64
-    element_rank = rank.gather(2, index.unsqueeze(1).expand(-1, rank.shape[1], -1)).transpose(0, 1)
-    element_rank = element_rank.to(narrow).contiguous()
-    step_index = torch.arange(steps, device=x.device, dtype=narrow).view(1, -1, 1, 1)
+    element_rank = _element_ranks(mask, rank, steps, x.dim())
+    step_index = torch.arange(steps, device=x.device, dtype=element_rank.dtype).view(1, -1, 1, 1)
     zero_baseline = not bool(flat_b.any())
 
     def perturb(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
@@ -327,3 +331,42 @@ def _walks(
         return out.view(p1 - p0, r1 - r0, *x.shape[1:])
 
     return perturb
+
+
+def _element_ranks(mask: torch.Tensor, rank: torch.Tensor, steps: int, dims: int) -> torch.Tensor:
+    """Each element's position in each order, order-major [S, B, N], from the groups' ``rank``
+    [B, S, M]; in the narrowest integer type: the compare reads them once per step (uint8 halves
+    the whole build against int64 at 64 groups)."""
+    batch = rank.shape[0]
+    index = mask.reshape(1, -1).expand(batch, -1) if mask.dim() == dims - 1 else mask.reshape(batch, -1)
+    narrow = torch.uint8 if steps < 255 else torch.int16 if steps < 2**15 else torch.int64
+    element_rank = rank.gather(2, index.unsqueeze(1).expand(-1, rank.shape[1], -1)).transpose(0, 1)
+    return element_rank.to(narrow).contiguous()
+
+
+def _walk_blocks(
+    x: torch.Tensor, baseline: torch.Tensor, mask: torch.Tensor, rank: torch.Tensor, steps: int
+) -> _graphed_scores.Blocks:
+    """``_walks``' copies as ``Blocks`` for a CUDA graph: a block's arguments are its rows and,
+    per copy, its order and step (copy 0: every element kept, copy 1: none), sliced from tables
+    made once; the graph gathers the element ranks and selects input or baseline (exact, as
+    ``_walks``' 0/1 multiply-adds)."""
+    batch = x.shape[0]
+    flat_x, flat_b = x.reshape(batch, -1), baseline.reshape(batch, -1)
+    element_rank = _element_ranks(mask, rank, steps, x.dim())
+    copies = torch.arange(2 + rank.shape[1] * steps, device=x.device) - 2
+    order_of = copies.clamp(min=0) // max(steps, 1)
+    step_of = copies % max(steps, 1)
+    step_of[:2] = torch.tensor([steps, -1], device=x.device)  # rank <= M - 1 always; never < 0
+    row_ids = torch.arange(batch, device=x.device)
+
+    def arguments(p0: int, p1: int, r0: int, r1: int) -> tuple[torch.Tensor, ...]:
+        return row_ids[r0:r1], order_of[p0:p1], step_of[p0:p1]
+
+    def build(rows: torch.Tensor, order: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        ranks = element_rank[order.view(-1, 1), rows.view(1, -1)]  # [P', R, N]
+        kept = ranks <= step.view(-1, 1, 1)
+        out = torch.where(kept, flat_x[rows].unsqueeze(0), flat_b[rows].unsqueeze(0))
+        return out.view(order.shape[0], rows.shape[0], *x.shape[1:])
+
+    return _graphed_scores.Blocks(arguments, build)
