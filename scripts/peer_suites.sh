@@ -29,7 +29,7 @@ extra_files=(
   tests/attr/neuron/test_neuron_ablation.py tests/attr/neuron/test_neuron_conductance.py
   tests/attr/test_feature_permutation.py tests/attr/layer/test_layer_deeplift.py
   tests/attr/layer/test_layer_feature_permutation.py tests/attr/layer/test_layer_lrp.py
-  tests/attr/test_baselines.py
+  tests/attr/test_baselines.py tests/attr/test_dataloader_attr.py
 )
 
 captum_log="$(mktemp)"; extra_log="$(mktemp)"; ta_log="$(mktemp)"

@@ -11,6 +11,7 @@ from fastxai.attribution.class_activation import (
     layer_cam,
     xgrad_cam,
 )
+from fastxai.attribution.dataset_ablation import dataset_feature_ablation
 from fastxai.attribution.deeplift import deeplift, deeplift_shap
 from fastxai.attribution.exact_shapley import shapley_values
 from fastxai.attribution.generation import explain_generation
@@ -33,6 +34,7 @@ __all__ = [
     "attention_rollout",
     "cam",
     "cam_layer",
+    "dataset_feature_ablation",
     "deconvnet",
     "deeplift",
     "deeplift_shap",

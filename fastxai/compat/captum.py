@@ -25,7 +25,8 @@ here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 (``_captum_neuron_conductance``), ``FeaturePermutation``, ``ShapleyValues``
 (``_captum_permutation``), ``LayerDeepLift``, ``LayerDeepLiftShap`` (``_captum_layer_deeplift``),
 ``NeuronGuidedBackprop``, ``NeuronDeconvolution`` (``_captum_neuron_guided``); the baseline
-helpers ``TokenReferenceBase``, ``ProductBaselines`` (``_captum_baselines``).
+helpers ``TokenReferenceBase``, ``ProductBaselines`` (``_captum_baselines``);
+``DataLoaderAttribution``, ``InputRole`` (``_captum_dataloader``).
 
 Differences from Captum, on purpose:
 
@@ -105,6 +106,8 @@ _LAZY = {
     "NeuronDeconvolution": "fastxai.compat._captum_neuron_guided",
     "TokenReferenceBase": "fastxai.compat._captum_baselines",
     "ProductBaselines": "fastxai.compat._captum_baselines",
+    "DataLoaderAttribution": "fastxai.compat._captum_dataloader",
+    "InputRole": "fastxai.compat._captum_dataloader",
 }
 
 
