@@ -18,14 +18,19 @@ and a stage that fails or runs out of time is recorded and the next one runs:
   sanitizer    compute-sanitizer memcheck on a short equivalence run; racecheck on the one
                kernel with shared memory (PGD's l2 step)
   benchmarks   benchmarks/ (pytest-benchmark) on cuda in priority order until the budget ends;
-               each result is kept as it finishes, so a cut run still reports what it timed
+               each result is kept as it finishes, so a cut run still reports what it timed.
+               First ``test_gpu_models.py``, issue 18's suite (ResNet-18/50 and ViT-B/16 at
+               224x224, batch 64, 32 points; more than one stage's cap holds: a second call
+               ``--stages benchmarks --bench-files test_gpu_models.py`` runs on for the budget)
 
+A stage run alone (``--stages NAME``) has the whole budget, not its cap.
 ``--dry-run`` runs every stage on the CPU (CUDA hidden, Triton interpreted, small selections),
 skips the CUDA build and compute-sanitizer with a note, and writes to a temporary folder unless
 ``--out``/``OUT`` names one: ``tests/test_gpu_check.py`` runs it so the script cannot rot.
 
-Outputs in OUT: gpu-check.json (everything), gpu-check.txt (the tables), gpu-check.log (every
-stage's output). ``scripts/gpu_results.py`` turns them into ``benchmarks/results/gpu-*``.
+Outputs in OUT: gpu-check.json (everything; issue 18's targets checked under ``targets``),
+gpu-check.txt (the tables, the targets marked met / not met), gpu-check.log (every stage's
+output). ``scripts/gpu_results.py`` turns them into ``benchmarks/results/gpu-*``.
 
 This file is also the pytest plugin the stages load (``-p gpu_check``): it appends each test's
 outcome and each benchmark's statistics to the JSON-lines file named by GPU_CHECK_EVENTS, as
@@ -69,8 +74,10 @@ CAPS = {
 # Benchmark files in priority order (the budget usually ends inside this list on a GPU); files
 # of benchmarks/ not named here run after these, so name a new one here to move it up.
 BENCH_FILES = (
+    "test_gpu_models.py",  # issue 18's suite: the MLP, ResNet-18/50, ViT-B/16; its targets' rows
     "test_integrated_gradients.py",
     "test_smoothgrad.py",
+    "test_gradient_shap.py",
     "test_pgd.py",
     "test_perturbation.py",
     "test_lrp.py",
@@ -273,6 +280,7 @@ class Check:
     def __init__(self, args: argparse.Namespace, out: Path, log: Log) -> None:
         self.args, self.dry, self.out, self.log = args, args.dry_run, out, log
         self.deadline = time.monotonic() + args.budget - RESERVE_S
+        self.alone = False  # one stage asked for (main sets it): no per-stage cap
         self.work = Path(tempfile.mkdtemp(prefix="fastxai-gpu-check-"))
         self.python = sys.executable
         self.env = dict(os.environ)
@@ -299,6 +307,8 @@ class Check:
         return self.deadline - time.monotonic()
 
     def cap(self, stage: str) -> float:
+        if self.alone and not self.dry:  # a second call for one stage (--stages benchmarks): the budget
+            return self.left()
         return min(CAPS[stage][1 if self.dry else 0], self.left())
 
     def run(self, argv: list[str], timeout: float, extra_env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -539,14 +549,38 @@ def stage_sanitizer(check: Check, timeout: float) -> dict[str, Any]:
     return {"status": status, "commands": commands, "note": ""}
 
 
+DRY_BENCH_SELECTION = (
+    # the quickest pair of CAM rows; the issue-18 suite at CPU sizes on the MLP (every method:
+    # floor, fastxai, peers) and ResNet-18's LRP rows (torchvision and Zennit's canonizer)
+    "(test_cam and (floor or plus)) or (test_gpu_models and float32 and not compiled and not graphed "
+    "and (digits_mlp- or resnet18-lrp-))"
+)
+
+
+def bench_files(names: str | None) -> list[str]:
+    """``--bench-files`` (comma-separated names in benchmarks/) in that order, else every file
+    of benchmarks/ in ``BENCH_FILES`` order and the rest after."""
+    present = sorted(path.name for path in (ROOT / "benchmarks").glob("test_*.py"))
+    if names:
+        chosen = [name.strip() for name in names.split(",") if name.strip()]
+        unknown = [name for name in chosen if name not in present]
+        if unknown:
+            raise ValueError(f"--bench-files: no such file in benchmarks/: {', '.join(unknown)}")
+        return [f"benchmarks/{name}" for name in chosen]
+    ordered = [name for name in BENCH_FILES if name in present]
+    return [f"benchmarks/{name}" for name in ordered + [n for n in present if n not in ordered]]
+
+
 def stage_benchmarks(check: Check, timeout: float) -> dict[str, Any]:
     if check.dry:
-        files = ["benchmarks/test_cam.py", "-k", "floor or plus"]  # the quickest pair of rows
+        files = ["benchmarks/test_cam.py", "benchmarks/test_gpu_models.py", "-k", DRY_BENCH_SELECTION]
     else:
-        present = sorted(path.name for path in (ROOT / "benchmarks").glob("test_*.py"))
-        ordered = [name for name in BENCH_FILES if name in present]
-        files = [f"benchmarks/{name}" for name in ordered + [n for n in present if n not in ordered]]
-    command, events = check.pytest("benchmarks", [*files, "--benchmark-enable", "--benchmark-only"], timeout)
+        files = bench_files(check.args.bench_files)
+    # CPU sizes for the issue-18 suite in the dry run (it skips on a CPU otherwise)
+    extra = {"FASTXAI_BENCH_SMALL": "1"} if check.dry else {}
+    command, events = check.pytest(
+        "benchmarks", [*files, "--benchmark-enable", "--benchmark-only"], timeout, extra
+    )
     benchmarks = [e["data"] for e in events if e.get("event") == "benchmark"]
     tests = summarize_tests(events)
     machine = {
@@ -581,6 +615,12 @@ def write_outputs(check: Check) -> None:
     summary = check.summary
     summary["finished_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary["wall_s"] = round(time.monotonic() - check.log.start, 1)
+    try:
+        from gpu_targets import evaluate
+
+        summary["targets"] = evaluate(summary)  # issue 18's verdicts and the numbers behind them
+    except Exception as exc:  # a bug here must not lose the run's results
+        summary["targets"] = {"error": f"{type(exc).__name__}: {exc}"}
     text = json.dumps(summary, indent=1, default=str)
     (check.out / "gpu-check.json.part").write_text(text)
     (check.out / "gpu-check.json.part").replace(check.out / "gpu-check.json")
@@ -600,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, help="seconds for the whole run (default 450; dry 240)")
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
     parser.add_argument(
+        "--bench-files",
+        help="comma-separated files of benchmarks/ for the benchmarks stage, in that order (default: "
+        "every file, BENCH_FILES first; not in a dry run)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         help="pytest-xdist processes for the equivalence suite (default 4 on a GPU where xdist is "
@@ -616,10 +661,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stages {unknown}; choose from {STAGES}")
+    try:
+        bench_files(args.bench_files)
+    except ValueError as error:
+        parser.error(str(error))
     out = Path(args.out or os.environ.get("OUT") or tempfile.mkdtemp(prefix="fastxai-gpu-check-out-"))
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "gpu-check.log")
     check = Check(args, out, log)
+    check.alone = len(stages) == 1
     mode = "dry run on the CPU" if check.dry else "GPU run"
     log.say(f"fastxai gpu check: {mode}, budget {args.budget:.0f} s, stages {', '.join(stages)}, out {out}")
     for number, name in enumerate(stages, 1):

@@ -6,7 +6,9 @@ and ``.txt`` (the tables).
     python scripts/gpu_results.py path/to/gpu-check.json --date 2026-12-03 --name h200
 
 A dry run's summary (CPU numbers) is refused unless ``--allow-dry-run``. ``render_text`` is also
-what gpu_check.py writes as gpu-check.txt.
+what gpu_check.py writes as gpu-check.txt; it ends with issue 18's targets, each marked met or
+not met from the recorded numbers (``gpu_targets.py``), whose verdicts and the raw figures
+behind them the JSON keeps under ``targets``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from gpu_targets import evaluate, render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,6 +155,10 @@ def render_text(summary: dict[str, Any]) -> str:
                 lines.append(f"  {row['op']:25} {row['backend']:8} {row['dtype']:9} {row.get('error', '')}")
     if summary.get("benchmarks") is not None:
         lines += ["", *_benchmark_report(summary["benchmarks"])]
+    try:  # last: the device call's reply keeps the output's tail
+        lines += ["", *render(evaluate(summary))]
+    except Exception as exc:  # the tables above must still be written
+        lines += ["", f"issue 18 targets: not evaluated ({type(exc).__name__}: {exc})"]
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         else None,
         "source": str(path),
     }
+    summary["targets"] = evaluate(summary)
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
     stem = f"gpu-{name}-{date}"

@@ -82,10 +82,38 @@ def test_dry_run_runs_every_stage(dry_run: Path) -> None:
 
     benchmarks = summary["benchmarks"]["benchmarks"]
     assert benchmarks and all(bench["stats"]["median"] > 0 for bench in benchmarks)
-    assert all(bench["group"] == "cam-resnet-float32" for bench in benchmarks)
+    groups = {bench["group"] for bench in benchmarks}
+    # the quick CAM pair, and issue 18's suite at CPU sizes: every method on the digits MLP with
+    # its floor, fastxai and the peer, and ResNet-18's LRP rows
+    suite = {
+        (info["method"], info["model"], info["variant"])
+        for info in (bench["extra_info"] for bench in benchmarks)
+        if info.get("suite") == "issue18"
+    }
+    methods = _script("gpu_targets").METHODS
+    for method in methods:
+        peer = "torchattacks" if method == "pgd" else "captum"
+        assert {(method, "digits_mlp", name) for name in ("floor", "fastxai", peer)} <= suite
+    assert {("lrp", "resnet18", "floor"), ("lrp", "resnet18", "fastxai")} <= suite
+    assert groups == {"cam-resnet-float32", *(f"{m}-{model}-float32" for m, model, _ in suite)}
+
+    targets = summary["targets"]  # evaluated on the dry run's CPU numbers: present, not verdicts
+    assert [row["method"] for row in targets["mlp_vs_captum"]["rows"]] == list(methods)
+    assert all(row["speedup"] > 0 for row in targets["mlp_vs_captum"]["rows"])
+    assert [(row["method"], row["model"]) for row in targets["resnet_floor"]["rows"]] == [("lrp", "resnet18")]
+    assert len(targets["fused_ops"]["rows"]) == len(OPS)
 
     text = (dry_run / "gpu-check.txt").read_text()
-    for part in ("DRY RUN", "equivalence:", "fused ops alone", "cam-resnet-float32", "/ paired floor"):
+    for part in (
+        "DRY RUN",
+        "equivalence:",
+        "fused ops alone",
+        "cam-resnet-float32",
+        "/ paired floor",
+        "lrp-digits_mlp-float32",
+        "issue 18 targets",
+        "on the digits MLP with graphs:",
+    ):
         assert part in text
     assert "== benchmarks: ok" in (dry_run / "gpu-check.log").read_text()
 
@@ -191,3 +219,31 @@ def test_test_outcomes_are_counted_per_backend() -> None:
         "t.py::a[triton-cuda-float32]",
         "t.py::b[native-cuda]",
     ]
+
+
+def test_benchmark_files_in_priority_order_or_as_named(tmp_path: Path) -> None:
+    check = _script("gpu_check")
+    present = sorted(path.name for path in (ROOT / "benchmarks").glob("test_*.py"))
+    files = [path.removeprefix("benchmarks/") for path in check.bench_files(None)]
+    assert sorted(files) == present  # every file, each once
+    assert files[: len(check.BENCH_FILES)] == list(check.BENCH_FILES)  # all of them exist
+    assert files[:2] == ["test_gpu_models.py", "test_integrated_gradients.py"]
+    assert "test_gradient_shap.py" in check.BENCH_FILES
+    assert check.bench_files(" test_pgd.py,test_gpu_models.py ") == [
+        "benchmarks/test_pgd.py",
+        "benchmarks/test_gpu_models.py",
+    ]
+    with pytest.raises(ValueError, match=r"no such file in benchmarks/: test_nothing\.py"):
+        check.bench_files("test_pgd.py,test_nothing.py")
+    with pytest.raises(SystemExit) as refused:
+        check.main(["--dry-run", "--bench-files", "test_nothing.py", "--out", str(tmp_path)])
+    assert refused.value.code == 2
+
+
+def test_a_stage_run_alone_has_the_whole_budget(tmp_path: Path) -> None:
+    check = _script("gpu_check")
+    args = check.argparse.Namespace(dry_run=False, budget=500.0, argv=[])
+    runner = check.Check(args, tmp_path, check.Log(tmp_path / "log"))
+    assert runner.cap("benchmarks") == check.CAPS["benchmarks"][0]
+    runner.alone = True
+    assert check.CAPS["benchmarks"][0] < runner.cap("benchmarks") <= 500.0 - check.RESERVE_S
