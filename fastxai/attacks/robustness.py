@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _model
+from fastxai import _backends, _model, _precision
 from fastxai._model import Model
 from fastxai.attacks import _core
 from fastxai.attacks.gradient_attacks import pgd
@@ -56,6 +56,8 @@ def _check_pgd_options(options: dict[str, Any]) -> dict[str, Any]:
         backend=settings["backend"],
         eot_samples=settings["eot_samples"],
     )
+    # the type and value here; the device's own support when PGD meets the first batch
+    _precision.check_dtype(settings["dtype"], torch.device("cpu"))
     return settings
 
 
@@ -95,7 +97,9 @@ def robust_accuracy(
     DataLoader). Only correctly classified samples are attacked — the others already count as
     errors — and with early stopping a sample costs nothing once it is fooled, which is why a
     robustness evaluation runs well below steps x (forward+backward) of the data.
-    ``attack``: any ``attack(model, inputs, labels) -> adversarial inputs``.
+    ``attack``: any ``attack(model, inputs, labels) -> adversarial inputs``. ``dtype`` among
+    ``attack_kwargs`` (``torch.bfloat16``) runs the default PGD's steps under autocast; the
+    clean and the robust predictions are the model's own, in its precision.
 
     Returns ``{"clean_accuracy", "robust_accuracy", "samples"}``.
 
