@@ -44,7 +44,8 @@ def deepfool(
     inputs: [B, *F] within ``bounds``; returns [B, *F]. A sample already misclassified is
     returned unchanged. The model is left as found. ``dtype``: the model (the Jacobian's
     forward and backward) under autocast in that dtype, the steps in the inputs' dtype
-    (``fastxai.pgd``'s ``dtype``).
+    (``fastxai.pgd``'s ``dtype``). DeepFool stops just past the boundary of the model it runs,
+    the bf16 one: a fraction of its examples do not fool the float32 model (README "bf16").
 
     >>> x_adv = fastxai.deepfool(model, x, y, steps=50, overshoot=0.02)
     """
