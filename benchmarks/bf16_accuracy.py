@@ -1,15 +1,17 @@
 """What ``dtype=torch.bfloat16`` costs in accuracy: each method's attributions in bf16 against
-the same method in float32, on a trained digits CNN and a ResNet-18.
+the same method in float32, on a trained digits CNN and a ResNet-18; and each attack's success.
 
 Per method and model: the relative difference ``||a_bf16 - a_fp32|| / ||a_fp32||`` per sample
-(median and largest over the samples), and for Integrated Gradients the completeness error
-``|sum(a) - (f(x) - f(x'))| / |f(x) - f(x')|`` (largest over the samples) with ``f`` the float32
-model and ``x' = 0``, for the float32
-run, the bf16 run, and the bf16 run with its gradients summed in bfloat16 instead of float32
-(``--broken``: what the fused ops' float32 accumulation saves). CPU; bf16 on a CPU without
-native bf16 units is emulated and slow, so the figures are about accuracy, not speed.
+(median and largest over the samples), and for Integrated Gradients and DeepLIFT the
+completeness error ``|sum(a) - (f(x) - f(x'))| / |f(x) - f(x')|`` (largest over the samples)
+with ``f`` the float32 model and ``x' = 0``, for the float32 run, the bf16 run, and (IG) the
+bf16 run with its gradients summed in bfloat16 instead of float32 (what the fused ops' float32
+accumulation saves). Per attack and model (``--attack-samples`` inputs, labels the float32
+model's predictions): the share of inputs whose adversarial example fools the float32 model,
+made in float32 and in bf16. CPU; bf16 on a CPU without native bf16 units is emulated and slow,
+so the figures are about accuracy, not speed.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bf16_accuracy.py --threads 1   # about a minute
+    PYTHONPATH=. .venv/bin/python benchmarks/bf16_accuracy.py --threads 1   # a few minutes
     PYTHONPATH=. .venv/bin/python benchmarks/bf16_accuracy.py --models digits --ig-steps 1024
 """
 
@@ -48,14 +50,27 @@ def resnet_case(samples: int) -> tuple[torch.nn.Module, torch.Tensor]:
     return model, torch.rand(samples, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
+def superpixels(x: torch.Tensor, per_side: int) -> torch.Tensor:
+    """``per_side**2`` square patches of the images [B, C, H, W] as group ids [1, 1, H, W]."""
+    rows = torch.arange(x.shape[2]) * per_side // x.shape[2]
+    cols = torch.arange(x.shape[3]) * per_side // x.shape[3]
+    return (rows.view(-1, 1) * per_side + cols.view(1, -1)).view(1, 1, x.shape[2], x.shape[3])
+
+
 def methods(ig_steps: int, samples: int) -> dict[str, Method]:
-    """Each method as ``f(model, x, target, dtype)``; the same seeds for both dtypes."""
+    """Each method as ``f(model, x, target, dtype)``; the same seeds for both dtypes. The
+    perturbation methods score 16 superpixels (exact Shapley values 4), with ``4 * samples``
+    coalitions (KernelSHAP, LIME) or ``samples // 4`` orders (Shapley sampling); the CAM
+    family at the layer ``fastxai.cam_layer`` finds."""
 
     def background(x: torch.Tensor) -> torch.Tensor:
         return torch.rand(8, *x.shape[1:], generator=torch.Generator().manual_seed(2)) * float(x.max())
 
     def window(x: torch.Tensor) -> tuple[int, ...]:
         return (x.shape[1], *(max(1, size // 4) for size in x.shape[2:]))
+
+    def cam(name: str) -> Method:
+        return lambda m, x, t, d: getattr(fx, name)(m, x, target=t, dtype=d)
 
     return {
         "integrated_gradients": lambda m, x, t, d: fx.integrated_gradients(
@@ -70,6 +85,58 @@ def methods(ig_steps: int, samples: int) -> dict[str, Method]:
             m, x, target=t, sliding_window_shapes=window(x), dtype=d
         ),
         "lrp": lambda m, x, t, d: fx.lrp.lrp(m, x, target=t, dtype=d),
+        "feature_ablation": lambda m, x, t, d: fx.feature_ablation(
+            m, x, target=t, feature_mask=superpixels(x, 4), dtype=d
+        ),
+        "feature_permutation": lambda m, x, t, d: fx.feature_permutation(
+            m, x, target=t, feature_mask=superpixels(x, 4), seed=0, dtype=d
+        ),
+        "kernel_shap": lambda m, x, t, d: fx.kernel_shap(
+            m, x, target=t, feature_mask=superpixels(x, 4), n_samples=4 * samples, seed=0, dtype=d
+        ),
+        "lime": lambda m, x, t, d: fx.lime(
+            m,
+            x,
+            target=t,
+            feature_mask=superpixels(x, 4),
+            n_samples=4 * samples,
+            interpretable_model="linear",
+            seed=0,
+            dtype=d,
+        ),
+        "shapley_value_sampling": lambda m, x, t, d: fx.shapley_value_sampling(
+            m, x, target=t, feature_mask=superpixels(x, 4), n_samples=max(2, samples // 4), seed=0, dtype=d
+        ),
+        "shapley_values": lambda m, x, t, d: fx.shapley_values(
+            m, x, target=t, feature_mask=superpixels(x, 2), dtype=d
+        ),
+        "deeplift": lambda m, x, t, d: fx.deeplift(m, x, target=t, dtype=d),
+        "deeplift_shap": lambda m, x, t, d: fx.deeplift_shap(
+            m, x, target=t, baselines=background(x), dtype=d
+        ),
+        "guided_backprop": lambda m, x, t, d: fx.guided_backprop(m, x, target=t, dtype=d),
+        "deconvnet": lambda m, x, t, d: fx.deconvnet(m, x, target=t, dtype=d),
+        **{name: cam(name) for name in CAMS},
+    }
+
+
+CAMS = ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam", "score_cam")
+COMPLETE = ("integrated_gradients", "deeplift")
+"""The methods whose attributions sum to ``f(x) - f(0)``: their completeness error is reported."""
+
+Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.dtype | None], torch.Tensor]
+
+
+def attacks(eps: float) -> dict[str, Attack]:
+    """Each attack as ``f(model, x, labels, dtype)`` in an L-inf ball of radius ``eps`` (DeepFool
+    unbounded: the smallest step over the boundary it finds); the same seeds for both dtypes."""
+    return {
+        "fgsm": lambda m, x, y, d: fx.fgsm(m, x, y, eps=eps, dtype=d),
+        "pgd": lambda m, x, y, d: fx.pgd(m, x, y, eps=eps, alpha=eps / 4, steps=10, seed=0, dtype=d),
+        "mifgsm": lambda m, x, y, d: fx.mifgsm(m, x, y, eps=eps, alpha=eps / 4, steps=10, dtype=d),
+        "apgd": lambda m, x, y, d: fx.apgd(m, x, y, eps=eps, steps=20, seed=0, dtype=d),
+        "square_attack": lambda m, x, y, d: fx.square_attack(m, x, y, eps=eps, n_queries=100, dtype=d),
+        "deepfool": lambda m, x, y, d: fx.deepfool(m, x, y, steps=20, dtype=d),
     }
 
 
@@ -109,22 +176,64 @@ def bf16_accumulation() -> Iterator[None]:
         ops.weighted_path_accumulate = original  # type: ignore[assignment]
 
 
-def report(name: str, model: torch.nn.Module, x: torch.Tensor, ig_steps: int, samples: int) -> list[str]:
+def report(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    ig_steps: int,
+    samples: int,
+    only: list[str] | None = None,
+) -> list[str]:
     with torch.no_grad():
         target = model(x).argmax(1)
     lines = []
     for method, run in methods(ig_steps, samples).items():
+        if only is not None and method not in only:
+            continue
         reference = run(model, x, target, None)
         bf16 = run(model, x, target, torch.bfloat16)
         diff = relative_difference(bf16, reference)
         line = f"| {name} | {method} | {float(diff.median()):.2e} | {float(diff.max()):.2e} |"
-        if method == "integrated_gradients":
-            with bf16_accumulation():
-                broken = run(model, x, target, torch.bfloat16)
-            errors = [completeness(model, x, target, a).max() for a in (reference, bf16, broken)]
-            line += " " + " | ".join(f"{float(e):.2e}" for e in errors) + " |"
+        if method in COMPLETE:
+            runs = [reference, bf16]
+            if method == "integrated_gradients":
+                with bf16_accumulation():
+                    runs.append(run(model, x, target, torch.bfloat16))
+            errors = [f"{float(completeness(model, x, target, a).max()):.2e}" for a in runs]
+            line += " " + " | ".join(errors) + " |" + (" |" if len(errors) == 2 else "")
         else:
             line += " | | |"
+        lines.append(line)
+        print(line, flush=True)
+    return lines
+
+
+def attack_report(name: str, model: torch.nn.Module, x: torch.Tensor, eps: float) -> list[str]:
+    """Per attack: the share of ``x`` whose example fools the float32 model, made in float32
+    and in bf16, and the largest L-inf distance between the two examples."""
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    lines = []
+    for attack, run in attacks(eps).items():
+        examples = [run(model, x, labels, dtype) for dtype in (None, torch.bfloat16)]
+        with torch.no_grad():
+            rates = [float((model(a).argmax(1) != labels).float().mean()) for a in examples]
+        apart = float((examples[0] - examples[1]).abs().max())
+        line = f"| {name} | {attack} | {eps:.3g} | {rates[0]:.3f} | {rates[1]:.3f} | {apart:.2e} |"
+        lines.append(line)
+        print(line, flush=True)
+    # robust accuracy: its default PGD (early stopping off for bf16), and with early stopping,
+    # which stops a sample at its first iterate that fools the model it attacks (the bf16 one)
+    for early_stop in (None, True):
+        options = {} if early_stop is None else {"early_stop": early_stop}
+        robust = [
+            fx.robust_accuracy(
+                model, (x, labels), eps=eps, alpha=eps / 4, steps=10, seed=0, dtype=dtype, **options
+            )["robust_accuracy"]
+            for dtype in (None, torch.bfloat16)
+        ]
+        what = "robust_accuracy (PGD" + (", early_stop=True)" if early_stop else ")")
+        line = f"| {name} | {what} | {eps:.3g} | robust accuracy {robust[0]:.3f} | {robust[1]:.3f} | |"
         lines.append(line)
         print(line, flush=True)
     return lines
@@ -136,18 +245,31 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--ig-steps", type=int, default=256, help="Integrated Gradients steps")
     parser.add_argument("--noise-samples", type=int, default=32, help="SmoothGrad / GradientSHAP samples")
+    parser.add_argument("--attack-samples", type=int, default=64, help="inputs attacked per model")
+    parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
+    parser.add_argument("--no-attacks", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        "| model | method | rel. diff. bf16 vs fp32, median | largest | IG completeness error (largest): "
+        "| model | method | rel. diff. bf16 vs fp32, median | largest | completeness error (largest): "
         "fp32 | bf16 | bf16 summed in bf16 |"
     )
     print("|---|---|---|---|---|---|---|")
+    cases = {"digits": digits_case, "resnet18": resnet_case}
     for name in args.models:
-        model, x = (digits_case if name == "digits" else resnet_case)(args.samples)
-        report(name, model, x, args.ig_steps, args.noise_samples)
+        model, x = cases[name](args.samples)
+        report(name, model, x, args.ig_steps, args.noise_samples, args.methods)
+    if args.no_attacks:
+        return
+    print(
+        "\n| model | attack | eps | fools the fp32 model: made in fp32 | made in bf16 | largest L-inf apart |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in args.models:
+        model, x = cases[name](args.attack_samples)
+        attack_report(name, model, x, 0.1 if name == "digits" else 2 / 255)
 
 
 if __name__ == "__main__":

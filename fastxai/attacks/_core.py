@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional
 
-from fastxai import _backends, _budget, _model, ops
+from fastxai import _backends, _budget, _model, _precision, ops
 from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
 from fastxai.attacks import _cuda_graph
@@ -79,6 +79,29 @@ def normalizer(normalize: object, x: torch.Tensor) -> Callable[[torch.Tensor], t
     if bool((std <= 0).any()):
         raise ValueError("normalize std must be > 0")
     return lambda inputs: (inputs - mean) / std
+
+
+def model_logits(
+    model: Model,
+    normalise: Callable[[torch.Tensor], torch.Tensor] | None,
+    dtype: torch.dtype | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The attacks' ``forward``: the model's logits [N, C] at points [N, *F] (normalised first
+    when ``normalise``). With ``dtype`` (``fastxai._precision``) the model runs under autocast
+    in it, on the points as they are (the iterate stays in the inputs' dtype: autocast rounds
+    it where a matrix product or convolution reads it), and its logits come back in float32
+    (float64 for float64 points), so the losses, their gradients' way back to the point and
+    the success checks are not taken in half precision."""
+
+    def forward(points: torch.Tensor) -> torch.Tensor:
+        values = points if normalise is None else normalise(points)
+        if dtype is None:
+            return _model.logits(model, values)
+        with _precision.autocast(dtype, points.device.type):
+            logits = _model.logits(model, values)
+        return logits.to(_precision.accumulator_dtype(points.dtype))
+
+    return forward
 
 
 def check_labels(labels: object, batch: int, device: torch.device) -> torch.Tensor | None:
@@ -216,6 +239,7 @@ def iterative_attack(
     backend: str | None = None,
     cuda_graph: bool = False,
     eot_samples: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Run the attack; see ``fastxai.attacks.pgd`` for the meaning of every argument."""
     model = _model.check_model(model)
@@ -238,6 +262,7 @@ def iterative_attack(
             "draws at every step): use one or the other"
         )
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    model_dtype = _precision.check_dtype(dtype, x.device)
     check_restarts_fit(restarts, x, momentum_decay is not None)
     _backends.resolve(backend, x.device, x.dtype)  # a backend that cannot step x, before the model runs
     graphed = _cuda_graph.check_cuda_graph(cuda_graph, x, early_stop)
@@ -245,10 +270,7 @@ def iterative_attack(
     label_t = check_labels(labels, batch, x.device)
     if targeted and label_t is None:
         raise ValueError("labels are required for a targeted attack (they are the target classes)")
-    normalise = normalizer(normalize, x)
-
-    def forward(inputs_: torch.Tensor) -> torch.Tensor:
-        return _model.logits(model, inputs_ if normalise is None else normalise(inputs_))
+    forward = model_logits(model, normalizer(normalize, x), model_dtype)
 
     with _model.preserved_state(model):
         try:
@@ -367,20 +389,17 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 def prepare(
-    model: Model, inputs: object, labels: object, bounds: object, normalize: object
+    model: Model, inputs: object, labels: object, bounds: object, normalize: object, dtype: object = None
 ) -> tuple[Model, torch.Tensor, torch.Tensor | None, Callable[[torch.Tensor], torch.Tensor]]:
     """The checks every attack starts with: (model, inputs [B, *F] within ``bounds``, labels [B]
-    or None, forward = model logits of normalised inputs). Runs no model call."""
+    or None, forward = model logits of normalised inputs, under autocast in ``dtype``:
+    ``model_logits``). Runs no model call."""
     model = _model.check_model(model)
     low_high = check_bounds(bounds)
     x = check_attack_inputs(inputs, low_high).detach().contiguous()
+    model_dtype = _precision.check_dtype(dtype, x.device)
     label_t = check_labels(labels, x.shape[0], x.device)
-    normalise = normalizer(normalize, x)
-
-    def forward(points: torch.Tensor) -> torch.Tensor:
-        return _model.logits(model, points if normalise is None else normalise(points))
-
-    return model, x, label_t, forward
+    return model, x, label_t, model_logits(model, normalizer(normalize, x), model_dtype)
 
 
 def resolve_labels(

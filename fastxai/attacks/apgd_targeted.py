@@ -29,6 +29,7 @@ def apgd_targeted(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     seed: int | None = 0,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """APGD-T: for t the 2nd, 3rd, ... (``n_target_classes`` in all) most likely class at the
     clean input, run ``fastxai.apgd`` with the targeted DLR loss
@@ -37,6 +38,7 @@ def apgd_targeted(
     - ``labels``: true classes [B] (None: predicted); needs at least 4 classes.
     - Returns per sample the first misclassified point found, else the input; within ``eps``.
       One APGD run (``steps`` forward+backward passes) per target on the samples still robust.
+    - ``dtype``: every model call under autocast in that dtype, as ``fastxai.apgd``.
 
     >>> x_adv = fastxai.apgd_targeted(model, x, y, eps=8/255, steps=100, n_target_classes=9)
     """
@@ -46,7 +48,7 @@ def apgd_targeted(
     check_count("n_target_classes", n_target_classes)
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho <= 1:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
-    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
+    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize, dtype)
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)
 
@@ -65,6 +67,7 @@ def apgd_targeted(
                 bounds=bounds,
                 normalize=normalize,
                 seed=seed,
+                dtype=dtype,
             )
 
         return by_target_rank(forward, x, label_t, n_target_classes, attack)

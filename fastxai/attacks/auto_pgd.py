@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional
 
-from fastxai import _backends, _model, ops
+from fastxai import _backends, _model, _precision, ops
 from fastxai._model import Model
 from fastxai.attacks._core import (
     check_attack_inputs,
@@ -21,6 +21,7 @@ from fastxai.attacks._core import (
     check_labels,
     check_threat_model,
     expected_gradient,
+    model_logits,
     normalizer,
     random_start,
     succeeded,
@@ -78,6 +79,7 @@ def apgd(
     seed: int | None = None,
     backend: str | None = None,
     eot_samples: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """APGD: from a random start, steps of size ``eta`` (initially ``2 eps``) with momentum 0.75;
     at checkpoints (22%, 41%, 57%, ... of ``steps``) a sample's ``eta`` halves, and it restarts
@@ -91,6 +93,8 @@ def apgd(
     - ``eot_samples``: against a randomised model, the loss, its gradient and the logits that
       decide success are means over that many draws per step (EOT, Athalye et al. 2018; the
       "rand" version of AutoAttack uses 20); 1 is the plain APGD.
+    - ``dtype``: the model under autocast in that dtype, the iterates in the inputs' dtype, as
+      ``fastxai.pgd``.
 
     >>> x_adv = fastxai.apgd(model, x, y, eps=8/255, steps=100, loss="dlr", seed=0)
     """
@@ -107,6 +111,7 @@ def apgd(
     if backend is not None:
         _backends.check_choice(backend)
     x = check_attack_inputs(inputs, threat.bounds).detach().contiguous()
+    model_dtype = _precision.check_dtype(dtype, x.device)
     _backends.resolve(backend, x.device, x.dtype)  # a backend that cannot step x, before the model runs
     batch = x.shape[0]
     true_labels = check_labels(labels, batch, x.device)
@@ -115,10 +120,7 @@ def apgd(
         raise ValueError("a targeted APGD needs labels (true classes) and target_labels")
     if not targeted and target_labels is not None:
         raise ValueError("target_labels are only used with targeted=True")
-    normalise = normalizer(normalize, x)
-
-    def forward(points: torch.Tensor) -> torch.Tensor:
-        return _model.logits(model, points if normalise is None else normalise(points))
+    forward = model_logits(model, normalizer(normalize, x), model_dtype)
 
     with _model.preserved_state(model):
         try:

@@ -36,6 +36,7 @@ def autoattack(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     seed: int | None = 0,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """AutoAttack (standard): robust accuracy is the share of samples that survive all four.
 
@@ -53,7 +54,8 @@ def autoattack(
     skipped (its targeted DLR loss needs 4).
 
     inputs: [B, C, H, W] within ``bounds`` (Square needs images); returns [B, C, H, W] within
-    ``eps`` of the inputs in ``norm``.
+    ``eps`` of the inputs in ``norm``. ``dtype``: every component, and the checks between them,
+    run the model under autocast in that dtype (``fastxai.pgd``'s ``dtype``).
 
     >>> x_adv = fastxai.autoattack(model, x, y, norm="linf", eps=8/255, seed=0)
     >>> robust_accuracy = (model(x_adv).argmax(1) == y).float().mean()
@@ -67,10 +69,10 @@ def autoattack(
         check_count(name, value, 2 if name == "steps" else 1)
     check_count("n_target_classes", n_target_classes)
     seed = check_seed(seed)
-    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
+    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize, dtype)
     if x.dim() != 4:
         raise ValueError(f"inputs must be images [B, C, H, W], got shape {tuple(x.shape)}")
-    common: dict[str, Any] = dict(bounds=bounds, normalize=normalize, seed=seed)
+    common: dict[str, Any] = dict(bounds=bounds, normalize=normalize, seed=seed, dtype=dtype)
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)
         with torch.no_grad():

@@ -7,9 +7,16 @@ from collections.abc import Sequence
 
 import torch
 
-from fastxai import _model
+from fastxai import _model, _precision
 from fastxai._model import Model
-from fastxai.attacks._core import check_attack_inputs, check_count, check_labels, normalizer, succeeded
+from fastxai.attacks._core import (
+    check_attack_inputs,
+    check_count,
+    check_labels,
+    model_logits,
+    normalizer,
+    succeeded,
+)
 
 
 def cw_margin(logits: torch.Tensor, labels: torch.Tensor, kappa: float, targeted: bool) -> torch.Tensor:
@@ -35,6 +42,7 @@ def cw_l2(
     targeted: bool = False,
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The smallest L2 perturbation that changes the label, found by minimising
     ``||x' - x||_2^2 + c * max(z_y - max_{j != y} z_j, -kappa)`` over ``x' = lower + (upper -
@@ -43,7 +51,9 @@ def cw_l2(
     then bisection) after a failure.
 
     Returns, per sample, the successful example of smallest L2 distance found, or the input
-    itself where no ``c`` succeeded. inputs: [B, *F] within ``bounds``.
+    itself where no ``c`` succeeded. inputs: [B, *F] within ``bounds``. ``dtype``: the model
+    under autocast in that dtype (``fastxai.pgd``'s ``dtype``); ``w``, Adam, the distances and
+    the examples stay float32 (the inputs' dtype).
 
     >>> x_adv = fastxai.cw_l2(model, x, y, c=1.0, steps=100, binary_search_steps=5)
     """
@@ -69,14 +79,12 @@ def cw_l2(
         raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds!r}")
     lower, upper = float(bounds[0]), float(bounds[1])
     x = check_attack_inputs(inputs, (lower, upper)).detach().contiguous()
+    model_dtype = _precision.check_dtype(dtype, x.device)
     batch = x.shape[0]
     label_t = check_labels(labels, batch, x.device)
     if targeted and label_t is None:
         raise ValueError("labels are required for a targeted attack (they are the target classes)")
-    normalise = normalizer(normalize, x)
-
-    def forward(points: torch.Tensor) -> torch.Tensor:
-        return _model.logits(model, points if normalise is None else normalise(points))
+    forward = model_logits(model, normalizer(normalize, x), model_dtype)
 
     with _model.preserved_state(model):
         try:

@@ -24,6 +24,7 @@ def deepfool(
     overshoot: float = 0.02,
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """DeepFool, batched: while a sample is still classified as its label ``y`` (at most
     ``steps`` rounds), linearise every logit ``f_k`` at the current point ``x`` and step to the
@@ -41,14 +42,17 @@ def deepfool(
       (K classes), for the whole Jacobian in one backward pass.
 
     inputs: [B, *F] within ``bounds``; returns [B, *F]. A sample already misclassified is
-    returned unchanged. The model is left as found.
+    returned unchanged. The model is left as found. ``dtype``: the model (the Jacobian's
+    forward and backward) under autocast in that dtype, the steps in the inputs' dtype
+    (``fastxai.pgd``'s ``dtype``). DeepFool stops just past the boundary of the model it runs,
+    the bf16 one: a fraction of its examples do not fool the float32 model (README "bf16").
 
     >>> x_adv = fastxai.deepfool(model, x, y, steps=50, overshoot=0.02)
     """
     if isinstance(overshoot, bool) or not isinstance(overshoot, (int, float)) or not overshoot >= 0:
         raise ValueError(f"overshoot must be a number >= 0, got {overshoot!r}")
     steps = check_count("steps", steps)
-    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
+    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize, dtype)
     low, high = float(bounds[0]), float(bounds[1])
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)

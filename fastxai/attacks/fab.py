@@ -152,6 +152,7 @@ def fab(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     seed: int | None = 0,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """FAB: from ``x_0`` (the input), each step linearises ``g = f_k - f_y`` at the iterate
     ``x_i`` for the class k whose linearised boundary is nearest (or the target), projects both
@@ -174,10 +175,13 @@ def fab(
     inputs: [B, *F] within ``bounds``; returns [B, *F]: per sample the closest adversarial
     example found, or the input itself (misclassified inputs are returned as they are).
 
+    ``dtype``: the model under autocast in that dtype, the iterates in the inputs' dtype
+    (``fastxai.pgd``'s ``dtype``).
+
     >>> x_adv = fastxai.fab(model, x, y, norm="l2", steps=100)
     """
     steps, restarts = _check_options(norm, eps, steps, restarts, alpha_max, eta, beta, seed)
-    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
+    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize, dtype)
     targets = check_labels(target_labels, x.shape[0], x.device) if targeted else None
     if targeted and targets is None:
         raise ValueError("a targeted FAB needs target_labels")
@@ -242,6 +246,7 @@ def fab_targeted(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     seed: int | None = 0,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """FAB-T as AutoAttack runs it: ``fab(..., targeted=True)`` towards the 2nd, 3rd, ...
     (``n_target_classes`` in all) most likely class at the clean input, each on the samples
@@ -252,7 +257,7 @@ def fab_targeted(
     """
     check_count("n_target_classes", n_target_classes)
     _check_options(norm, eps, steps, restarts, alpha_max, eta, beta, seed)
-    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize)
+    model, x, label_t, forward = prepare(model, inputs, labels, bounds, normalize, dtype)
     with _model.preserved_state(model):
         label_t = resolve_labels(forward, x, label_t)
 
@@ -273,6 +278,7 @@ def fab_targeted(
                 bounds=bounds,
                 normalize=normalize,
                 seed=seed,
+                dtype=dtype,
             )
 
         return by_target_rank(forward, x, label_t, n_target_classes, towards)

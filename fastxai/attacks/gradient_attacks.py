@@ -30,6 +30,7 @@ def pgd(
     backend: str | None = None,
     cuda_graph: bool = False,
     eot_samples: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent (Madry et al. 2018): ``steps`` ascent steps on the loss of
     size ``alpha`` (sign of the gradient for ``linf``, gradient / ||gradient||_2 for ``l2``),
@@ -55,6 +56,10 @@ def pgd(
       the mean over that many draws, run as one batch of ``eot_samples x B``; success checks use
       the mean logits. 1 (default) is the plain gradient. For a non-differentiable defence use
       its ``bpda=True`` (straight-through gradient) form.
+    - ``dtype``: ``torch.bfloat16`` (or ``torch.float16``) runs every forward and backward of
+      the model under autocast in that dtype (``fastxai._precision``); the iterate, the steps
+      and the returned examples stay in the inputs' dtype, the loss is taken in float32. The
+      README's "bf16" table measures what it costs in attack success.
 
     inputs: [B, *F] within ``bounds``; returns adversarial examples [B, *F]. The model is left
     as found: mode, ``requires_grad``, hooks, and no gradients in its parameters.
@@ -80,6 +85,7 @@ def pgd(
         backend=backend,
         cuda_graph=cuda_graph,
         eot_samples=eot_samples,
+        dtype=dtype,
     )
 
 
@@ -95,8 +101,11 @@ def fgsm(
     normalize: tuple[object, object] | None = None,
     backend: str | None = None,
     eot_samples: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Fast gradient sign method (Goodfellow et al. 2015): ``clamp(x + eps * sign(grad), bounds)``.
+
+    ``dtype`` as in ``pgd``.
 
     >>> x_adv = fastxai.fgsm(model, x, y, eps=8/255)
     """
@@ -115,6 +124,7 @@ def fgsm(
         normalize=normalize,
         backend=backend,
         eot_samples=eot_samples,
+        dtype=dtype,
     )
 
 
@@ -134,8 +144,10 @@ def bim(
     backend: str | None = None,
     cuda_graph: bool = False,
     eot_samples: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Basic iterative method / I-FGSM (Kurakin et al. 2017): L-inf PGD from the input itself.
+    """Basic iterative method / I-FGSM (Kurakin et al. 2017): L-inf PGD from the input itself;
+    ``dtype`` as in ``pgd``.
 
     >>> x_adv = fastxai.bim(model, x, y, eps=8/255, alpha=2/255, steps=10)
     """
@@ -154,6 +166,7 @@ def bim(
         backend=backend,
         cuda_graph=cuda_graph,
         eot_samples=eot_samples,
+        dtype=dtype,
     )
 
 
@@ -174,9 +187,10 @@ def mifgsm(
     backend: str | None = None,
     cuda_graph: bool = False,
     eot_samples: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Momentum iterative FGSM (Dong et al. 2018): ``g <- grad / mean|grad| + decay * g``, then an
-    L-inf step along ``sign(g)``, projected and clamped.
+    L-inf step along ``sign(g)``, projected and clamped; ``dtype`` as in ``pgd``.
 
     >>> x_adv = fastxai.mifgsm(model, x, y, eps=8/255, alpha=2/255, steps=10, decay=1.0)
     """
@@ -196,4 +210,5 @@ def mifgsm(
         backend=backend,
         cuda_graph=cuda_graph,
         eot_samples=eot_samples,
+        dtype=dtype,
     )

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import torch
 
-from fastxai import _budget, _model
+from fastxai import _budget, _model, _precision
 from fastxai._model import Model
-from fastxai.attacks._core import check_attack_inputs, check_labels, normalizer
+from fastxai.attacks._core import check_attack_inputs, check_labels, model_logits, normalizer
 
 
 def jsma(
@@ -22,6 +22,7 @@ def jsma(
     gamma: float = 0.1,
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Change at most ``gamma`` of the features so that the model predicts ``target_labels``.
 
@@ -34,7 +35,9 @@ def jsma(
     target, when no pair qualifies, or after ``floor(gamma * features / 2)`` iterations.
 
     inputs: [B, *F] within ``bounds``; returns [B, *F]. The pairwise search costs F^2 per
-    sample and iteration: meant for inputs of up to a few thousand features.
+    sample and iteration: meant for inputs of up to a few thousand features. ``dtype``: the
+    model under autocast in that dtype (``fastxai.pgd``'s ``dtype``); the saliency search and
+    the examples stay in float32 (the inputs' dtype).
 
     >>> x_adv = fastxai.jsma(model, x, target_labels=torch.full((len(x),), 3), theta=1.0, gamma=0.1)
     """
@@ -52,6 +55,7 @@ def jsma(
         raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds!r}")
     lower, upper = float(bounds[0]), float(bounds[1])
     x = check_attack_inputs(inputs, (lower, upper)).detach().contiguous()
+    model_dtype = _precision.check_dtype(dtype, x.device)
     batch = x.shape[0]
     features = x[0].numel()
     if features < 2:
@@ -66,10 +70,7 @@ def jsma(
     targets = check_labels(target_labels, batch, x.device)
     if targets is None:
         raise ValueError("target_labels are required: JSMA is a targeted attack")
-    normalise = normalizer(normalize, x)
-
-    def forward(points: torch.Tensor) -> torch.Tensor:
-        return _model.logits(model, points if normalise is None else normalise(points))
+    forward = model_logits(model, normalizer(normalize, x), model_dtype)
 
     with _model.preserved_state(model):
         try:

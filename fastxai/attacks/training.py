@@ -26,7 +26,9 @@ def adversarial_training_step(
     The PGD examples are made with the model in eval mode (``fastxai.pgd`` with
     ``pgd_kwargs``: ``eps``, ``alpha``, ``steps``, ``norm``, ...); the step itself runs in
     the mode the model was given (train mode for a training loop). Returns the loss and the
-    accuracy on the adversarial batch.
+    accuracy on the adversarial batch. ``dtype=torch.bfloat16`` among ``pgd_kwargs`` makes the
+    examples under autocast (``fastxai.pgd``); the training step runs as you set it up (wrap
+    the call in your own ``torch.autocast`` for mixed-precision training).
 
     >>> for x, y in loader:
     ...     fastxai.adversarial_training_step(model, optimizer, x, y, eps=0.1, alpha=0.025, steps=7)

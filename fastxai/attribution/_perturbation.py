@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _model, _scheduling, ops
+from fastxai import _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai._rows import RowForward, check_forward_kwargs
 from fastxai.attribution._graphed_scores import Blocks, Scorer
@@ -167,6 +167,20 @@ def compute_dtype(inputs: torch.Tensor) -> torch.dtype:
     return torch.float64 if inputs.dtype == torch.float64 else torch.float32
 
 
+def model_sources(
+    inputs: torch.Tensor, baselines: torch.Tensor, dtype: torch.dtype | None, floating: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the perturbed copies are built from, in the precision the model runs in
+    (``dtype=``, ``fastxai._precision``): the inputs and baselines [B, *F] rounded to ``dtype``
+    once, so every copy (each element the input's, the baseline's or a blend of the two) is
+    built and fed to the model in half precision (half the memory traffic). Unchanged for
+    ``dtype=None`` and for token ids (``floating`` False: the float ids ``integer_inputs`` made,
+    which half precision would not hold exactly past 256)."""
+    if dtype is None or not floating:
+        return inputs, baselines
+    return inputs.to(dtype), baselines.to(dtype)
+
+
 BUILD_ELEMENTS = 1 << 18
 """Elements of perturbed copies built by one fused-op call on the CPU (1 MiB in float32): the
 copies of several model batches are built together, then scored batch by batch, so a small
@@ -199,6 +213,7 @@ def perturbed_scores(
     first_is_input: bool = False,
     forward_kwargs: dict[str, Any] | None = None,
     cuda_graph: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``f_target`` at every perturbed copy: [B, P] in float32 (float64 for float64 inputs), and
     the per-input target indices [B].
@@ -215,9 +230,13 @@ def perturbed_scores(
     batch's rows and repeated to its copies. ``cuda_graph`` (checked by
     ``_graphs.check_cuda_graph``; ``perturb`` then a ``_graphed_scores.Blocks``): every model
     batch after the first is built, scored and gathered by one replayed CUDA graph
-    (``_graphed_scores``). Run inside ``_model.inference_state`` (or ``preserved_state``).
+    (``_graphed_scores``). ``dtype`` (checked by ``_precision.check_dtype``): every model call,
+    the predicted class's and the graphed ones included, runs under autocast in that dtype; the
+    scores are gathered from its output and kept in float32 (``model_sources`` makes the copies'
+    sources). Run inside ``_model.inference_state`` (or ``preserved_state``).
     """
     batch, features = inputs.shape[0], inputs.shape[1:]
+    model = _precision.autocast_model(model, dtype, inputs.device.type)  # itself for None
     predict = target is None and first_is_input
     forward = RowForward(model, (inputs,), (), forward_kwargs) if forward_kwargs else None
     if target is None and not first_is_input:
@@ -227,7 +246,7 @@ def perturbed_scores(
             target = forward.resolve_target(None, chunk)
     indices = torch.empty(batch, dtype=torch.long, device=inputs.device) if target is None else target
     unchecked = [True]
-    dtype = compute_dtype(inputs)
+    score_dtype = compute_dtype(inputs)
     blocks: list[torch.Tensor] = []  # the scores [P, B]: filled block by block, or the one block
     graphed = Scorer(model, perturb, n_perturbations, batch, forward) if cuda_graph else None
     # graphed: one model batch per block (as on CUDA), so every block has the captured shape
@@ -241,7 +260,7 @@ def perturbed_scores(
             if graphed.full is None:
                 graphed.full = (count, rows)  # the first block: the fullest, and run eagerly
             elif not (predict and p0 == 0):  # the target checked; copy 0 read the prediction
-                blocks[0][p0:p1, r0:r1] = graphed.score(p0, p1, r0, r1, indices).to(dtype)
+                blocks[0][p0:p1, r0:r1] = graphed.score(p0, p1, r0, r1, indices).to(score_dtype)
                 return
         flat = perturb(p0, p1, r0, r1).view(count * rows, *features)
         outputs = []
@@ -261,10 +280,10 @@ def perturbed_scores(
             indices[r0:r1] = output[0].argmax(dim=1)
         picked = output.gather(2, indices[r0:r1].view(1, rows, 1).expand(count, rows, 1)).view(count, rows)
         if count == n_perturbations and rows == batch:
-            blocks.append(picked.to(dtype))
+            blocks.append(picked.to(score_dtype))
             return
         if not blocks:
-            blocks.append(torch.empty(n_perturbations, batch, dtype=dtype, device=inputs.device))
+            blocks.append(torch.empty(n_perturbations, batch, dtype=score_dtype, device=inputs.device))
         blocks[0][p0:p1, r0:r1] = picked
 
     with torch.no_grad():
@@ -272,7 +291,7 @@ def perturbed_scores(
             n_perturbations, batch, per_build * batch or chunk, body, halve_on_oom=inputs.is_cuda
         )
     if not blocks:  # no perturbations
-        blocks.append(torch.empty(n_perturbations, batch, dtype=dtype, device=inputs.device))
+        blocks.append(torch.empty(n_perturbations, batch, dtype=score_dtype, device=inputs.device))
     return blocks[0].T, indices
 
 

@@ -78,6 +78,16 @@ SOFTMAX = {
 
 # Dtypes the fused relu path takes (fastxai.ops.rescale_backward's); others keep the PyTorch one.
 FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+"""Pre-activations of a model run under autocast (``dtype=``): the multipliers of the rules
+below are computed from them in float32, as ``rescale_backward`` computes relu's; in half
+precision ``f(x) - f(x_ref)`` of two nearby values keeps few of its bits (a sigmoid near 0.5
+is spaced 2**-9 in bfloat16)."""
+
+
+def _widened(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in HALF_DTYPES else x
+
 
 _inplace_position: dict[Any, int | None] = {}
 
@@ -188,6 +198,13 @@ class ElementwiseRescale(torch.autograd.Function):
         eps: float,
     ) -> Tensor:
         y = call(x)
+        if x.dtype in HALF_DTYPES:  # the multiplier in float32, from the same half-precision pair
+            x, x_ref = x.float(), x_ref.float()
+            y_ref = call(x_ref)
+            with torch.no_grad():
+                y_wide = call(x)
+        else:
+            y_wide = y
         if func in RELU:
             # (relu(a) - relu(b)) / (a - b) is the share of [min, max] above zero:
             # clamp(max(a, b) / |a - b|, 0, 1), which is also relu's derivative where a = b
@@ -197,11 +214,11 @@ class ElementwiseRescale(torch.autograd.Function):
             multiplier = torch.maximum(x, x_ref).div_(gap).clamp_(0, 1).nan_to_num_(0.0)
         else:
             gap = torch.sub(x, x_ref)
-            multiplier = torch.sub(y, y_ref).div_(gap)
+            multiplier = torch.sub(y_wide, y_ref).div_(gap)
             gap.abs_()
         small = gap.lt_(eps)  # 1.0 where |a - b| < eps: there the multiplier is f'(a)
         if x.is_cuda or bool(small.max() > 0):  # rare on a CPU, where torch.where is slow
-            derivative = _derivative(func, call, x.detach(), y.detach())
+            derivative = _derivative(func, call, x.detach(), y_wide.detach())
             multiplier = torch.where(small.bool(), derivative, multiplier)
         ctx.save_for_backward(multiplier)
         return y
@@ -265,6 +282,9 @@ class SoftmaxRescale(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, x_ref: Tensor, dim: int, log: bool, eps: float) -> Tensor:
         y = F.log_softmax(x, dim) if log else F.softmax(x, dim)
+        y_out, x, x_ref = y, _widened(x), _widened(x_ref)  # the slopes in float32 for half precision
+        if x.dtype != y.dtype:
+            y = F.log_softmax(x, dim) if log else F.softmax(x, dim)
         # dlog S / dS times de_j is invariant to a common shift of both exponents, which keeps
         # them finite (the smaller side may underflow to 0, its share negligible).
         shift = torch.maximum(x.amax(dim, keepdim=True), x_ref.amax(dim, keepdim=True))
@@ -282,7 +302,7 @@ class SoftmaxRescale(torch.autograd.Function):
             outer = torch.where(delta_u.abs() < eps, y, (y - y_ref) / delta_u)
         ctx.save_for_backward(exp_slope * log_slope, outer)
         ctx.dim = dim
-        return y
+        return y_out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:

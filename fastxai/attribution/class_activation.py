@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._layer_capture import (
     LayerCapture,
     Reshape,
@@ -108,9 +108,15 @@ def cam(
     upsample: bool | str = False,
     reshape: Reshape | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """A class activation map of ``layer`` by ``method`` (one of ``METHODS``; see the module
     docstring for the formulas and shapes). ``score_cam`` takes its defaults here.
+
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the forward and backward run under autocast
+    in that dtype (``fastxai._precision``), so the layer's activations and gradients come in
+    it; the weights and the map are computed from them in float32 (the inputs' dtype). The
+    search for a layer (``layer=None``) runs in the model's own precision.
 
     >>> heat = fastxai.cam(model, x, target=y, layer="layer4", method="grad_cam_plus_plus", upsample=True)
     """
@@ -126,6 +132,7 @@ def cam(
             upsample=upsample,
             reshape=reshape,
             chunk_size=chunk_size,
+            dtype=dtype,
         )
     model = _compile.original(_model.check_model(model))
     inputs = _model.check_inputs(inputs)
@@ -135,15 +142,19 @@ def cam(
         raise TypeError(f"relu must be a bool, got {type(relu).__name__}")
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     module, reshape = chosen_layer(model, inputs, layer, reshape)
     x = inputs.detach()
     combine = _COMBINE[method]
+    scored = _precision.autocast_model(model, model_dtype, x.device.type)  # the model itself for None
+    # the epilogue's precision: the half-precision activations and gradients summed in float32
+    epilogue = None if model_dtype is None else _precision.accumulator_dtype(x.dtype)
     parts: list[torch.Tensor] = []
 
     def body(capture: LayerCapture, row: int, row_stop: int) -> None:
         capture.start(row_stop - row)
         with torch.enable_grad():
-            output = _model.outputs(model, x[row:row_stop])
+            output = _model.outputs(scored, x[row:row_stop])
             activation = capture.taken()
             if target_t is None:
                 _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
@@ -152,11 +163,14 @@ def cam(
                 rows_target = target_t[row:row_stop]
             score = output.reshape(row_stop - row, -1).gather(1, rows_target.view(-1, 1)).sum()
             (grads,) = torch.autograd.grad(score, activation)
-        parts.append(combine(capture.maps(activation.detach()), capture.maps(grads)))
+        activation = activation.detach()
+        if epilogue is not None:
+            activation, grads = activation.to(epilogue), grads.to(epilogue)
+        parts.append(combine(capture.maps(activation), capture.maps(grads)))
 
     with _model.preserved_state(model):
         if target_t is not None:
-            target_t = _model.resolve_target(model, x, target_t, chunk)
+            target_t = _model.resolve_target(scored, x, target_t, chunk)
         with LayerCapture(module, reshape) as capture:
             _scheduling.for_each_block(
                 1, x.shape[0], chunk, lambda _s0, _s1, r0, r1: body(capture, r0, r1), halve_on_oom=x.is_cuda
@@ -181,6 +195,7 @@ def _named(method: str, paper: str) -> Callable[..., torch.Tensor]:
         upsample: bool | str = False,
         reshape: Reshape | None = None,
         chunk_size: int | None = None,
+        dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         return cam(
             model,
@@ -192,12 +207,13 @@ def _named(method: str, paper: str) -> Callable[..., torch.Tensor]:
             upsample=upsample,
             reshape=reshape,
             chunk_size=chunk_size,
+            dtype=dtype,
         )
 
     function.__name__ = function.__qualname__ = method
     function.__doc__ = (
         f"{paper}: ``cam(..., method={method!r})``; formula and shapes in\n"
-        "    ``fastxai.attribution.class_activation``.\n\n"
+        "    ``fastxai.attribution.class_activation``; ``dtype`` as in ``cam``.\n\n"
         f'    >>> heat = fastxai.{method}(model, x, target=y, layer="layer4", upsample=True)\n'
     )
     return function
@@ -219,12 +235,14 @@ def guided_grad_cam(
     upsample: str = "bilinear",
     reshape: Reshape | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): ``guided_backprop(x) * up(relu(grad_cam))``,
     the map upsampled to the inputs' spatial size with mode ``upsample`` (Captum's
     ``GuidedGradCam`` uses ``"nearest"``) and broadcast over the input channels.
 
-    inputs: [B, C, *S_in]; returns [B, C, *S_in]. Two forward+backward passes.
+    inputs: [B, C, *S_in]; returns [B, C, *S_in]. Two forward+backward passes, both in
+    ``dtype`` when given (as ``cam`` and ``guided_backprop``).
 
     >>> a = fastxai.guided_grad_cam(model, x, target=y, layer="layer4")
     """
@@ -241,5 +259,6 @@ def guided_grad_cam(
         upsample=upsample,
         reshape=reshape,
         chunk_size=chunk_size,
+        dtype=dtype,
     )
-    return guided_backprop(model, inputs, target, chunk_size=chunk_size) * heat
+    return guided_backprop(model, inputs, target, chunk_size=chunk_size, dtype=dtype) * heat

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
 from fastxai.attribution._rescale import PairedMode, RecordMode, Unpaired
@@ -146,6 +146,25 @@ def _accumulator(inputs: torch.Tensor) -> torch.dtype:
     return torch.float64 if inputs.dtype == torch.float64 else torch.float32
 
 
+def autocast_outputs(model: Model, dtype: torch.dtype | None, device_type: str) -> Model:
+    """``dtype=``: ``model`` run under autocast in ``dtype`` (``fastxai._precision``), its output
+    [B, *O] handed on in float32 (float64 for float64 inputs), so the score differences
+    ``f(x) - f(x')`` and the convergence deltas are not taken in half precision. Both passes
+    run under it, so each nonlinearity sees its half-precision argument in both and the pairs
+    match in dtype; relu's fused Rescale (``ops.relu_rescale``) takes half precision and
+    computes its multipliers in float32. The model itself for None (the fast path, untouched).
+    """
+    if dtype is None:
+        return model
+
+    def run(points: torch.Tensor) -> torch.Tensor:
+        with _precision.autocast(dtype, device_type):
+            output = _model.outputs(model, points)
+        return output.to(_precision.accumulator_dtype(points.dtype))
+
+    return run
+
+
 def deeplift(
     model: Model,
     inputs: torch.Tensor,
@@ -157,6 +176,7 @@ def deeplift(
     chunk_size: int | None = None,
     eps: float = 1e-10,
     layer: object = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Captum's ``DeepLift``).
 
@@ -186,6 +206,13 @@ def deeplift(
     ``LayerDeepLift``; ``fastxai.attribution.layer_deeplift``); the baselines then run row by
     row, not shared.
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): both passes run under autocast in that
+    dtype (``fastxai._precision``), so the recorded and paired pre-activations are half
+    precision; relu's multipliers are computed in float32 from them, the target scores,
+    ``x - x'`` and the products are float32 and the result in the inputs' dtype. Summation to
+    delta then holds for the half-precision model: the README's "bf16" table gives the
+    completeness error against the float32 model.
+
     >>> a = fastxai.deeplift(model, x, target=y, baselines=0.0)
     >>> a = fastxai.deeplift(model, x, target=y, layer="layer3")          # [B, *A]
     >>> a, delta = fastxai.deeplift(model, x, target=y, return_convergence_delta=True)
@@ -196,13 +223,16 @@ def deeplift(
     reference = _check_baselines(baselines, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     x = inputs.detach()
+    scored = autocast_outputs(model, model_dtype, x.device.type)  # the model itself for None
     if layer is not None:
         module = resolve_layer(model, layer)
         with _model.preserved_state(model):
             result, delta = layer_pairs(
-                model, module, x, reference, target_t, eps, multiply_by_inputs, max(1, chunk // 2)
-            )
+                scored, module, x, reference, target_t, eps, multiply_by_inputs, max(1, chunk // 2),
+                upcast=model_dtype is not None,
+            )  # fmt: skip
         result = result.to(inputs.dtype)
         return (result, delta) if return_convergence_delta else result
     batch = x.shape[0]
@@ -215,7 +245,7 @@ def deeplift(
         def body(_sample: int, _sample_stop: int, row: int, row_stop: int) -> None:
             rows_target = None if target_t is None else target_t[row:row_stop]
             multipliers, difference = rescale_multipliers(
-                model, x[row:row_stop], reference[row:row_stop], rows_target, eps, share
+                scored, x[row:row_stop], reference[row:row_stop], rows_target, eps, share
             )
             out = result[row:row_stop]
             if multiply_by_inputs:
@@ -242,6 +272,7 @@ def deeplift_shap(
     chunk_size: int | None = None,
     eps: float = 1e-10,
     layer: object = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """DeepLiftShap (Lundberg & Lee 2017; Captum's ``DeepLiftShap``): DeepLIFT against each of
     ``K`` baselines ``x'_k`` of a background distribution, averaged,
@@ -256,7 +287,7 @@ def deeplift_shap(
     predicted class of each input). Returns [B, *F] in the inputs' dtype, and with
     ``return_convergence_delta`` the per-pair ``sum(m_k (x - x'_k)) - (f(x) - f(x'_k))`` [B * K],
     ordered by input, then baseline (Captum's order). ``layer``: at that layer's output, as
-    ``deeplift`` (Captum's ``LayerDeepLiftShap``), [B, *A].
+    ``deeplift`` (Captum's ``LayerDeepLiftShap``), [B, *A]. ``dtype``: as ``deeplift``.
 
     >>> a = fastxai.deeplift_shap(model, x, target=y, baselines=background)
     """
@@ -270,13 +301,15 @@ def deeplift_shap(
     distribution = _check_distribution(baselines, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     x = inputs.detach()
     batch, count = x.shape[0], distribution.shape[0]
+    scored = autocast_outputs(model, model_dtype, x.device.type)  # the model itself for None
     if layer is not None:
         module = resolve_layer(model, layer)
         with _model.preserved_state(model):
             pairs, pair_delta = layer_pairs(
-                model,
+                scored,
                 module,
                 x.repeat_interleave(count, dim=0),
                 distribution.repeat(batch, *([1] * (x.dim() - 1))),
@@ -284,6 +317,7 @@ def deeplift_shap(
                 eps,
                 multiply_by_inputs,
                 max(1, chunk // 2),
+                upcast=model_dtype is not None,
             )
         mean = pairs.view(batch, count, *pairs.shape[1:]).mean(1).to(inputs.dtype)
         return (mean, pair_delta) if return_convergence_delta else mean
@@ -298,7 +332,7 @@ def deeplift_shap(
             x_rows = x[row:row_stop].repeat(copies, *([1] * (x.dim() - 1)))
             references = distribution[sample:sample_stop].repeat_interleave(rows, dim=0)
             rows_target = None if target_t is None else target_t[row:row_stop].repeat(copies)
-            multipliers, difference = rescale_multipliers(model, x_rows, references, rows_target, eps)
+            multipliers, difference = rescale_multipliers(scored, x_rows, references, rows_target, eps)
             if multiply_by_inputs:
                 multipliers = multipliers * (x_rows - references)
             per_pair = multipliers.reshape(copies, rows, *x.shape[1:])

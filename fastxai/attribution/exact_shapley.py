@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _graphs, _model
+from fastxai import _backends, _budget, _graphs, _model, _precision
 from fastxai._model import Model
 from fastxai.attribution import _graphed_scores, _perturbation
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -59,6 +59,7 @@ def shapley_values(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
     cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Exact Shapley values ``phi_m = sum_{S not containing m} |S|!(M-|S|-1)!/M! (v(S+m) - v(S))``.
@@ -72,7 +73,9 @@ def shapley_values(
     ``sum_m phi_m = f_t(x) - f_t(baseline)``; scores are combined in float64.
     ``feature_mask`` ids of -1, token ids and ``forward_kwargs`` as in ``feature_ablation``.
     ``cuda_graph=True`` (inputs on a CUDA device): each model batch's coalitions, blend, forward
-    and gather are one replayed CUDA graph (``_graphed_scores``).
+    and gather are one replayed CUDA graph (``_graphed_scores``). ``dtype=torch.bfloat16`` (or
+    ``torch.float16``): the copies are blended in that dtype and scored under autocast, the
+    scores combined in float64 (``fastxai._precision``; cost: the README's "bf16" table).
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
     ``return_input_shape``, in the inputs' dtype (float for ids).
@@ -80,10 +83,12 @@ def shapley_values(
     >>> quadrants = torch.arange(4).view(2, 2).repeat_interleave(4, 0).repeat_interleave(4, 1)
     >>> phi = fastxai.shapley_values(model, x, target=y, feature_mask=quadrants)  # x: [B, 1, 8, 8]
     """
+    floating = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk, kwargs = _perturbation.prepare(
         model, inputs, target, chunk_size, forward_kwargs
     )
+    model_dtype = _precision.check_dtype(dtype, x.device)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     check_groups(groups)
@@ -107,16 +112,17 @@ def shapley_values(
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         return kept(torch.arange(p0, p1, device=x.device)).expand(r1 - r0, -1, -1)
 
+    source, replacement = _perturbation.model_sources(x, baseline, model_dtype, floating)
     with _model.inference_state(model):
         perturb: _perturbation.Perturb
         if graphed:  # the coalitions' keep weights made inside the graph, then the same blend
             blend = functools.partial(_perturbation.FusedOp("masked_blend", backend), copy_major=True)
-            perturb = _graphed_scores.group_blocks(x, baseline, mask, kept, blend)
+            perturb = _graphed_scores.group_blocks(source, replacement, mask, kept, blend)
         else:
-            perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+            perturb = _perturbation.blend(source, replacement, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, coalitions, perturb, chunk, first_is_input=True, forward_kwargs=kwargs,
-            cuda_graph=graphed,
+            model, source, target_t, coalitions, perturb, chunk, first_is_input=True,
+            forward_kwargs=kwargs, cuda_graph=graphed, dtype=model_dtype,
         )  # fmt: skip
     # scores[:, p] is v of the coalition with bit code (2**M - 1) - p
     phi = combine(scores.flip(1).double(), groups).to(dtype)

@@ -12,10 +12,11 @@ from fastxai._model import Model
 
 
 def target_gradient(
-    model: Model, inputs: torch.Tensor, target: object, chunk_size: int | None
+    model: Model, inputs: torch.Tensor, target: object, chunk_size: int | None, dtype: object = None
 ) -> torch.Tensor:
-    """``d f_target / d inputs`` for every input, in chunks: [B, *F] in the inputs' dtype."""
-    return gradient_and_values(model, inputs, target, chunk_size)[0]
+    """``d f_target / d inputs`` for every input, in chunks: [B, *F] in the inputs' dtype
+    (``dtype``: the model's precision, ``_precision``)."""
+    return gradient_and_values(model, inputs, target, chunk_size, dtype=dtype)[0]
 
 
 def gradient_and_values(

@@ -129,14 +129,20 @@ class ModifiedRelu(TorchFunctionMode):
 
 
 def modified_relu_gradient(
-    model: Model, inputs: torch.Tensor, target: object, rule: str, chunk_size: int | None
+    model: Model,
+    inputs: torch.Tensor,
+    target: object,
+    rule: str,
+    chunk_size: int | None,
+    dtype: object = None,
 ) -> torch.Tensor:
-    """``d f_target / d inputs`` with every ReLU's backward replaced by ``rule``: [B, *F]."""
+    """``d f_target / d inputs`` with every ReLU's backward replaced by ``rule``: [B, *F];
+    ``dtype``: the model's precision (``fastxai._precision``)."""
     relu_rule = ReluRule(rule)
     model = _compile.original(model)  # a mode over the forward: a compiled model's module
     token = GRAPH_RULE.set(relu_rule)
     try:
-        grads = target_gradient(model, inputs, target, chunk_size)
+        grads = target_gradient(model, inputs, target, chunk_size, dtype)
     finally:
         GRAPH_RULE.reset(token)
     if relu_rule.calls == 0:
@@ -148,27 +154,41 @@ def modified_relu_gradient(
 
 
 def guided_backprop(
-    model: Model, inputs: torch.Tensor, target: object = None, *, chunk_size: int | None = None
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    *,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Guided Backpropagation (Springenberg et al. 2015): the gradient of ``f_target`` with each
     ReLU passing back ``max(g, 0) * [x > 0]``. Every ReLU, module or functional, is modified
     (see the module docstring for how this differs from Captum on functional ReLUs).
 
-    inputs: [B, *F]; target: int, [B] indices, or None for the predicted class; returns [B, *F].
+    inputs: [B, *F]; target: int, [B] indices, or None for the predicted class; returns [B, *F]
+    in the inputs' dtype. ``dtype=torch.bfloat16`` (or ``torch.float16``): the model runs in that
+    precision on the inputs rounded to it, under autocast, the modified backward too
+    (``fastxai._precision``, as ``saliency``).
 
     >>> a = fastxai.guided_backprop(model, x, target=y)
     """
-    return modified_relu_gradient(model, inputs, target, "guided", chunk_size)
+    return modified_relu_gradient(model, inputs, target, "guided", chunk_size, dtype)
 
 
 def deconvnet(
-    model: Model, inputs: torch.Tensor, target: object = None, *, chunk_size: int | None = None
+    model: Model,
+    inputs: torch.Tensor,
+    target: object = None,
+    *,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """DeconvNet (Zeiler & Fergus 2014): the gradient of ``f_target`` with each ReLU passing
     back ``max(g, 0)``, independent of the forward activation (Captum's ``Deconvolution``).
 
-    inputs: [B, *F]; target: int, [B] indices, or None for the predicted class; returns [B, *F].
+    inputs: [B, *F]; target: int, [B] indices, or None for the predicted class; returns [B, *F];
+    ``dtype`` as in ``guided_backprop``.
 
     >>> a = fastxai.deconvnet(model, x, target=y)
     """
-    return modified_relu_gradient(model, inputs, target, "deconvnet", chunk_size)
+    return modified_relu_gradient(model, inputs, target, "deconvnet", chunk_size, dtype)

@@ -90,12 +90,14 @@ def layer_pairs(
     eps: float,
     multiply_by_inputs: bool,
     chunk: int,
+    upcast: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """``fastxai.deeplift(..., layer=)``: row ``i`` of ``inputs`` against row ``i`` of
     ``baselines`` (both [N, *F]) in chunks of at most ``chunk`` pairs: the attributions at the
     layer's output ``m_h * (h - h')`` (``m_h`` without ``multiply_by_inputs``) [N, *A] and the
     deltas ``sum - (f(x) - f(x'))`` [N] (float64 for float64 inputs, else float32). The caller
-    holds the model's state guard."""
+    holds the model's state guard. ``upcast`` (``dtype=``, the model under autocast): the layer's
+    half-precision values and multipliers are multiplied and summed in float32."""
     slots = Slots([layer])
     parts, deltas = [], []
     accumulate = torch.float64 if inputs.dtype == torch.float64 else torch.float32
@@ -114,7 +116,10 @@ def layer_pairs(
                 f"layer ({type(layer).__name__}) outputs {len(values)} tensors; layer= takes a layer "
                 "with one output tensor (fastxai.compat.captum.LayerDeepLift takes tuple outputs)"
             )
-        part = grads[0] * (values[0] - references[0]) if multiply_by_inputs else grads[0]
+        grad, value, reference = grads[0], values[0], references[0]
+        if upcast:
+            grad, value, reference = grad.to(accumulate), value.to(accumulate), reference.to(accumulate)
+        part = grad * (value - reference) if multiply_by_inputs else grad
         parts.append(part)
         total = part.reshape(part.shape[0], -1).sum(1, dtype=accumulate)
         deltas.append(total - difference.to(accumulate))

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from fastxai import _model
+from fastxai import _model, _precision
 from fastxai._model import Model
 from fastxai.attribution import _perturbation
 from fastxai.attribution.fused_lasso import fused_lasso
@@ -152,6 +152,7 @@ def lemna(
     return_input_shape: bool = True,
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """LEMNA (Guo, Mu, Xu, Su, Wang, Xing 2018, "LEMNA: Explaining Deep Learning based Security
     Applications", CCS): the coefficients of the mixture component that best fits the input.
@@ -172,7 +173,7 @@ def lemna(
     ``inputs`` [B, *F] is a feature in row-major order (positions of a [B, L] sequence); group
     the embedding dimensions of a [B, L, D] sequence with ``feature_mask=torch.arange(L)
     .view(L, 1).expand(L, D)``. ``target``, ``baselines``, ``feature_mask``, ``seed``,
-    ``forward_kwargs``, ``chunk_size`` as in ``lime``. All inputs' perturbations run through the
+    ``forward_kwargs``, ``chunk_size``, ``dtype`` as in ``lime``. All inputs' perturbations run through the
     model in shared batches and all mixtures are fitted together.
 
     Returns beta as [B, *F] (each element its group's coefficient), or [B, M] when not
@@ -184,6 +185,7 @@ def lemna(
     checked_model, prepared_inputs, _ = _perturbation.integer_inputs(model, inputs, baselines)
     _, x, _, _, _ = _perturbation.prepare(checked_model, prepared_inputs, target, chunk_size, forward_kwargs)
     _, groups = _perturbation.check_feature_mask(feature_mask, x)
+    _precision.check_dtype(dtype, x.device)
     n_samples = _perturbation.check_count("n_samples", n_samples, 2)
     if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"n_components must be an int >= 1, got {n_components!r}")
@@ -220,4 +222,5 @@ def lemna(
             return_input_shape=return_input_shape,
             forward_kwargs=forward_kwargs,
             chunk_size=chunk_size,
+            dtype=dtype,
         )

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _graphs, _model
+from fastxai import _backends, _budget, _graphs, _model, _precision
 from fastxai._model import Model
 from fastxai.attribution import _perturbation, surrogate
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -90,6 +90,7 @@ def lime(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
     cuda_graph: bool = False,
 ) -> torch.Tensor:
     """LIME: the coefficients of a weighted linear surrogate of the coalition game
@@ -117,17 +118,21 @@ def lime(
     one input at a time with scikit-learn.
 
     ``cuda_graph=True`` (inputs on a CUDA device): each model batch's blend, forward and gather
-    is one replayed CUDA graph (``_graphed_scores``).
+    is one replayed CUDA graph (``_graphed_scores``). ``dtype=torch.bfloat16`` (or
+    ``torch.float16``): the copies are blended in that dtype and scored under autocast; the
+    distances, the scores and the fit stay float32 / float64 (``fastxai._precision``).
 
     inputs: [B, *F]; returns beta as [B, *F] (each element its group's coefficient) or [B, M]
     when not ``return_input_shape``.
 
     >>> coef = fastxai.lime(model, x, target=y, feature_mask=superpixels, n_samples=1000, seed=0)
     """
+    floating = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk, kwargs = _perturbation.prepare(
         model, inputs, target, chunk_size, forward_kwargs
     )
+    model_dtype = _precision.check_dtype(dtype, x.device)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
@@ -177,11 +182,13 @@ def lime(
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         return keep_all[r0:r1, p0:p1]
 
+    source, replacement = _perturbation.model_sources(x, baseline, model_dtype, floating)
     with _model.inference_state(model):
-        perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+        perturb = _perturbation.blend(source, replacement, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, n_samples, perturb, chunk, forward_kwargs=kwargs, cuda_graph=graphed
-        )
+            model, source, target_t, n_samples, perturb, chunk, forward_kwargs=kwargs, cuda_graph=graphed,
+            dtype=model_dtype,
+        )  # fmt: skip
     design = _perturbation.as_dtype(samples, torch.float64)
     if similarity is None:
         weights = _similarities(x, baseline, mask, groups, design, distance_mode, float(kernel_width))

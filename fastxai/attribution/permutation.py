@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _budget, _graphs, _model
+from fastxai import _budget, _graphs, _model, _precision
 from fastxai._model import Model
 from fastxai.attribution import _perturbation
 from fastxai.attribution.perturbation import feature_ablation
@@ -36,6 +36,7 @@ def feature_permutation(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
     cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Permutation feature importance: ``R_i = f_t(x_b) - f_t(x_b with group g(i) permuted)``.
@@ -47,7 +48,8 @@ def feature_permutation(
     classic permutation importance). ``feature_mask`` as in ``feature_ablation`` (None: every
     element its own group; -1: kept, attribution 0). Costs ``B * (M + 1)`` model evaluations,
     in batches of at most ``chunk_size``; ``backend`` is checked, the copies are PyTorch ops;
-    ``cuda_graph`` as in ``feature_ablation``.
+    ``dtype`` and ``cuda_graph`` as in ``feature_ablation`` (the permuted inputs are exact
+    copies of the inputs' elements, then rounded to ``dtype`` with them).
 
     The permutations come from a generator seeded by ``seed`` (None: one drawn from torch's
     global generator): same seed, same result for any ``chunk_size``. Captum draws each
@@ -70,6 +72,7 @@ def feature_permutation(
         )
     _, as_float, _ = _perturbation.integer_inputs(model, inputs, None)
     x = _model.check_inputs(as_float)
+    _precision.check_dtype(dtype, x.device)
     _graphs.check_cuda_graph(cuda_graph, x, None)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     seed = _perturbation.check_seed(seed)
@@ -82,7 +85,8 @@ def feature_permutation(
     # every other argument is checked by feature_ablation before its first model call
     return feature_ablation(
         model, inputs, target, baselines=permuted, feature_mask=feature_mask,
-        forward_kwargs=forward_kwargs, chunk_size=chunk_size, backend=backend, cuda_graph=cuda_graph,
+        forward_kwargs=forward_kwargs, chunk_size=chunk_size, backend=backend, dtype=dtype,
+        cuda_graph=cuda_graph,
     )  # fmt: skip
 
 

@@ -27,6 +27,7 @@ def feature_ablation(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
     cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Feature ablation: ``R_i = f_t(x) - f_t(x with group g(i) replaced by the baseline)``.
@@ -42,13 +43,15 @@ def feature_ablation(
     ``chunk_size``. ``backend`` is checked but has no work to choose: the copies are built by
     PyTorch ops on the inputs' device (see the module docstring). ``cuda_graph=True`` (inputs on
     a CUDA device): each model batch's build, forward and gather is one replayed CUDA graph
-    (``_graphed_scores``; the copies picked by one select, the same values).
+    (``_graphed_scores``; the copies picked by one select, the same values). ``dtype`` as in
+    ``occlusion``: the copies in that dtype, the model under autocast, the drops in float32.
 
     inputs: [B, *F]; returns [B, *F] in the inputs' dtype (computed in float32; float for ids).
 
     >>> superpixels = torch.arange(16).view(4, 4).repeat_interleave(7, 0).repeat_interleave(7, 1)
     >>> a = fastxai.feature_ablation(model, x, target=y, feature_mask=superpixels)  # x: [B, 1, 28, 28]
     """
+    floating = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk, kwargs = _perturbation.prepare(
         model, inputs, target, chunk_size, forward_kwargs
@@ -58,13 +61,15 @@ def feature_ablation(
     mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
     if backend is not None:
         _backends.check_choice(backend)
+    model_dtype = _precision.check_dtype(dtype, x.device)
     graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
+    source, replacement = _perturbation.model_sources(x, baseline, model_dtype, floating)
     # copy 0 is the input itself, copy p ablates group p - 1
     with _model.inference_state(model):
         make = _graphed_scores.ablation_blocks if graphed else _perturbation.ablate
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, groups + 1, make(x, baseline, mask), chunk, forward_kwargs=kwargs,
-            cuda_graph=graphed,
+            model, source, target_t, groups + 1, make(source, replacement, mask), chunk,
+            forward_kwargs=kwargs, cuda_graph=graphed, dtype=model_dtype,
         )  # fmt: skip
     drops = scores[:, :1] - scores[:, 1:]
     result = _perturbation.to_input_shape(drops, mask, x.shape)
@@ -204,10 +209,7 @@ def occlusion(
         _backends.check_choice(backend)
     model_dtype = _precision.check_dtype(dtype, x.device)
     graphed = _graphs.check_cuda_graph(cuda_graph, x, None)
-    scored = _precision.autocast_model(model, model_dtype, x.device.type)
-    ends = x, baseline  # the copies' sources, in the precision the model runs in
-    if floating and model_dtype is not None:
-        ends = x.to(model_dtype), baseline.to(model_dtype)
+    ends = _perturbation.model_sources(x, baseline, model_dtype, floating)
     grid = _WindowGrid(features, window, stride)
     dtype = _perturbation.compute_dtype(x)
     perturb: _perturbation.Perturb
@@ -258,8 +260,8 @@ def occlusion(
 
     with _model.inference_state(model):
         scores, _ = _perturbation.perturbed_scores(
-            scored, ends[0], target_t, grid.total + 1, perturb, chunk, first_is_input=True,
-            forward_kwargs=kwargs, cuda_graph=graphed,
+            model, ends[0], target_t, grid.total + 1, perturb, chunk, first_is_input=True,
+            forward_kwargs=kwargs, cuda_graph=graphed, dtype=model_dtype,
         )  # fmt: skip
     drops = scores[:, :1] - scores[:, 1:]  # [B, K] over the window grid, row-major
     spread = _spread(features, window, stride, x.device, dtype)

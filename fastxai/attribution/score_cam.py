@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._layer_capture import (
     LayerCapture,
     Reshape,
@@ -41,6 +41,7 @@ def score_cam(
     reshape: Reshape | None = None,
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Score-CAM: ``relu(sum_k w_k A_k)`` with ``w_k = softmax(f(x * H_k))_target``, where
     ``H_k`` is channel ``k`` of the layer's activation ``A`` [B, K, *S], upsampled to the
@@ -54,6 +55,10 @@ def score_cam(
     the model together, at most ``chunk_size`` inputs per pass. ``forward_kwargs``: keyword
     arguments to the model, tensors with one row per example repeated to each pass's masked
     copies (``_rows.RowForward``); they need a named ``layer``.
+
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the masked copies are made in that dtype
+    and every pass runs under autocast (``fastxai._precision``); the activations, the softmax
+    and the weighted sum are float32. The search for a layer (``layer=None``) does not.
 
     inputs: [B, C, *S_in] with as many spatial dims as the (reshaped) layer output; layer,
     reshape, relu, upsample and the result as in ``fastxai.attribution.class_activation``: [B, 1, *S].
@@ -76,21 +81,30 @@ def score_cam(
             "score_cam with forward_kwargs needs layer=: the search for a layer (layer=None) runs the "
             "model without them"
         )
-    forward = RowForward(model, (inputs,), (), kwargs)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
+    forward = RowForward(model, (inputs,), (), kwargs, dtype=model_dtype)
     module, reshape = chosen_layer(model, inputs, layer, reshape)
     x = inputs.detach()
+    points = x if model_dtype is None else x.to(model_dtype)  # what the masks multiply
+    wide = _precision.accumulator_dtype(x.dtype)  # the activations under autocast: kept in float32
+
+    def rounded(start: int, stop: int) -> tuple[torch.Tensor, ...] | None:
+        """The rows' inputs as the model gets them: rounded to ``dtype`` (None: the inputs)."""
+        return None if model_dtype is None else (points[start:stop],)
+
     batch, size = x.shape[0], tuple(x.shape[2:])
     parts: list[torch.Tensor] = []
     predictions: list[torch.Tensor] = []
 
     with _model.preserved_state(model):
         if target_t is not None:
-            target_t = _model.resolve_target(*forward.bound(slice(0, 1), 1), target_t, chunk)
+            target_t = _model.resolve_target(*forward.bound(slice(0, 1), 1, rounded(0, 1)), target_t, chunk)
         with LayerCapture(module, reshape) as capture, torch.no_grad():
             for row in range(0, batch, chunk):
                 capture.start(min(batch, row + chunk) - row)
-                output = _model.outputs(*forward.bound(slice(row, row + chunk), 1))
-                parts.append(capture.maps(capture.taken().detach()))
+                output = _model.outputs(*forward.bound(slice(row, row + chunk), 1, rounded(row, row + chunk)))
+                taken = capture.taken().detach()
+                parts.append(capture.maps(taken if model_dtype is None else taken.to(wide)))
                 if target_t is None:
                     _model.flat_target(None, output.shape[1:])  # a predicted class needs [B, C] outputs
                     predictions.append(output.argmax(1))
@@ -110,7 +124,8 @@ def score_cam(
             count = maps.shape[0]
             upsampled = F.interpolate(maps.reshape(-1, 1, *maps.shape[2:]), size=size, mode=smooth)
             masks, constant = _normalise(upsampled.view(count, row_stop - row, *size))
-            masked = x[row:row_stop].unsqueeze(0) * masks.unsqueeze(2).to(x.dtype)  # [c, r, C, *S_in]
+            # [c, r, C, *S_in], in the precision the model runs in
+            masked = points[row:row_stop].unsqueeze(0) * masks.unsqueeze(2).to(points.dtype)
             call, head = forward.bound(slice(row, row_stop), count, (masked.reshape(-1, *x.shape[1:]),))
             with torch.no_grad():  # copies channel-major: the rows' per-example arguments repeat alike
                 output = _model.outputs(call, head)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _graphs, _model
+from fastxai import _backends, _budget, _graphs, _model, _precision
 from fastxai._model import Model
 from fastxai.attribution import _graphed_scores, _perturbation, surrogate
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -112,6 +112,7 @@ def kernel_shap(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
     cuda_graph: bool = False,
 ) -> torch.Tensor:
     """KernelSHAP: the Shapley values of the M feature groups, estimated by weighted regression.
@@ -127,16 +128,21 @@ def kernel_shap(
     ``forward_kwargs`` as in ``feature_ablation``.
     Same seed, same result for any ``chunk_size``. ``cuda_graph=True`` (inputs on a CUDA device):
     each model batch's blend, forward and gather is one replayed CUDA graph (``_graphed_scores``).
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the copies are blended in that dtype and
+    scored under autocast, the scores and the regression stay float32 / float64
+    (``fastxai._precision``; the README's "bf16" table measures the cost).
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
     ``return_input_shape``; float32 (float64 for float64 inputs) in the inputs' dtype.
 
     >>> phi = fastxai.kernel_shap(model, x, target=y, feature_mask=superpixels, n_samples=512, seed=0)
     """
+    floating = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk, kwargs = _perturbation.prepare(
         model, inputs, target, chunk_size, forward_kwargs
     )
+    model_dtype = _precision.check_dtype(dtype, x.device)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
@@ -172,11 +178,12 @@ def kernel_shap(
     def keep(p0: int, p1: int, r0: int, r1: int) -> torch.Tensor:
         return keep_all[r0:r1, p0:p1]
 
+    source, replacement = _perturbation.model_sources(x, baseline, model_dtype, floating)
     with _model.inference_state(model):
-        perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+        perturb = _perturbation.blend(source, replacement, mask, keep, backend)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, coalitions.shape[1] + 2, perturb, chunk, forward_kwargs=kwargs,
-            cuda_graph=graphed,
+            model, source, target_t, coalitions.shape[1] + 2, perturb, chunk, forward_kwargs=kwargs,
+            cuda_graph=graphed, dtype=model_dtype,
         )  # fmt: skip
     value_input, value_baseline = scores[:, 0], scores[:, 1]
     phi = surrogate.constrained_least_squares(
@@ -203,6 +210,7 @@ def shapley_value_sampling(
     forward_kwargs: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
     cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Shapley value sampling: ``phi_m = mean over n_samples random orders pi of v(S_pi,m + m) - v(S_pi,m)``,
@@ -216,7 +224,8 @@ def shapley_value_sampling(
     ``phi_m = sum_{i in m} w_i (x_i - baseline_i)``); ``sum phi = v(1) - v(0)`` always.
     Orders are drawn on the device from ``seed``; results do not depend on ``chunk_size``.
     ``cuda_graph=True`` (inputs on a CUDA device): each model batch's build, forward and gather
-    is one replayed CUDA graph (``_graphed_scores``; the same copies).
+    is one replayed CUDA graph (``_graphed_scores``; the same copies). ``dtype`` as in
+    ``kernel_shap`` (each copy's elements the input's or the baseline's, rounded to ``dtype``).
     ``feature_mask`` ids of -1, token ids and ``forward_kwargs`` as in ``feature_ablation``.
 
     inputs: [B, *F]; returns [B, *F] (each element its group's value) or [B, M] when not
@@ -224,10 +233,12 @@ def shapley_value_sampling(
 
     >>> phi = fastxai.shapley_value_sampling(model, x, target=y, feature_mask=superpixels, seed=0)
     """
+    floating = isinstance(inputs, torch.Tensor) and inputs.is_floating_point()
     model, inputs, baselines = _perturbation.integer_inputs(model, inputs, baselines)
     model, x, target_t, chunk, kwargs = _perturbation.prepare(
         model, inputs, target, chunk_size, forward_kwargs
     )
+    model_dtype = _precision.check_dtype(dtype, x.device)
     baseline = check_baselines(0.0 if baselines is None else baselines, x)
     mask, groups = _perturbation.check_feature_mask(feature_mask, x)
     mask, baseline, fixed = _perturbation.fixed_elements(mask, x, baseline)
@@ -270,15 +281,16 @@ def shapley_value_sampling(
             parts.append(_perturbation.as_dtype(walked, dtype))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
+    source, replacement = _perturbation.model_sources(x, baseline, model_dtype, floating)
     with _model.inference_state(model):
         perturb: _perturbation.Perturb
         if backend is not None:
-            perturb = _perturbation.blend(x, baseline, mask, keep, backend)
+            perturb = _perturbation.blend(source, replacement, mask, keep, backend)
         else:
-            perturb = (_walk_blocks if graphed else _walks)(x, baseline, mask, rank, steps)
+            perturb = (_walk_blocks if graphed else _walks)(source, replacement, mask, rank, steps)
         scores, _ = _perturbation.perturbed_scores(
-            model, x, target_t, 2 + n_samples * steps, perturb, chunk, forward_kwargs=kwargs,
-            cuda_graph=graphed,
+            model, source, target_t, 2 + n_samples * steps, perturb, chunk, forward_kwargs=kwargs,
+            cuda_graph=graphed, dtype=model_dtype,
         )  # fmt: skip
     path = torch.cat(
         [

@@ -180,6 +180,22 @@ def test_token_ids_and_a_half_precision_model_graph_too(cpu_capture: list[Counti
     assert torch.equal(fx.occlusion(model, x, Y, **bf16, cuda_graph=True), fx.occlusion(model, x, Y, **bf16))
 
 
+@pytest.mark.parametrize("name", list(CALLS))
+def test_bf16_graphs_equal_the_eager_bf16_run(name: str, cpu_capture: list[CountingCapture]) -> None:
+    """``dtype`` and ``cuda_graph`` together (the copies built in bf16, the model under autocast
+    inside the captured step): every method's graphed bf16 run is its eager bf16 run."""
+    model = small_cnn(seed=4).train()
+    x = X.float()
+    before = model_state(model)
+    want = CALLS[name](model, x, Y, chunk_size=12, dtype=torch.bfloat16)
+    got = CALLS[name](model, x, Y, chunk_size=12, dtype=torch.bfloat16, cuda_graph=True)
+    assert torch.equal(got, want)
+    if bool(want.any()):  # (LIME's Lasso zeroes every coefficient of 11 samples)
+        assert not torch.equal(want, CALLS[name](model, x, Y, chunk_size=12))  # bf16 did run
+    assert cpu_capture[0].replays >= 2
+    assert_same_state(before, model_state(model))
+
+
 class _Sizes(nn.Module):
     """Records the size of every model batch."""
 
@@ -274,6 +290,17 @@ def test_cuda_graphs_equal_the_eager_run_on_a_gpu(name: str, chunk: int) -> None
     want = CALLS[name](model, X.cuda(), Y.cuda(), chunk_size=chunk)
     got = CALLS[name](model, X.cuda(), Y.cuda(), chunk_size=chunk, cuda_graph=True)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", list(CALLS))
+def test_bf16_cuda_graphs_equal_the_eager_bf16_run_on_a_gpu(name: str) -> None:
+    model = small_cnn(seed=4).cuda().eval()
+    x, y = X.float().cuda(), Y.cuda()
+    want = CALLS[name](model, x, y, chunk_size=12, dtype=torch.bfloat16)
+    got = CALLS[name](model, x, y, chunk_size=12, dtype=torch.bfloat16, cuda_graph=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.gpu
