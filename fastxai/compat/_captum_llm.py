@@ -211,11 +211,12 @@ class LLMAttribution(_LLMBase):
         return self._active(perturbed_tensor)
 
     def _scorer(
-        self, target_tokens: torch.Tensor, teacher_forcing: bool
+        self, target_tokens: torch.Tensor, teacher_forcing: bool, causal: bool
     ) -> Callable[[list[Any]], torch.Tensor]:
-        return ContinuationScorer(
-            self.model, target_tokens, self.device, teacher_forcing=teacher_forcing
-        ).score
+        scorer = ContinuationScorer(
+            self.model, target_tokens, self.device, teacher_forcing=teacher_forcing, causal=causal
+        )
+        return scorer.score
 
     def attribute(
         self,
@@ -245,9 +246,14 @@ class LLMAttribution(_LLMBase):
             )
         with _model.preserved_state(self.model, eval_mode=False):
             target_tokens = self._target_tokens(inp, target, skip_tokens, gen_args)
-            teacher_forcing = not forward_in_tokens or is_causal_lm(self.model)
+            causal = is_causal_lm(self.model)
+            teacher_forcing = not forward_in_tokens or causal
             scores = _PromptScores(
-                self, inp, target_tokens, self._scorer(target_tokens, teacher_forcing), _inspect_forward
+                self,
+                inp,
+                target_tokens,
+                self._scorer(target_tokens, teacher_forcing, causal),
+                _inspect_forward,
             )
             rows = 1 + target_tokens.shape[0] if self.include_per_token_attr else 1
             total = torch.zeros(rows, scores.features, device=self.device)
@@ -368,7 +374,7 @@ class RemoteLLMAttribution(LLMAttribution):
         return torch.as_tensor(encoded).reshape(-1).long()
 
     def _scorer(
-        self, target_tokens: torch.Tensor, teacher_forcing: bool
+        self, target_tokens: torch.Tensor, teacher_forcing: bool, causal: bool
     ) -> Callable[[list[Any]], torch.Tensor]:
         target_str = self.tokenizer.decode(target_tokens)
         count = target_tokens.shape[0]

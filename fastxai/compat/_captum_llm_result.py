@@ -158,9 +158,10 @@ def _finish(plt: Any, fig: Any, ax: Any, show: bool) -> Any:
 
 def pretty_tokens(ids: torch.Tensor, tokenizer: Any) -> list[str]:
     """The text of each token id as it reads in the decoded continuation (no ``Ġ`` / ``▁``
-    markers, surrounding spaces stripped, newlines as ``\\n``): the whole continuation is
-    decoded once and cut at the offsets of its re-encoding when that gives the same ids back;
-    otherwise each id is decoded alone."""
+    markers, surrounding spaces stripped, newlines as ``\\n``, `` [OVERLAP]`` after a token
+    whose text a previous one already covers): the whole continuation is decoded once and cut at
+    the offsets of its re-encoding when that gives the same ids back; otherwise each id is
+    decoded alone."""
     id_list = [int(i) for i in ids.reshape(-1).tolist()]
     text = tokenizer.decode(ids)
     try:
@@ -176,11 +177,13 @@ def pretty_tokens(ids: torch.Tensor, tokenizer: Any) -> list[str]:
             )
         return [_clean(tokenizer.decode(ids.reshape(-1)[k : k + 1])) for k in range(len(id_list))]
     starts = [start for start, _ in offsets] + [len(text)]
-    pieces = []
+    pieces, reached = [], -1
     for k, (start, end) in enumerate(offsets):
         if start == end:  # a token without a span (a special token): up to the next one's start
             end = starts[k + 1]
-        pieces.append(_clean(text[start:end]))
+        # tokens sharing characters (the bytes of one emoji) are marked as Captum marks them
+        pieces.append(_clean(text[start:end]) + (" [OVERLAP]" if start < reached else ""))
+        reached = max(reached, end)
     return pieces
 
 

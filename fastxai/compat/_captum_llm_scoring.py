@@ -14,9 +14,11 @@ numbers for a causal language model (float rounding apart):
 - ``teacher_forcing=False``: T passes over the growing sequences ``[p, c_<j]``, reading the last
   position: right for any model, also one that is not causal (Captum's ``forward_in_tokens``).
 
-Prompts of equal length (a token ablated to a baseline token keeps it) form one model batch
-of up to ``rows_per_pass`` rows; prompts of other lengths form their own batches (no padding,
-so no position-id or mask differences between a batch and a single prompt). With ``memo``
+Prompts of a model batch (``rows_per_pass`` rows at most): for a causal model scored in one
+pass, prompts of any lengths, each ``[p, c]`` right-padded to the longest (masked; a causal
+position never sees a later one, and the positions ids are the unpadded ones, so nothing
+changes); otherwise prompts of one length (a token ablated to a baseline token keeps it, a
+template segment replaced by "" may not), other lengths in their own batches. With ``memo``
 (only for a model without training-mode modules: dropout would make repeats differ), a prompt
 already scored is not run again: Shapley sampling and KernelSHAP draw the same coalition many
 times, and ablation scores the unperturbed prompt more than once.
@@ -94,12 +96,19 @@ class ContinuationScorer:
     """
 
     def __init__(
-        self, model: Any, continuation: torch.Tensor, device: torch.device, *, teacher_forcing: bool
+        self,
+        model: Any,
+        continuation: torch.Tensor,
+        device: torch.device,
+        *,
+        teacher_forcing: bool,
+        causal: bool = False,
     ) -> None:
         self.model = model
         self.continuation = continuation.to(device=device, dtype=torch.long).reshape(-1)
         self.device = device
         self.teacher_forcing = teacher_forcing
+        self.pad = teacher_forcing and causal  # right padding changes no causal position
         self.memo: dict[tuple[int, ...], torch.Tensor] | None = None if is_training(model) else {}
         names = _parameters_of(model)
         self.hugging_face = type(model).__module__.startswith("transformers.")
@@ -111,29 +120,27 @@ class ContinuationScorer:
     def score(self, prompts: list[Any]) -> torch.Tensor:
         count = self.continuation.shape[0]
         result = torch.empty(len(prompts), count, device=self.device)
-        pending: dict[int, list[tuple[int, torch.Tensor]]] = {}  # prompt length -> (row, ids)
+        pending: dict[tuple[int, ...], list[int]] = {}  # each distinct prompt once: its rows
         for row, prompt in enumerate(prompts):
             if isinstance(prompt, Mapping):
                 result[row] = self._score_mapping(prompt)
                 continue
-            ids = prompt.reshape(-1).to(device=self.device, dtype=torch.long)
-            known = None if self.memo is None else self.memo.get(tuple(ids.tolist()))
+            key = tuple(prompt.reshape(-1).tolist())
+            known = None if self.memo is None else self.memo.get(key)
             if known is not None:
                 result[row] = known
             else:
-                pending.setdefault(ids.shape[0], []).append((row, ids))
-        for length, items in pending.items():
-            unique: dict[tuple[int, ...], list[int]] = {}  # equal prompts within the call, once
-            for row, ids in items:
-                unique.setdefault(tuple(ids.tolist()), []).append(row)
-            keys = list(unique)
-            step = self.rows_per_pass(length)
+                pending.setdefault(key, []).append(row)
+        groups: dict[int, list[tuple[int, ...]]] = {}  # one batch of any lengths when padding
+        for key in sorted(pending, key=len):
+            groups.setdefault(0 if self.pad else len(key), []).append(key)
+        for keys in groups.values():
+            step = self.rows_per_pass(len(keys[-1]))  # the group's longest prompt (sorted by length)
             for start in range(0, len(keys), step):
                 chunk = keys[start : start + step]
-                batch = torch.tensor(chunk, dtype=torch.long, device=self.device)
-                scores = self._score_batch(batch)
+                scores = self._score_batch([torch.tensor(key, dtype=torch.long) for key in chunk])
                 for key, value in zip(chunk, scores, strict=True):
-                    result[unique[key]] = value
+                    result[pending[key]] = value
                     if self.memo is not None:
                         self.memo[key] = value
         return result
@@ -143,35 +150,50 @@ class ContinuationScorer:
         kept = self.continuation.shape[0] + 1 if (self.teacher_forcing and self.keeps_logits) else total
         return max(1, min(TOKEN_BUDGET // total, LOGIT_BUDGET // (kept * self.vocabulary)))
 
-    def _call(self, ids: torch.Tensor, extra: Mapping[str, Any], keep: int | None) -> torch.Tensor:
+    def _call(
+        self, ids: torch.Tensor, mask: torch.Tensor, extra: Mapping[str, Any], keep: int | None
+    ) -> torch.Tensor:
         kwargs = dict(extra)
         if self.takes_mask:
-            kwargs["attention_mask"] = torch.ones_like(ids)
+            kwargs["attention_mask"] = mask
         if self.hugging_face:
             kwargs["use_cache"] = False  # one pass per sequence: no cache to build
         if keep is not None and self.keeps_logits:
             kwargs["logits_to_keep"] = keep
         return logits_of(self.model(ids, **kwargs))
 
-    def _score_batch(self, prompts: torch.Tensor, extra: Mapping[str, Any] | None = None) -> torch.Tensor:
-        """[G, L] prompts of one length -> [G, T] log-probabilities of the continuation."""
+    def _score_batch(
+        self, prompts: list[torch.Tensor], extra: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
+        """Prompts [L_g] (of one length unless ``pad``) -> [G, T] log-probabilities of the
+        continuation. With ``pad``, the sequences ``[p_g, c]`` are right-padded to one length:
+        a causal model's positions before the padding never see it."""
         extra = extra or {}
-        rows, length = prompts.shape
-        count = self.continuation.shape[0]
+        rows, count = len(prompts), self.continuation.shape[0]
+        lengths = torch.tensor([prompt.shape[0] for prompt in prompts], device=self.device)
+        longest, shortest = int(lengths.max()), int(lengths.min())
+        ids = torch.zeros(rows, longest + count, dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            ids[row, : prompt.shape[0]] = prompt.to(self.device)
+            ids[row, prompt.shape[0] : prompt.shape[0] + count] = self.continuation
+        positions = torch.arange(longest + count, device=self.device)
+        mask = (positions < (lengths + count).unsqueeze(1)).long()
         tail = self.continuation.expand(rows, -1)
         with torch.no_grad():
             if self.teacher_forcing:
-                logits = self._call(torch.cat([prompts, tail], dim=1), extra, count + 1)
-                first = logits.shape[1] - (count + 1)  # position L - 1 in the logits kept
-                if first < 0:
+                keep = longest - shortest + count + 1  # from position L_min - 1 to the end
+                logits = self._call(ids, mask, extra, keep)
+                offset = ids.shape[1] - logits.shape[1]  # positions left out (logits_to_keep)
+                if offset > shortest - 1:
                     raise ValueError(
-                        f"the model returned logits for {logits.shape[1]} positions of {length + count}"
+                        f"the model returned logits for {logits.shape[1]} positions of {ids.shape[1]}"
                     )
-                picked = logits[:, first : first + count].float().log_softmax(-1)
-                return picked.gather(2, tail.unsqueeze(2)).squeeze(2)
+                where = (lengths - 1 - offset).unsqueeze(1) + torch.arange(count, device=self.device)
+                picked = logits.gather(1, where.unsqueeze(2).expand(-1, -1, logits.shape[2]))
+                return picked.float().log_softmax(-1).gather(2, tail.unsqueeze(2)).squeeze(2)
             columns = []
-            for j in range(count):
-                logits = self._call(torch.cat([prompts, tail[:, :j]], dim=1), extra, 1)
+            for j in range(count):  # prompts of one length here: the last position is the one
+                logits = self._call(ids[:, : longest + j], mask[:, : longest + j], extra, 1)
                 last = logits[:, -1].float().log_softmax(-1)
                 columns.append(last.gather(1, tail[:, j : j + 1]))
             return torch.cat(columns, dim=1)
@@ -180,8 +202,7 @@ class ContinuationScorer:
         if "input_ids" not in inputs:
             raise ValueError(f"a model input mapping must hold input_ids, got keys {sorted(inputs)}")
         extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
-        ids = torch.as_tensor(inputs["input_ids"]).to(self.device).reshape(1, -1)
-        return self._score_batch(ids, extra)[0]
+        return self._score_batch([torch.as_tensor(inputs["input_ids"]).reshape(-1)], extra)[0]
 
 
 __all__ = ["ContinuationScorer", "is_causal_lm", "is_training", "logits_of"]

@@ -116,6 +116,7 @@ def test_feature_ablation_is_log_prob_differences_by_hand() -> None:
     model, tok = llama(), tokenizer()
     target = torch.tensor(tok.encode(TARGET, add_special_tokens=False))
 
+    @torch.no_grad()
     def log_prob(text: str) -> float:
         ids = torch.tensor([tok.encode(text) + target.tolist()])
         logits = model(ids).logits[0, -target.numel() - 1 : -1].log_softmax(-1)
@@ -240,6 +241,9 @@ def test_perturbations_share_model_batches_and_repeats_are_scored_once() -> None
         fc.LLMAttribution(fc.FeatureAblation(model), tok).attribute(fc.TextTokenInput(PROMPT, tok), TARGET)
         assert len(rows) <= 2 and sum(rows) == 1 + 9  # Captum: 10 passes per target token
         rows.clear()
+        fc.LLMAttribution(fc.FeatureAblation(model), tok).attribute(template(fc), TARGET)
+        assert len(rows) <= 2 and sum(rows) == 1 + 4  # prompts of other lengths, right-padded together
+        rows.clear()
         fc.LLMAttribution(fc.ShapleyValueSampling(model), tok).attribute(template(fc), TARGET, n_samples=30)
         assert sum(rows) <= 2**4  # each of the 16 coalitions' prompts at most once
     finally:
@@ -344,3 +348,49 @@ def test_model_left_as_found_also_on_error() -> None:
         ).attribute(fc.TextTokenInput(PROMPT, tok), TARGET, n_steps=4)
     handle.remove()
     assert_same_state(before, model_state(model))
+
+
+class MappingInput(fc.InterpretableInput):
+    """A user-defined input whose model input is a mapping (like a processor's output)."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tokens = fc.TextTokenInput(PROMPT, tok, skip_tokens=[1])
+        self.values, self.n_itp_features = self.tokens.values, self.tokens.n_itp_features
+
+    def to_tensor(self) -> torch.Tensor:
+        return self.tokens.to_tensor()
+
+    def to_model_input(self, perturbed_tensor: torch.Tensor | None = None) -> Any:
+        return {"input_ids": self.tokens.to_model_input(perturbed_tensor)}
+
+
+def test_user_input_with_mapping_model_input() -> None:
+    model, tok = llama(), tokenizer()
+    llm = fc.LLMAttribution(fc.FeatureAblation(model), tok)
+    assert_same(
+        llm.attribute(MappingInput(tok), TARGET),
+        llm.attribute(fc.TextTokenInput(PROMPT, tok, skip_tokens=[1]), TARGET),
+    )
+
+
+def test_output_tokens_read_as_captum_reads_them_on_byte_level_bpe() -> None:
+    """Byte-level BPE (GPT-2's and Llama 3's kind): spaces and newlines, and an emoji split into
+    byte tokens (marked [OVERLAP]), read as Captum's pretty tokens."""
+    tf = transformers()
+    from captum.attr._core.llm_attr import _convert_ids_to_pretty_tokens
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from fastxai.compat._captum_llm_result import pretty_tokens
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    core.train_from_iterator(
+        ["the cat sat on the mat", "One two three"],
+        trainers.BpeTrainer(vocab_size=300, initial_alphabet=alphabet),
+    )
+    tok = tf.PreTrainedTokenizerFast(tokenizer_object=core)
+    for text in ["the cat sat\n😍 on the mat", 'One two three\n😂:\n"😸"', " the  mat"]:
+        ids = torch.tensor(tok.encode(text, add_special_tokens=False))
+        assert pretty_tokens(ids, tok) == _convert_ids_to_pretty_tokens(ids, tok)
