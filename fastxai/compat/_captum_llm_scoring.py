@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -118,32 +118,29 @@ class ContinuationScorer:
         self.vocabulary = vocabulary if isinstance(vocabulary, int) and vocabulary > 0 else 32768
 
     def score(self, prompts: list[Any]) -> torch.Tensor:
-        count = self.continuation.shape[0]
-        result = torch.empty(len(prompts), count, device=self.device)
+        rows: list[torch.Tensor | None] = [None] * len(prompts)
+        keys = _keys(prompts)
         pending: dict[tuple[int, ...], list[int]] = {}  # each distinct prompt once: its rows
-        for row, prompt in enumerate(prompts):
-            if isinstance(prompt, Mapping):
-                result[row] = self._score_mapping(prompt)
-                continue
-            key = tuple(prompt.reshape(-1).tolist())
-            known = None if self.memo is None else self.memo.get(key)
-            if known is not None:
-                result[row] = known
+        for row, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
+            if key is None:
+                rows[row] = self._score_mapping(prompt)
+            elif self.memo is not None and key in self.memo:
+                rows[row] = self.memo[key]
             else:
                 pending.setdefault(key, []).append(row)
         groups: dict[int, list[tuple[int, ...]]] = {}  # one batch of any lengths when padding
         for key in sorted(pending, key=len):
             groups.setdefault(0 if self.pad else len(key), []).append(key)
-        for keys in groups.values():
-            step = self.rows_per_pass(len(keys[-1]))  # the group's longest prompt (sorted by length)
-            for start in range(0, len(keys), step):
-                chunk = keys[start : start + step]
-                scores = self._score_batch([torch.tensor(key, dtype=torch.long) for key in chunk])
-                for key, value in zip(chunk, scores, strict=True):
-                    result[pending[key]] = value
+        for group in groups.values():
+            step = self.rows_per_pass(len(group[-1]))  # the group's longest prompt (sorted by length)
+            for start in range(0, len(group), step):
+                chunk = group[start : start + step]
+                for key, value in zip(chunk, self._score_batch(chunk), strict=True):
+                    for row in pending[key]:
+                        rows[row] = value
                     if self.memo is not None:
                         self.memo[key] = value
-        return result
+        return torch.stack(cast(list[torch.Tensor], rows))  # every row is filled by now
 
     def rows_per_pass(self, length: int) -> int:
         total = length + self.continuation.shape[0]
@@ -163,19 +160,19 @@ class ContinuationScorer:
         return logits_of(self.model(ids, **kwargs))
 
     def _score_batch(
-        self, prompts: list[torch.Tensor], extra: Mapping[str, Any] | None = None
+        self, prompts: list[tuple[int, ...]], extra: Mapping[str, Any] | None = None
     ) -> torch.Tensor:
-        """Prompts [L_g] (of one length unless ``pad``) -> [G, T] log-probabilities of the
+        """Prompts' token ids (of one length unless ``pad``) -> [G, T] log-probabilities of the
         continuation. With ``pad``, the sequences ``[p_g, c]`` are right-padded to one length:
         a causal model's positions before the padding never see it."""
         extra = extra or {}
         rows, count = len(prompts), self.continuation.shape[0]
-        lengths = torch.tensor([prompt.shape[0] for prompt in prompts], device=self.device)
-        longest, shortest = int(lengths.max()), int(lengths.min())
-        ids = torch.zeros(rows, longest + count, dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            ids[row, : prompt.shape[0]] = prompt.to(self.device)
-            ids[row, prompt.shape[0] : prompt.shape[0] + count] = self.continuation
+        longest, shortest = max(map(len, prompts)), min(map(len, prompts))
+        padded = [list(prompt) + [0] * (longest + count - len(prompt)) for prompt in prompts]
+        ids = torch.tensor(padded, dtype=torch.long, device=self.device)  # one copy to the device
+        lengths = torch.tensor([len(prompt) for prompt in prompts], device=self.device)
+        where = lengths.unsqueeze(1) + torch.arange(count, device=self.device)  # the continuation's
+        ids.scatter_(1, where, self.continuation.expand(rows, -1))
         positions = torch.arange(longest + count, device=self.device)
         mask = (positions < (lengths + count).unsqueeze(1)).long()
         tail = self.continuation.expand(rows, -1)
@@ -202,7 +199,17 @@ class ContinuationScorer:
         if "input_ids" not in inputs:
             raise ValueError(f"a model input mapping must hold input_ids, got keys {sorted(inputs)}")
         extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
-        return self._score_batch([torch.as_tensor(inputs["input_ids"]).reshape(-1)], extra)[0]
+        ids = torch.as_tensor(inputs["input_ids"]).reshape(-1)
+        return self._score_batch([tuple(ids.tolist())], extra)[0]
+
+
+def _keys(prompts: list[Any]) -> list[tuple[int, ...] | None]:
+    """Each prompt's token ids as a tuple (None for a mapping), read off the device in one copy
+    when the prompts are tensors of one length (the usual case: token ablation)."""
+    tensors = [p.reshape(-1) for p in prompts if not isinstance(p, Mapping)]
+    if len(tensors) == len(prompts) and len({t.shape[0] for t in tensors}) == 1:
+        return [tuple(row) for row in torch.stack(tensors).tolist()]
+    return [None if isinstance(p, Mapping) else tuple(p.reshape(-1).tolist()) for p in prompts]
 
 
 __all__ = ["ContinuationScorer", "is_causal_lm", "is_training", "logits_of"]
