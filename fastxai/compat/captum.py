@@ -26,7 +26,11 @@ here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 (``_captum_permutation``), ``LayerDeepLift``, ``LayerDeepLiftShap`` (``_captum_layer_deeplift``),
 ``NeuronGuidedBackprop``, ``NeuronDeconvolution`` (``_captum_neuron_guided``); the baseline
 helpers ``TokenReferenceBase``, ``ProductBaselines`` (``_captum_baselines``);
-``DataLoaderAttribution``, ``InputRole`` (``_captum_dataloader``).
+``DataLoaderAttribution``, ``InputRole`` (``_captum_dataloader``); for language
+models ``LLMAttribution``, ``RemoteLLMAttribution`` (``_captum_llm``, scoring in
+``_captum_llm_scoring``), ``LLMGradientAttribution`` (``_captum_llm_gradient``),
+``LLMAttributionResult`` (``_captum_llm_result``) and the inputs ``InterpretableInput``,
+``TextTemplateInput``, ``TextTokenInput`` (``_captum_text_inputs``).
 
 Differences from Captum, on purpose:
 
@@ -108,6 +112,13 @@ _LAZY = {
     "ProductBaselines": "fastxai.compat._captum_baselines",
     "DataLoaderAttribution": "fastxai.compat._captum_dataloader",
     "InputRole": "fastxai.compat._captum_dataloader",
+    "LLMAttribution": "fastxai.compat._captum_llm",
+    "LLMGradientAttribution": "fastxai.compat._captum_llm_gradient",
+    "RemoteLLMAttribution": "fastxai.compat._captum_llm",
+    "LLMAttributionResult": "fastxai.compat._captum_llm_result",
+    "InterpretableInput": "fastxai.compat._captum_text_inputs",
+    "TextTemplateInput": "fastxai.compat._captum_text_inputs",
+    "TextTokenInput": "fastxai.compat._captum_text_inputs",
 }
 
 
