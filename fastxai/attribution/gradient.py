@@ -46,12 +46,18 @@ def gradient_and_values(
         if isinstance(site, _layer.InputSite):
             values = site.origin
             points = values.to(_precision.points_dtype(values, site.forward.dtype))
-            grads = torch.empty_like(values, memory_format=torch.contiguous_format)
             step: Callable[..., torch.Tensor] | None = _graphs.make_step(
                 _gradient_step, compile_backend, graphed
             )
             if step is not None:
                 site.check_target()
+            elif 0 < inputs.shape[0] <= chunk and not inputs.is_cuda:
+                # one block: the gradient is the result, no buffer to copy it into (a one-pass
+                # method's only cost beyond the model's; on the GPU the block may still halve)
+                batch = inputs.shape[0]
+                grad = site.gradients(points, slice(0, batch), 1, target_t)[0]
+                return grad.to(values.dtype).contiguous(), values
+            grads = torch.empty_like(values, memory_format=torch.contiguous_format)
 
             def body(_s0: int, _s1: int, row: int, row_stop: int) -> None:
                 rows = slice(row, row_stop)
