@@ -234,6 +234,47 @@ def smoothing_report(name: str, model: torch.nn.Module, x: torch.Tensor, sigma: 
     return [line]
 
 
+def global_view_figures(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
+    """The digits CNN's global views, float32 against bf16 (seeded): network dissection of its
+    two ReLU layers on 64 synthetic concept images at 8 x 8 (quantile 0.02): the share of units
+    with the same label and the largest change of a unit's best IoU; TCAV of the digits 3 among
+    the first 64 test digits, the concept 20 training 3s against 5 random sets of 20: the largest
+    change of a score (sign count) and of the p-value. {name: (agreement or change, change)}."""
+    from fastxai.digits import load_digits
+
+    figures = {}
+    concepts = fx.concept_dataset(64, size=8, seed=3)
+    for layer in ("2", "6"):
+        runs = [
+            fx.network_dissection(model, concepts, layer=layer, quantile=0.02, dtype=d)
+            for d in (None, torch.bfloat16)
+        ]
+        same = sum(a == b for a, b in zip(runs[0].labels, runs[1].labels, strict=True)) / len(runs[0].labels)
+        figures[f"network_dissection (layer {layer})"] = (
+            same,
+            float((runs[0].best_iou - runs[1].best_iou).abs().max()),
+        )
+    (x_train, y_train), (x_test, _) = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    randoms = [x_train[torch.randperm(x_train.shape[0], generator=generator)[:20]] for _ in range(5)]
+    x = x_test[:64]
+    with torch.no_grad():
+        threes = x[model(x).argmax(1) == 3]
+    for layer in ("2", "6"):
+        results = [
+            fx.tcav(
+                model, threes, 3, layer=layer, concepts={"three": x_train[y_train == 3][:20]},
+                random_concepts=randoms, seed=0, dtype=d,
+            )["three"]
+            for d in (None, torch.bfloat16)
+        ]  # fmt: skip
+        figures[f"tcav (layer {layer})"] = (
+            float((results[0].scores - results[1].scores).abs().max()),
+            abs(results[0].p_value - results[1].p_value),
+        )
+    return figures
+
+
 def transformer_report(samples: int) -> list[str]:
     """Attention rollout and flow on torchvision's ViT (random weights seeded 0: image 32, patch
     8, 4 layers, 4 heads, width 64) and ``explain_generation`` (IG, 32 steps) on a GPT-2 with
@@ -387,6 +428,15 @@ def main() -> None:
         for name in args.models:
             model, x = cases[name](args.samples)
             metric_report(name, model, x)
+        if "digits" in args.models:
+            print(
+                "\n| model | global view | same label (dissection) / score change (TCAV) "
+                "| IoU / p-value change |"
+            )
+            print("|---|---|---|---|")
+            model, _ = cases["digits"](args.samples)
+            for view, (first, second) in global_view_figures(model).items():
+                print(f"| digits | {view} | {first:.3g} | {second:.2e} |", flush=True)
         print("\n| model | method | agreement | radius | mean radius fp32 / bf16 |")
         print("|---|---|---|---|---|")
         for name in args.models:
