@@ -275,6 +275,43 @@ def global_view_figures(model: torch.nn.Module) -> dict[str, tuple[float, float]
     return figures
 
 
+def backdoor_figures() -> dict[str, tuple[str, str]]:
+    """The poisoning detectors on the digits CNN trained on a set with a 3x3 patch on 5% of it
+    (``tests/poisoned_digits.py``'s "patch3": 67 items, a third of class 0), float32 against
+    bf16: precision / recall of spectral signatures (at the second ReLU, class 0) and of
+    activation clustering (PCA, seed 0), and the trigger's attack success rate on the test set.
+    {name: (fp32, bf16)}."""
+    from poisoned_digits import planted
+
+    from fastxai import backdoor as bd
+
+    case = planted("patch3")
+    x, y, truth = case.poisoned.inputs, case.poisoned.labels, case.poisoned.indices
+    share = truth.numel() / int((y == case.target).sum())
+    def spectral(d: torch.dtype | None) -> str:
+        found = fx.spectral_signatures(
+            case.model, x, y, poison_fraction=share, layer="6", classes=[case.target], dtype=d
+        )
+        return "{:.3f} / {:.3f}".format(*bd.precision_recall(found.flagged, truth))
+
+    def clustering(d: torch.dtype | None) -> str:
+        found = fx.activation_clustering(case.model, x, y, reduction="pca", seed=0, dtype=d)
+        return "{:.3f} / {:.3f}".format(*bd.precision_recall(found.flagged, truth))
+
+    def success(d: torch.dtype | None) -> str:
+        rate = fx.attack_success_rate(
+            case.model, case.x_test, case.y_test, case.trigger, target=case.target, dtype=d
+        )
+        return f"{rate:.3f}"
+
+    runs = {
+        "spectral_signatures (precision / recall)": spectral,
+        "activation_clustering (precision / recall)": clustering,
+        "attack_success_rate": success,
+    }
+    return {name: (run(None), run(torch.bfloat16)) for name, run in runs.items()}
+
+
 def transformer_report(samples: int) -> list[str]:
     """Attention rollout and flow on torchvision's ViT (random weights seeded 0: image 32, patch
     8, 4 layers, 4 heads, width 64) and ``explain_generation`` (IG, 32 steps) on a GPT-2 with
@@ -437,6 +474,10 @@ def main() -> None:
             model, _ = cases["digits"](args.samples)
             for view, (first, second) in global_view_figures(model).items():
                 print(f"| digits | {view} | {first:.3g} | {second:.2e} |", flush=True)
+            print("\n| model | backdoor method | fp32 | bf16 |")
+            print("|---|---|---|---|")
+            for method, (first_run, second_run) in backdoor_figures().items():
+                print(f"| digits (patch3 poisoned) | {method} | {first_run} | {second_run} |", flush=True)
         print("\n| model | method | agreement | radius | mean radius fp32 / bf16 |")
         print("|---|---|---|---|---|")
         for name in args.models:
