@@ -312,6 +312,28 @@ def backdoor_figures() -> dict[str, tuple[str, str]]:
     return {name: (run(None), run(torch.bfloat16)) for name, run in runs.items()}
 
 
+def squeezing_figures(model: torch.nn.Module) -> dict[str, tuple[str, str]]:
+    """The feature-squeezing detector (1-bit depth, 2x2 median; fpr 0.05) fitted on the first 128
+    test digits in float32 and in bf16: its threshold, and how many of the next 128 digits each
+    flags (and how many flags differ). {name: (fp32, bf16)}."""
+    from fastxai.digits import load_digits
+
+    x = load_digits()[1][0]
+    detectors = [fx.fit_squeezing_detector(model, x[:128], dtype=d) for d in (None, torch.bfloat16)]
+    flags = [detector.detect(x[128:256])[0] for detector in detectors]
+    apart = int((flags[0] != flags[1]).sum())
+    return {
+        "fit_squeezing_detector: threshold": (
+            f"{detectors[0].threshold:.4f}",
+            f"{detectors[1].threshold:.4f}",
+        ),
+        "detect: flagged of 128 other digits": (
+            str(int(flags[0].sum())),
+            f"{int(flags[1].sum())} ({apart} apart)",
+        ),
+    }
+
+
 def transformer_report(samples: int) -> list[str]:
     """Attention rollout and flow on torchvision's ViT (random weights seeded 0: image 32, patch
     8, 4 layers, 4 heads, width 64) and ``explain_generation`` (IG, 32 steps) on a GPT-2 with
@@ -474,10 +496,12 @@ def main() -> None:
             model, _ = cases["digits"](args.samples)
             for view, (first, second) in global_view_figures(model).items():
                 print(f"| digits | {view} | {first:.3g} | {second:.2e} |", flush=True)
-            print("\n| model | backdoor method | fp32 | bf16 |")
+            print("\n| model | backdoor / squeezing method | fp32 | bf16 |")
             print("|---|---|---|---|")
             for method, (first_run, second_run) in backdoor_figures().items():
                 print(f"| digits (patch3 poisoned) | {method} | {first_run} | {second_run} |", flush=True)
+            for method, (first_run, second_run) in squeezing_figures(model).items():
+                print(f"| digits | {method} | {first_run} | {second_run} |", flush=True)
         print("\n| model | method | agreement | radius | mean radius fp32 / bf16 |")
         print("|---|---|---|---|---|")
         for name in args.models:
