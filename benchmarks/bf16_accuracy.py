@@ -279,8 +279,10 @@ def backdoor_figures() -> dict[str, tuple[str, str]]:
     """The poisoning detectors on the digits CNN trained on a set with a 3x3 patch on 5% of it
     (``tests/poisoned_digits.py``'s "patch3": 67 items, a third of class 0), float32 against
     bf16: precision / recall of spectral signatures (at the second ReLU, class 0) and of
-    activation clustering (PCA, seed 0), and the trigger's attack success rate on the test set.
-    {name: (fp32, bf16)}."""
+    activation clustering (PCA, seed 0), the trigger's attack success rate on the test set, and
+    trigger localisation (input x gradient in the same dtype, k 4; the model poisoned with a 2x2
+    patch, "patch2") of 48 triggered test digits pasted into the last 64: the share of each
+    region on the patch and the flip rate (means). {name: (fp32, bf16)}."""
     from poisoned_digits import planted
 
     from fastxai import backdoor as bd
@@ -304,10 +306,23 @@ def backdoor_figures() -> dict[str, tuple[str, str]]:
         )
         return f"{rate:.3f}"
 
+    patch2 = planted("patch2")  # tests/backdoor/test_bd_triggers_found.py's localisation case
+    others = patch2.x_test[patch2.y_test != patch2.target]
+    suspects, pool = fx.apply_trigger(others[:48], patch2.trigger), patch2.x_test[-64:]
+
+    def localisation(d: torch.dtype | None) -> str:
+        found = fx.trigger_localisation(
+            patch2.model, suspects, pool, k=4, dtype=d,
+            attribution=lambda m, x, t: fx.input_x_gradient(m, x, t, dtype=d),
+        )  # fmt: skip
+        inside = float((found.regions & patch2.trigger.region).flatten(1).sum(1).double().mean() / 4)
+        return f"{inside:.3f} / {float(found.flip_rate.mean()):.3f}"
+
     runs = {
         "spectral_signatures (precision / recall)": spectral,
         "activation_clustering (precision / recall)": clustering,
         "attack_success_rate": success,
+        "trigger_localisation (share of the region on the patch / flip rate)": localisation,
     }
     return {name: (run(None), run(torch.bfloat16)) for name, run in runs.items()}
 

@@ -121,6 +121,12 @@ CALLS: dict[str, Call] = {
     ).scores.float(),
     "squeezing_scores": lambda m, **kw: fx.squeezing_scores(m, _X, **kw).float(),
     "fit_squeezing_detector": _fit_squeezing_detector,
+    "trigger_localisation": lambda m, **kw: torch.cat(
+        [
+            torch.cat([r.regions.flatten().float(), r.predicted.float(), r.flip_rate.float()])
+            for r in [fx.trigger_localisation(m, _X, _X8, k=4, **kw)]
+        ]
+    ),
     "attack_success_rate": lambda m, **kw: torch.tensor(
         [fx.attack_success_rate(m, _X8, _LABELS8, fx.patch_trigger((1, 8, 8)), target=1, **kw)]
     ),
@@ -129,8 +135,9 @@ CALLS: dict[str, Call] = {
 # to autocast, which rounds them where a convolution reads them)
 POINTS_IN_DTYPE = {"deletion", "insertion", "infidelity", "smoothing_predict", "smoothing_certify"}
 # the layer's value at the inputs (and the delta's end scores) from the float32 inputs, the path
-# points in the dtype
-POINTS_IN_BOTH = {"layer_conductance", "layer_conductance-delta"}
+# points in the dtype; trigger localisation's saliency on the suspects rounded to the dtype, its
+# predictions from float32 inputs
+POINTS_IN_BOTH = {"layer_conductance", "layer_conductance-delta", "trigger_localisation"}
 
 
 class _Spy(nn.Module):
