@@ -3,7 +3,8 @@
 ``explain_generation``, the faithfulness metrics that call the model (deletion, insertion,
 infidelity, completeness), randomized smoothing (PREDICT, CERTIFY), the global views that read a
 layer (activations, neuron importance, TCAV, network dissection), the backdoor detectors that
-read representations and the attack success rate, and ``attribute_dataset``'s ``method_kwargs``.
+read representations, trigger localisation and the attack success rate, the feature-squeezing
+detector, ``dataset_feature_ablation`` and ``attribute_dataset``'s ``method_kwargs``.
 
 For each: ``dtype=None`` is the call without the argument, bit for bit; with a half dtype the
 model runs in it (a layer's output is half precision, seen from inside the model) and the
