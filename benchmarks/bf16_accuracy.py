@@ -322,7 +322,7 @@ def backdoor_figures() -> dict[str, tuple[str, str]]:
         "spectral_signatures (precision / recall)": spectral,
         "activation_clustering (precision / recall)": clustering,
         "attack_success_rate": success,
-        "trigger_localisation (share of the region on the patch / flip rate)": localisation,
+        "trigger_localisation, 2x2 patch (share of the region on the patch / flip rate)": localisation,
     }
     return {name: (run(None), run(torch.bfloat16)) for name, run in runs.items()}
 
@@ -514,7 +514,7 @@ def main() -> None:
             print("\n| model | backdoor / squeezing method | fp32 | bf16 |")
             print("|---|---|---|---|")
             for method, (first_run, second_run) in backdoor_figures().items():
-                print(f"| digits (patch3 poisoned) | {method} | {first_run} | {second_run} |", flush=True)
+                print(f"| digits (poisoned) | {method} | {first_run} | {second_run} |", flush=True)
             for method, (first_run, second_run) in squeezing_figures(model).items():
                 print(f"| digits | {method} | {first_run} | {second_run} |", flush=True)
         print("\n| model | method | agreement | radius | mean radius fp32 / bf16 |")
