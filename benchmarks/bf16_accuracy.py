@@ -61,7 +61,8 @@ def methods(ig_steps: int, samples: int) -> dict[str, Method]:
     """Each method as ``f(model, x, target, dtype)``; the same seeds for both dtypes. The
     perturbation methods score 16 superpixels (exact Shapley values 4), with ``4 * samples``
     coalitions (KernelSHAP, LIME) or ``samples // 4`` orders (Shapley sampling); the CAM
-    family at the layer ``fastxai.cam_layer`` finds."""
+    family, layer conductance (``ig_steps`` steps) and the layer's activations at the layer
+    ``fastxai.cam_layer`` finds."""
 
     def background(x: torch.Tensor) -> torch.Tensor:
         return torch.rand(8, *x.shape[1:], generator=torch.Generator().manual_seed(2)) * float(x.max())
@@ -117,11 +118,17 @@ def methods(ig_steps: int, samples: int) -> dict[str, Method]:
         "guided_backprop": lambda m, x, t, d: fx.guided_backprop(m, x, target=t, dtype=d),
         "deconvnet": lambda m, x, t, d: fx.deconvnet(m, x, target=t, dtype=d),
         **{name: cam(name) for name in CAMS},
+        "layer_conductance": lambda m, x, t, d: fx.layer_conductance(
+            m, x, target=t, layer=fx.cam_layer(m, x).name, n_steps=ig_steps, dtype=d
+        ),
+        "layer_activations": lambda m, x, t, d: fx.layer_activations(
+            m, x, layer=fx.cam_layer(m, x).name, dtype=d
+        ),
     }
 
 
 CAMS = ("grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam", "score_cam")
-COMPLETE = ("integrated_gradients", "deeplift")
+COMPLETE = ("integrated_gradients", "deeplift", "layer_conductance")
 """The methods whose attributions sum to ``f(x) - f(0)``: their completeness error is reported."""
 
 Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, torch.dtype | None], torch.Tensor]
@@ -146,15 +153,236 @@ def relative_difference(got: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     return difference / reference.double().flatten(1).norm(dim=1).clamp_min(1e-30)
 
 
+def score_gap(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``f(x) - f(0)`` per sample, ``f`` the float32 model's target score: [B] float64."""
+    with torch.no_grad():
+        scores = model(torch.cat([x, torch.zeros_like(x)])).double()
+    rows = torch.arange(x.shape[0])
+    return scores[rows, target] - scores[rows + x.shape[0], target]
+
+
 def completeness(
     model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, a: torch.Tensor
 ) -> torch.Tensor:
     """``|sum(a) - (f(x) - f(0))| / |f(x) - f(0)|`` per sample, ``f`` the float32 model's target score."""
-    with torch.no_grad():
-        scores = model(torch.cat([x, torch.zeros_like(x)])).double()
-    rows = torch.arange(x.shape[0])
-    gap = scores[rows, target] - scores[rows + x.shape[0], target]
+    gap = score_gap(model, x, target)
     return (a.double().flatten(1).sum(1) - gap).abs() / gap.abs().clamp_min(1e-30)
+
+
+def metric_figures(
+    model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, ig_steps: int = 32
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each model-calling faithfulness metric of the float32 Integrated Gradients attributions
+    (``ig_steps`` steps), per sample, judged by the model in float32 and in bf16: {name: (fp32
+    [B], bf16 [B])}. Deletion and insertion AUC (probabilities, 16 steps, per pixel), infidelity
+    (16 perturbations of the default ``noise_std`` 0.003, and of 0.03), the completeness error
+    ``sum(a) - (f(x) - f(0))``."""
+    a = fx.integrated_gradients(model, x, target=target, n_steps=ig_steps)
+    from fastxai import evaluation as ev
+
+    metrics: dict[str, Callable[[torch.dtype | None], torch.Tensor]] = {
+        "deletion": lambda d: ev.deletion(model, x, a, target, n_steps=16, dtype=d).auc,
+        "insertion": lambda d: ev.insertion(model, x, a, target, n_steps=16, dtype=d).auc,
+        "infidelity": lambda d: ev.infidelity(model, x, a, target, n_perturb_samples=16, seed=0, dtype=d),
+        "infidelity (noise_std 0.03)": lambda d: ev.infidelity(
+            model, x, a, target, noise_std=0.03, n_perturb_samples=16, seed=0, dtype=d
+        ),
+        "completeness_error": lambda d: ev.completeness_error(model, x, a, target, dtype=d),
+    }
+    return {name: (run(None), run(torch.bfloat16)) for name, run in metrics.items()}
+
+
+def metric_report(name: str, model: torch.nn.Module, x: torch.Tensor) -> list[str]:
+    """Per metric: its median over the samples in float32 and bf16, and the largest change of
+    one sample's value: absolute for the AUCs (probabilities), relative to the float32 value for
+    infidelity, relative to the gap ``|f(x) - f(0)|`` for the completeness error."""
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    gap = score_gap(model, x, target).abs()
+    lines = []
+    for metric, (reference, bf16) in metric_figures(model, x, target).items():
+        scale = torch.ones_like(gap)  # the AUCs
+        if metric == "completeness_error":
+            scale = gap
+        elif metric.startswith("infidelity"):
+            scale = reference.double().abs().clamp_min(1e-30)
+        moved = float(((bf16.double() - reference.double()).abs() / scale).max())
+        line = (
+            f"| {name} | {metric} | {float(reference.median()):.3g} | {float(bf16.median()):.3g} "
+            f"| {moved:.1e} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+    return lines
+
+
+def smoothing_report(name: str, model: torch.nn.Module, x: torch.Tensor, sigma: float) -> list[str]:
+    """Randomized smoothing's CERTIFY (n0 100, n 1000, seed 0) with the base classifier in
+    float32 and in bf16: the share of inputs given the same class (or both abstaining), the
+    largest radius difference and the mean radii."""
+    runs = [
+        fx.smoothing_certify(model, x, sigma=sigma, n0=100, n=1000, seed=0, dtype=dtype)
+        for dtype in (None, torch.bfloat16)
+    ]
+    same = float((runs[0][0] == runs[1][0]).float().mean())
+    apart = float((runs[0][1] - runs[1][1]).abs().max())
+    line = (
+        f"| {name} | smoothing_certify (sigma {sigma:g}) | same class {same:.3f} | radius apart, largest "
+        f"{apart:.3f} | mean radius {float(runs[0][1].mean()):.3f} / {float(runs[1][1].mean()):.3f} |"
+    )
+    print(line, flush=True)
+    return [line]
+
+
+def global_view_figures(model: torch.nn.Module) -> dict[str, tuple[float, float]]:
+    """The digits CNN's global views, float32 against bf16 (seeded): network dissection of its
+    two ReLU layers on 64 synthetic concept images at 8 x 8 (quantile 0.02): the share of units
+    with the same label and the largest change of a unit's best IoU; TCAV of the digits 3 among
+    the first 64 test digits, the concept 20 training 3s against 5 random sets of 20: the largest
+    change of a score (sign count) and of the p-value. {name: (agreement or change, change)}."""
+    from fastxai.digits import load_digits
+
+    figures = {}
+    concepts = fx.concept_dataset(64, size=8, seed=3)
+    for layer in ("2", "6"):
+        runs = [
+            fx.network_dissection(model, concepts, layer=layer, quantile=0.02, dtype=d)
+            for d in (None, torch.bfloat16)
+        ]
+        same = sum(a == b for a, b in zip(runs[0].labels, runs[1].labels, strict=True)) / len(runs[0].labels)
+        figures[f"network_dissection (layer {layer})"] = (
+            same,
+            float((runs[0].best_iou - runs[1].best_iou).abs().max()),
+        )
+    (x_train, y_train), (x_test, _) = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    randoms = [x_train[torch.randperm(x_train.shape[0], generator=generator)[:20]] for _ in range(5)]
+    x = x_test[:64]
+    with torch.no_grad():
+        threes = x[model(x).argmax(1) == 3]
+    for layer in ("2", "6"):
+        results = [
+            fx.tcav(
+                model, threes, 3, layer=layer, concepts={"three": x_train[y_train == 3][:20]},
+                random_concepts=randoms, seed=0, dtype=d,
+            )["three"]
+            for d in (None, torch.bfloat16)
+        ]  # fmt: skip
+        figures[f"tcav (layer {layer})"] = (
+            float((results[0].scores - results[1].scores).abs().max()),
+            abs(results[0].p_value - results[1].p_value),
+        )
+    return figures
+
+
+def backdoor_figures() -> dict[str, tuple[str, str]]:
+    """The poisoning detectors on the digits CNN trained on a set with a 3x3 patch on 5% of it
+    (``tests/poisoned_digits.py``'s "patch3": 67 items, a third of class 0), float32 against
+    bf16: precision / recall of spectral signatures (at the second ReLU, class 0) and of
+    activation clustering (PCA, seed 0), the trigger's attack success rate on the test set, and
+    trigger localisation (input x gradient in the same dtype, k 4; the model poisoned with a 2x2
+    patch, "patch2") of 48 triggered test digits pasted into the last 64: the share of each
+    region on the patch and the flip rate (means). {name: (fp32, bf16)}."""
+    from poisoned_digits import planted
+
+    from fastxai import backdoor as bd
+
+    case = planted("patch3")
+    x, y, truth = case.poisoned.inputs, case.poisoned.labels, case.poisoned.indices
+    share = truth.numel() / int((y == case.target).sum())
+    def spectral(d: torch.dtype | None) -> str:
+        found = fx.spectral_signatures(
+            case.model, x, y, poison_fraction=share, layer="6", classes=[case.target], dtype=d
+        )
+        return "{:.3f} / {:.3f}".format(*bd.precision_recall(found.flagged, truth))
+
+    def clustering(d: torch.dtype | None) -> str:
+        found = fx.activation_clustering(case.model, x, y, reduction="pca", seed=0, dtype=d)
+        return "{:.3f} / {:.3f}".format(*bd.precision_recall(found.flagged, truth))
+
+    def success(d: torch.dtype | None) -> str:
+        rate = fx.attack_success_rate(
+            case.model, case.x_test, case.y_test, case.trigger, target=case.target, dtype=d
+        )
+        return f"{rate:.3f}"
+
+    patch2 = planted("patch2")  # tests/backdoor/test_bd_triggers_found.py's localisation case
+    others = patch2.x_test[patch2.y_test != patch2.target]
+    suspects, pool = fx.apply_trigger(others[:48], patch2.trigger), patch2.x_test[-64:]
+
+    def localisation(d: torch.dtype | None) -> str:
+        found = fx.trigger_localisation(
+            patch2.model, suspects, pool, k=4, dtype=d,
+            attribution=lambda m, x, t: fx.input_x_gradient(m, x, t, dtype=d),
+        )  # fmt: skip
+        inside = float((found.regions & patch2.trigger.region).flatten(1).sum(1).double().mean() / 4)
+        return f"{inside:.3f} / {float(found.flip_rate.mean()):.3f}"
+
+    runs = {
+        "spectral_signatures (precision / recall)": spectral,
+        "activation_clustering (precision / recall)": clustering,
+        "attack_success_rate": success,
+        "trigger_localisation, 2x2 patch (share of the region on the patch / flip rate)": localisation,
+    }
+    return {name: (run(None), run(torch.bfloat16)) for name, run in runs.items()}
+
+
+def squeezing_figures(model: torch.nn.Module) -> dict[str, tuple[str, str]]:
+    """The feature-squeezing detector (1-bit depth, 2x2 median; fpr 0.05) fitted on the first 128
+    test digits in float32 and in bf16: its threshold, and how many of the next 128 digits each
+    flags (and how many flags differ). {name: (fp32, bf16)}."""
+    from fastxai.digits import load_digits
+
+    x = load_digits()[1][0]
+    detectors = [fx.fit_squeezing_detector(model, x[:128], dtype=d) for d in (None, torch.bfloat16)]
+    flags = [detector.detect(x[128:256])[0] for detector in detectors]
+    apart = int((flags[0] != flags[1]).sum())
+    return {
+        "fit_squeezing_detector: threshold": (
+            f"{detectors[0].threshold:.4f}",
+            f"{detectors[1].threshold:.4f}",
+        ),
+        "detect: flagged of 128 other digits": (
+            str(int(flags[0].sum())),
+            f"{int(flags[1].sum())} ({apart} apart)",
+        ),
+    }
+
+
+def transformer_report(samples: int) -> list[str]:
+    """Attention rollout and flow on torchvision's ViT (random weights seeded 0: image 32, patch
+    8, 4 layers, 4 heads, width 64) and ``explain_generation`` (IG, 32 steps) on a GPT-2 with
+    random weights (2 layers, 4 heads, width 64, 100 tokens): the relative difference bf16 vs
+    float32 per example (median, largest), as the methods table."""
+    import real_models
+
+    torch.manual_seed(0)
+    vit = real_models.torchvision().models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=4, num_heads=4, hidden_dim=64, mlp_dim=128, num_classes=10
+    ).eval()
+    images = torch.randn(samples, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    tr = real_models.transformers()
+    torch.manual_seed(0)
+    config = tr.GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=100, n_positions=64)
+    gpt2 = tr.GPT2LMHeadModel(config).eval()
+    generator = torch.Generator().manual_seed(2)
+    prompts = torch.randint(0, 100, (samples, 8), generator=generator)
+    continuations = torch.randint(0, 100, (samples, 4), generator=generator)
+    runs: dict[str, tuple[str, Callable[[torch.dtype | None], torch.Tensor]]] = {
+        "attention_rollout": ("ViT (random)", lambda d: fx.attention_rollout(vit, images, dtype=d)),
+        "attention_flow": ("ViT (random)", lambda d: fx.attention_flow(vit, images[:2], dtype=d)),
+        "explain_generation": (
+            "GPT-2 (random)",
+            lambda d: fx.explain_generation(gpt2, prompts, continuations, n_steps=32, dtype=d).flatten(1),
+        ),
+    }
+    lines = []
+    for method, (model_name, run) in runs.items():
+        diff = relative_difference(run(torch.bfloat16), run(None))
+        line = f"| {model_name} | {method} | {float(diff.median()):.2e} | {float(diff.max()):.2e} | | | |"
+        lines.append(line)
+        print(line, flush=True)
+    return lines
 
 
 @contextmanager
@@ -248,6 +476,9 @@ def main() -> None:
     parser.add_argument("--attack-samples", type=int, default=64, help="inputs attacked per model")
     parser.add_argument("--methods", nargs="+", default=None, help="only these methods (default: all)")
     parser.add_argument("--no-attacks", action="store_true")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="skip the transformers, the metrics and smoothing"
+    )
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -261,6 +492,36 @@ def main() -> None:
     for name in args.models:
         model, x = cases[name](args.samples)
         report(name, model, x, args.ig_steps, args.noise_samples, args.methods)
+    if not args.no_extras:
+        transformer_report(args.samples)
+        print(
+            "\n| model | metric (of fp32 IG) | fp32, median | bf16, median | largest change (AUC: "
+            "absolute; infidelity: relative; completeness: / |f(x) - f(0)|) |"
+        )
+        print("|---|---|---|---|---|")
+        for name in args.models:
+            model, x = cases[name](args.samples)
+            metric_report(name, model, x)
+        if "digits" in args.models:
+            print(
+                "\n| model | global view | same label (dissection) / score change (TCAV) "
+                "| IoU / p-value change |"
+            )
+            print("|---|---|---|---|")
+            model, _ = cases["digits"](args.samples)
+            for view, (first, second) in global_view_figures(model).items():
+                print(f"| digits | {view} | {first:.3g} | {second:.2e} |", flush=True)
+            print("\n| model | backdoor / squeezing method | fp32 | bf16 |")
+            print("|---|---|---|---|")
+            for method, (first_run, second_run) in backdoor_figures().items():
+                print(f"| digits (poisoned) | {method} | {first_run} | {second_run} |", flush=True)
+            for method, (first_run, second_run) in squeezing_figures(model).items():
+                print(f"| digits | {method} | {first_run} | {second_run} |", flush=True)
+        print("\n| model | method | agreement | radius | mean radius fp32 / bf16 |")
+        print("|---|---|---|---|---|")
+        for name in args.models:
+            model, x = cases[name](args.samples)
+            smoothing_report(name, model, x, 0.25)
     if args.no_attacks:
         return
     print(

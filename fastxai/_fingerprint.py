@@ -99,7 +99,10 @@ def model_fingerprint(model: object) -> dict[str, Any]:
 
 def jsonable(value: Any) -> Any:
     """``method_kwargs`` as JSON: numbers, strings, lists and dicts as they are; a tensor by its
-    dtype, shape and sha256 (exact, and small for a baseline image)."""
+    dtype, shape and sha256 (exact, and small for a baseline image); a ``torch.dtype`` (the
+    methods' ``dtype=torch.bfloat16``) by its name, tagged so that no string reads the same."""
+    if isinstance(value, torch.dtype):
+        return {"torch_dtype": str(value)}
     if isinstance(value, torch.Tensor):
         return {
             "tensor_sha256": tensors_sha256([("", value)]),
@@ -113,7 +116,8 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(
-        f"method_kwargs values must be numbers, strings, lists or tensors, got {type(value).__name__}"
+        f"method_kwargs values must be numbers, strings, lists, tensors or torch dtypes, got "
+        f"{type(value).__name__}"
     )
 
 

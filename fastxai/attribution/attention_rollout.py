@@ -32,13 +32,13 @@ infers it).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from fastxai import _compile, _model
+from fastxai import _compile, _model, _precision
 from fastxai.attribution._max_flow import max_flow
 from fastxai.attribution.cam_layer import token_grid
 
@@ -154,10 +154,12 @@ def attentions_of(
     *,
     attention_mask: torch.Tensor | None = None,
     forward_kwargs: dict[str, Any] | None = None,
+    dtype: object = None,
 ) -> list[torch.Tensor]:
     """Every attention layer's weights [B, H, N, N], first layer first, from one forward pass of
     ``model(inputs, attention_mask=..., **forward_kwargs)`` without gradients; the model is left
-    as found (mode, hooks, attention implementation)."""
+    as found (mode, hooks, attention implementation). ``dtype``: the pass runs under autocast in
+    it (``fastxai._precision``), the weights come in the precision the model gives them."""
     model = _compile.original(model)  # its attention modules are hooked: a compiled model's module
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -176,16 +178,18 @@ def attentions_of(
         ):
             raise ValueError(f"attention_mask must be a [B={inputs.shape[0]}, N] tensor of 0s and 1s")
         kwargs["attention_mask"] = attention_mask
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
+    scored = _precision.autocast_model(model, model_dtype, inputs.device.type)  # model itself for None
     blocks = [module for module in model.modules() if isinstance(module, nn.MultiheadAttention)]
     if blocks:
         with _model.preserved_state(model), torch.no_grad():
-            return _from_multihead_attention(model, inputs, kwargs, blocks)
+            return _from_multihead_attention(model, scored, inputs, kwargs, blocks)
     if hasattr(model, "config"):
         # inference_state, not preserved_state: transformers installs its output-recording hooks
         # on the first output_attentions call and marks the model as hooked; removing them
         # would leave a model that never returns attentions again.
         with _model.inference_state(model), torch.no_grad():
-            return _from_hugging_face(model, inputs, kwargs)
+            return _from_hugging_face(model, scored, inputs, kwargs)
     raise TypeError(
         "attention weights are read from nn.MultiheadAttention modules (torchvision's ViT) or from a "
         "Hugging Face model (output_attentions=True); for another model collect them yourself and call "
@@ -194,8 +198,14 @@ def attentions_of(
 
 
 def _from_multihead_attention(
-    model: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any], blocks: list[nn.MultiheadAttention]
+    model: nn.Module,
+    run: Callable[..., Any],
+    inputs: torch.Tensor,
+    kwargs: dict[str, Any],
+    blocks: list[nn.MultiheadAttention],
 ) -> list[torch.Tensor]:
+    """The weights of ``blocks`` (modules of ``model``) from one call of ``run`` (``model``, or
+    ``model`` under autocast)."""
     # need_weights and average_attn_weights are arguments 4 and 6 of MultiheadAttention.forward
     weights: list[torch.Tensor] = []
 
@@ -214,14 +224,17 @@ def _from_multihead_attention(
     handles = [block.register_forward_pre_hook(ask, with_kwargs=True) for block in blocks]
     handles += [block.register_forward_hook(keep) for block in blocks]
     try:
-        model(inputs, **kwargs)
+        run(inputs, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
     return weights
 
 
-def _from_hugging_face(model: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any]) -> list[torch.Tensor]:
+def _from_hugging_face(
+    model: nn.Module, run: Callable[..., Any], inputs: torch.Tensor, kwargs: dict[str, Any]
+) -> list[torch.Tensor]:
+    """``output_attentions`` of one call of ``run`` (``model``, or ``model`` under autocast)."""
     # Fused attention kernels (sdpa, flash) return no weights: run eager for this call only.
     config = model.config
     previous = getattr(config, "_attn_implementation", None)
@@ -229,7 +242,7 @@ def _from_hugging_face(model: nn.Module, inputs: torch.Tensor, kwargs: dict[str,
     if switch:
         model.set_attn_implementation("eager")  # type: ignore[operator]
     try:
-        output = model(inputs, output_attentions=True, **kwargs)
+        output = run(inputs, output_attentions=True, **kwargs)
     finally:
         if switch:
             model.set_attn_implementation(previous)  # type: ignore[operator]
@@ -275,16 +288,23 @@ def attention_rollout(
     attention_mask: torch.Tensor | None = None,
     forward_kwargs: dict[str, Any] | None = None,
     grid: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Attention rollout (Abnar & Zuidema 2020) of ``model`` at ``inputs``: row ``token`` of
     ``W_L ... W_1`` [B, N] (module docstring for ``W``, the options and the shapes).
+
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the model's forward runs under autocast in
+    that dtype (``fastxai._precision``); the weights it gives in half precision are fused,
+    normalised and multiplied in float32, the result is float32.
 
     >>> heat = fastxai.attention_rollout(vit, x, head_fusion="max", discard_ratio=0.9, grid=True)
     """
     _check_options(head_fusion, discard_ratio)
     if not isinstance(grid, bool):
         raise TypeError(f"grid must be a bool, got {type(grid).__name__}")
-    attentions = attentions_of(model, inputs, attention_mask=attention_mask, forward_kwargs=forward_kwargs)
+    attentions = attentions_of(
+        model, inputs, attention_mask=attention_mask, forward_kwargs=forward_kwargs, dtype=dtype
+    )
     matrix = rollout(attentions, head_fusion, discard_ratio)
     rows = _check_token(token, matrix.shape[-1])
     values = matrix if token is None else matrix[:, rows[0]]
@@ -301,15 +321,19 @@ def attention_flow(
     attention_mask: torch.Tensor | None = None,
     forward_kwargs: dict[str, Any] | None = None,
     grid: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Attention flow (Abnar & Zuidema 2020) of ``model`` at ``inputs``: the maximum flow from
-    each input token to output token ``token`` [B, N] (module docstring).
+    each input token to output token ``token`` [B, N] (module docstring); ``dtype`` as in
+    ``attention_rollout`` (the capacities made from the weights in float32).
 
     >>> share = fastxai.attention_flow(bert, ids, attention_mask=mask)
     """
     _check_options(head_fusion, discard_ratio)
     if not isinstance(grid, bool):
         raise TypeError(f"grid must be a bool, got {type(grid).__name__}")
-    attentions = attentions_of(model, inputs, attention_mask=attention_mask, forward_kwargs=forward_kwargs)
+    attentions = attentions_of(
+        model, inputs, attention_mask=attention_mask, forward_kwargs=forward_kwargs, dtype=dtype
+    )
     values = flow(attentions, head_fusion, discard_ratio, token)
     return _finish(values, inputs, attention_mask, grid, token)

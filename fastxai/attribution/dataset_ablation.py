@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _model, _precision, _scheduling
 from fastxai.attribution import _perturbation
 from fastxai.attribution._dataset_layout import (
     ATTRIBUTED,
@@ -306,6 +306,27 @@ class DatasetAblation:
         return values.view(*base.shape, self.layout.n_ids)
 
 
+def _widened(output: Any) -> Any:
+    """A half-precision output (the model under autocast) in float32, a tuple's or a list's
+    tensors too: ``reduce`` folds float32 values, as without ``dtype``."""
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.dtype in _precision.MODEL_DTYPES else output
+    if type(output) in (tuple, list):
+        return type(output)(_widened(value) for value in output)
+    return output
+
+
+def _half_forward(model: Callable[..., Any], dtype: torch.dtype, device_type: str) -> Callable[..., Any]:
+    """``model`` under autocast in ``dtype``, its outputs ``_widened``."""
+
+    def run(*args: Any) -> Any:
+        with _precision.autocast(dtype, device_type):
+            output = model(*args)
+        return _widened(output)
+
+    return run
+
+
 def dataset_feature_ablation(
     model: Callable[..., Any],
     data: Iterable[Any],
@@ -317,6 +338,7 @@ def dataset_feature_ablation(
     to_metric: Callable[[Any], torch.Tensor] | None = None,
     perturbations_per_pass: int | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Feature ablation of a data-set metric: ``a[..., m] = metric(D) - metric(D, group m ablated)``.
 
@@ -331,6 +353,9 @@ def dataset_feature_ablation(
     broadcasting to ``(1, *F_k)`` per element. ``perturbations_per_pass``: None (automatic,
     usually one traversal of the data) or at most that many groups per traversal; ``chunk_size``:
     rows per model call (whole copies of a batch). The model runs in eval mode, under no_grad.
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): every model call runs under autocast in
+    that dtype (``fastxai._precision``), and its half-precision outputs (tensors, or the tensors
+    of a tuple or list) reach ``reduce`` in float32.
 
     Returns [*S, M] in the metric's dtype, S the metric's shape, M = max id + 1 (ids absent
     from the mask: 0). With every feature its own group, ``a[..., mask]`` is per feature.
@@ -347,7 +372,11 @@ def dataset_feature_ablation(
         per_pass = _perturbation.check_count("perturbations_per_pass", per_pass, 1)
     chunk = _scheduling.check_chunk_size(chunk_size)
     first, iterator = open_data(data)
-    run = DatasetAblation(model, data, first, iterator, layout(first, roles, feature_mask, baselines))
+    elements = first if isinstance(first, (tuple, list)) else (first,)
+    device = next((e.device for e in elements if isinstance(e, torch.Tensor)), torch.device("cpu"))
+    model_dtype = _precision.check_dtype(dtype, device)  # before the model, after reading a batch
+    forward = model if model_dtype is None else _half_forward(model, model_dtype, device.type)
+    run = DatasetAblation(forward, data, first, iterator, layout(first, roles, feature_mask, baselines))
     with _model.inference_state(model), torch.no_grad():
         return run.attribute(reduce, to_metric, per_pass, chunk)
 

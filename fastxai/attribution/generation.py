@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _compile, _layer, _model, _scheduling
+from fastxai import _compile, _layer, _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai._output import SelectOutput, output_tensor
 from fastxai.attribution.gradient import input_x_gradient, saliency
@@ -45,11 +45,12 @@ _POSITION, _TOKEN = "_fastxai_position", "_fastxai_token"
 class _TokenLogProb(SelectOutput):
     """``model`` scoring each row's own continuation token: ``log_softmax(logits[n, p_n])[c_n]``
     as [N, 1], for ``p_n``, ``c_n`` given per row (``_POSITION``, ``_TOKEN`` [N]), every
-    ``p_n >= first``. Keeps the model's module names and training flags (``SelectOutput``)."""
+    ``p_n >= first``. Keeps the model's module names and training flags (``SelectOutput``).
+    ``upcast`` (the model under autocast): the picked logits go to the log-softmax in float32."""
 
-    def __init__(self, model: Any, first: int) -> None:
+    def __init__(self, model: Any, first: int, upcast: bool = False) -> None:
         super().__init__(model, output_tensor)
-        self.first = first
+        self.first, self.upcast = first, upcast
 
     def forward(self, ids: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         position, token = kwargs.pop(_POSITION), kwargs.pop(_TOKEN)
@@ -66,6 +67,8 @@ class _TokenLogProb(SelectOutput):
             )
         rows = torch.arange(logits.shape[0], device=logits.device)
         picked = logits[rows, position - skipped]  # [N, V]: the one position each row scores
+        if self.upcast:  # ``dtype=``: a bf16 log-softmax would keep 8 bits of a log-probability
+            picked = picked.to(_precision.accumulator_dtype(picked.dtype))
         return torch.log_softmax(picked, dim=-1).gather(1, token.view(-1, 1))
 
 
@@ -150,6 +153,7 @@ def explain_generation(
     layer: object = None,
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Attributions of prompt tokens to each continuation token's log-probability: [B, T_out, T_in].
 
@@ -177,7 +181,10 @@ def explain_generation(
     is unmasked, ``position_ids`` are counted over real tokens (``cumsum(mask) - 1``, as
     ``generate`` does), and padded positions get 0, in the caller's order.
     ``forward_kwargs``: further keyword arguments to the model. ``chunk_size``: rows (example x
-    step x path point) per model batch.
+    step x path point) per model batch. ``dtype=torch.bfloat16`` (or ``torch.float16``): every
+    model call runs under autocast in that dtype, as in the method's own ``dtype``
+    (``fastxai._precision``): the path points at the embedding in it, the log-softmax of the
+    picked logits and the sums in float32, the result float32.
 
     >>> out = gpt2.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
     >>> a = fastxai.explain_generation(gpt2, ids, out[:, ids.shape[1]:], attention_mask=mask)
@@ -196,6 +203,7 @@ def explain_generation(
     if method != "integrated_gradients" and (not isinstance(baselines, float) or baselines != 0.0):
         raise ValueError(f"baselines is only used by method='integrated_gradients', not {method!r}")
     mask = _check_mask(attention_mask, prompts)
+    _precision.check_dtype(dtype, prompts.device)
     kwargs = _layer.check_forward_kwargs(forward_kwargs)
     if "attention_mask" in kwargs:
         raise ValueError("give the prompts' mask as attention_mask=, not in forward_kwargs")
@@ -246,10 +254,12 @@ def explain_generation(
         kwargs["logits_to_keep"] = steps + 1  # positions T_in - 1 .. T_in + T_out - 1
     # each row's position and token: [B * T_out] per-row arguments, repeated to its path points
     kwargs[_POSITION], kwargs[_TOKEN] = positions, continuations.reshape(-1)
-    log_probs = _TokenLogProb(model, prompt_len - 1)
+    log_probs = _TokenLogProb(model, prompt_len - 1, upcast=dtype is not None)
     target = torch.zeros_like(positions)  # the one score of each row
 
-    common: dict[str, Any] = {"layer": layer, "forward_kwargs": kwargs, "chunk_size": chunk_size}
+    common: dict[str, Any] = {
+        "layer": layer, "forward_kwargs": kwargs, "chunk_size": chunk_size, "dtype": dtype,
+    }  # fmt: skip
     if method == "integrated_gradients":
         result = integrated_gradients(
             log_probs, rows, baselines=baselines, target=target, n_steps=n_steps, method=integration, **common

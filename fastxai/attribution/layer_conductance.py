@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from fastxai import _backends, _compile, _layer, _model, _scheduling, ops
+from fastxai import _backends, _compile, _layer, _model, _precision, _scheduling, ops
 from fastxai._model import Model
 from fastxai.attribution import quadrature
 from fastxai.attribution.integrated_gradients import check_baselines
@@ -26,6 +26,9 @@ def conductance_at(
 ) -> torch.Tensor:
     """``sum_k dF/dh(x_k) * (h(x_{k+1}) - h(x_k))`` over input-space path points
     ``x_k = x' + alpha_k (x - x')`` (inside the model's state guard; ``site.prepare`` done).
+    With the site's ``dtype`` (``_precision``) the caller passes the path's ends in it: the
+    points are built in it, the layer's half-precision values and gradients are multiplied and
+    summed in float32.
 
     inputs, baselines: [B, *F] (``to_inputs`` turns [N, *F] points into the model's inputs);
     returns [B, *A] like ``site.origin``. The path's points go through the model in blocks of
@@ -38,7 +41,9 @@ def conductance_at(
     total = torch.zeros(origin.shape, dtype=acc_dtype, device=origin.device)
     last_grad = torch.zeros_like(total)
     last_value = torch.zeros_like(total)
-    alpha_t = torch.tensor(list(alphas), dtype=inputs.dtype, device=inputs.device)
+    # half-precision ends (``dtype=``): the step sizes in float32, as IG's (rounded, close alphas merge)
+    alpha_dtype = inputs.dtype if site.forward.dtype is None else acc_dtype
+    alpha_t = torch.tensor(list(alphas), dtype=alpha_dtype, device=inputs.device)
 
     def body(step: int, step_stop: int, row: int, row_stop: int) -> None:
         count, rows = step_stop - step, slice(row, row_stop)
@@ -105,6 +110,7 @@ def layer_conductance(
     forward_kwargs: dict | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Layer conductance (Dhamdhere et al. 2018; Captum's ``LayerConductance``).
 
@@ -119,6 +125,11 @@ def layer_conductance(
     ``forward_kwargs``: extra keyword arguments to the model, one row per example repeated
     with the rows of each model batch.
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the path points are made in that dtype and
+    every model call runs under autocast in it (``fastxai._precision``); the layer's values and
+    gradients come in it and are multiplied and summed in float32, the result is float32 (the
+    delta is then of the model run so).
+
     >>> c = fastxai.attribution.layer_conductance(model, x, target=y, layer="4", n_steps=100)
     """
     model = _compile.original(_model.check_model(model))
@@ -126,7 +137,7 @@ def layer_conductance(
     check_path(method, n_steps)
     if backend is not None:
         _backends.check_choice(backend)
-    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs)
+    site, inputs = _layer.site_for(model, inputs, layer, forward_kwargs, dtype)
     if not isinstance(site, _layer.LayerSite):
         raise TypeError("layer must be an nn.Module of the model or its dotted name, got None")
     x = inputs.detach().contiguous()
@@ -138,15 +149,23 @@ def layer_conductance(
     def to_inputs(points: torch.Tensor) -> tuple[torch.Tensor]:
         return (points,)
 
+    ends = x, baseline  # the path's ends, in the precision the model runs in
+    if site.forward.dtype is not None and x.is_floating_point():
+        ends = x.to(site.forward.dtype), baseline.to(site.forward.dtype)
+
     with _model.preserved_state(model):
         site.prepare(chunk)
+        # a layer's half-precision output under autocast: the result in float32
+        out_dtype = site.origin.dtype
+        if site.forward.dtype is not None:
+            out_dtype = _precision.accumulator_dtype(out_dtype)
         target_t = site.forward.resolve_target(target_t, chunk)
-        result = conductance_at(site, x, baseline, to_inputs, target_t, alphas.tolist(), chunk, backend)
+        result = conductance_at(site, *ends, to_inputs, target_t, alphas.tolist(), chunk, backend)
         if not return_convergence_delta:
-            return result.to(site.origin.dtype)
-        difference = end_scores(site, baseline, to_inputs, target_t, chunk)
+            return result.to(out_dtype)
+        difference = end_scores(site, ends[1], to_inputs, target_t, chunk)
     delta = result.flatten(1).sum(1) - difference.to(result.dtype)
-    return result.to(site.origin.dtype), delta
+    return result.to(out_dtype), delta
 
 
 __all__ = ["conductance_at", "end_scores", "layer_conductance"]

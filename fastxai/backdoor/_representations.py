@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -30,10 +30,15 @@ def resolve_site(model: Model, layer: object) -> tuple[nn.Module, str, bool]:
 
 
 def representations(
-    model: Model, inputs: torch.Tensor, site: tuple[nn.Module, str, bool], chunk_size: int | None
+    model: Model,
+    inputs: torch.Tensor,
+    site: tuple[nn.Module, str, bool],
+    chunk_size: int | None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """[N, D] float64: the site's activation for every input, flattened; no gradients. The
-    caller holds the model's state guard (the hook added here is removed in any case)."""
+    caller holds the model's state guard (the hook added here is removed in any case).
+    ``dtype`` (checked by ``_precision.check_dtype``): the passes under autocast in it."""
     module, name, read_input = site
     chunk = _scheduling.auto_chunk_size(chunk_size, inputs, forward_only=True)
     captured: list[torch.Tensor] = []
@@ -49,7 +54,7 @@ def representations(
         handle = module.register_forward_hook(lambda _m, _args, output: grab(output))
     parts = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _precision.autocast(dtype, inputs.device.type):
             for start in range(0, inputs.shape[0], chunk):
                 captured.clear()
                 model(inputs[start : start + chunk])
@@ -64,9 +69,13 @@ def representations(
     return torch.cat(parts)
 
 
-def read(model: Model, inputs: torch.Tensor, layer: object, chunk_size: int | None) -> torch.Tensor:
-    """``representations`` under the state guard, with the layer resolved and checked first."""
+def read(
+    model: Model, inputs: torch.Tensor, layer: object, chunk_size: int | None, dtype: object = None
+) -> torch.Tensor:
+    """``representations`` under the state guard, with the layer and ``dtype`` (the model's
+    precision, ``fastxai._precision``) checked first."""
     model = _compile.original(model)  # hooked: a compiled model's module
     site = resolve_site(model, layer)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     with _model.preserved_state(model):
-        return representations(model, inputs, site, _scheduling.check_chunk_size(chunk_size))
+        return representations(model, inputs, site, _scheduling.check_chunk_size(chunk_size), model_dtype)

@@ -67,6 +67,7 @@ def activation_clustering(
     n_init: int = 10,
     seed: int = 0,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> ClusteringResult:
     """Activation clustering (Chen et al. 2018, "Detecting backdoor attacks on deep neural
     networks by activation clustering").
@@ -85,6 +86,8 @@ def activation_clustering(
 
     inputs: [N, *F] the (possibly poisoned) training set; labels: [N] its labels; layer: whose
     output to read (a module or its dotted name; None: the input of the last ``nn.Linear``).
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the activation passes run under autocast in
+    that dtype (``fastxai._precision``); the activations are clustered in float64 as without it.
 
     >>> found = activation_clustering(model, x_train, y_train)   # found.flagged, found.suspicious
     """
@@ -103,7 +106,7 @@ def activation_clustering(
     n_init = check_count("n_init", n_init, 1)
     generator = torch.Generator().manual_seed(check_seed(seed))
     chunk = _scheduling.check_chunk_size(chunk_size)
-    features = _representations.read(model, x, layer, chunk).cpu()
+    features = _representations.read(model, x, layer, chunk, dtype).cpu()
     y = y.cpu()
     classes = int(y.max()) + 1
     relative = torch.full((classes,), float("nan"), dtype=torch.float64)
@@ -139,6 +142,7 @@ def spectral_signatures(
     layer: object = None,
     classes: Sequence[int] | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> SpectralResult:
     """Spectral signatures (Tran et al. 2018, "Spectral signatures in backdoor attacks").
 
@@ -149,7 +153,7 @@ def spectral_signatures(
     poisoned share of a class; the poisoned class holds them all, so each clean class examined
     gives up that many clean items too.
 
-    inputs: [N, *F]; labels: [N]; layer: as in ``activation_clustering``.
+    inputs: [N, *F]; labels: [N]; layer and ``dtype``: as in ``activation_clustering``.
 
     >>> found = spectral_signatures(model, x_train, y_train, poison_fraction=0.3, classes=[0])
     """
@@ -181,7 +185,7 @@ def spectral_signatures(
             raise ValueError(f"classes {missing} have no item in labels")
         examined = sorted(set(classes))
     chunk = _scheduling.check_chunk_size(chunk_size)
-    features = _representations.read(model, x, layer, chunk).cpu()
+    features = _representations.read(model, x, layer, chunk, dtype).cpu()
     scores = torch.zeros(y.shape[0], dtype=torch.float64)
     flagged = []
     for c in examined:

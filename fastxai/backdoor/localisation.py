@@ -9,12 +9,13 @@ class when it holds a trigger, and rarely does when it holds an ordinary part of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from fastxai import _model, _scheduling, ops
+from fastxai import _model, _precision, _scheduling, ops
 from fastxai._checks import check_count
 from fastxai._model import Model
 from fastxai.attribution.gradient import saliency
@@ -32,8 +33,10 @@ class LocalisationResult(NamedTuple):
     flip_rate: torch.Tensor
 
 
-def _saliency(model: Model, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return saliency(model, inputs, target)
+def _saliency(
+    model: Model, inputs: torch.Tensor, target: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    return saliency(model, inputs, target, dtype=dtype)
 
 
 def top_regions(attributions: torch.Tensor, k: int) -> torch.Tensor:
@@ -59,6 +62,7 @@ def trigger_localisation(
     k: int = 4,
     attribution: Attribution | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> LocalisationResult:
     """SentiNet-like localisation: per suspect input ``s`` with predicted class ``c``, the region
     ``R`` is the top ``k`` positions of ``attribution(model, s, c)`` (saliency by default; any
@@ -68,6 +72,9 @@ def trigger_localisation(
     ``masked_blend`` op, all ``B x M`` of them batched.
 
     suspects: [B, *F]; clean: [M, *F]. Returns ``LocalisationResult(regions, predicted, flip_rate)``.
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the predictions run under autocast in that
+    dtype (``fastxai._precision``), and so does the default saliency (``saliency(...,
+    dtype=)``); an ``attribution`` callable runs as it is written (give it the ``dtype``).
 
     >>> found = trigger_localisation(model, fx.backdoor.apply_trigger(x, trigger), x_clean, k=4)
     """
@@ -88,15 +95,17 @@ def trigger_localisation(
             "attribution must be None or a callable (model, inputs, target), "
             f"got {type(attribution).__name__}"
         )
-    explain = attribution or _saliency
+    model_dtype = _precision.check_dtype(dtype, s.device)
+    explain = attribution or functools.partial(_saliency, dtype=model_dtype)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
+    scored = _precision.autocast_model(model, model_dtype, s.device.type)  # model itself for None
     with _model.preserved_state(model):
         with torch.no_grad():
             predicted = torch.cat(
-                [_model.logits(model, s[i : i + chunk]).argmax(1) for i in range(0, len(s), chunk)]
+                [_model.logits(scored, s[i : i + chunk]).argmax(1) for i in range(0, len(s), chunk)]
             )
             clean_predicted = torch.cat(
-                [_model.logits(model, x[i : i + chunk]).argmax(1) for i in range(0, len(x), chunk)]
+                [_model.logits(scored, x[i : i + chunk]).argmax(1) for i in range(0, len(x), chunk)]
             )
         attributions = explain(model, s, predicted)
         if not isinstance(attributions, torch.Tensor) or attributions.shape != s.shape:
@@ -126,7 +135,7 @@ def trigger_localisation(
                 )[:, 0]
                 outcome = torch.cat(
                     [
-                        _model.logits(model, pasted[i : i + chunk]).argmax(1)
+                        _model.logits(scored, pasted[i : i + chunk]).argmax(1)
                         for i in range(0, len(pasted), chunk)
                     ]
                 ).view(count, x.shape[0])

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.backdoor._args import check_class, check_data, check_fraction, check_seed, model_classes
 from fastxai.backdoor.triggers import Trigger, apply_trigger, check_trigger
@@ -101,11 +101,14 @@ def attack_success_rate(
     *,
     target: int,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> float:
     """Attack success rate: the fraction of the inputs whose label is not ``target`` that the
     model classifies as ``target`` once triggered (Gu et al. 2017; Wang et al. 2019).
 
     inputs: [N, *F] clean test inputs; labels: [N] int. Returns a float in [0, 1].
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the model runs under autocast in that dtype
+    (``fastxai._precision``): the rate of the model as run so.
 
     >>> attack_success_rate(model, x_test, y_test, trigger, target=0)
     """
@@ -114,14 +117,16 @@ def attack_success_rate(
     trigger = check_trigger(trigger, x)
     target = check_class("target", target)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
+    model_dtype = _precision.check_dtype(dtype, x.device)
     others = x[y != target]
     if not others.shape[0]:
         raise ValueError(f"labels must contain some class other than the target {target}")
+    scored = _precision.autocast_model(model, model_dtype, x.device.type)  # model itself for None
     with _model.inference_state(model):
-        target = check_class("target", target, model_classes(model, x))
+        target = check_class("target", target, model_classes(scored, x))
         hits = 0
         with torch.no_grad():
             for start in range(0, others.shape[0], chunk):
                 triggered = apply_trigger(others[start : start + chunk], trigger)
-                hits += int((_model.logits(model, triggered).argmax(1) == target).sum())
+                hits += int((_model.logits(scored, triggered).argmax(1) == target).sum())
     return hits / others.shape[0]

@@ -7,6 +7,14 @@ top class has probability ``p_A >= p_A_lower > 1/2``, ``g`` is constant on the L
 Noise comes from the fused ``ops.gaussian_perturb``: sample ``s`` of input ``b`` is a pure
 function of (seed, s, b), drawn a block at a time, so memory does not grow with ``n`` and a
 seed gives the same counts for any ``batch_size``.
+
+``dtype=torch.bfloat16`` (or ``torch.float16``): the base classifier is the model run under
+``torch.autocast`` in that dtype (``fastxai._precision``). The noise is still added to ``x``
+in its own dtype, and each noisy copy is rounded to ``dtype`` after: the rounding is part of
+the base classifier ``f``, so the votes are of ``f(x + sigma z)`` with exact Gaussian noise
+around ``x`` itself, and Theorem 1 holds for that smoothed classifier. Rounding ``x`` first
+(noise drawn in half precision) would certify the ball around the rounded input instead. The
+certificate is of the classifier run in that dtype: predict with the same ``dtype``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 
 import torch
 
-from fastxai import _backends, _budget, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _precision, _scheduling, ops
 from fastxai._checks import check_count, check_positive
 from fastxai._model import Model
 
@@ -58,20 +66,23 @@ def smoothing_predict(
     batch_size: int | None = None,
     seed: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """PREDICT of Cohen et al.: the top class of ``n`` noisy votes, or -1 (abstain) when a
     two-sided binomial test of the top two counts ``n_A`` vs ``n_B`` at 1/2 has p-value > alpha.
 
-    The returned class differs from ``g(x)`` with probability at most ``alpha``.
+    The returned class differs from ``g(x)`` with probability at most ``alpha``. ``dtype``: the
+    base classifier run in that precision (module docstring).
     x: [B, *F]; returns [B] int64 with -1 for abstentions.
 
     >>> pred = fastxai.certify.smoothing_predict(model, x, sigma=0.25, n=1000, seed=0)
     """
     model, x, sigma, seed, chunk = _check_common(model, x, sigma, alpha, batch_size, seed, backend)
+    model_dtype = _precision.check_dtype(dtype, x.device)
     n = check_count("n", n)
     _budget.check_philox_samples("n", n)
     with _model.preserved_state(model):
-        counts = _class_counts(model, x, sigma, seed, 0, n, chunk, backend)
+        counts = _class_counts(model, x, sigma, seed, 0, n, chunk, backend, model_dtype)
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
     winner = top2.indices[:, 0]
     n_a = top2.values[:, 0]
@@ -94,6 +105,7 @@ def smoothing_certify(
     batch_size: int | None = None,
     seed: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CERTIFY of Cohen et al.: guess the top class ``c_A`` from ``n0`` noisy votes, count its
     votes ``k`` among ``n`` fresh ones, bound ``p_A >= p_lower`` (one-sided Clopper-Pearson at
@@ -102,18 +114,20 @@ def smoothing_certify(
     classifier predicts ``c_A`` everywhere within the returned L2 radius.
 
     Selection uses noise samples ``0 .. n0-1`` and estimation ``n0 .. n0+n-1``, so the two are
-    independent. ``backend`` picks the noise kernel (None: the choice in force).
+    independent. ``backend`` picks the noise kernel (None: the choice in force). ``dtype``: the
+    base classifier run in that precision (module docstring).
     x: [B, *F]; returns (pred [B] int64, radius [B] float32).
 
     >>> pred, radius = fastxai.certify.smoothing_certify(model, x, sigma=0.25, n=10000, seed=0)
     """
     model, x, sigma, seed, chunk = _check_common(model, x, sigma, alpha, batch_size, seed, backend)
+    model_dtype = _precision.check_dtype(dtype, x.device)
     n0 = check_count("n0", n0)
     n = check_count("n", n)
     _budget.check_philox_samples("n0 + n", n0 + n)  # the votes use noise samples 0 .. n0 + n - 1
     with _model.preserved_state(model):
-        guess = _class_counts(model, x, sigma, seed, 0, n0, chunk, backend).argmax(dim=1)
-        counts = _class_counts(model, x, sigma, seed, n0, n, chunk, backend)
+        guess = _class_counts(model, x, sigma, seed, 0, n0, chunk, backend, model_dtype).argmax(dim=1)
+        counts = _class_counts(model, x, sigma, seed, n0, n, chunk, backend, model_dtype)
     votes = counts.gather(1, guess.view(-1, 1)).squeeze(1)
     p_lower = clopper_pearson_lower(votes, n, alpha)
     certified = p_lower >= 0.5
@@ -191,18 +205,24 @@ def _class_counts(
     n: int,
     chunk: int,
     backend: str | None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Votes [B, C] int64 of ``n`` noisy copies (samples ``sample_offset ..``) of every input."""
+    """Votes [B, C] int64 of ``n`` noisy copies (samples ``sample_offset ..``) of every input;
+    ``dtype``: the copies rounded to it after the noise, the model under autocast in it."""
     batch = x.shape[0]
     counts: list[torch.Tensor] = []
+    scored = _precision.autocast_model(model, dtype, x.device.type)  # model itself for None
 
     def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
         count = sample_stop - sample
         noisy = ops.gaussian_perturb(
             x[row:row_stop], sigma, seed, sample_offset + sample, count, row, backend=backend
         )
+        noisy = noisy.view(count * (row_stop - row), *x.shape[1:])
+        if dtype is not None:  # rounded after the noise: part of the base classifier (module docstring)
+            noisy = noisy.to(dtype)
         with torch.no_grad():
-            output = _model.logits(model, noisy.view(count * (row_stop - row), *x.shape[1:]))
+            output = _model.logits(scored, noisy)
         if not counts:
             counts.append(torch.zeros(batch, output.shape[1], dtype=torch.long, device=x.device))
         votes = output.argmax(dim=1).view(count, row_stop - row)

@@ -5,6 +5,10 @@ changes the model's prediction too much.
 threshold is set on clean inputs so that at most a fraction ``fpr`` of them score above it
 (the paper's choice of a target false positive rate on legitimate examples).
 
+``dtype=torch.bfloat16`` (or ``torch.float16``): the model runs under ``torch.autocast`` in that
+dtype (``fastxai._precision``), its logits are taken to float64 before the softmax as without
+it; a detector fitted with a ``dtype`` scores in it.
+
 >>> detector = fastxai.fit_squeezing_detector(model, x_clean, fpr=0.05)
 >>> flags, scores = detector.detect(x_test)
 """
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.defences.squeezing import median_smooth, reduce_bit_depth
 
@@ -76,12 +80,14 @@ def squeezing_scores(
     *,
     squeezers: Sequence[Squeezer] | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``max_s || softmax(f(x)) - softmax(f(s(x))) ||_1`` per input, [B] float64 in [0, 2].
 
     ``squeezers``: input transforms [B, *F] -> [B, *F'] (e.g. ``functools.partial(
     fastxai.reduce_bit_depth, bits=4)``, or a defence wrapper's ``.transform``); default: 1-bit
-    depth and 2x2 median, the paper's MNIST detector.
+    depth and 2x2 median, the paper's MNIST detector. ``dtype``: the model's precision (module
+    docstring).
 
     >>> squeezing_scores(model, x)
     """
@@ -89,23 +95,28 @@ def squeezing_scores(
     squeezers = check_squeezers(squeezers)
     x = _model.check_inputs(inputs).detach()
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
+    scored = _precision.autocast_model(model, _precision.check_dtype(dtype, x.device), x.device.type)
     with _model.preserved_state(model):
-        return _scores(model, x, squeezers, chunk)
+        return _scores(scored, x, squeezers, chunk)
 
 
 @dataclass(frozen=True)
 class SqueezingDetector:
     """Flags inputs whose ``squeezing_scores`` exceed ``threshold`` (chosen on clean inputs at a
-    false positive rate ``fpr``; ``calibration_fpr`` is the rate reached there, <= ``fpr``)."""
+    false positive rate ``fpr``; ``calibration_fpr`` is the rate reached there, <= ``fpr``), the
+    model run in ``dtype`` as when it was fitted."""
 
     model: Model
     squeezers: tuple[Squeezer, ...]
     threshold: float
     fpr: float
     calibration_fpr: float
+    dtype: torch.dtype | None = None
 
     def scores(self, inputs: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
-        return squeezing_scores(self.model, inputs, squeezers=self.squeezers, chunk_size=chunk_size)
+        return squeezing_scores(
+            self.model, inputs, squeezers=self.squeezers, chunk_size=chunk_size, dtype=self.dtype
+        )
 
     def detect(
         self, inputs: torch.Tensor, *, chunk_size: int | None = None
@@ -130,10 +141,12 @@ def fit_squeezing_detector(
     squeezers: Sequence[Squeezer] | None = None,
     fpr: float = 0.05,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> SqueezingDetector:
     """Calibrate the feature-squeezing detector on clean inputs [N, *F]: the threshold lets
     through all but at most ``floor(fpr * N)`` of them, so the false positive rate on ``clean``
-    is <= ``fpr`` (0 <= fpr < 1).
+    is <= ``fpr`` (0 <= fpr < 1). ``dtype``: the model's precision, here and in the detector's
+    scores (module docstring).
 
     >>> detector = fit_squeezing_detector(model, x_clean, fpr=0.05)
     >>> flags, scores = detector.detect(x_adv)
@@ -144,8 +157,10 @@ def fit_squeezing_detector(
         raise ValueError(f"fpr must be a number in [0, 1), got {fpr!r}")
     x = _model.check_inputs(clean).detach()
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
+    model_dtype = _precision.check_dtype(dtype, x.device)
+    scored = _precision.autocast_model(model, model_dtype, x.device.type)  # model itself for None
     with _model.preserved_state(model):
-        scores = _scores(model, x, squeezers, chunk)
+        scores = _scores(scored, x, squeezers, chunk)
     threshold = threshold_at_fpr(scores, float(fpr))
     reached = float((scores > threshold).double().mean())
-    return SqueezingDetector(model, squeezers, threshold, float(fpr), reached)
+    return SqueezingDetector(model, squeezers, threshold, float(fpr), reached, model_dtype)

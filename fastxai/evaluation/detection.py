@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastxai import _model, _scheduling
+from fastxai import _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.evaluation.fragility import ExplanationConfig, _check_config, _map, check_map_fits
 from fastxai.evaluation.similarity import _average_ranks
@@ -43,7 +43,7 @@ def attribution_features(
     channels (``explanation_map``) and ``p = m / sum(m)``: ``log sum m``, ``log max m``, the
     normalised entropy ``-sum p log p / log P``, the mass of the top 1%, 5%, 10% of features,
     the skewness and log kurtosis of ``a``'s values, the logit margin ``z_(1) - z_(2)`` and
-    ``log max softmax``.
+    ``log max softmax``. ``config.dtype``: the model's passes under autocast in it.
 
     >>> attribution_features(model, x).shape  # (B, 10)
     """
@@ -53,11 +53,12 @@ def attribution_features(
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
     check_map_fits(config, x, min(chunk, x.shape[0]))
     rows = []
+    scored = _precision.autocast_model(model, config.dtype, x.device.type)  # model itself for None
     with _model.preserved_state(model):
         for start in range(0, x.shape[0], chunk):
             part = x[start : start + chunk]
             with torch.no_grad():
-                logits = _model.logits(model, part).double()
+                logits = _model.logits(scored, part).double()
             predicted = logits.argmax(dim=1)
             maps = _map(model, part, predicted, config, create_graph=False).detach().double().flatten(1)
             rows.append(_statistics(maps, logits))

@@ -6,6 +6,12 @@ Every metric sends all of its perturbed inputs through the model in chunks of ``
 inputs are built by the fused ops (``masked_blend`` for the curves, ``gaussian_perturb`` for
 infidelity's noise), so results do not depend on the chunk size.
 
+``dtype=torch.bfloat16`` (or ``torch.float16``) on the metrics that call the model (deletion,
+insertion, infidelity, completeness): every model call runs under ``torch.autocast`` in that
+dtype (``fastxai._precision``); the perturbed inputs the curves and infidelity build are made
+in it, the scores are taken in float32 and the sums in float64, as without it. The metric is
+then of the model run in that precision.
+
 >>> from fastxai import evaluation as ev
 >>> curve, auc = ev.deletion(model, x, fx.saliency(model, x, target=y), target=y)
 """
@@ -19,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from fastxai import _backends, _budget, _model, _scheduling, ops
+from fastxai import _backends, _budget, _model, _precision, _scheduling, ops
 from fastxai._checks import check_count
 from fastxai._model import Model
 
@@ -145,10 +151,12 @@ def _curve(
     score: str,
     chunk_size: int | None,
     backend: str | None,
+    dtype: object = None,
 ) -> Curve:
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
     attributions = _check_attributions(attributions, inputs)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     n_steps = check_count("n_steps", n_steps)
     # held for the whole curve: the step sizes (two int64 per step) and the scores [B, n_steps + 1]
     _budget.check_fits(
@@ -157,7 +165,8 @@ def _curve(
     )  # fmt: skip
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    _backends.resolve(backend, inputs.device, inputs.dtype)  # one that cannot blend them: before the model
+    points = _precision.points_dtype(inputs, model_dtype)  # the copies' dtype
+    _backends.resolve(backend, inputs.device, points)  # one that cannot blend them: before the model
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     mask, groups = _feature_groups(inputs, feature_mask, per_pixel)
     removed = replacement_values(inputs, replacement, blur_sigma)
@@ -177,10 +186,13 @@ def _curve(
     steps = torch.arange(n_steps + 1, device=inputs.device)
     changed = (2 * steps * groups + n_steps) // (2 * n_steps)
     base, start = (removed, inputs) if insertion else (inputs, removed)
+    if model_dtype is not None:  # the copies built in the precision the model runs in
+        base, start = base.to(model_dtype), start.to(model_dtype)
     scores = torch.empty(batch, n_steps + 1, device=inputs.device, dtype=torch.float32)
+    scored = _precision.autocast_model(model, model_dtype, inputs.device.type)  # model itself for None
 
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, inputs, target_t, chunk)
+        target_t = _model.resolve_target(scored, inputs.to(points), target_t, chunk)
 
         def body(step: int, step_stop: int, row: int, row_stop: int) -> None:
             # keep = 1: the feature shows ``start`` (the input for deletion); 0: ``base``.
@@ -189,7 +201,7 @@ def _curve(
                 base[row:row_stop], start[row:row_stop], mask, keep, backend=backend
             ).flatten(0, 1)
             with torch.no_grad():
-                output = _model.logits(model, perturbed)
+                output = _model.logits(scored, perturbed)
             rows = target_t[row:row_stop].repeat_interleave(step_stop - step)
             scores[row:row_stop, step:step_stop] = _target_score(output, rows, score).view(
                 row_stop - row, step_stop - step
@@ -225,6 +237,7 @@ def deletion(
     score: str = "probability",
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Curve:
     """Deletion curve (pixel flipping, Bach et al. 2015; Samek et al. 2017; Petsiuk et al. 2018):
     the features are removed (set to ``replacement``) most relevant first, in ``n_steps`` equal
@@ -233,14 +246,15 @@ def deletion(
 
     Features are ranked by their attribution (summed over channels when ``per_pixel``, the
     default for images [B, C, H, W]; summed over groups given by ``feature_mask`` [*F]).
-    ``score``: the target's softmax ``"probability"`` or its ``"logit"``.
+    ``score``: the target's softmax ``"probability"`` or its ``"logit"``. ``dtype``: the model's
+    precision (module docstring: the copies in it, the scores float32).
     inputs, attributions: [B, *F]; returns ``Curve(scores [B, n_steps + 1], auc [B])``.
 
     >>> curve, auc = ev.deletion(model, x, fx.integrated_gradients(model, x, target=y), target=y)
     """
     return _curve(
         model, inputs, attributions, target, False, n_steps, replacement, blur_sigma,
-        feature_mask, per_pixel, score, chunk_size, backend,
+        feature_mask, per_pixel, score, chunk_size, backend, dtype,
     )  # fmt: skip
 
 
@@ -258,6 +272,7 @@ def insertion(
     score: str = "probability",
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Curve:
     """Insertion curve (Petsiuk et al. 2018): start from ``replacement`` (a blurred image by
     default) and put the input's features back most relevant first; a higher AUC is better.
@@ -267,7 +282,7 @@ def insertion(
     """
     return _curve(
         model, inputs, attributions, target, True, n_steps, replacement, blur_sigma,
-        feature_mask, per_pixel, score, chunk_size, backend,
+        feature_mask, per_pixel, score, chunk_size, backend, dtype,
     )  # fmt: skip
 
 
@@ -291,6 +306,7 @@ def infidelity(
     seed: int | None = None,
     chunk_size: int | None = None,
     backend: str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Infidelity (Yeh et al. 2019): ``E_I[(I . attributions - (f(x) - f(x - I)))^2]`` over
     perturbations ``I``, estimated with ``n_perturb_samples`` of them; lower is better.
@@ -302,6 +318,12 @@ def infidelity(
     ``beta`` first, as Captum does. ``f`` is the target's logit. inputs, attributions: [B, *F];
     returns [B] (fp32).
 
+    ``dtype=torch.bfloat16`` (or ``torch.float16``): the model runs under autocast in that
+    dtype on the inputs rounded to it, the noisy copies are drawn in it, and ``I`` is the
+    difference of the two as the model sees them (in float32: bf16 rounds a perturbation of
+    ``noise_std=0.003`` at inputs near 1 to a multiple of 2^-8, and the metric is of that one);
+    ``perturb_func``'s ``I`` is taken as given, its ``x - I`` rounded by autocast.
+
     >>> ev.infidelity(model, x, fx.integrated_gradients(model, x, target=y), target=y, seed=0)
     """
     from fastxai.attribution.smoothgrad import _check_seed
@@ -309,6 +331,7 @@ def infidelity(
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
     attributions = _check_attributions(attributions, inputs)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     n_perturb_samples = check_count("n_perturb_samples", n_perturb_samples)
     if perturb_func is None:
         if not (isinstance(noise_std, (int, float)) and not isinstance(noise_std, bool)) or not (
@@ -319,8 +342,9 @@ def infidelity(
         _budget.check_philox_samples("n_perturb_samples", n_perturb_samples)
     elif not callable(perturb_func):
         raise TypeError(f"perturb_func must be callable, got {type(perturb_func).__name__}")
-    if perturb_func is None:  # a backend that cannot draw the noise in the inputs' dtype: before the model
-        _backends.resolve(backend, inputs.device, inputs.dtype)
+    points = _precision.points_dtype(inputs, model_dtype)  # what the default noise is drawn in
+    if perturb_func is None:  # a backend that cannot draw the noise in that dtype: before the model
+        _backends.resolve(backend, inputs.device, points)
     elif backend is not None:
         _backends.check_choice(backend)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
@@ -330,18 +354,26 @@ def infidelity(
     sums = torch.zeros(3, batch, device=inputs.device, dtype=torch.float64)
     flat_attributions = attributions.reshape(batch, -1).double()
 
+    scored = _precision.autocast_model(model, model_dtype, inputs.device.type)  # model itself for None
+    # the inputs as the model sees them: rounded to ``dtype`` (the noise is drawn around them)
+    source = inputs if model_dtype is None or perturb_func is not None else inputs.to(model_dtype)
+
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, inputs, target_t, chunk)
-        clean = _model.target_scores(model, inputs, target_t, chunk).double()
+        target_t = _model.resolve_target(scored, source, target_t, chunk)
+        clean = _model.target_scores(scored, source, target_t, chunk).double()
 
         def body(sample: int, sample_stop: int, row: int, row_stop: int) -> None:
             rows, count = row_stop - row, sample_stop - sample
-            x = inputs[row:row_stop]
+            x = source[row:row_stop]
             if perturb_func is None:
                 sigma = torch.full((rows,), float(noise_std), device=inputs.device)
                 perturbed = ops.gaussian_perturb(x, sigma, seed_value, sample, count, row, backend=backend)
                 perturbed = perturbed.transpose(0, 1).reshape(rows * count, *x.shape[1:])
-                perturbation = x.repeat_interleave(count, dim=0) - perturbed
+                if model_dtype is None:
+                    perturbation = x.repeat_interleave(count, dim=0) - perturbed
+                else:  # the half-precision copies' differences, exact in float32
+                    wide = _precision.accumulator_dtype(inputs.dtype)
+                    perturbation = x.to(wide).repeat_interleave(count, dim=0) - perturbed.to(wide)
             else:
                 perturbation, perturbed = perturb_func(x.repeat_interleave(count, dim=0))
                 for name, tensor in (("perturbation", perturbation), ("perturbed input", perturbed)):
@@ -350,7 +382,7 @@ def infidelity(
                             f"perturb_func must return two tensors [{rows * count}, *F]: bad {name}"
                         )
             targets = target_t[row:row_stop].repeat_interleave(count)
-            scores = _model.target_scores(model, perturbed, targets, perturbed.shape[0]).double()
+            scores = _model.target_scores(scored, perturbed, targets, perturbed.shape[0]).double()
             difference = (clean[row:row_stop].repeat_interleave(count) - scores).view(rows, count)
             dot = (
                 perturbation.reshape(rows, count, -1).double() * flat_attributions[row:row_stop, None]
@@ -458,13 +490,17 @@ def completeness_error(
     *,
     baselines: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Completeness error (Sundararajan et al. 2017): ``sum(attributions) - (f(x) - f(baseline))``
     per sample, with ``f`` the target's logit and a zero baseline by default: [B]. Zero for an
-    exact Integrated Gradients (or SHAP) attribution."""
+    exact Integrated Gradients (or SHAP) attribution. ``dtype``: ``f`` is the model run under
+    autocast in that dtype (the default None: as given; a bf16 attribution is best judged
+    against the float32 model, README "bf16")."""
     model = _model.check_model(model)
     inputs = _model.check_inputs(inputs)
     attributions = _check_attributions(attributions, inputs)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
     if baselines is None:
         baselines = torch.zeros_like(inputs)
     elif not isinstance(baselines, torch.Tensor) or baselines.shape != inputs.shape:
@@ -474,10 +510,12 @@ def completeness_error(
         )
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    scored = _precision.autocast_model(model, model_dtype, inputs.device.type)  # model itself for None
+    baselines = baselines.to(inputs.device, inputs.dtype)
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, inputs, target_t, chunk)
+        target_t = _model.resolve_target(scored, inputs, target_t, chunk)
         gap = (
-            _model.target_scores(model, inputs, target_t, chunk).double()
-            - _model.target_scores(model, baselines.to(inputs.device, inputs.dtype), target_t, chunk).double()
+            _model.target_scores(scored, inputs, target_t, chunk).double()
+            - _model.target_scores(scored, baselines, target_t, chunk).double()
         )
     return (attributions.reshape(inputs.shape[0], -1).double().sum(dim=1) - gap).float()

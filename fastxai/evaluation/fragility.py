@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from fastxai import _backends, _budget, _model, ops
+from fastxai import _backends, _budget, _model, _precision, ops
 from fastxai._model import Model
 from fastxai.attacks import pgd
 from fastxai.attacks._core import (
@@ -40,13 +40,18 @@ OBJECTIVES = ("topk", "center_of_mass")
 @dataclass(frozen=True)
 class ExplanationConfig:
     """How explanations are computed: ``n_samples``/``stdevs``/``seed`` for SmoothGrad (the same
-    noise at every attack step), ``n_steps`` Gauss-Legendre points and a zero baseline for IG."""
+    noise at every attack step), ``n_steps`` Gauss-Legendre points and a zero baseline for IG.
+    ``dtype`` (``torch.bfloat16`` or ``torch.float16``): the model's passes for the explanation
+    and its scores run under autocast in it (``fastxai._precision``; ``explanation_map``,
+    ``attribution_features`` and the attribution detector), the maps are float32; checked before
+    the model runs. The attacks on explanations build their own config and take none."""
 
     explanation: str = "saliency"
     n_samples: int = 16
     stdevs: float = 0.15
     n_steps: int = 16
     seed: int = 0
+    dtype: torch.dtype | None = None
 
 
 def explanation_map(
@@ -64,8 +69,9 @@ def explanation_map(
     config = _check_config(config)
     check_map_fits(config, x, x.shape[0])
     target_t = _model.check_target(target, x.shape[0], x.device)
+    scored = _precision.autocast_model(model, config.dtype, x.device.type)  # model itself for None
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, x, target_t, x.shape[0])
+        target_t = _model.resolve_target(scored, x, target_t, x.shape[0])
         return _map(model, x, target_t, config, create_graph=False).detach()
 
 
@@ -350,7 +356,9 @@ def check_map_fits(config: ExplanationConfig, x: torch.Tensor, rows: int) -> Non
     """Refuse, before any model call, a SmoothGrad or IG map that cannot fit: ``_map`` sends all
     ``n`` noisy (or path) copies of ``rows`` inputs through the model as one batch, since the
     attacks differentiate through all of them at once, and holds the copies, the model batch and
-    its input gradient (3 copies; the model's own activations come on top)."""
+    its input gradient (3 copies; the model's own activations come on top). Also the config's
+    ``dtype``, on the inputs' device."""
+    _precision.check_dtype(config.dtype, x.device)
     if config.explanation == "saliency":
         return
     smooth = config.explanation == "smoothgrad"
@@ -397,8 +405,10 @@ def _map(
 def _attribution(
     model: Model, x: torch.Tensor, target: torch.Tensor, config: ExplanationConfig, create_graph: bool
 ) -> torch.Tensor:
-    """A differentiable attribution (``create_graph``) of ``f_target`` at x: [B, *F]."""
+    """A differentiable attribution (``create_graph``) of ``f_target`` at x: [B, *F]; the model
+    under autocast in ``config.dtype`` (the gradient comes back in x's dtype)."""
     leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+    model = _precision.autocast_model(model, config.dtype, x.device.type)  # itself for None
 
     def gradients(points: torch.Tensor, repeats: int) -> torch.Tensor:
         with torch.enable_grad():

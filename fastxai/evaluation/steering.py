@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
 
@@ -58,10 +58,17 @@ def _unit_scale(scale: torch.Tensor) -> Callable[[nn.Module, Any, Any], torch.Te
 
 
 def unit_attributions(
-    model: Model, layer: nn.Module, inputs: torch.Tensor, classes: torch.Tensor
+    model: Model,
+    layer: nn.Module,
+    inputs: torch.Tensor,
+    classes: torch.Tensor,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Gradient x activation of each unit of ``layer`` for the logit ``classes[b]``, summed over
-    the unit's positions: [B, U] float64. Runs under the caller's ``preserved_state``."""
+    the unit's positions: [B, U] float64. Runs under the caller's ``preserved_state``. ``dtype``
+    (``fastxai._precision``): the pass under autocast in it, the layer's half-precision
+    activations and gradients multiplied in float64."""
+    dtype = _precision.check_dtype(dtype, inputs.device)
     kept: list[torch.Tensor] = []
 
     def keep(module: nn.Module, args: Any, output: Any) -> None:
@@ -73,13 +80,16 @@ def unit_attributions(
     try:
         with torch.enable_grad():
             leaf = inputs.detach().requires_grad_(True)  # parameters are frozen: the graph needs a leaf
-            logits = _model.logits(model, leaf)
+            logits = _model.logits(_precision.autocast_model(model, dtype, leaf.device.type), leaf)
             if len(kept) != 1:
                 raise ValueError(f"layer must run once per forward pass, ran {len(kept)} times")
             (grad,) = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), kept[0])
     finally:
         handle.remove()
-    product = (kept[0].detach() * grad).double()
+    if dtype is None:
+        product = (kept[0].detach() * grad).double()
+    else:
+        product = kept[0].detach().double() * grad.double()
     return product.flatten(2).sum(2) if product.dim() > 2 else product
 
 
@@ -87,27 +97,30 @@ def unit_attributions(
 class SteeredDetector:
     """``scores(x)``: L1 distance of the softmax of the model and of its attribute-steered copy
     (witnesses of the predicted class x ``strengthen``, other units x ``weaken``), [B] float64.
-    ``witnesses``: [classes, units] bool."""
+    ``witnesses``: [classes, units] bool. ``dtype``: the model's precision when it was fitted,
+    and when it scores (under autocast; the softmax of its logits in float64)."""
 
     model: Model
     layer: nn.Module
     witnesses: torch.Tensor
     strengthen: float
     weaken: float
+    dtype: torch.dtype | None = None
 
     def scores(self, inputs: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
         x = _model.check_inputs(inputs).detach()
         chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x, forward_only=True)
         rows = []
+        scored = _precision.autocast_model(self.model, self.dtype, x.device.type)  # itself for None
         with _model.preserved_state(self.model), torch.no_grad():
             for start in range(0, x.shape[0], chunk):
                 part = x[start : start + chunk]
-                logits = _model.logits(self.model, part)
+                logits = _model.logits(scored, part)
                 witnessed = self.witnesses.to(part.device)[logits.argmax(dim=1)]
                 scale = torch.where(witnessed, self.strengthen, self.weaken)
                 handle = self.layer.register_forward_hook(_unit_scale(scale))
                 try:
-                    steered = _model.logits(self.model, part)
+                    steered = _model.logits(scored, part)
                 finally:
                     handle.remove()
                 rows.append((logits.double().softmax(1) - steered.double().softmax(1)).abs().sum(1).cpu())
@@ -124,11 +137,14 @@ def fit_steered_detector(
     strengthen: float = 1.5,
     weaken: float = 0.5,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> SteeredDetector:
     """Find each class's witness units on clean ``inputs`` [N, *F] with ``labels`` [N] (every
     class the model has should appear): the ``ceil(witnesses x U)`` units of ``layer`` (a
     submodule or its dotted name, output [N, U, *S]) with the largest mean gradient x activation
-    for the class over its inputs. Needs no adversarial examples.
+    for the class over its inputs. Needs no adversarial examples. ``dtype=torch.bfloat16`` (or
+    ``torch.float16``): the model runs under autocast in that dtype (``fastxai._precision``),
+    here and in the detector's scores; the attributions are taken in float64.
 
     >>> detector = fit_steered_detector(model, x_train, y_train, layer="6", witnesses=0.25)
     >>> detector.scores(x)  # [B], high for adversarial inputs
@@ -148,14 +164,18 @@ def fit_steered_detector(
         raise type(error)(str(error).replace("target", "labels")) from None
     assert target is not None
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), x)
+    model_dtype = _precision.check_dtype(dtype, x.device)
+    scored = _precision.autocast_model(model, model_dtype, x.device.type)  # model itself for None
     with _model.preserved_state(model):
-        classes = _model.logits(model, x[:1]).shape[1]
+        classes = _model.logits(scored, x[:1]).shape[1]
         try:
             _model.check_target_range(target, classes)
         except ValueError as error:
             raise ValueError(str(error).replace("target", "labels")) from None
         parts = [
-            unit_attributions(model, module, x[start : start + chunk], target[start : start + chunk])
+            unit_attributions(
+                model, module, x[start : start + chunk], target[start : start + chunk], model_dtype
+            )
             for start in range(0, x.shape[0], chunk)
         ]
     attributions = torch.cat(parts).cpu()
@@ -169,4 +189,4 @@ def fit_steered_detector(
     count = max(1, math.ceil(witnesses * attributions.shape[1]))
     chosen = torch.zeros(classes, attributions.shape[1], dtype=torch.bool)
     chosen.scatter_(1, mean.topk(count, dim=1).indices, True)
-    return SteeredDetector(model, module, chosen, strengthen, weaken)
+    return SteeredDetector(model, module, chosen, strengthen, weaken, model_dtype)

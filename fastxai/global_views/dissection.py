@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional
 
-from fastxai import _compile, _model
+from fastxai import _compile, _model, _precision
 from fastxai._model import Model
 from fastxai.global_views import _layers, activations
 from fastxai.global_views.activations import InputAdapter
@@ -131,6 +131,7 @@ def network_dissection(
     iou_threshold: float = 0.04,
     input_adapter: InputAdapter | None = None,
     batch_size: int = 256,
+    dtype: torch.dtype | None = None,
 ) -> Dissection:
     """Network dissection (Bau, Zhou, Khosla, Oliva, Torralba 2017, "Network Dissection:
     Quantifying Interpretability of Deep Visual Representations").
@@ -155,7 +156,10 @@ def network_dissection(
     Activations of ``batch_size`` images per pass are kept (N x U x h x w floats) for the
     quantiles; the upsampling and the IoU counts are batched tensor operations over the maps
     that reach the threshold (``_overlap_counts``). The model is
-    left as found. Returns a ``Dissection``.
+    left as found. Returns a ``Dissection``. ``dtype=torch.bfloat16`` (or ``torch.float16``):
+    the activation passes run under autocast in that dtype (``fastxai._precision``), the maps
+    kept in float32; 8-bit activations tie more often at the threshold, so a few units' masks
+    (and labels) can change (README "bf16").
 
     >>> result = fastxai.network_dissection(model, fastxai.concept_dataset(512), layer="4")
     >>> result.labels[:3], result.best_iou[:3], result.counts()
@@ -175,8 +179,11 @@ def network_dissection(
         raise ValueError(f"iou_threshold must be a number in [0, 1), got {iou_threshold!r}")
     adapter = activations.check_adapter(input_adapter)
     batch_size = activations.check_batch_size(batch_size)
+    model_dtype = _precision.check_dtype(dtype, activations.model_device(model) or images.device)
     with _model.preserved_state(model):
-        maps = activations.collect(model, layer_module, layer_name, images.detach(), batch_size, adapter)
+        maps = activations.collect(
+            model, layer_module, layer_name, images.detach(), batch_size, adapter, model_dtype
+        )
     if maps.dim() != 4:
         raise ValueError(
             f"network dissection needs a layer with 2-d activation maps [N, units, h, w]; "

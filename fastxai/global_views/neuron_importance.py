@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastxai import _compile, _model
+from fastxai import _compile, _model, _precision
 from fastxai._model import Model
 from fastxai.global_views import _layers
 
@@ -138,6 +138,7 @@ def neuron_importance(
     layer: object,
     batch_size: int = 256,
     statistic: str | Sequence[str] = "mean_abs",
+    dtype: torch.dtype | None = None,
 ) -> NeuronImportance:
     """Streaming per-unit activation statistics of ``layer`` over a data set.
 
@@ -150,7 +151,8 @@ def neuron_importance(
 
     data: a tensor [N, *F], an (inputs [N, *F], labels [N]) tuple, a Dataset or a DataLoader
     yielding either. Batches are cut to at most ``batch_size`` examples and moved to the model's
-    device. Returns a ``NeuronImportance``.
+    device. Returns a ``NeuronImportance``. ``dtype=torch.bfloat16`` (or ``torch.float16``): the
+    passes run under autocast in that dtype (``fastxai._precision``); the sums stay float64.
 
     >>> importance = fastxai.global_views.neuron_importance(model, (x, y), layer="4")
     >>> importance["mean_abs"].topk(5)
@@ -168,6 +170,9 @@ def neuron_importance(
     elif isinstance(data, torch.Tensor):
         _model.check_inputs(data)
     parameter = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    first = data[0] if isinstance(data, tuple) else data  # the device autocast runs on, before the model
+    device = parameter.device if parameter is not None else getattr(first, "device", torch.device("cpu"))
+    model_dtype = _precision.check_dtype(dtype, device)
     sums: _Sums | None = None
     with _model.preserved_state(model):
         for inputs, labels in _batches(data, batch_size):
@@ -178,7 +183,7 @@ def neuron_importance(
                 raise ValueError("data must give labels for every batch or for none")
             if labels is not None:
                 labels = _check_labels(labels, inputs.shape[0])
-            with torch.no_grad():
+            with torch.no_grad(), _precision.autocast(model_dtype, inputs.device.type):
                 activation = _layers.layer_output(model, layer_module, layer_name, inputs)
             if activation.dim() < 2:
                 raise ValueError(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fastxai import _compile, _model, _scheduling
+from fastxai import _compile, _model, _precision, _scheduling
 from fastxai._model import Model
 from fastxai.global_views import _layers, _stats
 from fastxai.global_views.cav import CAV, CLASSIFIERS, check_regularization, train_cav
@@ -150,6 +150,7 @@ def tcav(
     alpha: float = 0.05,
     seed: int = 0,
     chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, TCAVResult]:
     """Testing with Concept Activation Vectors (Kim et al. 2018, ICML).
 
@@ -170,7 +171,9 @@ def tcav(
     [n_r, *F] example sets (at least 3), or their number, drawn (seeded) from ``random_pool``
     [M, *F] with ``random_set_size`` examples each (default: the largest concept's size).
     ``test_fraction`` of every set is held out of training to measure the CAVs' accuracy.
-    Returns concept name -> ``TCAVResult``.
+    Returns concept name -> ``TCAVResult``. ``dtype=torch.bfloat16`` (or ``torch.float16``): every
+    model pass runs under autocast in that dtype (``fastxai._precision``); the CAVs are fitted
+    to the activations in float32 and the derivatives projected in float32.
 
     >>> results = fastxai.global_views.tcav(model, x_zebras, target=zebra, layer="layer3",
     ...                                     concepts={"stripes": stripes}, random_concepts=randoms)
@@ -198,6 +201,8 @@ def tcav(
         concept_sets[name] = _check_examples(f"concepts[{name!r}]", examples, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
+    model_dtype = _precision.check_dtype(dtype, inputs.device)
+    scored = _precision.autocast_model(model, model_dtype, inputs.device.type)  # model itself for None
     generator = torch.Generator().manual_seed(seed)
     random_sets = _random_sets(
         random_concepts,
@@ -210,12 +215,14 @@ def tcav(
 
     def activations(examples: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return torch.cat(
+            acts = torch.cat(
                 [
-                    _layers.layer_output(model, layer_module, layer_name, examples[s : s + chunk]).flatten(1)
+                    _layers.layer_output(scored, layer_module, layer_name, examples[s : s + chunk]).flatten(1)
                     for s in range(0, examples.shape[0], chunk)
                 ]
             )
+        # half-precision activations (``dtype=``): the CAVs fitted in float32
+        return acts if model_dtype is None else acts.to(_precision.accumulator_dtype(acts.dtype))
 
     def split(examples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         train_rows, test_rows = _held_out(examples.shape[0], float(test_fraction), generator)
@@ -227,7 +234,7 @@ def tcav(
 
     n_random = len(random_sets)
     with _model.preserved_state(model):
-        target_t = _model.resolve_target(model, inputs, target_t, chunk)
+        target_t = _model.resolve_target(scored, inputs, target_t, chunk)
         random_acts = [split(examples) for examples in random_sets]
         cavs: list[CAV] = []
         accuracies: list[float] = []
@@ -249,7 +256,7 @@ def tcav(
                 return outputs.gather(1, rows).squeeze(1)
 
             _, _, gradient = _layers.output_and_layer_gradient(
-                model, layer_module, layer_name, inputs[row:row_stop], target_logit
+                scored, layer_module, layer_name, inputs[row:row_stop], target_logit
             )
             if gradient[0].numel() != vectors.shape[1]:
                 raise ValueError(f"layer {layer_name!r} gives activations of another size for the inputs")
