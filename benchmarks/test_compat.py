@@ -88,6 +88,20 @@ MANY_PASSES = {
 milliseconds, where run-to-run noise is 5-10%) get 20 rounds on the ResNet."""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _steady_allocator() -> None:
+    """One 512-row forward and backward of the ResNet before anything is timed. glibc's
+    allocator keeps freed blocks for reuse only once it has seen large ones (its mmap and trim
+    thresholds grow with the blocks it frees); before that, every pass of a few MB maps and
+    faults fresh pages. Without this, the first class to run a large pass in the process pays
+    that and the ones after it do not: fastxai's IntegratedGradients on the ResNet took ~520 ms
+    of CPU time before any large pass and ~390 ms after one, Captum's ~530-545 ms either way
+    (one thread). Every long-running process that has loaded a model or a batch is in this state."""
+    model = small_resnet(module_relus=True)
+    x = torch.rand(512, 3, 32, 32).requires_grad_(True)
+    torch.autograd.grad(model(x)[:, 0].sum(), x)
+
+
 def _params() -> list[Any]:
     params = []
     for name in SPECS:
