@@ -135,6 +135,33 @@ def test_a_path_along_which_the_score_is_flat_is_still_integrated(power: int) ->
     assert (_relative_l1(got, exact) <= 1e-3).all()
 
 
+class _Wave(nn.Module):
+    """``sin(k x1) - sin(k x2)``: flat from 0 to (1, 1), IG ``(sin k, -sin k)``."""
+
+    def __init__(self, frequency: float) -> None:
+        super().__init__()
+        self.frequency = frequency
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.frequency * x[:, :1]) - torch.sin(self.frequency * x[:, 1:2])
+
+
+@pytest.mark.parametrize("period", ["node spacing", "other"])
+def test_a_flat_path_is_not_fooled_by_a_gradient_aliased_on_the_first_nodes(period: str) -> None:
+    """With the gradient's period equal to the 3-point rule's node spacing ``sqrt(0.6) / 2`` its
+    three gradients are equal, the scalar is flat, the rule against its cells is zero: the first
+    round alone stopped with IG 8x off and no warning. A flat path takes the 7-point rule first."""
+    frequency = 2 * np.pi / (np.sqrt(0.6) / 2) if period == "node spacing" else 5.0
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    got, evaluations = fx.integrated_gradients(
+        _Wave(frequency), x, target=0, method="adaptive", tolerance=1e-3, return_evaluations=True,
+        on_unconverged="raise",
+    )  # fmt: skip
+    exact = np.sin(frequency) * torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    assert (_relative_l1(got, exact) <= 1e-2).all()
+    assert int(evaluations[0]) > 2 + 3
+
+
 def test_misfits_split_the_completeness_error_exactly() -> None:
     """On random values and slopes, a row of g1 / g3 / k7 panels: sum of boundary misfits and
     remainders equals the rule's sum minus f(1) - f(0) (``_panels`` docstring), and the rules
