@@ -168,9 +168,10 @@ def row(title: str, model: nn.Module, x: torch.Tensor, exact: bool) -> str:
     with torch.no_grad():
         target = model(x).argmax(1)
         scores = model(torch.cat([x, torch.zeros_like(x)])).gather(1, target.repeat(2).view(-1, 1)).squeeze(1)
-    difference = (scores[: x.shape[0]] - scores[x.shape[0] :]).abs().double()
+    signed = (scores[: x.shape[0]] - scores[x.shape[0] :]).double()
+    difference = signed.abs()
     truth = reference(model, x, target)
-    truth_completeness = float(((truth.flatten(1).sum(1) - difference).abs() / difference).max())
+    truth_completeness = float(((truth.flatten(1).sum(1) - signed).abs() / difference).max())
     needed, needed_error = None, "-"
     for n in LADDER:
         attributions, delta = fx.integrated_gradients(
