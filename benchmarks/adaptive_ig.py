@@ -176,14 +176,24 @@ def row(title: str, model: nn.Module, x: torch.Tensor, exact: bool, points: int)
     difference = signed.abs()
     truth = reference(model, x, target, points)
     truth_completeness = float(((truth.flatten(1).sum(1) - signed).abs() / difference).max())
-    needed, needed_error = None, "-"
-    for n in LADDER:
-        attributions, delta = fx.integrated_gradients(
-            model, x, target=target, n_steps=n, return_convergence_delta=True
-        )
-        if bool((delta.abs() <= TOLERANCE * difference).all()):
-            needed, needed_error = n, f"{float(relative(attributions, truth).max()):.1e}"
-            break
+    checked: dict[int, tuple[bool, float]] = {}  # points: (every sample complete, worst error)
+
+    def complete(n: int) -> bool:
+        if n not in checked:
+            attributions, delta = fx.integrated_gradients(
+                model, x, target=target, n_steps=n, return_convergence_delta=True
+            )
+            good = bool((delta.abs() <= TOLERANCE * difference).all())
+            checked[n] = (good, float(relative(attributions, truth).max()))
+        return checked[n][0]
+
+    needed = next((n for n in LADDER if complete(n)), None)
+    needed_error = "-" if needed is None else f"{checked[needed][1]:.1e}"
+    # as a user without the oracle would: 1, 2, 4, ... points until the delta is within the tolerance
+    powers = [2**k for k in range(LADDER[-1].bit_length())]
+    first = next((k for k, n in enumerate(powers) if complete(n)), None)
+    doubling = None if first is None else sum(powers[: first + 1])
+    half = reference(model, x, target, points // 2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         attributions, delta, evaluations = fx.integrated_gradients(
@@ -218,6 +228,10 @@ def row(title: str, model: nn.Module, x: torch.Tensor, exact: bool, points: int)
     else:
         gl = f"{(needed + 2) * batch} ({needed})"
         ratio = f"{adaptive_total / ((needed + 2) * batch):.2f}"
+    if doubling is None:
+        user = f"> {doubling_cap(batch)} | < {adaptive_total / doubling_cap(batch):.2f}"
+    else:
+        user = f"{(doubling + 2) * batch} | {adaptive_total / ((doubling + 2) * batch):.2f}"
     unconverged = (delta.abs().double() > TOLERANCE * difference).sum()
     ratios = error / own
     return (
@@ -226,8 +240,13 @@ def row(title: str, model: nn.Module, x: torch.Tensor, exact: bool, points: int)
         f"({'reported' if reported else 'not reported'}) | {float(error.max()):.1e} | "
         f"{float(same_budget.max()):.1e} ({equal}) | "
         f"{float(ratios.max()):.2g} ({float(ratios.log().mean().exp()):.2g}) | {pieces} | "
-        f"{truth_completeness:.0e} |"
+        f"{truth_completeness:.0e} | {float(relative(half, truth).max()):.0e} | {user} |"
     )
+
+
+def doubling_cap(batch: int) -> int:
+    """Evaluations of 1, 2, 4, ..., ``LADDER[-1]`` points and the two end values, ``batch`` samples."""
+    return (2 * LADDER[-1] - 1 + 2) * batch
 
 
 HEADER = (
@@ -235,7 +254,9 @@ HEADER = (
     "evaluations incl. ends (gradients) | adaptive / GL evaluations | adaptive max completeness | samples "
     "short of 1e-3 (reported?) | adaptive error vs reference | GL error at equal evaluations (points) | "
     "adaptive / GL error at each sample's own evaluations, max (geo. mean) | exact pieces (max "
-    "completeness) | reference max completeness |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "completeness) | reference max completeness | reference vs the same with half its points | GL doubling "
+    "1, 2, 4, ... points until complete, as a user would (evaluations incl. ends) | adaptive / GL doubling "
+    "|\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
