@@ -15,13 +15,13 @@ Error indicators, all free (the forward value comes with every gradient):
   the ends use the nearest jump), and for a Gauss panel ``|(x - x') * (Q_rule - Q_cells)|_1``,
   its rule against its nodes' midpoint cells.
 
-Each round marks, per unconverged sample, the panels holding ``MARK_FRACTION`` of its total
-(scalar share / ``|f(x) - f(x')|`` + attribution share / ``|attributions|_1``; largest first:
-Dörfler marking). A marked panel gets its next nested rule's points (``g1 -> g3``: 2 new, ``g3 ->
-k7``: 4 new), then keeps whichever of the raised rule and its nodes' midpoint cells leaves the
-smaller misfits at and inside it: the rule where the path is smooth, the cells (raised one by
-one later) where it has kinks. A marked ``k7`` panel becomes its cells. All samples' new points
-go through the model together.
+Each round marks, per unconverged sample, the panels holding a share of its total (scalar share
+/ ``|f(x) - f(x')|`` + attribution share / ``|attributions|_1``; largest first: Dörfler marking):
+``MARK_FRACTION`` far from the goal, less close to it (``MARK_GAIN``). A marked panel gets its
+next nested rule's points (``g1 -> g3``: 2 new, ``g3 -> k7``: 4 new), then keeps whichever of
+the raised rule and its nodes' midpoint cells leaves the smaller misfits at and inside it: the
+rule where the path is smooth, the cells (raised one by one later) where it has kinks. A marked
+``k7`` panel becomes its cells. All samples' new points go through the model together.
 
 A sample stops when (1) its completeness error ``|sum(attr) - (f(x) - f(x'))|`` is at most
 ``tolerance * |f(x) - f(x')|``, (2) the root-sum-square of its misfits is at most
