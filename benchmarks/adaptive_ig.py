@@ -20,7 +20,7 @@ The reference is a graded composite rule (``reference``): n-point Gauss-Legendre
 (n = 4096 for the nets with kinks and ConvNeXt, 512 for the smooth GELU CNN and DeiT, where
 Gauss-Legendre converges geometrically and 40 points are complete to rounding) and 8-point
 Gauss-Legendre on each of the geometric panels ``[2^-(k+1), 2^-k]`` down to ``2^-100``; plain
-4096-point Gauss-Legendre cannot integrate a path whose score jumps within ``a < 1e-9`` of the
+4096-point Gauss-Legendre cannot integrate a path whose score jumps within ``a < 1e-8`` of the
 baseline (timm's ConvNeXt with its zero-initialised biases: every
 layer norm of a zero input), because its first node sits at ``1.45 / n^2``.
 """
