@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 from conftest import backend_params
-from models import assert_same_state, model_state, small_cnn
+from models import DtypeSpy, assert_same_state, model_state, small_cnn
 from torch import nn
 
 import fastxai as fx
@@ -50,20 +50,6 @@ def test_fused_ops_sum_half_precision_values_in_float32(
     assert float((bf16_sum.float() - steps * value).abs().max()) > 1.0  # what the check rules out
 
 
-class _Spy(nn.Module):
-    """small_cnn, recording the dtype of its input and of its first convolution's output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = small_cnn(seed=2)
-        self.seen: set[tuple[torch.dtype, torch.dtype]] = set()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.inner[0](x)
-        self.seen.add((x.dtype, hidden.dtype))
-        return self.inner[1:](hidden)
-
-
 _X = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 _BACKGROUND = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 METHODS = {
@@ -81,7 +67,7 @@ METHODS = {
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("method", list(METHODS))
 def test_the_model_runs_in_the_dtype_and_results_stay_float32(method: str, dtype: torch.dtype) -> None:
-    model = _Spy().train()
+    model = DtypeSpy().train()
     before = model_state(model)
     result = METHODS[method](model, dtype=dtype)
     assert model.seen == {(dtype, dtype)}  # the points are half precision, and so is the convolution
@@ -105,7 +91,7 @@ def test_gradients_reach_the_fused_op_in_bf16_and_are_summed_in_float32(
 
 
 def test_lrp_forward_in_bf16_relevance_in_float32() -> None:
-    model = _Spy().eval()
+    model = DtypeSpy().eval()
     reference = fx.lrp.lrp(model.inner, _X, target=1)
     relevance = fx.lrp.lrp(model.inner, _X, target=1, dtype=torch.bfloat16)
     assert relevance.dtype == torch.float32

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from models import assert_same_state, model_state, small_cnn
+from models import DtypeSpy, assert_same_state, model_state, small_cnn
 from torch import nn
 
 import fastxai as fx
@@ -35,7 +35,7 @@ HALF = [torch.bfloat16, torch.float16]
 _X = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 _BACKGROUND = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 _QUADRANTS = (torch.arange(64).view(8, 8) // 4 % 2 + torch.arange(64).view(8, 8) // 32 * 2).view(1, 1, 8, 8)
-_LAYER = "inner.4"  # small_cnn's second convolution, inside _Spy
+_LAYER = "inner.4"  # small_cnn's second convolution, inside DtypeSpy
 
 Call = Callable[..., Any]
 
@@ -113,30 +113,16 @@ POINTS_IN_BOTH = {"guided_grad_cam"}  # Grad-CAM's float32 points, guided backpr
 EVALUATED_IN_FLOAT32 = {"robust_accuracy", "transfer_attack"}
 
 
-class _Spy(nn.Module):
-    """small_cnn, recording the dtypes of its input and of its first convolution's output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = small_cnn(seed=2)
-        self.seen: set[tuple[torch.dtype, torch.dtype]] = set()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.inner[0](x)
-        self.seen.add((x.dtype, hidden.dtype))
-        return self.inner[1:](hidden)
-
-
 @pytest.mark.parametrize("name", list(CALLS))
 def test_dtype_none_is_the_call_without_it_bit_for_bit(name: str) -> None:
-    model = _Spy().eval()
+    model = DtypeSpy().eval()
     assert torch.equal(CALLS[name](model, dtype=None), CALLS[name](model))
 
 
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("name", list(CALLS))
 def test_the_model_runs_in_the_dtype_and_is_left_as_found(name: str, dtype: torch.dtype) -> None:
-    model = _Spy().train()  # train(): the methods' eval mode must be undone
+    model = DtypeSpy().train()  # train(): the methods' eval mode must be undone
     before = model_state(model)
     result = CALLS[name](model, dtype=dtype)
     assert result.dtype == torch.float32 and bool(torch.isfinite(result).all())

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import real_models
 import torch
-from models import assert_same_state, model_state, small_cnn
+from models import DtypeSpy, assert_same_state, model_state, small_cnn
 from torch import nn
 
 import fastxai as fx
@@ -43,7 +43,7 @@ BAD_IDS = ["float64", "int8", "string"]
 
 _X = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 _A = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))  # attributions to judge
-_LAYER = "inner.4"  # small_cnn's second convolution, inside _Spy
+_LAYER = "inner.4"  # small_cnn's second convolution, inside DtypeSpy
 _X8 = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(7))  # the backdoor detectors' data
 _LABELS8 = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
 _QUADRANTS = (torch.arange(64).view(8, 8) // 4 % 2 + torch.arange(64).view(8, 8) // 32 * 2).view(1, 1, 8, 8)
@@ -176,20 +176,6 @@ POINTS_IN_DTYPE = {"deletion", "insertion", "infidelity", "smoothing_predict", "
 POINTS_IN_BOTH = {"layer_conductance", "layer_conductance-delta", "trigger_localisation"}
 
 
-class _Spy(nn.Module):
-    """small_cnn, recording the dtypes of its input and of its first convolution's output."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = small_cnn(seed=2)
-        self.seen: set[tuple[torch.dtype, torch.dtype]] = set()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.inner[0](x)
-        self.seen.add((x.dtype, hidden.dtype))
-        return self.inner[1:](hidden)
-
-
 class _Counting(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -203,14 +189,14 @@ class _Counting(nn.Module):
 
 @pytest.mark.parametrize("name", list(CALLS))
 def test_dtype_none_is_the_call_without_it_bit_for_bit(name: str) -> None:
-    model = _Spy().eval()
+    model = DtypeSpy().eval()
     assert torch.equal(CALLS[name](model, dtype=None), CALLS[name](model))
 
 
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("name", list(CALLS))
 def test_the_model_runs_in_the_dtype_and_is_left_as_found(name: str, dtype: torch.dtype) -> None:
-    model = _Spy().train()  # train(): the methods' eval mode must be undone
+    model = DtypeSpy().train()  # train(): the methods' eval mode must be undone
     before = model_state(model)
     result = CALLS[name](model, dtype=dtype)
     assert result.dtype == torch.float32 and bool(torch.isfinite(result).all())
