@@ -58,6 +58,9 @@ STRUCTURE_FUNCTIONS: dict[Any, str] = {
     torch.roll: "roll", F.pad: "pad", torch.broadcast_to: "expand", torch.masked_fill: "masked_fill",
     torch.select: "select", torch.narrow: "select", torch.clone: "pass", torch.permute: "permute",
     F.batch_norm: "functional_batchnorm", F.group_norm: "group_norm",
+    # x / ||x|| with the norm a constant (as AttnLRP treats LayerNorm's 1/std): an element-wise
+    # scaling, whose epsilon rule hands each element its own relevance (Swin V2's cosine attention)
+    F.normalize: "pass",
 }  # fmt: skip
 STRUCTURE_METHODS = {
     "chunk": "split", "split": "split", "tensor_split": "split", "unbind": "split", "roll": "roll",

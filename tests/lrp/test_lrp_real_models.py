@@ -90,6 +90,19 @@ def _swin() -> nn.Module:
     )  # fmt: skip
 
 
+def _swin_v2() -> nn.Module:
+    """Swin V2 in the same tiny configuration: cosine attention (``F.normalize`` of queries and
+    keys, a learned logit scale) and a continuous position-bias MLP."""
+    real_models.torchvision()
+    from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformer, SwinTransformerBlockV2
+
+    return SwinTransformer(
+        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[3, 3],
+        stochastic_depth_prob=0.1, num_classes=10, block=SwinTransformerBlockV2,
+        downsample_layer=PatchMergingV2,
+    )  # fmt: skip
+
+
 CASES = [
     Case("tv_resnet18", _torchvision("resnet18"), 32),
     Case("tv_vgg11", _torchvision("vgg11"), 32, slow=True),
@@ -104,6 +117,7 @@ CASES = [
     Case("tv_googlenet", _torchvision("googlenet", aux_logits=False, init_weights=True), 32, slow=True),
     Case("tv_vit", _vision_transformer, 32, conserving=False),
     Case("tv_swin_tiny_config", _swin, 24, conserving=False),
+    Case("tv_swin_v2_tiny_config", _swin_v2, 24, conserving=False),
     Case("timm_resnet18", _timm("resnet18"), 32, slow=True),
     Case("timm_efficientnet_b0", _timm("efficientnet_b0"), 32, slow=True),
     Case("timm_convnext_atto", _timm("convnext_atto"), 32),
