@@ -43,21 +43,6 @@ def small_cnn(
     return model
 
 
-class DtypeSpy(nn.Module):
-    """small_cnn, recording the dtypes of its input and of its first convolution's output (the
-    dtype= tests: does the model run in the dtype asked for)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = small_cnn(seed=2)
-        self.seen: set[tuple[torch.dtype, torch.dtype]] = set()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.inner[0](x)
-        self.seen.add((x.dtype, hidden.dtype))
-        return self.inner[1:](hidden)
-
-
 def mlp(seed: int = 0, features: int = 20, hidden: int = 16, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(

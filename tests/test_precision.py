@@ -14,7 +14,8 @@ import sys
 import pytest
 import torch
 from conftest import backend_params
-from models import DtypeSpy, assert_same_state, model_state, small_cnn
+from dtype_checks import HALF, DtypeSpy
+from models import assert_same_state, model_state, small_cnn
 from torch import nn
 
 import fastxai as fx
@@ -24,8 +25,6 @@ sys.path.append(os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import bf16_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-HALF = [torch.bfloat16, torch.float16]
 
 
 @pytest.mark.parametrize(("backend", "device"), backend_params(include_reference=True))

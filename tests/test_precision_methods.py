@@ -20,7 +20,15 @@ from typing import Any
 
 import pytest
 import torch
-from models import DtypeSpy, assert_same_state, model_state, small_cnn
+from dtype_checks import (
+    BAD,
+    BAD_IDS,
+    HALF,
+    assert_a_bad_dtype_is_refused_before_the_model_runs,
+    assert_none_is_the_call_without_it,
+    assert_runs_in_the_dtype_and_leaves_the_model,
+)
+from models import small_cnn
 from torch import nn
 
 import fastxai as fx
@@ -30,7 +38,6 @@ import bf16_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-HALF = [torch.bfloat16, torch.float16]
 
 _X = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 _BACKGROUND = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -115,53 +122,22 @@ EVALUATED_IN_FLOAT32 = {"robust_accuracy", "transfer_attack"}
 
 @pytest.mark.parametrize("name", list(CALLS))
 def test_dtype_none_is_the_call_without_it_bit_for_bit(name: str) -> None:
-    model = DtypeSpy().eval()
-    assert torch.equal(CALLS[name](model, dtype=None), CALLS[name](model))
+    assert_none_is_the_call_without_it(CALLS[name])
 
 
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("name", list(CALLS))
 def test_the_model_runs_in_the_dtype_and_is_left_as_found(name: str, dtype: torch.dtype) -> None:
-    model = DtypeSpy().train()  # train(): the methods' eval mode must be undone
-    before = model_state(model)
-    result = CALLS[name](model, dtype=dtype)
-    assert result.dtype == torch.float32 and bool(torch.isfinite(result).all())
-    seen = model.seen
-    if name in EVALUATED_IN_FLOAT32:
-        seen = {pair for pair in seen if pair != (torch.float32, torch.float32)}
-    if name in POINTS_IN_DTYPE:
-        assert seen == {(dtype, dtype)}  # the points are half precision, and so is the convolution
-    elif name in POINTS_IN_BOTH:
-        assert seen == {(torch.float32, dtype), (dtype, dtype)}
-    else:
-        assert seen == {(torch.float32, dtype)}  # float32 points, the convolution under autocast
-    assert_same_state(before, model_state(model))
+    points = "dtype" if name in POINTS_IN_DTYPE else "both" if name in POINTS_IN_BOTH else "float32"
+    assert_runs_in_the_dtype_and_leaves_the_model(
+        CALLS[name], dtype, points, evaluated_in_float32=name in EVALUATED_IN_FLOAT32
+    )
 
 
-class _Counting(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = small_cnn(seed=2)
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.inner(x)
-
-
-@pytest.mark.parametrize(
-    ("bad", "error"),
-    [(torch.float64, ValueError), (torch.int8, ValueError), ("bfloat16", TypeError)],
-    ids=["float64", "int8", "string"],
-)
+@pytest.mark.parametrize(("bad", "error"), BAD, ids=BAD_IDS)
 @pytest.mark.parametrize("name", list(CALLS))
 def test_a_bad_dtype_is_refused_before_the_model_runs(name: str, bad: object, error: type) -> None:
-    model = _Counting().train()
-    before = model_state(model)
-    with pytest.raises(error, match="dtype"):
-        CALLS[name](model, dtype=bad)
-    assert model.calls == 0
-    assert_same_state(before, model_state(model))
+    assert_a_bad_dtype_is_refused_before_the_model_runs(CALLS[name], bad, error)
 
 
 def test_lemna_checks_dtype_before_drawing_its_samples(monkeypatch: pytest.MonkeyPatch) -> None:
