@@ -149,10 +149,9 @@ def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
             state = module.__dict__
             for attr in _HOOK_ATTRIBUTES:
                 current = state.get(attr)
-                saved = hooks.get((id(module), attr))
-                if not current and saved is None:
+                entries = hooks.get((id(module), attr), {})  # only non-empty ones were saved
+                if not current and not entries:
                     continue
-                entries = {} if saved is None else saved
                 if current is not None and (len(current) != len(entries) or current.keys() != entries.keys()):
                     current.clear()
                     current.update(entries)

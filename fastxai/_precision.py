@@ -62,7 +62,7 @@ def autocast_model(
         return model
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+        with autocast(dtype, device_type):
             return model(*args, **kwargs)
 
     return run

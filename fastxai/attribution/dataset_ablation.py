@@ -317,12 +317,11 @@ def _widened(output: Any) -> Any:
 
 
 def _half_forward(model: Callable[..., Any], dtype: torch.dtype, device_type: str) -> Callable[..., Any]:
-    """``model`` under autocast in ``dtype``, its outputs ``_widened``."""
+    """``model`` under autocast in ``dtype`` (``_precision.autocast_model``), its outputs ``_widened``."""
+    scored = _precision.autocast_model(model, dtype, device_type)
 
     def run(*args: Any) -> Any:
-        with _precision.autocast(dtype, device_type):
-            output = model(*args)
-        return _widened(output)
+        return _widened(scored(*args))
 
     return run
 
