@@ -14,7 +14,9 @@ Two ways to run a method, chosen from one forward pass over the inputs (Captum r
   changes every example at once, as in Captum, and the method runs once per output number
   (``K`` is small in practice; the forward passes are shared: a replayed call reuses the
   recorded outputs). A forward that aggregates is called once per perturbed copy of the batch,
-  which is all that an aggregate allows.
+  which is all that an aggregate allows. Captum's *sparse inputs*, a tuple whose tensors differ
+  in rows (an index list ``[L]`` beside a dense batch ``[B, F]``), are attributed this way only:
+  the tuple is the virtual example, an element of ``F_k`` one feature across its tensor's rows.
 
 Integer and bool inputs are attributed as floats; the forward function receives each perturbed
 input in the dtype Captum would build, ``torch.result_type(input, baseline)`` (integers stay
@@ -24,6 +26,8 @@ the ablation classes (``int64`` for an integer-valued forward, rounded), float o
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -135,8 +139,18 @@ class Game:
                 raise TypeError(f"{label} must be a torch.Tensor, got {type(tensor).__name__}")
         self.dtype = _float_dtype(originals)
         floats = tuple(t if t.is_floating_point() else t.to(self.dtype) for t in originals)
-        self.inputs = floats if self.is_tuple else floats[0]
         self.baselines = self._float_baselines(baselines)
+        # Captum's sparse inputs: a tuple whose tensors have different numbers of rows (an index
+        # list beside a dense batch) can only be scored by a forward that aggregates them all; the
+        # tuple is then one virtual example, each tensor a [1, R_k, *F_k] slice of it
+        self.ragged = (
+            self.is_tuple and all(t.dim() >= 1 for t in floats) and len({t.shape[0] for t in floats}) > 1
+        )
+        self.row_counts = [t.shape[0] for t in floats] if self.ragged else []
+        if self.ragged:
+            self.baselines = self._ragged_baselines(self.baselines, floats)
+            floats = tuple(t.unsqueeze(0) for t in floats)
+        self.inputs = floats if self.is_tuple else floats[0]
         # the dtype each input reaches the forward in: Captum's input * keep + baseline * (1 - keep)
         base_list = baselines if isinstance(baselines, tuple) else (baselines,) * len(originals)
         self.model_dtypes = [
@@ -144,12 +158,23 @@ class Game:
             for t, b in zip(originals, base_list, strict=False)
         ]
         self.packed = PackedInputs(self.inputs)
-        self.forward = PackedForward(self.packed, self._cast_forward, additional_forward_args)
+        forward = self._ragged_forward if self.ragged else self._cast_forward
+        self.forward = PackedForward(self.packed, forward, additional_forward_args)
         self.aggregates = False
 
     def start(self) -> None:
         """The forward pass over the inputs that tells the output mode (after every argument check)."""
         self.output = select_target(self._evaluate(self.packed.flat), self.target)
+        if self.ragged:
+            if self.output.dim() >= 1 and self.output.shape[0] != 1:
+                raise AggregateOutputError(
+                    f"inputs have {self.row_counts} rows: a tuple whose tensors differ in rows (Captum's "
+                    "sparse inputs) needs a forward_func that aggregates them (a number, [1] or [1, K]); "
+                    f"it returned {tuple(self.output.shape)}"
+                )
+            self.per_example = self.scales = False  # one virtual example, scored copy by copy
+            self.forward.calls = 0
+            return
         batch = self.packed.batch
         # whether the output has rows per example (a batch of one cannot tell: tried, see batch_model)
         self.scales = self.output.dim() >= 1 and self.output.shape[0] == batch
@@ -176,6 +201,73 @@ class Game:
         if isinstance(baselines, tuple):
             return tuple(_as_number_or_float(b, self.dtype) for b in baselines)
         return _as_number_or_float(baselines, self.dtype)
+
+    def _ragged_baselines(self, baselines: Any, floats: tuple[torch.Tensor, ...]) -> Any:
+        """Sparse inputs' baselines: numbers as given, a tensor broadcast to its input's
+        ``[R_k, *F_k]`` as the virtual example's ``[1, R_k, *F_k]``."""
+        if not isinstance(baselines, tuple):
+            return baselines
+        parts = []
+        for index, (part, tensor) in enumerate(zip(baselines, floats, strict=False)):
+            if isinstance(part, torch.Tensor):
+                try:
+                    part = torch.broadcast_to(part, tensor.shape)
+                except RuntimeError:
+                    raise ValueError(
+                        f"baselines[{index}] has shape {tuple(part.shape)}, which does not broadcast to "
+                        f"inputs[{index}]'s {tuple(tensor.shape)}"
+                    ) from None
+                part = part.unsqueeze(0)
+            parts.append(part)
+        return (*parts, *baselines[len(parts) :])
+
+    def feature_mask(self, feature_mask: Any, keep_ids: bool) -> torch.Tensor | None:
+        """``flat_feature_mask`` of this call's inputs. For sparse inputs (``ragged``) a group is
+        a set of elements of ``F_k`` across all ``R_k`` rows, as in Captum: a mask must broadcast to
+        ``(1, *F_k)``, and without one each element of ``F_k`` is a group."""
+        if not self.ragged:
+            return flat_feature_mask(self.packed, feature_mask, keep_ids)
+        shapes = [shape[1:] for shape in self.packed.shapes]
+        if feature_mask is None:
+            offsets = [0, *itertools.accumulate(math.prod(shape) for shape in shapes)]
+            feature_mask = tuple(
+                torch.arange(start, stop, device=self.packed.device).reshape(1, *shape)
+                for start, stop, shape in zip(offsets, offsets[1:], shapes, strict=False)
+            )
+        elif isinstance(feature_mask, tuple):
+            for index, (part, shape) in enumerate(zip(feature_mask, shapes, strict=False)):
+                if isinstance(part, torch.Tensor) and part.dim() == len(shape) + 1 and part.shape[0] != 1:
+                    raise ValueError(
+                        f"feature_mask[{index}] has {part.shape[0]} rows; with inputs of different row "
+                        f"counts {self.row_counts} a group spans all rows: its shape must be {shape} or "
+                        f"(1, *{shape})"
+                    )
+        return flat_feature_mask(self.packed, feature_mask, keep_ids)
+
+    def user_parts(self, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Flat rows ``[K, N]`` as per-input tensors ``[K, *F_k]`` (sparse inputs: ``[K, *F_k]``
+        from the first of each input's rows, which all carry the same attributions; zeros for an
+        input without rows)."""
+        parts = self.packed.unpack(rows)
+        if not self.ragged:
+            return parts
+        return tuple(
+            part[:, 0] if count > 0 else part.new_zeros(part.shape[0], *part.shape[2:])
+            for part, count in zip(parts, self.row_counts, strict=True)
+        )
+
+    def user_inputs(self, row: torch.Tensor) -> Any:
+        """One flat row (an example, or the virtual batch) in the user's form: the forward's inputs."""
+        parts = self.packed.unpack(row.reshape(-1, self.packed.features))
+        if self.ragged:
+            parts = tuple(part[0] for part in parts)
+        return parts if self.is_tuple else parts[0]
+
+    def _ragged_forward(self, *args: Any) -> Any:
+        count = len(self.model_dtypes)
+        if any(part.shape[0] != 1 for part in args[:count]):  # sparse inputs are scored copy by copy
+            raise AssertionError("sparse inputs reached the forward with several copies at once")
+        return self._cast_forward(*(part[0] for part in args[:count]), *args[count:])
 
     def _cast_forward(self, *args: Any) -> Any:
         count = len(self.model_dtypes)

@@ -140,10 +140,10 @@ class Lime(GroupAttribution):
         def run(
             model: Callable[..., torch.Tensor], x: torch.Tensor, target: Any, **kwargs: Any
         ) -> torch.Tensor:
-            packed = self._games[0].packed
+            game = self._games[0]
 
             def user(row: torch.Tensor) -> Any:  # one flat row (an example, or the virtual batch)
-                return packed.format(row.reshape(-1, packed.features))
+                return game.user_inputs(row)
 
             mask = kwargs["feature_mask"]
             full = torch.arange(x.shape[1], device=x.device).view(1, -1) if mask is None else mask

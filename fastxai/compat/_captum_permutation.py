@@ -32,7 +32,7 @@ from fastxai.attribution._perturbation import check_seed
 from fastxai.attribution.exact_shapley import check_groups, shapley_values
 from fastxai.attribution.permutation import PermutationBatchError, permutations, permuted_inputs
 from fastxai.attribution.perturbation import feature_ablation
-from fastxai.compat._captum_games import Game, flat_feature_mask, output_dtype, parse_output
+from fastxai.compat._captum_games import Game, output_dtype, parse_output
 from fastxai.compat._captum_perturbation import GroupAttribution, float_result, format_rows
 
 PermFunc = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -118,10 +118,12 @@ class FeaturePermutation(_TorchFuture):
         game = Game(
             self, inputs, None, target, additional_forward_args, perturbations_per_eval, show_progress
         )
-        mask = flat_feature_mask(game.packed, feature_mask, keep_ids=False)
+        mask = game.feature_mask(feature_mask, keep_ids=False)
         ids = mask if mask is not None else torch.arange(game.packed.features, device=game.packed.device)
         ids = ids.view(-1, game.packed.features)
-        if self.perm_func is None:
+        if game.ragged:
+            permuted = self._ragged_permuted(game, ids, seed)
+        elif self.perm_func is None:
             perms = permutations(int(ids.max()) + 1, game.packed.batch, check_seed(seed), game.packed.device)
             permuted = permuted_inputs(game.packed.flat, ids, perms)
         else:
@@ -160,6 +162,43 @@ class FeaturePermutation(_TorchFuture):
                 merged = torch.where(selected, permuted.to(tensor.dtype), merged)
             parts.append(merged.reshape(packed.batch, -1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def _ragged_permuted(self, game: Game, ids: torch.Tensor, seed: int | None) -> torch.Tensor:
+        """Sparse inputs (``Game.ragged``): each input's rows permuted on their own, per group, as
+        Captum permutes each tensor along its first dimension; a group that touches an input with
+        fewer than ``_min_examples_per_batch_grouped`` rows stays in place (attribution 0). One
+        virtual row ``[1, N]``."""
+        packed = game.packed
+        tensors = [part[0] for part in packed.unpack(packed.flat)]  # [R_k, *F_k]
+        masks = [part[0].expand(t.shape) for part, t in zip(packed.unpack(ids), tensors, strict=True)]
+        minimum = self._min_examples_per_batch_grouped
+        fixed = {
+            int(group)
+            for mask, count in zip(masks, game.row_counts, strict=True)
+            if count < minimum
+            for group in mask.unique()
+        }
+        generator = torch.Generator().manual_seed(check_seed(seed)) if self.perm_func is None else None
+        parts = []
+        for index, (tensor, mask) in enumerate(zip(tensors, masks, strict=True)):
+            merged = tensor.clone()
+            for group in [g for g in mask.unique().tolist() if g not in fixed]:
+                selected = mask == group
+                if generator is not None:  # not the identity, as in Captum (``permutations``)
+                    draw = int(torch.randint(0, 2**62, (), generator=generator))
+                    permuted = tensor[permutations(1, tensor.shape[0], draw, tensor.device)[0]]
+                else:
+                    assert self.perm_func is not None
+                    permuted = self.perm_func(tensor, selected)
+                    if not isinstance(permuted, torch.Tensor) or permuted.shape != tensor.shape:
+                        got = getattr(permuted, "shape", type(permuted).__name__)
+                        raise ValueError(
+                            f"perm_func must return a tensor shaped like inputs[{index}] "
+                            f"{tuple(tensor.shape)}, got {got}"
+                        )
+                merged = torch.where(selected, permuted.to(tensor.dtype), merged)
+            parts.append(merged.reshape(1, -1))
+        return torch.cat(parts, dim=1)
 
     def _few_examples(self, inputs: Any, feature_mask: Any, additional_forward_args: Any) -> Any:
         """Captum's rule for inputs with fewer than two rows: every group that touches an input

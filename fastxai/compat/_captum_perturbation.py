@@ -45,7 +45,6 @@ from fastxai.compat._captum_games import (
     Game,
     PerturbationAttribution,
     flat_baselines,
-    flat_feature_mask,
     output_dtype,
 )
 
@@ -72,7 +71,7 @@ class GroupAttribution(PerturbationAttribution):
         game = Game(
             self, inputs, baselines, target, additional_forward_args, perturbations_per_eval, show_progress
         )
-        mask = flat_feature_mask(game.packed, feature_mask, keep_ids=not return_input_shape)
+        mask = game.feature_mask(feature_mask, keep_ids=not return_input_shape)
         base = flat_baselines(game.packed, game.inputs, game.baselines)
         if "seed" in options:
             options["seed"] = check_seed(options["seed"])  # one seed for every output's run
@@ -109,7 +108,7 @@ class GroupAttribution(PerturbationAttribution):
 
 def format_rows(game: Game, rows: torch.Tensor, lead: tuple[int, ...] | None = None) -> Any:
     """Over-batch results ``[K, N]`` as Captum's tensors ``[*lead, *F_k]`` (lead: ``(K,)``)."""
-    parts = game.packed.unpack(rows)
+    parts = game.user_parts(rows)
     if lead is not None:
         parts = tuple(part.reshape(*lead, *part.shape[1:]) for part in parts)
     return parts if game.is_tuple else parts[0]

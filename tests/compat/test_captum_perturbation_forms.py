@@ -136,3 +136,102 @@ def test_futures_on_feature_ablation_and_not_on_occlusion() -> None:
         FeatureAblation(future_forward).attribute(x, target=1)
     with pytest.raises(NotImplementedError):
         Occlusion(model).attribute_future(x, sliding_window_shapes=(1,))
+
+
+class _SparseModel(nn.Module):
+    """Dense features [B, 3] and one index list [L] whose bag sum is shared by the batch (the
+    shape of a recommender's sparse input), scored as one number for the whole batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.dense = nn.Linear(3, 1)
+        self.bag = nn.EmbeddingBag(10, 1, mode="sum")
+
+    def forward(self, dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        offsets = torch.zeros(1, dtype=torch.long)
+        bag = self.bag(indices.long(), offsets) if indices.numel() else torch.zeros(1, 1)
+        return (torch.tanh(self.dense(dense)) * (1 + bag)).sum()
+
+
+_CLASSES = {
+    "FeatureAblation": {},
+    "ShapleyValueSampling": {"n_samples": 4},
+    "ShapleyValues": {},
+    "KernelShap": {"n_samples": 200},  # >= 2**4 - 2 coalitions: exact Shapley values
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CLASSES))
+def test_sparse_inputs_of_other_row_counts_match_captum(name: str) -> None:
+    from fastxai.compat import captum as fc
+
+    model = _SparseModel()
+    dense = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
+    indices = torch.tensor([1, 7, 2, 4, 5, 3, 6])
+    options = _CLASSES[name]
+    reference = name
+    cases = [
+        (None, None),
+        ((torch.tensor([[0, 0, 1]]), torch.tensor(2)), (torch.full((1, 3), 0.5), 9)),
+    ]
+    if name == "ShapleyValueSampling":  # two groups: an order and its reverse are every order
+        cases = [((torch.tensor([0, 1, 1]), torch.tensor(0)), baselines) for _, baselines in cases]
+    for mask, baselines in cases:
+        kwargs = {"feature_mask": mask, "baselines": baselines, **options}
+        ours = getattr(fc, name)(model).attribute((dense, indices), **kwargs)
+        if name in ("KernelShap", "ShapleyValueSampling"):  # Captum's draws: compare with exact values
+            reference, kwargs = "ShapleyValues", {"feature_mask": mask, "baselines": baselines}
+        theirs = getattr(captum_attr, reference)(model).attribute((dense, indices), **kwargs)
+        for mine, captum in zip(ours, theirs, strict=True):
+            assert mine.shape == captum.shape  # (1, 3) and (1,): one row for the batch, as in Captum
+            torch.testing.assert_close(mine, captum, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_inputs_need_an_aggregating_forward_and_masks_that_span_the_rows() -> None:
+    from fastxai.compat import captum as fc
+    from fastxai.compat._captum_games import AggregateOutputError
+
+    dense, indices = torch.randn(2, 3), torch.tensor([1, 7, 2])
+    per_example = fc.FeatureAblation(lambda d, i: d.sum(1) + i.float().sum())
+    with pytest.raises(AggregateOutputError, match=r"inputs have \[2, 3\] rows"):
+        per_example.attribute((dense, indices))
+    model = _SparseModel()
+    with pytest.raises(ValueError, match=r"feature_mask\[1\] has 3 rows"):
+        fc.FeatureAblation(model).attribute(
+            (dense, indices), feature_mask=(torch.tensor([[0, 1, 2]]), torch.tensor([3, 4, 4]))
+        )
+    with pytest.raises(ValueError, match=r"baselines\[0\] has shape \(4,\)"):
+        fc.FeatureAblation(model).attribute((dense, indices), baselines=(torch.zeros(4), 0))
+    # an input without rows: its feature is never present, its attribution 0
+    empty = fc.FeatureAblation(model).attribute((dense, torch.tensor([])))
+    assert empty[1].shape == (1,) and empty[1].item() == 0.0
+
+
+def test_feature_permutation_permutes_each_sparse_input_along_its_own_rows() -> None:
+    from fastxai.compat import captum as fc
+
+    # the score depends on the first index only: permuting the 7 indices moves it, permuting the
+    # dense rows does not change the sum over the batch
+    def model(dense: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        return dense.sum() + 2.0 * indices[0]
+
+    dense, indices = torch.randn(2, 3), torch.tensor([1.0, 7.0, 2.0, 4.0, 5.0, 3.0, 6.0])
+    method = fc.FeaturePermutation(model)
+    draws = torch.stack([method.attribute((dense, indices), seed=seed)[1] for seed in range(300)])
+    assert torch.equal(method.attribute((dense, indices), seed=3)[1], draws[3])  # seeded
+    # 2 * (1 - indices[p(0)]) over the permutations that are not the identity: mean -6 + 1/5039...
+    values = set(draws.reshape(-1).tolist())
+    assert values <= {2.0 * (1.0 - v) for v in indices[1:].tolist()} | {0.0} and len(values) >= 5
+    assert abs(draws.mean().item() + 6.0) < 0.5  # sd of the mean: 4 / sqrt(300) = 0.23
+    dense_attr = method.attribute((dense, indices), seed=0)[0]
+    torch.testing.assert_close(dense_attr, torch.zeros(1, 3))
+    # a custom perm_func is called per input on its own rows, as Captum calls it
+    flip = lambda x, mask: torch.where(mask, x.flip(0), x)  # noqa: E731
+    ours = fc.FeaturePermutation(model, perm_func=flip).attribute((dense, indices))
+    theirs = captum_attr.FeaturePermutation(model, perm_func=flip).attribute((dense, indices))
+    for mine, captum in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine, captum)
+    # an input with fewer than two rows is not permuted (attribution 0), as in Captum
+    short = fc.FeaturePermutation(model).attribute((dense, indices[:1]), seed=0)
+    assert short[1].shape == (1,) and short[1].item() == 0.0
