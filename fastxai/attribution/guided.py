@@ -10,12 +10,15 @@ methods replace that rule in every ReLU of the model:
 
 Which ReLUs. Every ReLU the forward pass applies is modified: ``nn.ReLU`` modules (also
 ``inplace=True``) and functional calls (``torch.relu``, ``F.relu``, ``Tensor.relu`` and their
-in-place forms): all are PyTorch's relu, whose node in the autograd graph gets the rule as a
+in-place forms), and the clipped ReLUs ``nn.ReLU6`` / ``F.relu6`` and ``nn.Hardtanh(0, t)``
+(MobileNetV2's activation: a hardtanh with lower bound 0, whose own gradient ``g * [0 < x < t]``
+is clamped at 0 by the guided rule; DeconvNet passes ``max(g, 0)`` as for a ReLU): all are
+PyTorch's relu or hardtanh, whose node in the autograd graph gets the rule as a
 hook after each forward (``ReluRule``; a relu in place on a view, which autograd hides inside
 a ``CopySlices`` node, is caught by a ``TorchFunctionMode`` instead). Captum hooks ``nn.ReLU``
 modules only, so on models built from ``nn.ReLU`` modules the numbers are Captum's; on a
-model that also uses functional ReLUs (a ResNet block's ``torch.relu``) Captum leaves those
-with the plain rule and fastxai does not. A model that applies no ReLU at all raises
+model that also uses functional ReLUs (a ResNet block's ``torch.relu``) or ReLU6 Captum leaves
+those with the plain rule and fastxai does not. A model that applies no ReLU at all raises
 ``ValueError`` (the result would be the plain gradient).
 No hook is written onto the model: the hooks are on the autograd graph of each call, gone
 with it, also on error.
@@ -42,8 +45,17 @@ class NoReluError(ValueError):
     Its own class so that callers that cut the forward short (a neuron's) can say where."""
 
 
-_RELU_FUNCTIONS = {F.relu, torch.relu, torch.Tensor.relu}
+_RELU_FUNCTIONS = {F.relu, torch.relu, torch.Tensor.relu, F.relu6}
 _INPLACE_RELU_FUNCTIONS = {F.relu_, torch.relu_, torch.Tensor.relu_}
+
+
+def _is_relu_node(node: Any, name: str) -> bool:
+    """A relu's autograd node, or a hardtanh's with lower bound 0 (ReLU6, ``Hardtanh(0, t)``)."""
+    if name.startswith("ReluBackward"):
+        return True
+    return name.startswith("HardtanhBackward") and getattr(node, "_saved_min_val", None) == 0
+
+
 _ANY_RELU = _RELU_FUNCTIONS | _INPLACE_RELU_FUNCTIONS
 
 
@@ -86,7 +98,7 @@ class ReluRule:
             name = node.name()
             if name.endswith("CopySlices"):
                 return False
-            if name.startswith("ReluBackward"):
+            if _is_relu_node(node, name):
                 relus.append(node)
             stack.extend(edge for edge, _ in node.next_functions)
         for node in relus:
@@ -113,10 +125,15 @@ class ModifiedRelu(TorchFunctionMode):
         if func not in _ANY_RELU:  # every other op of the forward: pass it on at once
             return func(*args, **kwargs)
         x = args[0] if args else kwargs.get("input")
-        inplace = func in _INPLACE_RELU_FUNCTIONS or (func is F.relu and bool(kwargs.get("inplace", False)))
+        inplace = func in _INPLACE_RELU_FUNCTIONS or (
+            func in (F.relu, F.relu6) and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
+        )
         if inplace and isinstance(x, torch.Tensor) and x._is_view():
             # In place on a view, the relu's node would hide inside the base's CopySlices: run it
-            # out of place and write the result back, gradient included.
+            # out of place and write the result back, gradient included (relu6 saves its input,
+            # which the write would change: it runs on a copy).
+            if func is F.relu6:
+                return x.copy_(self._hooked(F.relu6(x.clone())))
             return x.copy_(self._hooked(torch.relu(x)))
         return self._hooked(func(*args, **kwargs))
 
@@ -147,7 +164,7 @@ def modified_relu_gradient(
         GRAPH_RULE.reset(token)
     if relu_rule.calls == 0:
         raise NoReluError(
-            f"model applies no ReLU (neither nn.ReLU modules nor functional relu): {rule} "
+            f"model applies no ReLU (neither nn.ReLU / nn.ReLU6 modules nor functional relu): {rule} "
             "backpropagation would be the plain gradient; use fastxai.saliency(..., abs=False) for that"
         )
     return grads

@@ -92,6 +92,48 @@ def test_relu_in_place_on_a_view_is_modified(function) -> None:
     torch.testing.assert_close(function(ReluOnViewNet(modules).eval(), x, 2), function(modules, x, 2))
 
 
+class ClippedReluOnViewNet(nn.Module):
+    """A ReLU6 in place on a view (``F.relu6(view, inplace=True)``): the fallback path."""
+
+    def __init__(self, reference: nn.Sequential) -> None:
+        super().__init__()
+        self.body = reference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.body[0](x)
+        F.relu6(hidden[:, :], inplace=True)
+        return self.body[2](hidden)
+
+
+@pytest.mark.parametrize(
+    "clipped", [lambda: nn.ReLU6(), lambda: nn.ReLU6(inplace=True), lambda: nn.Hardtanh(0.0, 2.5)]
+)
+def test_clipped_relus_take_the_rule_in_closed_form(clipped) -> None:  # type: ignore[no-untyped-def]
+    """f = W2 min(max(W1 x + b1, 0), t): guided = W1^T (relu(W2[c]) * [0 < h < t]); deconv =
+    W1^T relu(W2[c]), as for a ReLU (MobileNetV2's ReLU6 was refused as "no ReLU")."""
+    model = _mlp(seed=1)
+    model[1] = clipped()
+    bound = model[1].max_val
+    x = 4 * torch.randn(6, 5, dtype=torch.float64)
+    target = torch.tensor([0, 2, 1, 2, 0, 1])
+    w1, b1, w2 = model[0].weight.detach(), model[0].bias.detach(), model[2].weight.detach()
+    hidden = x @ w1.T + b1
+    inside = ((hidden > 0) & (hidden < bound)).double()
+    assert 0 < inside.mean() < 1 and (hidden > bound).any()  # both bounds are met
+    upstream = w2[target].clamp_min(0)
+    torch.testing.assert_close(guided.guided_backprop(model, x, target), (upstream * inside) @ w1)
+    torch.testing.assert_close(guided.deconvnet(model, x, target), upstream @ w1)
+    if isinstance(model[1], nn.ReLU6):  # F.relu6 in place on a view: hooked call by call
+        on_view = ClippedReluOnViewNet(model)
+        torch.testing.assert_close(guided.guided_backprop(on_view, x, target), (upstream * inside) @ w1)
+
+
+def test_hardtanh_not_clipped_at_zero_is_not_a_relu() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.Hardtanh(), nn.Linear(3, 2))  # [-1, 1]: not ReLU-like
+    with pytest.raises(ValueError, match="no ReLU"):
+        guided.guided_backprop(model, torch.randn(2, 4))
+
+
 def test_model_without_relu_raises() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
     with pytest.raises(ValueError, match="no ReLU"):
