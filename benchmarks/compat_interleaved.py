@@ -1,10 +1,14 @@
 """The one-pass Captum drop-ins against Captum, interleaved in one process: one thread, CPU time
-of the process, median of 60 rounds (after 3 warm-up rounds), rounds alternating the two classes:
-``PYTHONPATH=. python benchmarks/compat_interleaved.py [--captum-first]``.
+of the process, rounds alternating the two classes (the order reversed every round), each turn a
+block of calls (10 on the ResNet, 200 on the MLP):
+``PYTHONPATH=. python benchmarks/compat_interleaved.py [--rounds N]``.
 
 These classes cost one forward and one backward, as Captum's do, so their ratios in
 ``benchmarks/test_compat.py`` (separate runs per class) move by +-10% between runs; alternating
-the two in one process measures the difference itself. Models, inputs and targets as in
+the two in one process measures the difference itself. Reported per class: the median of each
+library's per-call time, and the paired ratio (Captum's block over fastxai's next to it in the
+same round) as its median and interquartile range over the rounds: the spread says how much of a
+few-percent difference is the machine. Models, inputs and targets as in
 ``benchmarks/test_compat.py`` (the small ResNet at batch 8, the digits MLP at batch 32)."""
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from torch import nn
 
 from fastxai.compat import captum as fc
 
-ROUNDS, WARMUP = 60, 3
+ROUNDS, WARMUP = 80, 3
 RESNET = (3, 32, 32)
 CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], int, bool]] = [
     # class, model, input shape, batch, needs a layer
@@ -40,7 +44,7 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], int, bool]] = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--captum-first", action="store_true", help="time Captum first in each round")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per class")
     args = parser.parse_args()
     import captum.attr as captum_attr
 
@@ -64,20 +68,22 @@ def main() -> None:
             getattr(namespace, name)(model, layer) if needs_layer else getattr(namespace, name)(model)
             for namespace in (fc, captum_attr)
         ]
-        calls = 200 if shape[0] == 1 else 1  # a sub-millisecond call is timed 200 at a time
-        order = [1, 0] if args.captum_first else [0, 1]
+        calls = 200 if shape[0] == 1 else 10  # a block of calls per turn
         times: list[list[float]] = [[], []]
-        for round_ in range(WARMUP + ROUNDS):
-            for index in order:
+        for round_ in range(WARMUP + args.rounds):
+            for index in (0, 1) if round_ % 2 else (1, 0):
                 start = time.process_time()
                 for _ in range(calls):
                     methods[index].attribute(x, **kwargs)
                 if round_ >= WARMUP:
                     times[index].append((time.process_time() - start) / calls)
         ours, theirs = statistics.median(times[0]), statistics.median(times[1])
+        ratios = [captum / fastxai for fastxai, captum in zip(times[0], times[1], strict=True)]
+        low, middle, high = statistics.quantiles(ratios, n=4)
         print(
             f"{name:26s} {'x'.join(map(str, shape)):8s} fastxai {ours * 1e3:7.3f} ms  "
-            f"captum {theirs * 1e3:7.3f} ms  captum / fastxai {theirs / ours:.3f}",
+            f"captum {theirs * 1e3:7.3f} ms  captum / fastxai paired median {middle:.3f} "
+            f"(IQR {low:.3f}-{high:.3f})",
             flush=True,
         )
 

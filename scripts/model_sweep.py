@@ -2,10 +2,13 @@
 nothing downloaded) and print one line per model: ``ok``, ``NONFINITE`` or the error.
 
     PYTHONPATH=. python scripts/model_sweep.py [--methods saliency lrp ...] [--models resnet18 ...]
+    PYTHONPATH=. python scripts/model_sweep.py --timm [--models convnext_atto ...]
 
 64x64 inputs (224 for the ViTs, Swins and Inceptions, whose patching or pooling needs it); the
-largest models (``SKIPPED``) are left out to keep a run to a few minutes on a CPU. A refusal is
-printed, not raised: the sweep shows which architectures each method takes.
+largest models (``SKIPPED``) are left out to keep a run to a few minutes on a CPU. ``--timm``:
+``TIMM_MODELS``, one or two small members of each family timm has (its CNNs, ViTs and hybrids,
+MLP mixers, MetaFormers, NAS nets), at 96x96 where the model takes it, else at its own input
+size. A refusal is printed, not raised: the sweep shows which architectures each method takes.
 """
 
 from __future__ import annotations
@@ -37,22 +40,47 @@ SKIPPED = {
     "convnext_base", "convnext_large",
 }  # fmt: skip
 LARGE_INPUT = ("vit", "swin", "inception", "googlenet")
+TIMM_MODELS = """
+resnet18 resnet50 resnext26ts seresnext26d_32x4d efficientnet_b0 mobilenetv3_large_100 mobilenetv2_100
+mobilenetv4_conv_small convnext_atto convnextv2_atto deit_tiny_patch16_224 vit_tiny_patch16_224
+swin_tiny_patch4_window7_224 swinv2_cr_tiny_ns_224 regnety_002 densenet121 levit_128s efficientformer_l1
+efficientformerv2_s0 mobilevit_xxs mobilevitv2_050 poolformer_s12 poolformerv2_s12 ghostnet_100
+ghostnetv2_100 rexnet_100 hrnet_w18_small dla34 tiny_vit_5m_224 fastvit_t8 edgenext_xx_small caformer_s18
+convformer_s18 inception_next_tiny repvit_m1 efficientvit_b0 efficientvit_m0 maxvit_nano_rw_256
+coatnet_nano_rw_224 pit_ti_224 cait_xxs24_224 xcit_nano_12_p16_224 crossvit_tiny_240
+eva02_tiny_patch14_224 focalnet_tiny_srf gcvit_xxtiny hgnetv2_b0 mambaout_femto mixer_s16_224
+resmlp_12_224 gmlp_ti16_224 nfnet_l0 dm_nfnet_f0 regnetz_b16 cspresnet50 darknet53 vgg11_bn inception_v3
+xception41 tresnet_m lcnet_050 tinynet_a mnasnet_100 fbnetc_100 hardcorenas_a semnasnet_075 rdnet_tiny
+starnet_s1 fasternet_t0 sequencer2d_s twins_svt_small visformer_tiny botnet26t_256 halonet26t
+lambda_resnet26t volo_d1_224 coat_tiny nest_tiny_jx pvt_v2_b0 mvitv2_tiny davit_tiny vitamin_small_224
+hiera_tiny_224 shvit_s1 flexivit_small deit3_small_patch16_224
+""".split()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--models", nargs="+", default=None, help="torchvision model names")
+    parser.add_argument("--models", nargs="+", default=None, help="torchvision (or timm) model names")
+    parser.add_argument("--timm", action="store_true", help="timm's models (TIMM_MODELS) instead")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torchvision = real_models._import_torchvision()
     models = torchvision.models
-    names = args.models or [name for name in models.list_models(module=models) if name not in SKIPPED]
+    if args.timm:
+        import timm
+
+        names = args.models or TIMM_MODELS
+    else:
+        names = args.models or [name for name in models.list_models(module=models) if name not in SKIPPED]
     for name in names:
-        size = 224 if any(key in name for key in LARGE_INPUT) else 64
-        inception = name in ("inception_v3", "googlenet")
-        options = {"aux_logits": False, "init_weights": False} if inception else {}
-        model = models.get_model(name, weights=None, **options).eval()
+        if args.timm:
+            model = timm.create_model(name, pretrained=False).eval()
+            size = _timm_size(model)
+        else:
+            size = 224 if any(key in name for key in LARGE_INPUT) else 64
+            inception = name in ("inception_v3", "googlenet")
+            options = {"aux_logits": False, "init_weights": False} if inception else {}
+            model = models.get_model(name, weights=None, **options).eval()
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         start, results = time.perf_counter(), []
         for method in args.methods:
@@ -62,6 +90,16 @@ def main() -> None:
             except Exception as error:  # the sweep reports refusals, it does not stop at them
                 results.append(f"{method}:FAIL[{type(error).__name__}: {str(error)[:120]}]")
         print(f"{name} {size} {time.perf_counter() - start:.1f}s {' '.join(results)}", flush=True)
+
+
+def _timm_size(model: torch.nn.Module) -> int:
+    """96 where the model runs on it (most CNNs), else the model's own input size."""
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 96, 96))
+        return 96
+    except Exception:
+        return int(model.pretrained_cfg["input_size"][-1])
 
 
 if __name__ == "__main__":
