@@ -44,9 +44,12 @@ NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softmax, nn.Hardsigmoid
 ACTIVATION_FUNCTIONS = {
     torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, torch.tanh,
     F.tanh, torch.sigmoid, F.sigmoid, F.softplus, F.hardtanh, F.hardswish, F.hardsigmoid, F.softsign,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout,
+    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, operator.neg, torch.neg,
+    torch.negative,
 }  # fmt: skip
-ACTIVATION_METHODS = {"relu", "tanh", "sigmoid", "contiguous", "float", "double", "clone", "to", "type_as"}
+ACTIVATION_METHODS = {
+    "relu", "tanh", "sigmoid", "contiguous", "float", "double", "clone", "to", "type_as", "neg", "negative",
+}  # fmt: skip
 NONNEGATIVE_FUNCTIONS = {torch.relu, F.relu, F.relu6, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax}
 NONNEGATIVE_METHODS = {"relu", "sigmoid", "softmax"}
 RESHAPE_FUNCTIONS = {torch.flatten, torch.unflatten, torch.reshape, torch.squeeze, torch.unsqueeze}
@@ -83,6 +86,27 @@ FUNCTION_KINDS: dict[Any, str] = {
     F.adaptive_avg_pool3d: "adaptive_avgpool", F.adaptive_max_pool1d: "adaptive_maxpool",
     F.adaptive_max_pool2d: "adaptive_maxpool", F.adaptive_max_pool3d: "adaptive_maxpool",
 }  # fmt: skip
+# ops whose relevance moves back through their own backward (``fastxai.lrp._maps``): copies and
+# selections (``move``), maps affine in the input-dependent arguments (``affine``: the epsilon
+# rule), powers with a constant exponent (``power``: element-wise, as an activation)
+_CONVOLUTIONS = {
+    F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
+    torch.conv1d, torch.conv2d, torch.conv3d,
+}  # fmt: skip
+MAP_FUNCTIONS: dict[Any, str] = {
+    torch.repeat_interleave: "move", torch.tile: "move", torch.flip: "move", F.unfold: "move",
+    torch.amax: "move", F.interpolate: "affine", F.upsample: "affine", F.upsample_nearest: "affine",
+    F.upsample_bilinear: "affine", torch.addcmul: "affine", torch.einsum: "affine", F.fold: "affine",
+    operator.pow: "power", torch.pow: "power", torch.square: "power",
+    **{convolution: "affine" for convolution in _CONVOLUTIONS},
+}  # fmt: skip
+MAP_METHODS = {
+    "repeat_interleave": "move", "repeat": "move", "tile": "move", "flip": "move", "unfold": "move",
+    "amax": "move", "addcmul": "affine", "pow": "power", "square": "power",
+}  # fmt: skip
+MAP_MODULES: tuple[tuple[type, str], ...] = (
+    (nn.Unfold, "move"), (nn.Upsample, "affine"), (nn.Fold, "affine"),
+)  # fmt: skip
 METHOD_KINDS = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "bmm": "matmul",
     "transpose": "transpose", "permute": "permute", "mean": "mean", "sum": "sum", "softmax": "softmax",
@@ -309,6 +333,8 @@ def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
             return "reshape", None
         if node.target in FUNCTION_KINDS:
             return FUNCTION_KINDS[node.target], None
+        if node.target in MAP_FUNCTIONS:
+            return MAP_FUNCTIONS[node.target], None
     if node.op == "call_method":
         target = str(node.target)
         if target in META_METHODS:
@@ -321,6 +347,8 @@ def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
             return METHOD_KINDS[target], None
         if target in STRUCTURE_METHODS:
             return STRUCTURE_METHODS[target], None
+        if target in MAP_METHODS:
+            return MAP_METHODS[target], None
     raise UnsupportedLayerError(f"LRP has no rule for {_describe(node)}")
 
 
@@ -385,15 +413,18 @@ def _classify_module(node: fx.Node, module: nn.Module) -> str:
         return "group_norm"
     if isinstance(module, nn.LocalResponseNorm):
         return "lrn"
+    for module_type, kind in MAP_MODULES:
+        if isinstance(module, module_type):
+            return kind
     raise UnsupportedLayerError(
         f"LRP has no rule for module {node.target!r} ({type(module).__name__}); "
         "supported: Linear, Conv1d/2d/3d, BatchNorm, pooling, Flatten, Dropout, element-wise "
-        "activations, Softmax, LayerNorm, LocalResponseNorm"
+        "activations, Softmax, LayerNorm, GroupNorm, LocalResponseNorm, Upsample, Unfold"
     )
 
 
 PRESERVING_KINDS = {"reshape", "avgpool", "adaptive_avgpool", "maxpool", "adaptive_maxpool", "cat", "stack",
-                    "add", "getitem", "transpose", "permute"}  # fmt: skip
+                    "add", "getitem", "transpose", "permute", "move"}  # fmt: skip
 IDENTITY_LIKE = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
 

@@ -16,7 +16,10 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
 - LayerNorm (AttnLRP): ``1/std`` is a constant, the remaining affine map gets the epsilon
   rule: ``q = (w / std) R / (y + eps sign0(y))``, ``R_x = x * (q - mean(q))``;
 - LocalResponseNorm (Binder et al. 2016, first-order Taylor): ``R_x = x * J^T (R / (J x))``
-  with ``J`` the layer's Jacobian at ``x`` (computed with torch.func; a rarely used layer).
+  with ``J`` the layer's Jacobian at ``x`` (computed with torch.func; a rarely used layer);
+- copies and selections (``repeat_interleave``, ``tile``, ``unfold``, ``amax``, non-constant
+  padding), maps affine in the input (``interpolate``, ``nn.Upsample``, functional convolutions
+  with computed weights, ``addcmul``, ``einsum``) and powers: ``fastxai.lrp._maps``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from fastxai import ops
-from fastxai.lrp import _linear, _structure
+from fastxai.lrp import _linear, _maps, _structure
 from fastxai.lrp._forward import run_node
 from fastxai.lrp._graph import Step, UnsupportedLayerError
 from fastxai.lrp.rules import Pass, ZBox
@@ -443,7 +446,7 @@ HANDLERS: dict[str, Callable[[Step, Context, torch.Tensor], Contributions]] = {
     "matmul": matmul, "mean": reduction, "sum": reduction, "avgpool": avgpool,
     "adaptive_avgpool": adaptive_avgpool, "maxpool": maxpool, "adaptive_maxpool": maxpool,
     "softmax": softmax, "layer_norm": layer_norm, "group_norm": group_norm, "lrn": lrn,
-    **_structure.HANDLERS,
+    **_structure.HANDLERS, **_maps.HANDLERS,
 }  # fmt: skip
 
 

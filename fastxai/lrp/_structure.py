@@ -8,7 +8,8 @@ exactly and its total is conserved:
   op itself passes it on unchanged;
 - ``torch.roll``: rolled back by the negated shifts;
 - ``F.pad`` (constant mode): cropped back (``F.pad`` with the negated widths); padded
-  elements are constants and carry none;
+  elements are constants and carry none; in the other modes the padding copies input elements,
+  whose relevance returns to them (``_maps.move``);
 - ``expand`` / ``expand_as`` / ``broadcast_to``: summed over the copies;
 - ``masked_fill`` with a constant mask: filled positions hold a constant, they carry none;
 - ``select`` / ``narrow``: written back into a zero tensor of the input's shape.
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from fastxai.lrp import _maps
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._graph import Step
 
@@ -79,11 +81,8 @@ def pad(step: Step, ctx: Any, relevance: torch.Tensor) -> Contributions:
     node = step.node
     widths = ctx.value(_argument(node, 1, "pad"))
     mode = _argument(node, 2, "mode", "constant")
-    if mode != "constant":
-        raise UnsupportedLayerError(
-            f"F.pad with mode={mode!r} (node {node.name!r}): padded elements copy input elements; "
-            "LRP supports constant padding"
-        )
+    if mode != "constant":  # reflect / replicate / circular: the padding copies input elements
+        return _maps.move(step, ctx, relevance)
     return [(node.args[0], F.pad(relevance, [-int(width) for width in widths]))]
 
 

@@ -124,6 +124,15 @@ CASES = [
     Case("timm_vit_tiny", _timm("vit_tiny_patch16_224", img_size=32), 32, conserving=False, slow=True),
     Case("timm_mobilevitv2_050", _timm("mobilevitv2_050"), 64, conserving=False, slow=True),
     Case("timm_deit_tiny", _timm("deit_tiny_patch16_224", img_size=32), 32, conserving=False, slow=True),
+    # ops of fastxai.lrp._maps: F.interpolate, nn.Upsample, powers, functional convolutions with
+    # standardised weights, reflect padding, addcmul, negation (refused before)
+    Case("timm_mobilevit_xxs", _timm("mobilevit_xxs"), 64, conserving=False),
+    Case("timm_hrnet_w18_small", _timm("hrnet_w18_small"), 64, slow=True),
+    Case("timm_poolformerv2_s12", _timm("poolformerv2_s12"), 32),
+    Case("timm_nfnet_l0", _timm("nfnet_l0"), 32, slow=True),
+    Case("timm_tresnet_m", _timm("tresnet_m"), 64, slow=True),
+    Case("timm_resmlp_12", _timm("resmlp_12_224", img_size=32), 32, conserving=False),
+    Case("timm_eva02_tiny", _timm("eva02_tiny_patch14_224", img_size=28), 28, conserving=False, slow=True),
 ]
 
 RESULTS: dict[str, tuple[float, float | None]] = {}
@@ -156,7 +165,8 @@ def calibrate(model: nn.Module, size: int) -> nn.Module:
                     module.weight.copy_(
                         torch.empty_like(module.weight).uniform_(0.5, 1.5, generator=generator)
                     )
-                    module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+                    if module.bias is not None:  # MetaFormer v2's GroupNorm has none
+                        module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
                 module.momentum = None  # cumulative average over the calibration batch
