@@ -107,6 +107,12 @@ MAP_METHODS = {
 MAP_MODULES: tuple[tuple[type, str], ...] = (
     (nn.Unfold, "move"), (nn.Upsample, "affine"), (nn.Fold, "affine"),
 )  # fmt: skip
+# Statistics of an activation (norms, standard deviations, variances) are constants of the
+# relevance pass, as LayerNorm's 1/std is in AttnLRP: what is computed from them (ConvNeXt V2's
+# global response norm x_n = ||x|| / mean ||x||) scales the activations it multiplies without
+# taking relevance itself. An output computed from statistics alone is refused.
+STATISTIC_FUNCTIONS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, torch.std, torch.var}
+STATISTIC_METHODS = {"norm", "std", "var"}
 METHOD_KINDS = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "bmm": "matmul",
     "transpose": "transpose", "permute": "permute", "mean": "mean", "sum": "sum", "softmax": "softmax",
@@ -228,16 +234,23 @@ def build_plan(
         if node.op == "call_module":
             module_calls[str(node.target)] = module_calls.get(str(node.target), 0) + 1
     first_linear_seen = False
+    statistics: set[fx.Node] = set()  # constants computed from the input's statistics
     for node in graph.nodes:
         if node.op == "placeholder":
             variable.add(node)
             steps[node] = Step(node, "input", node.name)
             continue
         if node.op == "output":
+            _check_output(node, statistics)
             continue
         sources = [arg for arg in node.all_input_nodes if arg in variable]
         if not sources:
+            if any(arg in statistics for arg in node.all_input_nodes):
+                statistics.add(node)
             continue  # a constant: computed, carries no relevance
+        if _is_statistic(node) and not all(arg in meta for arg in sources):
+            statistics.add(node)
+            continue
         variable.add(node)
         if node.meta.get(DATA) is False or all(arg in meta for arg in sources):
             meta.add(node)  # shape arithmetic, shape checks, tensors made from shapes: metadata
@@ -268,6 +281,25 @@ def build_plan(
     if merge_batchnorm:
         _merge_batchnorms(steps)
     return Plan(graph, model, steps, placeholders[0], output)
+
+
+def _is_statistic(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in STATISTIC_FUNCTIONS
+    return node.op == "call_method" and str(node.target) in STATISTIC_METHODS
+
+
+def _check_output(node: fx.Node, statistics: set[fx.Node]) -> None:
+    returned = node.args[0]
+    first = next(iter(returned.values())) if isinstance(returned, dict) and returned else returned
+    if isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    if isinstance(first, fx.Node) and first in statistics:
+        raise UnsupportedLayerError(
+            f"the model's output (node {first.name!r}) is computed from norms or standard deviations "
+            "of activations only, which LRP takes as constants (as LayerNorm's 1/std): no relevance "
+            "would reach the input"
+        )
 
 
 def _check_simple_rule(

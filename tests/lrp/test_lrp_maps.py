@@ -259,3 +259,51 @@ def test_power_and_negation_are_element_wise() -> None:
     # r * r: the uniform rule gives each factor half, both halves reach r: its own relevance
     torch.testing.assert_close(_relevance(StarRelu(True), 3, 48, X), _relevance(StarRelu(False), 3, 48, X))
     torch.testing.assert_close(_relevance(Negated(True), 3, 48, X), _relevance(Negated(False), 3, 48, X))
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt V2's GRN on [B, C, H, W]: ``x + gamma * (x * x_n)``, ``x_n = ||x||_HW / mean_C``;
+    with ``scale`` given, ``x_n`` is that constant instead (the same function at one input)."""
+
+    def __init__(self, scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(5)
+        self.gamma = nn.Parameter(torch.rand(1, 3, 1, 1) + 0.5)
+        self.scale = scale
+
+    def statistic(self, h: torch.Tensor) -> torch.Tensor:
+        norm = h.norm(p=2, dim=(2, 3), keepdim=True)
+        return norm / (norm.mean(dim=1, keepdim=True) + 1e-6)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x_n = self.statistic(h) if self.scale is None else self.scale
+        return h + self.gamma * (h * x_n)
+
+
+def test_norm_statistics_are_constants_of_the_pass() -> None:
+    """The GRN's ``x_n`` scales the activations and takes no relevance: the relevance equals that
+    of the same model with ``x_n`` a constant at this input (``||x||`` was refused before)."""
+    grn = Pair(GlobalResponseNorm(), 3, 48).double().eval()
+    with torch.no_grad():
+        hidden = torch.relu(grn.conv(X))
+        scale = grn.body.statistic(hidden)
+    frozen = Pair(GlobalResponseNorm(scale), 3, 48).double().eval()
+    ours, theirs = lrp(grn, X, target=1, composite=EXACT), lrp(frozen, X, target=1, composite=EXACT)
+    torch.testing.assert_close(ours, theirs)
+    with torch.no_grad():
+        total = grn(X)[:, 1]
+    torch.testing.assert_close(ours.flatten(1).sum(1), total)  # conserved
+
+
+class NormOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).norm(dim=1, keepdim=True)  # a capsule-style length as the score
+
+
+def test_output_computed_from_statistics_is_refused() -> None:
+    with pytest.raises(UnsupportedLayerError, match="computed from norms or standard deviations"):
+        lrp(NormOutput().eval(), torch.randn(2, 4), target=0)

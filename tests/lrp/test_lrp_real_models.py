@@ -132,6 +132,7 @@ CASES = [
     Case("timm_nfnet_l0", _timm("nfnet_l0"), 32, slow=True),
     Case("timm_tresnet_m", _timm("tresnet_m"), 64, slow=True),
     Case("timm_resmlp_12", _timm("resmlp_12_224", img_size=32), 32, conserving=False),
+    Case("timm_convnextv2_atto", _timm("convnextv2_atto"), 32),  # GRN: norms as constants
     Case("timm_eva02_tiny", _timm("eva02_tiny_patch14_224", img_size=28), 28, conserving=False, slow=True),
 ]
 
