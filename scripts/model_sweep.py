@@ -3,12 +3,16 @@ nothing downloaded) and print one line per model: ``ok``, ``NONFINITE`` or the e
 
     PYTHONPATH=. python scripts/model_sweep.py [--methods saliency lrp ...] [--models resnet18 ...]
     PYTHONPATH=. python scripts/model_sweep.py --timm [--models convnext_atto ...]
+    PYTHONPATH=. python scripts/model_sweep.py --hf [--models bert llama ...]
 
 64x64 inputs (224 for the ViTs, Swins and Inceptions, whose patching or pooling needs it); the
 largest models (``SKIPPED``) are left out to keep a run to a few minutes on a CPU. ``--timm``:
 ``TIMM_MODELS``, one or two small members of each family timm has (its CNNs, ViTs and hybrids,
 MLP mixers, MetaFormers, NAS nets), at 96x96 where the model takes it, else at its own input
-size. A refusal is printed, not raised: the sweep shows which architectures each method takes.
+size. ``--hf``: ``HF_TYPES``, transformers' sequence classifiers built from tiny configs (2
+layers, width 32, 4 heads, vocabulary 128) on token ids [2, 12], with integrated gradients in
+place of guided backpropagation (no ReLU in most of them). A refusal is printed, not raised: the
+sweep shows which architectures each method takes.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ SKIPPED = {
     "convnext_base", "convnext_large",
 }  # fmt: skip
 LARGE_INPUT = ("vit", "swin", "inception", "googlenet")
+HF_TYPES = """
+bert roberta distilbert albert electra xlm-roberta mobilebert funnel mpnet ernie camembert layoutlm
+megatron-bert nystromformer rembert roformer xlnet gpt2 gpt_neo gpt_neox llama mistral mixtral qwen2 qwen3
+phi phi3 gemma gemma2 gemma3_text olmo olmo2 stablelm starcoder2 falcon bloom opt mpt biogpt glm persimmon
+modernbert longformer big_bird
+""".split()
 TIMM_MODELS = """
 resnet18 resnet50 resnext26ts seresnext26d_32x4d efficientnet_b0 mobilenetv3_large_100 mobilenetv2_100
 mobilenetv4_conv_small convnext_atto convnextv2_atto deit_tiny_patch16_224 vit_tiny_patch16_224
@@ -62,8 +72,12 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--models", nargs="+", default=None, help="torchvision (or timm) model names")
     parser.add_argument("--timm", action="store_true", help="timm's models (TIMM_MODELS) instead")
+    parser.add_argument("--hf", action="store_true", help="transformers' classifiers (HF_TYPES) instead")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.hf:
+        _sweep_transformers(args.models or HF_TYPES)
+        return
     torchvision = real_models._import_torchvision()
     models = torchvision.models
     if args.timm:
@@ -90,6 +104,39 @@ def main() -> None:
             except Exception as error:  # the sweep reports refusals, it does not stop at them
                 results.append(f"{method}:FAIL[{type(error).__name__}: {str(error)[:120]}]")
         print(f"{name} {size} {time.perf_counter() - start:.1f}s {' '.join(results)}", flush=True)
+
+
+def _sweep_transformers(types: list[str]) -> None:
+    transformers = real_models.transformers()
+    transformers.logging.set_verbosity_error()
+    ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
+    methods: dict[str, Callable[[torch.nn.Module], torch.Tensor]] = {
+        "saliency": lambda model: fx.saliency(model, ids, target=1),
+        "ig": lambda model: fx.integrated_gradients(model, ids, target=1, n_steps=8),
+        "lrp": lambda model: fx.lrp(model, ids, target=1),
+        "deeplift": lambda model: fx.deeplift(model, ids, target=1),
+    }
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+            "vocab_size": 128, "num_labels": 3, "max_position_embeddings": 64, "num_key_value_heads": 2,
+            "head_dim": 8, "pad_token_id": 0}  # fmt: skip
+    for model_type in types:
+        config = transformers.AutoConfig.for_model(model_type)
+        for key, value in tiny.items():
+            if key in ("num_key_value_heads", "head_dim") and not hasattr(config, key):
+                continue
+            try:
+                setattr(config, key, value)
+            except (AttributeError, TypeError, NotImplementedError):
+                pass  # a derived property in this config (Falcon's head_dim, Funnel's layers)
+        model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
+        start, results = time.perf_counter(), []
+        for method, run in methods.items():
+            try:
+                attribution = run(model)
+                results.append(f"{method}:{'ok' if bool(torch.isfinite(attribution).all()) else 'NONFINITE'}")
+            except Exception as error:  # the sweep reports refusals, it does not stop at them
+                results.append(f"{method}:FAIL[{type(error).__name__}: {str(error)[:120]}]")
+        print(f"{model_type} {time.perf_counter() - start:.1f}s {' '.join(results)}", flush=True)
 
 
 def _timm_size(model: torch.nn.Module) -> int:

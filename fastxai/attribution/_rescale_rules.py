@@ -293,13 +293,17 @@ class SoftmaxRescale(torch.autograd.Function):
         delta_sum = sum_in - exp_ref.sum(dim, keepdim=True)
         delta_log = x.logsumexp(dim, keepdim=True) - x_ref.logsumexp(dim, keepdim=True)
         log_slope = torch.where(delta_sum.abs() < eps, 1 / sum_in, delta_log / delta_sum)
+        # equal on both sides counts as no difference: masked scores (-inf in both passes, whose
+        # difference is nan) take the derivative, exp(-inf) = 0, instead of 0 / nan
         delta_in = x - x_ref
-        exp_slope = torch.where(delta_in.abs() < eps, exp_in, (exp_in - exp_ref) / delta_in)
+        same_in = (delta_in.abs() < eps) | (x == x_ref)
+        exp_slope = torch.where(same_in, exp_in, (exp_in - exp_ref) / delta_in)
         outer = None
         if not log:
             y_ref = F.softmax(x_ref, dim)
-            delta_u = F.log_softmax(x, dim) - F.log_softmax(x_ref, dim)
-            outer = torch.where(delta_u.abs() < eps, y, (y - y_ref) / delta_u)
+            u, u_ref = F.log_softmax(x, dim), F.log_softmax(x_ref, dim)
+            delta_u = u - u_ref
+            outer = torch.where((delta_u.abs() < eps) | (u == u_ref), y, (y - y_ref) / delta_u)
         ctx.save_for_backward(exp_slope * log_slope, outer)
         ctx.dim = dim
         return y_out

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fastxai import _compile, _model, _precision, _scheduling
+from fastxai import _compile, _layer, _model, _precision, _scheduling
 from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
 from fastxai.attribution._rescale import PairedMode, RecordMode, Unpaired
@@ -204,7 +204,10 @@ def deeplift(
     that layer's output ``h``, ``m_h * (h - h')`` [B, *A] with ``h'`` its value at the
     baselines and ``m_h`` the Rescale multipliers downstream of it (Captum's
     ``LayerDeepLift``; ``fastxai.attribution.layer_deeplift``); the baselines then run row by
-    row, not shared.
+    row, not shared. Integer inputs (token ids) are taken at ``layer``, by default the model's
+    input embedding (``model.get_input_embeddings()``, else its first ``nn.Embedding``), with
+    baselines of token ids (an int, e.g. the pad id, or an integer tensor; the default ``0.0``
+    is token 0); per token: ``a.sum(-1)``.
 
     ``dtype=torch.bfloat16`` (or ``torch.float16``): both passes run under autocast in that
     dtype (``fastxai._precision``), so the recorded and paired pre-activations are half
@@ -218,9 +221,20 @@ def deeplift(
     >>> a, delta = fastxai.deeplift(model, x, target=y, return_convergence_delta=True)
     """
     model = _compile.original(_model.check_model(model))
-    inputs = _model.check_inputs(inputs)
+    if layer is None and isinstance(inputs, torch.Tensor) and _layer.is_integer(inputs):
+        layer = _layer.input_embedding(model)  # token ids: at the embedding, as the gradient methods
+    inputs = _model.check_inputs(inputs, allow_integer=layer is not None, layer_option=True)
     eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
-    reference = _check_baselines(baselines, inputs)
+    if _layer.is_integer(inputs) and isinstance(baselines, float) and baselines.is_integer():
+        baselines = int(baselines)  # the default 0.0: token 0
+    ids = _layer.token_id_baselines(baselines, inputs)
+    if _layer.is_integer(inputs) and ids is None:
+        raise TypeError(
+            "baselines of token-id inputs must be token ids (an int such as the pad id, or an integer "
+            f"tensor), got {baselines!r}" if not isinstance(baselines, torch.Tensor)
+            else f"baselines of token-id inputs must be an integer tensor of ids, got {baselines.dtype}"
+        )
+    reference = ids if ids is not None else _check_baselines(baselines, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     model_dtype = _precision.check_dtype(dtype, inputs.device)
@@ -233,7 +247,8 @@ def deeplift(
                 scored, module, x, reference, target_t, eps, multiply_by_inputs, max(1, chunk // 2),
                 upcast=model_dtype is not None,
             )  # fmt: skip
-        result = result.to(inputs.dtype)
+        if inputs.is_floating_point():  # token ids: the layer's dtype
+            result = result.to(inputs.dtype)
         return (result, delta) if return_convergence_delta else result
     batch = x.shape[0]
     result = torch.empty_like(x)

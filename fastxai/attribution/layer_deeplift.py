@@ -35,6 +35,8 @@ Run = Callable[[Sequence[Tensor]], Tensor]
 def _flat(run: Run, tensors: Sequence[Tensor]) -> Tensor:
     output = run(tensors)
     rows = tensors[0].shape[0]
+    if not isinstance(output, torch.Tensor) and output is not None:
+        output = _model.output_tensor(output)  # transformers' ModelOutput, tuples: the logits
     if not isinstance(output, torch.Tensor) or output.dim() < 1 or output.shape[0] != rows:
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ValueError(f"the model must return a tensor [batch ({rows}), ...], got {shape}")

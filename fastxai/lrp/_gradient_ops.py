@@ -7,14 +7,16 @@ section 3; the "efficient" formulation). ``RuleMode`` (a ``TorchFunctionMode``, 
 the forward only) replaces these calls, whoever makes them (modules, functional calls, tensor
 methods):
 
-- linear maps (``F.linear``, convolutions, ``matmul``/``bmm``/``addmm``/``einsum``), epsilon
-  rule ``R_a = a * W^T (R_z / (z + eps sign0(z)))``: the gradient of ``z`` is scaled by
+- linear maps (``F.linear``, convolutions, average pooling, ``interpolate``, ``fold``,
+  ``matmul``/``bmm``/``addmm``/``einsum``), epsilon rule
+  ``R_a = a * W^T (R_z / (z + eps sign0(z)))``: the gradient of ``z`` is scaled by
   ``z / (z + eps sign0(z))`` (``fastxai.ops.lrp_divide``) before the op's own backward;
   ``eps`` is the Linear/Conv module's Epsilon rule, else the composite's stabiliser;
 - a product of two relevance-carrying tensors (``q @ k^T``, ``attention @ v``, ``gate * up``):
   the uniform rule, each factor half: the gradient of the product is also halved;
-- element-wise nonlinearities (relu, gelu, silu, tanh, sigmoid, ...), ``F.rms_norm``: the
-  identity rule ``R_a = R_z``, i.e. the backward ``g_a = g_z * f(a) / a`` (0 where a = 0);
+- element-wise nonlinearities (relu, gelu, silu, tanh, sigmoid, powers with a constant
+  exponent, ...), ``F.rms_norm``: the identity rule ``R_a = R_z``, i.e. the backward
+  ``g_a = g_z * f(a) / a`` (0 where a = 0);
 - ``F.layer_norm``: ``1/std`` a constant, the epsilon rule on the remaining affine map:
   ``q = g_z * (w / std) * y / (y + eps sign0(y))``, ``g_a = q - mean(q)``;
 - softmax: AttnLRP's rule ``R_a = a * (R_z - y sum R_z)``, which is the plain gradient;
@@ -26,8 +28,8 @@ methods):
   ``R_x = x R_z / (z + eps sign0(z))``: the gradient scaled by ``z / (z + eps sign0(z))``,
   ``eps`` the composite's stabiliser (with ``R = z * g`` the plain gradient is this rule with
   ``eps = 0``; the stabiliser keeps the two engines' results equal);
-- products and quotients by constants, moves (view, cat, indexing, ...), dropout: the plain
-  gradient.
+- products and quotients by constants, moves and selections (view, cat, indexing, ``topk``,
+  ``amax``, ``unfold``, ...), dropout: the plain gradient.
 
 Any other differentiable call on a relevance-carrying tensor raises ``UnsupportedLayerError``
 naming the model's source line. "Relevance-carrying" is ``requires_grad``: the pass freezes the
@@ -144,7 +146,9 @@ def _functions(*names: str, modules: tuple[Any, ...] = (torch, Tensor, F)) -> se
 
 
 _LINEAR = _functions("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                     "conv_transpose3d", modules=(F, torch))  # fmt: skip
+                     "conv_transpose3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate", "fold",
+                     modules=(F, torch))  # fmt: skip
 _MATMUL = _functions("matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "addmm", "baddbmm", "einsum")
 _ADD_MATMUL = _functions("addmm", "baddbmm")  # the first argument is an addend, not a factor
 _MUL = _functions("mul", "multiply", "__mul__", "__rmul__", "__imul__", "mul_")
@@ -152,7 +156,7 @@ _DIV = _functions("div", "divide", "true_divide", "__truediv__", "__itruediv__",
 _RDIV = _functions("__rtruediv__", "__rdiv__")
 _ELEMENTWISE = _functions(
     "relu", "gelu", "silu", "tanh", "sigmoid", "leaky_relu", "elu", "selu", "celu", "mish", "softplus",
-    "hardtanh", "relu6", "hardswish", "hardsigmoid", "softsign", "rms_norm",
+    "hardtanh", "relu6", "hardswish", "hardsigmoid", "softsign", "rms_norm", "pow", "__pow__", "square",
 )  # fmt: skip
 _IN_PLACE: dict[Any, Any] = {
     getattr(module, name + "_"): getattr(torch, name)
@@ -170,7 +174,7 @@ _PLAIN = _functions(
     "repeat_interleave", "tile", "pad", "to", "type", "type_as", "float", "double", "half", "bfloat16",
     "clone", "detach", "requires_grad_", "masked_fill", "masked_fill_", "where", "index_put_",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "neg", "negative", "__neg__", "__pos__", "cumsum",
+    "neg", "negative", "__neg__", "__pos__", "cumsum", "topk", "as_strided", "amax", "unfold",
 )  # fmt: skip
 _SUMS = _functions(
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "subtract", "__sub__", "__rsub__",

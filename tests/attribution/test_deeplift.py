@@ -130,6 +130,35 @@ def test_max_pool_and_softmax_keep_the_summation(head: str) -> None:
     torch.testing.assert_close(attr.sum((1, 2, 3)), _scores(model, x, 3) - _scores(model, base, 3))
 
 
+class MaskedAttention(nn.Module):
+    """Causal attention weights over 5 positions with the masked scores at -inf (transformers'
+    eager attention), the scores linear in the input (fixed keys), so that DeepLIFT's summation
+    is exact: the masked scores are -inf in both DeepLIFT passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.query = nn.Linear(3, 4)
+        self.keys = nn.Parameter(torch.randn(5, 4))
+        self.head = nn.Linear(5 * 5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, 5 * 3]
+        scores = self.query(x.view(-1, 5, 3)) @ self.keys.T  # [B, 5, 5]
+        causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+        weights = scores.masked_fill(causal, float("-inf")).softmax(-1)
+        return self.head(weights.flatten(1))
+
+
+def test_softmax_over_masked_scores_keeps_the_summation() -> None:
+    """-inf - -inf is nan: equal scores on both sides take the derivative (0 there), so the
+    attributions stay finite and sum to the score difference (they were nan)."""
+    model = MaskedAttention().double()
+    x, base = torch.randn(2, 15, dtype=torch.float64), torch.randn(2, 15, dtype=torch.float64)
+    attr = deeplift(model, x, 1, base)
+    assert torch.isfinite(attr).all()
+    torch.testing.assert_close(attr.sum(1), _scores(model, x, 1) - _scores(model, base, 1))
+
+
 @pytest.mark.parametrize("act", ACTIVATIONS, ids=lambda a: a.__name__)
 def test_matches_captum_on_module_activations(act: type[nn.Module]) -> None:
     captum = pytest.importorskip("captum.attr")

@@ -99,3 +99,42 @@ def test_model_left_as_found(bert: Logits) -> None:
     )
     assert_same_state(before, model_state(bert))
     bert.eval()
+
+
+def test_deeplift_takes_token_ids_at_the_input_embedding(bert: Logits) -> None:
+    """``fx.deeplift`` on token ids: DeepLIFT at the input embedding against pad-id baselines,
+    as the gradient methods take token ids (it refused integer inputs)."""
+    ids, _ = _batch()
+    attributions, delta = fx.deeplift(bert, ids, target=1, return_convergence_delta=True)
+    assert attributions.shape == (3, 7, 16) and attributions.dtype == torch.float32
+    named = fx.deeplift(bert, ids, target=1, baselines=0, layer="model.bert.embeddings.word_embeddings")
+    torch.testing.assert_close(attributions, named)
+    with torch.no_grad():
+        difference = bert(ids)[:, 1] - bert(torch.zeros_like(ids))[:, 1]
+    torch.testing.assert_close(attributions.sum((1, 2)) - difference, delta)
+    with pytest.raises(TypeError, match="baselines of token-id inputs"):
+        fx.deeplift(bert, ids, target=1, baselines=0.5)
+
+
+class BagOfEmbeddings(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embedding = nn.Embedding(20, 4)
+        self.head = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedding(ids).mean(1))
+
+
+def test_deeplift_on_token_ids_sums_to_the_score_difference() -> None:
+    """Linear maps and a ReLU after the embedding: DeepLIFT's attributions at the embedding sum
+    to ``f(x) - f(x')`` exactly (Rescale rule), with any token-id baselines."""
+    model = BagOfEmbeddings().eval()
+    ids = torch.randint(1, 20, (4, 5), generator=torch.Generator().manual_seed(2))
+    baselines = torch.full((1, 5), 7)
+    attributions, delta = fx.deeplift(
+        model, ids, target=2, baselines=baselines, return_convergence_delta=True
+    )
+    assert attributions.shape == (4, 5, 4)
+    torch.testing.assert_close(delta, torch.zeros(4), atol=1e-5, rtol=0)

@@ -143,6 +143,33 @@ def test_agrees_with_the_traced_engine_on_torchvision_vit() -> None:
         torch.testing.assert_close(relevance, traced, rtol=1e-9, atol=1e-12 * traced.abs().max().item())
 
 
+class _PoolsAndPowers(nn.Module):
+    """Average pooling, upsampling, a power with a constant exponent and an amax selection: ops
+    both engines have rules for (the gradient engine refused them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 + 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))  # [B, 4, 4, 4]
+        pooled = F.avg_pool2d(h, 2)  # [B, 4, 2, 2]
+        wide = F.interpolate(pooled, scale_factor=2, mode="bilinear") ** 2  # [B, 4, 4, 4]
+        rows = wide.flatten(2)[..., :8]  # [B, 4, 8]
+        peak = h.amax(dim=(2, 3))  # [B, 4]
+        return self.head(torch.cat([rows.flatten(1), peak], dim=1))
+
+
+def test_engines_agree_on_pooling_upsampling_powers_and_selections() -> None:
+    model = _PoolsAndPowers().double().eval()
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    traced = lrp(model, x, target=1, composite="epsilon", engine="fx")
+    relevance = lrp(model, x, target=1, composite="epsilon", engine="gradient")
+    torch.testing.assert_close(relevance, traced, rtol=1e-9, atol=1e-12 * traced.abs().max().item())
+
+
 def test_composite_rules_by_module_name_reach_the_module() -> None:
     """An Epsilon rule named for one Linear changes that layer's rule only: the result equals the
     textbook derivation with that layer's epsilon."""
