@@ -115,6 +115,7 @@ STATISTIC_FUNCTIONS = {torch.norm, torch.linalg.vector_norm, torch.linalg.norm, 
 STATISTIC_METHODS = {"norm", "std", "var"}
 METHOD_KINDS = {
     "add": "add", "sub": "sub", "mul": "mul", "div": "div", "matmul": "matmul", "bmm": "matmul",
+    "add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div",  # see _functionalize_updates
     "transpose": "transpose", "permute": "permute", "mean": "mean", "sum": "sum", "softmax": "softmax",
 }  # fmt: skip
 
@@ -181,6 +182,7 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
     try:
         graph = Tracer(example).trace(model, concrete_args=defaults or None)
         _attention.drop_unread_weights(graph)
+        _functionalize_updates(graph)
     except UnsupportedLayerError:
         raise
     except Exception as error:  # torch.fx raises many types for untraceable code
@@ -192,6 +194,27 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
     if isinstance(model, nn.Module):
         _TRACES.setdefault(model, {})[key] = graph
     return graph
+
+
+IN_PLACE_ARITHMETIC = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div"}
+
+
+def _functionalize_updates(graph: fx.Graph) -> None:
+    """``x.mul_(c)`` as a statement (DM-NFNet's ``x.mul_(gain)``): the code goes on reading ``x``,
+    whose trace node is the value before the update. Every later reader of ``x`` reads the
+    update's node instead, which the relevance pass computes out of place (``_forward``), so the
+    update is a step of its own (``mul``, ``add``, ...). An update of a view of ``x`` would still
+    change ``x`` itself unseen: the check that the trace reproduces the model's output refuses it."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op != "call_method" or str(node.target) not in IN_PLACE_ARITHMETIC or not node.args:
+            continue
+        updated = node.args[0]
+        if not isinstance(updated, fx.Node):
+            continue
+        for user in list(updated.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(updated, node)
 
 
 def fetch_attr(root: Any, target: str) -> Any:

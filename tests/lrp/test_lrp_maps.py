@@ -307,3 +307,38 @@ class NormOutput(nn.Module):
 def test_output_computed_from_statistics_is_refused() -> None:
     with pytest.raises(UnsupportedLayerError, match="computed from norms or standard deviations"):
         lrp(NormOutput().eval(), torch.randn(2, 4), target=0)
+
+
+class ScaledInPlace(nn.Module):
+    """``h.mul_(gain)`` and ``h.add_(shift)`` as statements (DM-NFNet's skip-init gain), or the
+    same arithmetic out of place; the code goes on reading ``h``."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.gain = nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.in_place:
+            h.mul_(self.gain)
+            h.add_(h)
+            return h
+        h = h * self.gain
+        return h + h
+
+
+def test_in_place_updates_read_later_are_steps_of_their_own() -> None:
+    ours = _relevance(ScaledInPlace(True), 3, 48, X)
+    torch.testing.assert_close(ours, _relevance(ScaledInPlace(False), 3, 48, X))
+
+
+class UpdatesAView(nn.Module):
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h[:, :1].mul_(2.0)  # changes h through a view: the trace cannot see it
+        return h
+
+
+def test_an_update_through_a_view_is_refused() -> None:
+    model = Pair(UpdatesAView(), 3, 48).double().eval()
+    with pytest.raises(UnsupportedLayerError, match="does not reproduce"):
+        lrp(model, X, target=0, composite=EXACT)
