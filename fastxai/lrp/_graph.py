@@ -14,8 +14,11 @@ constants are metadata, never steps. Anything the relevance pass has no rule for
 from __future__ import annotations
 
 import builtins
+import contextlib
+import copy
 import operator
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,7 +183,8 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
         if value is None or isinstance(value, (bool, int, float, str))
     }
     try:
-        graph = Tracer(example).trace(model, concrete_args=defaults or None)
+        with _untouched(model):
+            graph = Tracer(example).trace(model, concrete_args=defaults or None)
         _attention.drop_unread_weights(graph)
         _functionalize_updates(graph)
     except UnsupportedLayerError:
@@ -194,6 +198,45 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
     if isinstance(model, nn.Module):
         _TRACES.setdefault(model, {})[key] = graph
     return graph
+
+
+_CONTAINERS = (dict, list, set)
+
+
+@contextlib.contextmanager
+def _untouched(model: Any) -> Iterator[None]:
+    """Put back every module's plain attributes after the trace, also on error: code that caches
+    a value on the module the first time it runs (timm's LeViT and EfficientFormerV2 keep their
+    attention biases in ``attention_bias_cache``) would otherwise keep a trace proxy there, and
+    the model's own forward would return proxies from then on. Containers are restored in place
+    (the module holds the same object), other attributes rebound, new ones deleted."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    saved = []
+    for module in model.modules():
+        state = module.__dict__
+        contents = {
+            name: (copy.copy(value) if isinstance(value, _CONTAINERS) and not name.startswith("_") else None)
+            for name, value in state.items()
+        }
+        saved.append((module, dict(state), contents))
+    try:
+        yield
+    finally:
+        for module, before, contents in saved:
+            state = module.__dict__
+            for name in [name for name in state if name not in before]:
+                del state[name]
+            for name, value in before.items():
+                if state.get(name) is not value:
+                    state[name] = value
+                kept = contents[name]
+                if isinstance(kept, list):
+                    value[:] = kept
+                elif isinstance(kept, (dict, set)):
+                    value.clear()
+                    value.update(kept)
 
 
 IN_PLACE_ARITHMETIC = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div"}

@@ -145,3 +145,34 @@ def test_scaled_dot_product_attention_is_traced_as_plain_ops() -> None:
     names = " ".join(layers)
     assert "softmax" in names and "masked_fill" in names and "matmul" in names
     assert math.isfinite(float(relevance.sum()))
+
+
+class CachesOnFirstCall(nn.Module):
+    """Keeps a value on the module the first time it runs, as timm's LeViT and EfficientFormerV2
+    keep their attention biases in ``attention_bias_cache``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(4, 3)
+        self.bias_table = nn.Parameter(torch.randn(3))
+        self.cache: dict[str, torch.Tensor] = {}
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "bias" not in self.cache:
+            self.cache["bias"] = self.bias_table * 2
+        self.calls.append(1)
+        return self.linear(x) + self.cache["bias"]
+
+
+def test_the_trace_leaves_no_proxy_in_the_model() -> None:
+    """LRP as the model's first call: the trace writes a proxy into the module's cache, which the
+    model's own forward then returned (a Proxy instead of logits); the module's plain attributes
+    are put back after the trace."""
+    model = CachesOnFirstCall().eval()
+    x = torch.randn(2, 4)
+    relevance = lrp(model, x, target=1)
+    assert torch.isfinite(relevance).all()
+    assert all(isinstance(value, torch.Tensor) for value in model.cache.values())
+    assert isinstance(model(x), torch.Tensor)
