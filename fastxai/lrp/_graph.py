@@ -209,7 +209,8 @@ def _untouched(model: Any) -> Iterator[None]:
     a value on the module the first time it runs (timm's LeViT and EfficientFormerV2 keep their
     attention biases in ``attention_bias_cache``) would otherwise keep a trace proxy there, and
     the model's own forward would return proxies from then on. Containers are restored in place
-    (the module holds the same object), other attributes rebound, new ones deleted."""
+    (the module holds the same object), other attributes rebound, new ones deleted but tensors
+    (torch.fx stores the graph's tensor constants on the root module as ``_tensor_constant<i>``)."""
     if not isinstance(model, nn.Module):
         yield
         return
@@ -227,7 +228,8 @@ def _untouched(model: Any) -> Iterator[None]:
         for module, before, contents in saved:
             state = module.__dict__
             for name in [name for name in state if name not in before]:
-                del state[name]
+                if not isinstance(state[name], torch.Tensor):  # torch.fx keeps constants as tensors
+                    del state[name]
             for name, value in before.items():
                 if state.get(name) is not value:
                     state[name] = value

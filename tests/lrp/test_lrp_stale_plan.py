@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from fastxai.lrp import Composite, UnsupportedLayerError, lrp, rules
+from fastxai.lrp import Composite, lrp, rules
 
 LRP_0 = Composite([(nn.Linear, rules.Epsilon(0.0))], stabilizer=0.0)  # conserves exactly: no biases
 
@@ -70,7 +70,16 @@ class Counting(nn.Module):
         return self.linear(x) * self.calls
 
 
-def test_a_plan_that_cannot_reproduce_the_model_is_refused() -> None:
+def test_a_forward_that_changes_at_every_call_is_explained_as_checked() -> None:
+    """Python state that changes at every call: the trace puts the counter back (it leaves the
+    model as found), so a plan always matches the model's own forward that checks it, and the
+    relevance is that forward's. The first call traces at ``calls == 0`` and checks at 1 (its
+    trace's constant is 1); the second finds the cached plan stale (the check runs at 2),
+    traces again (constant 3, put back to 2) and checks at 3."""
     model = Counting().eval()
-    with pytest.raises(UnsupportedLayerError, match="does not reproduce the model's output"):
-        lrp(model, torch.rand(2, 4), target=0)
+    x = torch.rand(2, 4)
+    first = lrp(model, x, target=0)
+    assert model.calls == 1  # the check's forward only, not the trace's
+    second = lrp(model, x, target=0)
+    assert model.calls == 3
+    torch.testing.assert_close(second, 3 * first)
