@@ -70,8 +70,8 @@ even ``j`` vanish by symmetry, so the 15 nodes are exact to ``15 + 9 - 1 = 23``)
 solve the moment equations ``sum_i w_i x_i^k = int x^k`` for k < 15 on all 15 nodes. Checked
 there: the roots real, simple and in (-1, 1), interlacing ``k7``'s nodes; every weight positive;
 the rule exact for ``x^k``, k <= 23, to 1e-45, and not for ``x^24``; the same construction from
-``g3`` reproduces ``_K7_NODES`` to 2e-34. ``tests/attribution/test_adaptive_ig.py`` rechecks
-nesting, positivity and exactness in float64."""
+``g3`` reproduces ``_K7_NODES`` to 2e-34. ``scripts/patterson_rules.py`` redoes all of it;
+``tests/attribution/test_adaptive_ig.py`` rechecks nesting, positivity and exactness in float64."""
 
 _K31_NODES = (
     0.999098124967667597662226062412998, 0.993831963212755022208512841307951,
