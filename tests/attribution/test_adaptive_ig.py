@@ -183,17 +183,17 @@ def test_a_flat_path_is_not_fooled_by_a_gradient_aliased_on_the_first_nodes(peri
 
 
 def test_misfits_split_the_completeness_error_exactly() -> None:
-    """On random values and slopes, a row of g1 / g3 / k7 panels: sum of boundary misfits and
-    remainders equals the rule's sum minus f(1) - f(0) (``_panels`` docstring), and the rules
-    integrate polynomials to their degree."""
-    for name, degree in (("g1", 1), ("g3", 5), ("k7", 11)):
+    """On random values and slopes, a row of g1 / g3 / k7 / k15 / k31 panels: sum of boundary
+    misfits and remainders equals the rule's sum minus f(1) - f(0) (``_panels`` docstring), and
+    the rules integrate polynomials to their degree."""
+    for name, degree in (("g1", 1), ("g3", 5), ("k7", 11), ("k15", 23), ("k31", 47)):
         nodes, weights = _panels.rule(name)
         assert 0 < nodes.min() and nodes.max() < 1  # never the path's ends
         for k in range(degree + 1):
             assert abs(float(weights @ nodes**k) - 1 / (k + 1)) < 1e-13
     rng = np.random.default_rng(0)
-    ends = [0.0, 0.2, 0.5, 0.55, 1.0]
-    rules = ["g3", "g1", "k7", "g1"]
+    ends = [0.0, 0.2, 0.5, 0.55, 0.7, 0.9, 1.0]
+    rules = ["g3", "g1", "k7", "k15", "g1", "k31"]
     values, slopes, panels = [], [], []
     for a, b, name in zip(ends[:-1], ends[1:], rules, strict=True):
         count = len(_panels.rule(name)[0])
@@ -211,6 +211,51 @@ def test_misfits_split_the_completeness_error_exactly() -> None:
         previous_right, previous_last = right, index[-1]
     misfit_sum += previous_right - (end - values[previous_last])
     assert abs(misfit_sum - (rule_sum - (end - start))) < 1e-12
+
+
+def test_patterson_panels_are_nested_positive_and_exact_to_their_degree() -> None:
+    """The 15- and 31-point Patterson extensions (``_panels._K15_NODES``, ``_K31_NODES``): each
+    holds every node of the rule below (the new ones ``new_nodes``: 8 and 16), has positive
+    weights and interior nodes, integrates the Legendre polynomials ``P_j`` (mean zero for
+    ``j > 0``) exactly up to degree 23 and 47 and not one degree further, and its cells tile
+    the panel."""
+    from numpy.polynomial import legendre
+
+    for name, below, degree, added in (("k7", "g3", 11, 4), ("k15", "k7", 23, 8), ("k31", "k15", 47, 16)):
+        nodes, weights = _panels.rule(name)
+        assert _panels.RAISE[below] == name
+        assert all(np.min(np.abs(nodes - t)) < 1e-15 for t in _panels.rule(below)[0])
+        assert _panels.new_nodes(below).size == added == nodes.size - _panels.rule(below)[0].size
+        assert (weights > 0).all() and 0 < nodes.min() and nodes.max() < 1
+        assert np.all(np.diff(nodes) > 0)
+        assert np.allclose(nodes + nodes[::-1], 1, atol=1e-15)
+        assert np.allclose(weights, weights[::-1], rtol=1e-15)
+        assert abs(weights.sum() - 1) < 1e-15
+        u = 2 * nodes - 1
+        moments = [float(weights @ legendre.legval(u, np.eye(degree + 3)[j])) for j in range(1, degree + 3)]
+        assert max(abs(m) for m in moments[:degree]) < 1e-15
+        assert abs(moments[degree]) > 1e-6  # P_(degree + 1), even: the degree is no higher
+        ends = _panels.cells(name)
+        assert np.all(np.diff(ends) > 0) and abs(ends[-1] - 1) < 1e-15
+
+
+@pytest.mark.parametrize("tolerance", [1e-7, 1e-9])
+def test_a_smooth_path_raises_its_panels_past_seven_points(tolerance: float) -> None:
+    """Where a marked 7-point panel fits the path far better than its cells it gets the 15-point
+    (then 31-point) Patterson rule instead of being cut into midpoint cells: on this tanh CNN
+    the four samples took 52 gradients at 1e-7 and 60 at 1e-9 (Gauss-Legendre needs 7 and 10
+    points per sample); cutting into cells took 564 and 4092 (max_steps, unconverged)."""
+    model = small_cnn(seed=3, activation=nn.Tanh, pool=nn.AvgPool2d).eval().double()
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0, 1, 2, 3])
+    needed = _fewest_gauss_legendre_points(model, x, target, tolerance)
+    got, evaluations = fx.integrated_gradients(
+        model, x, target=target, method="adaptive", tolerance=tolerance, return_evaluations=True,
+        on_unconverged="raise",
+    )  # fmt: skip
+    assert int((evaluations - 2).sum()) <= 2 * needed * x.shape[0]
+    reference = fx.integrated_gradients(model, x, target=target, n_steps=256)
+    assert (_relative_l1(got, reference) <= 10 * tolerance).all()
 
 
 def _drawn_paths(x: torch.Tensor, background: torch.Tensor, n_samples: int, seed: int):
