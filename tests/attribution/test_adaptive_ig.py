@@ -112,25 +112,35 @@ def _fewest_gauss_legendre_points(
     raise AssertionError("Gauss-Legendre did not reach the tolerance with 64 points")
 
 
-@pytest.mark.parametrize("tolerance", [1e-3, 1e-5])
-@pytest.mark.parametrize("activation", [nn.GELU, nn.SiLU])
+SMOOTH_CASES = [(activation, tolerance) for activation in (nn.GELU, nn.SiLU) for tolerance in (1e-3, 1e-5)]
+SMOOTH_CASES += [(nn.Tanh, 1e-7), (nn.Tanh, 1e-9)]
+
+
+@pytest.mark.parametrize(("activation", "tolerance"), SMOOTH_CASES)
 def test_smooth_net_needs_few_more_gradients_than_the_best_gauss_legendre_rule(
     activation: type[nn.Module], tolerance: float
 ) -> None:
     """Gauss-Legendre's count is the fewest points that bring every sample within the tolerance
     (found by trying each, which a user cannot do); adaptive must stay within 2x of it in
-    gradient evaluations. The midpoint panels this replaced took 3.5-24x (GELU at 1e-5: 474
-    gradients against a bound of 40)."""
+    gradient evaluations, and its attributions within 10x the tolerance of a 256-point rule.
+    The midpoint panels this replaced took 3.5-24x (GELU at 1e-5: 474 gradients against a bound
+    of 40). The tanh cases need the Patterson panels: where a marked 7-point panel fits the path
+    far better than its cells it gets the 15-point (then 31-point) rule instead of being cut
+    into midpoint cells; the four samples take 52 gradients at 1e-7 and 60 at 1e-9
+    (Gauss-Legendre needs 7 and 10 points per sample), cutting into cells took 564 and 4092
+    (max_steps, unconverged)."""
     model = small_cnn(seed=3, activation=activation, pool=nn.AvgPool2d).eval().double()
     x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     target = torch.tensor([0, 1, 2, 3])
     needed = _fewest_gauss_legendre_points(model, x, target, tolerance)
-    _, evaluations = fx.integrated_gradients(
+    got, evaluations = fx.integrated_gradients(
         model, x, target=target, method="adaptive", tolerance=tolerance, return_evaluations=True,
         on_unconverged="raise",
     )  # fmt: skip
     gradients = evaluations - 2  # the two end values are forward passes without a gradient
     assert int(gradients.sum()) <= 2 * needed * x.shape[0]
+    reference = fx.integrated_gradients(model, x, target=target, n_steps=256)
+    assert (_relative_l1(got, reference) <= 10 * tolerance).all()
 
 
 class _Flat(nn.Module):
@@ -237,25 +247,6 @@ def test_patterson_panels_are_nested_positive_and_exact_to_their_degree() -> Non
         assert abs(moments[degree]) > 1e-6  # P_(degree + 1), even: the degree is no higher
         ends = _panels.cells(name)
         assert np.all(np.diff(ends) > 0) and abs(ends[-1] - 1) < 1e-15
-
-
-@pytest.mark.parametrize("tolerance", [1e-7, 1e-9])
-def test_a_smooth_path_raises_its_panels_past_seven_points(tolerance: float) -> None:
-    """Where a marked 7-point panel fits the path far better than its cells it gets the 15-point
-    (then 31-point) Patterson rule instead of being cut into midpoint cells: on this tanh CNN
-    the four samples took 52 gradients at 1e-7 and 60 at 1e-9 (Gauss-Legendre needs 7 and 10
-    points per sample); cutting into cells took 564 and 4092 (max_steps, unconverged)."""
-    model = small_cnn(seed=3, activation=nn.Tanh, pool=nn.AvgPool2d).eval().double()
-    x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    target = torch.tensor([0, 1, 2, 3])
-    needed = _fewest_gauss_legendre_points(model, x, target, tolerance)
-    got, evaluations = fx.integrated_gradients(
-        model, x, target=target, method="adaptive", tolerance=tolerance, return_evaluations=True,
-        on_unconverged="raise",
-    )  # fmt: skip
-    assert int((evaluations - 2).sum()) <= 2 * needed * x.shape[0]
-    reference = fx.integrated_gradients(model, x, target=target, n_steps=256)
-    assert (_relative_l1(got, reference) <= 10 * tolerance).all()
 
 
 def _drawn_paths(x: torch.Tensor, background: torch.Tensor, n_samples: int, seed: int):
