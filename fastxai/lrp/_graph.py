@@ -201,6 +201,7 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
 
 
 _CONTAINERS = (dict, list, set)
+_REGISTRIES = {"_parameters", "_buffers", "_modules"}  # the model's structure: the trace keeps them
 
 
 @contextlib.contextmanager
@@ -218,7 +219,7 @@ def _untouched(model: Any) -> Iterator[None]:
     for module in model.modules():
         state = module.__dict__
         contents = {
-            name: (copy.copy(value) if isinstance(value, _CONTAINERS) and not name.startswith("_") else None)
+            name: (copy.copy(value) if isinstance(value, _CONTAINERS) and name not in _REGISTRIES else None)
             for name, value in state.items()
         }
         saved.append((module, dict(state), contents))
@@ -241,7 +242,7 @@ def _untouched(model: Any) -> Iterator[None]:
                     value.update(kept)
 
 
-IN_PLACE_ARITHMETIC = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div"}
+IN_PLACE_ARITHMETIC = {"add_", "sub_", "mul_", "div_"}  # METHOD_KINDS maps them to their kinds
 
 
 def _functionalize_updates(graph: fx.Graph) -> None:

@@ -157,13 +157,16 @@ class CachesOnFirstCall(nn.Module):
         self.linear = nn.Linear(4, 3)
         self.bias_table = nn.Parameter(torch.randn(3))
         self.cache: dict[str, torch.Tensor] = {}
+        self._private: dict[str, torch.Tensor] = {}
         self.calls: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if "bias" not in self.cache:
             self.cache["bias"] = self.bias_table * 2
+        if "bias" not in self._private:
+            self._private["bias"] = self.bias_table
         self.calls.append(1)
-        return self.linear(x) + self.cache["bias"]
+        return self.linear(x) + self.cache["bias"] - self._private["bias"]
 
 
 def test_the_trace_leaves_no_proxy_in_the_model() -> None:
@@ -174,5 +177,5 @@ def test_the_trace_leaves_no_proxy_in_the_model() -> None:
     x = torch.randn(2, 4)
     relevance = lrp(model, x, target=1)
     assert torch.isfinite(relevance).all()
-    assert all(isinstance(value, torch.Tensor) for value in model.cache.values())
+    assert all(isinstance(value, torch.Tensor) for value in [*model.cache.values(), *model._private.values()])
     assert isinstance(model(x), torch.Tensor)
