@@ -18,6 +18,7 @@ sweep shows which architectures each method takes.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import warnings
@@ -96,14 +97,8 @@ def main() -> None:
             options = {"aux_logits": False, "init_weights": False} if inception else {}
             model = models.get_model(name, weights=None, **options).eval()
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        start, results = time.perf_counter(), []
-        for method in args.methods:
-            try:
-                attribution = METHODS[method](model, x, 0)
-                results.append(f"{method}:{'ok' if bool(torch.isfinite(attribution).all()) else 'NONFINITE'}")
-            except Exception as error:  # the sweep reports refusals, it does not stop at them
-                results.append(f"{method}:FAIL[{type(error).__name__}: {str(error)[:120]}]")
-        print(f"{name} {size} {time.perf_counter() - start:.1f}s {' '.join(results)}", flush=True)
+        runs = {method: functools.partial(METHODS[method], model, x, 0) for method in args.methods}
+        print(f"{name} {size} {_run_methods(runs)}", flush=True)
 
 
 def _sweep_transformers(types: list[str]) -> None:
@@ -129,14 +124,20 @@ def _sweep_transformers(types: list[str]) -> None:
             except (AttributeError, TypeError, NotImplementedError):
                 pass  # a derived property in this config (Falcon's head_dim, Funnel's layers)
         model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
-        start, results = time.perf_counter(), []
-        for method, run in methods.items():
-            try:
-                attribution = run(model)
-                results.append(f"{method}:{'ok' if bool(torch.isfinite(attribution).all()) else 'NONFINITE'}")
-            except Exception as error:  # the sweep reports refusals, it does not stop at them
-                results.append(f"{method}:FAIL[{type(error).__name__}: {str(error)[:120]}]")
-        print(f"{model_type} {time.perf_counter() - start:.1f}s {' '.join(results)}", flush=True)
+        runs = {method: functools.partial(run, model) for method, run in methods.items()}
+        print(f"{model_type} {_run_methods(runs)}", flush=True)
+
+
+def _run_methods(runs: dict[str, Callable[[], torch.Tensor]]) -> str:
+    """Each method's verdict on one model, ``ok``, ``NONFINITE`` or the error, and their time."""
+    start, results = time.perf_counter(), []
+    for method, run in runs.items():
+        try:
+            attribution = run()
+            results.append(f"{method}:{'ok' if bool(torch.isfinite(attribution).all()) else 'NONFINITE'}")
+        except Exception as error:  # the sweep reports refusals, it does not stop at them
+            results.append(f"{method}:FAIL[{type(error).__name__}: {str(error)[:120]}]")
+    return f"{time.perf_counter() - start:.1f}s {' '.join(results)}"
 
 
 def _timm_size(model: torch.nn.Module) -> int:
