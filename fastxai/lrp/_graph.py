@@ -242,7 +242,7 @@ def _untouched(model: Any) -> Iterator[None]:
                     value.update(kept)
 
 
-IN_PLACE_ARITHMETIC = {"add_", "sub_", "mul_", "div_"}  # METHOD_KINDS maps them to their kinds
+IN_PLACE_ARITHMETIC = {name for name in METHOD_KINDS if name.endswith("_")}  # add_, sub_, mul_, div_
 
 
 def _functionalize_updates(graph: fx.Graph) -> None:
