@@ -50,6 +50,7 @@ from fastxai.compat._captum_deeplift import DeepLift, DeepLiftShap
 from fastxai.compat._captum_inputs import as_tuple
 from fastxai.compat._captum_perturbation import FeatureAblation
 from fastxai.compat.captum import (
+    CaptumMethod,
     Forward,
     GradientShap,
     IntegratedGradients,
@@ -212,7 +213,7 @@ class NeuronForward(nn.Module):
         return select(tap.taken(), self.selector, self.scalar).unsqueeze(1)
 
 
-class _NeuronMethod:
+class _NeuronMethod(CaptumMethod):
     """A forward function and a layer of it; ``_neuron`` builds the neuron forward."""
 
     def __init__(self, forward_func: Forward, layer: nn.Module, device_ids: Any = None) -> None:

@@ -54,6 +54,7 @@ Differences from Captum, on purpose:
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -156,7 +157,35 @@ def module_of(forward_func: object) -> nn.Module | None:
     return owner if isinstance(owner, nn.Module) else None
 
 
-class Attribution:
+def _undecorated_copy(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A new function object with ``function``'s code, defaults, closure and metadata."""
+    code, defaults = function.__code__, function.__defaults__
+    copy = types.FunctionType(code, function.__globals__, function.__name__, defaults, function.__closure__)
+    copy.__kwdefaults__ = function.__kwdefaults__
+    copy.__qualname__ = function.__qualname__
+    copy.__doc__ = function.__doc__
+    copy.__module__ = function.__module__
+    copy.__annotations__ = function.__annotations__
+    return copy
+
+
+class CaptumMethod:
+    """Base of every drop-in class with an ``attribute`` method.
+
+    Captum's ``attribute`` methods are decorated (usage logging), so code that inspects them reads
+    ``attribute.__wrapped__`` (Captum's own tests take its argument list from there). Here the
+    undecorated function is a copy of ``attribute`` itself: the same code and signature, and no
+    wrapper to pay for on every call.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        attribute = cls.__dict__.get("attribute")
+        if inspect.isfunction(attribute) and not hasattr(attribute, "__wrapped__"):
+            attribute.__wrapped__ = _undecorated_copy(attribute)  # type: ignore[attr-defined]
+
+
+class Attribution(CaptumMethod):
     """Base class: the forward function, and running it on packed inputs."""
 
     supports_future = False

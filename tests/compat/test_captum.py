@@ -356,3 +356,22 @@ def test_a_train_mode_batchnorm_still_normalises_with_batch_statistics() -> None
 def test_lazy_reexports_resolve() -> None:
     pytest.importorskip("fastxai.compat._captum_perturbation", reason="written by another engineer")
     assert fc.Occlusion.__module__ == "fastxai.compat._captum_perturbation"
+
+
+def test_attribute_methods_expose_their_undecorated_function_as_captum_does() -> None:
+    """Captum's decorated ``attribute`` methods carry ``__wrapped__``; code that reads its
+    argument list there (Captum's own tests do) must see the same signature on every class."""
+    import inspect
+
+    classes = [getattr(fc, name) for name in fc.__all__]
+    methods = [cls for cls in classes if isinstance(cls, type) and callable(getattr(cls, "attribute", None))]
+    assert len(methods) > 30
+    for cls in methods:
+        undecorated = cls.attribute.__wrapped__
+        assert undecorated is not cls.attribute, cls.__name__
+        assert inspect.signature(undecorated) == inspect.signature(cls.attribute), cls.__name__
+    x = torch.randn(3, 4)
+    model = nn.Sequential(nn.Linear(4, 3))
+    saliency = fc.Saliency(model)
+    undecorated = fc.Saliency.attribute.__wrapped__(saliency, x, target=1)
+    assert torch.equal(undecorated, saliency.attribute(x, target=1))
