@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from fastxai._compile import original
 from fastxai._output import output_tensor
@@ -112,27 +113,33 @@ def _restore_training(modules: list[nn.Module], training: list[bool]) -> None:
 
 
 def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
-    # One pass over the modules' own dictionaries records everything that is put back: this runs
-    # on every method call, also for models whose forward pass takes tens of microseconds.
+    # This runs on every method call, also for models whose forward pass takes tens of
+    # microseconds: one comprehension per kind of state, and the hook dictionaries walked again
+    # at the end only when a hook was registered inside the block.
     modules = submodules(model)
-    training: list[bool] = []
-    frozen: list[nn.Parameter] = []  # the parameters that require gradients, each once
-    seen: set[int] = set()
-    hooks: dict[tuple[int, str], dict[Any, Any]] = {}
-    flagged: set[tuple[int, str]] = set()
-    for module in modules:
-        state = module.__dict__
-        training.append(state["training"] if "training" in state else module.training)
-        for parameter in state.get("_parameters", {}).values():
-            if parameter is not None and parameter.requires_grad and id(parameter) not in seen:
-                seen.add(id(parameter))
-                frozen.append(parameter)
-        for attr in _HOOK_ATTRIBUTES:
-            if entries := state.get(attr):
-                hooks[(id(module), attr)] = dict(entries)
-        for marker in _LAZY_HOOK_FLAGS:
-            if marker in state:
-                flagged.add((id(module), marker))
+    states = [module.__dict__ for module in modules]
+    training = [module.training for module in modules]
+    # the parameters that require gradients, each once (a shared parameter is listed by every
+    # module that holds it; tensors hash by identity)
+    frozen = list(
+        dict.fromkeys(
+            parameter
+            for state in states
+            for parameter in state.get("_parameters", {}).values()
+            if parameter is not None and parameter.requires_grad
+        )
+    )
+    saved = [
+        (entries, dict(entries))
+        for state in states
+        for attr in _HOOK_ATTRIBUTES
+        if (entries := state.get(attr))
+    ]
+    flagged = {id(state) for state in states for marker in _LAZY_HOOK_FLAGS if marker in state}
+    # Every hook registration (module, tensor or global) takes the next handle id: when the
+    # counter has not moved, no hook was added anywhere, and only the dictionaries that held
+    # hooks at the start can have lost one.
+    first_id = RemovableHandle.next_id
     # Run as found (the Captum-shaped classes keep train mode, as Captum does): a training
     # BatchNorm then normalises with batch statistics, as it should, but also folds them into its
     # running statistics; those are put back so the call leaves the model as found.
@@ -145,25 +152,33 @@ def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
         yield
     finally:
         _restore_training(modules, training)
-        for module in modules:
-            state = module.__dict__
-            for attr in _HOOK_ATTRIBUTES:
-                current = state.get(attr)
-                entries = hooks.get((id(module), attr), {})  # only non-empty ones were saved
-                if not current and not entries:
-                    continue
-                if current is not None and (len(current) != len(entries) or current.keys() != entries.keys()):
-                    current.clear()
-                    current.update(entries)
-            for marker in _LAZY_HOOK_FLAGS:
-                if marker in state and (id(module), marker) not in flagged:
-                    del state[marker]  # its hooks were just removed: let the library reinstall them
+        if RemovableHandle.next_id != first_id:
+            _drop_new_hooks(states, {id(entries) for entries, _ in saved}, flagged)
+        for entries, before in saved:
+            if len(entries) != len(before) or entries.keys() != before.keys():
+                entries.clear()
+                entries.update(before)
         for parameter in frozen:
             parameter.requires_grad_(True)
         if statistics:
             with torch.no_grad():
                 for tensor, value in statistics:
                     tensor.copy_(value)
+
+
+def _drop_new_hooks(states: list[dict[str, Any]], held: set[int], flagged: set[int]) -> None:
+    """Empty every hook dictionary that was empty when the block began (ids of the others in
+    ``held``; ``_preserved`` puts those back), and drop the lazy-hook flags set since then
+    (``flagged``: the ids of the module dictionaries that had one)."""
+    for state in states:
+        for attr in _HOOK_ATTRIBUTES:
+            current = state.get(attr)
+            if current and id(current) not in held:
+                current.clear()
+        if id(state) not in flagged:
+            for marker in _LAZY_HOOK_FLAGS:
+                if marker in state:
+                    del state[marker]  # its hooks were just removed: let the library reinstall them
 
 
 def _running_statistics(modules: list[nn.Module]) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -46,6 +46,24 @@ def test_modes_grad_flags_and_hooks_restored(raises: bool) -> None:
     assert _state(model) == before
 
 
+def test_a_removed_hook_comes_back_when_no_hook_was_added() -> None:
+    """The guard walks the hook dictionaries again only when a hook was registered inside the
+    block; a hook removed without any registration must still come back, in its place."""
+    model = _model_under_test()
+    first = model[0].register_forward_hook(lambda *args: None)
+    second = model[0].register_forward_hook(lambda *args: None)
+    before = _state(model)
+    with _model.preserved_state(model, eval_mode=False):
+        first.remove()
+        second.remove()
+    assert _state(model) == before
+    with _model.preserved_state(model):  # a tensor hook moves the handle counter: the full walk
+        torch.zeros(1, requires_grad=True).register_hook(lambda grad: grad)
+        first.remove()
+        model[2][1].register_forward_hook(lambda *args: None)
+    assert _state(model) == before
+
+
 def test_eval_mode_false_keeps_modes() -> None:
     model = _model_under_test()
     with _model.preserved_state(model, eval_mode=False):
