@@ -82,11 +82,21 @@ class HTMLText:
         return f"HTMLText({len(self.data)} characters)"
 
 
-def _get_color(attr: Any) -> str:
-    value = max(-1.0, min(1.0, float(attr)))
-    if value > 0:
-        return f"hsl(120, 75%, {100 - int(50 * value)}%)"
-    return f"hsl(0, 75%, {100 - int(-40 * value)}%)"
+def _colours(importances: Any) -> list[str]:
+    """The background of each importance, computed in its own dtype (as Captum does: a float32
+    tensor's -0.35 gives lightness 86 %, the float -0.35 gives 86 % too, float(float32) 87 %)."""
+    if isinstance(importances, torch.Tensor):
+        tensor = importances.detach().cpu()
+        values = (tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor).numpy()
+    else:
+        values = np.asarray(importances)
+    values = np.clip(values, -1, 1)
+    green = 100 - (50 * values).astype(np.int64)
+    red = 100 - (-40 * values).astype(np.int64)
+    return [
+        f"hsl(120, 75%, {light}%)" if value > 0 else f"hsl(0, 75%, {dark}%)"
+        for value, light, dark in zip(values.tolist(), green.tolist(), red.tolist(), strict=True)
+    ]
 
 
 def format_classname(classname: str | int) -> str:
@@ -120,18 +130,19 @@ def format_word_importances(
             f"importances must have a value per word ({len(words)}), got {len(importances)}"
         )
     marks = [
-        f'<mark style="background-color: {_get_color(importance)}; opacity:1.0; line-height:1.75">'
+        f'<mark style="background-color: {colour}; opacity:1.0; line-height:1.75">'
         f'<font color="black"> {html.escape(format_special_tokens(word))} </font></mark>'
-        for word, importance in zip(words, importances, strict=False)
+        for word, colour in zip(words, _colours(importances[: len(words)]), strict=True)
     ]
     return "<td>" + "".join(marks) + "</td>"
 
 
 def _legend() -> str:
+    labels = ("Negative", "Neutral", "Positive")
     swatches = "".join(
         '<span style="display: inline-block; width: 10px; height: 10px; border: 1px solid; '
-        f'background-color: {_get_color(value)}"></span> {label}  '
-        for value, label in ((-1, "Negative"), (0, "Neutral"), (1, "Positive"))
+        f'background-color: {colour}"></span> {label}  '
+        for colour, label in zip(_colours([-1, 0, 1]), labels, strict=True)
     )
     return (
         '<div style="border-top: 1px solid; margin-top: 5px; padding-top: 5px; display: inline-block">'
