@@ -46,8 +46,8 @@ def assert_same_drawing(ours, theirs) -> None:  # type: ignore[no-untyped-def]
 
 def case(channels: int, seed: int = 0, *, uint8: bool = False) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    attr = rng.normal(size=(7, 9, channels)).astype(np.float32)
-    image = rng.random((7, 9, channels)).astype(np.float32)
+    attr = rng.normal(size=(12, 17, channels)).astype(np.float32)
+    image = rng.random((12, 17, channels)).astype(np.float32)
     return attr, (image * 255).astype(np.uint8) if uint8 else image
 
 
@@ -201,7 +201,7 @@ BAD_IMAGE_CALLS = {
     "both signs masked": ({"method": "masked_image", "sign": "all"}, (AssertionError, ValueError), "sign"),
     "both signs alpha": ({"method": "alpha_scaling", "sign": "all"}, (AssertionError, ValueError), "sign"),
     "no image": ({"original_image": None, "method": "blended_heat_map"}, (ValueError,), "original_image"),
-    "all zero": ({"attr": np.zeros((7, 9, 3))}, (AssertionError, ValueError), "attr"),
+    "all zero": ({"attr": np.zeros((12, 17, 3))}, (AssertionError, ValueError), "attr"),
 }
 
 
@@ -223,7 +223,7 @@ def test_bad_arguments_raise_captums_errors_naming_the_argument(name: str) -> No
     [
         ({"attr": np.zeros(5)}, "attr"),
         ({"attr": "abc"}, "attr"),
-        ({"original_image": np.zeros((7, 8, 3)), "method": "blended_heat_map"}, "original_image"),
+        ({"original_image": np.zeros((12, 16, 3)), "method": "blended_heat_map"}, "original_image"),
         ({"outlier_perc": "2"}, "outlier_perc"),
         ({"method": "blended_heat_map", "alpha_overlay": 2.0}, "alpha_overlay"),
     ],
