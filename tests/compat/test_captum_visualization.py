@@ -275,27 +275,11 @@ def spans(axis) -> np.ndarray:  # type: ignore[no-untyped-def]
 def test_timeseries_same_as_captum(method: str, sign: str, captum_timeseries) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(4)
     attr, data = rng.normal(size=(30, 3)), rng.normal(size=(30, 3))
-    labels = ["a", "b", "c"]
+    options = {"method": method, "sign": sign, "channel_labels": ["a", "b", "c"], "use_pyplot": False}
     figure, axes = viz.visualize_timeseries_attr(
-        torch.from_numpy(attr),
-        data,
-        method=method,
-        sign=sign,
-        channel_labels=labels,
-        use_pyplot=False,
-        show_colorbar=True,
-        linewidth=2,
+        torch.from_numpy(attr), data, show_colorbar=True, linewidth=2, **options
     )
-    _, peer_axes = captum_timeseries(
-        attr,
-        data,
-        method=method,
-        sign=sign,
-        channel_labels=labels,
-        use_pyplot=False,
-        show_colorbar=True,
-        linewidth=2,
-    )
+    _, peer_axes = captum_timeseries(attr, data, show_colorbar=True, linewidth=2, **options)
     ours, theirs = np.atleast_1d(axes), np.atleast_1d(peer_axes)
     assert len(ours) == len(theirs) == (1 if method == "overlay_combined" else 3)
     for axis, peer in zip(ours, theirs, strict=True):

@@ -6,13 +6,14 @@
                                          "blended_heat_map", "all", use_pyplot=False)
 
 Same functions, signatures, defaults, return values and pictures as Captum 0.9.0: images
-(``visualize_image_attr``, ``visualize_image_attr_multiple``, ``draw_mask_border``,
-``draw_mask_legend``; ``fastxai.compat._captum_visualization``, where the normalisation is
-written out), time series (``visualize_timeseries_attr``, ``_captum_visualization_timeseries``)
-and text (``visualize_text``, ``VisualizationDataRecord``, ``format_classname``,
-``format_special_tokens``, ``format_tooltip``, ``format_word_importances``,
-``_captum_visualization_text``), and the enums ``ImageVisualizationMethod``,
-``TimeseriesVisualizationMethod``, ``VisualizeSign``. matplotlib is imported on first use
+(``visualize_image_attr``, ``visualize_image_attr_multiple``, in
+``fastxai.compat._captum_visualization``, where the normalisation is written out; the mask
+helpers ``draw_mask_border``, ``draw_mask_legend``, in ``_captum_visualization_masks``), time
+series (``visualize_timeseries_attr``, ``_captum_visualization_timeseries``) and text
+(``visualize_text``, ``VisualizationDataRecord``, ``format_classname``, ``format_special_tokens``,
+``format_tooltip``, ``format_word_importances``, ``_captum_visualization_text``), and the enums
+``ImageVisualizationMethod``, ``TimeseriesVisualizationMethod``, ``VisualizeSign``.
+matplotlib is imported on first use
 (an ImportError naming it when missing); pyplot only with ``use_pyplot=True``.
 
 Differences from Captum, on purpose:
@@ -35,11 +36,10 @@ from fastxai.compat._captum_visualization import (
     ImageVisualizationMethod,
     TimeseriesVisualizationMethod,
     VisualizeSign,
-    draw_mask_border,
-    draw_mask_legend,
     visualize_image_attr,
     visualize_image_attr_multiple,
 )
+from fastxai.compat._captum_visualization_masks import draw_mask_border, draw_mask_legend
 from fastxai.compat._captum_visualization_text import (
     HTMLText,
     VisualizationDataRecord,
