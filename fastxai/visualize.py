@@ -26,14 +26,20 @@ SIGNED_COLORMAP = "bwr"
 """Blue (negative) - white (zero) - red (positive)."""
 
 
-def _pyplot() -> Any:
+def require_matplotlib(feature: str = "fastxai.visualize") -> Any:
+    """The ``matplotlib`` module, imported on first use; an ImportError that names it (and how to
+    install it) when it is missing. ``feature``: what needs it, for the message."""
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("fastxai.visualize needs matplotlib: pip install matplotlib") from None
+        raise ImportError(f"{feature} needs matplotlib: pip install matplotlib") from None
+    return matplotlib
+
+
+def _pyplot() -> Any:
+    require_matplotlib().use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 

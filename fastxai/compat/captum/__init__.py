@@ -30,7 +30,9 @@ helpers ``TokenReferenceBase``, ``ProductBaselines`` (``_captum_baselines``);
 models ``LLMAttribution``, ``RemoteLLMAttribution`` (``_captum_llm``, scoring in
 ``_captum_llm_scoring``), ``LLMGradientAttribution`` (``_captum_llm_gradient``),
 ``LLMAttributionResult`` (``_captum_llm_result``) and the inputs ``InterpretableInput``,
-``TextTemplateInput``, ``TextTokenInput`` (``_captum_text_inputs``).
+``TextTemplateInput``, ``TextTokenInput`` (``_captum_text_inputs``). The submodule
+``visualization`` is Captum's ``captum.attr.visualization`` (``from fastxai.compat.captum import
+visualization as viz``).
 
 Differences from Captum, on purpose:
 
@@ -129,6 +131,10 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "visualization":  # captum.attr.visualization: the submodule, as an attribute too
+        import importlib
+
+        return importlib.import_module(f"{__name__}.visualization")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -491,5 +497,6 @@ __all__ = [
     "InputXGradient",
     "IntegratedGradients",
     "Saliency",
+    "visualization",
     *_LAZY,
 ]
