@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import torch
 
+from fastxai.compat._captum_targets import check_int_at_least
+
 if TYPE_CHECKING:
     from fastxai.compat._captum_summarizer import SummarizerSingleTensor
 
@@ -187,25 +189,29 @@ class MSE(_BlockStat):
         return self._squares.to(self.mean._dtype)
 
 
-def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"order must be an int (0: population, 1: sample), got {type(order).__name__}")
-    if order < 0:
-        raise ValueError(f"order must be >= 0 (0: population, 1: sample), got {order}")
-    return order
+class _OrderStat(_BlockStat):
+    """A statistic of the variance family (``order`` 0: population, 1: sample), read from the
+    statistics it requires, named after its order by default."""
 
-
-class Var(_BlockStat):
-    """The variance ``mse / (n - order)``: ``order=0`` population, ``order=1`` sample variance."""
+    _names: tuple[str, str, str]  # order 0, order 1, any other (formatted with the order)
 
     def __init__(self, name: str | None = None, order: int = 0) -> None:
-        order = _check_order(order)
+        order = check_int_at_least(order, "order", 0)
         if name is None:
-            name = {0: "variance", 1: "sample_variance"}.get(order, f"variance({order})")
+            name = self._names[order] if order < 2 else self._names[2].format(order=order)
         super().__init__(name=name, order=order)
         self.order = order
-        self.mse_stat: MSE | None = None
-        self.n_stat: Count | None = None
+
+    def _update_rows(self, rows: torch.Tensor) -> None:
+        pass  # nothing of its own: read from the statistics it requires
+
+
+class Var(_OrderStat):
+    """The variance ``mse / (n - order)``: ``order=0`` population, ``order=1`` sample variance."""
+
+    _names = ("variance", "sample_variance", "variance({order})")
+    mse_stat: MSE | None = None
+    n_stat: Count | None = None
 
     def requires(self) -> list[Stat]:
         return [MSE(), Count()]
@@ -213,9 +219,6 @@ class Var(_BlockStat):
     def init(self) -> None:
         self.mse_stat = _required(self, MSE())
         self.n_stat = _required(self, Count())
-
-    def _update_rows(self, rows: torch.Tensor) -> None:
-        pass  # read from MSE and Count
 
     def get(self) -> torch.Tensor | None:
         assert self.mse_stat is not None and self.n_stat is not None  # set by init()
@@ -227,26 +230,18 @@ class Var(_BlockStat):
         return squares.to(torch.float64) / (n - self.order)
 
 
-class StdDev(_BlockStat):
+class StdDev(_OrderStat):
     """The standard deviation ``sqrt(Var(order))``."""
 
-    def __init__(self, name: str | None = None, order: int = 0) -> None:
-        order = _check_order(order)
-        if name is None:
-            # "std_dev2)" is Captum's key for order 2, kept so that code reading it still works
-            name = {0: "std_dev", 1: "sample_std_dev"}.get(order, f"std_dev{order})")
-        super().__init__(name=name, order=order)
-        self.order = order
-        self.var_stat: Var | None = None
+    # "std_dev2)" is Captum's key for order 2, kept so that code reading it still works
+    _names = ("std_dev", "sample_std_dev", "std_dev{order})")
+    var_stat: Var | None = None
 
     def requires(self) -> list[Stat]:
         return [Var(order=self.order)]
 
     def init(self) -> None:
         self.var_stat = _required(self, Var(order=self.order))
-
-    def _update_rows(self, rows: torch.Tensor) -> None:
-        pass  # read from Var
 
     def get(self) -> torch.Tensor | None:
         assert self.var_stat is not None  # set by init()
@@ -257,10 +252,21 @@ class StdDev(_BlockStat):
 Fold = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _sum_rows(rows: torch.Tensor) -> torch.Tensor:
+    dtype = _accumulator_dtype(rows.dtype) if rows.dtype.is_floating_point else rows.dtype
+    return rows.sum(0, dtype=dtype)
+
+
+_BLOCK_FOLDS: dict[object, Callable[[torch.Tensor], torch.Tensor]] = {
+    torch.min: lambda rows: rows.amin(0),
+    torch.max: lambda rows: rows.amax(0),
+    torch.add: _sum_rows,
+}
+"""Captum's default folds, each with the reduction that folds a block of rows in one call."""
+
+
 class _FoldStat(_BlockStat):
     """``result = fn(result, x)`` over the observations; Captum's own ``fn`` folds a block at once."""
-
-    default_fn: object  # the fold whose whole-block form _reduce is
 
     def __init__(self, fn: Fold, name: str | None, argument: str) -> None:
         if not callable(fn):
@@ -270,17 +276,11 @@ class _FoldStat(_BlockStat):
         self.result: torch.Tensor | None = None
         self._dtype: torch.dtype | None = None
 
-    def _reduce(self, rows: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
     def _update_rows(self, rows: torch.Tensor) -> None:
         if self._dtype is None:
             self._dtype = rows.dtype
-        if self.fn is type(self).default_fn:
-            blocks = [self._reduce(rows)]
-        else:
-            blocks = list(rows)
-        for block in blocks:
+        block_fold = _BLOCK_FOLDS.get(self.fn)
+        for block in [block_fold(rows)] if block_fold is not None else rows:
             self.result = block.clone() if self.result is None else self.fn(self.result, block)
 
     def get(self) -> torch.Tensor | None:
@@ -290,38 +290,22 @@ class _FoldStat(_BlockStat):
 class Min(_FoldStat):
     """The elementwise minimum (``min_fn(result, x)``, default ``torch.min``)."""
 
-    default_fn = torch.min
-
     def __init__(self, name: str | None = None, min_fn: Fold = torch.min) -> None:
         super().__init__(min_fn, name, "min_fn")
-
-    def _reduce(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.amin(0)
 
 
 class Max(_FoldStat):
     """The elementwise maximum (``max_fn(result, x)``, default ``torch.max``)."""
 
-    default_fn = torch.max
-
     def __init__(self, name: str | None = None, max_fn: Fold = torch.max) -> None:
         super().__init__(max_fn, name, "max_fn")
-
-    def _reduce(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.amax(0)
 
 
 class Sum(_FoldStat):
     """The elementwise sum (``add_fn(result, x)``, default ``torch.add``), in the input's dtype."""
 
-    default_fn = torch.add
-
     def __init__(self, name: str | None = None, add_fn: Fold = torch.add) -> None:
         super().__init__(add_fn, name, "add_fn")
-
-    def _reduce(self, rows: torch.Tensor) -> torch.Tensor:
-        dtype = _accumulator_dtype(rows.dtype) if rows.dtype.is_floating_point else rows.dtype
-        return rows.sum(0, dtype=dtype)
 
 
 def CommonStats() -> list[Stat]:
