@@ -112,13 +112,15 @@ class SummarizerSingleTensor:
             raise CaptumTypeError(f"x must be a tensor, got {type(x).__name__}")
         self._update_rows(x.detach().unsqueeze(0))
 
-    def _update_rows(self, rows: torch.Tensor) -> None:
-        if self._shape is None:
-            self._shape = rows.shape[1:]
-        elif rows.shape[1:] != self._shape:
+    def _check_shape(self, rows: torch.Tensor) -> None:
+        if self._shape is not None and rows.shape[1:] != self._shape:
             raise CaptumArgumentError(
                 f"x has shape {tuple(rows.shape[1:])} but the first observation had {tuple(self._shape)}"
             )
+
+    def _update_rows(self, rows: torch.Tensor) -> None:
+        self._check_shape(rows)
+        self._shape = rows.shape[1:]
         if self._batched:
             for stat in self._stats:
                 stat._update_rows(rows)
@@ -167,21 +169,26 @@ class Summarizer:
         rows = tuple(_observation(part).unsqueeze(0) for part in parts)
         self._update_rows(rows, isinstance(x, tuple))
 
-    def _update_rows(self, rows: tuple[torch.Tensor, ...], is_tuple: bool) -> None:
-        """Adds a block of observations: ``rows[i]`` [k, *F_i] for the i-th input."""
-        if self._is_inputs_tuple is None:
-            self._is_inputs_tuple = is_tuple
-        elif self._is_inputs_tuple != is_tuple:
+    def _check_rows(self, rows: tuple[torch.Tensor, ...], is_tuple: bool) -> None:
+        """Refuses a block that does not continue the stream, before anything is updated."""
+        if self._is_inputs_tuple is not None and self._is_inputs_tuple != is_tuple:
             expected = "a tuple" if self._is_inputs_tuple else "a single tensor or number"
             raise CaptumArgumentError(f"x must be {expected}, like the first update")
+        if self._summarizers and len(rows) != len(self._summarizers):
+            raise CaptumArgumentError(
+                f"x has {len(rows)} elements but the first update had {len(self._summarizers)}"
+            )
+        for summarizer, block in zip(self._summarizers, rows, strict=False):  # none yet: nothing to check
+            summarizer._check_shape(block)
+
+    def _update_rows(self, rows: tuple[torch.Tensor, ...], is_tuple: bool) -> None:
+        """Adds a block of observations: ``rows[i]`` [k, *F_i] for the i-th input."""
+        self._check_rows(rows, is_tuple)
+        self._is_inputs_tuple = is_tuple
         if not self._summarizers:
             self._summarizers = [
                 SummarizerSingleTensor(copy.deepcopy(self._stats), self._summary_stats_indices) for _ in rows
             ]
-        elif len(rows) != len(self._summarizers):
-            raise CaptumArgumentError(
-                f"x has {len(rows)} elements but the first update had {len(self._summarizers)}"
-            )
         for summarizer, block in zip(self._summarizers, rows, strict=True):
             summarizer._update_rows(block)
 
@@ -246,6 +253,7 @@ class ClassSummarizer(Summarizer):
         if batch == 0:
             return
         rows = tuple(part.detach() for part in parts)
+        self._check_rows(rows, True)  # every class's stream has the overall one's shapes
         if len(per_row) == 1:
             self.summaries[per_row[0]]._update_rows(rows, True)
         else:

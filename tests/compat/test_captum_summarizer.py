@@ -331,3 +331,14 @@ def test_bad_updates_name_the_argument() -> None:
     with pytest.raises(ValueError, match="share the batch dimension"):
         classes.update((torch.zeros(3, 2), torch.zeros(2, 2)), 0)
     assert classes.summary is None and classes.class_summaries == {}  # nothing was half-applied
+    classes.update(torch.ones(2, 2), [0, 1])
+    with pytest.raises(ValueError, match=r"x has shape \(3,\)"):
+        classes.update(torch.zeros(2, 3), [2, 0])
+    with pytest.raises(ValueError, match="x must be a tuple"):
+        classes.update(torch.zeros(2))  # the labelled updates made the stream one of tuples
+    assert set(classes.class_summaries) == {0, 1} and classes.summary[0]["mean"].tolist() == [1.0, 1.0]
+    counted = fc.Summarizer([fc.Count()])
+    counted.update((torch.zeros(3), torch.zeros(2)))
+    with pytest.raises(ValueError, match=r"x has shape \(1,\)"):
+        counted.update((torch.zeros(3), torch.zeros(1)))
+    assert counted.summary == [{"count": 1}, {"count": 1}]  # the first element was not counted either
