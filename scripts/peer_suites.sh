@@ -30,6 +30,8 @@ extra_files=(
   tests/attr/test_feature_permutation.py tests/attr/layer/test_layer_deeplift.py
   tests/attr/layer/test_layer_feature_permutation.py tests/attr/layer/test_layer_lrp.py
   tests/attr/test_baselines.py tests/attr/test_dataloader_attr.py tests/attr/test_input_layer_wrapper.py
+  tests/attr/test_stat.py tests/attr/test_summarizer.py tests/attr/test_class_summarizer.py
+  tests/attr/models/test_base.py
   # test_llm_attr.py's classes that run fastxai's LLM faces (the CPU ones; TestVLLMProvider tests
   # Captum's own vLLM client, which needs the openai package, so it is left out)
   tests/attr/test_llm_attr.py::TestLLMAttr_0_cpu tests/attr/test_llm_attr.py::TestLLMAttr_1_cpu

@@ -42,7 +42,7 @@ from fastxai.attribution._dataset_layout import Layout, check_roles, layout
 from fastxai.attribution.dataset_ablation import DatasetAblation, check_callable, open_data
 from fastxai.compat._captum_games import Progress
 from fastxai.compat._captum_perturbation import FeatureAblation
-from fastxai.compat._captum_targets import CaptumArgumentError, CaptumTypeError
+from fastxai.compat._captum_targets import CaptumArgumentError, CaptumTypeError, check_int_at_least
 from fastxai.compat.captum import Attribution
 
 
@@ -71,14 +71,6 @@ def _checked(function: Callable[..., Any], *args: Any) -> Any:
         raise CaptumArgumentError(str(error)) from None
     except TypeError as error:
         raise CaptumTypeError(str(error)) from None
-
-
-def _check_per_pass(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise CaptumTypeError(f"perturbations_per_pass must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise CaptumArgumentError(f"perturbations_per_pass must be >= 1, got {value}")
-    return value
 
 
 class DataLoaderAttribution(Attribution):
@@ -110,7 +102,7 @@ class DataLoaderAttribution(Attribution):
         """Attributions ``[K, *F_k]`` per attributed element (a tensor for one-tensor batches, a
         tuple otherwise), or ``[K, M]`` with ``return_input_shape=False``; K: the metric's
         number of elements, M: the largest group id + 1."""
-        per_pass = _check_per_pass(perturbations_per_pass)
+        per_pass = check_int_at_least(perturbations_per_pass, "perturbations_per_pass", 1)
         roles = _checked(check_roles, input_roles)
         _checked(check_callable, "reduce", reduce)
         _checked(check_callable, "to_metric", to_metric)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
-from fastxai.compat._captum_targets import CaptumTypeError, select_target
+from fastxai.compat._captum_targets import CaptumTypeError, check_int_at_least, select_target
 from fastxai.compat.captum import Attribution, check_target
 
 
@@ -46,14 +46,6 @@ class AggregateOutputError(ValueError, AssertionError):
 class FutureUsageError(TypeError, AssertionError):
     """``attribute`` on a forward returning futures, or ``attribute_future`` on one that does not
     (Captum raises AssertionError)."""
-
-
-def check_perturbations_per_eval(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"perturbations_per_eval must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"perturbations_per_eval must be >= 1, got {value}")
-    return value
 
 
 class Progress:
@@ -126,7 +118,7 @@ class Game:
         perturbations_per_eval: object,
         show_progress: object,
     ) -> None:
-        self.per_eval = check_perturbations_per_eval(perturbations_per_eval)
+        self.per_eval = check_int_at_least(perturbations_per_eval, "perturbations_per_eval", 1)
         self.target = check_target(target)
         self.futures = owner._futures
         self.owner_forward = owner.forward_func

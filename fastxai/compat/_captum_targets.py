@@ -29,6 +29,15 @@ class CaptumTypeError(TypeError, AssertionError):
     """An argument of the wrong type, raised where Captum raises ``AssertionError``."""
 
 
+def check_int_at_least(value: object, name: str, minimum: int) -> int:
+    """``value`` as an int ``>= minimum`` (not a bool), or an error naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CaptumTypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise CaptumArgumentError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def select_target(output: torch.Tensor, target: object) -> torch.Tensor:
     """One score (or one slice) per example of ``output`` [B, ...] for Captum's ``target``."""
     if target is None:

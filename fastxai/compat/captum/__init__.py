@@ -30,7 +30,12 @@ helpers ``TokenReferenceBase``, ``ProductBaselines`` (``_captum_baselines``);
 models ``LLMAttribution``, ``RemoteLLMAttribution`` (``_captum_llm``, scoring in
 ``_captum_llm_scoring``), ``LLMGradientAttribution`` (``_captum_llm_gradient``),
 ``LLMAttributionResult`` (``_captum_llm_result``) and the inputs ``InterpretableInput``,
-``TextTemplateInput``, ``TextTokenInput`` (``_captum_text_inputs``). The submodule
+``TextTemplateInput``, ``TextTokenInput`` (``_captum_text_inputs``); the streaming statistics
+``Summarizer``, ``SummarizerSingleTensor``, ``ClassSummarizer`` (``_captum_summarizer``) over
+``CommonStats()``, ``Count``, ``Mean``, ``MSE``, ``Var``, ``StdDev``, ``Min``, ``Max``, ``Sum``
+(base ``Stat``, ``StatValue``: ``_captum_stats``); the interpretable embedding layer
+``InterpretableEmbeddingBase``, ``configure_interpretable_embedding_layer``,
+``remove_interpretable_embedding_layer`` (``_captum_embedding``). The submodule
 ``visualization`` is Captum's ``captum.attr.visualization`` (``from fastxai.compat.captum import
 visualization as viz``).
 
@@ -122,6 +127,23 @@ _LAZY = {
     "InterpretableInput": "fastxai.compat._captum_text_inputs",
     "TextTemplateInput": "fastxai.compat._captum_text_inputs",
     "TextTokenInput": "fastxai.compat._captum_text_inputs",
+    "Summarizer": "fastxai.compat._captum_summarizer",
+    "SummarizerSingleTensor": "fastxai.compat._captum_summarizer",
+    "ClassSummarizer": "fastxai.compat._captum_summarizer",
+    "CommonStats": "fastxai.compat._captum_stats",
+    "Stat": "fastxai.compat._captum_stats",
+    "StatValue": "fastxai.compat._captum_stats",
+    "Count": "fastxai.compat._captum_stats",
+    "Mean": "fastxai.compat._captum_stats",
+    "MSE": "fastxai.compat._captum_stats",
+    "Var": "fastxai.compat._captum_stats",
+    "StdDev": "fastxai.compat._captum_stats",
+    "Min": "fastxai.compat._captum_stats",
+    "Max": "fastxai.compat._captum_stats",
+    "Sum": "fastxai.compat._captum_stats",
+    "InterpretableEmbeddingBase": "fastxai.compat._captum_embedding",
+    "configure_interpretable_embedding_layer": "fastxai.compat._captum_embedding",
+    "remove_interpretable_embedding_layer": "fastxai.compat._captum_embedding",
 }
 
 
