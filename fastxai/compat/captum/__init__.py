@@ -299,11 +299,15 @@ class Attribution(CaptumMethod):
         chunk = chunk_rows(internal_batch_size, packed.flat, whole_batches=forward.has_per_example_args)
         return packed, forward, chunk
 
-    def _run(self, function: Callable[[], Any]) -> Any:
+    def _run(self, function: Callable[[], Any], inputs_gradient_only: bool = False) -> Any:
+        """``function()`` under the state guard, in the mode the model is in; work that only
+        takes gradients with respect to its inputs and registers no module hook passes
+        ``inputs_gradient_only`` for the lighter guard (``_model.gradient_state``)."""
         module = module_of(self.forward_func)
         if module is None:
             return function()
-        with _model.preserved_state(module, eval_mode=False):
+        light = _model.gradient_state(module) if inputs_gradient_only else None
+        with light or _model.preserved_state(module, eval_mode=False):
             return function()
 
 
@@ -315,7 +319,10 @@ class Saliency(Attribution):
     ) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        grads = self._run(lambda: saliency(forward, packed.flat, target, abs=abs, chunk_size=chunk))
+        grads = self._run(
+            lambda: saliency(forward, packed.flat, target, abs=abs, chunk_size=chunk),
+            inputs_gradient_only=True,
+        )
         return packed.format(grads)
 
 
@@ -329,7 +336,10 @@ class InputXGradient(Attribution):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        result = self._run(lambda: input_x_gradient(forward, packed.flat, target, chunk_size=chunk))
+        result = self._run(
+            lambda: input_x_gradient(forward, packed.flat, target, chunk_size=chunk),
+            inputs_gradient_only=True,
+        )
         return packed.format(result)
 
 
@@ -345,7 +355,11 @@ class _ModifiedReluAttribution(Attribution):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        grads = self._run(lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk))
+        # the rule hooks the relu nodes of each forward's graph, never a module
+        grads = self._run(
+            lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk),
+            inputs_gradient_only=True,
+        )
         return packed.format(grads)
 
 
@@ -425,7 +439,7 @@ class IntegratedGradients(_PathAttribution):
                 max_steps=max_steps, on_unconverged=on_unconverged, max_pieces=max_pieces,
             )
 
-        attributions = self._run(run)
+        attributions = self._run(run, inputs_gradient_only=method != "exact")  # exact taps layers
         if method == "riemann_trapezoid":
             # Captum's trapezoid weights are (n-1)/n times the true rule's: same points, scaled.
             attributions = attributions * ((n_steps - 1) / n_steps)
@@ -490,7 +504,8 @@ class GradientShap(_PathAttribution):
                 seed=seed, multiply_by_inputs=self._multiply_by_inputs,
                 return_convergence_delta=return_convergence_delta, chunk_size=chunk, method=method,
                 tolerance=tolerance, max_steps=max_steps, on_unconverged=on_unconverged,
-            )
+            ),
+            inputs_gradient_only=True,
         )
         if not return_convergence_delta:
             return packed.format(result)
