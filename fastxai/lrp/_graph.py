@@ -90,7 +90,8 @@ FUNCTION_KINDS: dict[Any, str] = {
     F.adaptive_max_pool2d: "adaptive_maxpool", F.adaptive_max_pool3d: "adaptive_maxpool",
 }  # fmt: skip
 # ops whose relevance moves back through their own backward (``fastxai.lrp._maps``): copies and
-# selections (``move``), maps affine in the input-dependent arguments (``affine``: the epsilon
+# selections (``move``; ``extremum``: max / min, which with a dim return values and indices),
+# maps affine in the input-dependent arguments (``affine``: the epsilon
 # rule), powers with a constant exponent (``power``: element-wise, as an activation)
 _CONVOLUTIONS = {
     F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
@@ -98,14 +99,17 @@ _CONVOLUTIONS = {
 }  # fmt: skip
 MAP_FUNCTIONS: dict[Any, str] = {
     torch.repeat_interleave: "move", torch.tile: "move", torch.flip: "move", F.unfold: "move",
-    torch.amax: "move", F.interpolate: "affine", F.upsample: "affine", F.upsample_nearest: "affine",
+    torch.amax: "move", torch.amin: "move", torch.max: "extremum", torch.min: "extremum",
+    torch.maximum: "extremum", torch.minimum: "extremum", _trace.assign: "move",
+    F.interpolate: "affine", F.upsample: "affine", F.upsample_nearest: "affine",
     F.upsample_bilinear: "affine", torch.addcmul: "affine", torch.einsum: "affine", F.fold: "affine",
     operator.pow: "power", torch.pow: "power", torch.square: "power",
     **{convolution: "affine" for convolution in _CONVOLUTIONS},
 }  # fmt: skip
 MAP_METHODS = {
     "repeat_interleave": "move", "repeat": "move", "tile": "move", "flip": "move", "unfold": "move",
-    "amax": "move", "addcmul": "affine", "pow": "power", "square": "power",
+    "amax": "move", "amin": "move", "max": "extremum", "min": "extremum", "maximum": "extremum",
+    "minimum": "extremum", "addcmul": "affine", "pow": "power", "square": "power",
 }  # fmt: skip
 MAP_MODULES: tuple[tuple[type, str], ...] = (
     (nn.Unfold, "move"), (nn.Upsample, "affine"), (nn.Fold, "affine"),
@@ -187,6 +191,7 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
             graph = Tracer(example).trace(model, concrete_args=defaults or None)
         _attention.drop_unread_weights(graph)
         _functionalize_updates(graph)
+        _functionalize_assignments(graph)
     except UnsupportedLayerError:
         raise
     except Exception as error:  # torch.fx raises many types for untraceable code
@@ -258,6 +263,25 @@ def _functionalize_updates(graph: fx.Graph) -> None:
         updated = node.args[0]
         if not isinstance(updated, fx.Node):
             continue
+        for user in list(updated.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(updated, node)
+
+
+def _functionalize_assignments(graph: fx.Graph) -> None:
+    """``x[index] = value`` on input-dependent data (MViTv2 adds its relative position bias into a
+    slice of the attention scores): the statement becomes ``_trace.assign(x, index, value)``, the
+    updated copy, and every later reader of ``x`` reads it, as for ``_functionalize_updates``; the
+    relevance pass then moves back through it (``_maps.move``): the written elements' relevance
+    to ``value``, the others' to ``x``. Assignments of constants (a mask filled in place) stay."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not operator.setitem or not node.meta.get(DATA, True):
+            continue
+        updated = node.args[0]
+        if not isinstance(updated, fx.Node):
+            continue
+        node.target = _trace.assign
         for user in list(updated.users):
             if user is not node and order[user] > order[node]:
                 user.replace_input_with(updated, node)
