@@ -176,8 +176,9 @@ _TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, fx.Graph]] = weakref.Wea
 def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
     """The torch.fx graph of ``model`` (traced in eval mode; see ``fastxai.lrp._trace``). With an
     ``example`` input the trace runs it alongside, so Python decisions on shapes take its values:
-    such a graph is cached per model and per-sample shape ``example.shape[1:]``."""
-    key = None if example is None else tuple(example.shape[1:])
+    such a graph is cached per model, per-sample shape ``example.shape[1:]`` and dtype (a model
+    that reads ``x.dtype`` to cast back, as EfficientViT's attention does, bakes it in)."""
+    key = None if example is None else (tuple(example.shape[1:]), example.dtype)
     cached = _TRACES.get(model) if isinstance(model, nn.Module) else None
     if cached is not None and key in cached:
         return cached[key]
