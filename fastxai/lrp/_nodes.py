@@ -21,7 +21,8 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
   with ``J`` the layer's Jacobian at ``x`` (computed with torch.func; a rarely used layer);
 - copies and selections (``repeat_interleave``, ``tile``, ``unfold``, ``amax``, non-constant
   padding), maps affine in the input (``interpolate``, ``nn.Upsample``, functional convolutions
-  with computed weights, ``addcmul``, ``einsum``) and powers: ``fastxai.lrp._maps``.
+  with computed weights, ``addcmul``, ``einsum``) and powers: ``fastxai.lrp._maps``;
+- ``nn.LSTM`` (Arras et al. 2017, gates as constants): ``fastxai.lrp._recurrent``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from fastxai import ops
-from fastxai.lrp import _linear, _maps, _structure
+from fastxai.lrp import _linear, _maps, _recurrent, _structure
 from fastxai.lrp._errors import division_refusal
 from fastxai.lrp._forward import run_node
 from fastxai.lrp._graph import Step, UnsupportedLayerError
@@ -455,7 +456,7 @@ HANDLERS: dict[str, Callable[[Step, Context, torch.Tensor], Contributions]] = {
     "matmul": matmul, "mean": reduction, "sum": reduction, "avgpool": avgpool,
     "adaptive_avgpool": adaptive_avgpool, "maxpool": maxpool, "adaptive_maxpool": maxpool,
     "softmax": softmax, "layer_norm": layer_norm, "group_norm": group_norm, "lrn": lrn,
-    **_structure.HANDLERS, **_maps.HANDLERS,
+    **_structure.HANDLERS, **_maps.HANDLERS, **_recurrent.HANDLERS,
 }  # fmt: skip
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastxai.lrp import _maps
+from fastxai.lrp import _maps, _recurrent
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._graph import Step
 
@@ -46,6 +46,8 @@ def tuple_item(step: Step, ctx: Any, relevance: torch.Tensor, pieces: Any) -> Co
     producer = ctx.steps.get(source)
     if producer is not None and producer.kind == "extremum" and isinstance(index, int):
         return _selected_values(producer, ctx, relevance, pieces, index)
+    if producer is not None and producer.kind == "lstm" and isinstance(index, int):
+        return _recurrent.lstm_item(step, relevance, index)
     if producer is None or producer.kind != "split" or not isinstance(index, int):
         raise UnsupportedLayerError(
             f"LRP has no rule for indexing the tuple that node {source.name!r} returns (node {node.name!r})"
