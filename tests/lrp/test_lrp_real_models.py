@@ -141,6 +141,7 @@ CASES = [
     # x[index] = value (relative position bias); epsilon: z+ on the convolutions that pool queries,
     # keys and values gives relevances 1e5 times the logit (with or without the assignment)
     Case("timm_mvitv2_tiny", _timm("mvitv2_tiny", img_size=32), 32, False, True, "epsilon"),
+    Case("timm_sequencer2d_s", _timm("sequencer2d_s", img_size=56), 56, slow=True),  # LSTMs, conserved
 ]
 
 RESULTS: dict[str, tuple[float, float | None]] = {}
@@ -187,8 +188,11 @@ def strip_biases(model: nn.Module) -> None:
     """Zero every bias (Linear, Conv, norms) and BatchNorm mean: what conservation needs."""
     with torch.no_grad():
         for module in model.modules():
+            for name, bias in module.named_parameters(recurse=False):
+                if name.startswith("bias"):  # also an LSTM's bias_ih_l0, ...
+                    bias.zero_()
             bias = getattr(module, "bias", None)
-            if isinstance(bias, torch.Tensor):
+            if isinstance(bias, torch.Tensor):  # a bias buffer
                 bias.zero_()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
                 module.running_mean.zero_()
