@@ -286,6 +286,10 @@ def _functionalize_assignments(graph: fx.Graph) -> None:
         for user in list(updated.users):
             if user is not node and order[user] > order[node]:
                 user.replace_input_with(updated, node)
+    for node in graph.nodes:  # readers of data written into a constant (a zero tensor) read data
+        inputs = node.all_input_nodes
+        if node.meta.get(DATA) is False and any(arg.meta.get(DATA) for arg in inputs):
+            node.meta[DATA] = not _trace._is_metadata_query(node.op, node.target, node.args)
 
 
 def fetch_attr(root: Any, target: str) -> Any:
@@ -446,6 +450,8 @@ def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
                 return "meta", None
             if attribute in ("T", "mT"):
                 return "transpose", None
+            if attribute in ("values", "indices"):  # of what max / min with a dim return
+                return "getitem", None
         if node.target in META_FUNCTIONS:
             return "meta", None
         if node.target in ACTIVATION_FUNCTIONS or _identity_in_eval(node):

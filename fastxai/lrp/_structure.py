@@ -44,8 +44,10 @@ def tuple_item(step: Step, ctx: Any, relevance: torch.Tensor, pieces: Any) -> Co
     source: Any = node.args[0]
     index = ctx.value(node.args[1])
     producer = ctx.steps.get(source)
-    if producer is not None and producer.kind == "extremum" and isinstance(index, int):
-        return _selected_values(producer, ctx, relevance, pieces, index)
+    if producer is not None and producer.kind == "extremum":
+        index = {"values": 0, "indices": 1}.get(index, index)
+        if isinstance(index, int):
+            return _selected_values(producer, ctx, relevance, pieces, index)
     if producer is not None and producer.kind == "lstm" and isinstance(index, int):
         return _recurrent.lstm_item(step, relevance, index)
     if producer is None or producer.kind != "split" or not isinstance(index, int):

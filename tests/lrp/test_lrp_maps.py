@@ -353,7 +353,7 @@ class MaxValues(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.smallest:
-            return h.min(dim=-1, keepdim=self.keepdim)[0]
+            return h.min(dim=-1, keepdim=self.keepdim).values
         return torch.max(h, -1, self.keepdim)[0] if self.keepdim else h.max(-1)[0]
 
 
@@ -394,6 +394,25 @@ def test_max_and_min_are_selections(op: nn.Module, reference: nn.Module, size: i
     """Winner-take-all, as max pooling and amax: the maximum's relevance goes to the element that
     won (these were refused: ``call_method 'max'``)."""
     torch.testing.assert_close(_relevance(op, 3, size, X), _relevance(reference, 3, size, X))
+
+
+class Placed(nn.Module):
+    """``h`` assigned into the middle of a zero tensor, or the same by ``F.pad``."""
+
+    def __init__(self, assigned: bool) -> None:
+        super().__init__()
+        self.assigned = assigned
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.assigned:
+            return F.pad(h, (1, 1, 1, 1))
+        out = h.new_zeros(h.shape[0], h.shape[1], 6, 6)
+        out[:, :, 1:5, 1:5] = h
+        return out
+
+
+def test_an_assignment_into_a_constant_routes_relevance_to_the_value() -> None:
+    torch.testing.assert_close(_relevance(Placed(True), 3, 108, X), _relevance(Placed(False), 3, 108, X))
 
 
 class Assigned(nn.Module):
