@@ -197,13 +197,13 @@ def _running_statistics(modules: list[nn.Module]) -> list[tuple[torch.Tensor, to
 @contextlib.contextmanager
 def gradient_state(model: Model) -> Iterator[None]:
     """``preserved_state(model, eval_mode=False)`` for work that runs the model in the mode it is
-    in, takes gradients with respect to its inputs only (``torch.autograd.grad``: no parameter
-    gradient is computed or accumulated) and registers no module hook (the one-pass gradient
-    classes of the Captum drop-in). Modes, ``requires_grad`` flags and hooks are left alone, so
-    the running statistics that a training norm layer folds in are all there is to put back:
-    one walk over the modules instead of the full guard's record of every flag and hook, which
-    is most of such a call's own cost on a small model. Holds the model's lock like
-    ``preserved_state``.
+    in, changes no mode or ``requires_grad`` flag, takes gradients with ``torch.autograd.grad``
+    with respect to inputs or activations only (no parameter gradient is computed or
+    accumulated) and removes every hook it registers itself in a ``finally`` (the one-pass
+    classes of the Captum drop-in). Modes, flags and hooks then need no record, so the running
+    statistics that a training norm layer folds in are all there is to put back: one walk over
+    the modules instead of the full guard's record of every flag and hook, which is most of such
+    a call's own cost on a small model. Holds the model's lock like ``preserved_state``.
     """
     if not isinstance(model, nn.Module):
         yield

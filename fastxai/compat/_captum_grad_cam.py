@@ -146,7 +146,8 @@ class LayerGradCam(Attribution):
             lambda: layer_tensors_and_gradients(
                 forward, packed.flat, self.layer, target,
                 layer_input=attribute_to_layer_input, grad_kwargs=kwargs,
-            )
+            ),
+            leaves_state=True,  # its hook is removed in a finally; gradients w.r.t. activations
         )
         maps = []
         for tensor, grad in zip(tensors, grads, strict=True):

@@ -143,7 +143,7 @@ class LayerActivation(_LayerMethod):
     ) -> Any:
         tensors = _check_inputs(inputs)
         site = self._site(tensors, additional_forward_args, attribute_to_layer_input)
-        self._run(lambda: site.prepare(_chunk(None, tensors)))
+        self._run(lambda: site.prepare(_chunk(None, tensors)), leaves_state=True)  # the tap's hook goes
         return self._format(site, site.origin)
 
 
@@ -184,7 +184,7 @@ class LayerGradientXActivation(_LayerMethod):
                 parts.append(values * grads if self._multiply else grads)
             return torch.cat(parts)
 
-        return self._format(site, self._run(run))
+        return self._format(site, self._run(run, leaves_state=True))  # activation gradients only
 
 
 class LayerIntegratedGradients(_LayerMethod):

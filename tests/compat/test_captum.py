@@ -318,6 +318,8 @@ TRAIN_MODE_CLASSES = [
     (lambda m: fc.IntegratedGradients(m), {"n_steps": 3}),
     (lambda m: fc.DeepLift(m), {}),
     (lambda m: fc.LayerGradCam(m, m[4]), {}),
+    (lambda m: fc.LayerGradientXActivation(m, m[4]), {}),
+    (lambda m: fc.GradientShap(m), {"baselines": torch.zeros(2, 1, 8, 8), "n_samples": 3}),
     (lambda m: fc.LayerIntegratedGradients(m, m[0]), {"n_steps": 3}),
     (lambda m: fc.NoiseTunnel(fc.Saliency(m)), {"nt_samples": 2}),
     (lambda m: fc.Occlusion(m), {"sliding_window_shapes": (1, 4, 4), "strides": 4}),
@@ -338,6 +340,14 @@ def test_a_train_mode_batchnorm_keeps_its_running_statistics(make, kwargs) -> No
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         make(model).attribute(x, target=1, **kwargs)
+    assert model.training
+    assert_same_state(before, model_state(model))
+
+
+def test_a_train_mode_batchnorm_keeps_its_statistics_under_layer_activation() -> None:
+    model = small_cnn(seed=7).train()
+    before = model_state(model)
+    fc.LayerActivation(model, model[4]).attribute(torch.randn(3, 1, 8, 8))
     assert model.training
     assert_same_state(before, model_state(model))
 

@@ -299,14 +299,15 @@ class Attribution(CaptumMethod):
         chunk = chunk_rows(internal_batch_size, packed.flat, whole_batches=forward.has_per_example_args)
         return packed, forward, chunk
 
-    def _run(self, function: Callable[[], Any], inputs_gradient_only: bool = False) -> Any:
-        """``function()`` under the state guard, in the mode the model is in; work that only
-        takes gradients with respect to its inputs and registers no module hook passes
-        ``inputs_gradient_only`` for the lighter guard (``_model.gradient_state``)."""
+    def _run(self, function: Callable[[], Any], leaves_state: bool = False) -> Any:
+        """``function()`` under the state guard, in the mode the model is in. Work that changes no
+        mode or ``requires_grad`` flag, takes no parameter gradient and removes every hook it
+        registers itself (in a ``finally``) passes ``leaves_state`` for the lighter guard
+        (``_model.gradient_state``)."""
         module = module_of(self.forward_func)
         if module is None:
             return function()
-        light = _model.gradient_state(module) if inputs_gradient_only else None
+        light = _model.gradient_state(module) if leaves_state else None
         with light or _model.preserved_state(module, eval_mode=False):
             return function()
 
@@ -321,7 +322,7 @@ class Saliency(Attribution):
         target = check_target(target)
         grads = self._run(
             lambda: saliency(forward, packed.flat, target, abs=abs, chunk_size=chunk),
-            inputs_gradient_only=True,
+            leaves_state=True,
         )
         return packed.format(grads)
 
@@ -338,7 +339,7 @@ class InputXGradient(Attribution):
         target = check_target(target)
         result = self._run(
             lambda: input_x_gradient(forward, packed.flat, target, chunk_size=chunk),
-            inputs_gradient_only=True,
+            leaves_state=True,
         )
         return packed.format(result)
 
@@ -358,7 +359,7 @@ class _ModifiedReluAttribution(Attribution):
         # the rule hooks the relu nodes of each forward's graph, never a module
         grads = self._run(
             lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk),
-            inputs_gradient_only=True,
+            leaves_state=True,
         )
         return packed.format(grads)
 
@@ -439,7 +440,7 @@ class IntegratedGradients(_PathAttribution):
                 max_steps=max_steps, on_unconverged=on_unconverged, max_pieces=max_pieces,
             )
 
-        attributions = self._run(run, inputs_gradient_only=method != "exact")  # exact taps layers
+        attributions = self._run(run, leaves_state=method != "exact")  # exact taps layers
         if method == "riemann_trapezoid":
             # Captum's trapezoid weights are (n-1)/n times the true rule's: same points, scaled.
             attributions = attributions * ((n_steps - 1) / n_steps)
@@ -505,7 +506,7 @@ class GradientShap(_PathAttribution):
                 return_convergence_delta=return_convergence_delta, chunk_size=chunk, method=method,
                 tolerance=tolerance, max_steps=max_steps, on_unconverged=on_unconverged,
             ),
-            inputs_gradient_only=True,
+            leaves_state=True,
         )
         if not return_convergence_delta:
             return packed.format(result)
