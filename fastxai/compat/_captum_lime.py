@@ -25,6 +25,7 @@ import torch
 
 from fastxai.attribution.lime import lime
 from fastxai.compat._captum_games import PerturbationAttribution
+from fastxai.compat._captum_lime_base import check_interpretable_model
 from fastxai.compat._captum_perturbation import GroupAttribution
 
 
@@ -57,14 +58,7 @@ def _surrogate_choice(interpretable_model: object) -> tuple[str, float] | None:
         return "lasso", float(kwargs.get("alpha", 1.0))  # sklearn's Lasso default
     if kind == "SkLearnLinearRegression" and not kwargs:
         return "linear", 0.0
-    if not (
-        callable(getattr(interpretable_model, "fit", None))
-        and callable(getattr(interpretable_model, "representation", None))
-    ):
-        raise TypeError(
-            "interpretable_model must be None or a Captum Model with fit(dataloader) and representation(), "
-            f"got {kind}"
-        )
+    check_interpretable_model(interpretable_model, allow_none=True)
     return None
 
 

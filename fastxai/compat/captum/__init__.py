@@ -90,6 +90,7 @@ _LAZY = {
     "FeaturePermutation": "fastxai.compat._captum_permutation",
     "KernelShap": "fastxai.compat._captum_perturbation",
     "Lime": "fastxai.compat._captum_lime",
+    "LimeBase": "fastxai.compat._captum_lime_base",
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
     "ShapleyValues": "fastxai.compat._captum_permutation",
     "LayerFeatureAblation": "fastxai.compat._captum_layer_ablation",
