@@ -25,7 +25,7 @@ import torch
 
 from fastxai.attribution.lime import lime
 from fastxai.compat._captum_games import PerturbationAttribution
-from fastxai.compat._captum_lime_base import check_interpretable_model
+from fastxai.compat._captum_lime_base import LimeBase, check_interpretable_model
 from fastxai.compat._captum_perturbation import GroupAttribution
 
 
@@ -62,10 +62,14 @@ def _surrogate_choice(interpretable_model: object) -> tuple[str, float] | None:
     return None
 
 
-class Lime(GroupAttribution):
-    """Captum's ``Lime`` on ``fastxai.lime`` (see the module doc for what runs batched)."""
+class Lime(GroupAttribution, LimeBase):
+    """Captum's ``Lime`` on ``fastxai.lime`` (see the module doc for what runs batched). A
+    ``LimeBase`` as in Captum (``isinstance``, properties), with its own ``attribute``: the
+    interpretable space is the feature mask's groups, mapped to inputs by ``fastxai.lime``."""
 
     progress_name = "Lime"
+    perturb_interpretable_space = True
+    from_interp_rep_transform = to_interp_rep_transform = None
 
     def __init__(
         self,
@@ -84,7 +88,7 @@ class Lime(GroupAttribution):
         self._surrogate = _surrogate_choice(interpretable_model)
         self._kernel = _captum_kernel(similarity_func)
 
-    def attribute(
+    def attribute(  # type: ignore[override]  # Captum's Lime has its own arguments too
         self,
         inputs: Any,
         baselines: Any = None,

@@ -15,7 +15,7 @@ from models import assert_same_state, model_state
 from torch import nn
 
 from fastxai.compat._captum_games import AggregateOutputError
-from fastxai.compat.captum import LimeBase
+from fastxai.compat.captum import Lime, LimeBase
 
 captum_attr = pytest.importorskip("captum.attr")
 linear_model = pytest.importorskip("captum._utils.models.linear_model")
@@ -392,10 +392,12 @@ def test_the_model_is_left_as_found(fails: bool) -> None:
     assert_same_state(before, model_state(model))
 
 
-def test_progress_bar_and_properties() -> None:
+def test_progress_bar_and_the_lime_family() -> None:
     samples = fixed_samples(6)
     ours, _ = both(True, samples, linear_model.SkLearnLinearRegression)
     ours.attribute(torch.randn(1, FEATURES), target=0, n_samples=6, show_progress=True, **call_kwargs())
+    assert LimeBase.get_name() == captum_attr.LimeBase.get_name() == "Lime Base"
+    assert isinstance(Lime(Net()), LimeBase)
     assert not ours.multiplies_by_inputs and not ours.has_convergence_delta()
     with pytest.raises(NotImplementedError):
         ours.attribute_future()
