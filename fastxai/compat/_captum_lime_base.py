@@ -13,7 +13,9 @@ scores it with ``forward_func`` (the ``target``'s score), fits ``interpretable_m
 
 Where fastxai is faster: the model. Captum's default ``perturbations_per_eval=1`` scores one
 perturbation per forward pass; here it means fastxai's automatic chunking, many perturbations
-concatenated along dim 0 per pass (a larger value is the number per pass, as in Captum). The user
+concatenated along dim 0 per pass (on a GPU sized from free memory, on the CPU at most
+``CPU_PERTURBATIONS_PER_PASS``; a larger value is the number per pass, as in Captum). That pays
+where the per-call cost is large against the model's work: small models, and GPUs. The user
 functions run once per sample, in Captum's order, so a seeded run draws the same samples.
 
 As in Captum, explain one example at a time (inputs with one row); a batch of several examples
@@ -43,6 +45,11 @@ from fastxai.compat._captum_targets import (
 )
 
 Sample = torch.Tensor | tuple[torch.Tensor, ...]
+CPU_PERTURBATIONS_PER_PASS = 64
+"""The CPU's ceiling on perturbations per forward pass: enough to spread the per-call cost of a
+small model (an MLP on 20 features: 1000 samples in 0.05 s against 0.2 s one per pass), small
+enough that a large one keeps its activations in cache (a 4-layer transformer on 128 tokens is
+about as fast one per pass as 64 per pass, slower at 512; benchmarks/lime_base_speed.py)."""
 
 
 def _check_callable(name: str, value: object, optional: bool = False) -> None:
@@ -247,6 +254,8 @@ class LimeBase(PerturbationAttribution):
         if not isinstance(first, torch.Tensor) or first.dim() == 0 or first.shape[0] != 1:
             return 1
         rows = _scheduling.auto_chunk_size(None, first, forward_only=True)
+        if first.device.type != "cuda":
+            rows = min(rows, CPU_PERTURBATIONS_PER_PASS)
         return max(1, min(n_samples, rows))
 
     def _score(

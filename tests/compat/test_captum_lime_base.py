@@ -15,6 +15,7 @@ from models import assert_same_state, model_state
 from torch import nn
 
 from fastxai.compat._captum_games import AggregateOutputError
+from fastxai.compat._captum_lime_base import CPU_PERTURBATIONS_PER_PASS
 from fastxai.compat.captum import Lime, LimeBase
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -215,6 +216,10 @@ def test_automatic_chunking_scores_many_perturbations_per_forward_pass() -> None
     )
     assert captum_forward.calls == 50
     assert ours_forward.calls == 1 and ours_forward.rows == [50]
+    many = Counting(Net())
+    ours, _ = both(True, fixed_samples(100), linear_model.SkLearnLinearRegression, forward=many)
+    ours.attribute(x, target=0, n_samples=100, **call_kwargs())
+    assert many.rows == [CPU_PERTURBATIONS_PER_PASS, 100 - CPU_PERTURBATIONS_PER_PASS]
     explicit = Counting(Net())
     ours, _ = both(True, samples, linear_model.SkLearnLinearRegression, forward=explicit)
     ours.attribute(x, target=0, n_samples=50, perturbations_per_eval=8, **call_kwargs())
