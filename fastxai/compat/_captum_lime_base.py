@@ -47,7 +47,7 @@ from fastxai.compat._captum_targets import (
 Sample = torch.Tensor | tuple[torch.Tensor, ...]
 CPU_PERTURBATIONS_PER_PASS = 64
 """The CPU's ceiling on perturbations per forward pass: enough to spread the per-call cost of a
-small model (an MLP on 20 features: 1000 samples in 0.05 s against 0.2 s one per pass), small
+small model (an MLP on 20 features: 1000 samples in 0.05 s against 0.17 s one per pass), small
 enough that a large one keeps its activations in cache (a 4-layer transformer on 128 tokens is
 about as fast one per pass as 64 per pass, slower at 512; benchmarks/lime_base_speed.py)."""
 
