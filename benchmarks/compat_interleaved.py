@@ -1,7 +1,7 @@
 """The one-pass Captum drop-ins against Captum, interleaved in one process: one thread, CPU time
 of the process, rounds alternating the two classes (the order reversed every round), each turn a
 block of calls (10 on the ResNet, 200 on the MLP):
-``PYTHONPATH=. python benchmarks/compat_interleaved.py [--rounds N]``.
+``PYTHONPATH=. python benchmarks/compat_interleaved.py [--rounds N] [--classes NAME ...]``.
 
 These classes cost one forward and one backward, as Captum's do, so their ratios in
 ``benchmarks/test_compat.py`` (separate runs per class) move by +-10% between runs; alternating
@@ -14,6 +14,7 @@ few-percent difference is the machine. Models, inputs and targets as in
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 import warnings
@@ -42,9 +43,32 @@ CASES: list[tuple[str, Callable[[], nn.Module], tuple[int, ...], int, bool]] = [
 ]
 
 
+def case_calls(
+    case: tuple[str, Callable[[], nn.Module], tuple[int, ...], int, bool], captum_attr: Any
+) -> tuple[list[Callable[[], Any]], int]:
+    """One call of fastxai's class and one of Captum's for ``case`` (model, input and target
+    built here, the same for both), and how many calls make a block of it."""
+    name, factory, shape, batch, needs_layer = case
+    model = factory()
+    x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    layer = [module for module in model.modules() if isinstance(module, nn.ReLU)][-1]
+    kwargs: dict[str, Any] = {} if name == "LayerActivation" else {"target": target}
+    if name == "GradientShap":
+        kwargs["baselines"] = torch.zeros(4, *shape)
+    methods = [
+        getattr(namespace, name)(model, layer) if needs_layer else getattr(namespace, name)(model)
+        for namespace in (fc, captum_attr)
+    ]
+    calls = 200 if shape[0] == 1 else 10  # a block of calls per turn
+    return [functools.partial(method.attribute, x, **kwargs) for method in methods], calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per class")
+    parser.add_argument("--classes", nargs="+", default=None, help="only these classes (default: all)")
     args = parser.parse_args()
     import captum.attr as captum_attr
 
@@ -55,26 +79,17 @@ def main() -> None:
     big = torch.rand(512, *RESNET).requires_grad_(True)
     torch.autograd.grad(model(big)[:, 0].sum(), big)
     del model, big
-    for name, factory, shape, batch, needs_layer in CASES:
-        model = factory()
-        x = torch.rand(batch, *shape, generator=torch.Generator().manual_seed(0))
-        with torch.no_grad():
-            target = model(x).argmax(1)
-        layer = [module for module in model.modules() if isinstance(module, nn.ReLU)][-1]
-        kwargs: dict[str, Any] = {} if name == "LayerActivation" else {"target": target}
-        if name == "GradientShap":
-            kwargs["baselines"] = torch.zeros(4, *shape)
-        methods = [
-            getattr(namespace, name)(model, layer) if needs_layer else getattr(namespace, name)(model)
-            for namespace in (fc, captum_attr)
-        ]
-        calls = 200 if shape[0] == 1 else 10  # a block of calls per turn
+    for case in CASES:
+        name, shape = case[0], case[2]
+        if args.classes is not None and name not in args.classes:
+            continue
+        methods, calls = case_calls(case, captum_attr)
         times: list[list[float]] = [[], []]
         for round_ in range(WARMUP + args.rounds):
             for index in (0, 1) if round_ % 2 else (1, 0):
                 start = time.process_time()
                 for _ in range(calls):
-                    methods[index].attribute(x, **kwargs)
+                    methods[index]()
                 if round_ >= WARMUP:
                     times[index].append((time.process_time() - start) / calls)
         ours, theirs = statistics.median(times[0]), statistics.median(times[1])

@@ -195,6 +195,31 @@ def _running_statistics(modules: list[nn.Module]) -> list[tuple[torch.Tensor, to
 
 
 @contextlib.contextmanager
+def gradient_state(model: Model) -> Iterator[None]:
+    """``preserved_state(model, eval_mode=False)`` for work that runs the model in the mode it is
+    in, takes gradients with respect to its inputs only (``torch.autograd.grad``: no parameter
+    gradient is computed or accumulated) and registers no module hook (the one-pass gradient
+    classes of the Captum drop-in). Modes, ``requires_grad`` flags and hooks are left alone, so
+    the running statistics that a training norm layer folds in are all there is to put back:
+    one walk over the modules instead of the full guard's record of every flag and hook, which
+    is most of such a call's own cost on a small model. Holds the model's lock like
+    ``preserved_state``.
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    with model_lock(original(model)):
+        statistics = _running_statistics(submodules(model))
+        try:
+            yield
+        finally:
+            if statistics:
+                with torch.no_grad():
+                    for tensor, value in statistics:
+                        tensor.copy_(value)
+
+
+@contextlib.contextmanager
 def inference_state(model: Model) -> Iterator[None]:
     """``preserved_state`` for methods that only run the model under ``torch.no_grad`` and add no
     hooks (the perturbation methods): the model is in eval mode during the block and every

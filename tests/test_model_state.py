@@ -113,3 +113,26 @@ def test_all_finite_exact_despite_overflowing_sums(dtype: torch.dtype) -> None:
         spoiled[617] = bad
         assert not _model.all_finite(spoiled)
         assert not _model.all_finite(torch.tensor([bad, 1.0], dtype=dtype))
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_gradient_state_puts_back_running_statistics_and_touches_nothing_else(raises: bool) -> None:
+    """The guard of the one-pass gradient classes: the model runs in its own mode; the running
+    statistics a training BatchNorm folds in come back (also on error); modes, grad flags and
+    hooks are neither changed nor recorded, and input gradients leave no parameter gradient."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
+    model[2].bias.requires_grad_(False)
+    model[0].register_forward_hook(lambda *args: None)
+    before = _state(model)
+    statistics = [tensor.clone() for tensor in model[1].buffers()]
+    x = torch.randn(5, 4, requires_grad=True)
+    with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
+        with _model.gradient_state(model):
+            assert _state(model) == before  # train mode, grad flags as found
+            torch.autograd.grad(model(x)[:, 0].sum(), x)
+            assert not torch.equal(model[1].running_mean, statistics[0])
+            if raises:
+                raise RuntimeError("inside the block")
+    assert _state(model) == before
+    assert all(torch.equal(a, b) for a, b in zip(model[1].buffers(), statistics, strict=True))
+    assert all(parameter.grad is None for parameter in model.parameters())

@@ -110,11 +110,15 @@ class Attribution(CaptumMethod):
         chunk = chunk_rows(internal_batch_size, packed.flat, whole_batches=forward.has_per_example_args)
         return packed, forward, chunk
 
-    def _run(self, function: Callable[[], Any]) -> Any:
+    def _run(self, function: Callable[[], Any], inputs_gradient_only: bool = False) -> Any:
+        """``function()`` under the state guard, in the mode the model is in; work that only
+        takes gradients with respect to its inputs and registers no module hook passes
+        ``inputs_gradient_only`` for the lighter guard (``_model.gradient_state``)."""
         module = module_of(self.forward_func)
         if module is None:
             return function()
-        with _model.preserved_state(module, eval_mode=False):
+        light = _model.gradient_state(module) if inputs_gradient_only else None
+        with light or _model.preserved_state(module, eval_mode=False):
             return function()
 
 

@@ -8,7 +8,8 @@ the forward only) replaces these calls, whoever makes them (modules, functional 
 methods):
 
 - linear maps (``F.linear``, convolutions, average pooling, ``interpolate``, ``fold``,
-  ``matmul``/``bmm``/``addmm``/``einsum``), epsilon rule
+  ``matmul``/``bmm``/``addmm``/``einsum``, ``grouped_mm``: a mixture of experts' per-expert
+  linear layers), epsilon rule
   ``R_a = a * W^T (R_z / (z + eps sign0(z)))``: the gradient of ``z`` is scaled by
   ``z / (z + eps sign0(z))`` (``fastxai.ops.lrp_divide``) before the op's own backward;
   ``eps`` is the Linear/Conv module's Epsilon rule, else the composite's stabiliser;
@@ -24,12 +25,16 @@ methods):
   rules above apply; boolean and causal masks become additive ``finfo.min`` masks (a row with
   every key masked then stays finite, as in the fused kernel);
 - sums and differences (``x + y``, also with a constant: a bias, a position embedding, a
-  mask), ``sum``, ``mean``: in proportion to the summands, stabilised as in the traced engine,
+  mask), ``sum``, ``mean``, ``index_add`` (a mixture of experts adding each expert's rows): in
+  proportion to the summands, stabilised as in the traced engine,
   ``R_x = x R_z / (z + eps sign0(z))``: the gradient scaled by ``z / (z + eps sign0(z))``,
   ``eps`` the composite's stabiliser (with ``R = z * g`` the plain gradient is this rule with
   ``eps = 0``; the stabiliser keeps the two engines' results equal);
+- quotients by a normaliser (a relevance-carrying divisor shared by a group of elements, as
+  Mixtral's router divides its top-k weights by their sum): the divisor is detached, a constant
+  of the pass (``_errors.division_refusal``; other divisions are refused);
 - products and quotients by constants, moves and selections (view, cat, indexing, ``topk``,
-  ``amax``, ``unfold``, ...), dropout: the plain gradient.
+  ``amax``, ``max`` / ``min`` (winner-take-all), ``unfold``, ...), dropout: the plain gradient.
 
 Any other differentiable call on a relevance-carrying tensor raises ``UnsupportedLayerError``
 naming the model's source line. "Relevance-carrying" is ``requires_grad``: the pass freezes the
@@ -48,7 +53,7 @@ from torch.overrides import TorchFunctionMode
 
 from fastxai import ops
 from fastxai.lrp import _attention
-from fastxai.lrp._errors import UnsupportedLayerError, call_site
+from fastxai.lrp._errors import UnsupportedLayerError, call_site, division_refusal
 
 Tensor = torch.Tensor
 
@@ -149,7 +154,9 @@ _LINEAR = _functions("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
                      "conv_transpose3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
                      "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate", "fold",
                      modules=(F, torch))  # fmt: skip
-_MATMUL = _functions("matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "addmm", "baddbmm", "einsum")
+# grouped_mm: a mixture of experts' per-expert linear layers, one matmul per group of rows
+_MATMUL = _functions("matmul", "__matmul__", "__rmatmul__", "bmm", "mm", "addmm", "baddbmm", "einsum",
+                     "grouped_mm", "_grouped_mm")  # fmt: skip
 _ADD_MATMUL = _functions("addmm", "baddbmm")  # the first argument is an addend, not a factor
 _MUL = _functions("mul", "multiply", "__mul__", "__rmul__", "__imul__", "mul_")
 _DIV = _functions("div", "divide", "true_divide", "__truediv__", "__itruediv__", "div_")
@@ -175,10 +182,11 @@ _PLAIN = _functions(
     "clone", "detach", "requires_grad_", "masked_fill", "masked_fill_", "where", "index_put_",
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "neg", "negative", "__neg__", "__pos__", "cumsum", "topk", "as_strided", "amax", "unfold",
+    "amin", "max", "min", "maximum", "minimum",
 )  # fmt: skip
 _SUMS = _functions(
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "subtract", "__sub__", "__rsub__",
-    "__isub__", "sum", "mean",
+    "__isub__", "sum", "mean", "index_add", "index_add_",
 )  # fmt: skip
 _SDPA = F.scaled_dot_product_attention
 
@@ -239,9 +247,18 @@ class RuleMode(TorchFunctionMode):
             return _scale_gradient(output, 0.5) if len(variables(args[:2])) > 1 else output
         if func in _DIV or func in _RDIV:
             divisor = args[0] if func in _RDIV else args[1] if len(args) > 1 else kwargs.get("other")
-            if variables(divisor):
-                raise self.refuse(func, "with a relevance-carrying divisor")
-            return func(*args, **kwargs)
+            if not isinstance(divisor, Tensor) or not variables(divisor):
+                return func(*args, **kwargs)
+            if func in _RDIV:
+                raise self.refuse(func, "of a constant by a relevance-carrying tensor")
+            numerator = getattr(args[0], "shape", torch.Size())
+            reason = division_refusal(bool(variables(args[0])), numerator, divisor.shape)
+            if reason is not None:
+                raise self.refuse(func, f"({reason})")
+            constant = divisor.detach()  # the normaliser: a constant of the pass
+            if len(args) > 1:
+                return func(args[0], constant, *args[2:], **kwargs)
+            return func(args[0], **{**kwargs, "other": constant})
         if func in _ELEMENTWISE or func in _IN_PLACE:
             return self._identity(func, args, kwargs)
         if func is F.layer_norm:

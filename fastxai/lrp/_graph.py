@@ -90,7 +90,8 @@ FUNCTION_KINDS: dict[Any, str] = {
     F.adaptive_max_pool2d: "adaptive_maxpool", F.adaptive_max_pool3d: "adaptive_maxpool",
 }  # fmt: skip
 # ops whose relevance moves back through their own backward (``fastxai.lrp._maps``): copies and
-# selections (``move``), maps affine in the input-dependent arguments (``affine``: the epsilon
+# selections (``move``; ``extremum``: max / min, which with a dim return values and indices),
+# maps affine in the input-dependent arguments (``affine``: the epsilon
 # rule), powers with a constant exponent (``power``: element-wise, as an activation)
 _CONVOLUTIONS = {
     F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d,
@@ -98,14 +99,17 @@ _CONVOLUTIONS = {
 }  # fmt: skip
 MAP_FUNCTIONS: dict[Any, str] = {
     torch.repeat_interleave: "move", torch.tile: "move", torch.flip: "move", F.unfold: "move",
-    torch.amax: "move", F.interpolate: "affine", F.upsample: "affine", F.upsample_nearest: "affine",
+    torch.amax: "move", torch.amin: "move", torch.max: "extremum", torch.min: "extremum",
+    torch.maximum: "extremum", torch.minimum: "extremum", _trace.assign: "move",
+    F.interpolate: "affine", F.upsample: "affine", F.upsample_nearest: "affine",
     F.upsample_bilinear: "affine", torch.addcmul: "affine", torch.einsum: "affine", F.fold: "affine",
     operator.pow: "power", torch.pow: "power", torch.square: "power",
     **{convolution: "affine" for convolution in _CONVOLUTIONS},
 }  # fmt: skip
 MAP_METHODS = {
     "repeat_interleave": "move", "repeat": "move", "tile": "move", "flip": "move", "unfold": "move",
-    "amax": "move", "addcmul": "affine", "pow": "power", "square": "power",
+    "amax": "move", "amin": "move", "max": "extremum", "min": "extremum", "maximum": "extremum",
+    "minimum": "extremum", "addcmul": "affine", "pow": "power", "square": "power",
 }  # fmt: skip
 MAP_MODULES: tuple[tuple[type, str], ...] = (
     (nn.Unfold, "move"), (nn.Upsample, "affine"), (nn.Fold, "affine"),
@@ -172,8 +176,9 @@ _TRACES: weakref.WeakKeyDictionary[nn.Module, dict[Any, fx.Graph]] = weakref.Wea
 def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
     """The torch.fx graph of ``model`` (traced in eval mode; see ``fastxai.lrp._trace``). With an
     ``example`` input the trace runs it alongside, so Python decisions on shapes take its values:
-    such a graph is cached per model and per-sample shape ``example.shape[1:]``."""
-    key = None if example is None else tuple(example.shape[1:])
+    such a graph is cached per model, per-sample shape ``example.shape[1:]`` and dtype (a model
+    that reads ``x.dtype`` to cast back, as EfficientViT's attention does, bakes it in)."""
+    key = None if example is None else (tuple(example.shape[1:]), example.dtype)
     cached = _TRACES.get(model) if isinstance(model, nn.Module) else None
     if cached is not None and key in cached:
         return cached[key]
@@ -187,6 +192,7 @@ def trace(model: Any, example: torch.Tensor | None = None) -> fx.Graph:
             graph = Tracer(example).trace(model, concrete_args=defaults or None)
         _attention.drop_unread_weights(graph)
         _functionalize_updates(graph)
+        _functionalize_assignments(graph)
     except UnsupportedLayerError:
         raise
     except Exception as error:  # torch.fx raises many types for untraceable code
@@ -261,6 +267,29 @@ def _functionalize_updates(graph: fx.Graph) -> None:
         for user in list(updated.users):
             if user is not node and order[user] > order[node]:
                 user.replace_input_with(updated, node)
+
+
+def _functionalize_assignments(graph: fx.Graph) -> None:
+    """``x[index] = value`` on input-dependent data (MViTv2 adds its relative position bias into a
+    slice of the attention scores): the statement becomes ``_trace.assign(x, index, value)``, the
+    updated copy, and every later reader of ``x`` reads it, as for ``_functionalize_updates``; the
+    relevance pass then moves back through it (``_maps.move``): the written elements' relevance
+    to ``value``, the others' to ``x``. Assignments of constants (a mask filled in place) stay."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not operator.setitem or not node.meta.get(DATA, True):
+            continue
+        updated = node.args[0]
+        if not isinstance(updated, fx.Node):
+            continue
+        node.target = _trace.assign
+        for user in list(updated.users):
+            if user is not node and order[user] > order[node]:
+                user.replace_input_with(updated, node)
+    for node in graph.nodes:  # readers of data written into a constant (a zero tensor) read data
+        inputs = node.all_input_nodes
+        if node.meta.get(DATA) is False and any(arg.meta.get(DATA) for arg in inputs):
+            node.meta[DATA] = not _trace._is_metadata_query(node.op, node.target, node.args)
 
 
 def fetch_attr(root: Any, target: str) -> Any:
@@ -421,6 +450,8 @@ def _classify(node: fx.Node, root: Any) -> tuple[str, nn.Module | None]:
                 return "meta", None
             if attribute in ("T", "mT"):
                 return "transpose", None
+            if attribute in ("values", "indices"):  # of what max / min with a dim return
+                return "getitem", None
         if node.target in META_FUNCTIONS:
             return "meta", None
         if node.target in ACTIVATION_FUNCTIONS or _identity_in_eval(node):
@@ -514,13 +545,15 @@ def _classify_module(node: fx.Node, module: nn.Module) -> str:
         return "group_norm"
     if isinstance(module, nn.LocalResponseNorm):
         return "lrn"
+    if isinstance(module, nn.LSTM):
+        return "lstm"
     for module_type, kind in MAP_MODULES:
         if isinstance(module, module_type):
             return kind
     raise UnsupportedLayerError(
         f"LRP has no rule for module {node.target!r} ({type(module).__name__}); "
         "supported: Linear, Conv1d/2d/3d, BatchNorm, pooling, Flatten, Dropout, element-wise "
-        "activations, Softmax, LayerNorm, GroupNorm, LocalResponseNorm, Upsample, Unfold"
+        "activations, Softmax, LayerNorm, GroupNorm, LocalResponseNorm, Upsample, Unfold, LSTM"
     )
 
 

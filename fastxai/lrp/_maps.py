@@ -3,10 +3,13 @@ through it with the op's own backward (``J^T``): for ops whose rule is fixed by 
 so no formula per op is needed.
 
 - ``move`` (copies and selections that never mix values: ``repeat_interleave``, ``repeat``,
-  ``tile``, ``flip``, ``Tensor.unfold``, ``F.unfold`` / ``nn.Unfold``, ``amax``):
+  ``tile``, ``flip``, ``Tensor.unfold``, ``F.unfold`` / ``nn.Unfold``, ``amax`` / ``amin``,
+  ``max`` / ``min`` (``extremum``), an assignment ``x[index] = value`` into input-dependent data):
   ``R_x = J^T R``. Each copy's relevance returns to the element it copies (summed over the
   copies; overlapping windows alike), a maximum's to the element that won (ties share it, as
-  the gradient does): the total is conserved exactly, as for ``expand`` and max pooling.
+  the gradient does; winner-take-all, as for max pooling), an assigned element's to the value
+  written there and the other elements' to the target: the total is conserved exactly, as for
+  ``expand`` and max pooling.
 - ``affine`` (maps affine in the input-dependent arguments with constant coefficients:
   ``F.interpolate`` / ``nn.Upsample`` in every mode, a functional convolution whose weight is
   computed from parameters, as NFNet's weight standardisation and TResNet's blur filter compute
@@ -27,6 +30,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from fastxai.lrp import _trace
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._graph import Step
 
@@ -72,6 +76,16 @@ def _allowed(step: Step, ctx: Any) -> list[int | str]:
                 f"addcmul with more than one input-dependent tensor (node {node.name!r})"
             )
         return positions
+    if node.op == "call_function" and target is _trace.assign:
+        if 1 in positions:
+            raise UnsupportedLayerError(
+                f"an assignment x[index] = value with an input-dependent index (node {node.name!r})"
+            )
+        return positions  # the target, the written value or both
+    if step.kind == "extremum":
+        if any(key not in (0, 1, "other") for key in positions):
+            raise UnsupportedLayerError(f"{_describe(node)} with an input-dependent dim")
+        return positions  # max(a, b): either tensor, or both
     if positions != [0]:
         others = [key for key in positions if key != 0]
         raise UnsupportedLayerError(
@@ -125,8 +139,18 @@ def _argument(node: fx.Node, key: int | str) -> Any:
 
 def move(step: Step, ctx: Any, relevance: torch.Tensor) -> Contributions:
     positions = _allowed(step, ctx)
-    (back,) = _vjp(step, ctx, positions, relevance)
-    return [(_argument(step.node, positions[0]), back)]
+    backs = _vjp(step, ctx, positions, relevance)
+    return [(_argument(step.node, key), back) for key, back in zip(positions, backs, strict=True)]
+
+
+def extremum(step: Step, ctx: Any, relevance: torch.Tensor) -> Contributions:
+    """``max`` / ``min``: of all elements, or element-wise of two tensors (``torch.maximum``), a
+    move to the winners (ties share, as the gradient does; where a constant wins, it absorbs the
+    relevance as a bias would). With a dim they return (values, indices): ``getitem`` already
+    wrote the values' relevance onto the winning elements (``_structure.tuple_item``)."""
+    if isinstance(ctx.value(step.node), tuple):
+        return [(step.node.args[0], relevance)]
+    return move(step, ctx, relevance)
 
 
 def affine(step: Step, ctx: Any, relevance: torch.Tensor) -> Contributions:
@@ -152,6 +176,6 @@ def power(step: Step, ctx: Any, relevance: torch.Tensor) -> Contributions:
     return [(node.args[0], relevance)]
 
 
-HANDLERS = {"move": move, "affine": affine, "power": power}
+HANDLERS = {"move": move, "extremum": extremum, "affine": affine, "power": power}
 
 __all__ = ["HANDLERS"]

@@ -7,7 +7,9 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
 - sums ``x + y`` (and ``x - y``, ``x + bias``): in proportion to the contributions,
   ``R_x = x R / (z + eps sign0(z))`` (a constant addend absorbs its share, like a bias);
 - ``x * c``, ``x / c`` with ``c`` constant: ``R_x = R``; ``x * y`` of two input-dependent
-  tensors: ``R/2`` each (AttnLRP's uniform rule);
+  tensors: ``R/2`` each (AttnLRP's uniform rule); ``x / g`` with ``g`` an input-dependent
+  normaliser (a divisor shared by a group of elements: a row sum, linear attention's
+  denominator) is ``x / c``, ``g`` a constant of the pass (``_errors.division_refusal``);
 - matmul: the epsilon rule on ``z = A @ B``; when both depend on the input the two shares are
   halved (AttnLRP, Achtibat et al. 2024, "bilinear 50/50");
 - mean / sum reductions and average pooling: the epsilon rule;
@@ -19,7 +21,8 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
   with ``J`` the layer's Jacobian at ``x`` (computed with torch.func; a rarely used layer);
 - copies and selections (``repeat_interleave``, ``tile``, ``unfold``, ``amax``, non-constant
   padding), maps affine in the input (``interpolate``, ``nn.Upsample``, functional convolutions
-  with computed weights, ``addcmul``, ``einsum``) and powers: ``fastxai.lrp._maps``.
+  with computed weights, ``addcmul``, ``einsum``) and powers: ``fastxai.lrp._maps``;
+- ``nn.LSTM`` (Arras et al. 2017, gates as constants): ``fastxai.lrp._recurrent``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import torch.nn.functional as F
 from torch import fx
 
 from fastxai import ops
-from fastxai.lrp import _linear, _maps, _structure
+from fastxai.lrp import _linear, _maps, _recurrent, _structure
+from fastxai.lrp._errors import division_refusal
 from fastxai.lrp._forward import run_node
 from fastxai.lrp._graph import Step, UnsupportedLayerError
 from fastxai.lrp.rules import Pass, ZBox
@@ -224,7 +228,13 @@ def mul(step: Step, ctx: Context, relevance: torch.Tensor) -> Contributions:
     operands = [node.args[0], argument(node, 1, "other")]
     variable = [op for op in operands if ctx.variable(op)]
     if step.kind == "div" and ctx.variable(operands[1]):
-        raise UnsupportedLayerError(f"division by an input-dependent tensor (node {node.name!r})")
+        numerator = ctx.value(operands[0])
+        reason = division_refusal(
+            ctx.variable(operands[0]), getattr(numerator, "shape", torch.Size()), ctx.value(operands[1]).shape
+        )
+        if reason is not None:
+            raise UnsupportedLayerError(f"{reason} (node {node.name!r})")
+        return [(operands[0], unbroadcast(relevance, numerator.shape))]  # the normaliser: a constant
     share = relevance if len(variable) == 1 else relevance * 0.5
     return [(op, unbroadcast(share, ctx.value(op).shape)) for op in variable]
 
@@ -446,7 +456,7 @@ HANDLERS: dict[str, Callable[[Step, Context, torch.Tensor], Contributions]] = {
     "matmul": matmul, "mean": reduction, "sum": reduction, "avgpool": avgpool,
     "adaptive_avgpool": adaptive_avgpool, "maxpool": maxpool, "adaptive_maxpool": maxpool,
     "softmax": softmax, "layer_norm": layer_norm, "group_norm": group_norm, "lrn": lrn,
-    **_structure.HANDLERS, **_maps.HANDLERS,
+    **_structure.HANDLERS, **_maps.HANDLERS, **_recurrent.HANDLERS,
 }  # fmt: skip
 
 

@@ -49,14 +49,14 @@ def cached_plan(
     retrace: bool = False,
 ) -> Plan:
     """``build_plan``, cached per module, composite (the same rule objects in the same places)
-    and per-sample input shape (``example``: a few input samples, traced alongside; see
+    and per-sample input shape and dtype (``example``: a few input samples, traced alongside; see
     ``fastxai.lrp._trace``) while the model's submodules stay the same objects; parameters are
     read at every call. ``retrace``: drop the model's plans and traces first (``lrp`` found the
     plan's output is not the model's: its forward took another Python branch than traced)."""
     options: dict[str, Any] = {"maxpool": maxpool, "merge_batchnorm": merge_batchnorm, "example": example}
     if not isinstance(model, nn.Module):
         return annotate(build_plan(model, composite, **options))
-    shape = None if example is None else tuple(example.shape[1:])
+    shape = None if example is None else (tuple(example.shape[1:]), example.dtype)
     key = (_composite_key(composite), maxpool, merge_batchnorm, shape)
     if retrace:
         _PLANS.pop(model, None)

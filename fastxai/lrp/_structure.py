@@ -12,7 +12,9 @@ exactly and its total is conserved:
   whose relevance returns to them (``_maps.move``);
 - ``expand`` / ``expand_as`` / ``broadcast_to``: summed over the copies;
 - ``masked_fill`` with a constant mask: filled positions hold a constant, they carry none;
-- ``select`` / ``narrow``: written back into a zero tensor of the input's shape.
+- ``select`` / ``narrow``: written back into a zero tensor of the input's shape;
+- ``getitem`` on what ``max`` / ``min`` with a dim return: the values' relevance goes to the
+  winning elements, held (as a split's) in a tensor shaped like the input.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastxai.lrp import _maps
+from fastxai.lrp import _maps, _recurrent
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._graph import Step
 
@@ -42,6 +44,12 @@ def tuple_item(step: Step, ctx: Any, relevance: torch.Tensor, pieces: Any) -> Co
     source: Any = node.args[0]
     index = ctx.value(node.args[1])
     producer = ctx.steps.get(source)
+    if producer is not None and producer.kind == "extremum":
+        index = {"values": 0, "indices": 1}.get(index, index)
+        if isinstance(index, int):
+            return _selected_values(producer, ctx, relevance, pieces, index)
+    if producer is not None and producer.kind == "lstm" and isinstance(index, int):
+        return _recurrent.lstm_item(step, relevance, index)
     if producer is None or producer.kind != "split" or not isinstance(index, int):
         raise UnsupportedLayerError(
             f"LRP has no rule for indexing the tuple that node {source.name!r} returns (node {node.name!r})"
@@ -58,6 +66,25 @@ def tuple_item(step: Step, ctx: Any, relevance: torch.Tensor, pieces: Any) -> Co
         offset = sum(piece.shape[dim] for piece in pieces[:index])
         result.narrow(dim, offset, pieces[index].shape[dim]).copy_(relevance)
     return [(source, result)]
+
+
+def _selected_values(
+    producer: Step, ctx: Any, relevance: torch.Tensor, pieces: Any, index: int
+) -> Contributions:
+    """``max`` / ``min`` with a dim return (values, indices): the values' relevance, written onto
+    the elements that won (winner-take-all, as for max pooling), is the tuple's."""
+    node = producer.node
+    if index % len(pieces) != 0:
+        raise UnsupportedLayerError(
+            f"relevance reached the indices that node {node.name!r} returns: integer positions carry none"
+        )
+    inputs = ctx.value(node.args[0])
+    dim = _argument(node, 1, "dim") % inputs.dim()
+    indices = pieces[1]
+    if not _argument(node, 2, "keepdim", False):
+        indices, relevance = indices.unsqueeze(dim), relevance.unsqueeze(dim)
+    result = relevance.new_zeros(inputs.shape).scatter_(dim, indices, relevance)
+    return [(node, result)]
 
 
 def split(step: Step, ctx: Any, relevance: torch.Tensor) -> Contributions:

@@ -339,4 +339,12 @@ def _drop_default_placeholders(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
-__all__ = ["DATA", "VALUE", "Tracer", "ValueProxy", "optional_defaults"]
+def assign(target: torch.Tensor, index: Any, value: Any) -> torch.Tensor:
+    """``target[index] = value`` out of place: what the graph runs for an assignment into
+    input-dependent data (see ``fastxai.lrp._graph._functionalize_assignments``)."""
+    result = target.clone()
+    result[index] = value
+    return result
+
+
+__all__ = ["DATA", "VALUE", "Tracer", "ValueProxy", "assign", "optional_defaults"]

@@ -162,8 +162,28 @@ class _PoolsAndPowers(nn.Module):
         return self.head(torch.cat([rows.flatten(1), peak], dim=1))
 
 
-def test_engines_agree_on_pooling_upsampling_powers_and_selections() -> None:
-    model = _PoolsAndPowers().double().eval()
+class _SelectionsAndNormalisers(nn.Module):
+    """max with a dim, an element-wise maximum, an assignment into a slice and a division by a
+    row sum (a normaliser): ops both engines have rules for (both refused them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 4 + 4 * 8 + 4 * 16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))  # [B, 4, 4, 4]
+        peak = h.max(dim=-1)[0]  # [B, 4, 4]
+        larger = torch.maximum(h[:, :, :2], h[:, :, 2:])  # [B, 4, 2, 4]
+        shares = h / (h.sum(dim=-1, keepdim=True) + 1.0)
+        shares[:, :, 1:, 1:] = shares[:, :, 1:, 1:] * 2.0 + h[:, :, :-1, :-1]
+        return self.head(torch.cat([peak.flatten(1), larger.flatten(1), shares.flatten(1)], dim=1))
+
+
+@pytest.mark.parametrize("body", [_PoolsAndPowers, _SelectionsAndNormalisers])
+def test_engines_agree_on_pooling_selections_assignments_and_normalisers(body: type[nn.Module]) -> None:
+    model = body().double().eval()
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     traced = lrp(model, x, target=1, composite="epsilon", engine="fx")
     relevance = lrp(model, x, target=1, composite="epsilon", engine="gradient")
@@ -285,12 +305,20 @@ def test_an_op_without_a_rule_names_its_line_and_the_model_is_left_as_found(trai
 
 
 def test_division_by_an_activation_is_refused() -> None:
+    """Only a normaliser (a divisor shared by a group of elements) is a constant of the pass."""
+
     class Divide(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x / (x + 10)
 
-    with pytest.raises(UnsupportedLayerError, match="divisor"):
+    class Reciprocal(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * (1.0 / (x.sum(1, keepdim=True) + 10))
+
+    with pytest.raises(UnsupportedLayerError, match="divisor of the numerator's shape"):
         lrp(Divide(), torch.randn(2, 4), target=0, engine="gradient")
+    with pytest.raises(UnsupportedLayerError, match="of a constant by a relevance-carrying tensor"):
+        lrp(Reciprocal(), torch.randn(2, 4), target=0, engine="gradient")
 
 
 def test_auto_keeps_the_traced_engine_for_plain_models() -> None:

@@ -342,3 +342,142 @@ def test_an_update_through_a_view_is_refused() -> None:
     model = Pair(UpdatesAView(), 3, 48).double().eval()
     with pytest.raises(UnsupportedLayerError, match="does not reproduce"):
         lrp(model, X, target=0, composite=EXACT)
+
+
+class MaxValues(nn.Module):
+    """``max`` / ``min`` with a dim, the values picked from the (values, indices) they return."""
+
+    def __init__(self, keepdim: bool, smallest: bool = False) -> None:
+        super().__init__()
+        self.keepdim, self.smallest = keepdim, smallest
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.smallest:
+            return h.min(dim=-1, keepdim=self.keepdim).values
+        return torch.max(h, -1, self.keepdim)[0] if self.keepdim else h.max(-1)[0]
+
+
+class NegatedAmax(nn.Module):  # min as the negated maximum of the negation
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return -((-h).amax(dim=-1))
+
+
+class Maximum(nn.Module):
+    """The element-wise maximum of two halves, by ``torch.maximum``, ``torch.max(a, b)`` or the
+    ``amax`` of their stack."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a, b = h[:, :, :2], h[:, :, 2:]
+        if self.how == "maximum":
+            return torch.maximum(a, b)
+        if self.how == "max":
+            return torch.max(a, b)
+        return torch.stack([a, b]).amax(0)
+
+
+@pytest.mark.parametrize(
+    ("op", "reference", "size"),
+    [
+        (MaxValues(keepdim=True), Amax(), 12),
+        (MaxValues(keepdim=False), MaxPooledRows(), 12),
+        (MaxValues(keepdim=False, smallest=True), NegatedAmax(), 12),
+        (Maximum("maximum"), Maximum("stack"), 24),
+        (Maximum("max"), Maximum("stack"), 24),
+    ],
+    ids=["max_dim_keepdim", "max_dim", "min_dim", "maximum", "max_of_two"],
+)
+def test_max_and_min_are_selections(op: nn.Module, reference: nn.Module, size: int) -> None:
+    """Winner-take-all, as max pooling and amax: the maximum's relevance goes to the element that
+    won (these were refused: ``call_method 'max'``)."""
+    torch.testing.assert_close(_relevance(op, 3, size, X), _relevance(reference, 3, size, X))
+
+
+class Placed(nn.Module):
+    """``h`` assigned into the middle of a zero tensor, or the same by ``F.pad``."""
+
+    def __init__(self, assigned: bool) -> None:
+        super().__init__()
+        self.assigned = assigned
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.assigned:
+            return F.pad(h, (1, 1, 1, 1))
+        out = h.new_zeros(h.shape[0], h.shape[1], 6, 6)
+        out[:, :, 1:5, 1:5] = h
+        return out
+
+
+def test_an_assignment_into_a_constant_routes_relevance_to_the_value() -> None:
+    torch.testing.assert_close(_relevance(Placed(True), 3, 108, X), _relevance(Placed(False), 3, 108, X))
+
+
+class Assigned(nn.Module):
+    """``h[..., 1:, 1:] = 2 h[..., 1:, 1:] + h[..., :-1, :-1]`` in place (MViTv2 adds its relative
+    position bias into a slice of the attention scores so), or the same tensor built with cat."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        written = h[:, :, 1:, 1:] * 2.0 + h[:, :, :-1, :-1]
+        if self.in_place:
+            h[:, :, 1:, 1:] = written
+            return h
+        return torch.cat([h[:, :, :1], torch.cat([h[:, :, 1:, :1], written], dim=-1)], dim=2)
+
+
+def test_an_assignment_routes_relevance_to_the_written_values_and_the_rest() -> None:
+    """The written elements' relevance goes to the value written, the others' to the target,
+    whose overwritten elements get none (``setitem`` was refused)."""
+    torch.testing.assert_close(_relevance(Assigned(True), 3, 48, X), _relevance(Assigned(False), 3, 48, X))
+
+
+class Normalised(nn.Module):
+    """``h / (sum_w h + 1)``, each row divided by its sum (a normaliser); with ``scale`` given the
+    divisor is that constant instead (the same function at one input)."""
+
+    def __init__(self, scale: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def divisor(self, h: torch.Tensor) -> torch.Tensor:
+        return h.sum(dim=-1, keepdim=True) + 1.0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h / (self.divisor(h) if self.scale is None else self.scale)
+
+
+def test_a_normaliser_is_a_constant_of_the_pass() -> None:
+    """``x / g(x)`` with ``g`` a row sum: ``g`` is a constant (as LayerNorm's std in AttnLRP), the
+    relevance is that of the same model with ``g`` frozen at this input, and it is conserved
+    (``division by an input-dependent tensor`` was refused)."""
+    model = Pair(Normalised(), 3, 48).double().eval()
+    with torch.no_grad():
+        scale = model.body.divisor(torch.relu(model.conv(X)))
+    torch.testing.assert_close(_relevance(Normalised(), 3, 48, X), _relevance(Normalised(scale), 3, 48, X))
+
+
+class Quotient(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.how == "element-wise":
+            return h / (h + 1.0)  # a function of each element, no normaliser
+        return h * (1.0 / (h.sum(dim=-1, keepdim=True) + 1.0))  # the reciprocal: no numerator
+
+
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [("element-wise", "of the numerator's shape"), ("reciprocal", "numerator carries no relevance")],
+)
+def test_other_divisions_by_activations_are_refused(how: str, words: str) -> None:
+    model = Pair(Quotient(how), 3, 48).double().eval()
+    with pytest.raises(UnsupportedLayerError, match=words):
+        lrp(model, X, target=0, composite=EXACT)

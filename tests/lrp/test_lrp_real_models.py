@@ -134,6 +134,14 @@ CASES = [
     Case("timm_resmlp_12", _timm("resmlp_12_224", img_size=32), 32, conserving=False),
     Case("timm_convnextv2_atto", _timm("convnextv2_atto"), 32),  # GRN: norms as constants
     Case("timm_eva02_tiny", _timm("eva02_tiny_patch14_224", img_size=28), 28, conserving=False, slow=True),
+    # linear attention divided by its normaliser (a constant of the pass), conserved: EfficientViT
+    # runs it in float32 also in a float64 model (measured 6e-8)
+    Case("timm_efficientvit_b0", _timm("efficientvit_b0"), 32),
+    Case("timm_volo_d1", _timm("volo_d1_224", img_size=32), 32, conserving=False, slow=True),  # max(dim)
+    # x[index] = value (relative position bias); epsilon: z+ on the convolutions that pool queries,
+    # keys and values gives relevances 1e5 times the logit (with or without the assignment)
+    Case("timm_mvitv2_tiny", _timm("mvitv2_tiny", img_size=32), 32, False, True, "epsilon"),
+    Case("timm_sequencer2d_s", _timm("sequencer2d_s", img_size=56), 56, slow=True),  # LSTMs, conserved
 ]
 
 RESULTS: dict[str, tuple[float, float | None]] = {}
@@ -180,8 +188,11 @@ def strip_biases(model: nn.Module) -> None:
     """Zero every bias (Linear, Conv, norms) and BatchNorm mean: what conservation needs."""
     with torch.no_grad():
         for module in model.modules():
+            for name, bias in module.named_parameters(recurse=False):
+                if name.startswith("bias"):  # also an LSTM's bias_ih_l0, ...
+                    bias.zero_()
             bias = getattr(module, "bias", None)
-            if isinstance(bias, torch.Tensor):
+            if isinstance(bias, torch.Tensor):  # a bias buffer
                 bias.zero_()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
                 module.running_mean.zero_()

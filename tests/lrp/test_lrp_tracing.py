@@ -101,6 +101,30 @@ def test_shape_dependent_branch_retraces_for_another_input_shape() -> None:
         torch.testing.assert_close(relevance.flatten(1).sum(1), model(x)[:, 2], rtol=1e-10, atol=1e-10)
 
 
+class CastsBack(nn.Module):
+    """A step in float32, cast back to the input's dtype (EfficientViT's linear attention)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mix(x).float().to(x.dtype))
+
+
+def test_a_model_reading_the_dtype_retraces_for_another_input_dtype() -> None:
+    """The trace bakes ``x.dtype`` in: the float32 trace must not serve the float64 model."""
+    model = CastsBack()
+    lrp(model, torch.randn(2, 4), target=0)
+    model.double()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    relevance = lrp(model, x, target=0, composite=LRP_0)
+    assert relevance.dtype == torch.float64
+    with torch.no_grad():
+        logit, bias = model(x)[:, 0], model.head.bias[0] + model.head.weight[0] @ model.mix.bias
+    torch.testing.assert_close(relevance.sum(1), logit - bias)  # the biases absorb their shares
+
+
 class DataBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 """LRP (AttnLRP) on stock Hugging Face ``transformers`` classes, tiny random configs, nothing
-downloaded: BERT, RoBERTa, GPT-2 and Llama sequence classifiers (token ids and an attention
-mask with padding), GPT-2's causal LM head (a (position, token) target), and ViT on pixels.
+downloaded: BERT, RoBERTa, GPT-2, Llama and Mixtral (a mixture of experts) sequence classifiers
+(token ids and an attention mask with padding), GPT-2's causal LM head (a (position, token)
+target), and ViT on pixels.
 
 Every model: the relevance is finite and per token ([B, T]) or per pixel; padded tokens get
 exactly none (masked keys get softmax weight 0, and right padding comes after every token a
@@ -40,6 +41,8 @@ class Case:
     name: str
     build: Callable[[Any], nn.Module]
     pad: int | None  # the pad token id (None: pixels)
+    softmaxes: int = 2  # per forward pass
+    exact: Callable[[nn.Module], None] | None = None  # prepares the float64 model of the conservation check
 
 
 def _bert(tr: Any) -> nn.Module:
@@ -68,6 +71,23 @@ def _llama(tr: Any) -> nn.Module:
     return tr.LlamaForSequenceClassification(config)
 
 
+def _mixtral(tr: Any) -> nn.Module:
+    """A mixture of experts: the router's top-2 weights divided by their sum (a normaliser, a
+    constant of the pass), the experts as grouped matmuls; one more softmax per layer (the router,
+    which Mixtral runs in float32 also in a float64 model: conserved to about 3e-10)."""
+    config = tr.MixtralConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=64, num_labels=CLASSES, pad_token_id=0,
+                              bos_token_id=2, eos_token_id=2, max_position_embeddings=16, num_local_experts=4,
+                              num_experts_per_tok=2)  # fmt: skip
+    return tr.MixtralForSequenceClassification(config)
+
+
+def _eager_experts(model: nn.Module) -> None:
+    """Mixtral's experts as a loop of F.linear and index_add_: torch's grouped matmul (the default)
+    has no float64 kernel on the CPU."""
+    model.config._experts_implementation = "eager"
+
+
 def _vit(tr: Any) -> nn.Module:
     config = tr.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2,
                           num_attention_heads=2, intermediate_size=64, num_labels=CLASSES)  # fmt: skip
@@ -75,7 +95,8 @@ def _vit(tr: Any) -> nn.Module:
 
 
 CASES = [Case("bert", _bert, 0), Case("roberta", _roberta, 1), Case("gpt2", _gpt2, 0),
-         Case("llama", _llama, 0), Case("vit", _vit, None)]  # fmt: skip
+         Case("llama", _llama, 0), Case("mixtral", _mixtral, 0, softmaxes=4, exact=_eager_experts),
+         Case("vit", _vit, None)]  # fmt: skip
 RESULTS: dict[str, dict[str, float]] = {}
 
 
@@ -164,6 +185,8 @@ def _zero_constants(model: nn.Module) -> None:
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_conserves_relevance_but_what_the_softmaxes_absorb(case: Case) -> None:
     model = _model(case).double()
+    if case.exact is not None:
+        case.exact(model)
     _zero_constants(model)
     x, kwargs = _inputs(case)
     x = x.double() if case.pad is None else x
@@ -175,8 +198,8 @@ def test_conserves_relevance_but_what_the_softmaxes_absorb(case: Case) -> None:
         LEDGER.reset(token)
     logit = _logits(model, x, kwargs)[:, 2]
     total = relevance.flatten(1).sum(1)
-    assert len(ledger) == 2  # one softmax per layer
-    absorbed = sum(ledger)
+    assert len(ledger) == case.softmaxes  # one per layer (and router)
+    absorbed = sum(entry.view(len(x), -1).sum(1) for entry in ledger)  # the router's are per token
     assert isinstance(absorbed, torch.Tensor) and (absorbed.abs() > 1e-6 * logit.abs()).all()
     raw = ((total - logit).abs() / logit.abs()).max().item()
     error = ((total + absorbed - logit).abs() / logit.abs()).max().item()

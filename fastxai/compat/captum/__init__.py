@@ -195,7 +195,10 @@ class Saliency(GradientAttribution):
     ) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        grads = self._run(lambda: saliency(forward, packed.flat, target, abs=abs, chunk_size=chunk))
+        grads = self._run(
+            lambda: saliency(forward, packed.flat, target, abs=abs, chunk_size=chunk),
+            inputs_gradient_only=True,
+        )
         return packed.format(grads)
 
 
@@ -209,7 +212,10 @@ class InputXGradient(GradientAttribution):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        result = self._run(lambda: input_x_gradient(forward, packed.flat, target, chunk_size=chunk))
+        result = self._run(
+            lambda: input_x_gradient(forward, packed.flat, target, chunk_size=chunk),
+            inputs_gradient_only=True,
+        )
         return packed.format(result)
 
 
@@ -225,7 +231,11 @@ class _ModifiedReluAttribution(GradientAttribution):
     def attribute(self, inputs: Any, target: Any = None, additional_forward_args: Any = None) -> Any:
         packed, forward, chunk = self._prepare(inputs, additional_forward_args)
         target = check_target(target)
-        grads = self._run(lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk))
+        # the rule hooks the relu nodes of each forward's graph, never a module
+        grads = self._run(
+            lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk),
+            inputs_gradient_only=True,
+        )
         return packed.format(grads)
 
 
@@ -305,7 +315,7 @@ class IntegratedGradients(_PathAttribution):
                 max_steps=max_steps, on_unconverged=on_unconverged, max_pieces=max_pieces,
             )
 
-        attributions = self._run(run)
+        attributions = self._run(run, inputs_gradient_only=method != "exact")  # exact taps layers
         if method == "riemann_trapezoid":
             # Captum's trapezoid weights are (n-1)/n times the true rule's: same points, scaled.
             attributions = attributions * ((n_steps - 1) / n_steps)
@@ -370,7 +380,8 @@ class GradientShap(_PathAttribution):
                 seed=seed, multiply_by_inputs=self._multiply_by_inputs,
                 return_convergence_delta=return_convergence_delta, chunk_size=chunk, method=method,
                 tolerance=tolerance, max_steps=max_steps, on_unconverged=on_unconverged,
-            )
+            ),
+            inputs_gradient_only=True,
         )
         if not return_convergence_delta:
             return packed.format(result)
