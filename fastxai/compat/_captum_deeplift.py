@@ -19,8 +19,9 @@ from torch import nn
 
 from fastxai import _model
 from fastxai.attribution.deeplift import deeplift, deeplift_shap
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_inputs import PackedInputs, chunk_rows
-from fastxai.compat.captum import Attribution, baseline_distribution
+from fastxai.compat.captum import baseline_distribution
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,7 +85,7 @@ def _custom(
     return tuple(result) if isinstance(result, (tuple, list)) else (result,)
 
 
-class DeepLift(Attribution):
+class DeepLift(GradientAttribution):
     """Captum's ``DeepLift`` (Rescale rule): ``attribute`` returns ``m * (x - x')`` (or the
     multipliers ``m`` with ``multiply_by_inputs=False``, or ``custom_attribution_func(m, x, x')``)."""
 

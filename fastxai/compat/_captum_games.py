@@ -387,11 +387,16 @@ class PerturbationAttribution(Attribution):
 
     progress_name = "Perturbation"
     supports_future = False
+    _futures = False  # also for subclasses whose __init__ goes another way (NeuronFeatureAblation)
 
     def __init__(self, forward_func: Callable[..., Any]) -> None:
         # explicit, not super(): Captum's own ShapleyValues calls ShapleyValueSampling.__init__ on itself
         Attribution.__init__(self, forward_func)
         self._futures = False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
 
     def attribute_future(self, *args: Any, **kwargs: Any) -> torch.futures.Future:
         """Captum's ``attribute_future``: the forward returns futures; the result is a completed

@@ -30,9 +30,10 @@ from torch import nn
 
 from fastxai._layer_capture import INTERPOLATE_MODES, interpolate
 from fastxai.attribution.guided import modified_relu_gradient
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
 from fastxai.compat._captum_targets import select_target
-from fastxai.compat.captum import Attribution, Forward, check_device_ids, check_target
+from fastxai.compat.captum import Forward, check_device_ids, check_target
 
 
 class LayerAttribution:
@@ -112,7 +113,7 @@ def layer_tensors_and_gradients(
     )
 
 
-class LayerGradCam(Attribution):
+class LayerGradCam(GradientAttribution):
     """Captum's ``LayerGradCam`` (see the module docstring for the formula and shapes)."""
 
     def __init__(self, forward_func: Forward, layer: nn.Module, device_ids: Any = None) -> None:
@@ -159,7 +160,7 @@ class LayerGradCam(Attribution):
         return tuple(maps) if len(maps) > 1 else maps[0]
 
 
-class GuidedGradCam(Attribution):
+class GuidedGradCam(GradientAttribution):
     """Captum's ``GuidedGradCam``: guided backprop times the ReLU'd Grad-CAM map interpolated to
     each input (every ReLU guided, also functional ones)."""
 

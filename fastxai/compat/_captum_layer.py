@@ -38,6 +38,7 @@ from fastxai._layer_capture import resolve_layer
 from fastxai.attribution import quadrature
 from fastxai.attribution.integrated_gradients import fixed_path
 from fastxai.attribution.layer_conductance import check_path, conductance_at, end_scores
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_inputs import PackedInputs, as_tuple
 from fastxai.compat.captum import Attribution, Forward, check_device_ids, check_target, module_of, unsupported
 
@@ -147,7 +148,7 @@ class LayerActivation(_LayerMethod):
         return self._format(site, site.origin)
 
 
-class LayerGradientXActivation(_LayerMethod):
+class LayerGradientXActivation(_LayerMethod, GradientAttribution):
     """Captum's ``LayerGradientXActivation``: ``h * dF_target/dh`` (the gradient alone with
     ``multiply_by_inputs=False``), one forward and backward."""
 
@@ -187,7 +188,7 @@ class LayerGradientXActivation(_LayerMethod):
         return self._format(site, self._run(run, leaves_state=True))  # activation gradients only
 
 
-class LayerIntegratedGradients(_LayerMethod):
+class LayerIntegratedGradients(_LayerMethod, GradientAttribution):
     """Captum's ``LayerIntegratedGradients``: IG in the layer's space, ``(h - h') * integral
     dF/dh(h' + a (h - h')) da`` with ``h'`` the layer's values at the baselines (Captum's
     points and weights; the path integral alone with ``multiply_by_inputs=False``)."""
@@ -249,7 +250,7 @@ class LayerIntegratedGradients(_LayerMethod):
         return (result, delta) if return_convergence_delta else result
 
 
-class LayerConductance(_LayerMethod):
+class LayerConductance(_LayerMethod, GradientAttribution):
     """Captum's ``LayerConductance`` (``fastxai.attribution.layer_conductance``): the share of
     IG flowing through each unit, ``sum_k dF/dh(x_k) (h(x_{k+1}) - h(x_k))`` along the
     input-space path (``n_steps + 1`` points)."""

@@ -30,6 +30,7 @@ from torch import nn
 
 from fastxai._layer_capture import Slots
 from fastxai.attribution.layer_deeplift import layer_multipliers
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_deeplift import BaselineDistributionError, _custom
 from fastxai.compat._captum_inputs import as_tuple
 from fastxai.compat._captum_layer import (
@@ -44,7 +45,7 @@ from fastxai.compat.captum import baseline_distribution
 Tensor = torch.Tensor
 
 
-class LayerDeepLift(_LayerMethod):
+class LayerDeepLift(_LayerMethod, GradientAttribution):
     """Captum's ``LayerDeepLift``: DeepLIFT (Rescale rule) at a layer, ``m_h * (h - h')``."""
 
     def __init__(self, model: nn.Module, layer: Layers, multiply_by_inputs: bool = True) -> None:

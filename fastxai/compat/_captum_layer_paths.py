@@ -35,6 +35,7 @@ from fastxai import _layer, _scheduling, ops
 from fastxai.attribution import quadrature
 from fastxai.attribution.gradient_shap import draws
 from fastxai.attribution.smoothgrad import _check_seed
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_inputs import PackedInputs
 from fastxai.compat._captum_layer import (
     Layers,
@@ -67,7 +68,7 @@ def values_and_scores(
     return values, flat.gather(1, target.view(-1, 1)).squeeze(1)
 
 
-class LayerGradientShap(_LayerMethod):
+class LayerGradientShap(_LayerMethod, GradientAttribution):
     """Captum's ``LayerGradientShap``: GradientSHAP of a layer's output (or input) with
     input-space baselines, noise and path points (see the module docstring)."""
 
@@ -161,7 +162,7 @@ class LayerGradientShap(_LayerMethod):
         return (result, delta) if return_convergence_delta else result
 
 
-class InternalInfluence(_LayerMethod):
+class InternalInfluence(_LayerMethod, GradientAttribution):
     """Captum's ``InternalInfluence`` (Leino et al. 2018): ``integral dF/dh(x' + a (x - x')) da``
     along the input-space path, by Captum's points and weights for ``method``."""
 

@@ -25,6 +25,7 @@ import torch
 
 from fastxai.attribution.lime import lime
 from fastxai.compat._captum_games import PerturbationAttribution
+from fastxai.compat._captum_lime_base import LimeBase, check_interpretable_model
 from fastxai.compat._captum_perturbation import GroupAttribution
 
 
@@ -57,21 +58,18 @@ def _surrogate_choice(interpretable_model: object) -> tuple[str, float] | None:
         return "lasso", float(kwargs.get("alpha", 1.0))  # sklearn's Lasso default
     if kind == "SkLearnLinearRegression" and not kwargs:
         return "linear", 0.0
-    if not (
-        callable(getattr(interpretable_model, "fit", None))
-        and callable(getattr(interpretable_model, "representation", None))
-    ):
-        raise TypeError(
-            "interpretable_model must be None or a Captum Model with fit(dataloader) and representation(), "
-            f"got {kind}"
-        )
+    check_interpretable_model(interpretable_model, allow_none=True)
     return None
 
 
-class Lime(GroupAttribution):
-    """Captum's ``Lime`` on ``fastxai.lime`` (see the module doc for what runs batched)."""
+class Lime(GroupAttribution, LimeBase):
+    """Captum's ``Lime`` on ``fastxai.lime`` (see the module doc for what runs batched). A
+    ``LimeBase`` as in Captum (``isinstance``, properties), with its own ``attribute``: the
+    interpretable space is the feature mask's groups, mapped to inputs by ``fastxai.lime``."""
 
     progress_name = "Lime"
+    perturb_interpretable_space = True
+    from_interp_rep_transform = to_interp_rep_transform = None
 
     def __init__(
         self,
@@ -90,7 +88,7 @@ class Lime(GroupAttribution):
         self._surrogate = _surrogate_choice(interpretable_model)
         self._kernel = _captum_kernel(similarity_func)
 
-    def attribute(
+    def attribute(  # type: ignore[override]  # Captum's Lime has its own arguments too
         self,
         inputs: Any,
         baselines: Any = None,

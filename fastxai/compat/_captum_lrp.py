@@ -42,8 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_inputs import PackedInputs
-from fastxai.compat.captum import Attribution
 from fastxai.lrp import _graph, core
 from fastxai.lrp._linear import BATCHNORM_TYPES, LINEAR_TYPES
 from fastxai.lrp.composites import Composite
@@ -171,7 +171,7 @@ class _Bound(nn.Module):
         return output.reshape(output.shape[0], -1)
 
 
-class LRP(Attribution):
+class LRP(GradientAttribution):
     """Layer-wise relevance propagation with Captum's constructor and ``attribute``.
 
     ``functional`` (fastxai's keyword): ``"gradient"`` (Captum's numbers) sends relevance through

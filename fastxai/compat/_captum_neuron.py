@@ -46,11 +46,12 @@ import torch
 from torch import nn
 
 from fastxai._layer_capture import resolve_layer
+from fastxai.compat._captum_attribution import GradientAttribution, NeuronAttribution
 from fastxai.compat._captum_deeplift import DeepLift, DeepLiftShap
+from fastxai.compat._captum_games import PerturbationAttribution
 from fastxai.compat._captum_inputs import as_tuple
 from fastxai.compat._captum_perturbation import FeatureAblation
 from fastxai.compat.captum import (
-    CaptumMethod,
     Forward,
     GradientShap,
     IntegratedGradients,
@@ -213,7 +214,7 @@ class NeuronForward(nn.Module):
         return select(tap.taken(), self.selector, self.scalar).unsqueeze(1)
 
 
-class _NeuronMethod(CaptumMethod):
+class _NeuronMethod(NeuronAttribution):
     """A forward function and a layer of it; ``_neuron`` builds the neuron forward."""
 
     def __init__(self, forward_func: Forward, layer: nn.Module, device_ids: Any = None) -> None:
@@ -223,9 +224,8 @@ class _NeuronMethod(CaptumMethod):
         if isinstance(layer, list):
             raise TypeError("layer must be one nn.Module for a neuron method, got a list")
         model = module_of(forward_func)
-        self.forward_func = forward_func
-        self.layer = resolve_layer(model if model is not None else forward_func, layer)
-        self.device_ids = device_ids
+        resolved = resolve_layer(model if model is not None else forward_func, layer)
+        NeuronAttribution.__init__(self, forward_func, resolved, device_ids)
 
     def has_convergence_delta(self) -> bool:
         return False
@@ -243,7 +243,7 @@ class _NeuronMethod(CaptumMethod):
         return NeuronForward(self.forward_func, self.layer, selector, attribute_to_neuron_input)
 
 
-class NeuronGradient(_NeuronMethod):
+class NeuronGradient(_NeuronMethod, GradientAttribution):
     """Captum's ``NeuronGradient``: ``d n / d x`` of the selected neuron ``n``."""
 
     def attribute(
@@ -259,7 +259,7 @@ class NeuronGradient(_NeuronMethod):
         )
 
 
-class _MultiplyingNeuronMethod(_NeuronMethod):
+class _MultiplyingNeuronMethod(_NeuronMethod, GradientAttribution):
     def __init__(
         self, forward_func: Forward, layer: nn.Module, device_ids: Any = None, multiply_by_inputs: bool = True
     ) -> None:
@@ -356,7 +356,7 @@ class NeuronDeepLiftShap(NeuronDeepLift):
     shap = True
 
 
-class NeuronFeatureAblation(_NeuronMethod):
+class NeuronFeatureAblation(_NeuronMethod, PerturbationAttribution):
     """Captum's ``NeuronFeatureAblation``: the neuron's change when each feature (group) is set
     to its baseline."""
 

@@ -32,13 +32,14 @@ from typing import Any
 from torch import nn
 
 from fastxai.attribution.guided import NoReluError
+from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_neuron import _NeuronMethod
 from fastxai.compat.captum import Deconvolution, GuidedBackprop
 
 __all__ = ["NeuronDeconvolution", "NeuronGuidedBackprop"]
 
 
-class _NeuronModifiedRelu(_NeuronMethod):
+class _NeuronModifiedRelu(_NeuronMethod, GradientAttribution):
     """A neuron's gradient under a modified ReLU rule (``method``: the drop-in class of that rule)."""
 
     method: type[GuidedBackprop] | type[Deconvolution] = GuidedBackprop

@@ -47,6 +47,7 @@ from fastxai.compat._captum_games import (
     flat_baselines,
     output_dtype,
 )
+from fastxai.compat._captum_lime_base import LimeBase
 
 
 class GroupAttribution(PerturbationAttribution):
@@ -317,12 +318,19 @@ class ShapleyValueSampling(GroupAttribution):
         return format_rows(game, values, tuple(game.output.shape) or (1,))
 
 
-class KernelShap(GroupAttribution):
-    """Captum's ``KernelShap(forward_func)`` on ``fastxai.kernel_shap`` (exact efficiency)."""
+class KernelShap(GroupAttribution, LimeBase):
+    """Captum's ``KernelShap(forward_func)`` on ``fastxai.kernel_shap`` (exact efficiency). A
+    ``LimeBase`` as in Captum (``isinstance``, properties), with its own ``attribute``."""
+
+    perturb_interpretable_space = True
+    from_interp_rep_transform = to_interp_rep_transform = None  # samples are mapped in kernel_shap
+
+    def __init__(self, forward_func: Callable[..., Any]) -> None:
+        PerturbationAttribution.__init__(self, forward_func)
 
     progress_name = "Kernel Shap"
 
-    def attribute(
+    def attribute(  # type: ignore[override]  # Captum's KernelShap has its own arguments too
         self,
         inputs: Any,
         baselines: Any = None,

@@ -9,14 +9,18 @@ Constructors and ``attribute`` take Captum 0.9's arguments: tuple inputs,
 ``fastxai.compat._captum_inputs``), every target form (``_captum_targets``),
 ``internal_batch_size`` / ``nt_samples_batch_size`` (the chunking), ``return_convergence_delta``
 and ``compute_convergence_delta`` (Captum's sign: ``sum(attr) - (f(x) - f(baseline))``),
-``multiply_by_inputs``. Deterministic classes give Captum's numbers to float tolerance. Defined
-here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
+``multiply_by_inputs``. Deterministic classes give Captum's numbers to float tolerance. Every
+class derives from the bases its Captum counterpart derives from, ``Attribution``,
+``GradientAttribution``, ``NeuronAttribution`` (``_captum_attribution``) and
+``PerturbationAttribution`` (``_captum_games``), which user code may subclass as with Captum.
+Defined here: ``Saliency``, ``InputXGradient``, ``GuidedBackprop``, ``Deconvolution``,
 ``IntegratedGradients``, ``GradientShap``; one module per family, loaded on first use:
 ``NoiseTunnel`` (``_captum_noise_tunnel``), ``LayerGradCam``, ``GuidedGradCam``,
 ``LayerAttribution`` (``_captum_grad_cam``), ``LayerIntegratedGradients``, ``LayerConductance``,
 ``LayerActivation``, ``LayerGradientXActivation`` (``_captum_layer``), ``DeepLift``,
 ``DeepLiftShap`` (``_captum_deeplift``), ``Occlusion``, ``FeatureAblation``, ``KernelShap``,
-``ShapleyValueSampling`` (``_captum_perturbation``), ``Lime`` (``_captum_lime``),
+``ShapleyValueSampling`` (``_captum_perturbation``), ``Lime`` (``_captum_lime``), ``LimeBase``
+(``_captum_lime_base``),
 ``LayerFeatureAblation``, ``LayerFeaturePermutation`` (``_captum_layer_ablation``), ``LRP`` (``_captum_lrp``),
 ``LayerLRP`` (``_captum_layer_lrp``),
 ``LayerGradientShap``, ``InternalInfluence`` (``_captum_layer_paths``), ``NeuronGradient``,
@@ -61,23 +65,27 @@ Differences from Captum, on purpose:
 from __future__ import annotations
 
 import inspect
-import types
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from fastxai import _model
 from fastxai.attribution import quadrature
 from fastxai.attribution.gradient import input_x_gradient, saliency
 from fastxai.attribution.gradient_shap import gradient_shap
 from fastxai.attribution.guided import modified_relu_gradient
 from fastxai.attribution.integrated_gradients import integrated_gradients
-from fastxai.compat._captum_inputs import PackedForward, PackedInputs, chunk_rows
-from fastxai.compat._captum_targets import CaptumArgumentError, CaptumTypeError, select_target
+from fastxai.compat._captum_attribution import (  # noqa: F401  (the family modules' import)
+    Attribution,
+    CaptumMethod,
+    Forward,
+    GradientAttribution,
+    NeuronAttribution,
+    module_of,
+)
+from fastxai.compat._captum_inputs import PackedInputs
+from fastxai.compat._captum_targets import CaptumTypeError
 
-Forward = Callable[..., torch.Tensor]
 EXTRA_IG_METHODS = ("adaptive", "exact")
 """``IntegratedGradients.attribute``'s methods beyond Captum's five rules."""
 
@@ -90,6 +98,8 @@ _LAZY = {
     "FeaturePermutation": "fastxai.compat._captum_permutation",
     "KernelShap": "fastxai.compat._captum_perturbation",
     "Lime": "fastxai.compat._captum_lime",
+    "LimeBase": "fastxai.compat._captum_lime_base",
+    "PerturbationAttribution": "fastxai.compat._captum_games",
     "ShapleyValueSampling": "fastxai.compat._captum_perturbation",
     "ShapleyValues": "fastxai.compat._captum_permutation",
     "LayerFeatureAblation": "fastxai.compat._captum_layer_ablation",
@@ -177,142 +187,7 @@ def check_target(target: object) -> object:
     return target
 
 
-def module_of(forward_func: object) -> nn.Module | None:
-    """The nn.Module behind a forward function (the module itself or a bound method of one)."""
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    owner = getattr(forward_func, "__self__", None)
-    return owner if isinstance(owner, nn.Module) else None
-
-
-def _undecorated_copy(function: Callable[..., Any]) -> Callable[..., Any]:
-    """A new function object with ``function``'s code, defaults, closure and metadata."""
-    code, defaults = function.__code__, function.__defaults__
-    copy = types.FunctionType(code, function.__globals__, function.__name__, defaults, function.__closure__)
-    copy.__kwdefaults__ = function.__kwdefaults__
-    copy.__qualname__ = function.__qualname__
-    copy.__doc__ = function.__doc__
-    copy.__module__ = function.__module__
-    copy.__annotations__ = function.__annotations__
-    return copy
-
-
-class CaptumMethod:
-    """Base of every drop-in class with an ``attribute`` method.
-
-    Captum's ``attribute`` methods are decorated (usage logging), so code that inspects them reads
-    ``attribute.__wrapped__`` (Captum's own tests take its argument list from there). Here the
-    undecorated function is a copy of ``attribute`` itself: the same code and signature, and no
-    wrapper to pay for on every call.
-    """
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        attribute = cls.__dict__.get("attribute")
-        if inspect.isfunction(attribute) and not hasattr(attribute, "__wrapped__"):
-            attribute.__wrapped__ = _undecorated_copy(attribute)  # type: ignore[attr-defined]
-
-
-class Attribution(CaptumMethod):
-    """Base class: the forward function, and running it on packed inputs."""
-
-    supports_future = False
-
-    def __init__(self, forward_func: Forward) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"forward_func must be callable, got {type(forward_func).__name__}")
-        self.forward_func = forward_func
-
-    def has_convergence_delta(self) -> bool:
-        return False
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
-
-    def attribute_future(self, *args: Any, **kwargs: Any) -> torch.futures.Future:
-        """Captum's ``attribute_future``. As in Captum, only the classes that set
-        ``supports_future`` (``FeatureAblation``, ``ShapleyValueSampling`` and the classes built
-        on them) have it; the rest raise ``NotImplementedError``. The result is a completed
-        ``torch.futures.Future`` holding ``attribute(*args, **kwargs)`` (or its exception)."""
-        if not self.supports_future:
-            raise NotImplementedError(f"attribute_future is not implemented for {type(self).__name__}")
-        future: torch.futures.Future = torch.futures.Future()
-        try:
-            future.set_result(self.attribute(*args, **kwargs))  # type: ignore[attr-defined]
-        except Exception as error:
-            future.set_exception(error)
-        return future
-
-    def compute_convergence_delta(
-        self,
-        attributions: Any,
-        start_point: Any,
-        end_point: Any,
-        target: Any = None,
-        additional_forward_args: Any = None,
-    ) -> torch.Tensor:
-        """Captum's completeness gap per example: ``sum(attributions) - (f(end) - f(start))`` [B].
-
-        ``end_point`` (the inputs) and ``attributions`` are tensors or tuples of [B, *F_k];
-        ``start_point`` (the baselines) numbers or tensors of 1 or B rows per input. ``f`` is the
-        target's score (Captum's selection); with ``target=None`` the predicted class of a
-        [B, C] output (fastxai's reading, as in ``attribute``), the output summed per row otherwise.
-        ``start_point=None`` is zero.
-        """
-        end = PackedInputs(end_point, name="end_point")
-        attributed = PackedInputs(attributions, name="attributions")
-        if attributed.batch != end.batch:
-            raise CaptumArgumentError(
-                f"attributions have {attributed.batch} rows and end_point {end.batch}: they must match"
-            )
-        if start_point is None:
-            start_point = tuple(0.0 for _ in end.sizes) if end.is_tuple else 0.0
-        start = end.pack(start_point, name="start_point")
-        if start.shape[0] not in (1, end.batch):
-            raise CaptumArgumentError(
-                f"start_point must have 1 or {end.batch} rows like end_point, got {start.shape[0]}"
-            )
-        forward = end.forward(self.forward_func, additional_forward_args)
-
-        chosen = target
-
-        def scores(flat: torch.Tensor) -> torch.Tensor:
-            nonlocal chosen
-            output = forward(flat)
-            if not isinstance(output, torch.Tensor):
-                output = torch.as_tensor(output)
-            if chosen is None and output.dim() == 2 and output.shape[1] > 1:
-                chosen = output.argmax(1)  # the predicted class at the end point, then kept
-            selected = select_target(output, chosen)
-            return selected.reshape(selected.shape[0], -1).sum(1)
-
-        with torch.no_grad():
-            difference = scores(end.flat) - scores(start.expand(end.batch, -1).contiguous())
-            return attributed.flat.sum(1).to(difference.dtype) - difference
-
-    def _prepare(
-        self, inputs: Any, additional_forward_args: Any, internal_batch_size: object = None
-    ) -> tuple[PackedInputs, PackedForward, int | None]:
-        packed = PackedInputs(inputs)
-        forward = packed.forward(self.forward_func, additional_forward_args)
-        chunk = chunk_rows(internal_batch_size, packed.flat, whole_batches=forward.has_per_example_args)
-        return packed, forward, chunk
-
-    def _run(self, function: Callable[[], Any], leaves_state: bool = False) -> Any:
-        """``function()`` under the state guard, in the mode the model is in. Work that changes no
-        mode or ``requires_grad`` flag, takes no parameter gradient and removes every hook it
-        registers itself (in a ``finally``) passes ``leaves_state`` for the lighter guard
-        (``_model.gradient_state``)."""
-        module = module_of(self.forward_func)
-        if module is None:
-            return function()
-        light = _model.gradient_state(module) if leaves_state else None
-        with light or _model.preserved_state(module, eval_mode=False):
-            return function()
-
-
-class Saliency(Attribution):
+class Saliency(GradientAttribution):
     """Captum's ``Saliency``: ``|d f_target / d x|`` (signed with ``abs=False``)."""
 
     def attribute(
@@ -327,7 +202,7 @@ class Saliency(Attribution):
         return packed.format(grads)
 
 
-class InputXGradient(Attribution):
+class InputXGradient(GradientAttribution):
     """Captum's ``InputXGradient``: ``x * d f_target / d x``."""
 
     @property
@@ -344,7 +219,7 @@ class InputXGradient(Attribution):
         return packed.format(result)
 
 
-class _ModifiedReluAttribution(Attribution):
+class _ModifiedReluAttribution(GradientAttribution):
     rule = "guided"
 
     def __init__(self, model: nn.Module) -> None:
@@ -376,7 +251,7 @@ class Deconvolution(_ModifiedReluAttribution):
     rule = "deconvnet"
 
 
-class _PathAttribution(Attribution):
+class _PathAttribution(GradientAttribution):
     """IntegratedGradients and GradientShap: attributions times (inputs - baselines) unless
     ``multiply_by_inputs=False`` (Captum's "local" variant), with a convergence delta."""
 
@@ -530,10 +405,12 @@ def _single_stdev(stdevs: object, packed: PackedInputs) -> float:
 __all__ = [
     "Attribution",
     "Deconvolution",
+    "GradientAttribution",
     "GradientShap",
     "GuidedBackprop",
     "InputXGradient",
     "IntegratedGradients",
+    "NeuronAttribution",
     "Saliency",
     "visualization",
     *_LAZY,
