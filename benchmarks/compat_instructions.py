@@ -3,8 +3,9 @@
 5 minutes, most of it Python and torch starting under the simulator).
 
 Wall and CPU time of these classes move by a few percent between rounds on a shared machine
-(``compat_interleaved.py`` gives their spread); the number of instructions a call executes does
-not: it is the same on every run, on a busy machine too. It counts the work each library does
+(``compat_interleaved.py`` gives their spread); the number of instructions a call executes
+barely does: it moves by less than 0.05% between runs (the interpreter's and allocator's state),
+on a busy machine too. It counts the work each library does
 (the model's kernels, identical in both, and each library's own Python), not memory stalls or the
 kernel's page faults, so it says whose call does more work, not by itself whose is faster.
 
