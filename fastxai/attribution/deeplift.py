@@ -299,7 +299,9 @@ def deeplift_shap(
     chunks of at most ``chunk_size`` rows; see ``deeplift`` for the rule.
 
     inputs: [B, *F]; baselines: [K, *F] (or one baseline [*F]); target: int, [B] or None (the
-    predicted class of each input). Returns [B, *F] in the inputs' dtype, and with
+    predicted class of each input). Token ids (integer inputs) are taken at the input embedding,
+    as in ``deeplift``, against K baseline sequences of ids [K, *F] (or an int: one baseline).
+    Returns [B, *F] in the inputs' dtype (the embedding's for token ids), and with
     ``return_convergence_delta`` the per-pair ``sum(m_k (x - x'_k)) - (f(x) - f(x'_k))`` [B * K],
     ordered by input, then baseline (Captum's order). ``layer``: at that layer's output, as
     ``deeplift`` (Captum's ``LayerDeepLiftShap``), [B, *A]. ``dtype``: as ``deeplift``.
@@ -307,13 +309,18 @@ def deeplift_shap(
     >>> a = fastxai.deeplift_shap(model, x, target=y, baselines=background)
     """
     model = _compile.original(_model.check_model(model))
-    inputs = _model.check_inputs(inputs)
+    if layer is None and isinstance(inputs, torch.Tensor) and _layer.is_integer(inputs):
+        layer = _layer.input_embedding(model)  # token ids: at the embedding, as deeplift
+    inputs = _model.check_inputs(inputs, allow_integer=layer is not None, layer_option=True)
     eps = _check_options(multiply_by_inputs, return_convergence_delta, eps)
     if baselines is None:
         raise TypeError(
             "baselines must be a tensor [K, *F] of baselines (the background distribution), got None"
         )
-    distribution = _check_distribution(baselines, inputs)
+    if _layer.is_integer(inputs):
+        distribution = _token_id_distribution(baselines, inputs)
+    else:
+        distribution = _check_distribution(baselines, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
     target_t = _model.check_target(target, inputs.shape[0], inputs.device)
     model_dtype = _precision.check_dtype(dtype, inputs.device)
@@ -334,7 +341,9 @@ def deeplift_shap(
                 max(1, chunk // 2),
                 upcast=model_dtype is not None,
             )
-        mean = pairs.view(batch, count, *pairs.shape[1:]).mean(1).to(inputs.dtype)
+        mean = pairs.view(batch, count, *pairs.shape[1:]).mean(1)
+        if inputs.is_floating_point():  # token ids: the layer's dtype
+            mean = mean.to(inputs.dtype)
         return (mean, pair_delta) if return_convergence_delta else mean
     acc_dtype = _accumulator(x)
     total = torch.zeros(x.shape, dtype=acc_dtype, device=x.device)
@@ -359,3 +368,24 @@ def deeplift_shap(
 
     result = total.div_(count).to(inputs.dtype)
     return (result, delta.t().reshape(-1)) if return_convergence_delta else result
+
+
+def _token_id_distribution(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
+    """The background of token-id inputs: K sequences of ids [K, *F] (one sequence [*F], or an
+    int such as the pad id for one baseline of that id everywhere) on the inputs' device."""
+    features = tuple(inputs.shape[1:])
+    if isinstance(baselines, int) and not isinstance(baselines, bool):
+        return torch.full((1, *features), baselines, dtype=inputs.dtype, device=inputs.device)
+    if not isinstance(baselines, torch.Tensor) or not _layer.is_integer(baselines):
+        got = baselines.dtype if isinstance(baselines, torch.Tensor) else type(baselines).__name__
+        raise TypeError(
+            f"baselines of token-id inputs must be token ids (an integer tensor [K, *F] or an int), got {got}"
+        )
+    if baselines.dim() == inputs.dim() - 1:
+        baselines = baselines.unsqueeze(0)
+    if baselines.dim() != inputs.dim() or tuple(baselines.shape[1:]) != features or baselines.shape[0] < 1:
+        raise ValueError(
+            f"baselines must have shape (K, *{features}) with K >= 1 (or {features} for one baseline), "
+            f"got {tuple(baselines.shape)}"
+        )
+    return baselines.detach().to(inputs.device).contiguous()

@@ -86,3 +86,30 @@ def test_layer_checked_before_the_model_runs_and_state_kept() -> None:
         fastxai.deeplift(model, torch.randn(2, 20), 9, layer="2")
     fastxai.deeplift(model, torch.randn(2, 20), 0, layer=model[2])
     assert_same_state(before, model_state(model))
+
+
+def test_deeplift_shap_takes_token_ids_at_the_input_embedding() -> None:
+    """Token ids against a background of id sequences: DeepLiftShap is the mean of DeepLIFT
+    against each sequence, taken at the embedding like ``deeplift``; an int is one baseline of
+    that id everywhere; float or misshaped backgrounds are refused naming ``baselines``."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Embedding(20, 8), nn.Flatten(), nn.Linear(40, 6), nn.ReLU(), nn.Linear(6, 3)
+    ).double()
+    ids = torch.randint(0, 20, (2, 5))
+    background = torch.randint(0, 20, (3, 5))
+    before = model_state(model)
+    result, delta = fastxai.deeplift_shap(
+        model, ids, target=1, baselines=background, return_convergence_delta=True
+    )
+    each = [fastxai.deeplift(model, ids, target=1, baselines=row[None]) for row in background]
+    torch.testing.assert_close(result, torch.stack(each).mean(0), rtol=1e-12, atol=1e-12)
+    assert result.shape == (2, 5, 8) and result.dtype == torch.float64
+    assert delta.shape == (6,) and delta.abs().max() < 1e-6
+    one = fastxai.deeplift_shap(model, ids, target=1, baselines=0)
+    torch.testing.assert_close(one, fastxai.deeplift(model, ids, target=1, baselines=0))
+    assert_same_state(before, model_state(model))
+    with pytest.raises(TypeError, match="baselines"):
+        fastxai.deeplift_shap(model, ids, target=1, baselines=background.double())
+    with pytest.raises(ValueError, match="baselines"):
+        fastxai.deeplift_shap(model, ids, target=1, baselines=torch.zeros(3, 4, dtype=torch.long))
