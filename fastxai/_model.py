@@ -160,10 +160,7 @@ def _preserved(model: nn.Module, eval_mode: bool) -> Iterator[None]:
                 entries.update(before)
         for parameter in frozen:
             parameter.requires_grad_(True)
-        if statistics:
-            with torch.no_grad():
-                for tensor, value in statistics:
-                    tensor.copy_(value)
+        _restore_statistics(statistics)
 
 
 def _drop_new_hooks(states: list[dict[str, Any]], held: set[int], flagged: set[int]) -> None:
@@ -194,6 +191,14 @@ def _running_statistics(modules: list[nn.Module]) -> list[tuple[torch.Tensor, to
     ]
 
 
+def _restore_statistics(statistics: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy back what ``_running_statistics`` recorded."""
+    if statistics:
+        with torch.no_grad():
+            for tensor, value in statistics:
+                tensor.copy_(value)
+
+
 @contextlib.contextmanager
 def gradient_state(model: Model) -> Iterator[None]:
     """``preserved_state(model, eval_mode=False)`` for work that runs the model in the mode it is
@@ -213,10 +218,7 @@ def gradient_state(model: Model) -> Iterator[None]:
         try:
             yield
         finally:
-            if statistics:
-                with torch.no_grad():
-                    for tensor, value in statistics:
-                        tensor.copy_(value)
+            _restore_statistics(statistics)
 
 
 @contextlib.contextmanager
