@@ -340,12 +340,20 @@ def layer_distribution(
     layer values through forward passes, or values in the layer's output space as given."""
     if not is_integer(baselines):
         return baselines
+    return site.activations((token_id_sequences(baselines, inputs),), chunk)
+
+
+def token_id_sequences(baselines: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """K baseline sequences of token ids [K, *F] (one sequence [*F] as K = 1) for the token ids
+    ``inputs`` [B, *F], on their device."""
     ids = baselines.to(inputs.device)
     ids = ids.unsqueeze(0) if ids.dim() == inputs.dim() - 1 else ids
-    if ids.dim() != inputs.dim() or ids.shape[1:] != inputs.shape[1:]:
+    if ids.dim() != inputs.dim() or ids.shape[1:] != inputs.shape[1:] or ids.shape[0] < 1:
         features = tuple(inputs.shape[1:])
-        raise ValueError(f"token-id baselines must have shape (K, *{features}), got {tuple(baselines.shape)}")
-    return site.activations((ids,), chunk)
+        raise ValueError(
+            f"token-id baselines must have shape (K, *{features}) with K >= 1, got {tuple(baselines.shape)}"
+        )
+    return ids
 
 
 def chunk_scores(site: PathSite, points: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -382,4 +390,5 @@ __all__ = [
     "repeat_rows",
     "site_for",
     "token_id_baselines",
+    "token_id_sequences",
 ]

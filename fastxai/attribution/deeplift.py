@@ -381,11 +381,4 @@ def _token_id_distribution(baselines: object, inputs: torch.Tensor) -> torch.Ten
         raise TypeError(
             f"baselines of token-id inputs must be token ids (an integer tensor [K, *F] or an int), got {got}"
         )
-    if baselines.dim() == inputs.dim() - 1:
-        baselines = baselines.unsqueeze(0)
-    if baselines.dim() != inputs.dim() or tuple(baselines.shape[1:]) != features or baselines.shape[0] < 1:
-        raise ValueError(
-            f"baselines must have shape (K, *{features}) with K >= 1 (or {features} for one baseline), "
-            f"got {tuple(baselines.shape)}"
-        )
-    return baselines.detach().to(inputs.device).contiguous()
+    return _layer.token_id_sequences(baselines.detach(), inputs).contiguous()
