@@ -25,7 +25,7 @@ import torch
 
 from fastxai.attribution.lime import lime
 from fastxai.compat._captum_games import PerturbationAttribution
-from fastxai.compat._captum_lime_base import LimeBase, check_interpretable_model
+from fastxai.compat._captum_lime_base import LimeBase, check_interpretable_model, fit_interpretable_model
 from fastxai.compat._captum_perturbation import GroupAttribution
 
 
@@ -119,13 +119,10 @@ class Lime(GroupAttribution, LimeBase):
 
     def _fit(self, design: torch.Tensor, scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Captum's interpretable model fitted on each example's samples in turn: [B, M]."""
-        from torch.utils.data import DataLoader, TensorDataset
-
-        coefs = []
-        for z, y, w in zip(design.float(), scores.float(), weights.float(), strict=True):
-            model = self.interpretable_model
-            model.fit(DataLoader(TensorDataset(z, y, w), batch_size=z.shape[0]))
-            coefs.append(torch.as_tensor(model.representation()).reshape(-1).to(design))
+        coefs = [
+            torch.as_tensor(fit_interpretable_model(self.interpretable_model, z, y, w)).reshape(-1).to(design)
+            for z, y, w in zip(design, scores, weights, strict=True)
+        ]
         return torch.stack(coefs)
 
     def _with_hooks(self) -> Callable[..., torch.Tensor]:

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from fastxai import _scheduling
 from fastxai.compat._captum_games import AggregateOutputError, PerturbationAttribution, Progress, parse_output
@@ -73,6 +74,19 @@ def check_interpretable_model(interpretable_model: object, allow_none: bool = Fa
             f"interpretable_model must be {expected} with fit(dataloader) and representation(), "
             f"got {type(interpretable_model).__name__}"
         )
+
+
+def fit_interpretable_model(
+    model: Any, design: torch.Tensor, outputs: torch.Tensor, weights: torch.Tensor
+) -> Any:
+    """Captum's ``Model.fit`` on one data set of samples (``design`` [S, M], ``outputs`` [S],
+    ``weights`` [S], as float32 on the design's device, in one batch), then its
+    ``representation()``."""
+    dataset = TensorDataset(
+        design.float(), outputs.float().to(design.device), weights.float().to(design.device)
+    )
+    model.fit(DataLoader(dataset, batch_size=design.shape[0]))
+    return model.representation()
 
 
 def _concatenate(samples: list[Sample]) -> Sample:
@@ -223,13 +237,9 @@ class LimeBase(PerturbationAttribution):
         design = torch.cat(
             [sample.reshape(1, -1) if sample.dim() < 2 else sample for sample in interpretable]
         )
-        outputs = torch.cat([score.reshape(-1) for score in scores]).float()
-        similarities = torch.cat([weight.reshape(-1) for weight in weights]).float()
-        from torch.utils.data import DataLoader, TensorDataset
-
-        dataset = TensorDataset(design.float(), outputs.to(design.device), similarities.to(design.device))
-        self.interpretable_model.fit(DataLoader(dataset, batch_size=len(interpretable)))
-        return self.interpretable_model.representation()
+        outputs = torch.cat([score.reshape(-1) for score in scores])
+        similarities = torch.cat([weight.reshape(-1) for weight in weights])
+        return fit_interpretable_model(self.interpretable_model, design, outputs, similarities)
 
     def _sampler(self, inputs: Any, kwargs: dict[str, Any]) -> Callable[[], tuple[Any, Sample]]:
         """A function returning the next ``(interpretable sample, model input)`` pair; raises
@@ -286,4 +296,4 @@ class LimeBase(PerturbationAttribution):
         )
 
 
-__all__ = ["LimeBase"]
+__all__ = ["LimeBase", "check_interpretable_model", "fit_interpretable_model"]
