@@ -343,6 +343,19 @@ def layer_distribution(
     return site.activations((token_id_sequences(baselines, inputs),), chunk)
 
 
+def token_id_background(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
+    """The background of token-id inputs: K sequences of ids [K, *F] (one sequence [*F], or an
+    int such as the pad id for one baseline of that id everywhere) on the inputs' device."""
+    if isinstance(baselines, int) and not isinstance(baselines, bool):
+        return torch.full((1, *inputs.shape[1:]), baselines, dtype=inputs.dtype, device=inputs.device)
+    if not isinstance(baselines, torch.Tensor) or not is_integer(baselines):
+        got = baselines.dtype if isinstance(baselines, torch.Tensor) else type(baselines).__name__
+        raise TypeError(
+            f"baselines of token-id inputs must be token ids (an integer tensor [K, *F] or an int), got {got}"
+        )
+    return token_id_sequences(baselines.detach(), inputs).contiguous()
+
+
 def token_id_sequences(baselines: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """K baseline sequences of token ids [K, *F] (one sequence [*F] as K = 1) for the token ids
     ``inputs`` [B, *F], on their device."""
@@ -389,6 +402,7 @@ __all__ = [
     "point_gradients",
     "repeat_rows",
     "site_for",
+    "token_id_background",
     "token_id_baselines",
     "token_id_sequences",
 ]

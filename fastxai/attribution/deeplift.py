@@ -318,7 +318,7 @@ def deeplift_shap(
             "baselines must be a tensor [K, *F] of baselines (the background distribution), got None"
         )
     if _layer.is_integer(inputs):
-        distribution = _token_id_distribution(baselines, inputs)
+        distribution = _layer.token_id_background(baselines, inputs)
     else:
         distribution = _check_distribution(baselines, inputs)
     chunk = _scheduling.auto_chunk_size(_scheduling.check_chunk_size(chunk_size), inputs)
@@ -368,17 +368,3 @@ def deeplift_shap(
 
     result = total.div_(count).to(inputs.dtype)
     return (result, delta.t().reshape(-1)) if return_convergence_delta else result
-
-
-def _token_id_distribution(baselines: object, inputs: torch.Tensor) -> torch.Tensor:
-    """The background of token-id inputs: K sequences of ids [K, *F] (one sequence [*F], or an
-    int such as the pad id for one baseline of that id everywhere) on the inputs' device."""
-    features = tuple(inputs.shape[1:])
-    if isinstance(baselines, int) and not isinstance(baselines, bool):
-        return torch.full((1, *features), baselines, dtype=inputs.dtype, device=inputs.device)
-    if not isinstance(baselines, torch.Tensor) or not _layer.is_integer(baselines):
-        got = baselines.dtype if isinstance(baselines, torch.Tensor) else type(baselines).__name__
-        raise TypeError(
-            f"baselines of token-id inputs must be token ids (an integer tensor [K, *F] or an int), got {got}"
-        )
-    return _layer.token_id_sequences(baselines.detach(), inputs).contiguous()

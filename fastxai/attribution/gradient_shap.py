@@ -100,7 +100,8 @@ def gradient_shap(
     on the inputs with the layer's output replaced); ``baselines`` are then [K, *A] in the
     layer's output space or, for token-id inputs, an integer tensor of K token-id sequences
     [K, *F] whose layer outputs one forward pass computes (with per-example ``forward_kwargs``,
-    K must equal B: baseline k runs with example k's arguments). Integer inputs are accepted
+    K must equal B: baseline k runs with example k's arguments), or an int: one sequence of that id
+    (the pad id), as ``deeplift_shap``. Integer inputs are accepted
     and ``layer=None`` means the model's input embedding (``model.get_input_embeddings()``,
     else its first ``nn.Embedding``); returns [B, *A]; per token: ``a.sum(-1)``.
     ``forward_kwargs``: extra keyword arguments to the model (an attention mask); tensors with
@@ -149,9 +150,12 @@ def gradient_shap(
     distribution = None
     if isinstance(site, _layer.InputSite):
         distribution = _check_distribution(baselines, inputs)
+    elif _layer.is_integer(inputs) and isinstance(baselines, int) and not isinstance(baselines, bool):
+        baselines = _layer.token_id_background(baselines, inputs)  # one sequence of that id, as deeplift_shap
     elif not isinstance(baselines, torch.Tensor):
         raise TypeError(
-            f"baselines must be a tensor [K, *A] of baselines to draw from, got {type(baselines).__name__}"
+            "baselines must be a tensor [K, *A] of baselines to draw from (or, for token ids, an int: "
+            f"one sequence of that id), got {type(baselines).__name__}"
         )
     else:
         _layer.check_layer_baselines(baselines, inputs)

@@ -165,6 +165,13 @@ def test_token_id_baselines_equal_their_embedding() -> None:
     torch.testing.assert_close(by_int, by_values)
     shap = fx.gradient_shap(model, ids, target=1, baselines=torch.full((2, 4), pad), n_samples=3, seed=0)
     assert shap.shape == (2, 4, 4)
+    # An int is one sequence of that id, as deeplift_shap takes it (it was refused).
+    shap_by_int = fx.gradient_shap(model, ids, target=1, baselines=pad, n_samples=3, seed=0)
+    one_sequence = torch.full((1, 4), pad)
+    shap_by_one = fx.gradient_shap(model, ids, target=1, baselines=one_sequence, n_samples=3, seed=0)
+    torch.testing.assert_close(shap_by_int, shap_by_one)
+    with pytest.raises(TypeError, match="an int: one sequence"):
+        fx.gradient_shap(model, ids, target=1, baselines=0.5, n_samples=3, seed=0)
 
 
 def test_integer_inputs_need_a_layer() -> None:
