@@ -26,24 +26,30 @@ import torch
 
 
 def logits_and_jacobian(
-    forward: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    points: torch.Tensor,
+    classes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits [B, K], Jacobian [B, K, *F]) of ``forward`` at ``points`` [B, *F].
+    """(logits [B, K], Jacobian [B, C, *F]) of ``forward`` at ``points`` [B, *F]: the rows of
+    the classes ``classes`` [B, C] of each sample (None: every class, C = K, in class order).
 
-    The batch is repeated K times (one copy per class) and one backward pass of
-    ``sum_k logits[copy k, k]`` yields every row: K forward copies in one model call instead
-    of K backward passes through one graph.
+    The batch is repeated C times (one copy per row) and one backward pass of
+    ``sum_c logits[copy c, classes[:, c]]`` yields every row: C forward copies in one model call
+    instead of C backward passes through one graph.
     """
-    with torch.no_grad():
-        classes = forward(points[:1]).shape[1]
     batch = points.shape[0]
-    copies = points.detach().unsqueeze(0).expand(classes, *points.shape).reshape(-1, *points.shape[1:])
+    if classes is None:
+        with torch.no_grad():
+            count = forward(points[:1]).shape[1]
+        classes = torch.arange(count, device=points.device).expand(batch, count)
+    count = classes.shape[1]
+    copies = points.detach().unsqueeze(0).expand(count, *points.shape).reshape(-1, *points.shape[1:])
     copies.requires_grad_(True)
     with torch.enable_grad():
-        logits = forward(copies).view(classes, batch, classes)
-        picked = logits.diagonal(dim1=0, dim2=2)  # [B, K]: logit k of copy k
+        logits = forward(copies).view(count, batch, -1)
+        picked = logits.gather(2, classes.t().unsqueeze(2))  # [C, B, 1]: row c's class of copy c
         (grad,) = torch.autograd.grad(picked.sum(), copies)
-    jacobian = grad.view(classes, batch, *points.shape[1:]).transpose(0, 1)
+    jacobian = grad.view(count, batch, *points.shape[1:]).transpose(0, 1)
     return logits[0].detach(), jacobian
 
 

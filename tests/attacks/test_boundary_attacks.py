@@ -95,6 +95,34 @@ def test_deepfool_reaches_the_boundary_of_an_affine_model_at_the_analytic_distan
     torch.testing.assert_close((exact - x).norm(dim=1), distance[0], rtol=1e-4, atol=1e-6)
 
 
+def test_deepfool_candidates_step_to_the_nearest_boundary_among_the_top_classes() -> None:
+    model, x, y, _ = _linear_case()
+    with torch.no_grad():
+        z = model(x)
+    top = z.topk(2, dim=1).indices  # the label and the runner-up
+    weight = model.weight.detach()
+    rows = torch.arange(x.shape[0])
+    # The analytic distance to the boundary with the runner-up only: |gap| / ||w_y - w_k||.
+    gap = z[rows, top[:, 0]] - z[rows, top[:, 1]]
+    runner_up = gap / (weight[top[:, 0]] - weight[top[:, 1]]).norm(dim=1)
+    step = fx.deepfool(model, x, y, overshoot=0.0, steps=1, candidates=2)
+    torch.testing.assert_close((step - x).norm(dim=1), runner_up, rtol=1e-4, atol=1e-6)
+    assert (model(fx.deepfool(model, x, y, candidates=2)).argmax(1) != y).all()
+    # As many candidates as classes is every class: the same iterates as candidates=None.
+    cnn, images, labels = _cnn_batch()
+    classes = cnn(images).shape[1]
+    every = fx.deepfool(cnn, images, labels, steps=20)
+    torch.testing.assert_close(fx.deepfool(cnn, images, labels, steps=20, candidates=classes), every)
+    # Fewer candidates on the CNN: a model call of 3 copies per round, not one per class.
+    calls: list[int] = []
+    handle = cnn.register_forward_pre_hook(lambda _, args: calls.append(args[0].shape[0]))
+    try:
+        fx.deepfool(cnn, images, labels, steps=20, candidates=3)
+    finally:
+        handle.remove()
+    assert max(calls) == 3 * images.shape[0] < classes * images.shape[0]
+
+
 @pytest.mark.parametrize("normalized", [False, True])
 def test_deepfool_matches_torchattacks(normalized: bool) -> None:
     torchattacks = pytest.importorskip("torchattacks")
@@ -175,6 +203,7 @@ class CountingModel(torch.nn.Module):
     [
         (lambda m, x, y: fx.deepfool(m, x, y, overshoot=-1), ValueError, "overshoot"),
         (lambda m, x, y: fx.deepfool(m, x, y, steps=0), ValueError, "steps"),
+        (lambda m, x, y: fx.deepfool(m, x, y, candidates=1), ValueError, "candidates"),
         (lambda m, x, y: fx.deepfool(m, x * 2, y), ValueError, "bounds"),
         (lambda m, x, y: fx.deepfool(m, x, y[:2]), ValueError, "labels"),
         (lambda m, x, y: fx.fab(m, x, y, norm="l1"), ValueError, "norm"),
