@@ -38,7 +38,21 @@ METHODS: dict[str, Callable[[torch.nn.Module, torch.Tensor, int], torch.Tensor]]
     "lrp": lambda model, x, target: fx.lrp(model, x, target),
     "deeplift": lambda model, x, target: fx.deeplift(model, x, target),
     "guided": lambda model, x, target: fx.guided_backprop(model, x, target),
+    "ig": lambda model, x, target: fx.integrated_gradients(model, x, target, n_steps=8),
+    "smoothgrad": lambda model, x, target: fx.smoothgrad(model, x, target, n_samples=2, seed=0),
+    "gradshap": lambda model, x, target: fx.gradient_shap(
+        model, x, target, baselines=torch.zeros_like(x).expand(2, *x.shape[1:]), n_samples=2, seed=0
+    ),
+    "gradcam": lambda model, x, target: fx.grad_cam(model, x, target, upsample=True),
+    "gradcam++": lambda model, x, target: fx.grad_cam_plus_plus(model, x, target, upsample=True),
+    "occlusion": lambda model, x, target: fx.occlusion(
+        model, x, target, sliding_window_shapes=(3, x.shape[-2] // 4, x.shape[-1] // 4),
+        strides=(3, x.shape[-2] // 4, x.shape[-1] // 4),
+    ),
+    "pgd": lambda model, x, target: fx.pgd(model, x, torch.tensor([target]), steps=2, seed=0),
+    "deepfool": lambda model, x, target: fx.deepfool(model, x, torch.tensor([target]), steps=2, candidates=9),
 }
+DEFAULT_METHODS = ["saliency", "lrp", "deeplift", "guided"]
 SKIPPED = {
     "vit_h_14", "vit_l_16", "vit_l_32", "vit_b_32", "regnet_y_128gf", "regnet_y_32gf",
     "regnet_y_16gf", "efficientnet_b6", "efficientnet_b7", "swin_b", "swin_v2_b", "maxvit_t",
@@ -70,14 +84,15 @@ hiera_tiny_224 shvit_s1 flexivit_small deit3_small_patch16_224
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--models", nargs="+", default=None, help="torchvision (or timm) model names")
     parser.add_argument("--timm", action="store_true", help="timm's models (TIMM_MODELS) instead")
     parser.add_argument("--hf", action="store_true", help="transformers' classifiers (HF_TYPES) instead")
+    parser.add_argument("--hf-methods", nargs="+", default=None, help="with --hf: these of its methods only")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     if args.hf:
-        _sweep_transformers(args.models or HF_TYPES)
+        _sweep_transformers(args.models or HF_TYPES, args.hf_methods)
         return
     torchvision = real_models._import_torchvision()
     models = torchvision.models
@@ -96,12 +111,24 @@ def main() -> None:
             inception = name in ("inception_v3", "googlenet")
             options = {"aux_logits": False, "init_weights": False} if inception else {}
             model = models.get_model(name, weights=None, **options).eval()
+        _redraw_zero_heads(model)
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         runs = {method: functools.partial(METHODS[method], model, x, 0) for method in args.methods}
         print(f"{name} {size} {_run_methods(runs)}", flush=True)
 
 
-def _sweep_transformers(types: list[str]) -> None:
+def _redraw_zero_heads(model: torch.nn.Module) -> None:
+    """Draw the weights of zero-initialised linear layers (timm's MLP-Mixer, ResMLP, gMLP, Hiera
+    and Sequencer heads, torchvision's ViT head) from N(0, 0.02): with a zero head the score does
+    not depend on the inputs, every gradient is zero and Grad-CAM finds no layer that reaches it."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and not bool(module.weight.any()):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * 0.02)
+
+
+def _sweep_transformers(types: list[str], selected: list[str] | None = None) -> None:
     transformers = real_models.transformers()
     transformers.logging.set_verbosity_error()
     ids = torch.randint(3, 100, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -110,7 +137,17 @@ def _sweep_transformers(types: list[str]) -> None:
         "ig": lambda model: fx.integrated_gradients(model, ids, target=1, n_steps=8),
         "lrp": lambda model: fx.lrp(model, ids, target=1),
         "deeplift": lambda model: fx.deeplift(model, ids, target=1),
+        "smoothgrad": lambda model: fx.smoothgrad(model, ids, target=1, n_samples=2, seed=0),
+        "gradshap": lambda model: fx.gradient_shap(model, ids, target=1, baselines=0, n_samples=2, seed=0),
+        "deepliftshap": lambda model: fx.deeplift_shap(model, ids, target=1, baselines=0),
+        "occlusion": lambda model: fx.occlusion(model, ids, 1, sliding_window_shapes=(2,), baselines=0),
+        "shapley": lambda model: fx.shapley_value_sampling(model, ids, 1, baselines=0, n_samples=2, seed=0),
+        "lime": lambda model: fx.lime(model, ids, target=1, baselines=0, n_samples=8, seed=0),
+        "kernelshap": lambda model: fx.kernel_shap(model, ids, target=1, baselines=0, n_samples=8, seed=0),
+        "rollout": lambda model: fx.attention_rollout(model, ids),
     }
+    if selected is not None:
+        methods = {name: run for name, run in methods.items() if name in selected}
     tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
             "vocab_size": 128, "num_labels": 3, "max_position_embeddings": 64, "num_key_value_heads": 2,
             "head_dim": 8, "pad_token_id": 0}  # fmt: skip
@@ -123,6 +160,8 @@ def _sweep_transformers(types: list[str]) -> None:
                 setattr(config, key, value)
             except (AttributeError, TypeError, NotImplementedError):
                 pass  # a derived property in this config (Falcon's head_dim, Funnel's layers)
+        if not hasattr(config, "bos_token_id"):
+            config.bos_token_id = None  # transformers' padding check reads it; Funnel's config has none
         model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
         runs = {method: functools.partial(run, model) for method, run in methods.items()}
         print(f"{model_type} {_run_methods(runs)}", flush=True)
