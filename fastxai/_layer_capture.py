@@ -187,7 +187,8 @@ class Slots:
         # ``witness``: the model's input embedding, watched in a first pass over token ids to learn
         # whether the model is sequence-first (``batch_axis``: a layer with T == B is then refused).
         self.witness = witness if witness is not None and all(witness is not m for m in self.layers) else None
-        self._ids_axis: int | None = None  # the witness's batch axis (None: not known)
+        self._ids_axis: int | None = None  # the witness's batch axis (None: not watched)
+        self._ids_ambiguous = False  # the witness's ids read alike along several axes
         self._mode, self._stop = "capture", False
         self._values: list[torch.Tensor] = []
         self._batch: int | None = None
@@ -259,6 +260,8 @@ class Slots:
             axes = self._id_axes(args, output)
             if axes is not None and len(axes) == 1:
                 self._ids_axis = axes[0]
+            elif axes is not None:
+                self._ids_ambiguous = True
 
     def batch_axis(self, index: int, tensor: torch.Tensor, args: Sequence[Any]) -> int:
         """The batch axis of a tensor of layer ``index`` in a first pass of ``batch`` examples.
@@ -266,8 +269,9 @@ class Slots:
         Exact where the layer takes the model's token ids (moved to one axis ``b``: its output
         ``[*ids.movedim(0, b).shape, D]``); else dim 0 if its size is the batch, else the one
         axis of that size. Where several axes have the batch's size (T == B), dim 0 stands
-        only while nothing shows the model is sequence-first (its input embedding, the
-        ``witness``, batch-first or not watched); otherwise the layer is refused."""
+        only while nothing shows the model may be sequence-first (its input embedding, the
+        ``witness``, seen batch-first, or not watched: float inputs); otherwise the layer is
+        refused."""
         shape = tuple(tensor.shape)
         id_axes = self._id_axes(args, tensor)
         if id_axes is not None and len(id_axes) == 1:
@@ -280,14 +284,15 @@ class Slots:
                 f"{self._name(index)} gives a tensor of shape {shape}: no axis has the batch size "
                 f"{self._batch}; attributions need a layer with one value per example on one axis"
             )
-        if len(candidates) == 1:
+        if len(candidates) == 1 or self._batch == 1:  # moving an axis of size 1 moves no value
             return candidates[0]
-        if candidates[0] == 0 and id_axes is None and self._ids_axis in (None, 0):
+        if candidates[0] == 0 and id_axes is None and self._ids_axis in (None, 0) and not self._ids_ambiguous:
             return 0
         raise ValueError(
             f"{self._name(index)} gives a tensor of shape {shape} whose axes {tuple(candidates)} all "
             f"have the batch size {self._batch}, and the model is (or may be) sequence-first: the "
-            "batch axis cannot be told; use a batch size that differs from the sequence length"
+            "batch axis cannot be told; use a batch size (or chunk_size, the examples per model pass) "
+            "that differs from the sequence length"
         )
 
     def _exchange(

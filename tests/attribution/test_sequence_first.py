@@ -181,6 +181,18 @@ def test_batch_equal_to_tokens_at_an_inner_layer_is_refused(call: object) -> Non
     assert call(batch_first, ids).shape == (5, 5, 8)  # type: ignore[operator]  # batch-first: dim 0
 
 
+def test_symmetric_ids_with_batch_equal_to_tokens_are_refused() -> None:
+    """Square ids equal to their transpose read alike along both axes: nothing tells the batch."""
+    _, sequence_first = _pair("transformer")
+    upper = torch.triu(_ids(5, 5))
+    ids = upper + torch.triu(upper, 1).t()  # symmetric, in the vocabulary
+    assert torch.equal(ids, ids.t())
+    with pytest.raises(ValueError, match=r"layer \(Embedding\).*batch axis cannot be told"):
+        fx.integrated_gradients(sequence_first, ids, target=1, n_steps=4)
+    alone = fx.integrated_gradients(sequence_first, ids[:2], target=1, n_steps=4)  # B != T: fine
+    assert alone.shape == (2, 5, 8)
+
+
 def test_a_layer_without_a_batch_axis_is_refused() -> None:
     class Pooled(nn.Module):
         def __init__(self) -> None:
