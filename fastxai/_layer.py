@@ -21,6 +21,11 @@ all others are passed unchanged.
 Several layers, layers returning a tuple of tensors, and a layer's inputs (a forward pre-hook)
 are one site too: their tensors are flattened into one row per example ``[B, sum_k n_k]``
 (``Slots.flatten``), so the methods and the fused ops see a single tensor.
+
+A layer tensor whose batch is not dim 0 (sequence-first ``[T, B, D]``: XLNet,
+``nn.TransformerEncoder`` without ``batch_first``) is seen batch-first, ``h.movedim(b, 0)``
+(``Slots``): origins, points, gradients, baselines in the layer's space and the attributions
+returned are all ``[B, *A]`` of that view.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Differences from Captum, on purpose: those of ``DeepLift`` (``_captum_deeplift``
 nonlinearity rescaled, also functional ReLUs and reused modules; exact softmax and max-pool
 rules; ``target=None`` is the predicted class); ``LayerDeepLiftShap`` also takes a single
 baseline; gradients of a layer the output does not use are zeros; ``grad_kwargs`` other than
-``materialize_grads`` are refused.
+``materialize_grads`` are refused; a sequence-first layer's results are in its batch-first view
+``[B, T, D]``, as the other layer classes (``_captum_layer``).
 """
 
 from __future__ import annotations
