@@ -21,6 +21,11 @@ all others are passed unchanged.
 Several layers, layers returning a tuple of tensors, and a layer's inputs (a forward pre-hook)
 are one site too: their tensors are flattened into one row per example ``[B, sum_k n_k]``
 (``Slots.flatten``), so the methods and the fused ops see a single tensor.
+
+A layer tensor whose batch is not dim 0 (sequence-first ``[T, B, D]``: XLNet,
+``nn.TransformerEncoder`` without ``batch_first``) is seen batch-first, ``h.movedim(b, 0)``
+(``Slots``): origins, points, gradients, baselines in the layer's space and the attributions
+returned are all ``[B, *A]`` of that view.
 """
 
 from __future__ import annotations
@@ -180,7 +185,10 @@ class LayerSite:
         *,
         one_tensor: bool = False,
     ) -> None:
-        self.forward, self.slots = forward, Slots(layers, to_input)
+        # Over token ids, the model's input embedding shows whether the model is sequence-first
+        # (``Slots.batch_axis``).
+        witness = input_embedding(forward.plain) if is_integer(forward.inputs[0]) else None
+        self.forward, self.slots = forward, Slots(layers, to_input, witness)
         self.one_tensor = one_tensor  # the functional API returns one tensor [B, *A]
         self._origin: torch.Tensor | None = None
 
@@ -216,7 +224,7 @@ class LayerSite:
             rows = slice(start, start + chunk)
             own = None if inputs is None else tuple(tensor[rows] for tensor in inputs)
             model, head = self.forward.bound(rows, 1, own)
-            with torch.no_grad(), self.slots.hooked("capture", stop=True):
+            with torch.no_grad(), self.slots.hooked("capture", stop=True, batch=head.shape[0], ids=head):
                 model(head)
             parts.append(self.slots.flatten(self.slots.collected()))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -247,9 +255,17 @@ class LayerSite:
         """One forward and backward on the rows' inputs (or ``inputs``): the gradient at the
         layer, the layer values (flattened alike) and the scores."""
         taken: list[torch.Tensor] = []
+        head: torch.Tensor | None
+        if inputs is not None:
+            batch, head = inputs[0].shape[0], inputs[0]
+        else:
+            own = self.forward.inputs[0]
+            batch = count * (len(range(own.shape[0])[rows]) if isinstance(rows, slice) else rows.numel())
+            # The ids only matter in the pass that finds the layer's batch axis.
+            head = repeat_rows(own, rows, count) if len(self.slots.axes) < len(self.slots.layers) else None
 
         def run() -> torch.Tensor:
-            with self.slots.hooked("grad"):
+            with self.slots.hooked("grad", batch=batch, ids=head):
                 output = self.forward.logits(rows, count, inputs)
             taken[:] = self.slots.collected()
             self._check_one_tensor()

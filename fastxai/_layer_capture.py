@@ -140,6 +140,20 @@ class LayerCapture:
         return self.activation
 
 
+def _batch_first(tensor: torch.Tensor, axis: int) -> torch.Tensor:
+    """A copy of ``tensor`` with its batch axis first (contiguous when the axis moved)."""
+    if axis == 0:
+        return tensor.clone()
+    return tensor.movedim(axis, 0).clone(memory_format=torch.contiguous_format)
+
+
+def _layer_view(leaf: torch.Tensor, axis: int) -> torch.Tensor:
+    """What the model gets for a batch-first leaf: a copy in the layer's own layout."""
+    if axis == 0:
+        return leaf.clone()
+    return leaf.movedim(0, axis).clone(memory_format=torch.contiguous_format)
+
+
 class _Stop(Exception):
     """Raised by a capturing hook once every layer's tensors are taken: the rest of the forward
     pass is not needed."""
@@ -154,15 +168,31 @@ class Slots:
     given leaves (the path or noisy points). The model
     downstream gets a clone of each leaf, so in-place operations after the layer
     (``ReLU(inplace=True)``) cannot change it.
+
+    Batch-first views: a layer tensor whose batch is not dim 0 (sequence-first layers
+    ``[T, B, D]``: XLNet, ``nn.TransformerEncoder`` and ``nn.LSTM`` without ``batch_first``)
+    is kept, differentiated and replaced as ``tensor.movedim(b, 0)``; the model is fed
+    ``leaf.movedim(0, b)``. So everything above sees ``[B, ...]``. Each tensor's batch axis
+    ``b`` is found in the first pass (``batch_axis``) and held for the slots' life.
     """
 
-    def __init__(self, layers: Sequence[nn.Module], to_input: bool = False) -> None:
+    def __init__(
+        self, layers: Sequence[nn.Module], to_input: bool = False, witness: nn.Module | None = None
+    ) -> None:
         self.layers, self.to_input = list(layers), to_input
         self.structure: list[int] = []  # tensors per layer, known after the first capture
-        self.shapes: list[tuple[int, ...]] = []  # feature shape of each tensor
+        self.shapes: list[tuple[int, ...]] = []  # feature shape of each tensor (batch-first view)
+        self.axes: dict[int, list[int]] = {}  # batch axis of each tensor of each layer
         self.taken: dict[int, list[torch.Tensor]] = {}
+        # ``witness``: the model's input embedding, watched in a first pass over token ids to learn
+        # whether the model is sequence-first (``batch_axis``: a layer with T == B is then refused).
+        self.witness = witness if witness is not None and all(witness is not m for m in self.layers) else None
+        self._ids_axis: int | None = None  # the witness's batch axis (None: not watched)
+        self._ids_ambiguous = False  # the witness's ids read alike along several axes
         self._mode, self._stop = "capture", False
         self._values: list[torch.Tensor] = []
+        self._batch: int | None = None
+        self._ids: torch.Tensor | None = None
 
     def _name(self, index: int) -> str:
         layer = self.layers[index]
@@ -173,8 +203,20 @@ class Slots:
         )
 
     @contextlib.contextmanager
-    def hooked(self, mode: str, values: Sequence[torch.Tensor] = (), stop: bool = False) -> Iterator[None]:
+    def hooked(
+        self,
+        mode: str,
+        values: Sequence[torch.Tensor] = (),
+        stop: bool = False,
+        *,
+        batch: int | None = None,
+        ids: torch.Tensor | None = None,
+    ) -> Iterator[None]:
+        """Hooks for one forward pass of ``batch`` examples (in ``replace`` mode the values' rows);
+        ``ids``: the model's token ids of the pass, [batch, ...], when its input is ids."""
         self._mode, self._values, self._stop, self.taken = mode, list(values), stop, {}
+        self._batch = values[0].shape[0] if batch is None and values else batch
+        self._ids = ids if ids is not None and not ids.is_floating_point() else None
         handles = []
         try:
             for index, layer in enumerate(self.layers):
@@ -182,6 +224,8 @@ class Slots:
                     handles.append(layer.register_forward_pre_hook(functools.partial(self._pre_hook, index)))
                 else:
                     handles.append(layer.register_forward_hook(functools.partial(self._hook, index)))
+            if self.witness is not None and self._ids is not None and len(self.axes) < len(self.layers):
+                handles.insert(0, self.witness.register_forward_hook(self._watch))
             try:
                 yield
             except _Stop:
@@ -189,14 +233,93 @@ class Slots:
         finally:
             for handle in handles:
                 handle.remove()
+            self._values, self._ids = [], None
 
-    def _exchange(self, index: int, tensors: list[torch.Tensor]) -> list[torch.Tensor] | None:
+    def _id_axes(self, args: Sequence[Any], tensor: torch.Tensor) -> list[int] | None:
+        """The axes ``b`` for which a token-id argument of the layer equals the pass's ids moved to
+        ``b`` (``tensor`` starting with its shape); None when no argument is the ids."""
+        if self._ids is None:
+            return None
+        for arg in args:
+            if not isinstance(arg, torch.Tensor) or arg.is_floating_point() or arg.dim() != self._ids.dim():
+                continue
+            if tuple(tensor.shape[: arg.dim()]) != tuple(arg.shape):
+                continue
+            axes = [
+                axis
+                for axis in range(arg.dim())
+                if arg.shape == self._ids.movedim(0, axis).shape
+                and torch.equal(arg, self._ids.movedim(0, axis).to(arg.device))
+            ]
+            if axes:
+                return axes
+        return None
+
+    def _watch(self, module: nn.Module, args: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor):
+            axes = self._id_axes(args, output)
+            if axes is not None and len(axes) == 1:
+                self._ids_axis = axes[0]
+            elif axes is not None:
+                self._ids_ambiguous = True
+
+    def batch_axis(self, index: int, tensor: torch.Tensor, args: Sequence[Any]) -> int:
+        """The batch axis of a tensor of layer ``index`` in a first pass of ``batch`` examples.
+
+        Exact where the layer takes the model's token ids (moved to one axis ``b``: its output
+        ``[*ids.movedim(0, b).shape, D]``); else dim 0 if its size is the batch, else the one
+        axis of that size. Where several axes have the batch's size (T == B), dim 0 stands
+        only while nothing shows the model may be sequence-first (its input embedding, the
+        ``witness``, seen batch-first, or not watched: float inputs); otherwise the layer is
+        refused."""
+        shape = tuple(tensor.shape)
+        id_axes = self._id_axes(args, tensor)
+        if id_axes is not None and len(id_axes) == 1:
+            return id_axes[0]
+        if self._batch is None:
+            raise RuntimeError("Slots.hooked needs batch= in the first pass over a layer")
+        candidates = [axis for axis, size in enumerate(shape) if size == self._batch]
+        if not candidates:
+            raise ValueError(
+                f"{self._name(index)} gives a tensor of shape {shape}: no axis has the batch size "
+                f"{self._batch}; attributions need a layer with one value per example on one axis"
+            )
+        if len(candidates) == 1 or self._batch == 1:  # moving an axis of size 1 moves no value
+            return candidates[0]
+        if candidates[0] == 0 and id_axes is None and self._ids_axis in (None, 0) and not self._ids_ambiguous:
+            return 0
+        raise ValueError(
+            f"{self._name(index)} gives a tensor of shape {shape} whose axes {tuple(candidates)} all "
+            f"have the batch size {self._batch}, and the model is (or may be) sequence-first: the "
+            "batch axis cannot be told; use a batch size (or chunk_size, the examples per model pass) "
+            "that differs from the sequence length"
+        )
+
+    def _exchange(
+        self, index: int, tensors: list[torch.Tensor], args: Sequence[Any]
+    ) -> list[torch.Tensor] | None:
         if index in self.taken:
             raise ValueError(
                 f"{self._name(index)} ran more than once in one forward pass; choose a layer that runs once"
             )
+        if index not in self.axes:
+            self.axes[index] = [self.batch_axis(index, tensor, args) for tensor in tensors]
+        axes = self.axes[index]
+        if len(axes) != len(tensors):
+            raise ValueError(
+                f"{self._name(index)} gives {len(tensors)} tensors in this pass, {len(axes)} in the first"
+            )
+        if self._mode != "replace" and self._batch is not None:
+            for axis, tensor in zip(axes, tensors, strict=True):
+                if tensor.dim() <= axis or tensor.shape[axis] != self._batch:
+                    raise ValueError(
+                        f"{self._name(index)} gives a tensor of shape {tuple(tensor.shape)} in this pass: "
+                        f"its batch axis {axis} should have size {self._batch}"
+                    )
         if self._mode == "capture":
-            self.taken[index] = [tensor.detach().clone() for tensor in tensors]
+            self.taken[index] = [
+                _batch_first(tensor.detach(), axis) for tensor, axis in zip(tensors, axes, strict=True)
+            ]
             if self._stop and len(self.taken) == len(self.layers):
                 raise _Stop
             return None
@@ -209,19 +332,23 @@ class Slots:
             # A tensor that already needs a gradient stays in the graph, so the gradient at an
             # earlier layer of the list still flows through a later one.
             leaves = [
-                tensor if tensor.requires_grad else tensor.detach().requires_grad_(True) for tensor in tensors
+                tensor.movedim(axis, 0)
+                if tensor.requires_grad
+                else _batch_first(tensor.detach(), axis).requires_grad_(True)
+                for tensor, axis in zip(tensors, axes, strict=True)
             ]
         else:
             start = sum(self.structure[:index])
             leaves = self._values[start : start + len(tensors)]
-            for leaf, tensor in zip(leaves, tensors, strict=True):
-                if leaf.shape != tensor.shape:
+            for leaf, tensor, axis in zip(leaves, tensors, axes, strict=True):
+                if leaf.shape != tensor.movedim(axis, 0).shape:
                     raise ValueError(
                         f"{self._name(index)} output has shape {tuple(tensor.shape)} in this pass, "
-                        f"expected {tuple(leaf.shape)}: its shape must not depend on its values"
+                        f"expected {tuple(leaf.movedim(0, axis).shape)}: its shape must not depend on "
+                        "its values"
                     )
         self.taken[index] = leaves
-        return [leaf.clone() for leaf in leaves]
+        return [_layer_view(leaf, axis) for leaf, axis in zip(leaves, axes, strict=True)]
 
     def _tensors(self, index: int, value: Any, what: str) -> list[torch.Tensor]:
         if isinstance(value, torch.Tensor):
@@ -233,7 +360,7 @@ class Slots:
         )
 
     def _hook(self, index: int, module: nn.Module, args: Any, output: Any) -> Any:
-        new = self._exchange(index, self._tensors(index, output, "output"))
+        new = self._exchange(index, self._tensors(index, output, "output"), args)
         if new is None:
             return None
         return (
@@ -248,7 +375,7 @@ class Slots:
         positions = [i for i, arg in enumerate(args) if isinstance(arg, torch.Tensor)]
         if not positions:
             raise TypeError(f"{self._name(index)} has no positional tensor input to attribute")
-        new = self._exchange(index, [args[i] for i in positions])
+        new = self._exchange(index, [args[i] for i in positions], args)
         if new is None:
             return None
         replaced = list(args)

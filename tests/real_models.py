@@ -106,3 +106,14 @@ def tiny_bert(pad_token_id: int = 0, **config: Any) -> Any:
         "intermediate_size": 32, "pad_token_id": pad_token_id, **config,
     }  # fmt: skip
     return tf.BertForSequenceClassification(tf.BertConfig(**options)).eval()
+
+
+def tiny_xlnet(pad_token_id: int = 0) -> Any:
+    """A two-layer XLNetForSequenceClassification (vocabulary 128, width 32, 4 heads, 3 labels),
+    random weights seeded 0, in eval mode: a sequence-first model (its layers are [T, B, D])."""
+    tf = transformers()
+    torch.manual_seed(0)
+    config = tf.XLNetConfig(
+        vocab_size=128, d_model=32, n_layer=2, n_head=4, d_inner=64, num_labels=3, pad_token_id=pad_token_id
+    )
+    return tf.XLNetForSequenceClassification(config).eval()

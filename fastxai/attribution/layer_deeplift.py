@@ -58,13 +58,20 @@ def layer_multipliers(
 
     ``run(tensors)`` calls the model on a tuple of input tensors; the caller holds the model's
     state guard (``_model.preserved_state``); ``Slots.hooked`` removes its hooks also on error."""
+    rows, ids = inputs[0].shape[0], inputs[0]
+    if len(slots.axes) < len(slots.layers) and not ids.is_floating_point():
+        # The layers' batch axes are found on the inputs' token ids: baseline ids (all pad) can
+        # read the same along every axis.
+        with torch.no_grad(), slots.hooked("capture", stop=True, batch=rows, ids=ids):
+            run(inputs)
+        slots.collected()
     record = RecordMode()
-    with torch.no_grad(), record, slots.hooked("capture"):
+    with torch.no_grad(), record, slots.hooked("capture", batch=baselines[0].shape[0], ids=baselines[0]):
         reference = _flat(run, baselines)
     reference_values = slots.collected()
     with torch.enable_grad():
         paired = PairedMode(record.calls, eps)
-        with paired, slots.hooked("grad"):
+        with paired, slots.hooked("grad", batch=rows, ids=ids):
             output = _flat(run, [tensor.detach() for tensor in inputs])
         paired.finish()
         values = slots.collected()
@@ -93,14 +100,16 @@ def layer_pairs(
     multiply_by_inputs: bool,
     chunk: int,
     upcast: bool = False,
+    witness: nn.Module | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``fastxai.deeplift(..., layer=)``: row ``i`` of ``inputs`` against row ``i`` of
     ``baselines`` (both [N, *F]) in chunks of at most ``chunk`` pairs: the attributions at the
     layer's output ``m_h * (h - h')`` (``m_h`` without ``multiply_by_inputs``) [N, *A] and the
     deltas ``sum - (f(x) - f(x'))`` [N] (float64 for float64 inputs, else float32). The caller
     holds the model's state guard. ``upcast`` (``dtype=``, the model under autocast): the layer's
-    half-precision values and multipliers are multiplied and summed in float32."""
-    slots = Slots([layer])
+    half-precision values and multipliers are multiplied and summed in float32. ``witness``: the
+    model's input embedding for token-id inputs (``Slots``: tells a sequence-first model)."""
+    slots = Slots([layer], witness=witness)
     parts, deltas = [], []
     accumulate = torch.float64 if inputs.dtype == torch.float64 else torch.float32
     for start in range(0, inputs.shape[0], chunk):

@@ -24,6 +24,10 @@ Differences from Captum, on purpose:
   runs the model on the inputs and the baselines, which is the same whenever the output
   depends on the inputs only through the layers.
 - ``device_ids`` (DataParallel) is refused with ``NotImplementedError``.
+- A sequence-first layer (``[T, B, D]``: ``nn.TransformerEncoder`` without ``batch_first``,
+  XLNet) is attributed in its batch-first view: results are ``[B, T, D]`` (Captum's
+  ``LayerActivation`` returns the layer's own layout; its path methods expand the batch along
+  dim 0, which such a layer does not have), and layer-space baselines are batch-first too.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ Differences from Captum, on purpose: those of ``DeepLift`` (``_captum_deeplift``
 nonlinearity rescaled, also functional ReLUs and reused modules; exact softmax and max-pool
 rules; ``target=None`` is the predicted class); ``LayerDeepLiftShap`` also takes a single
 baseline; gradients of a layer the output does not use are zeros; ``grad_kwargs`` other than
-``materialize_grads`` are refused.
+``materialize_grads`` are refused; a sequence-first layer's results are in its batch-first view
+``[B, T, D]``, as the other layer classes (``_captum_layer``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastxai._layer import input_embedding, is_integer
 from fastxai._layer_capture import Slots
 from fastxai.attribution.layer_deeplift import layer_multipliers
 from fastxai.compat._captum_attribution import GradientAttribution
@@ -76,7 +78,8 @@ class LayerDeepLift(_LayerMethod, GradientAttribution):
     ) -> tuple[list[Tensor], Tensor, Slots]:
         """Row ``i`` of the inputs against row ``i`` of the baselines: the attributions (one
         tensor per tensor of the layers) and the deltas [N]."""
-        slots = Slots(self._layers, to_input=to_input)
+        witness = input_embedding(self.model) if is_integer(inputs[0]) else None
+        slots = Slots(self._layers, to_input=to_input, witness=witness)
         model = self.forward_func
 
         def run(tensors: Sequence[Tensor]) -> Tensor:

@@ -59,7 +59,7 @@ def values_and_scores(
     target's scores there when ``target`` is given (else the forward stops at the layer)."""
     model, head = site.forward.bound(rows, count, inputs)
     output = None
-    with torch.no_grad(), site.slots.hooked("capture", stop=target is None):
+    with torch.no_grad(), site.slots.hooked("capture", stop=target is None, batch=head.shape[0], ids=head):
         output = model(head)  # with stop, the hook ends the pass at the layer: output stays None
     values = site.slots.flatten(site.slots.collected())
     if target is None or output is None:
