@@ -18,7 +18,9 @@ without discarding is the paper's ``0.5 A + 0.5 I``.
 
 The weights come from the model: Hugging Face models through ``output_attentions=True`` (run
 with the eager attention for the call, put back after), other models through every
-``nn.MultiheadAttention`` (torchvision's ViT), asked for per-head weights by a hook. With
+``nn.MultiheadAttention`` (torchvision's ViT), asked for per-head weights by a hook, or through
+timm's attention modules (ViT, DeiT, EVA, BEiT: run unfused for the call, the softmax weights
+taken where they enter ``attn_drop``). With
 ``attention_mask`` [B, N] (1 for tokens, 0 for padding), passed on to the model, padding gets 0.
 
 Returns [B, N]: each input token's value for output token ``token`` (0: the class token); with
@@ -40,7 +42,7 @@ from torch import nn
 
 from fastxai import _compile, _model, _precision
 from fastxai.attribution._max_flow import max_flow
-from fastxai.attribution.cam_layer import token_grid
+from fastxai.attribution.cam_layer import declared_prefix_tokens, token_grid
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -184,6 +186,10 @@ def attentions_of(
     if blocks:
         with _model.preserved_state(model), torch.no_grad():
             return _from_multihead_attention(model, scored, inputs, kwargs, blocks)
+    timm_blocks = [module for module in model.modules() if _is_timm_attention(module)]
+    if timm_blocks:
+        with _model.preserved_state(model), torch.no_grad():
+            return _from_timm_attention(scored, inputs, kwargs, timm_blocks)
     if hasattr(model, "config"):
         # inference_state, not preserved_state: transformers installs its output-recording hooks
         # on the first output_attentions call and marks the model as hooked; removing them
@@ -191,10 +197,53 @@ def attentions_of(
         with _model.inference_state(model), torch.no_grad():
             return _from_hugging_face(model, scored, inputs, kwargs)
     raise TypeError(
-        "attention weights are read from nn.MultiheadAttention modules (torchvision's ViT) or from a "
-        "Hugging Face model (output_attentions=True); for another model collect them yourself and call "
+        "attention weights are read from nn.MultiheadAttention modules (torchvision's ViT), timm's "
+        "attention modules (fused_attn and attn_drop: ViT, DeiT, EVA, BEiT) or a Hugging Face model "
+        "(output_attentions=True); for another model collect them yourself and call "
         "fastxai.attribution.attention_rollout.rollout / flow"
     )
+
+
+def _is_timm_attention(module: nn.Module) -> bool:
+    """timm's attention modules (``vision_transformer.Attention`` and its kin in EVA, BEiT, ...):
+    a bool ``fused_attn`` that picks ``F.scaled_dot_product_attention`` over the written-out path,
+    which applies ``attn_drop`` to the softmax weights."""
+    return isinstance(getattr(module, "fused_attn", None), bool) and isinstance(
+        getattr(module, "attn_drop", None), nn.Module
+    )
+
+
+def _from_timm_attention(
+    run: Callable[..., Any], inputs: torch.Tensor, kwargs: dict[str, Any], blocks: list[nn.Module]
+) -> list[torch.Tensor]:
+    """The weights of timm's attention ``blocks`` from one call of ``run``: each block runs its
+    written-out path for the call (``fused_attn`` off, put back after), and a hook on its
+    ``attn_drop`` keeps that module's input, the softmax weights [B, H, N, N]."""
+    weights: list[torch.Tensor] = []
+    fused = [bool(block.fused_attn) for block in blocks]
+
+    def keep(module: nn.Module, args: tuple[Any, ...]) -> None:
+        weights.append(args[0])
+
+    handles = [block.attn_drop.register_forward_pre_hook(keep) for block in blocks]  # type: ignore[union-attr]
+    try:
+        for block in blocks:
+            setattr(block, "fused_attn", False)  # noqa: B010 (an attribute the type does not declare)
+        run(inputs, **kwargs)
+    finally:
+        for block, was in zip(blocks, fused, strict=True):
+            setattr(block, "fused_attn", was)  # noqa: B010
+        for handle in handles:
+            handle.remove()
+    batch = inputs.shape[0]
+    for index, (block, weight) in enumerate(zip(blocks, weights, strict=False)):
+        if weight.dim() != 4 or weight.shape[0] != batch or weight.shape[2] != weight.shape[3]:
+            raise ValueError(
+                f"timm attention module {index} ({type(block).__name__}) gives weights of shape "
+                f"{tuple(weight.shape)}, not [B={batch}, H, N, N] over all tokens (windowed or "
+                "pooled attention, as in Swin or MViT): rollout needs global self-attention"
+            )
+    return weights
 
 
 def _from_multihead_attention(
@@ -261,6 +310,7 @@ def _finish(
     attention_mask: torch.Tensor | None,
     grid: bool,
     token: int | None,
+    prefix_tokens: int | None = None,
 ) -> torch.Tensor:
     if attention_mask is not None:
         keep = attention_mask.to(device=values.device, dtype=values.dtype)
@@ -271,7 +321,7 @@ def _finish(
         return values
     if token is None or inputs.dim() != 4:
         raise ValueError("grid=True needs image inputs [B, C, H, W] and one output token")
-    layout = token_grid(values.shape[1], tuple(inputs.shape[2:]))
+    layout = token_grid(values.shape[1], tuple(inputs.shape[2:]), prefix_tokens)
     if layout is None:
         raise ValueError(f"{values.shape[1]} tokens are no grid of the image size {tuple(inputs.shape[2:])}")
     prefix, (height, width) = layout
@@ -308,7 +358,8 @@ def attention_rollout(
     matrix = rollout(attentions, head_fusion, discard_ratio)
     rows = _check_token(token, matrix.shape[-1])
     values = matrix if token is None else matrix[:, rows[0]]
-    return _finish(values, inputs, attention_mask, grid, token)
+    prefix = declared_prefix_tokens(_compile.original(model))
+    return _finish(values, inputs, attention_mask, grid, token, prefix)
 
 
 def attention_flow(
@@ -336,4 +387,5 @@ def attention_flow(
         model, inputs, attention_mask=attention_mask, forward_kwargs=forward_kwargs, dtype=dtype
     )
     values = flow(attentions, head_fusion, discard_ratio, token)
-    return _finish(values, inputs, attention_mask, grid, token)
+    prefix = declared_prefix_tokens(_compile.original(model))
+    return _finish(values, inputs, attention_mask, grid, token, prefix)

@@ -100,11 +100,25 @@ def _fits(grid: tuple[int, ...], spatial: tuple[int, ...]) -> bool:
     return max(strides) <= _ASPECT_SLACK * min(strides)
 
 
-def token_grid(count: int, spatial: tuple[int, ...]) -> tuple[int, tuple[int, int]] | None:
+def declared_prefix_tokens(model: object) -> int | None:
+    """The class, distillation and register tokens ahead of the patch tokens as the model
+    declares them (timm's ``num_prefix_tokens``), or None."""
+    prefix = getattr(model, "num_prefix_tokens", None)
+    return prefix if isinstance(prefix, int) and not isinstance(prefix, bool) and prefix >= 0 else None
+
+
+def token_grid(
+    count: int, spatial: tuple[int, ...], prefix_tokens: int | None = None
+) -> tuple[int, tuple[int, int]] | None:
     """(prefix tokens, (h, w)) with ``count = prefix + h*w`` a grid of the image, fewest prefix
-    tokens first, the grid closest to the image's aspect ratio."""
+    tokens first, the grid closest to the image's aspect ratio. ``prefix_tokens``: the count the
+    model declares, tried first (a ViT with 4 registers on 16 patches has 21 tokens, which
+    1 + 5x4 would also read; a layer before the prefix tokens are added has none)."""
     height, width = spatial
-    for prefix in range(min(_MAX_PREFIX_TOKENS, count - 4) + 1):
+    counts = list(range(min(_MAX_PREFIX_TOKENS, count - 4) + 1))
+    if prefix_tokens is not None:
+        counts.insert(0, prefix_tokens)
+    for prefix in counts:
         positions = count - prefix
         shapes = [(h, positions // h) for h in range(2, positions // 2 + 1) if positions % h == 0]
         shapes = [shape for shape in shapes if _fits(shape, spatial)]
@@ -121,7 +135,9 @@ class _Record:
     layouts: list[tuple[str, tuple[int, ...], int]]  # candidate readings (layout, grid, prefix)
 
 
-def _readings(output: torch.Tensor, spatial: tuple[int, ...]) -> list[tuple[str, tuple[int, ...], int]]:
+def _readings(
+    output: torch.Tensor, spatial: tuple[int, ...], prefix_tokens: int | None
+) -> list[tuple[str, tuple[int, ...], int]]:
     shape = tuple(output.shape)
     readings: list[tuple[str, tuple[int, ...], int]] = []
     if len(shape) == len(spatial) + 2:
@@ -130,7 +146,7 @@ def _readings(output: torch.Tensor, spatial: tuple[int, ...]) -> list[tuple[str,
         if _fits(shape[1:-1], spatial):
             readings.append(("channels_last", shape[1:-1], 0))
     elif len(shape) == 3 and len(spatial) == 2:
-        tokens = token_grid(shape[1], spatial)
+        tokens = token_grid(shape[1], spatial, prefix_tokens)
         if tokens is not None:
             readings.append(("tokens", tokens[1], tokens[0]))
     return readings
@@ -141,6 +157,7 @@ def _trace(model: nn.Module, x: torch.Tensor, spatial: tuple[int, ...]) -> list[
     module that ran once; and the gradients of the predicted score on them."""
     calls: Counter[int] = Counter()
     finished: list[_Record] = []
+    prefix_tokens = declared_prefix_tokens(model)
 
     def hook(name: str, module: nn.Module, args: Any, output: Any) -> None:
         calls[id(module)] += 1
@@ -152,7 +169,7 @@ def _trace(model: nn.Module, x: torch.Tensor, spatial: tuple[int, ...]) -> list[
             or any(output is arg for arg in args)
         ):
             return
-        readings = _readings(output, spatial)
+        readings = _readings(output, spatial, prefix_tokens)
         if readings:
             finished.append(_Record(name, module, output, readings))
 

@@ -209,3 +209,47 @@ def test_bert_padding_gets_nothing_and_changes_nothing() -> None:
         torch.testing.assert_close(padded[1, :4], alone[0])
     with pytest.raises(ValueError, match="grid=True needs image inputs"):
         fx.attention_rollout(model, ids, grid=True)
+
+
+def _timm_vit_with_registers() -> nn.Module:
+    """timm's ViT, 4 register tokens after the class token, 4x4 patches: 21 tokens (which a
+    class token and a 5x4 grid would also read)."""
+    torch.manual_seed(0)
+    return real_models.timm().create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, reg_tokens=4, depth=2,
+        embed_dim=16, num_heads=2, num_classes=5,
+    )  # fmt: skip
+
+
+def test_timm_vit_weights_are_the_softmax_of_its_projections() -> None:
+    model = _timm_vit_with_registers().train()
+    before, fused = model_state(model), [block.attn.fused_attn for block in model.blocks]
+    x = torch.randn(2, 3, 32, 32)
+    attentions = attentions_of(model, x)
+    assert_same_state(before, model_state(model))
+    assert [block.attn.fused_attn for block in model.blocks] == fused  # put back after the call
+    assert [tuple(a.shape) for a in attentions] == [(2, 2, 21, 21)] * 2
+    block = model.blocks[1]
+    kept = {}
+    handle = block.norm1.register_forward_hook(lambda m, i, o: kept.setdefault("x", o))
+    model.eval()(x)
+    handle.remove()
+    q, k, _ = block.attn.qkv(kept["x"]).reshape(2, 21, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    torch.testing.assert_close(attentions[1], (q @ k.transpose(-1, -2) * 8**-0.5).softmax(-1).detach())
+    heat = fx.attention_rollout(model, x, grid=True)
+    # the grid is the 16 patch tokens after the 5 the model declares (num_prefix_tokens)
+    torch.testing.assert_close(heat, rollout(attentions)[:, 0, 5:].reshape(2, 1, 4, 4))
+
+
+def test_timm_windowed_attention_is_refused_by_name() -> None:
+    torch.manual_seed(0)
+    model = real_models.timm().create_model(
+        "swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=4, embed_dim=16,
+        depths=(1, 1), num_heads=(1, 1), num_classes=5,
+    )  # fmt: skip
+    before = model_state(model)
+    fused = [block.attn.fused_attn for stage in model.layers for block in stage.blocks]
+    with pytest.raises(ValueError, match=r"WindowAttention.*global self-attention"):
+        fx.attention_rollout(model, torch.randn(2, 3, 32, 32))
+    assert_same_state(before, model_state(model))
+    assert [block.attn.fused_attn for stage in model.layers for block in stage.blocks] == fused

@@ -242,6 +242,21 @@ def test_real_architectures(make, size: int, name: str, layout: str, grid: tuple
         torch.testing.assert_close(heat, _grad_cam_by_hand(model, found.module, x, to_maps))
 
 
+def test_a_vit_with_register_tokens_reads_the_prefix_it_declares() -> None:
+    # A class token and 4 registers before 4x4 patches: 21 tokens, which a class token and a
+    # 5x4 grid would also read; timm's num_prefix_tokens says 5.
+    torch.manual_seed(0)
+    model = real_models.timm().create_model(
+        "vit_small_patch16_224", pretrained=False, img_size=32, patch_size=8, reg_tokens=4, depth=2,
+        embed_dim=16, num_heads=2, num_classes=5,
+    )  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    found = cam_layer(model, x)
+    assert (found.layout, found.grid, found.prefix_tokens) == ("tokens", (4, 4), 5)
+    heat = fx.grad_cam(model, x)
+    torch.testing.assert_close(heat, _grad_cam_by_hand(model, found.module, x, _tokens(5, (4, 4))))
+
+
 def test_the_command_line_names_the_layer_cam_layer_finds() -> None:
     from fastxai.cli import CliError, method_kwargs
     from fastxai.digits import digits_cnn
