@@ -17,7 +17,7 @@ methods):
   the uniform rule, each factor half: the gradient of the product is also halved;
 - element-wise nonlinearities (relu, gelu, silu, tanh, sigmoid, powers with a constant
   exponent, ...), ``F.rms_norm``: the identity rule ``R_a = R_z``, i.e. the backward
-  ``g_a = g_z * f(a) / a`` (0 where a = 0);
+  ``g_a = g_z * f(a) / a`` (0 where a = 0, and where ``f(a) / a`` overflows: ``sigmoid(a) / a``, a subnormal);
 - ``F.layer_norm``: ``1/std`` a constant, the epsilon rule on the remaining affine map:
   ``q = g_z * (w / std) * y / (y + eps sign0(y))``, ``g_a = q - mean(q)``;
 - softmax: AttnLRP's rule ``R_a = a * (R_z - y sum R_z)``, which is the plain gradient;
@@ -94,7 +94,11 @@ class _Identity(torch.autograd.Function):
             raise UnsupportedLayerError(
                 f"the identity rule needs an element-wise step, got {tuple(a.shape)} -> {tuple(y.shape)}"
             )
-        ctx.save_for_backward(ops.lrp_divide(y.to(a.dtype), a, 0.0, backend=backend))
+        ratio = ops.lrp_divide(y.to(a.dtype), a, 0.0, backend=backend)
+        # f(a) / a overflows where a is subnormal and f(a) is not small (sigmoid(1e-39) / 1e-39:
+        # squeeze-excitation gates of a faded channel); inf * 0 would make the whole relevance NaN:
+        # those elements pass no relevance (R_a = a * g_a, with a ~ 0, could take next to none)
+        ctx.save_for_backward(torch.where(torch.isfinite(ratio), ratio, 0.0))
         return y
 
     @staticmethod

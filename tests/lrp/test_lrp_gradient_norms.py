@@ -152,6 +152,26 @@ def test_an_output_of_norms_alone_is_refused() -> None:
         lrp(Norms().eval(), torch.randn(1, 3, 5, 5), target=0, engine="gradient")
 
 
+def test_a_sigmoid_gate_of_a_subnormal_activation_gives_finite_relevance() -> None:
+    """sigmoid(a) / a (the identity rule's ratio) overflows for a subnormal a, and inf * 0 made the
+    whole relevance NaN (squeeze-excitation gates of channels faded to 1e-39: HF EfficientNet,
+    PP-LCNet with random weights)."""
+
+    class Gate(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(6)
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(36, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.relu(self.conv(x))
+            faded = h[:, :1] * 1e-39  # float32 subnormals
+            return self.head(torch.cat([faded * torch.sigmoid(faded), h[:, 1:]], dim=1).flatten(1))
+
+    relevance = lrp(Gate().eval(), torch.randn(2, 3, 5, 5), target=1, engine="gradient")
+    assert bool(torch.isfinite(relevance).all()) and bool(relevance.any())
+
+
 # -- tiny Hugging Face vision classifiers ----------------------------------------------------------
 
 # BatchNorm and max pooling (resnet), BatchNorm and ReLU6 (mobilenet_v2), GroupNorm and max pooling
