@@ -17,7 +17,8 @@ methods):
   the uniform rule, each factor half: the gradient of the product is also halved;
 - element-wise nonlinearities (relu, gelu, silu, tanh, sigmoid, powers with a constant
   exponent, ...), ``F.rms_norm``: the identity rule ``R_a = R_z``, i.e. the backward
-  ``g_a = g_z * f(a) / a`` (0 where a = 0, and where ``f(a) / a`` overflows: ``sigmoid(a) / a``, a subnormal);
+  ``g_a = g_z * f(a) / a`` (0 where a = 0, and where ``f(a) / a`` overflows: ``sigmoid(a) / a``
+  for a subnormal ``a``);
 - ``F.layer_norm``: ``1/std`` a constant, the epsilon rule on the remaining affine map:
   ``q = g_z * (w / std) * y / (y + eps sign0(y))``, ``g_a = q - mean(q)``;
 - softmax: AttnLRP's rule ``R_a = a * (R_z - y sum R_z)``, which is the plain gradient;
