@@ -80,7 +80,7 @@ class LinearOutput:
     read it and returned a relevance-carrying result (``readers``; metadata queries such as
     ``size()`` do not count), and whether a BatchNorm read it."""
 
-    output: Tensor
+    output: Tensor | None  # None once the forward is over (``LinearOutputs.clear``)
     eps: float
     readers: int = 0
     batchnorm: bool = False
@@ -98,7 +98,11 @@ class LinearOutputs:
         self._records: dict[int, LinearOutput] = {}
 
     def clear(self) -> None:
-        self._records.clear()  # the hooks keep their own records for the backward
+        """Forget the forward's outputs; the hooks keep their records for the backward, without
+        the tensors (which the backward does not read: holding them would hold the activations)."""
+        for record in self._records.values():
+            record.output = None
+        self._records.clear()
 
     def epsilon(self, z: Tensor, eps: float, backend: str | None) -> Tensor:
         """The epsilon rule on a Linear/Conv module's output ``z`` (``g * z / (z + eps sign0(z))``),
