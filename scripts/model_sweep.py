@@ -4,6 +4,7 @@ nothing downloaded) and print one line per model: ``ok``, ``NONFINITE`` or the e
     PYTHONPATH=. python scripts/model_sweep.py [--methods saliency lrp ...] [--models resnet18 ...]
     PYTHONPATH=. python scripts/model_sweep.py --timm [--models convnext_atto ...]
     PYTHONPATH=. python scripts/model_sweep.py --hf [--models bert llama ...]
+    PYTHONPATH=. python scripts/model_sweep.py --hf-vision [tiny|default] [--models resnet swinv2 ...]
 
 64x64 inputs (224 for the ViTs, Swins and Inceptions, whose patching or pooling needs it); the
 largest models (``SKIPPED``) are left out to keep a run to a few minutes on a CPU. ``--timm``:
@@ -11,8 +12,14 @@ largest models (``SKIPPED``) are left out to keep a run to a few minutes on a CP
 MLP mixers, MetaFormers, NAS nets), at 96x96 where the model takes it, else at its own input
 size. ``--hf``: ``HF_TYPES``, transformers' sequence classifiers built from tiny configs (2
 layers, width 32, 4 heads, vocabulary 128) on token ids [2, 12], with integrated gradients in
-place of guided backpropagation (no ReLU in most of them). A refusal is printed, not raised: the
-sweep shows which architectures each method takes.
+place of guided backpropagation (no ReLU in most of them). ``--hf-vision``: every transformers
+image classifier (``AutoModelForImageClassification``'s types, but ``HF_VISION_SKIPPED``) with
+random weights on one [1, C, S, S] input, ``--methods`` as for torchvision; ``tiny`` (default)
+sets the width-32, 2-layer, 4-head, patch-8 fields a config has, at S = max(its image_size, 32)
+(a config whose other fields do not fit those fails to build or run: printed); ``default``
+keeps the config's sizes with one block per stage (``depths``) or 2 layers, at its image_size
+(224 where it has none). A refusal is printed, not raised: the sweep shows which architectures
+each method takes.
 """
 
 from __future__ import annotations
@@ -59,6 +66,12 @@ SKIPPED = {
     "convnext_base", "convnext_large",
 }  # fmt: skip
 LARGE_INPUT = ("vit", "swin", "inception", "googlenet")
+# wrappers of other libraries' models, classifiers that need text or a second input, and types
+# whose image classifier is not a plain image -> logits model
+HF_VISION_SKIPPED = {
+    "timm_wrapper", "shieldgemma2", "dinat", "perceiver", "imagegpt", "donut-swin", "clip", "siglip",
+    "siglip2", "metaclip_2",
+}  # fmt: skip
 HF_TYPES = """
 bert roberta distilbert albert electra xlm-roberta mobilebert funnel mpnet ernie camembert layoutlm
 megatron-bert nystromformer rembert roformer xlnet gpt2 gpt_neo gpt_neox llama mistral mixtral qwen2 qwen3
@@ -89,10 +102,17 @@ def main() -> None:
     parser.add_argument("--timm", action="store_true", help="timm's models (TIMM_MODELS) instead")
     parser.add_argument("--hf", action="store_true", help="transformers' classifiers (HF_TYPES) instead")
     parser.add_argument("--hf-methods", nargs="+", default=None, help="with --hf: these of its methods only")
+    parser.add_argument(
+        "--hf-vision", nargs="?", const="tiny", choices=("tiny", "default"), default=None,
+        help="transformers' image classifiers instead, from tiny (default) or default-size configs",
+    )  # fmt: skip
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     if args.hf:
         _sweep_transformers(args.models or HF_TYPES, args.hf_methods)
+        return
+    if args.hf_vision is not None:
+        _sweep_transformers_vision(args.models, args.methods, args.hf_vision)
         return
     torchvision = real_models._import_torchvision()
     models = torchvision.models
@@ -165,6 +185,47 @@ def _sweep_transformers(types: list[str], selected: list[str] | None = None) -> 
         model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
         runs = {method: functools.partial(run, model) for method, run in methods.items()}
         print(f"{model_type} {_run_methods(runs)}", flush=True)
+
+
+def _sweep_transformers_vision(types: list[str] | None, methods: list[str], sizes: str) -> None:
+    transformers = real_models.transformers()
+    transformers.logging.set_verbosity_error()
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+            "image_size": 32, "patch_size": 8}  # fmt: skip
+    names = types or [
+        name for name in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES if name not in HF_VISION_SKIPPED
+    ]
+    for name in names:
+        config = transformers.AutoConfig.for_model(name)
+        config.num_labels = 5
+        if sizes == "tiny":
+            for key, value in tiny.items():
+                if hasattr(config, key):
+                    try:
+                        setattr(config, key, value)
+                    except Exception:  # a derived property, or a validated field of another type
+                        pass
+        elif hasattr(config, "depths"):
+            config.depths = [1] * len(config.depths)
+        elif hasattr(config, "num_hidden_layers"):
+            config.num_hidden_layers = 2
+        try:
+            model = transformers.AutoModelForImageClassification.from_config(config).eval()
+        except Exception as error:  # a config the tiny sizes do not fit: reported, as a refusal is
+            print(f"{name} BUILD {type(error).__name__}: {str(error)[:100]}", flush=True)
+            continue
+        _redraw_zero_heads(model)
+        size = getattr(config, "image_size", None)
+        if sizes == "tiny":
+            size = max(size, 32) if isinstance(size, int) else 32
+        elif not isinstance(size, int):
+            size = 224
+        channels = getattr(config, "num_channels", 3)
+        x = torch.rand(1, channels, size, size, generator=torch.Generator().manual_seed(0))
+        runs = {method: functools.partial(METHODS[method], model, x, 0) for method in methods}
+        print(f"{name} {size} {_run_methods(runs)}", flush=True)
 
 
 def _run_methods(runs: dict[str, Callable[[], torch.Tensor]]) -> str:

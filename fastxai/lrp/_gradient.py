@@ -266,6 +266,7 @@ def _relevance(
     target: torch.Tensor | None, rows: slice, module: nn.Module | None,
 ) -> torch.Tensor:  # fmt: skip
     def forward(x: torch.Tensor) -> Any:
+        mode.linear_outputs.clear()
         try:
             with mode:
                 return run(x)
@@ -273,6 +274,8 @@ def _relevance(
             if mode.failure is not None:  # raised, maybe turned into another error (see RuleMode)
                 raise mode.failure from None
             raise
+        finally:
+            mode.linear_outputs.clear()  # the backward hooks keep what they read
 
     output = _model.outputs(forward, head)
     if len(leaves) != 1:
@@ -284,6 +287,12 @@ def _relevance(
     if index is None:
         index = output.argmax(dim=1)
     scores = output.reshape(output.shape[0], -1).gather(1, index.view(-1, 1))
+    if not scores.requires_grad:
+        raise UnsupportedLayerError(
+            "the model's output carries no relevance from the start layer: it is computed from constants "
+            "of the pass only (e.g. norms or standard deviations of activations, which LRP takes as "
+            "constants, as LayerNorm's 1/std), or under torch.no_grad()"
+        )
     (grad,) = torch.autograd.grad(scores.sum(), leaves, allow_unused=True, materialize_grads=True)
     dtype = torch.float64 if leaves[0].dtype == torch.float64 else torch.float32
     return leaves[0].detach().to(dtype) * grad.to(dtype)

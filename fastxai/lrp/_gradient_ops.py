@@ -17,7 +17,8 @@ methods):
   the uniform rule, each factor half: the gradient of the product is also halved;
 - element-wise nonlinearities (relu, gelu, silu, tanh, sigmoid, powers with a constant
   exponent, ...), ``F.rms_norm``: the identity rule ``R_a = R_z``, i.e. the backward
-  ``g_a = g_z * f(a) / a`` (0 where a = 0);
+  ``g_a = g_z * f(a) / a`` (0 where a = 0, and where ``f(a) / a`` overflows: ``sigmoid(a) / a``
+  for a subnormal ``a``);
 - ``F.layer_norm``: ``1/std`` a constant, the epsilon rule on the remaining affine map:
   ``q = g_z * (w / std) * y / (y + eps sign0(y))``, ``g_a = q - mean(q)``;
 - softmax: AttnLRP's rule ``R_a = a * (R_z - y sum R_z)``, which is the plain gradient;
@@ -33,6 +34,9 @@ methods):
 - quotients by a normaliser (a relevance-carrying divisor shared by a group of elements, as
   Mixtral's router divides its top-k weights by their sum): the divisor is detached, a constant
   of the pass (``_errors.division_refusal``; other divisions are refused);
+- ``F.batch_norm`` (eval mode; merged into the Linear/Conv module before it, as in the traced
+  engine), ``F.group_norm``, max pooling, norms and standard deviations (constants of the pass),
+  ``F.normalize``: ``fastxai.lrp._gradient_norms``;
 - products and quotients by constants, moves and selections (view, cat, indexing, ``topk``,
   ``amax``, ``max`` / ``min`` (winner-take-all), ``unfold``, ...), dropout: the plain gradient.
 
@@ -52,7 +56,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from fastxai import ops
-from fastxai.lrp import _attention
+from fastxai.lrp import _attention, _gradient_norms
 from fastxai.lrp._errors import UnsupportedLayerError, call_site, division_refusal
 
 Tensor = torch.Tensor
@@ -91,7 +95,11 @@ class _Identity(torch.autograd.Function):
             raise UnsupportedLayerError(
                 f"the identity rule needs an element-wise step, got {tuple(a.shape)} -> {tuple(y.shape)}"
             )
-        ctx.save_for_backward(ops.lrp_divide(y.to(a.dtype), a, 0.0, backend=backend))
+        ratio = ops.lrp_divide(y.to(a.dtype), a, 0.0, backend=backend)
+        # f(a) / a overflows where a is subnormal and f(a) is not small (sigmoid(1e-39) / 1e-39:
+        # squeeze-excitation gates of a faded channel); inf * 0 would make the whole relevance NaN:
+        # those elements pass no relevance (R_a = a * g_a, with a ~ 0, could take next to none)
+        ctx.save_for_backward(torch.where(torch.isfinite(ratio), ratio, 0.0))
         return y
 
     @staticmethod
@@ -200,8 +208,9 @@ def _refusal(func: Any, reason: str) -> UnsupportedLayerError:
     return UnsupportedLayerError(
         f"LRP (gradient engine) has no rule for {_name(func)} {reason}, called at {call_site()}. "
         "Rules exist for Linear/Conv/matmul (epsilon), products of two activations (uniform), "
-        "element-wise activations and RMSNorm (identity), LayerNorm, softmax, scaled_dot_product_"
-        "attention, sums and moves; compute this step from constants (e.g. under torch.no_grad()) "
+        "element-wise activations and RMSNorm (identity), LayerNorm, GroupNorm, eval-mode BatchNorm, "
+        "max pooling, norms as constants, softmax, scaled_dot_product_attention, sums and moves; "
+        "compute this step from constants (e.g. under torch.no_grad()) "
         "or keep it out of the path from the start layer (layer=) to the output"
     )
 
@@ -218,6 +227,7 @@ class RuleMode(TorchFunctionMode):
         self.stabilizer, self.backend = stabilizer, backend
         self.epsilons: list[float] = []
         self.ledger = LEDGER.get()
+        self.linear_outputs = _gradient_norms.LinearOutputs()  # for BatchNorm merging
         # torch turns a TypeError (UnsupportedLayerError is one) raised in a binary operator
         # (``x / y``) into NotImplemented and then "unsupported operand": the engine re-raises this
         self.failure: UnsupportedLayerError | None = None
@@ -232,11 +242,21 @@ class RuleMode(TorchFunctionMode):
             hashable = False
         if not hashable or not (variables(args) or variables(kwargs)):
             return func(*args, **kwargs)
+        output = self._rule(func, args, kwargs)
+        self.linear_outputs.count(args, kwargs, output)
+        return output
+
+    def _rule(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if func in _PLAIN or (func in _SOFTMAX and self.ledger is None):
             return func(*args, **kwargs)
         if func in _LINEAR:
             eps = self.epsilons[-1] if self.epsilons else self.stabilizer  # the running Linear/Conv's
-            return self._epsilon(func(*args, **kwargs), eps, len(variables(args[:2])) > 1)
+            product = len(variables(args[:2])) > 1
+            if self.epsilons and not product:  # a Linear/Conv module's op: a BatchNorm may merge into it
+                return self.linear_outputs.epsilon(func(*args, **kwargs), eps, self.backend)
+            return self._epsilon(func(*args, **kwargs), eps, product)
+        if func in _gradient_norms.RULES:  # normalisations, max pooling: their own module
+            return _gradient_norms.RULES[func](self, func, args, kwargs)
         if func in _MATMUL:
             factors = args[1:3] if func in _ADD_MATMUL else args[1:] if func is torch.einsum else args[:2]
             return self._epsilon(func(*args, **kwargs), self.stabilizer, len(variables(factors)) > 1)
