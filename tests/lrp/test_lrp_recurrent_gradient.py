@@ -7,7 +7,8 @@ maps) against oracles that do not share its code:
   the final states;
 - LRP-0 conservation (no biases, no stabiliser): the input's total is the score, for every
   layout (bidirectional, 2 layers, final-state readouts, initial states, projections);
-- the traced engine's own LSTM rule (``fastxai.lrp._recurrent``) where both engines run.
+- the traced engine's own rules (``fastxai.lrp._recurrent``, written backwards through time):
+  both engines run every layout, and must agree.
 
 Also: token ids through an embedding (the model of the issue), what is refused names the
 module, and the model is left as found, also on error.
@@ -32,9 +33,10 @@ def _divide(r: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
     return r / (z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype))
 
 
-def _states(output: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(h_n, c_n) of what a recurrent module returns (c_n None for GRU and RNN)."""
-    return output[1] if isinstance(output[1], tuple) else (output[1], None)
+def _states(body: nn.RNNBase, output: tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(h_n, c_n) of what a recurrent module returns (c_n None for GRU and RNN); by the module's
+    type, not the output's, so that torch.fx traces it."""
+    return output[1] if isinstance(body, nn.LSTM) else (output[1], None)
 
 
 class Reader(nn.Module):
@@ -44,12 +46,13 @@ class Reader(nn.Module):
     def __init__(self, body: nn.RNNBase, steps: int) -> None:
         super().__init__()
         self.body = body
-        out = body.hidden_size * (2 if body.bidirectional else 1)
-        width = out * steps + body.hidden_size * (2 if isinstance(body, nn.LSTM) else 1)
+        out = body.proj_size or body.hidden_size
+        width = out * (2 if body.bidirectional else 1) * steps + out
+        width += body.hidden_size if isinstance(body, nn.LSTM) else 0
         self.head = nn.Linear(width, 3, dtype=torch.float64)
 
     def features(self, output: tuple) -> torch.Tensor:
-        h_n, c_n = _states(output)
+        h_n, c_n = _states(self.body, output)
         sequence = output[0] if self.body.batch_first else output[0].transpose(0, 1)
         parts = [sequence.flatten(1), h_n[-1]] + ([] if c_n is None else [c_n[-1]])
         return torch.cat(parts, dim=-1)
@@ -187,7 +190,7 @@ class Classifier(nn.Module):
         output = self.body(self.e(ids))
         if not self.final:
             return self.o(output[0][:, -1])
-        h_n = _states(output)[0]
+        h_n = _states(self.body, output)[0]
         last = torch.cat(list(h_n[-2:]), dim=-1) if self.body.bidirectional else h_n[-1]
         return self.o(last)
 
@@ -256,6 +259,21 @@ def test_the_engines_agree_on_an_lstm(layers: int, bidirectional: bool) -> None:
     lstm = nn.LSTM(3, 4, num_layers=layers, bidirectional=bidirectional, batch_first=True)
     model = Sequence(lstm).double().eval()
     x = torch.rand(2, 2, 4, 4, dtype=torch.float64)
+    composite = Composite([(LINEAR_TYPES, rules.Epsilon(0.05))], stabilizer=0.01)
+    traced = lrp(model, x, target=1, composite=composite, engine="fx")
+    torch.testing.assert_close(lrp(model, x, target=1, composite=composite, engine="gradient"), traced)
+
+
+@pytest.mark.parametrize(
+    ("cell", "layout"), [(cell, layout) for cell in CELLS for layout in LAYOUTS] + [("lstm", "projected")]
+)
+def test_the_engines_agree_with_relevance_at_the_final_states(cell: str, layout: str) -> None:
+    """The traced engine's own rules (``fastxai.lrp._recurrent``) against the unrolled ops, with
+    relevance reaching the output sequence, h_n and (LSTM) c_n through ``getitem``."""
+    torch.manual_seed(6)
+    options = {"batch_first": True, **LAYOUTS.get(layout, {"proj_size": 3, "num_layers": 2})}
+    model = Reader(CELLS[cell](4, 5, dtype=torch.float64, **options), steps=7).eval()
+    x = torch.randn(3, 7, 4, dtype=torch.float64)
     composite = Composite([(LINEAR_TYPES, rules.Epsilon(0.05))], stabilizer=0.01)
     traced = lrp(model, x, target=1, composite=composite, engine="fx")
     torch.testing.assert_close(lrp(model, x, target=1, composite=composite, engine="gradient"), traced)
