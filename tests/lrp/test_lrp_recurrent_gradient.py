@@ -314,5 +314,30 @@ def test_an_unrolling_that_differs_from_the_module_is_refused() -> None:
         return output * 2, (h_n, c_n)
 
     model.body.forward = doubled  # type: ignore[method-assign]
+    before = model_state(model)
     with pytest.raises(UnsupportedLayerError, match=r"unrolled nn\.LSTM 'body' differs from the module's"):
         lrp(model, torch.randint(1, 50, (2, 7)), target=0)
+    assert_same_state(before, model_state(model))
+
+
+class Unbatched(nn.Module):
+    """A batch of one given to the module unbatched [T, F] (``unbatched=True``) or sequence first."""
+
+    def __init__(self, cell: str, unbatched: bool) -> None:
+        super().__init__()
+        torch.manual_seed(7)
+        self.body = CELLS[cell](4, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
+        self.head = nn.Linear(10, 3, dtype=torch.float64)
+        self.unbatched = unbatched
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unbatched:
+            return self.head(self.body(x[0])[0][-1]).unsqueeze(0)
+        return self.head(self.body(x.transpose(0, 1))[0][-1])
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_an_unbatched_sequence_is_a_batch_of_one(cell: str) -> None:
+    x = torch.randn(1, 6, 4, dtype=torch.float64)
+    alone = lrp(Unbatched(cell, True).eval(), x, target=1, engine="gradient")
+    torch.testing.assert_close(alone, lrp(Unbatched(cell, False).eval(), x, target=1, engine="gradient"))
