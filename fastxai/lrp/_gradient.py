@@ -188,10 +188,12 @@ def _hooked(model: Model, mode: RuleMode, epsilons: dict[nn.Module, float], star
         saved = stashed[module].pop()
         if saved is None:
             return None
-        result = function(module, *saved[0], **saved[1], name=names.get(module))
         if isinstance(module, nn.RNNBase):  # the final states carry relevance as the output does
+            result = function(module, *saved[0], **saved[1], name=names.get(module),
+                              stabilizer=mode.stabilizer, backend=mode.backend)  # fmt: skip
             _unrolled.check_close(module, result, output, names.get(module))
             return result
+        result = function(module, *saved[0], **saved[1], name=names.get(module))
         return (result[0], *_detached(result[1:])) if isinstance(result, tuple) else result
 
     try:

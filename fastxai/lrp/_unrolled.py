@@ -13,7 +13,8 @@ Per layer, direction and time step, ``x`` the step's input and ``h``, ``c`` the 
   proportion to its terms, stabilised; the gate products pass relevance to their signal; tanh
   the identity); ``h' = o tanh(c')``, then ``W_hr h'`` with ``proj_size``;
 - GRU: ``r, z`` constants; ``a_n = [W_in  r*W_hn] [x; h] + b_in + r b_hn`` one linear map per
-  sample (``baddbmm``); ``n = tanh(a_n)``; ``h' = (1 - z) n + z h`` (the sum in proportion);
+  sample under the epsilon rule (``_Candidate``, its backward written out); ``n = tanh(a_n)``;
+  ``h' = (1 - z) n + z h`` (the sum in proportion);
 - RNN: ``h' = act([W_ih W_hh] [x; h] + b_ih + b_hh)``, ``act`` tanh or relu (identity rule).
 
 With no biases and the stabiliser -> 0 the relevance is conserved: whatever reaches the final
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from fastxai import ops
 from fastxai.lrp._errors import UnsupportedLayerError
 
 Tensor = torch.Tensor
@@ -74,20 +76,37 @@ def _lstm_step(p: Weights, x: Tensor, h: Tensor, c: Tensor | None) -> State:
     return h, c
 
 
-def _gru_step(p: Weights, x: Tensor, h: Tensor, c: Tensor | None) -> State:
+class _Candidate(torch.autograd.Function):
+    """The GRU's ``a_n = W_in x + b_in + r (W_hn h + b_hn)``, ``r`` constant: one linear map of
+    ``[x; h]`` whose weights ``[W_in  r W_hn]`` differ per sample, with the epsilon rule's backward
+    ``s = g a_n / (a_n + eps sign0(a_n))``, ``g_x = W_in^T s``, ``g_h = W_hn^T (r s)``. Written
+    out rather than as a per-sample ``bmm``, which would keep a [B, H, F + H] weight per step."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: Tensor, h: Tensor, w_in: Tensor, w_hn: Tensor, b_in: Tensor | None,
+        b_hn: Tensor | None, r: Tensor, eps: float, backend: str | None,
+    ) -> Tensor:  # fmt: skip
+        x, h = x.detach(), h.detach()  # runs under the engine's RuleMode: plain ops here
+        a_n = F.linear(x, w_in, b_in) + r * F.linear(h, w_hn, b_hn)
+        ctx.save_for_backward(ops.lrp_divide(a_n, a_n, eps, backend=backend), r, w_in, w_hn)
+        return a_n
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        factor, r, w_in, w_hn = ctx.saved_tensors
+        s = grad * factor
+        return s @ w_in, (r * s) @ w_hn, *(None,) * 7
+
+
+def _gru_step(p: Weights, x: Tensor, h: Tensor, c: Tensor | None, eps: float, backend: str | None) -> State:
     assert p["weight_ih"] is not None and p["weight_hh"] is not None
     size = p["weight_hh"].shape[1]
     r, z = torch.sigmoid(_gates(p, x, h)[:, : 2 * size]).split(size, dim=-1)  # PyTorch's order: r, z, n
     rows = slice(2 * size, 3 * size)
-    # [W_in  r * W_hn] per sample: one linear map of [x; h], as the LSTM's cell input
-    w_in = p["weight_ih"][rows].expand(x.shape[0], -1, -1)
-    weight = torch.cat([w_in, r.unsqueeze(-1) * p["weight_hh"][rows]], dim=2)
-    inputs = torch.cat([x, h], dim=-1).unsqueeze(-1)
-    if p["bias_ih"] is None or p["bias_hh"] is None:
-        a_n = torch.bmm(weight, inputs).squeeze(-1)
-    else:
-        bias = p["bias_ih"][rows] + r * p["bias_hh"][rows]
-        a_n = torch.baddbmm(bias.unsqueeze(-1), weight, inputs).squeeze(-1)
+    b_in = None if p["bias_ih"] is None else p["bias_ih"][rows]
+    b_hn = None if p["bias_hh"] is None else p["bias_hh"][rows]
+    a_n = _Candidate.apply(x, h, p["weight_ih"][rows], p["weight_hh"][rows], b_in, b_hn, r, eps, backend)
     return (1 - z) * torch.tanh(a_n) + z * h, None
 
 
@@ -100,11 +119,13 @@ def _rnn_step(
     return activation(F.linear(torch.cat([x, h], dim=-1), weight, bias)), None
 
 
-def _step(module: nn.RNNBase) -> Callable[[Weights, Tensor, Tensor, Tensor | None], State]:
+def _step(
+    module: nn.RNNBase, eps: float, backend: str | None
+) -> Callable[[Weights, Tensor, Tensor, Tensor | None], State]:
     if isinstance(module, nn.LSTM):
         return _lstm_step
     if isinstance(module, nn.GRU):
-        return _gru_step
+        return lambda p, x, h, c: _gru_step(p, x, h, c, eps, backend)
     activation = torch.relu if module.mode == "RNN_RELU" else torch.tanh
     return lambda p, x, h, c: _rnn_step(activation, p, x, h, c)
 
@@ -124,11 +145,16 @@ def check_input(module: nn.RNNBase, args: Any, kwargs: Any, name: str | None) ->
         )
 
 
-def unrolled(module: nn.RNNBase, input: Tensor, hx: Any = None, *, name: str | None = None) -> Any:
+def unrolled(
+    module: nn.RNNBase, input: Tensor, hx: Any = None, *, name: str | None = None, stabilizer: float = 0.0,
+    backend: str | None = None,
+) -> Any:  # fmt: skip
     """``module(input, hx)`` of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` step by step (the module
     docstring's formulas); returns what the module returns: ``(output, (h_n, c_n))`` for an
     LSTM, ``(output, h_n)`` otherwise. Shapes as in PyTorch: ``input`` [B, T, F] (batch_first),
-    [T, B, F] or unbatched [T, F]; ``output`` [., ., D * H_out], ``h_n`` [L * D, (B,) H_out]."""
+    [T, B, F] or unbatched [T, F]; ``output`` [., ., D * H_out], ``h_n`` [L * D, (B,) H_out].
+    ``stabilizer``, ``backend``: the epsilon and the ``lrp_divide`` backend of the GRU's
+    candidate map (the other maps are ops the engine gives their rule)."""
     check_input(module, (input,), {}, name)
     lstm = isinstance(module, nn.LSTM)
     unbatched = input.dim() == 2
@@ -139,7 +165,7 @@ def unrolled(module: nn.RNNBase, input: Tensor, hx: Any = None, *, name: str | N
         c0 = None if c0 is None else c0.unsqueeze(1)
     directions = 2 if module.bidirectional else 1
     out_size = getattr(module, "proj_size", 0) or module.hidden_size
-    step = _step(module)
+    step = _step(module, stabilizer, backend)
     finals: list[State] = []
     for layer in range(module.num_layers):
         outputs = []
