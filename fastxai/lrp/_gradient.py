@@ -16,6 +16,9 @@ Where the rule of a step is not an op's: module hooks, removed after the call.
 - ``nn.MultiheadAttention``, ``nn.TransformerEncoder(Layer)``: run, then computed again as plain
   ops (``fastxai.lrp._attention``), whose result carries the relevance; attention weights
   the module returns carry none;
+- ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: run, then unrolled in plain ops with their gates as
+  constants (``fastxai.lrp._unrolled``), checked against the module's output; the output
+  sequence and the final states carry relevance;
 - Linear/Conv modules: their Epsilon rule's epsilon, for the op they run.
 
 Where both engines run a model (plain PyTorch models of the traced engine's ops, torchvision's
@@ -36,7 +39,7 @@ from torch import nn
 from fastxai import _backends, _layer, _model, _scheduling
 from fastxai._layer_capture import resolve_layer
 from fastxai._model import Model
-from fastxai.lrp import _attention
+from fastxai.lrp import _attention, _unrolled
 from fastxai.lrp._errors import UnsupportedLayerError
 from fastxai.lrp._gradient_ops import RuleMode, identity_rule, variables
 from fastxai.lrp._linear import LINEAR_TYPES
@@ -162,6 +165,8 @@ def _hooked(model: Model, mode: RuleMode, epsilons: dict[nn.Module, float], star
 
     def detach_inputs(module: nn.Module, args: Any, kwargs: Any) -> Any:
         carries = bool(variables(args) or variables(kwargs))
+        if carries and isinstance(module, nn.RNNBase):
+            _unrolled.check_input(module, args, kwargs, names.get(module))
         stashed.setdefault(module, []).append((args, kwargs) if carries else None)
         return (_detached(args), _detached(kwargs)) if carries else None
 
@@ -183,6 +188,11 @@ def _hooked(model: Model, mode: RuleMode, epsilons: dict[nn.Module, float], star
         saved = stashed[module].pop()
         if saved is None:
             return None
+        if isinstance(module, nn.RNNBase):  # the final states carry relevance as the output does
+            result = function(module, *saved[0], **saved[1], name=names.get(module),
+                              stabilizer=mode.stabilizer, backend=mode.backend)  # fmt: skip
+            _unrolled.check_close(module, result, output, names.get(module))
+            return result
         result = function(module, *saved[0], **saved[1], name=names.get(module))
         return (result[0], *_detached(result[1:])) if isinstance(result, tuple) else result
 
@@ -191,7 +201,7 @@ def _hooked(model: Model, mode: RuleMode, epsilons: dict[nn.Module, float], star
             if module in epsilons:
                 handles.append(module.register_forward_pre_hook(functools.partial(push, epsilons[module])))
                 handles.append(module.register_forward_hook(pop))
-            function = _attention.decomposition(module)
+            function = _attention.decomposition(module) or _unrolled.decomposition(module)
             if function is not None or _identity_module(module):
                 handles.append(module.register_forward_pre_hook(detach_inputs, with_kwargs=True))
                 post = identity if function is None else functools.partial(decomposed, function)

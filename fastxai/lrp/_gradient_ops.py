@@ -191,6 +191,7 @@ _PLAIN = _functions(
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "neg", "negative", "__neg__", "__pos__", "cumsum", "topk", "as_strided", "amax", "unfold",
     "amin", "max", "min", "maximum", "minimum",
+    "_pack_padded_sequence",  # reorders the rows; a recurrent module then refuses the packed input
 )  # fmt: skip
 _SUMS = _functions(
     "add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "subtract", "__sub__", "__rsub__",

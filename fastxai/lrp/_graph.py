@@ -545,15 +545,15 @@ def _classify_module(node: fx.Node, module: nn.Module) -> str:
         return "group_norm"
     if isinstance(module, nn.LocalResponseNorm):
         return "lrn"
-    if isinstance(module, nn.LSTM):
-        return "lstm"
+    if isinstance(module, (nn.LSTM, nn.GRU, nn.RNN)):
+        return "recurrent"
     for module_type, kind in MAP_MODULES:
         if isinstance(module, module_type):
             return kind
     raise UnsupportedLayerError(
         f"LRP has no rule for module {node.target!r} ({type(module).__name__}); "
         "supported: Linear, Conv1d/2d/3d, BatchNorm, pooling, Flatten, Dropout, element-wise "
-        "activations, Softmax, LayerNorm, GroupNorm, LocalResponseNorm, Upsample, Unfold, LSTM"
+        "activations, Softmax, LayerNorm, GroupNorm, LocalResponseNorm, Upsample, Unfold, LSTM, GRU, RNN"
     )
 
 

@@ -22,7 +22,7 @@ Each handler maps the relevance ``R`` of a node's output onto its input nodes:
 - copies and selections (``repeat_interleave``, ``tile``, ``unfold``, ``amax``, non-constant
   padding), maps affine in the input (``interpolate``, ``nn.Upsample``, functional convolutions
   with computed weights, ``addcmul``, ``einsum``) and powers: ``fastxai.lrp._maps``;
-- ``nn.LSTM`` (Arras et al. 2017, gates as constants): ``fastxai.lrp._recurrent``.
+- ``nn.LSTM``, ``nn.GRU``, ``nn.RNN`` (Arras et al. 2017, gates as constants): ``fastxai.lrp._recurrent``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class Context:
     backend: str | None
     nonnegative: set[fx.Node]
     indices: dict[fx.Node, tuple[torch.Tensor, torch.Size]] = field(default_factory=dict)  # max pooling
+    # a recurrent module's final states' relevance, from the getitems that read them (_recurrent)
+    states: dict[fx.Node, torch.Tensor] = field(default_factory=dict)
 
     def value(self, arg: Any) -> Any:
         if isinstance(arg, fx.Node):

@@ -48,8 +48,12 @@ def tuple_item(step: Step, ctx: Any, relevance: torch.Tensor, pieces: Any) -> Co
         index = {"values": 0, "indices": 1}.get(index, index)
         if isinstance(index, int):
             return _selected_values(producer, ctx, relevance, pieces, index)
-    if producer is not None and producer.kind == "lstm" and isinstance(index, int):
-        return _recurrent.lstm_item(step, relevance, index)
+    if producer is not None and producer.kind == "recurrent" and isinstance(index, int):
+        return _recurrent.recurrent_item(step, ctx, relevance, index, pieces)
+    if producer is not None and producer.kind == "getitem" and isinstance(index, int):
+        outer = ctx.steps.get(producer.node.args[0])
+        if outer is not None and outer.kind == "recurrent":  # (h_n, c_n) of an LSTM
+            return _recurrent.state_item(step, ctx, relevance, index, pieces)
     if producer is None or producer.kind != "split" or not isinstance(index, int):
         raise UnsupportedLayerError(
             f"LRP has no rule for indexing the tuple that node {source.name!r} returns (node {node.name!r})"

@@ -1,9 +1,11 @@
-"""LRP through ``nn.LSTM`` (Arras et al. 2017: gates are constants, the epsilon rule on the
-linear parts) against the same LSTM unrolled with ops the traced engine already had rules for,
-its gates ``i, f, o`` frozen at the input's values (constants, as the rule takes them): the cell
-input's ``F.linear`` maps (epsilon), the sum ``f c + i g`` (in proportion), the gate products
-with a constant (``R`` passes), ``tanh`` (identity). Both must give the same relevance; with LRP-0
-in float64 and no biases it is conserved exactly."""
+"""LRP through ``nn.LSTM`` in the traced engine (Arras et al. 2017: gates are constants, the
+epsilon rule on the linear parts) against the same LSTM unrolled with ops the traced engine
+already had rules for, its gates ``i, f, o`` frozen at the input's values (constants, as the
+rule takes them): the cell input's ``F.linear`` maps (epsilon), the sum ``f c + i g`` (in
+proportion), the gate products with a constant (``R`` passes), ``tanh`` (identity). Both must
+give the same relevance; with LRP-0 in float64 and no biases it is conserved exactly, also when
+relevance reaches the final states (h_n, c_n). GRU, RNN and the two engines side by side:
+``test_lrp_recurrent_gradient.py``."""
 
 from __future__ import annotations
 
@@ -113,22 +115,41 @@ def test_lstm_takes_the_gates_as_constants(
         torch.testing.assert_close(ours.flatten(1).sum(1), model(X)[:, 1].detach(), rtol=1e-9, atol=1e-12)
 
 
-class FinalState(nn.Module):
-    def __init__(self, initial: bool) -> None:
+class Initial(nn.Module):
+    def __init__(self) -> None:
         super().__init__()
-        self.lstm, self.initial = nn.LSTM(4, 3, batch_first=True), initial
+        self.lstm = nn.LSTM(4, 3, batch_first=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.initial:
-            state = (x[:, 0, :3].unsqueeze(0).contiguous(), x[:, 1, :3].unsqueeze(0).contiguous())
-            return self.lstm(x, state)[0][:, -1]
-        _, (h_n, _) = self.lstm(x)
-        return h_n[0]
+        state = (x[:, 0, :3].unsqueeze(0).contiguous(), x[:, 1, :3].unsqueeze(0).contiguous())
+        return self.lstm(x, state)[0][:, -1]
 
 
-@pytest.mark.parametrize(
-    ("initial", "words"), [(True, "initial states"), (False, "indexing the tuple that node 'getitem_1'")]
-)
-def test_initial_and_final_states_are_refused(initial: bool, words: str) -> None:
-    with pytest.raises(UnsupportedLayerError, match=words):
-        lrp(FinalState(initial).eval(), torch.randn(2, 5, 4), target=0)
+def test_initial_states_are_refused() -> None:
+    with pytest.raises(UnsupportedLayerError, match=r"initial states given to nn\.LSTM \(node 'lstm'\)"):
+        lrp(Initial().eval(), torch.randn(2, 5, 4), target=0)
+
+
+class FinalState(nn.Module):
+    """Reads h_n alone (relevance reaches the LSTM through its final state only), or h_n and
+    c_n of a 2-layer bidirectional LSTM."""
+
+    def __init__(self, both: bool) -> None:
+        super().__init__()
+        self.both = both
+        layout = {"num_layers": 2, "bidirectional": True} if both else {}
+        self.lstm = nn.LSTM(4, 3, batch_first=True, bias=False, **layout)
+        self.head = nn.Linear(6 if both else 3, 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h_n, c_n) = self.lstm(x)
+        return self.head(torch.cat([h_n[-1], c_n[0]], dim=-1) if self.both else h_n[0])
+
+
+@pytest.mark.parametrize("both", [False, True], ids=["h_n", "h_n-and-c_n"])
+def test_final_states_carry_relevance_and_conserve_it(both: bool) -> None:
+    torch.manual_seed(4)
+    model = FinalState(both).double().eval()
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    relevance = lrp(model, x, target=0, composite=EXACT)
+    torch.testing.assert_close(relevance.flatten(1).sum(1), model(x)[:, 0].detach(), rtol=1e-9, atol=1e-12)
