@@ -15,24 +15,30 @@ Error indicators, all free (the forward value comes with every gradient):
   midpoint cell (a kink in the gap, where the cells' edge is, is off by that much on average;
   the ends use the nearest jump), and for a Gauss panel ``|(x - x') * (Q_rule - Q_cells)|_1``,
   its rule against its nodes' midpoint cells. In the marking this term counts in full (the
-  cells' error, an overestimate on a smooth panel that keeps the marking cautious), except on
-  a smooth (``SMOOTH_FIT``) ``k15`` or ``k31`` panel, where it is scaled by the fit as in the
-  stopping test (3): counted in full, a converged ``k31`` panel stayed the largest share and was
-  cut into 31 midpoint cells (``sin(25 a)``: 301 evaluations at 1e-3 that way, 65 scaled, 219
-  before the Patterson rules). A smooth marked ``k7`` is raised, not cut; scaling its share too
-  cost torchvision ResNet-18 attribution error (benchmark set 1: 3.5e-3 against 2.6e-3 before).
+  cells' error, an overestimate on a smooth panel that keeps the marking cautious), except on a
+  smooth (``_smooth``) ``k15`` or ``k31`` panel, where it is scaled by the fit as in the
+  stopping test (3); on one raised on its contraction that no longer contracts, in the marking
+  and the stopping test alike, it is at least the rule against the nested rule below it
+  (``|(x - x') * (Q - Q')|_1``: with kinks inside, a 15-point rule and its cells can agree
+  while both are 2% off). Counted in full, a converged ``k31`` panel stayed the largest share
+  and was cut into 31 midpoint cells (``sin(25 a)``: 301 evaluations at 1e-3 that way, 65
+  scaled, 219 before the Patterson rules). A smooth marked ``k7`` is raised, not cut; scaling
+  its share too cost torchvision ResNet-18 attribution error (benchmark set 1: 3.5e-3 against
+  2.6e-3 before).
 
 Each round marks, per unconverged sample, the panels holding a share of its total (scalar share
-/ ``|f(x) - f(x')|`` + attribution share / ``|attributions|_1``; largest first: Dörfler marking):
-``MARK_FRACTION`` far from the goal, less close to it (``MARK_GAIN``). A marked panel gets its
-next nested rule's points (``g1 -> g3``: 2 new, ``g3 -> k7``: 4 new), then keeps whichever of
-the raised rule and its nodes' midpoint cells leaves the smaller misfits at and inside it: the
-rule where the path is smooth, the cells (raised one by one later) where it has kinks; the
-ratio of the two is the panel's *fit*. Past ``k7`` the order rises only where the path is
-smooth (``SMOOTH_FIT``): a marked ``k7`` or ``k15`` panel whose fit is at most ``SMOOTH_FIT``
-gets the next Patterson rule's points (``k7 -> k15``: 8 new, ``k15 -> k31``: 16 new) and the
-same choice; otherwise, and always at ``k31``, it becomes its cells (no model call). All
-samples' new points go through the model together.
+/ ``|f(x) - f(x')|`` + attribution share / ``|attributions|_1``; largest first: Dörfler
+marking): ``MARK_FRACTION`` far from the goal, less close to it (``MARK_GAIN``). A marked panel
+gets its next nested rule's points (``g1 -> g3``: 2 new, ``g3 -> k7``: 4 new), then keeps
+whichever of the raised rule and its nodes' midpoint cells leaves the smaller misfits at and
+inside it: the rule where the path is smooth, the cells (raised one by one later) where it has
+kinks; the ratio of the two is the panel's *fit*. Past ``k7`` the order rises only where the
+path is smooth (``_smooth``): a marked ``k7`` panel whose fit is at most ``SMOOTH_FIT`` or whose
+nested rules' attributions contract (``CONTRACTION``), and a ``k15`` likewise (one raised on
+the contraction alone: while it still contracts), gets the next Patterson rule's points
+(``k7 -> k15``: 8 new, ``k15 -> k31``: 16 new) and the same choice; otherwise, and always at
+``k31``, it becomes its cells (no model call). All samples' new points go through the model
+together.
 
 A sample stops when (1) its completeness error ``|sum(attr) - (f(x) - f(x'))|`` is at most
 ``tolerance * |f(x) - f(x')|``, (2) the root-sum-square of its misfits is at most
@@ -85,18 +91,41 @@ is the 3-point rule's node spacing; the rule is 8x off, every estimate zero), so
 takes the 7-point rule before it may stop. A generic path's slope is a sizeable part of that
 sum (about ``1 / sqrt(elements)`` for random signs); float32 rounding leaves ~1e-7 of it."""
 SMOOTH_FIT = 0.15
-"""A marked ``k7`` (``k15``) panel whose misfits are at most this fraction of its cells'
-(``_Panel.fit``, from ``_choose``) is raised to ``k15`` (``k31``): the path is smooth there, and
+"""A marked ``k7`` panel whose misfits are at most this fraction of its cells' (``_Panel.fit``,
+from ``_choose``) is raised to ``k15``: the path is smooth there, and
 one higher-order rule beats cells that start again from the midpoint. Above it (a kink in the
 panel) it becomes its cells. A single kink ``relu(a - a0)`` (plus a linear term) inside a ``k7``
 panel left its fit at 0.22 or more (60 positions of ``a0``), the ReLU CNN's marked ``k7`` panels
 at 0.16 or more (benchmark, 2 sets); a smooth panel the rule has resolved is near 0, and one it
-has not (timm DeiT on ``[0, 1]``) anywhere in 0.02-0.6, so some smooth panels are still cut. On
+has not (timm DeiT on ``[0, 1]``) anywhere in 0.02-0.6 (those the fit misses, ``CONTRACTION``). On
 the benchmark 0.1 left a DeiT sample (fit 0.124) cut and 180x Gauss-Legendre's error at its own
 count; 0.2 and above raised kinked ReLU CNN panels too (0.2: 8 more evaluations on a set; 0.5
 and always: fewer evaluations, up to 2.5x the attribution error). On torchvision ResNet-18 0.15
 still raises a few kinked panels (set 1: 2 of ~150 k7 panels, fits 0.05 and 0.14)."""
+CONTRACTION = 0.25
+"""A marked ``k7`` (``k15``) panel whose fit is above ``SMOOTH_FIT`` is still raised when its nested
+rules' attributions contract (``_Sample.contraction``): ``|Q_k7 - Q_g3|`` at most this fraction of
+``|Q_g3 - Q_g1|`` (each ``|(x - x') * .|_1``; for ``k15``, ``k15`` against ``k7`` over ``k7``
+against ``g3``). The fit looks at the scalar path only, and a
+smooth panel the rule has not resolved yet can fit no better than 0.2-0.6 of its cells, while
+its rules' attributions already shrink geometrically. On the benchmark's timm DeiT (4 sets)
+the 7-point panels on ``[0, 1]`` contract by 0.16-0.25 and shorter ones by 0.002-0.06, the fit
+of some of them 0.19-0.56; cut at fit 0.19, a DeiT sample was 370x Gauss-Legendre's error at
+its own count, raised 1.0x. The marked 7-point panels of the ReLU CNN (2 sets, 63 panels)
+contract by 0.29 or more, of torchvision ResNet-18 (2 sets, 315 panels) by 0.31 or more, and a
+single kink ``relu(a - a0)`` inside one (99 positions, with and without a smooth term) by more
+than 0.25 except within 0.04 of the path's ends. A path with few kinks can contract by luck
+once: one-hidden-layer ReLU nets (5 inputs, 8 units, 60 seeds) had 7-point panels at 0.08-0.25
+with fits from 0.17 to 1. So a panel raised on its contraction alone (``_Panel.on_contraction``)
+is smooth only while its attributions still contract (DeiT's 15-point panels: 0.001-0.12); one
+that does not is cut when marked, and its error counts as at least ``|Q - Q'|`` (raised at
+contraction 0.22 and fit 0.89, a 15-point panel with 4 kinks inside fit the values to 0.01 and
+stopped 2% off). Panels raised on their fit keep the fit's rule (on ResNet-18 set 1 asking
+them to contract too cost 11% more evaluations). On those nets at tolerance 1e-3 and 1e-6 the
+samples and evaluations are within 0.3% of the fit alone (one of 360 samples 22x off at 1e-3
+either way)."""
 TOP = "k31"
+_RULE_OF = {1: "g1", 3: "g3", 7: "k7", 15: "k15", 31: "k31"}
 
 
 @dataclass
@@ -159,6 +188,9 @@ class _Panel:
     rule: str
     nodes: list[int]  # indices into the sample's points, ascending in alpha
     fit: float = 1.0  # the rule's local misfits over its cells' (1 for cells)
+    contraction: float = 1.0  # its nested rules' attribution differences, last over previous
+    nested: float = 0.0  # the last of those differences, |(x - x') * (Q - Q')|_1
+    on_contraction: bool = False  # raised past k7 on its contraction alone (its fit said cut)
     parts: tuple[float, float, float] | None = None
     gap: float | None = None
 
@@ -204,6 +236,20 @@ class _Sample:
             p.gap = float((total * self.direction).abs().sum())
         return p.gap
 
+    def contraction(self, p: _Panel) -> float:
+        """``|(x - x') * (Q - Q')|_1 / |(x - x') * (Q' - Q'')|_1`` for a panel of at least 7 points:
+        its rule ``Q`` against the nested rules ``Q'`` (every other node) and ``Q''`` (every
+        fourth), the vector form of how fast the nested rules converge (``CONTRACTION``)."""
+        sums = []
+        for step in (1, 2, 4):
+            nodes = p.nodes[step - 1 :: step]
+            weights = (p.b - p.a) * _panels.rule(_RULE_OF[len(nodes)])[1]
+            sums.append(sum(self.grads[n] * float(w) for n, w in zip(nodes, weights, strict=True)))
+        last = float(((sums[0] - sums[1]) * self.direction).abs().sum())
+        previous = float(((sums[1] - sums[2]) * self.direction).abs().sum())
+        p.nested = last
+        return last / previous if previous > 0 else 1.0
+
     def flat(self) -> bool:
         """Whether the gradient is orthogonal to the path at every point (``FLAT_SLOPE``)."""
         return all(
@@ -240,6 +286,10 @@ class _Sample:
         panels, alphas = self.panels, self.alphas
         for j, p in enumerate(panels):
             if p.rule != "g1":
+                if p.on_contraction and not _smooth(p):
+                    # raised on a contraction that did not last: the rule against the one below it too
+                    out.append(max(self.gap(p), p.nested))
+                    continue
                 scaled = trusted or (p.rule in ("k15", "k31") and _smooth(p))
                 out.append(self.gap(p) * (p.fit if scaled else 1.0))
                 continue
@@ -375,13 +425,20 @@ def _mark(
 
 def _cut(panel: _Panel) -> bool:
     """Whether a marked panel becomes its cells rather than raise its rule: at the top rule, and
-    at ``k7`` and ``k15`` unless its fit says the path is smooth there (``SMOOTH_FIT``)."""
+    at ``k7`` and ``k15`` unless the path is smooth there (``_smooth``)."""
     return panel.rule == TOP or (panel.rule in ("k7", "k15") and not _smooth(panel))
 
 
 def _smooth(panel: _Panel) -> bool:
-    """Whether a Gauss panel of at least 7 points fits the path far better than its cells."""
-    return panel.rule in ("k7", "k15", "k31") and panel.fit <= SMOOTH_FIT
+    """Whether a Gauss panel of at least 7 points is on a smooth stretch of the path: its rule
+    fits the path far better than its cells (``SMOOTH_FIT``) or its nested rules' attributions
+    contract (``CONTRACTION``); one raised on the contraction alone only while they still contract
+    (a second look, which a kink rarely passes twice)."""
+    if panel.rule not in ("k7", "k15", "k31"):
+        return False
+    if panel.on_contraction:
+        return panel.contraction <= CONTRACTION
+    return panel.fit <= SMOOTH_FIT or panel.contraction <= CONTRACTION
 
 
 def _choose(state: _Sample, panel: _Panel, start: float, end: float, floor: float) -> None:
@@ -406,6 +463,9 @@ def _choose(state: _Sample, panel: _Panel, start: float, end: float, floor: floa
         )
     # cells that fit the values to rounding say nothing of the gradient (a flat path): no trust
     raised.fit = costs[0] / costs[1] if costs[1] > (len(raised.nodes) + 1) * floor else 1.0
+    if raised.rule in ("k7", "k15", "k31"):
+        raised.contraction = state.contraction(raised)
+    raised.on_contraction = panel.rule in ("k7", "k15") and (panel.on_contraction or panel.fit > SMOOTH_FIT)
     best = options[0] if costs[0] <= costs[1] else options[1]
     state.panels = state.panels[:j] + best + state.panels[j + 1 :]
 

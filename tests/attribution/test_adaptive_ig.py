@@ -143,6 +143,36 @@ def test_smooth_net_needs_few_more_gradients_than_the_best_gauss_legendre_rule(
     assert (_relative_l1(got, reference) <= 10 * tolerance).all()
 
 
+class _Waves(nn.Module):
+    """``sum_i c_i sin(k_i x_i)``: from 0 to ``x = 1`` IG is ``c_i sin(k_i)``, feature by feature."""
+
+    def __init__(self, amplitudes: torch.Tensor, frequencies: torch.Tensor) -> None:
+        super().__init__()
+        self.amplitudes, self.frequencies = amplitudes, frequencies
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.amplitudes * torch.sin(self.frequencies * x)).sum(1, keepdim=True)
+
+
+def test_a_smooth_panel_whose_attributions_contract_is_raised_not_cut() -> None:
+    """Eight waves of frequencies 2-20: the 7-point rule on ``[0, 1]`` fits the path no better than
+    ``SMOOTH_FIT`` of its cells (the scalar has not been resolved yet), but its attributions
+    against the 3-point rule's differ far less than the 3-point rule's against the midpoint's
+    (``CONTRACTION``): it is raised to the 15-point rule. Cut into midpoint cells by the fit alone
+    it took 69 evaluations for a 1.8e-6 error; raised, 31 for 1e-9."""
+    generator = torch.Generator().manual_seed(23)
+    amplitudes = torch.randn(8, generator=generator, dtype=torch.float64)
+    frequencies = 2 + 18 * torch.rand(8, generator=generator, dtype=torch.float64)
+    x = torch.ones(1, 8, dtype=torch.float64)
+    got, evaluations = fx.integrated_gradients(
+        _Waves(amplitudes, frequencies), x, target=0, method="adaptive", tolerance=1e-3,
+        return_evaluations=True, on_unconverged="raise",
+    )  # fmt: skip
+    exact = (amplitudes * torch.sin(frequencies)).unsqueeze(0)
+    assert float(_relative_l1(got, exact)) <= 1e-7
+    assert int(evaluations[0]) <= 40
+
+
 class _Flat(nn.Module):
     """``x1^p - x2^p``: from 0 to (1, 1) the score is 0 all along the path, so every rule is
     complete to the last bit, while IG is ``(1, -1)``."""
