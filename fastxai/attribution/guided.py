@@ -26,6 +26,7 @@ with it, also on error.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -152,9 +153,12 @@ def modified_relu_gradient(
     rule: str,
     chunk_size: int | None,
     dtype: object = None,
+    no_relu: str = "raise",
 ) -> torch.Tensor:
     """``d f_target / d inputs`` with every ReLU's backward replaced by ``rule``: [B, *F];
-    ``dtype``: the model's precision (``fastxai._precision``)."""
+    ``dtype``: the model's precision (``fastxai._precision``). ``no_relu``: what a model that applies
+    no ReLU gets, whose result is the plain gradient: ``"raise"`` (``NoReluError``) or ``"warn"``
+    (a ``UserWarning``, the gradient returned, as Captum's classes return it)."""
     relu_rule = ReluRule(rule)
     model = _compile.original(model)  # a mode over the forward: a compiled model's module
     token = GRAPH_RULE.set(relu_rule)
@@ -163,10 +167,13 @@ def modified_relu_gradient(
     finally:
         GRAPH_RULE.reset(token)
     if relu_rule.calls == 0:
-        raise NoReluError(
+        message = (
             f"model applies no ReLU (neither nn.ReLU / nn.ReLU6 modules nor functional relu): {rule} "
-            "backpropagation would be the plain gradient; use fastxai.saliency(..., abs=False) for that"
+            "backpropagation {} the plain gradient"
         )
+        if no_relu != "warn":
+            raise NoReluError(message.format("would be") + "; use fastxai.saliency(..., abs=False) for that")
+        warnings.warn(message.format("is"), UserWarning, stacklevel=3)
     return grads
 
 

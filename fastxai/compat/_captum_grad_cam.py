@@ -197,7 +197,8 @@ class GuidedGradCam(GradientAttribution):
         chunk = chunk_rows(None, packed.flat, whole_batches=whole)
         grads = self._run(
             lambda: modified_relu_gradient(
-                packed.forward(self.model, additional_forward_args), packed.flat, target, "guided", chunk
+                packed.forward(self.model, additional_forward_args), packed.flat, target, "guided", chunk,
+                no_relu="warn",
             )
         )
         parts = []

@@ -31,7 +31,6 @@ from typing import Any
 
 from torch import nn
 
-from fastxai.attribution.guided import NoReluError
 from fastxai.compat._captum_attribution import GradientAttribution
 from fastxai.compat._captum_neuron import _NeuronMethod
 from fastxai.compat.captum import Deconvolution, GuidedBackprop
@@ -59,15 +58,8 @@ class _NeuronModifiedRelu(_NeuronMethod, GradientAttribution):
     ) -> Any:
         """Attributions shaped like ``inputs`` (a tensor [B, *F] or a tuple of them)."""
         neuron = self._neuron(neuron_selector, attribute_to_neuron_input)
-        try:
-            return self.method(neuron).attribute(inputs, 0, additional_forward_args)
-        except NoReluError:
-            side = "input" if attribute_to_neuron_input else "output"
-            raise ValueError(
-                f"no ReLU between the inputs and the layer's {side} ({type(self.layer).__name__}): "
-                f"{type(self).__name__} would be the plain gradient of the neuron; use NeuronGradient "
-                "for that"
-            ) from None
+        # no ReLU before the layer: the neuron's plain gradient with a warning, as Captum returns it
+        return self.method(neuron).attribute(inputs, 0, additional_forward_args)
 
 
 class NeuronGuidedBackprop(_NeuronModifiedRelu):

@@ -52,6 +52,28 @@ def _close(ours, peer, rtol=1e-5, atol=1e-7):
         torch.testing.assert_close(ours, peer.detach(), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("name", ["GuidedBackprop", "Deconvolution", "GuidedGradCam"])
+def test_a_model_without_relu_gets_the_plain_gradient_as_from_captum(name: str) -> None:
+    # A GELU CNN (ConvNeXt-like): the ReLU rule has nothing to change. Captum returns the plain
+    # gradient; the drop-in returns it too, with a warning (it raised, so a Captum pipeline
+    # over a ConvNeXt or a ViT stopped at the import swap).
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.GELU(), nn.Conv2d(4, 4, 3, padding=1), nn.GELU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 3, 6, 6)
+    args = (model, model[2]) if name == "GuidedGradCam" else (model,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = getattr(captum_attr, name)(*args).attribute(x, target=1)
+    before = model_state(model)
+    with pytest.warns(UserWarning, match="no ReLU.*plain gradient"):
+        got = getattr(fc, name)(*args).attribute(x, target=1)
+    _close(got, expected)
+    assert_same_state(before, model_state(model))
+
+
 @pytest.mark.parametrize("name", ["Saliency", "InputXGradient", "GuidedBackprop", "Deconvolution"])
 def test_gradient_classes_match_captum_with_tuples_and_extra_args(name: str) -> None:
     model, inputs, scale = _two_inputs()

@@ -233,14 +233,16 @@ class _ModifiedReluAttribution(GradientAttribution):
         target = check_target(target)
         # the rule hooks the relu nodes of each forward's graph, never a module
         grads = self._run(
-            lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk),
+            lambda: modified_relu_gradient(forward, packed.flat, target, self.rule, chunk, no_relu="warn"),
             leaves_state=True,
         )
         return packed.format(grads)
 
 
 class GuidedBackprop(_ModifiedReluAttribution):
-    """Captum's ``GuidedBackprop`` (every ReLU, also functional ones: see the module docstring)."""
+    """Captum's ``GuidedBackprop`` (every ReLU, also functional ones: see the module docstring).
+    A model without a ReLU (ConvNeXt, ViT) gets the plain gradient with a ``UserWarning``, as
+    Captum returns it (``fastxai.guided_backprop`` refuses it)."""
 
     rule = "guided"
 
