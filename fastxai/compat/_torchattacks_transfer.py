@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional
 
-from fastxai import _model, ops
+from fastxai import _budget, _model, ops
 from fastxai._checks import check_count, check_number, check_positive
 from fastxai.attacks._core import check_attack_inputs, prepare, resolve_labels
 from fastxai.compat._torchattacks_attack import Attack
@@ -102,6 +102,17 @@ class _MomentumTransfer(Attack):
                 f"(int(width * resize_rate) = {resized}, must be >= 1 and differ from {size})"
             )
 
+    def _check_batch_fits(self, x: torch.Tensor) -> None:
+        """Refuse, before any model call, scale copies or neighbours that cannot fit: each step's
+        (m + N) x B rows, their gradient and the neighbours' noise are held at once (the model's
+        activations for that batch come on top)."""
+        copies = self._scales + self._neighbours
+        if copies > 1:
+            name, value = ("m", self._scales) if self._scales > 1 else ("N", self._neighbours)
+            nbytes = 3.0 * copies * x.numel() * x.element_size()
+            what = f"{copies} copies of {x.shape[0]} inputs, run as one batch,"
+            _budget.check_fits(name, value, nbytes, what, x.device)
+
     def _diverse(self, point: torch.Tensor) -> torch.Tensor:
         """Input diversity (Xie et al. 2019): with probability ``diversity_prob``, resize to a random
         width between ``width * resize_rate`` and ``width`` and zero-pad at a random offset back to
@@ -126,6 +137,7 @@ class _MomentumTransfer(Attack):
         if x.dim() != 4:
             raise ValueError(f"images must be [batch, channels, height, width], got shape {tuple(x.shape)}")
         self._check_diversity(x)
+        self._check_batch_fits(x)
         model, x, label_t, forward = prepare(
             self._attack_model(), x, self._targets(x, labels), (0.0, 1.0), self._normalize_pair()
         )

@@ -11,6 +11,8 @@ from models import assert_same_state, fail_at_call, model_state, small_cnn
 from fastxai.compat import torchattacks as fta
 
 torchattacks = pytest.importorskip("torchattacks")
+# torch's note that an even TI kernel with padding="same" pads a copy of the gradient
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 
 CASES = [
     ("NIFGSM", dict(steps=4)),
@@ -180,6 +182,10 @@ def test_inputs_the_attacks_cannot_take_are_refused_before_any_model_call() -> N
             fta.DIFGSM(model, resize_rate=1.05)(x, y)  # int(10 * 1.05) == 10: nothing to draw
         with pytest.raises(ValueError, match="within bounds"):
             fta.NIFGSM(model)(x + 1, y)
+        with pytest.raises(ValueError, match="m=1000000000: 1000000000 copies"):
+            fta.SINIFGSM(model, m=10**9)(x, y)
+        with pytest.raises(ValueError, match="N=1000000000"):
+            fta.VNIFGSM(model, N=10**9)(x, y)
         with pytest.raises(ValueError, match="3 channels"):
             fta.PIFGSMPP(small_cnn(seed=0, channels=1))(x[:, :1], y)
         with pytest.raises(ValueError, match="Targeted mode is not supported"):
