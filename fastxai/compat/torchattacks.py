@@ -21,6 +21,16 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
+from fastxai.compat._torchattacks_transfer import (
+    DIFGSM,
+    NIFGSM,
+    PIFGSM,
+    PIFGSMPP,
+    SINIFGSM,
+    TIFGSM,
+    VMIFGSM,
+    VNIFGSM,
+)
 
 
 class PGD(Attack):
@@ -163,11 +173,19 @@ __all__ = [
     "APGDT",
     "BIM",
     "CW",
+    "DIFGSM",
     "FAB",
     "FGSM",
     "MIFGSM",
+    "NIFGSM",
     "PGD",
     "PGDL2",
+    "PIFGSM",
+    "PIFGSMPP",
+    "SINIFGSM",
+    "TIFGSM",
+    "VMIFGSM",
+    "VNIFGSM",
     "Attack",
     "AutoAttack",
     "DeepFool",
