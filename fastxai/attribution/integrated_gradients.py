@@ -98,8 +98,9 @@ def integrated_gradients(
     points per model batch, until the completeness error ``|sum(attr) - (f(x) - f(x'))|`` is at
     most ``tolerance * |f(x) - f(x')|`` per sample, with the misfits' root-sum-square within
     2x that and the attributions' estimated L1 error within ``10 * tolerance`` of their L1
-    norm. A sample that stops at ``max_steps`` evaluations, or at the rounding floor of the
-    scores ``8 eps (|f(x)| + |f(x')|)``, is reported per ``on_unconverged``: ``"warn"`` (a
+    norm. A sample that stops at ``max_steps`` evaluations, at the rounding floor of the
+    scores ``8 eps (|f(x)| + |f(x')|)``, or with its error in panels at the rounding width of
+    ``a`` (new points would coincide), is reported per ``on_unconverged``: ``"warn"`` (a
     RuntimeWarning), ``"raise"`` (``NotConverged``) or ``"ignore"``; its delta says how far.
     ``method="exact"``, for piecewise-linear networks (linear, convolution, eval batch norm,
     pooling, ReLU family, max pooling, residual sums), sums the gradient over the linear pieces
