@@ -21,6 +21,19 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
+from fastxai.compat._torchattacks_iterative import (
+    EOTPGD,
+    FFGSM,
+    GN,
+    PGDRS,
+    PGDRSL2,
+    RFGSM,
+    TPGD,
+    UPGD,
+    VANILA,
+    Jitter,
+)
+from fastxai.compat._torchattacks_multiattack import MultiAttack
 
 
 class PGD(Attack):
@@ -163,13 +176,24 @@ __all__ = [
     "APGDT",
     "BIM",
     "CW",
+    "EOTPGD",
     "FAB",
+    "FFGSM",
     "FGSM",
+    "GN",
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "PGDRS",
+    "PGDRSL2",
+    "RFGSM",
+    "TPGD",
+    "UPGD",
+    "VANILA",
     "Attack",
     "AutoAttack",
     "DeepFool",
+    "Jitter",
+    "MultiAttack",
     "Square",
 ]
