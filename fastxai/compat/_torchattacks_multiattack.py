@@ -17,7 +17,8 @@ class MultiAttack(Attack):
     that every earlier one failed on, and keeps per sample the first adversarial example that is
     misclassified; samples no attack fooled come back unchanged. ``verbose`` prints the
     cumulative success rate after each attack. ``set_normalization_used``, ``set_device`` and
-    ``set_model_training_mode`` apply to the inner attacks too (as torchattacks)."""
+    ``set_model_training_mode`` and ``set_mode_default`` apply to the inner attacks too (as
+    torchattacks)."""
 
     def __init__(self, attacks: Sequence[Any], verbose: bool = False) -> None:
         if not isinstance(attacks, (list, tuple)) or not attacks:
@@ -55,6 +56,11 @@ class MultiAttack(Attack):
         super().set_model_training_mode(model_training, batchnorm_training, dropout_training)
         for attack in self.attacks:
             attack.set_model_training_mode(model_training, batchnorm_training, dropout_training)
+
+    def set_mode_default(self) -> None:
+        super().set_mode_default()
+        for attack in self.attacks:
+            attack.set_mode_default()
 
     def _pixel_space_call(self, attack: Any, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The inner attack on pixel-space images: its normalisation switched to "inside an

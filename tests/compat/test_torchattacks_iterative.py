@@ -231,3 +231,32 @@ def test_multiattack_refuses_bad_lists() -> None:
         fta.MultiAttack([fta.FGSM(model), fta.FGSM(other)])
     with pytest.raises(TypeError, match="attacks"):
         fta.MultiAttack(model)  # type: ignore[arg-type]
+
+
+def test_eotpgd_on_a_random_model_is_reproducible_and_stays_in_the_ball() -> None:
+    model, x, y = _setup(batch=4, size=8)
+    noisy = torch.nn.Sequential(torch.nn.Dropout(0.3), model)
+    attack = fta.EOTPGD(noisy, eps=0.05, steps=3, eot_iter=4)
+    attack.set_model_training_mode(model_training=True, dropout_training=True)
+    before = model_state(noisy)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        runs.append(attack(x, y))
+    assert torch.equal(runs[0], runs[1])
+    assert (runs[0] - x).abs().max() <= 0.05 + 1e-6 and runs[0].min() >= 0 and runs[0].max() <= 1
+    assert_same_state(before, model_state(noisy))
+
+
+def test_multiattack_passes_settings_to_its_attacks() -> None:
+    model, _, _ = _setup()
+    inner = [fta.FGSM(model), fta.PGD(model)]
+    inner[0].set_mode_targeted_by_label()
+    attack = fta.MultiAttack(inner)
+    attack.set_normalization_used(MEAN, STD)
+    attack.set_model_training_mode(model_training=True)
+    attack.set_device("cpu")
+    attack.set_mode_default()
+    for each in inner:
+        assert each.normalization_used is not None and each._model_training
+        assert each.device == torch.device("cpu") and each.get_mode() == "default"
