@@ -58,12 +58,18 @@ class _Iterative(Attack):
         check_number("alpha", self.alpha)
         check_count("steps", self.steps, minimum=0)
 
+    def _check_target_labels(self, labels: torch.Tensor | None) -> None:
+        """None labels mean the predicted classes, except where they are the targets."""
+        if self.attack_mode == "targeted(label)" and labels is None:
+            raise ValueError("labels are required in targeted(label) mode (they are the targets)")
+
     def _begin(
         self, images: torch.Tensor, labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, Forward]:
         """(inputs checked to lie in [0, 1], labels (None: the predicted classes), targets in
         targeted mode else None, forward = the model's logits of pixel-space points)."""
         self._check()
+        self._check_target_labels(labels)
         _, x, label_t, forward = _core.prepare(
             self._attack_model(), images, labels, (0.0, 1.0), self._normalize_pair()
         )
@@ -429,6 +435,7 @@ class PGDRS(_Iterative):
     ) -> tuple[torch.Tensor, torch.Tensor, None, Forward]:
         """As ``_begin``, the targets left to each chunk (torchattacks' order)."""
         self._check()
+        self._check_target_labels(labels)
         _, x, label_t, forward = _core.prepare(
             self._attack_model(), images, labels, (0.0, 1.0), self._normalize_pair()
         )

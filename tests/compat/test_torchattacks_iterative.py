@@ -201,6 +201,12 @@ def test_inputs_outside_the_box_refused_before_any_model_call(name: str) -> None
     with pytest.raises(ValueError, match="bounds"):
         getattr(fta, name)(model)(x + 1.5, y)
     assert not calls
+    attack = getattr(fta, name)(model)
+    if "targeted" in attack.supported_mode:
+        attack.set_mode_targeted_by_label()
+        with pytest.raises(ValueError, match="labels are required"):
+            attack(x, None)
+        assert not calls
 
 
 @pytest.mark.parametrize("normalised", [False, True], ids=["pixels", "normalised"])
