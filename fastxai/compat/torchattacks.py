@@ -34,6 +34,16 @@ from fastxai.compat._torchattacks_iterative import (
     Jitter,
 )
 from fastxai.compat._torchattacks_multiattack import MultiAttack
+from fastxai.compat._torchattacks_transfer import (
+    DIFGSM,
+    NIFGSM,
+    PIFGSM,
+    PIFGSMPP,
+    SINIFGSM,
+    TIFGSM,
+    VMIFGSM,
+    VNIFGSM,
+)
 
 
 class PGD(Attack):
@@ -176,20 +186,28 @@ __all__ = [
     "APGDT",
     "BIM",
     "CW",
+    "DIFGSM",
     "EOTPGD",
     "FAB",
     "FFGSM",
     "FGSM",
     "GN",
     "MIFGSM",
+    "NIFGSM",
     "PGD",
     "PGDL2",
     "PGDRS",
     "PGDRSL2",
+    "PIFGSM",
+    "PIFGSMPP",
     "RFGSM",
+    "SINIFGSM",
+    "TIFGSM",
     "TPGD",
     "UPGD",
     "VANILA",
+    "VMIFGSM",
+    "VNIFGSM",
     "Attack",
     "AutoAttack",
     "DeepFool",
