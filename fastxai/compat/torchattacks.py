@@ -21,6 +21,19 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
+from fastxai.compat._torchattacks_iterative import (
+    EOTPGD,
+    FFGSM,
+    GN,
+    PGDRS,
+    PGDRSL2,
+    RFGSM,
+    TPGD,
+    UPGD,
+    VANILA,
+    Jitter,
+)
+from fastxai.compat._torchattacks_multiattack import MultiAttack
 from fastxai.compat._torchattacks_transfer import (
     DIFGSM,
     NIFGSM,
@@ -174,20 +187,31 @@ __all__ = [
     "BIM",
     "CW",
     "DIFGSM",
+    "EOTPGD",
     "FAB",
+    "FFGSM",
     "FGSM",
+    "GN",
     "MIFGSM",
     "NIFGSM",
     "PGD",
     "PGDL2",
+    "PGDRS",
+    "PGDRSL2",
     "PIFGSM",
     "PIFGSMPP",
+    "RFGSM",
     "SINIFGSM",
     "TIFGSM",
+    "TPGD",
+    "UPGD",
+    "VANILA",
     "VMIFGSM",
     "VNIFGSM",
     "Attack",
     "AutoAttack",
     "DeepFool",
+    "Jitter",
+    "MultiAttack",
     "Square",
 ]
