@@ -33,7 +33,7 @@ from fastxai.compat._torchattacks_iterative import (
     VANILA,
     Jitter,
 )
-from fastxai.compat._torchattacks_multiattack import MultiAttack
+from fastxai.compat._torchattacks_multiattack import MultiAttack as MultiAttack
 from fastxai.compat._torchattacks_transfer import (
     DIFGSM,
     NIFGSM,
@@ -181,6 +181,8 @@ class CW(Attack):
         )
 
 
+# Attacks in __all__; wrappers of other attacks in __wrapper__, as torchattacks lists them
+# (``ta.MultiAttack`` is an attribute like any class; ``import *`` takes the attacks).
 __all__ = [
     "APGD",
     "APGDT",
@@ -212,6 +214,6 @@ __all__ = [
     "AutoAttack",
     "DeepFool",
     "Jitter",
-    "MultiAttack",
     "Square",
 ]
+__wrapper__ = ["MultiAttack"]
