@@ -21,6 +21,7 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
+from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA
 
 
 class PGD(Attack):
@@ -163,8 +164,11 @@ __all__ = [
     "APGDT",
     "BIM",
     "CW",
+    "EADEN",
+    "EADL1",
     "FAB",
     "FGSM",
+    "JSMA",
     "MIFGSM",
     "PGD",
     "PGDL2",

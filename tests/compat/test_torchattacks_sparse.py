@@ -1,0 +1,120 @@
+"""The sparse, L1 and black-box torchattacks classes (JSMA, EADL1, EADEN, SparseFool, SPSA,
+OnePixel) beside torchattacks 3.5: the same examples where the attack is deterministic or its
+draws are torchattacks', the threat model and the success rate where they are not."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from models import assert_same_state, mlp, model_state, small_cnn
+from torch import nn
+
+from fastxai.compat import torchattacks as fta
+
+torchattacks = pytest.importorskip("torchattacks")
+
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+
+
+def _mlp_image_model() -> nn.Module:
+    # sensitive enough to its inputs that a few steps of each attack change its decisions
+    return nn.Sequential(nn.Flatten(), mlp(seed=0, features=192, hidden=32, classes=10)).eval()
+
+
+def _data(model: nn.Module, batch: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.rand(batch, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model(x)
+    return x, logits.argmax(1), logits.topk(2).indices[:, 1]
+
+
+@pytest.fixture
+def unaliased_ead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchattacks' EAD wraps its copy of the input in ``nn.Parameter`` without copying, so
+    its first gradient step moves the reference point too; the reference here copies it."""
+    for module in ("eadl1", "eaden"):
+        fixed = types.SimpleNamespace(
+            Parameter=lambda t: nn.Parameter(t.clone()), Flatten=nn.Flatten, MSELoss=nn.MSELoss
+        )
+        monkeypatch.setattr(getattr(torchattacks.attacks, module), "nn", fixed)
+
+
+DETERMINISTIC = {
+    "JSMA": {"gamma": 0.3},
+    "EADL1": {"max_iterations": 20, "binary_search_steps": 3, "initial_const": 1, "lr": 0.05},
+    "EADEN": {"max_iterations": 20, "binary_search_steps": 3, "initial_const": 1, "lr": 0.05, "beta": 0.01},
+}
+
+
+def _pair(name: str, model: nn.Module, options: dict, targeted: bool, normalized: bool) -> tuple:
+    theirs, ours = getattr(torchattacks, name)(model, **options), getattr(fta, name)(model, **options)
+    if normalized:
+        theirs.set_normalization_used(MEAN, STD)
+        ours.set_normalization_used(MEAN, STD)
+    if targeted:
+        theirs.set_mode_targeted_by_label(quiet=True)
+        ours.set_mode_targeted_by_label()
+    return theirs, ours
+
+
+@pytest.mark.parametrize("normalized", [False, True], ids=["pixels", "normalized"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["default", "targeted"])
+@pytest.mark.parametrize("name", sorted(DETERMINISTIC))
+def test_deterministic_attacks_match_torchattacks(
+    name: str, targeted: bool, normalized: bool, unaliased_ead: None
+) -> None:
+    model = _mlp_image_model()
+    x, y, second = _data(model)
+    theirs, ours = _pair(name, model, DETERMINISTIC[name], targeted, normalized)
+    inputs = ours.normalize(x) if normalized else x
+    labels = second if targeted else y
+    before = model_state(model)
+    adversarial = ours(inputs, labels)
+    assert_same_state(before, model_state(model))
+    expected = theirs(inputs, labels)
+    torch.testing.assert_close(adversarial, expected, atol=1e-5, rtol=0)
+    pixels = ours.inverse_normalize(adversarial) if normalized else adversarial
+    assert float((pixels - x).abs().max()) > 0.01  # the attack did something
+    assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
+
+
+def test_jsma_changes_at_most_gamma_of_the_features_and_reaches_targets() -> None:
+    model = _mlp_image_model()
+    x, _, second = _data(model)
+    attack = fta.JSMA(model, theta=1.0, gamma=0.3)
+    attack.set_mode_targeted_by_label()
+    adversarial = attack(x, second)
+    changed = (adversarial != x).flatten(1).sum(1)
+    assert int(changed.max()) <= 2 * -(-int(0.3 * 192) // 2)
+    assert float((model(adversarial).argmax(1) == second).float().mean()) >= 0.5
+
+
+def test_ead_keeps_the_clean_input_where_it_finds_nothing() -> None:
+    model = _mlp_image_model()
+    x, y, _ = _data(model)
+    adversarial = fta.EADL1(model, max_iterations=10, binary_search_steps=1)(x, y)
+    fooled = model(adversarial).argmax(1) != y
+    assert torch.equal(adversarial[~fooled], x[~fooled])
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "argument"),
+    [
+        ("JSMA", {"theta": 0}, "theta"),
+        ("JSMA", {"gamma": 1.5}, "gamma"),
+        ("EADL1", {"lr": -1.0}, "lr"),
+        ("EADL1", {"binary_search_steps": 0}, "binary_search_steps"),
+        ("EADEN", {"max_iterations": 5}, "max_iterations"),
+        ("EADEN", {"initial_const": 0}, "initial_const"),
+        ("EADL1", {"kappa": -1}, "kappa"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_model_call(name: str, options: dict, argument: str) -> None:
+    calls = []
+    model = small_cnn(channels=3).eval()
+    model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(ValueError, match=argument):
+        getattr(fta, name)(model, **options)
+    assert not calls
