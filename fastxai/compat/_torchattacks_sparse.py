@@ -14,6 +14,8 @@ import math
 import torch
 from torch.nn import functional
 
+from fastxai.attacks._boundary import logits_and_jacobian
+from fastxai.attacks.deepfool import deepfool
 from fastxai.attacks.jsma import jsma
 from fastxai.compat._torchattacks_attack import Attack
 
@@ -212,3 +214,159 @@ class EADEN(EADL1):
     ``||x - x0||_2^2 + beta ||x - x0||_1``; otherwise ``EADL1``."""
 
     _ELASTIC = True
+
+
+class SparseFool(Attack):
+    """SparseFool (Modas et al. 2019), L0 through L1: each round, on the samples still
+    classified as their label, DeepFool (50 steps, overshoot 0.02: ``fastxai.deepfool``) finds
+    a boundary point ``x_B``, moved to ``x0 + lam (x_B - x0)``; the boundary there is
+    linearised with the normal ``w = grad (z_k - z_y)`` (``k`` the prediction there, or
+    DeepFool's class if that is still ``y``), and the linear solver walks from ``x0`` one
+    coordinate at a time (largest ``|w_i|`` first, clamped to [0, 1]) until the point crosses
+    the hyperplane; the result is ``x0 + (1 + overshoot) (x - x0)``. All samples run as one
+    batch. Where DeepFool does not cross within its 50 steps, the class comes from a
+    linearisation at its last point (torchattacks': at the point before)."""
+
+    def __init__(
+        self, model: torch.nn.Module, steps: int = 10, lam: float = 3, overshoot: float = 0.02
+    ) -> None:
+        super().__init__("SparseFool", model)
+        self.steps = _count("steps", steps, minimum=0)
+        self.lam = _number("lam", lam, minimum=1.0)
+        self.overshoot = _number("overshoot", overshoot)
+        self.supported_mode = ["default"]
+
+    def _deepfool(self, points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeepFool's examples and the class each one reached (or would cross to next)."""
+        boundary = deepfool(self._attack_model(), points, labels, normalize=self._normalize_pair())
+        with torch.no_grad():
+            classes = self.get_logits(boundary).argmax(1)
+        stuck = (classes == labels).nonzero().squeeze(1)
+        if stuck.numel():
+            logits, jacobian = logits_and_jacobian(self.get_logits, boundary[stuck])
+            rows = torch.arange(stuck.numel(), device=points.device)
+            label = labels[stuck]
+            gaps = (logits - logits[rows, label].unsqueeze(1)).abs()
+            lengths = (jacobian - jacobian[rows, label].unsqueeze(1)).flatten(2).norm(dim=2)
+            distance = gaps / lengths
+            distance[rows, label] = torch.inf
+            classes[stuck] = distance.argmin(1)
+        return boundary, classes
+
+    @staticmethod
+    def _linear_solver(origin: torch.Tensor, normal: torch.Tensor, plane_point: torch.Tensor) -> torch.Tensor:
+        """From ``origin`` towards the hyperplane through ``plane_point`` with ``normal`` (all
+        [A, F]), one coordinate per round, until the side of the plane changes."""
+        x = origin.clone()
+        coordinates = normal.clone()
+        side = ((origin - plane_point) * normal).sum(1).sign()
+        margin = 0.001 * side
+        rows = torch.arange(x.shape[0], device=x.device)
+        active = coordinates.ne(0).any(1)
+        while bool(active.any()):
+            index = active.nonzero().squeeze(1)
+            free = coordinates[index]
+            value = ((x[index] - plane_point[index]) * normal[index]).sum(1) + margin[index]
+            largest = free.abs().argmax(1)
+            magnitude = free[rows[: index.numel()], largest]
+            step = (value.abs() / magnitude.abs()).clamp(min=1e-4) * magnitude.sign()
+            x[index, largest] = (x[index, largest] + step).clamp(0, 1)
+            coordinates[index, largest] = 0
+            crossed = ((x[index] - plane_point[index]) * normal[index]).sum(1).sign() != side[index]
+            active[index] = ~crossed & coordinates[index].ne(0).any(1)
+        return x
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = _labels(self, images, labels)
+        images = images.detach()
+        adversarial = images.clone()
+        for _ in range(self.steps):
+            with torch.no_grad():
+                rows = (self.get_logits(adversarial).argmax(1) == labels).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            origin, label = images[rows], labels[rows]
+            boundary, classes = self._deepfool(adversarial[rows], label)
+            boundary = (origin + self.lam * (boundary - origin)).detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self.get_logits(boundary)
+                predicted = logits.argmax(1)
+                other = torch.where(predicted == label, classes, predicted)
+                gap = logits.gather(1, other.view(-1, 1)) - logits.gather(1, label.view(-1, 1))
+                (normal,) = torch.autograd.grad(gap.sum(), boundary)
+            normal = normal.flatten(1)
+            normal = normal / normal.norm(dim=1, keepdim=True)
+            flat_origin = origin.flatten(1)
+            solved = self._linear_solver(flat_origin, normal, boundary.detach().flatten(1))
+            step = flat_origin + (1 + self.overshoot) * (solved - flat_origin)
+            adversarial[rows] = step.clamp(0, 1).view_as(origin)
+        return adversarial
+
+
+class SPSA(Attack):
+    """SPSA (Uesato et al. 2018), L-inf, black-box: ``nb_iter`` Adam steps (``lr``) on the
+    perturbation, each with the gradient of the margin loss estimated from ``nb_sample``
+    Rademacher directions ``v``: ``(L(x + delta v) - L(x - delta v)) / (2 delta v)``, then
+    projection onto the ``eps``-ball and [0, 1]. The directions come from torch's global
+    generator, drawn as torchattacks draws them (one direction per draw shared by the whole
+    batch, ``max_batch_size`` draws at a time), so a seeded run gives torchattacks' examples;
+    each group of draws is one model call on both signs and every sample
+    (``2 * max_batch_size * B`` inputs). In targeted mode the targets come from the mode
+    (torchattacks uses the labels passed, whatever the mode)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eps: float = 0.3,
+        delta: float = 0.01,
+        lr: float = 0.01,
+        nb_iter: int = 1,
+        nb_sample: int = 128,
+        max_batch_size: int = 64,
+    ) -> None:
+        super().__init__("SPSA", model)
+        self.eps = _number("eps", eps)
+        self.delta = _number("delta", delta, strict=True)
+        self.lr = _number("lr", lr, strict=True)
+        self.nb_iter = _count("nb_iter", nb_iter, minimum=0)
+        self.nb_sample = _count("nb_sample", nb_sample)
+        self.max_batch_size = _count("max_batch_size", max_batch_size)
+        self.supported_mode = ["default", "targeted"]
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The margin ``max_{j != y} z_j - z_y``, negated when untargeted (the attack descends)."""
+        label_logit = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+        other = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+        margin = other - label_logit
+        return margin if self.targeted else -margin
+
+    @torch.no_grad()
+    def _gradient(self, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch, shape = points.shape[0], points.shape[1:]
+        gradient = torch.zeros_like(points)
+        for start in range(0, self.nb_sample, self.max_batch_size):
+            draws = min(self.max_batch_size, self.nb_sample - start)
+            directions = torch.empty((draws, 1, *shape), dtype=points.dtype, device=points.device)
+            directions = directions.bernoulli_().mul_(2).sub_(1).expand(draws, batch, *shape)
+            centre = points.unsqueeze(0).expand(draws, batch, *shape)
+            probes = torch.cat([centre + self.delta * directions, centre - self.delta * directions])
+            losses = self._loss(self.get_logits(probes.reshape(-1, *shape)), labels.repeat(2 * draws))
+            plus, minus = losses.view(2, draws, batch).unbind(0)
+            difference = (plus - minus).view(draws, batch, *([1] * len(shape)))
+            gradient += (difference / (2 * self.delta * directions)).sum(0)
+        return gradient / self.nb_sample
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        labels = _labels(self, images, labels)
+        if self.targeted:
+            labels = self.get_target_label(images, labels)
+        images = images.detach()
+        perturbation = torch.zeros_like(images)
+        optimizer = torch.optim.Adam([perturbation], lr=self.lr)
+        for _ in range(self.nb_iter):
+            perturbation.grad = self._gradient(images + perturbation, labels)
+            optimizer.step()
+            with torch.no_grad():
+                inside = (images + perturbation.clamp(-self.eps, self.eps)).clamp(0, 1)
+                perturbation.copy_(inside - images)
+        return images + perturbation

@@ -21,7 +21,7 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
-from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA
+from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA, SPSA, SparseFool
 
 
 class PGD(Attack):
@@ -172,8 +172,10 @@ __all__ = [
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "SPSA",
     "Attack",
     "AutoAttack",
     "DeepFool",
+    "SparseFool",
     "Square",
 ]

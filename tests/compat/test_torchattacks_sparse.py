@@ -99,6 +99,45 @@ def test_ead_keeps_the_clean_input_where_it_finds_nothing() -> None:
     assert torch.equal(adversarial[~fooled], x[~fooled])
 
 
+@pytest.mark.parametrize("normalized", [False, True], ids=["pixels", "normalized"])
+@pytest.mark.parametrize("model_name", ["mlp", "cnn"])
+def test_sparsefool_matches_torchattacks(model_name: str, normalized: bool) -> None:
+    model = _mlp_image_model() if model_name == "mlp" else small_cnn(seed=0, channels=3).eval()
+    x, y, _ = _data(model)
+    theirs, ours = _pair("SparseFool", model, {"steps": 3}, False, normalized)
+    if normalized:  # torchattacks' inner DeepFool does not inherit the normalisation
+        theirs.deepfool.set_normalization_used(MEAN, STD)
+        theirs.deepfool._set_normalization_applied(False)
+    inputs = ours.normalize(x) if normalized else x
+    before = model_state(model)
+    adversarial = ours(inputs, y)
+    assert_same_state(before, model_state(model))
+    # DeepFool's Jacobians are summed in another order: measured differences up to 3.2e-5
+    torch.testing.assert_close(adversarial, theirs(inputs, y), atol=1e-4, rtol=0)
+    pixels = ours.inverse_normalize(adversarial) if normalized else adversarial
+    assert float((pixels - x).abs().max()) > 0.01
+
+
+@pytest.mark.parametrize("normalized", [False, True], ids=["pixels", "normalized"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["default", "targeted"])
+def test_spsa_matches_torchattacks_with_the_same_global_seed(targeted: bool, normalized: bool) -> None:
+    model = small_cnn(seed=0, channels=3).eval()
+    x, y, second = _data(model, batch=5)
+    options = {"eps": 0.1, "nb_iter": 3, "nb_sample": 40, "max_batch_size": 16, "lr": 0.02}
+    theirs, ours = _pair("SPSA", model, options, targeted, normalized)
+    inputs = ours.normalize(x) if normalized else x
+    labels = second if targeted else y
+    before = model_state(model)
+    torch.manual_seed(5)
+    adversarial = ours(inputs, labels)
+    assert_same_state(before, model_state(model))
+    torch.manual_seed(5)
+    torch.testing.assert_close(adversarial, theirs(inputs, labels), atol=1e-5, rtol=0)
+    pixels = ours.inverse_normalize(adversarial) if normalized else adversarial
+    assert 0.01 < float((pixels - x).abs().max()) <= 0.1 + 1e-6
+    assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
+
+
 @pytest.mark.parametrize(
     ("name", "options", "argument"),
     [
@@ -109,6 +148,11 @@ def test_ead_keeps_the_clean_input_where_it_finds_nothing() -> None:
         ("EADEN", {"max_iterations": 5}, "max_iterations"),
         ("EADEN", {"initial_const": 0}, "initial_const"),
         ("EADL1", {"kappa": -1}, "kappa"),
+        ("SparseFool", {"lam": 0.5}, "lam"),
+        ("SparseFool", {"steps": -1}, "steps"),
+        ("SPSA", {"delta": 0}, "delta"),
+        ("SPSA", {"max_batch_size": 0}, "max_batch_size"),
+        ("SPSA", {"nb_sample": 1.5}, "nb_sample"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_call(name: str, options: dict, argument: str) -> None:
