@@ -370,3 +370,111 @@ class SPSA(Attack):
                 inside = (images + perturbation.clamp(-self.eps, self.eps)).clamp(0, 1)
                 perturbation.copy_(inside - images)
         return images + perturbation
+
+
+class OnePixel(Attack):
+    """One-pixel attack (Su et al. 2019): differential evolution over ``pixels`` (row, column,
+    one value per channel) tuples, minimising the softmax probability of the label (or
+    ``1 -`` that of the target), as torchattacks runs it: a population of
+    ``max(5, max(1, popsize // N) * N)`` for ``N = pixels * (2 + C)`` parameters, drawn
+    uniformly in the box, strategy best1bin with crossover 1 (the trial is the mutant
+    ``best + F (x_r0 - x_r1)``, ``F`` uniform in [0.5, 1) per generation, coordinates out of
+    the box drawn again), a trial replacing its parent when its energy is lower; a sample
+    stops after ``steps`` generations or once its best member fools the model. Every sample's
+    population goes through the model in one batch per generation (chunks of ``inf_batch``).
+    The draws come from a generator seeded with ``seed`` (fastxai's addition; torchattacks
+    uses numpy's global generator, one sample after another)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pixels: int = 1,
+        steps: int = 10,
+        popsize: int = 10,
+        inf_batch: int = 128,
+        seed: int = 0,
+    ) -> None:
+        super().__init__("OnePixel", model)
+        self.pixels = _count("pixels", pixels)
+        self.steps = _count("steps", steps, minimum=0)
+        self.popsize = _count("popsize", popsize)
+        self.inf_batch = _count("inf_batch", inf_batch)
+        self.seed = _count("seed", seed, minimum=0)
+        self.supported_mode = ["default", "targeted"]
+
+    def _perturb(self, images: torch.Tensor, owners: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+        """``images[owners]`` with each member's pixels set; members [M, N] in box units."""
+        _, channels, height, width = images.shape
+        perturbed = images[owners].clone()
+        rows = torch.arange(members.shape[0], device=images.device)
+        for pixel in members.view(members.shape[0], self.pixels, 2 + channels).unbind(1):
+            row = pixel[:, 0].floor().long().clamp(0, height - 1)
+            column = pixel[:, 1].floor().long().clamp(0, width - 1)
+            perturbed[rows, :, row, column] = pixel[:, 2:].to(images.dtype)
+        return perturbed
+
+    @torch.no_grad()
+    def _energies(
+        self, images: torch.Tensor, owners: torch.Tensor, members: torch.Tensor, classes: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(energy, fooled) of each member: the probability of the label, or 1 - that of the target."""
+        points = self._perturb(images, owners, members)
+        logits = torch.cat([self.get_logits(chunk) for chunk in points.split(self.inf_batch)])
+        probability = logits.float().softmax(1).gather(1, classes[owners].view(-1, 1)).squeeze(1)
+        predicted = logits.argmax(1)
+        if self.targeted:
+            return 1 - probability, predicted == classes[owners]
+        return probability, predicted != classes[owners]
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"inputs must be [N, C, H, W] images, got shape {tuple(images.shape)}")
+        labels = _labels(self, images, labels)
+        classes = self.get_target_label(images, labels) if self.targeted else labels
+        batch, channels, height, width = images.shape
+        device = images.device
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def uniform(*shape: int) -> torch.Tensor:
+            return torch.rand(shape, generator=generator, dtype=torch.float64).to(device)
+
+        parameters = self.pixels * (2 + channels)
+        size = max(5, max(1, self.popsize // parameters) * parameters)
+        scale = torch.tensor([height, width] + [1.0] * channels, dtype=torch.float64, device=device)
+        scale = scale.repeat(self.pixels)
+        population = uniform(batch, size, parameters)  # in [0, 1): unit box
+        owners = torch.arange(batch, device=device).repeat_interleave(size)
+        energies = self._energies(images, owners, (population * scale).view(-1, parameters), classes)[0]
+        energies = energies.view(batch, size).double()
+        active = torch.ones(batch, dtype=torch.bool, device=device)
+        for _ in range(self.steps):
+            rows = active.nonzero().squeeze(1)
+            if rows.numel() == 0:
+                break
+            count = rows.numel()
+            current = population[rows]
+            best = current.gather(1, energies[rows].argmin(1).view(-1, 1, 1).expand(-1, 1, parameters))
+            keys = uniform(count, size, size)
+            keys.diagonal(dim1=1, dim2=2).fill_(2.0)  # never pick the member itself
+            picks = keys.argsort(dim=2)[..., :2]
+            first = current.gather(1, picks[..., 0:1].expand(-1, -1, parameters))
+            second = current.gather(1, picks[..., 1:2].expand(-1, -1, parameters))
+            factor = (0.5 + 0.5 * uniform(count)).view(-1, 1, 1)
+            trials = best + factor * (first - second)
+            outside = (trials < 0) | (trials > 1)
+            trials = torch.where(outside, uniform(*trials.shape), trials)
+            trial_owners = rows.repeat_interleave(size)
+            trial_energies, _ = self._energies(
+                images, trial_owners, (trials * scale).view(-1, parameters), classes
+            )
+            trial_energies = trial_energies.view(count, size).double()
+            better = trial_energies < energies[rows]
+            population[rows] = torch.where(better.unsqueeze(2), trials, current)
+            energies[rows] = torch.where(better, trial_energies, energies[rows])
+            leader = population[rows].gather(
+                1, energies[rows].argmin(1).view(-1, 1, 1).expand(-1, 1, parameters)
+            )
+            _, fooled = self._energies(images, rows, (leader.squeeze(1) * scale), classes)
+            active[rows[fooled]] = False
+        leaders = population.gather(1, energies.argmin(1).view(-1, 1, 1).expand(-1, 1, parameters)).squeeze(1)
+        return self._perturb(images, torch.arange(batch, device=device), leaders * scale)

@@ -21,7 +21,7 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
-from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA, SPSA, SparseFool
+from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA, SPSA, OnePixel, SparseFool
 
 
 class PGD(Attack):
@@ -176,6 +176,7 @@ __all__ = [
     "Attack",
     "AutoAttack",
     "DeepFool",
+    "OnePixel",
     "SparseFool",
     "Square",
 ]

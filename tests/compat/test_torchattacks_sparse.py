@@ -138,6 +138,33 @@ def test_spsa_matches_torchattacks_with_the_same_global_seed(targeted: bool, nor
     assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("normalized", [False, True], ids=["pixels", "normalized"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["default", "targeted"])
+def test_onepixel_changes_at_most_its_pixels_and_fools_like_torchattacks(
+    targeted: bool, normalized: bool
+) -> None:
+    model = _mlp_image_model()
+    x, _, _ = _data(model, batch=16)
+    _, ours = _pair("OnePixel", model, {"pixels": 2, "steps": 20}, targeted, normalized)
+    inputs = ours.normalize(x) if normalized else x
+    with torch.no_grad():
+        ranked = model(inputs).topk(2).indices
+    labels = ranked[:, 1] if targeted else ranked[:, 0]
+    before = model_state(model)
+    adversarial = ours(inputs, labels)
+    assert_same_state(before, model_state(model))
+    assert torch.equal(adversarial, ours(inputs, labels))  # seeded
+    pixels = ours.inverse_normalize(adversarial) if normalized else adversarial
+    changed = ((pixels - x).abs() > 1e-5).any(1).flatten(1).sum(1)
+    assert int(changed.max()) <= 2
+    assert float(pixels.min()) >= -1e-6 and float(pixels.max()) <= 1 + 1e-6
+    predicted = model(adversarial).argmax(1)
+    success = (predicted == labels) if targeted else (predicted != labels)
+    # torchattacks.OnePixel on these 16 samples fools 5 (default) and 4 (targeted), 9 and 5
+    # normalised; fastxai's draws: 5, 5, 8, 9
+    assert int(success.sum()) >= 4
+
+
 @pytest.mark.parametrize(
     ("name", "options", "argument"),
     [
@@ -153,6 +180,9 @@ def test_spsa_matches_torchattacks_with_the_same_global_seed(targeted: bool, nor
         ("SPSA", {"delta": 0}, "delta"),
         ("SPSA", {"max_batch_size": 0}, "max_batch_size"),
         ("SPSA", {"nb_sample": 1.5}, "nb_sample"),
+        ("OnePixel", {"pixels": 0}, "pixels"),
+        ("OnePixel", {"popsize": -2}, "popsize"),
+        ("OnePixel", {"inf_batch": 0}, "inf_batch"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_call(name: str, options: dict, argument: str) -> None:
