@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional
 
@@ -478,3 +479,148 @@ class OnePixel(Attack):
             active[rows[fooled]] = False
         leaders = population.gather(1, energies.argmin(1).view(-1, 1, 1).expand(-1, 1, parameters)).squeeze(1)
         return self._perturb(images, torch.arange(batch, device=device), leaders * scale)
+
+
+class Pixle(Attack):
+    """Pixle (Pomponi et al. 2022), L0, black-box: rearranges pixels. Each iteration copies a
+    random patch of the input (``x_dimensions`` x ``y_dimensions``: ints are pixels, floats a
+    share of the side, a pair the range) onto random places of the current best image and
+    keeps the candidate if it lowers the probability of the label (raises the target's);
+    ``restarts`` rounds of ``max_iterations`` candidates drawn from the same base (the best
+    one becomes the next base), or with ``update_each_iteration`` one candidate after another
+    on the running best. A sample stops once a candidate fools the model.
+
+    The draws come from numpy's global generator in torchattacks' order, so a run seeded as
+    torchattacks' is (``np.random.seed``) gives its examples; the candidates of one restart go
+    through the model in one batch (the generator is wound back to where torchattacks stops
+    drawing when a candidate succeeds). Only ``pixel_mapping='random'`` is implemented."""
+
+    _MAPPINGS = ("random", "similarity", "similarity_random", "distance", "distance_random")
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        x_dimensions: object = (2, 10),
+        y_dimensions: object = (2, 10),
+        pixel_mapping: str = "random",
+        restarts: int = 20,
+        max_iterations: int = 10,
+        update_each_iteration: bool = False,
+    ) -> None:
+        super().__init__("Pixle", model)
+        self.restarts = _count("restarts", restarts, minimum=0)
+        self.max_patches = _count("max_iterations", max_iterations, minimum=0)
+        if not isinstance(pixel_mapping, str) or pixel_mapping.lower() not in self._MAPPINGS:
+            raise ValueError(f"pixel_mapping must be one of {self._MAPPINGS}, got {pixel_mapping!r}")
+        self.pixel_mapping = pixel_mapping.lower()
+        if self.pixel_mapping != "random":
+            self._unsupported(f"pixel_mapping={pixel_mapping!r}")
+        self.p1_x_dimensions = self._dimensions("x_dimensions", x_dimensions)
+        self.p1_y_dimensions = self._dimensions("y_dimensions", y_dimensions)
+        self.update_each_iteration = bool(update_each_iteration)
+        self.supported_mode = ["default", "targeted"]
+
+    @staticmethod
+    def _dimensions(name: str, value: object) -> list[int | float]:
+        sizes = [value, value] if isinstance(value, (int, float)) else value
+        if (
+            not isinstance(sizes, (tuple, list))
+            or len(sizes) != 2
+            or not all(
+                (isinstance(d, int) and not isinstance(d, bool) and d > 0)
+                or (isinstance(d, float) and 0 <= d <= 1)
+                for d in sizes
+            )
+        ):
+            raise ValueError(f"{name} must be an int > 0, a float in [0, 1] or a pair of them, got {value!r}")
+        return list(sizes)
+
+    @staticmethod
+    def _bounds(sizes: list[int | float], side: int) -> tuple[int, int]:
+        low, high = (max(1, d if isinstance(d, int) else round(side * d)) for d in sizes)
+        return low, high
+
+    def _draw(self, height: int, width: int, x_bounds: tuple[int, int], y_bounds: tuple[int, int]) -> tuple:
+        """A patch (column, row, width, height) and a destination per patch pixel, from numpy's
+        global generator in torchattacks' order (hence numpy's legacy global functions)."""
+        column, row = np.random.uniform(0, 1, 2)  # noqa: NPY002
+        patch_width = np.random.randint(x_bounds[0], x_bounds[1] + 1)  # noqa: NPY002
+        patch_height = np.random.randint(y_bounds[0], y_bounds[1] + 1)  # noqa: NPY002
+        column, row = int(column * (width - 1)), int(row * (height - 1))
+        patch_width, patch_height = min(patch_width, width - column), min(patch_height, height - row)
+        places = np.random.uniform(0, 1, (patch_width * patch_height, 2))  # noqa: NPY002
+        # torchattacks scales both coordinates as it does the patch's, and indexes the first as the row
+        destinations = (places * np.array([width - 1, height - 1])).astype(np.int64)
+        return column, row, patch_width, patch_height, torch.from_numpy(destinations)
+
+    @staticmethod
+    def _perturb(image: torch.Tensor, base: torch.Tensor, solution: tuple) -> torch.Tensor:
+        column, row, patch_width, patch_height, destinations = solution
+        channels = image.shape[1]
+        patch = image[0, :, row : row + patch_height, column : column + patch_width].reshape(channels, -1)
+        candidate = base.clone()
+        destinations = destinations.to(image.device)
+        candidate[0, :, destinations[:, 0], destinations[:, 1]] = patch
+        return candidate
+
+    @torch.no_grad()
+    def _score(self, points: torch.Tensor, label: torch.Tensor) -> tuple[list[float], list[bool]]:
+        """Per candidate: the probability of the label (1 - that of the target), and success."""
+        logits = self.get_logits(points)
+        probability = functional.softmax(logits, dim=1)[:, int(label)]
+        energy = 1 - probability if self.targeted else probability
+        predicted = logits.argmax(1)
+        fooled = predicted == label if self.targeted else predicted != label
+        return energy.tolist(), fooled.tolist()
+
+    def _restarted(self, image: torch.Tensor, label: torch.Tensor, bounds: tuple) -> torch.Tensor:
+        height, width = image.shape[2:]
+        best_image, best_solution = image.clone(), None
+        best_energy = self._score(image, label)[0][0]
+        for _ in range(self.restarts):
+            candidates, states = [], []
+            for _ in range(self.max_patches):
+                candidates.append(self._perturb(image, best_image, self._draw(height, width, *bounds)))
+                states.append(np.random.get_state())  # noqa: NPY002
+            if not candidates:
+                break
+            energies, fooled = self._score(torch.cat(candidates), label)
+            stop = False
+            for candidate, energy, success, state in zip(candidates, energies, fooled, states, strict=True):
+                if energy < best_energy:
+                    best_energy, best_solution = energy, candidate
+                if success:
+                    best_solution, stop = candidate, True
+                    np.random.set_state(state)  # torchattacks draws no further  # noqa: NPY002
+                    break
+            best_image = candidates[-1] if best_solution is None else best_solution
+            if stop:
+                break
+        return best_image
+
+    def _iterated(self, image: torch.Tensor, label: torch.Tensor, bounds: tuple) -> torch.Tensor:
+        height, width = image.shape[2:]
+        best_image = image.clone()
+        best_energy = self._score(image, label)[0][0]
+        for _ in range(self.max_patches):
+            candidate = self._perturb(image, best_image, self._draw(height, width, *bounds))
+            (energy,), (success,) = self._score(candidate, label)
+            if energy < best_energy:
+                best_energy, best_image = energy, candidate
+            if success:
+                return candidate
+        return best_image
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if images.dim() != 4:
+            raise ValueError(f"inputs must be [N, C, H, W] images, got shape {tuple(images.shape)}")
+        labels = _labels(self, images, labels)
+        if self.targeted:
+            labels = self.get_target_label(images, labels)
+        bounds = (
+            self._bounds(self.p1_x_dimensions, images.shape[3]),
+            self._bounds(self.p1_y_dimensions, images.shape[2]),
+        )
+        run = self._iterated if self.update_each_iteration else self._restarted
+        images = images.detach()
+        return torch.cat([run(images[i : i + 1], labels[i], bounds) for i in range(images.shape[0])])

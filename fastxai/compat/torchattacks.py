@@ -21,7 +21,7 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
-from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA, SPSA, OnePixel, SparseFool
+from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA, SPSA, OnePixel, Pixle, SparseFool
 
 
 class PGD(Attack):
@@ -177,6 +177,7 @@ __all__ = [
     "AutoAttack",
     "DeepFool",
     "OnePixel",
+    "Pixle",
     "SparseFool",
     "Square",
 ]

@@ -1,5 +1,5 @@
 """The sparse, L1 and black-box torchattacks classes (JSMA, EADL1, EADEN, SparseFool, SPSA,
-OnePixel) beside torchattacks 3.5: the same examples where the attack is deterministic or its
+OnePixel, Pixle) beside torchattacks 3.5: the same examples where the attack is deterministic or its
 draws are torchattacks', the threat model and the success rate where they are not."""
 
 from __future__ import annotations
@@ -165,6 +165,48 @@ def test_onepixel_changes_at_most_its_pixels_and_fools_like_torchattacks(
     assert int(success.sum()) >= 4
 
 
+@pytest.mark.parametrize("normalized", [False, True], ids=["pixels", "normalized"])
+@pytest.mark.parametrize("targeted", [False, True], ids=["default", "targeted"])
+@pytest.mark.parametrize("update_each_iteration", [False, True], ids=["restarts", "iterative"])
+def test_pixle_matches_torchattacks_with_the_same_numpy_seed(
+    update_each_iteration: bool, targeted: bool, normalized: bool
+) -> None:
+    np = pytest.importorskip("numpy")
+    model = _mlp_image_model()
+    x, _, _ = _data(model, batch=8)
+    options = {
+        "restarts": 5,
+        "max_iterations": 6,
+        "x_dimensions": (1, 0.3),
+        "update_each_iteration": update_each_iteration,
+    }
+    theirs, ours = _pair("Pixle", model, options, targeted, normalized)
+    inputs = ours.normalize(x) if normalized else x
+    with torch.no_grad():
+        ranked = model(inputs).topk(2).indices
+    labels = ranked[:, 1] if targeted else ranked[:, 0]
+    before = model_state(model)
+    np.random.seed(3)
+    adversarial = ours(inputs, labels)
+    after_ours = np.random.get_state()[1].copy()
+    assert_same_state(before, model_state(model))
+    np.random.seed(3)
+    if update_each_iteration:  # torchattacks takes one image at a time there
+        expected = torch.cat([theirs(inputs[i : i + 1], labels[i : i + 1]) for i in range(len(x))])
+    else:
+        expected = theirs(inputs, labels)
+    assert np.array_equal(after_ours, np.random.get_state()[1])  # the same draws consumed
+    torch.testing.assert_close(adversarial, expected, atol=1e-6, rtol=0)
+    predicted = model(adversarial).argmax(1)
+    success = (predicted == labels) if targeted else (predicted != labels)
+    assert int(success.sum()) >= 2  # measured: 2 to 8 of the 8 across these cases
+
+
+def test_pixle_refuses_the_mappings_it_does_not_implement_by_name() -> None:
+    with pytest.raises(NotImplementedError, match="pixel_mapping='similarity'"):
+        fta.Pixle(_mlp_image_model(), pixel_mapping="similarity")
+
+
 @pytest.mark.parametrize(
     ("name", "options", "argument"),
     [
@@ -183,6 +225,10 @@ def test_onepixel_changes_at_most_its_pixels_and_fools_like_torchattacks(
         ("OnePixel", {"pixels": 0}, "pixels"),
         ("OnePixel", {"popsize": -2}, "popsize"),
         ("OnePixel", {"inf_batch": 0}, "inf_batch"),
+        ("Pixle", {"restarts": -1}, "restarts"),
+        ("Pixle", {"x_dimensions": (0, 3)}, "x_dimensions"),
+        ("Pixle", {"y_dimensions": 1.5}, "y_dimensions"),
+        ("Pixle", {"pixel_mapping": "nearest"}, "pixel_mapping"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_call(name: str, options: dict, argument: str) -> None:
