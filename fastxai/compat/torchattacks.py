@@ -21,7 +21,16 @@ import torch
 from fastxai.attacks import carlini_wagner, gradient_attacks
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_autoattack import APGD, APGDT, FAB, AutoAttack, DeepFool, Square
-from fastxai.compat._torchattacks_sparse import EADEN, EADL1, JSMA, SPSA, OnePixel, Pixle, SparseFool
+from fastxai.compat._torchattacks_sparse import (
+    EADEN,
+    EADL1,
+    JSMA,
+    LGV,
+    SPSA,
+    OnePixel,
+    Pixle,
+    SparseFool,
+)
 
 
 class PGD(Attack):
@@ -169,6 +178,7 @@ __all__ = [
     "FAB",
     "FGSM",
     "JSMA",
+    "LGV",
     "MIFGSM",
     "PGD",
     "PGDL2",

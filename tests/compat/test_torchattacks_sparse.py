@@ -1,11 +1,13 @@
 """The sparse, L1 and black-box torchattacks classes (JSMA, EADL1, EADEN, SparseFool, SPSA,
-OnePixel, Pixle) beside torchattacks 3.5: the same examples where the attack is deterministic or its
+OnePixel, Pixle, LGV) beside torchattacks 3.5: the same examples where the attack is deterministic or its
 draws are torchattacks', the threat model and the success rate where they are not."""
 
 from __future__ import annotations
 
+import random
 import types
 
+import numpy as np
 import pytest
 import torch
 from models import assert_same_state, mlp, model_state, small_cnn
@@ -171,7 +173,6 @@ def test_onepixel_changes_at_most_its_pixels_and_fools_like_torchattacks(
 def test_pixle_matches_torchattacks_with_the_same_numpy_seed(
     update_each_iteration: bool, targeted: bool, normalized: bool
 ) -> None:
-    np = pytest.importorskip("numpy")
     model = _mlp_image_model()
     x, _, _ = _data(model, batch=8)
     options = {
@@ -186,20 +187,59 @@ def test_pixle_matches_torchattacks_with_the_same_numpy_seed(
         ranked = model(inputs).topk(2).indices
     labels = ranked[:, 1] if targeted else ranked[:, 0]
     before = model_state(model)
-    np.random.seed(3)
+    np.random.seed(3)  # noqa: NPY002
     adversarial = ours(inputs, labels)
-    after_ours = np.random.get_state()[1].copy()
+    after_ours = np.random.get_state()[1].copy()  # noqa: NPY002
     assert_same_state(before, model_state(model))
-    np.random.seed(3)
+    np.random.seed(3)  # noqa: NPY002
     if update_each_iteration:  # torchattacks takes one image at a time there
         expected = torch.cat([theirs(inputs[i : i + 1], labels[i : i + 1]) for i in range(len(x))])
     else:
         expected = theirs(inputs, labels)
-    assert np.array_equal(after_ours, np.random.get_state()[1])  # the same draws consumed
+    assert np.array_equal(after_ours, np.random.get_state()[1])  # the same draws consumed  # noqa: NPY002
     torch.testing.assert_close(adversarial, expected, atol=1e-6, rtol=0)
     predicted = model(adversarial).argmax(1)
     success = (predicted == labels) if targeted else (predicted != labels)
     assert int(success.sum()) >= 2  # measured: 2 to 8 of the 8 across these cases
+
+
+class _Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("normalized", [False, True], ids=["pixels", "normalized"])
+@pytest.mark.parametrize("n_grad", [-1, 1, 2])
+def test_lgv_matches_torchattacks(n_grad: int, normalized: bool) -> None:
+    model = small_cnn(seed=0, channels=3).eval()
+    generator = torch.Generator().manual_seed(2)
+    data, classes = (
+        torch.rand(32, 3, 8, 8, generator=generator),
+        torch.randint(0, 10, (32,), generator=generator),
+    )
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(data, classes), batch_size=8)
+    x = torch.rand(6, 3, 8, 8, generator=generator)
+    options = {"epochs": 1, "nb_models_epoch": 2, "verbose": False, "eps": 0.1, "alpha": 0.02, "steps": 5}
+    if n_grad != -1:  # models taken in turn per call: the same base attack keeps the turns equal
+        options["attack_class"] = torchattacks.BIM
+    # torchattacks' base attack does not inherit the normalisation: fold it into its model
+    reference = nn.Sequential(_Normalize(), model) if normalized else model
+    theirs = torchattacks.LGV(reference, loader, n_grad=n_grad, **options)
+    ours = fta.LGV(model, loader, n_grad=n_grad, **options)
+    if normalized:
+        ours.set_normalization_used(MEAN, STD)
+    with torch.no_grad():
+        y = reference(x).argmax(1)
+    before = model_state(model)
+    random.seed(0)
+    adversarial = ours(ours.normalize(x) if normalized else x, y)
+    assert_same_state(before, model_state(model))
+    assert len(ours.list_models) == 2
+    random.seed(0)
+    expected = theirs(x, y)
+    pixels = ours.inverse_normalize(adversarial) if normalized else adversarial
+    torch.testing.assert_close(pixels, expected, atol=1e-5, rtol=0)
+    assert 0.05 < float((pixels - x).abs().max()) <= 0.1 + 1e-6
 
 
 def test_pixle_refuses_the_mappings_it_does_not_implement_by_name() -> None:
@@ -229,6 +269,9 @@ def test_pixle_refuses_the_mappings_it_does_not_implement_by_name() -> None:
         ("Pixle", {"x_dimensions": (0, 3)}, "x_dimensions"),
         ("Pixle", {"y_dimensions": 1.5}, "y_dimensions"),
         ("Pixle", {"pixel_mapping": "nearest"}, "pixel_mapping"),
+        ("LGV", {"trainloader": [], "n_grad": 0}, "n_grad"),
+        ("LGV", {"trainloader": [], "epochs": -1}, "epochs"),
+        ("LGV", {"trainloader": [], "lr": -0.1}, "lr"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_model_call(name: str, options: dict, argument: str) -> None:
