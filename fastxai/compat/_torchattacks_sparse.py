@@ -1,6 +1,7 @@
 """torchattacks-shaped sparse, L1 and black-box attacks: JSMA (Papernot et al. 2016), EADL1
-and EADEN (Chen et al. 2018), SparseFool (Modas et al. 2019), OnePixel (Su et al. 2019) and
-SPSA (Uesato et al. 2018), with torchattacks 3.5's arguments. Exported by
+and EADEN (Chen et al. 2018), SparseFool (Modas et al. 2019), OnePixel (Su et al. 2019),
+SPSA (Uesato et al. 2018), Pixle (Pomponi et al. 2022) and the LGV wrapper (Gubri et al.
+2022), with torchattacks 3.5's arguments. Exported by
 ``fastxai.compat.torchattacks``.
 
 Inside ``forward`` the inputs are in pixel space and ``get_logits`` normalises them, so the
