@@ -23,6 +23,8 @@ def jsma(
     bounds: Sequence[float] = (0.0, 1.0),
     normalize: tuple[object, object] | None = None,
     dtype: torch.dtype | None = None,
+    max_iterations: int | None = None,
+    search_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Change at most ``gamma`` of the features so that the model predicts ``target_labels``.
 
@@ -32,7 +34,11 @@ def jsma(
     ``(a_p + a_q) * |b_p + b_q|`` subject to ``a_p + a_q > 0`` and ``b_p + b_q < 0`` (for
     ``theta > 0``; signs flip for ``theta < 0``); both features move by ``theta`` (clamped to
     ``bounds``) and leave the search once at a bound. A sample stops when it reaches its
-    target, when no pair qualifies, or after ``floor(gamma * features / 2)`` iterations.
+    target, when no pair qualifies, or after ``max_iterations`` iterations (None: the paper's
+    ``floor(gamma * features / 2)``). ``search_mask``: [B, *F] bool, the features the search
+    may pick at the start (None: those not yet at the bound ``theta`` moves towards);
+    torchattacks' JSMA passes ``inputs < 0.99`` (``> 0.01`` for ``theta < 0``) and
+    ``ceil(gamma * features / 2)`` iterations.
 
     inputs: [B, *F] within ``bounds``; returns [B, *F]. The pairwise search costs F^2 per
     sample and iteration: meant for inputs of up to a few thousand features. ``dtype``: the
@@ -67,6 +73,16 @@ def jsma(
         f"the pair scores of JSMA's search over {features} features", x.device,
         "JSMA's pairwise search is for inputs of up to a few thousand features; pass fewer samples per call",
     )  # fmt: skip
+    if max_iterations is None:
+        max_iterations = int(gamma * features / 2)
+    elif isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or max_iterations < 0:
+        raise ValueError(f"max_iterations must be None or an int >= 0, got {max_iterations!r}")
+    if search_mask is not None and (
+        not isinstance(search_mask, torch.Tensor)
+        or search_mask.dtype != torch.bool
+        or search_mask.shape != x.shape
+    ):
+        raise ValueError(f"search_mask must be a bool tensor of the inputs' shape {tuple(x.shape)}")
     targets = check_labels(target_labels, batch, x.device)
     if targets is None:
         raise ValueError("target_labels are required: JSMA is a targeted attack")
@@ -80,9 +96,11 @@ def jsma(
         adv = x.reshape(batch, features).clone()
         increase = theta > 0
         searchable = adv < upper if increase else adv > lower
+        if search_mask is not None:
+            searchable &= search_mask.to(x.device).reshape(batch, features)
         active = torch.ones(batch, dtype=torch.bool, device=x.device)
         not_diagonal = ~torch.eye(features, dtype=torch.bool, device=x.device)
-        for _ in range(int(gamma * features / 2)):
+        for _ in range(max_iterations):
             rows = active.nonzero().squeeze(1)
             if rows.numel() == 0:
                 break

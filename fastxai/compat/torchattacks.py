@@ -34,6 +34,16 @@ from fastxai.compat._torchattacks_iterative import (
     Jitter,
 )
 from fastxai.compat._torchattacks_multiattack import MultiAttack as MultiAttack
+from fastxai.compat._torchattacks_sparse import (
+    EADEN,
+    EADL1,
+    JSMA,
+    SPSA,
+    OnePixel,
+    Pixle,
+    SparseFool,
+)
+from fastxai.compat._torchattacks_sparse import LGV as LGV
 from fastxai.compat._torchattacks_transfer import (
     DIFGSM,
     NIFGSM,
@@ -182,18 +192,21 @@ class CW(Attack):
 
 
 # Attacks in __all__; wrappers of other attacks in __wrapper__, as torchattacks lists them
-# (``ta.MultiAttack`` is an attribute like any class; ``import *`` takes the attacks).
+# (``ta.MultiAttack`` and ``ta.LGV`` are attributes like any class; ``import *`` takes the attacks).
 __all__ = [
     "APGD",
     "APGDT",
     "BIM",
     "CW",
     "DIFGSM",
+    "EADEN",
+    "EADL1",
     "EOTPGD",
     "FAB",
     "FFGSM",
     "FGSM",
     "GN",
+    "JSMA",
     "MIFGSM",
     "NIFGSM",
     "PGD",
@@ -204,6 +217,7 @@ __all__ = [
     "PIFGSMPP",
     "RFGSM",
     "SINIFGSM",
+    "SPSA",
     "TIFGSM",
     "TPGD",
     "UPGD",
@@ -214,6 +228,9 @@ __all__ = [
     "AutoAttack",
     "DeepFool",
     "Jitter",
+    "OnePixel",
+    "Pixle",
+    "SparseFool",
     "Square",
 ]
-__wrapper__ = ["MultiAttack"]
+__wrapper__ = ["LGV", "MultiAttack"]

@@ -24,7 +24,8 @@ def test_modes_and_supported_modes_as_torchattacks() -> None:
     for name in fta.__all__:
         if name in ("Attack", "MultiAttack"):  # MultiAttack takes a list of attacks
             continue
-        ours, theirs = getattr(fta, name)(model), getattr(torchattacks, name)(model)
+        extra = ([],) if name == "LGV" else ()  # LGV also needs a training data loader
+        ours, theirs = getattr(fta, name)(model, *extra), getattr(torchattacks, name)(model, *extra)
         assert ours.supported_mode == theirs.supported_mode, name
         assert ours.get_mode() == "default" and ours.device == theirs.device
     attack = fta.PGD(model)
