@@ -13,6 +13,20 @@ from fastxai._model import Model
 from fastxai.attacks._core import check_attack_inputs, check_labels, model_logits, normalizer
 
 
+def check_options(theta: object, gamma: object) -> None:
+    """JSMA's ``theta`` (a finite non-zero change per step) and ``gamma`` (the share of the
+    features it may change, in (0, 1])."""
+    if (
+        isinstance(theta, bool)
+        or not isinstance(theta, (int, float))
+        or not math.isfinite(theta)
+        or theta == 0
+    ):
+        raise ValueError(f"theta must be a finite non-zero number, got {theta!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+
+
 def jsma(
     model: Model,
     inputs: torch.Tensor,
@@ -48,15 +62,7 @@ def jsma(
     >>> x_adv = fastxai.jsma(model, x, target_labels=torch.full((len(x),), 3), theta=1.0, gamma=0.1)
     """
     model = _model.check_model(model)
-    if (
-        isinstance(theta, bool)
-        or not isinstance(theta, (int, float))
-        or not math.isfinite(theta)
-        or theta == 0
-    ):
-        raise ValueError(f"theta must be a finite non-zero number, got {theta!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
-        raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+    check_options(theta, gamma)
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2 or not bounds[0] < bounds[1]:
         raise ValueError(f"bounds must be (lower, upper) with lower < upper, got {bounds!r}")
     lower, upper = float(bounds[0]), float(bounds[1])

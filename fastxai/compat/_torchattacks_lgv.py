@@ -12,9 +12,9 @@ import random
 import torch
 from torch.nn import functional
 
+from fastxai._checks import check_count, check_number
 from fastxai.compat._torchattacks_attack import Attack
 from fastxai.compat._torchattacks_gradient import BIM
-from fastxai.compat._torchattacks_sparse import _count, _number
 
 
 class _LightEnsemble(torch.nn.Module):
@@ -69,10 +69,10 @@ class LGV(Attack):
         **kwargs: object,
     ) -> None:
         super().__init__("LGV", copy.deepcopy(model))
-        self.lr = _number("lr", lr)
-        self.epochs = _count("epochs", epochs, minimum=0)
-        self.nb_models_epoch = _count("nb_models_epoch", nb_models_epoch, minimum=0)
-        self.wd = _number("wd", wd)
+        self.lr = check_number("lr", lr)
+        self.epochs = check_count("epochs", epochs, minimum=0)
+        self.nb_models_epoch = check_count("nb_models_epoch", nb_models_epoch, minimum=0)
+        self.wd = check_number("wd", wd)
         if isinstance(n_grad, bool) or not isinstance(n_grad, int) or not (n_grad > 0 or n_grad == -1):
             raise ValueError(f"n_grad must be an int > 0 or -1 (every model), got {n_grad!r}")
         if attack_class is not None and not callable(attack_class):

@@ -15,29 +15,11 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from fastxai._checks import check_count, check_number
 from fastxai.attacks._boundary import logits_and_jacobian
 from fastxai.attacks.deepfool import deepfool
-from fastxai.attacks.jsma import jsma
+from fastxai.attacks.jsma import check_options, jsma
 from fastxai.compat._torchattacks_attack import Attack
-
-
-def _count(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(name: str, value: object, minimum: float = 0.0, strict: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < minimum
-        or (strict and value == minimum)
-    ):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name} must be a finite number {relation} {minimum}, got {value!r}")
-    return float(value)
 
 
 def _labels(attack: Attack, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -55,15 +37,7 @@ class JSMA(Attack):
 
     def __init__(self, model: torch.nn.Module, theta: float = 1.0, gamma: float = 0.1) -> None:
         super().__init__("JSMA", model)
-        if (
-            isinstance(theta, bool)
-            or not isinstance(theta, (int, float))
-            or not math.isfinite(theta)
-            or theta == 0
-        ):
-            raise ValueError(f"theta must be a finite non-zero number, got {theta!r}")
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+        check_options(theta, gamma)
         self.theta, self.gamma = theta, gamma
         self.supported_mode = ["default", "targeted"]
 
@@ -114,18 +88,18 @@ class EADL1(Attack):
         beta: float = 0.001,
     ) -> None:
         super().__init__(type(self).__name__, model)
-        self.kappa = _number("kappa", kappa)
-        self.lr = _number("lr", lr, strict=True)
-        self.binary_search_steps = _count("binary_search_steps", binary_search_steps)
-        self.max_iterations = _count("max_iterations", max_iterations)
+        self.kappa = check_number("kappa", kappa)
+        self.lr = check_number("lr", lr, strict=True)
+        self.binary_search_steps = check_count("binary_search_steps", binary_search_steps)
+        self.max_iterations = check_count("max_iterations", max_iterations)
         if abort_early and max_iterations < 10:
             raise ValueError(
                 f"max_iterations must be >= 10 with abort_early=True (the loss is checked every "
                 f"max_iterations // 10 steps), got {max_iterations}"
             )
         self.abort_early = bool(abort_early)
-        self.initial_const = _number("initial_const", initial_const, strict=True)
-        self.beta = _number("beta", beta)
+        self.initial_const = check_number("initial_const", initial_const, strict=True)
+        self.beta = check_number("beta", beta)
         self.repeat = binary_search_steps >= 10
         self.supported_mode = ["default", "targeted"]
 
@@ -232,9 +206,9 @@ class SparseFool(Attack):
         self, model: torch.nn.Module, steps: int = 10, lam: float = 3, overshoot: float = 0.02
     ) -> None:
         super().__init__("SparseFool", model)
-        self.steps = _count("steps", steps, minimum=0)
-        self.lam = _number("lam", lam, minimum=1.0)
-        self.overshoot = _number("overshoot", overshoot)
+        self.steps = check_count("steps", steps, minimum=0)
+        self.lam = check_number("lam", lam, minimum=1.0)
+        self.overshoot = check_number("overshoot", overshoot)
         self.supported_mode = ["default"]
 
     def _deepfool(self, points: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,12 +300,12 @@ class SPSA(Attack):
         max_batch_size: int = 64,
     ) -> None:
         super().__init__("SPSA", model)
-        self.eps = _number("eps", eps)
-        self.delta = _number("delta", delta, strict=True)
-        self.lr = _number("lr", lr, strict=True)
-        self.nb_iter = _count("nb_iter", nb_iter, minimum=0)
-        self.nb_sample = _count("nb_sample", nb_sample)
-        self.max_batch_size = _count("max_batch_size", max_batch_size)
+        self.eps = check_number("eps", eps)
+        self.delta = check_number("delta", delta, strict=True)
+        self.lr = check_number("lr", lr, strict=True)
+        self.nb_iter = check_count("nb_iter", nb_iter, minimum=0)
+        self.nb_sample = check_count("nb_sample", nb_sample)
+        self.max_batch_size = check_count("max_batch_size", max_batch_size)
         self.supported_mode = ["default", "targeted"]
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -396,11 +370,11 @@ class OnePixel(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__("OnePixel", model)
-        self.pixels = _count("pixels", pixels)
-        self.steps = _count("steps", steps, minimum=0)
-        self.popsize = _count("popsize", popsize)
-        self.inf_batch = _count("inf_batch", inf_batch)
-        self.seed = _count("seed", seed, minimum=0)
+        self.pixels = check_count("pixels", pixels)
+        self.steps = check_count("steps", steps, minimum=0)
+        self.popsize = check_count("popsize", popsize)
+        self.inf_batch = check_count("inf_batch", inf_batch)
+        self.seed = check_count("seed", seed, minimum=0)
         self.supported_mode = ["default", "targeted"]
 
     def _perturb(self, images: torch.Tensor, owners: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
@@ -508,8 +482,8 @@ class Pixle(Attack):
         update_each_iteration: bool = False,
     ) -> None:
         super().__init__("Pixle", model)
-        self.restarts = _count("restarts", restarts, minimum=0)
-        self.max_patches = _count("max_iterations", max_iterations, minimum=0)
+        self.restarts = check_count("restarts", restarts, minimum=0)
+        self.max_patches = check_count("max_iterations", max_iterations, minimum=0)
         if not isinstance(pixel_mapping, str) or pixel_mapping.lower() not in self._MAPPINGS:
             raise ValueError(f"pixel_mapping must be one of {self._MAPPINGS}, got {pixel_mapping!r}")
         self.pixel_mapping = pixel_mapping.lower()
