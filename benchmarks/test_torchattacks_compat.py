@@ -41,11 +41,17 @@ CASES: dict[str, tuple[dict[str, Any], float | None]] = {
 
 
 @functools.lru_cache(maxsize=1)
-def digits_batch() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+def digits_model_and_test() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     from fastxai.digits import load_digits, train_digits_cnn
 
     (x_train, y_train), (x_test, y_test) = load_digits()
-    return train_digits_cnn(x_train, y_train), x_test[:BATCH], y_test[:BATCH]
+    return train_digits_cnn(x_train, y_train), x_test, y_test
+
+
+def digits_batch(batch: int = BATCH) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The trained digits CNN and the first ``batch`` test images and labels."""
+    model, x_test, y_test = digits_model_and_test()
+    return model, x_test[:batch], y_test[:batch]
 
 
 def seeded(function: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
@@ -60,11 +66,11 @@ def seeded(function: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     return call
 
 
-def attack_calls(name: str) -> list[Callable[[], torch.Tensor]]:
+def attack_calls(name: str, batch: int = BATCH) -> list[Callable[[], torch.Tensor]]:
     """One seeded call of fastxai's class and one of torchattacks' for ``name`` on the digits batch."""
     import torchattacks
 
-    model, x, y = digits_batch()
+    model, x, y = digits_batch(batch)
     kwargs = CASES[name][0]
     attacks = [getattr(namespace, name)(model, **kwargs) for namespace in (fta, torchattacks)]
     return [seeded(functools.partial(attack, x, y)) for attack in attacks]
