@@ -18,7 +18,7 @@ import functools
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -65,6 +65,24 @@ def case_calls(
     return [functools.partial(method.attribute, x, **kwargs) for method in methods], calls
 
 
+def interleaved(
+    methods: Sequence[Callable[[], object]], calls: int, rounds: int, warmup: int
+) -> tuple[float, float, list[float]]:
+    """Times ``methods`` (fastxai's call, the peer's) in alternating blocks of ``calls`` calls,
+    the order reversed every round, ``warmup`` rounds untimed: (fastxai's median seconds per
+    call, the peer's, the quartiles of the paired ratio peer / fastxai over the rounds)."""
+    times: list[list[float]] = [[], []]
+    for round_ in range(warmup + rounds):
+        for index in (0, 1) if round_ % 2 else (1, 0):
+            start = time.process_time()
+            for _ in range(calls):
+                methods[index]()
+            if round_ >= warmup:
+                times[index].append((time.process_time() - start) / calls)
+    ratios = [peer / fastxai for fastxai, peer in zip(times[0], times[1], strict=True)]
+    return statistics.median(times[0]), statistics.median(times[1]), statistics.quantiles(ratios, n=4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per class")
@@ -84,17 +102,7 @@ def main() -> None:
         if args.classes is not None and name not in args.classes:
             continue
         methods, calls = case_calls(case, captum_attr)
-        times: list[list[float]] = [[], []]
-        for round_ in range(WARMUP + args.rounds):
-            for index in (0, 1) if round_ % 2 else (1, 0):
-                start = time.process_time()
-                for _ in range(calls):
-                    methods[index]()
-                if round_ >= WARMUP:
-                    times[index].append((time.process_time() - start) / calls)
-        ours, theirs = statistics.median(times[0]), statistics.median(times[1])
-        ratios = [captum / fastxai for fastxai, captum in zip(times[0], times[1], strict=True)]
-        low, middle, high = statistics.quantiles(ratios, n=4)
+        ours, theirs, (low, middle, high) = interleaved(methods, calls, args.rounds, WARMUP)
         print(
             f"{name:26s} {'x'.join(map(str, shape)):8s} fastxai {ours * 1e3:7.3f} ms  "
             f"captum {theirs * 1e3:7.3f} ms  captum / fastxai paired median {middle:.3f} "

@@ -13,11 +13,11 @@ the same round; > 1: fastxai faster) as its median and interquartile range over 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 
 import torch
+from compat_interleaved import interleaved
 from test_torchattacks_compat import BATCH, CASES, attack_calls, digits_batch
 
 ROUNDS, WARMUP, BLOCK_SECONDS = 30, 2, 0.2
@@ -39,17 +39,7 @@ def main() -> None:
         start = time.process_time()
         methods[1]()
         calls = max(1, round(BLOCK_SECONDS / (time.process_time() - start)))
-        times: list[list[float]] = [[], []]
-        for round_ in range(WARMUP + args.rounds):
-            for index in (0, 1) if round_ % 2 else (1, 0):
-                start = time.process_time()
-                for _ in range(calls):
-                    methods[index]()
-                if round_ >= WARMUP:
-                    times[index].append((time.process_time() - start) / calls)
-        ours, theirs = statistics.median(times[0]), statistics.median(times[1])
-        ratios = [peer / fastxai for fastxai, peer in zip(times[0], times[1], strict=True)]
-        low, middle, high = statistics.quantiles(ratios, n=4)
+        ours, theirs, (low, middle, high) = interleaved(methods, calls, args.rounds, WARMUP)
         print(
             f"{name:9s} batch {args.batch} x{calls:<3d} fastxai {ours * 1e3:8.2f} ms  "
             f"torchattacks {theirs * 1e3:8.2f} ms  torchattacks / fastxai paired median "
