@@ -140,18 +140,13 @@ class LayerCapture:
         return self.activation
 
 
-def _batch_first(tensor: torch.Tensor, axis: int) -> torch.Tensor:
-    """A copy of ``tensor`` with its batch axis first (contiguous when the axis moved)."""
-    if axis == 0:
+def _moved_copy(tensor: torch.Tensor, source: int, destination: int) -> torch.Tensor:
+    """A copy of ``tensor`` with axis ``source`` moved to ``destination`` (contiguous when it
+    moved): a layer tensor's batch-first view (``axis, 0``), or the layer's own layout for a
+    batch-first leaf (``0, axis``)."""
+    if source == destination:
         return tensor.clone()
-    return tensor.movedim(axis, 0).clone(memory_format=torch.contiguous_format)
-
-
-def _layer_view(leaf: torch.Tensor, axis: int) -> torch.Tensor:
-    """What the model gets for a batch-first leaf: a copy in the layer's own layout."""
-    if axis == 0:
-        return leaf.clone()
-    return leaf.movedim(0, axis).clone(memory_format=torch.contiguous_format)
+    return tensor.movedim(source, destination).clone(memory_format=torch.contiguous_format)
 
 
 class _Stop(Exception):
@@ -318,7 +313,7 @@ class Slots:
                     )
         if self._mode == "capture":
             self.taken[index] = [
-                _batch_first(tensor.detach(), axis) for tensor, axis in zip(tensors, axes, strict=True)
+                _moved_copy(tensor.detach(), axis, 0) for tensor, axis in zip(tensors, axes, strict=True)
             ]
             if self._stop and len(self.taken) == len(self.layers):
                 raise _Stop
@@ -334,7 +329,7 @@ class Slots:
             leaves = [
                 tensor.movedim(axis, 0)
                 if tensor.requires_grad
-                else _batch_first(tensor.detach(), axis).requires_grad_(True)
+                else _moved_copy(tensor.detach(), axis, 0).requires_grad_(True)
                 for tensor, axis in zip(tensors, axes, strict=True)
             ]
         else:
@@ -348,7 +343,7 @@ class Slots:
                         "its values"
                     )
         self.taken[index] = leaves
-        return [_layer_view(leaf, axis) for leaf, axis in zip(leaves, axes, strict=True)]
+        return [_moved_copy(leaf, 0, axis) for leaf, axis in zip(leaves, axes, strict=True)]
 
     def _tensors(self, index: int, value: Any, what: str) -> list[torch.Tensor]:
         if isinstance(value, torch.Tensor):
