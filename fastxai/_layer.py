@@ -59,6 +59,12 @@ def input_embedding(model: Model) -> nn.Module | None:
     return None
 
 
+def sequence_witness(model: Model, inputs: torch.Tensor) -> nn.Module | None:
+    """For token-id ``inputs``, the model's input embedding, which ``Slots`` watches to tell a
+    sequence-first model (``Slots.batch_axis``); None for float inputs."""
+    return input_embedding(model) if is_integer(inputs) else None
+
+
 class GraphRule(Protocol):
     """A change of the backward pass made on the autograd graph of each forward (Guided
     Backpropagation's relu rule): ``apply`` hooks the graph's nodes and returns True, or
@@ -185,9 +191,7 @@ class LayerSite:
         *,
         one_tensor: bool = False,
     ) -> None:
-        # Over token ids, the model's input embedding shows whether the model is sequence-first
-        # (``Slots.batch_axis``).
-        witness = input_embedding(forward.plain) if is_integer(forward.inputs[0]) else None
+        witness = sequence_witness(forward.plain, forward.inputs[0])
         self.forward, self.slots = forward, Slots(layers, to_input, witness)
         self.one_tensor = one_tensor  # the functional API returns one tensor [B, *A]
         self._origin: torch.Tensor | None = None
@@ -417,6 +421,7 @@ __all__ = [
     "layer_distribution",
     "point_gradients",
     "repeat_rows",
+    "sequence_witness",
     "site_for",
     "token_id_background",
     "token_id_baselines",

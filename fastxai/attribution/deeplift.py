@@ -146,11 +146,6 @@ def _accumulator(inputs: torch.Tensor) -> torch.dtype:
     return torch.float64 if inputs.dtype == torch.float64 else torch.float32
 
 
-def _witness(model: Model, inputs: torch.Tensor) -> nn.Module | None:
-    """For token ids, the input embedding that tells whether the model is sequence-first."""
-    return _layer.input_embedding(model) if _layer.is_integer(inputs) else None
-
-
 def autocast_outputs(model: Model, dtype: torch.dtype | None, device_type: str) -> Model:
     """``dtype=``: ``model`` run under autocast in ``dtype`` (``fastxai._precision``), its output
     [B, *O] handed on in float32 (float64 for float64 inputs), so the score differences
@@ -250,7 +245,7 @@ def deeplift(
         with _model.preserved_state(model):
             result, delta = layer_pairs(
                 scored, module, x, reference, target_t, eps, multiply_by_inputs, max(1, chunk // 2),
-                upcast=model_dtype is not None, witness=_witness(model, x),
+                upcast=model_dtype is not None, witness=_layer.sequence_witness(model, x),
             )  # fmt: skip
         if inputs.is_floating_point():  # token ids: the layer's dtype
             result = result.to(inputs.dtype)
@@ -345,7 +340,7 @@ def deeplift_shap(
                 multiply_by_inputs,
                 max(1, chunk // 2),
                 upcast=model_dtype is not None,
-                witness=_witness(model, x),
+                witness=_layer.sequence_witness(model, x),
             )
         mean = pairs.view(batch, count, *pairs.shape[1:]).mean(1)
         if inputs.is_floating_point():  # token ids: the layer's dtype

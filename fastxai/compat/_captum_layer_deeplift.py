@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastxai._layer import input_embedding, is_integer
+from fastxai._layer import sequence_witness
 from fastxai._layer_capture import Slots
 from fastxai.attribution.layer_deeplift import layer_multipliers
 from fastxai.compat._captum_attribution import GradientAttribution
@@ -78,8 +78,7 @@ class LayerDeepLift(_LayerMethod, GradientAttribution):
     ) -> tuple[list[Tensor], Tensor, Slots]:
         """Row ``i`` of the inputs against row ``i`` of the baselines: the attributions (one
         tensor per tensor of the layers) and the deltas [N]."""
-        witness = input_embedding(self.model) if is_integer(inputs[0]) else None
-        slots = Slots(self._layers, to_input=to_input, witness=witness)
+        slots = Slots(self._layers, to_input=to_input, witness=sequence_witness(self.model, inputs[0]))
         model = self.forward_func
 
         def run(tensors: Sequence[Tensor]) -> Tensor:
